@@ -1,0 +1,48 @@
+# Every target creates and reuses .venv by itself.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+NAME   ?= bump
+ARGS   ?=
+
+.PHONY: help install install-serve browser test lint train train-dry serve bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Everything: serving, training and development tools (the CPU build of torch).
+$(VENV)/.installed-all: pyproject.toml constraints.txt | $(PY)
+	$(PIP) install --quiet -c constraints.txt -e '.[serve,train,dev]'
+	touch $@
+
+# Serving only: no torch.
+$(VENV)/.installed-serve: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[serve]'
+	touch $@
+
+install: $(VENV)/.installed-all  ## install everything into .venv
+install-serve: $(VENV)/.installed-serve  ## install the serving runtime only (no torch)
+
+browser:  ## Debian's Chromium for the browser tests (never Playwright's download)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: $(VENV)/.installed-all browser  ## lint and run the whole test suite
+	$(VENV)/bin/ruff check app training tests
+	$(VENV)/bin/mypy
+	$(PY) -m pytest -q
+
+train: $(VENV)/.installed-all  ## train, evaluate and export models/$(NAME) (ARGS for more options)
+	$(PY) -m training.train --name $(NAME) $(ARGS)
+
+train-dry: $(VENV)/.installed-all  ## a tiny end-to-end training run into /tmp
+	$(PY) -m training.train --dry-run --out /tmp/shape-detector-dry $(ARGS)
+
+clean:  ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The serving core: numpy and onnxruntime only. Training's evaluation imports it too."""

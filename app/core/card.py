@@ -1,0 +1,144 @@
+"""The model card: the contract between training and serving.
+
+The service reads a model's name, lengths, threshold, alignment and labels from here, never
+from constants. Training writes it; ``load_card`` validates it on the way in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CARD_FILE = "card.json"
+MODEL_FILE = "model.onnx"
+
+
+class CardError(ValueError):
+    """A model card is missing, malformed, or disagrees with its model file."""
+
+
+class TensorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    dtype: str = Field(examples=["float32"])
+    shape: list[str | int] = Field(description="Dimension sizes; names mark dynamic axes.")
+
+
+class SuiteMetrics(BaseModel):
+    """Metrics of one detector on one held-out suite."""
+
+    model_config = ConfigDict(extra="allow")
+
+    signals: int
+    events: int
+    auc: float = Field(description="Signal-level ROC AUC.")
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    loc_error_median: float | None = Field(description="Median |peak - centre|, samples.")
+    loc_error_p95: float | None = Field(description="95th percentile |peak - centre|, samples.")
+    false_alarm_rate: float = Field(description="Share of event-free signals detected.")
+
+
+class Card(BaseModel):
+    """Everything the service needs to know about a model, and how it was made."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    version: str
+    created: str
+    description: str
+    labels: list[str]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    opset: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    min_length: int = Field(ge=1, description="Shortest signal the model accepts.")
+    receptive_field: int = Field(
+        ge=1, description="Samples that influence one output sample (normalisation included)."
+    )
+    alignment: int = Field(
+        ge=1, description="Total down-sampling factor; window starts must be multiples of it."
+    )
+    threshold: float = Field(gt=0, lt=1)
+    threshold_selection: str
+    min_distance: int = Field(ge=1)
+    min_distance_selection: str
+    template: list[float] | None = None
+    template_center: int | None = None
+    macs_per_sample: float | None = None
+    parity_max_abs_error: float | None = None
+    training: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, dict[str, SuiteMetrics]] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_io(self) -> Card:
+        names_in = [t.name for t in self.inputs]
+        names_out = {t.name for t in self.outputs}
+        if names_in != ["signal"] or not {"probability", "scores"} <= names_out:
+            raise ValueError(
+                "the model must take one input 'signal' and give outputs 'probability' and "
+                f"'scores'; the card lists inputs {names_in} and outputs {sorted(names_out)}"
+            )
+        if self.template is not None and self.template_center is not None and not (
+            0 <= self.template_center < len(self.template)
+        ):
+            raise ValueError("template_center must index into template")
+        return self
+
+    @property
+    def receptive_radius(self) -> int:
+        """Samples on each side of an output sample that can change it."""
+        return self.receptive_field // 2
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_card(model_dir: Path, *, verify: bool = True) -> Card:
+    """Read and validate ``<model_dir>/card.json``; with ``verify``, check the file's sha256."""
+    card_path = model_dir / CARD_FILE
+    try:
+        raw = json.loads(card_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CardError(f"{card_path}: no model card (expected {CARD_FILE} beside the model)") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CardError(f"{card_path}: cannot read the model card: {exc}") from exc
+    try:
+        card = Card.model_validate(raw)
+    except ValidationError as exc:
+        raise CardError(f"{card_path}: invalid model card: {exc}") from exc
+    if card.name != model_dir.name:
+        raise CardError(
+            f"{card_path}: card name {card.name!r} differs from its directory {model_dir.name!r}"
+        )
+    if verify:
+        onnx_path = model_dir / MODEL_FILE
+        if not onnx_path.is_file():
+            raise CardError(f"{onnx_path}: model file missing")
+        actual = sha256_file(onnx_path)
+        if actual != card.sha256:
+            raise CardError(
+                f"{onnx_path}: sha256 {actual} does not match the card's {card.sha256}; "
+                "the model file was changed or corrupted, re-export it with its card"
+            )
+    return card
+
+
+def write_card(model_dir: Path, card: Card) -> Path:
+    path = model_dir / CARD_FILE
+    path.write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,107 @@
+"""A loaded model: its card, one onnxruntime session, warm-up, and detection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from app.core.card import MODEL_FILE, Card, load_card
+from app.core.peaks import Peaks, find_peaks
+from app.core.windows import Float32Array, WindowPlan, score_pieces
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """The result for one signal."""
+
+    probability: float
+    detected: bool
+    peaks: Peaks
+    scores: Float32Array | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceOptions:
+    """How a model runs: serving settings, not properties of the model."""
+
+    window: int = 65536  # samples per window for long signals
+    max_batch_samples: int = 262144  # samples per onnxruntime call (bounds memory)
+    intra_op_threads: int = 0  # 0: onnxruntime's default
+
+
+class OnnxModel:
+    """A model directory (``model.onnx`` + ``card.json``) loaded into one session."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        options: InferenceOptions | None = None,
+        *,
+        verify: bool = True,
+    ) -> None:
+        self.options = options or InferenceOptions()
+        self.card: Card = load_card(model_dir, verify=verify)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.options.intra_op_threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            str(model_dir / MODEL_FILE), sess_options=so, providers=["CPUExecutionProvider"]
+        )
+        self.plan = WindowPlan.for_model(
+            self.options.window, self.card.receptive_radius, self.card.alignment
+        )
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    def run(self, batch: Float32Array) -> Float32Array:
+        """Raw per-sample scores for a float32 batch (n, L) of equal-length signals."""
+        (scores,) = self.session.run(["scores"], {"signal": batch})
+        return np.asarray(scores, dtype=np.float32)
+
+    def warm_up(self) -> None:
+        """One inference on a short and a window-length input; raises if the model fails."""
+        for length in (max(self.card.min_length, 256), self.plan.window):
+            scores = self.run(np.zeros((1, length), dtype=np.float32))
+            if scores.shape != (1, length) or not np.all(np.isfinite(scores)):
+                raise RuntimeError(f"model {self.name}: warm-up gave unusable scores")
+
+    def scores(self, signals: Sequence[npt.NDArray[np.floating]]) -> list[Float32Array]:
+        """Per-sample probability curves; each equals the whole-signal result."""
+        arrays = [np.ascontiguousarray(s, dtype=np.float32) for s in signals]
+        return score_pieces(arrays, self.plan, self.run, self.options.max_batch_samples)
+
+    def detect(
+        self,
+        signals: Sequence[npt.NDArray[np.floating]],
+        threshold: float | None = None,
+        min_distance: int | None = None,
+        *,
+        return_scores: bool = False,
+    ) -> list[Detection]:
+        """Probability, decision and peaks of each signal (the card gives the defaults)."""
+        thr = self.card.threshold if threshold is None else threshold
+        dist = self.card.min_distance if min_distance is None else min_distance
+        results = []
+        for curve in self.scores(signals):
+            probability = float(curve.max())
+            results.append(
+                Detection(
+                    probability=probability,
+                    detected=probability >= thr,
+                    peaks=find_peaks(curve, thr, dist),
+                    scores=curve if return_scores else None,
+                )
+            )
+        return results

@@ -1,0 +1,83 @@
+"""Scores -> peaks: the one peak picker, used by the service and by training's evaluation.
+
+A peak is a local maximum of the per-sample probability curve at or above the threshold.
+A flat top (plateau) counts once, at its middle sample (rounded down). Samples outside the
+signal count as -infinity, so the first and last samples can be peaks. When two peaks are
+closer than ``min_distance`` samples, the higher one wins (ties: the earlier one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True, slots=True)
+class Peaks:
+    """Peak positions (sorted ascending) and the score at each."""
+
+    index: npt.NDArray[np.int64]
+    probability: npt.NDArray[np.float32]
+
+    def __len__(self) -> int:
+        return int(self.index.size)
+
+
+def local_maxima(scores: npt.NDArray[np.floating], threshold: float) -> npt.NDArray[np.int64]:
+    """Indices of local maxima (plateaus at their middle) with score >= threshold."""
+    x = np.asarray(scores)
+    if x.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {x.shape}")
+    above = np.flatnonzero(x >= threshold)
+    if above.size == 0:
+        return np.empty(0, dtype=np.int64)
+    # Work only on the runs of equal values that touch a sample above threshold.
+    # Run boundaries over the whole curve: a run starts where the value changes.
+    change = np.flatnonzero(x[1:] != x[:-1]) + 1
+    starts = np.concatenate(([0], change))
+    ends = np.concatenate((change, [x.size]))  # exclusive
+    values = x[starts]
+    left = np.concatenate(([-np.inf], values[:-1]))
+    right = np.concatenate((values[1:], [-np.inf]))
+    is_peak = (values > left) & (values > right) & (values >= threshold)
+    peak_starts = starts[is_peak]
+    peak_ends = ends[is_peak]
+    return (peak_starts + (peak_ends - 1 - peak_starts) // 2).astype(np.int64)
+
+
+def select_by_distance(
+    index: npt.NDArray[np.int64], values: npt.NDArray[np.floating], min_distance: int
+) -> npt.NDArray[np.int64]:
+    """Keep the highest peaks so that no two kept peaks are closer than ``min_distance``."""
+    if min_distance < 1:
+        raise ValueError(f"min_distance must be >= 1, got {min_distance}")
+    if index.size <= 1 or min_distance == 1:
+        return index
+    # Fast path: nothing to suppress.
+    if np.all(np.diff(index) >= min_distance):
+        return index
+    # Greedy suppression, highest first; stable sort keeps the earlier of equal peaks first.
+    order = np.argsort(-np.asarray(values, dtype=np.float64), kind="stable")
+    keep = np.zeros(index.size, dtype=bool)
+    suppressed = np.zeros(index.size, dtype=bool)
+    for k in order:
+        if suppressed[k]:
+            continue
+        keep[k] = True
+        pos = index[k]
+        lo = np.searchsorted(index, pos - min_distance + 1, side="left")
+        hi = np.searchsorted(index, pos + min_distance - 1, side="right")
+        suppressed[lo:hi] = True
+    return index[keep]
+
+
+def find_peaks(
+    scores: npt.NDArray[np.floating], threshold: float, min_distance: int
+) -> Peaks:
+    """Peaks of a per-sample probability curve: the service's and the evaluation's definition."""
+    x = np.asarray(scores)
+    idx = local_maxima(x, threshold)
+    idx = select_by_distance(idx, x[idx], min_distance)
+    return Peaks(index=idx, probability=x[idx].astype(np.float32))

@@ -1,0 +1,111 @@
+"""Long signals in overlapping windows, stitched exactly.
+
+The model has a finite receptive field and down-samples by ``alignment``. An output sample
+therefore depends only on the inputs within ``radius`` of it, on where it sits modulo
+``alignment`` and on signal edges within ``radius``. Windows that start at multiples of
+``alignment`` and overlap by ``margin >= radius`` on each side reproduce the whole-signal
+output exactly in their kept middle part. Every window but a signal's last has the same
+length, so windows from different signals batch together.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+Float32Array = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One window of one signal: run ``[start, stop)``, keep ``[keep_start, keep_stop)``."""
+
+    signal: int
+    start: int
+    stop: int
+    keep_start: int
+    keep_stop: int
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass(frozen=True, slots=True)
+class WindowPlan:
+    """Window length and overlap for a model with the given radius and alignment."""
+
+    window: int
+    margin: int
+    alignment: int
+
+    @classmethod
+    def for_model(cls, window: int, radius: int, alignment: int) -> WindowPlan:
+        margin = round_up(max(radius, 1), alignment)
+        window = round_up(window, alignment)
+        if window < 4 * margin:
+            raise ValueError(
+                f"window length {window} is too short for a model whose receptive radius is "
+                f"{radius} samples: use at least {4 * margin}"
+            )
+        return cls(window=window, margin=margin, alignment=alignment)
+
+    def split(self, signal: int, length: int) -> list[Piece]:
+        """Pieces covering ``[0, length)``; their kept parts tile the signal exactly once."""
+        if length <= self.window:
+            return [Piece(signal, 0, length, 0, length)]
+        step = self.window - 2 * self.margin
+        pieces: list[Piece] = []
+        start = 0
+        while start + self.window < length:
+            keep_start = 0 if start == 0 else start + self.margin
+            pieces.append(
+                Piece(signal, start, start + self.window, keep_start, start + self.window - self.margin)
+            )
+            start += step
+        # The last window runs to the signal's end; it is longer than 2 * margin.
+        pieces.append(Piece(signal, start, length, start + self.margin, length))
+        return pieces
+
+
+def score_pieces(
+    signals: Sequence[Float32Array],
+    plan: WindowPlan,
+    run: Callable[[Float32Array], Float32Array],
+    max_batch_samples: int,
+) -> list[Float32Array]:
+    """Per-sample scores of every signal, running ``run`` on batches of equal-length windows.
+
+    ``run`` maps a float32 array (n, L) to scores (n, L). A batch holds at most
+    ``max_batch_samples`` samples (at least one window), which bounds memory.
+    """
+    out = [np.empty(len(s), dtype=np.float32) for s in signals]
+    groups: dict[int, list[Piece]] = defaultdict(list)
+    for i, s in enumerate(signals):
+        for piece in plan.split(i, len(s)):
+            groups[piece.length].append(piece)
+    for length, pieces in groups.items():
+        per_batch = max(1, max_batch_samples // length)
+        for b in range(0, len(pieces), per_batch):
+            chunk = pieces[b : b + per_batch]
+            batch = np.empty((len(chunk), length), dtype=np.float32)
+            for row, p in enumerate(chunk):
+                batch[row] = signals[p.signal][p.start : p.stop]
+            scores = run(batch)
+            if scores.shape != batch.shape:
+                raise RuntimeError(
+                    f"model returned scores of shape {scores.shape} for a batch of {batch.shape}"
+                )
+            for row, p in enumerate(chunk):
+                out[p.signal][p.keep_start : p.keep_stop] = scores[
+                    row, p.keep_start - p.start : p.keep_stop - p.start
+                ]
+    return out

@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny exported ONNX model, built in seconds with the training code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.export import export_onnx, make_card, save_card
+from training.model import ModelConfig, build_model, measure_radius
+from training.scenario import BUMP
+
+
+def build_tiny_model(model_dir: Path, arch: str = "deep", seed: int = 0) -> Path:
+    """An untrained but complete model directory (model.onnx + card.json + README.md)."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(arch=arch, channels=[4, 6, 8], decoder=[6, 4], first_kernel=9)
+    net = build_model(cfg).eval()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    export_onnx(net, model_dir / "model.onnx")
+    alignment = int(getattr(net, "alignment", 1))
+    card = make_card(
+        model_dir,
+        name=model_dir.name,
+        version="0.0.1",
+        description="tiny untrained test model",
+        labels=["bump"],
+        min_length=16,
+        receptive_field=2 * measure_radius(net) + 1,
+        alignment=alignment,
+        threshold=0.5,
+        threshold_selection="fixed for tests",
+        min_distance=10,
+        min_distance_selection="fixed for tests",
+        template=[float(v) for v in BUMP.values],
+        template_center=BUMP.center,
+    )
+    save_card(model_dir, card)
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+
+from app.core.peaks import find_peaks, local_maxima, select_by_distance
+
+
+def f32(values: list[float]) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32)
+
+
+def test_simple_maxima_above_threshold() -> None:
+    s = f32([0, 0.2, 0.9, 0.3, 0.1, 0.6, 0.2, 0.45, 0.1])
+    p = find_peaks(s, threshold=0.5, min_distance=1)
+    assert p.index.tolist() == [2, 5]
+    assert p.probability.tolist() == pytest.approx([0.9, 0.6])
+
+
+def test_threshold_is_inclusive() -> None:
+    s = f32([0.1, 0.5, 0.1])
+    assert find_peaks(s, 0.5, 1).index.tolist() == [1]
+    assert find_peaks(s, 0.5000001, 1).index.tolist() == []
+
+
+def test_plateau_counts_once_at_its_middle() -> None:
+    s = f32([0.1, 0.8, 0.8, 0.8, 0.8, 0.1])  # plateau 1..4 -> middle rounded down: 2
+    assert local_maxima(s, 0.5).tolist() == [2]
+    s = f32([0.1, 0.8, 0.8, 0.8, 0.1])
+    assert local_maxima(s, 0.5).tolist() == [2]
+
+
+def test_plateau_on_a_slope_is_not_a_peak() -> None:
+    s = f32([0.1, 0.7, 0.7, 0.9, 0.1])
+    assert local_maxima(s, 0.5).tolist() == [3]
+
+
+def test_edges_can_be_peaks() -> None:
+    s = f32([0.9, 0.5, 0.2, 0.5, 0.95])
+    assert local_maxima(s, 0.6).tolist() == [0, 4]
+    assert local_maxima(f32([0.7]), 0.5).tolist() == [0]
+    assert local_maxima(f32([0.7, 0.7, 0.7]), 0.5).tolist() == [1]
+
+
+def test_nothing_above_threshold() -> None:
+    p = find_peaks(f32([0.1, 0.2, 0.1]), 0.5, 10)
+    assert len(p) == 0 and p.index.dtype == np.int64
+
+
+def test_min_distance_keeps_the_higher_peak() -> None:
+    s = np.zeros(100, dtype=np.float32)
+    s[[10, 14, 40, 47, 60]] = [0.6, 0.9, 0.7, 0.8, 0.95]
+    assert find_peaks(s, 0.5, 1).index.tolist() == [10, 14, 40, 47, 60]
+    assert find_peaks(s, 0.5, 5).index.tolist() == [14, 40, 47, 60]
+    assert find_peaks(s, 0.5, 8).index.tolist() == [14, 47, 60]  # 40 (0.7) loses to 47 (0.8)
+    assert find_peaks(s, 0.5, 14).index.tolist() == [14, 40, 60]
+
+
+def test_min_distance_greedy_order() -> None:
+    idx = np.array([10, 14, 40, 47, 60])
+    val = np.array([0.6, 0.9, 0.7, 0.8, 0.95])
+    # 60 kept; 14 kept; 47 is 13 from 60 -> out; 40 is 20 from 60, 26 from 14 -> kept;
+    # 10 is 4 from 14 -> out.
+    assert select_by_distance(idx, val, 14).tolist() == [14, 40, 60]
+
+
+def test_equal_peaks_earlier_wins() -> None:
+    idx = np.array([5, 8])
+    assert select_by_distance(idx, np.array([0.7, 0.7]), 5).tolist() == [5]
+
+
+def test_distance_exactly_min_distance_is_allowed() -> None:
+    idx = np.array([5, 15])
+    assert select_by_distance(idx, np.array([0.7, 0.9]), 10).tolist() == [5, 15]
+    assert select_by_distance(idx, np.array([0.7, 0.9]), 11).tolist() == [15]
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="1-D"):
+        local_maxima(np.zeros((2, 2)), 0.5)
+    with pytest.raises(ValueError, match="min_distance"):
+        select_by_distance(np.array([1, 2]), np.array([0.5, 0.6]), 0)
+
+
+def test_peaks_are_sorted_local_maxima_spaced_by_min_distance() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        s = rng.random(int(rng.integers(1, 300))).astype(np.float32)
+        thr, dist = float(rng.uniform(0.2, 0.9)), int(rng.integers(1, 30))
+        p = find_peaks(s, thr, dist)
+        assert np.all(np.diff(p.index) >= dist)
+        assert np.all(s[p.index] >= thr)
+        for i in p.index:
+            assert (i == 0 or s[i] > s[i - 1]) and (i == s.size - 1 or s[i] > s[i + 1])
+        # Every local maximum above threshold is within min_distance of a kept peak at least as high.
+        for i in local_maxima(s, thr):
+            near = p.index[np.abs(p.index - i) < dist]
+            assert near.size and s[near].max() >= s[i]

@@ -1,0 +1,69 @@
+"""Windowed inference equals whole-signal inference, on a real onnxruntime session."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.core.model import InferenceOptions, OnnxModel
+from app.core.windows import WindowPlan
+
+
+def test_plan_tiles_the_signal_exactly() -> None:
+    plan = WindowPlan.for_model(window=256, radius=30, alignment=4)
+    assert plan.margin == 32 and plan.window == 256
+    for length in [1, 255, 256, 257, 300, 448, 449, 1000, 5003]:
+        pieces = plan.split(0, length)
+        covered = np.zeros(length, dtype=int)
+        for p in pieces:
+            assert p.start % plan.alignment == 0
+            assert 0 <= p.start <= p.keep_start < p.keep_stop <= p.stop <= length
+            assert p.length <= plan.window
+            # Kept samples are at least `margin` from a cut that is not the signal's edge.
+            assert p.keep_start == 0 or p.keep_start - p.start >= plan.margin
+            assert p.keep_stop == length or p.stop - p.keep_stop >= plan.margin
+            covered[p.keep_start : p.keep_stop] += 1
+        assert np.all(covered == 1)
+        assert all(p.length == plan.window for p in pieces[:-1])
+
+
+def test_window_too_short_for_the_model() -> None:
+    with pytest.raises(ValueError, match="too short"):
+        WindowPlan.for_model(window=100, radius=30, alignment=4)
+
+
+@pytest.mark.parametrize("length", [511, 512, 513, 700, 1024, 1025, 1999, 2048, 3001])
+def test_windowed_equals_whole(tiny_model_dir: Path, length: int) -> None:
+    """Lengths around window boundaries (window 512) and odd offsets against the alignment."""
+    whole = OnnxModel(tiny_model_dir, InferenceOptions(window=1 << 20))
+    small = OnnxModel(tiny_model_dir, InferenceOptions(window=512, max_batch_samples=1500))
+    rng = np.random.default_rng(length)
+    x = (rng.standard_normal(length) * 3 + np.linspace(0, 20, length)).astype(np.float32)
+    ref = whole.run(x[None])[0]
+    got = small.scores([x])[0]
+    assert len(small.plan.split(0, length)) == (1 if length <= 512 else len(small.plan.split(0, length)))
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+
+
+def test_results_do_not_depend_on_the_other_signals(tiny_model_dir: Path) -> None:
+    model = OnnxModel(tiny_model_dir, InferenceOptions(window=512, max_batch_samples=2048))
+    rng = np.random.default_rng(1)
+    signals = [rng.standard_normal(n).astype(np.float32) for n in (300, 1500, 300, 64, 2000)]
+    together = model.scores(signals)
+    alone = [model.scores([s])[0] for s in signals]
+    reordered = model.scores(signals[::-1])[::-1]
+    for a, b, c in zip(together, alone, reordered, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(c, b, atol=1e-5, rtol=0)
+
+
+def test_detect_uses_card_defaults_and_matches_peaks(tiny_model_dir: Path) -> None:
+    model = OnnxModel(tiny_model_dir)
+    x = np.random.default_rng(2).standard_normal(800)
+    (d,) = model.detect([x], return_scores=True)
+    assert d.scores is not None
+    assert d.probability == pytest.approx(float(d.scores.max()))
+    assert d.detected == (d.probability >= model.card.threshold)
+    assert bool(len(d.peaks)) == d.detected
+    (d2,) = model.detect([x], threshold=0.01, min_distance=1)
+    assert d2.scores is None and len(d2.peaks) >= len(d.peaks)

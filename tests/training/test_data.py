@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.data import DataError, load_user_data
+from training.scenario import make_dataset, suites
+
+
+def write_npz(path: Path, **arrays: object) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def generated(n: int = 30, length: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    data = make_dataset(suites()["white"], n, seed=11, length=length)
+    events = np.array([(i, c) for i, e in enumerate(data.events) for c in e], dtype=np.int64).reshape(-1, 2)
+    return np.stack(data.signals), events
+
+
+def test_two_dimensional_signals(tmp_path: Path) -> None:
+    x, ev = generated()
+    user = load_user_data(write_npz(tmp_path / "d.npz", signals=x, events=ev, label="bump"))
+    assert len(user.train) + len(user.val) + len(user.test) == 30
+    assert user.train.n_events + user.val.n_events + user.test.n_events == len(ev)
+    assert user.label == "bump"
+    assert "mean of" in user.template_source and user.template.values.size == 41
+
+
+def test_concatenated_signals_with_lengths_and_template(tmp_path: Path) -> None:
+    x, ev = generated()
+    lengths = np.full(len(x), x.shape[1])
+    user = load_user_data(write_npz(tmp_path / "d.npz", signals=x.ravel(), lengths=lengths,
+                                    events=ev, template=np.array([0.0, 1.0, 0.5, -0.2])))
+    assert user.template.center == 1 and user.template_source == "given in the data file"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda x, ev: {"signals": x, "events": ev[:, :1]}, r"shape \(k, 2\)"),
+        (lambda x, ev: {"signals": x, "events": ev + np.array([0, 10_000])}, "outside signal"),
+        (lambda x, ev: {"signals": x, "events": ev + np.array([100, 0])}, "does not exist"),
+        (lambda x, ev: {"signals": np.where(np.arange(x.size).reshape(x.shape) == 805, np.nan, x),
+                        "events": ev}, "signal 2 has a non-finite value .* at sample 5"),
+        (lambda x, ev: {"signals": x[:, :10], "events": ev[:0]}, "need at least 64"),
+        (lambda x, ev: {"signals": x[:5], "events": ev[:0]}, "need at least 10"),
+        (lambda x, ev: {"signals": x[None], "events": ev}, "1-D .* or 2-D"),
+        (lambda x, ev: {"signals": x.ravel(), "events": ev}, "needs 'lengths'"),
+        (lambda x, ev: {"signals": x.ravel(), "lengths": np.array([5, 5]), "events": ev}, "add up"),
+        (lambda x, ev: {"events": ev}, "no 'signals'"),
+        (lambda x, ev: {"signals": x}, "no 'events'"),
+        (lambda x, ev: {"signals": x.astype(str), "events": ev}, "real numbers"),
+        (lambda x, ev: {"signals": x, "events": ev, "template": np.ones(5)}, "non-constant"),
+    ],
+)
+def test_malformed_files(tmp_path: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
+    x, ev = generated()
+    path = write_npz(tmp_path / "bad.npz", **change(x, ev))
+    with pytest.raises(DataError, match=message):
+        load_user_data(path)
+
+
+def test_not_an_npz(tmp_path: Path) -> None:
+    (tmp_path / "x.npz").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="not a readable"):
+        load_user_data(tmp_path / "x.npz")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    with pytest.raises(DataError, match="expected an .npz"):
+        load_user_data(tmp_path / "one.npy")
+    with pytest.raises(DataError, match="no such file"):
+        load_user_data(tmp_path / "missing.npz")
+    obj = np.empty(2, dtype=object)
+    np.savez(tmp_path / "pickled.npz", signals=obj, events=np.zeros((0, 2), dtype=int))
+    with pytest.raises(DataError, match="pickle"):
+        load_user_data(tmp_path / "pickled.npz")

@@ -1,0 +1,63 @@
+"""Training batches: fixed-length signals with per-sample localisation targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from training.scenario import Dataset, Scenario, make_signal
+
+TARGET_SIGMA = 1.5  # samples: width of the Gaussian bump a per-sample target puts on a centre
+
+
+def target_curve(length: int, centres: npt.NDArray[np.int64], sigma: float = TARGET_SIGMA) -> np.ndarray:
+    """Per-sample target: max over events of exp(-(t - c)^2 / 2 sigma^2), 0 where no event."""
+    y = np.zeros(length, dtype=np.float32)
+    if centres.size:
+        t = np.arange(length, dtype=np.float32)[:, None]
+        y = np.exp(-((t - centres[None, :]) ** 2) / (2 * sigma**2)).max(axis=1).astype(np.float32)
+    return y
+
+
+class SyntheticBatches:
+    """Endless batches drawn fresh from a scenario: (signals (B, T), targets (B, T))."""
+
+    def __init__(self, scenario: Scenario, batch_size: int, lengths: tuple[int, int], seed: int) -> None:
+        self.scenario = scenario
+        self.batch_size = batch_size
+        self.lengths = lengths
+        self.rng = np.random.default_rng(seed)
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        T = int(self.rng.integers(self.lengths[0], self.lengths[1] + 1))
+        xs = np.empty((self.batch_size, T), dtype=np.float32)
+        ys = np.empty((self.batch_size, T), dtype=np.float32)
+        for i in range(self.batch_size):
+            x, c = make_signal(self.rng, self.scenario, T)
+            xs[i] = x
+            ys[i] = target_curve(T, c)
+        return xs, ys
+
+
+class CroppedBatches:
+    """Endless batches of random crops of a user's annotated signals."""
+
+    def __init__(self, data: Dataset, batch_size: int, lengths: tuple[int, int], seed: int) -> None:
+        self.data = data
+        self.batch_size = batch_size
+        self.lengths = lengths
+        self.rng = np.random.default_rng(seed)
+        self.shortest = min(len(s) for s in data.signals)
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        T = int(self.rng.integers(self.lengths[0], self.lengths[1] + 1))
+        T = min(T, self.shortest)
+        xs = np.empty((self.batch_size, T), dtype=np.float32)
+        ys = np.empty((self.batch_size, T), dtype=np.float32)
+        for i in range(self.batch_size):
+            k = int(self.rng.integers(len(self.data)))
+            x, c = self.data.signals[k], self.data.events[k]
+            a = int(self.rng.integers(0, len(x) - T + 1))
+            xs[i] = x[a : a + T]
+            ys[i] = target_curve(len(x), c)[a : a + T]
+        return xs, ys

@@ -1,0 +1,153 @@
+"""A user's own annotated data -> the same in-memory form as the generated data.
+
+File format: one ``.npz`` (NumPy's ``np.savez``; read without pickle) holding
+
+- ``signals``: float, either 2-D ``(n, T)`` (signals of one length) or 1-D, all signals
+  concatenated, with ``lengths``: int ``(n,)`` giving each signal's length;
+- ``events``: int ``(k, 2)``: one row ``(signal, sample)`` per event centre (``(0, 2)`` if none);
+- optional ``template``: float 1-D, the shape, for the matched-filter baseline, with optional
+  ``template_center`` (int; default the largest absolute value); without it the baseline uses
+  the mean of the training events' neighbourhoods (``TEMPLATE_HALF_WIDTH`` each side);
+- optional ``label``: a string naming the shape (default "event").
+
+Signals are shuffled with the seed and split 70 / 15 / 15 into training, validation and test.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.evaluate import robust_normalise
+from training.scenario import Dataset, Template
+
+MIN_SIGNALS = 10
+MIN_LENGTH = 64
+TEMPLATE_HALF_WIDTH = 20
+
+
+class DataError(ValueError):
+    """The user's data file is malformed; the message says what and how to fix it."""
+
+
+@dataclass
+class UserData:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    template: Template
+    template_source: str
+    label: str
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "template": self.template_source,
+            "split": {
+                name: {"signals": len(d), "events": d.n_events}
+                for name, d in (("train", self.train), ("val", self.val), ("test", self.test))
+            },
+        }
+
+
+def _signals(f: Any, path: Path) -> list[np.ndarray]:
+    if "signals" not in f:
+        raise DataError(f"{path}: no 'signals' array (keys: {sorted(f.keys())})")
+    sig = f["signals"]
+    if not np.issubdtype(sig.dtype, np.number) or np.issubdtype(sig.dtype, np.complexfloating):
+        raise DataError(f"{path}: 'signals' must be real numbers, got dtype {sig.dtype}")
+    if sig.ndim == 2:
+        if "lengths" in f:
+            raise DataError(f"{path}: 'lengths' goes with a 1-D concatenated 'signals', not 2-D")
+        out = [row.astype(np.float64) for row in sig]
+    elif sig.ndim == 1:
+        if "lengths" not in f:
+            raise DataError(f"{path}: a 1-D 'signals' needs 'lengths' (int, one per signal)")
+        lengths = f["lengths"]
+        if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer) or np.any(lengths < 1):
+            raise DataError(f"{path}: 'lengths' must be a 1-D array of positive integers")
+        if int(lengths.sum()) != sig.size:
+            raise DataError(
+                f"{path}: 'lengths' add up to {int(lengths.sum())} but 'signals' has {sig.size} samples"
+            )
+        out = [a.astype(np.float64) for a in np.split(sig, np.cumsum(lengths)[:-1])]
+    else:
+        raise DataError(f"{path}: 'signals' must be 1-D (with 'lengths') or 2-D, got shape {sig.shape}")
+    if len(out) < MIN_SIGNALS:
+        raise DataError(f"{path}: {len(out)} signals; need at least {MIN_SIGNALS} to split")
+    for i, s in enumerate(out):
+        if s.size < MIN_LENGTH:
+            raise DataError(f"{path}: signal {i} has {s.size} samples; need at least {MIN_LENGTH}")
+        bad = np.flatnonzero(~np.isfinite(s))
+        if bad.size:
+            raise DataError(f"{path}: signal {i} has a non-finite value ({s[bad[0]]}) at sample {bad[0]}")
+    return out
+
+
+def _events(f: Any, path: Path, signals: list[np.ndarray]) -> list[np.ndarray]:
+    if "events" not in f:
+        raise DataError(f"{path}: no 'events' array: give (k, 2) rows of (signal, sample)")
+    ev = f["events"]
+    if ev.ndim != 2 or ev.shape[1] != 2 or not (np.issubdtype(ev.dtype, np.integer) or ev.size == 0):
+        raise DataError(f"{path}: 'events' must be an integer array of shape (k, 2), got {ev.dtype} {ev.shape}")
+    ev = ev.astype(np.int64)
+    per: list[list[int]] = [[] for _ in signals]
+    for row, (i, t) in enumerate(ev):
+        if not 0 <= i < len(signals):
+            raise DataError(f"{path}: events row {row}: signal {i} does not exist (0..{len(signals) - 1})")
+        if not 0 <= t < signals[i].size:
+            raise DataError(
+                f"{path}: events row {row}: sample {t} is outside signal {i} (0..{signals[i].size - 1})"
+            )
+        per[i].append(int(t))
+    return [np.unique(np.asarray(p, dtype=np.int64)) for p in per]
+
+
+def _template(f: Any, path: Path, train: Dataset) -> tuple[Template, str]:
+    if "template" in f:
+        tpl = np.asarray(f["template"], dtype=np.float64)
+        if tpl.ndim != 1 or tpl.size < 3 or not np.all(np.isfinite(tpl)) or np.ptp(tpl) == 0:
+            raise DataError(f"{path}: 'template' must be a finite, non-constant 1-D array of >= 3 values")
+        centre = int(f["template_center"]) if "template_center" in f else int(np.argmax(np.abs(tpl)))
+        if not 0 <= centre < tpl.size:
+            raise DataError(f"{path}: template_center {centre} is outside the template (0..{tpl.size - 1})")
+        return Template(tpl, centre), "given in the data file"
+    w = TEMPLATE_HALF_WIDTH
+    segments = [
+        robust_normalise(x)[c - w : c + w + 1]
+        for x, cs in zip(train.signals, train.events, strict=True)
+        for c in cs
+        if w <= c < x.size - w
+    ]
+    if not segments:
+        raise DataError(f"{path}: no training events to estimate a template from; add 'template'")
+    return Template(np.mean(segments, axis=0), w), f"mean of {len(segments)} training events (±{w})"
+
+
+def load_user_data(path: Path, seed: int = 0) -> UserData:
+    """Read, validate and split a user's ``.npz``; raises ``DataError`` saying what is wrong."""
+    try:
+        f = np.load(path, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: no such file") from exc
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable .npz file without pickled objects ({exc})") from exc
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: expected an .npz archive (np.savez), got a single array")
+    with f:
+        signals = _signals(f, path)
+        events = _events(f, path, signals)
+        order = np.random.default_rng(seed).permutation(len(signals))
+        n_train = int(round(0.7 * len(signals)))
+        n_val = max(1, int(round(0.15 * len(signals))))
+        parts = (order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
+        train, val, test = (Dataset([signals[i] for i in p], [events[i] for i in p]) for p in parts)
+        template, source = _template(f, path, train)
+        label = str(f["label"]) if "label" in f else "event"
+    if train.n_events == 0:
+        raise DataError(f"{path}: the training split has no events; annotate more signals")
+    return UserData(train, val, test, template, source, label)

@@ -1,0 +1,170 @@
+"""Metrics of the exported model against the classical matched filter.
+
+The model is evaluated as it ships: the exported ONNX file, run by the service's own code
+(``app.core.model.OnnxModel``: windowing, onnxruntime) and peak picker (``app.core.peaks``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from app.core.model import OnnxModel
+from app.core.peaks import find_peaks
+from training.scenario import Dataset, Template
+
+MATCH_TOLERANCE = 5  # a detection matches a true event within +-5 samples
+Curves = list[npt.NDArray[np.float32]]
+
+
+def robust_normalise(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """(x - median) / (1.4826 * MAD): the matched filter's normalisation."""
+    x = np.asarray(x, dtype=np.float64)
+    med = np.median(x)
+    mad = 1.4826 * np.median(np.abs(x - med))
+    return (x - med) / (mad if mad > 0 else 1.0)
+
+
+def matched_filter(x: npt.NDArray[np.floating], template: Template) -> npt.NDArray[np.float32]:
+    """Cross-correlation with the unit-norm template, aligned so that out[t] peaks at a centre.
+
+    In units of the noise: for white noise the score is the matched-filter SNR.
+    """
+    k = template.values / template.norm
+    z = robust_normalise(x)
+    full = np.correlate(z, k, mode="full")  # full[j] = sum_n z[n + j - (W - 1)] k[n]
+    start = k.size - 1 - template.center
+    return full[start : start + z.size].astype(np.float32)
+
+
+def matched_filter_curves(data: Dataset, template: Template) -> Curves:
+    return [matched_filter(x, template) for x in data.signals]
+
+
+def model_curves(model: OnnxModel, data: Dataset) -> Curves:
+    return model.scores(data.signals)
+
+
+def roc_auc(scores: npt.NDArray[np.floating], labels: npt.NDArray[np.bool_]) -> float:
+    """Area under the ROC curve (Mann-Whitney U, ties count half)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(scores.size, dtype=np.float64)
+    sorted_scores = scores[order]
+    # Average ranks over ties.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def match_events(
+    peaks: npt.NDArray[np.int64], centres: npt.NDArray[np.int64], tol: int = MATCH_TOLERANCE
+) -> npt.NDArray[np.int64]:
+    """Localisation errors of one-to-one matches (closest pairs first) within ``tol``."""
+    if peaks.size == 0 or centres.size == 0:
+        return np.empty(0, dtype=np.int64)
+    dist = np.abs(peaks[:, None] - centres[None, :])
+    pairs = np.argwhere(dist <= tol)
+    order = np.argsort(dist[pairs[:, 0], pairs[:, 1]], kind="stable")
+    used_p: set[int] = set()
+    used_c: set[int] = set()
+    errors = []
+    for p, c in pairs[order]:
+        if p in used_p or c in used_c:
+            continue
+        used_p.add(int(p))
+        used_c.add(int(c))
+        errors.append(int(dist[p, c]))
+    return np.asarray(errors, dtype=np.int64)
+
+
+@dataclass
+class EventCounts:
+    detections: int
+    events: int
+    errors: npt.NDArray[np.int64]
+
+    @property
+    def f1(self) -> float:
+        tp = self.errors.size
+        denom = self.detections + self.events
+        return 2.0 * tp / denom if denom else 1.0
+
+
+def event_counts(
+    curves: Curves, events: Sequence[npt.NDArray[np.int64]], threshold: float, min_distance: int
+) -> EventCounts:
+    detections = 0
+    errs = []
+    for curve, centres in zip(curves, events, strict=True):
+        peaks = find_peaks(curve, threshold, min_distance).index
+        detections += peaks.size
+        errs.append(match_events(peaks, centres))
+    return EventCounts(detections, int(sum(e.size for e in events)), np.concatenate(errs))
+
+
+def metrics(
+    curves: Curves, events: Sequence[npt.NDArray[np.int64]], threshold: float, min_distance: int
+) -> dict[str, float | int | None]:
+    """The card's per-suite metrics for one detector."""
+    maxima = np.array([float(c.max()) for c in curves])
+    labels = np.array([e.size > 0 for e in events])
+    counts = event_counts(curves, events, threshold, min_distance)
+    tp = counts.errors.size
+    empty = ~labels
+    return {
+        "signals": len(curves),
+        "events": counts.events,
+        "auc": roc_auc(maxima, labels),
+        "threshold": float(threshold),
+        "precision": tp / counts.detections if counts.detections else 0.0,
+        "recall": tp / counts.events if counts.events else 1.0,
+        "f1": counts.f1,
+        "loc_error_median": float(np.median(counts.errors)) if tp else None,
+        "loc_error_p95": float(np.percentile(counts.errors, 95)) if tp else None,
+        "false_alarm_rate": float((maxima[empty] >= threshold).mean()) if empty.any() else 0.0,
+    }
+
+
+def false_alarm_rate(curves: Curves, events: Sequence[npt.NDArray[np.int64]], threshold: float) -> float:
+    maxima = np.array([float(c.max()) for c, e in zip(curves, events, strict=True) if e.size == 0])
+    return float((maxima >= threshold).mean()) if maxima.size else 0.0
+
+
+def threshold_for_rate(
+    curves: Curves, events: Sequence[npt.NDArray[np.int64]], rate: float
+) -> float:
+    """The lowest threshold whose false-alarm rate on event-free signals is <= ``rate``."""
+    maxima = np.sort([float(c.max()) for c, e in zip(curves, events, strict=True) if e.size == 0])
+    if maxima.size == 0:
+        raise ValueError("need event-free signals to set a false-alarm rate")
+    allowed = int(np.floor(rate * maxima.size + 1e-9))  # signals allowed above threshold
+    if allowed >= maxima.size:
+        return float(maxima[0])
+    # Just above the (allowed+1)-th highest maximum.
+    return float(np.nextafter(maxima[maxima.size - 1 - allowed], np.inf))
+
+
+def choose_operating_point(
+    curves: Curves,
+    events: Sequence[npt.NDArray[np.int64]],
+    thresholds: Sequence[float] = tuple(np.round(np.arange(0.05, 0.951, 0.025), 3)),
+    distances: Sequence[int] = (5, 10, 15, 20, 25, 30, 40),
+) -> tuple[float, int, float]:
+    """The (threshold, min_distance) pair with the best pooled event F1, and that F1."""
+    best = (-1.0, 0.5, 20)
+    for d in distances:
+        for t in thresholds:
+            f1 = event_counts(curves, events, float(t), int(d)).f1
+            # Prefer higher F1, then the larger distance and threshold (fewer duplicates).
+            if (f1, d, t) > (best[0], best[2], best[1]):
+                best = (f1, float(t), int(d))
+    return best[1], best[2], best[0]

@@ -1,0 +1,201 @@
+"""The CNNs: the primer's single-layer detector and the deep fully convolutional detector.
+
+Both start with ``LocalNorm`` so that the exported ONNX graph normalises its own input:
+training and serving cannot drift apart. Every module has a finite receptive field, so a long
+signal can be processed in overlapping windows with the exact whole-signal result.
+
+Shapes: B batch, T samples, C channels.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "deep"  # "deep" or "single"
+    mean_window: int = 31  # local mean (offset) window, odd
+    scale_window: int = 127  # local mean |first difference| (gain) window, odd
+    kernel: int = 41  # single: the learned template's length
+    channels: list[int] = field(default_factory=lambda: [16, 24, 32])  # deep: per level
+    decoder: list[int] = field(default_factory=lambda: [16, 8])  # deep: per up-sampling step
+    first_kernel: int = 15  # deep: the first convolution's length
+    kernel_size: int = 5  # deep: the other convolutions' length
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class LocalNorm(nn.Module):
+    """z = (x - local mean) / local mean |x[t] - x[t-1]|: invariant to gain and offset.
+
+    The scale comes from first differences so slow baseline drift barely changes it.
+    Edges average over the samples that exist (count_include_pad=False).
+    """
+
+    def __init__(self, mean_window: int, scale_window: int, eps: float = 1e-30) -> None:
+        super().__init__()
+        if mean_window % 2 == 0 or scale_window % 2 == 0:
+            raise ValueError("normalisation windows must be odd")
+        self.mean = nn.AvgPool1d(mean_window, 1, mean_window // 2, count_include_pad=False)
+        self.scale = nn.AvgPool1d(scale_window, 1, scale_window // 2, count_include_pad=False)
+        self.eps = eps
+        self.radius = max(mean_window // 2, scale_window // 2 + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
+        d = x - self.mean(x)
+        diff = torch.abs(x[..., 1:] - x[..., :-1])  # (B, 1, T-1)
+        diff = torch.cat([diff[..., :1], diff], dim=-1)  # (B, 1, T): first sample repeats
+        return d / (self.scale(diff) + self.eps)
+
+
+class SingleLayer(nn.Module):
+    """The primer's detector: one kernel K, bias, ReLU, then a logistic per sample.
+
+    score(t) = logistic(w * ReLU((K * z)(t) + beta) + b); the signal's probability is the max
+    over t, the primer's logistic of the max (w > 0 keeps the order).
+    """
+
+    alignment = 1
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm = LocalNorm(cfg.mean_window, cfg.scale_window)
+        self.conv = nn.Conv1d(1, 1, cfg.kernel, padding=cfg.kernel // 2)
+        self.out = nn.Conv1d(1, 1, 1)
+        self.radius = self.norm.radius + cfg.kernel // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T) -> logits (B, T)
+        z = self.norm(x.unsqueeze(1))  # (B, 1, T)
+        return self.out(F.relu(self.conv(z))).squeeze(1)
+
+
+def conv_block(c_in: int, c_out: int, k: int, k_first: int | None = None) -> nn.Sequential:
+    k1 = k_first or k
+    return nn.Sequential(
+        nn.Conv1d(c_in, c_out, k1, padding=k1 // 2),
+        nn.ReLU(),
+        nn.Conv1d(c_out, c_out, k, padding=k // 2),
+        nn.ReLU(),
+    )
+
+
+class DeepCNN(nn.Module):
+    """Conv -> ReLU -> max-pool blocks (the primer's deep CNN), then an up-sampling decoder
+    with skip connections back to full resolution and a 1x1 convolution head: a logit for
+    every input sample.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        ch = cfg.channels
+        if len(cfg.decoder) != len(ch) - 1:
+            raise ValueError("decoder needs one entry per pooling step (len(channels) - 1)")
+        self.norm = LocalNorm(cfg.mean_window, cfg.scale_window)
+        self.encoders = nn.ModuleList()
+        c_prev = 1
+        for i, c in enumerate(ch):
+            first = cfg.first_kernel if i == 0 else None
+            self.encoders.append(conv_block(c_prev, c, cfg.kernel_size, first))
+            c_prev = c
+        self.decoders = nn.ModuleList()
+        for j, c in enumerate(cfg.decoder):
+            skip = ch[len(ch) - 2 - j]
+            self.decoders.append(
+                nn.Sequential(
+                    nn.Conv1d(c_prev + skip, c, cfg.kernel_size, padding=cfg.kernel_size // 2),
+                    nn.ReLU(),
+                )
+            )
+            c_prev = c
+        self.head = nn.Conv1d(c_prev, 1, 1)
+        self.alignment = 2 ** (len(ch) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T) -> logits (B, T)
+        T = x.shape[-1]
+        z = self.norm(x.unsqueeze(1))  # (B, 1, T)
+        pad = (-T) % self.alignment
+        h = F.pad(z, (0, pad))  # (B, 1, T'), T' a multiple of the alignment
+        skips = []
+        for i, enc in enumerate(self.encoders):
+            if i > 0:
+                h = F.max_pool1d(h, 2)  # (B, C, T' / 2^i)
+            h = enc(h)
+            skips.append(h)
+        for j, dec in enumerate(self.decoders):
+            h = F.interpolate(h, scale_factor=2.0, mode="nearest")  # (B, C, 2 L)
+            h = dec(torch.cat([h, skips[len(skips) - 2 - j]], dim=1))
+        return self.head(h).squeeze(1)[:, :T]  # (B, T)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    if cfg.arch == "deep":
+        return DeepCNN(cfg)
+    if cfg.arch == "single":
+        return SingleLayer(cfg)
+    raise ValueError(f"unknown architecture {cfg.arch!r}: use 'deep' or 'single'")
+
+
+class Exported(nn.Module):
+    """What ships: signal (B, T) -> probability (B,), scores (B, T)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = torch.sigmoid(self.net(signal))
+        return scores.amax(dim=-1), scores
+
+
+def macs_per_sample(net: nn.Module, length: int = 4096) -> float:
+    """Multiply-accumulates of the convolutions per input sample."""
+    total = 0
+    hooks = []
+
+    def hook(mod: nn.Module, _inp: object, out: torch.Tensor) -> None:
+        nonlocal total
+        assert isinstance(mod, nn.Conv1d)
+        k = mod.kernel_size[0]
+        total += out.numel() * (mod.in_channels // mod.groups) * k
+
+    for m in net.modules():
+        if isinstance(m, nn.Conv1d):
+            hooks.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        net(torch.randn(1, length))
+    for h in hooks:
+        h.remove()
+    return total / length
+
+
+def measure_radius(net: nn.Module, length: int = 2048, trials: int = 4) -> int:
+    """The receptive radius: the farthest output sample that one input sample moves.
+
+    Measured in float64 by perturbing one input at every phase of the alignment, on copies
+    of the network with fresh random weights (so that trained weights that happen to be
+    zero cannot hide a path) as well as on the network itself; the largest distance wins.
+    """
+    radius = 0
+    for trial in range(trials + 1):
+        probe = copy.deepcopy(net).double().eval()
+        gen = torch.Generator().manual_seed(trial)
+        with torch.no_grad():
+            if trial > 0:
+                for p in probe.parameters():
+                    p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
+            x = torch.randn(1, length, generator=gen, dtype=torch.float64)
+            base = probe(x)
+            for pos in range(length // 2, length // 2 + 8):
+                y = x.clone()
+                y[0, pos] += 0.5
+                changed = torch.nonzero((probe(y) - base).abs()[0] > 0).flatten()
+                if changed.numel():
+                    radius = max(radius, int((changed - pos).abs().max()))
+    return radius

@@ -1,0 +1,188 @@
+"""The reference scenario: a template, its nuisances, and the held-out evaluation suites.
+
+Reference scenario "bump": K(s) = exp(-(s/6)^2 / 2) * cos(2 pi s / 16), s = -20..20, in white
+Gaussian noise (sigma = 1). An event's location is its centre sample (s = 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+def bump(s: FloatArray) -> FloatArray:
+    """K(s) = exp(-(s/6)^2 / 2) * cos(2 pi s / 16), s in samples from the centre."""
+    return np.exp(-((s / 6.0) ** 2) / 2.0) * np.cos(2.0 * np.pi * s / 16.0)
+
+
+def bump_template() -> FloatArray:
+    return bump(np.arange(-20, 21, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class Template:
+    """A shape and the sample that marks an event's location in it."""
+
+    values: FloatArray
+    center: int
+    fn: Callable[[FloatArray], FloatArray] | None = None  # K(s), s from the centre, if known
+
+    @property
+    def norm(self) -> float:
+        return float(np.linalg.norm(self.values))
+
+    def stretched(self, f: float) -> tuple[FloatArray, int]:
+        """The template with its time axis stretched by ``f`` (K(s / f)), and its new centre."""
+        if f == 1.0:
+            return self.values, self.center
+        n = self.values.size
+        left = int(np.floor(self.center * f))
+        right = int(np.floor((n - 1 - self.center) * f))
+        s = np.arange(-left, right + 1, dtype=np.float64) / f  # K(s / f)
+        if self.fn is not None:
+            return self.fn(s), left
+        return np.interp(s + self.center, np.arange(n), self.values), left
+
+
+BUMP = Template(values=bump_template(), center=20, fn=bump)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How signals are made. Each nuisance is applied independently with its probability."""
+
+    template: Template = BUMP
+    length: tuple[int, int] = (256, 2048)  # signal length T, uniform integer, inclusive
+    p_empty: float = 0.5  # probability that a signal has no event
+    max_events: int = 3  # otherwise 1..max_events events, uniform
+    snr: tuple[float, float] = (4.0, 12.0)  # matched-filter SNR A * ||K|| / sigma, uniform
+    stretch: tuple[float, float] | None = None  # time stretch f, uniform; None: no stretch
+    p_stretch: float = 1.0  # probability that a signal's events are stretched
+    p_spikes: float = 0.0  # impulsive spikes: Poisson count, mean T / spike_every
+    spike_every: float = 200.0
+    spike_magnitude: tuple[float, float] = (5.0, 15.0)
+    p_drift: float = 0.0  # baseline drift: 1-3 sinusoids
+    drift_period: tuple[float, float] = (0.25, 4.0)  # in units of T
+    drift_amplitude: tuple[float, float] = (0.0, 5.0)
+    p_gain: float = 0.0  # x <- g * (x + c), g = 10 ** U(log_gain), c = U(offset)
+    log_gain: tuple[float, float] = (-3.0, 3.0)
+    offset: tuple[float, float] = (-100.0, 100.0)
+    polarity: bool = False  # True: inverted events occur too (and count as events)
+    min_spacing: int = field(default=0)  # 0: the template's length
+    noise: float = 1.0  # background sigma multiplier; 0 gives clean events (for tests)
+
+    @property
+    def spacing(self) -> int:
+        return self.min_spacing or self.template.values.size
+
+
+def suites(template: Template = BUMP) -> dict[str, Scenario]:
+    """The four held-out evaluation suites."""
+    white = Scenario(template=template)
+    return {
+        "white": white,
+        "lowsnr": replace(white, snr=(3.0, 6.0)),
+        "jitter": replace(white, stretch=(0.8, 1.25)),
+        "nuisance": replace(white, p_spikes=0.5, p_drift=0.5, p_gain=0.5),
+    }
+
+
+def training_scenario(template: Template = BUMP) -> Scenario:
+    """A wider distribution than the suites: every nuisance half the time, lower SNR too."""
+    return Scenario(
+        template=template,
+        snr=(2.5, 14.0),
+        stretch=(0.75, 1.33),
+        p_stretch=0.5,
+        p_spikes=0.5,
+        spike_magnitude=(3.0, 20.0),
+        p_drift=0.5,
+        drift_amplitude=(0.0, 6.0),
+        p_gain=0.5,
+    )
+
+
+def place_centres(
+    rng: np.random.Generator, length: int, count: int, spacing: int, lo: int, hi: int
+) -> IntArray:
+    """``count`` centres uniform in [lo, hi], pairwise at least ``spacing`` apart."""
+    if count == 0:
+        return np.empty(0, dtype=np.int64)
+    for _ in range(1000):
+        c = np.sort(rng.integers(lo, hi + 1, size=count))
+        if count == 1 or np.all(np.diff(c) >= spacing):
+            return c.astype(np.int64)
+    raise ValueError(f"cannot place {count} events {spacing} apart in a signal of {length}")
+
+
+def make_signal(
+    rng: np.random.Generator, scenario: Scenario, length: int | None = None
+) -> tuple[FloatArray, IntArray]:
+    """One signal and the centres of its events."""
+    sc = scenario
+    tpl = sc.template
+    T = int(rng.integers(sc.length[0], sc.length[1] + 1)) if length is None else length
+    x = sc.noise * rng.standard_normal(T)
+    n_events = 0 if rng.random() < sc.p_empty else int(rng.integers(1, sc.max_events + 1))
+    lo = tpl.center
+    hi = T - (tpl.values.size - tpl.center)
+    centres = place_centres(rng, T, n_events, sc.spacing, lo, hi)
+    stretch_on = sc.stretch is not None and rng.random() < sc.p_stretch
+    for c in centres:
+        amplitude = rng.uniform(*sc.snr) / tpl.norm
+        if sc.polarity and rng.random() < 0.5:
+            amplitude = -amplitude
+        if stretch_on and sc.stretch is not None:
+            shape, centre = tpl.stretched(rng.uniform(*sc.stretch))
+        else:
+            shape, centre = tpl.values, tpl.center
+        a = c - centre
+        b = a + shape.size
+        sa, sb = max(a, 0), min(b, T)
+        x[sa:sb] += amplitude * shape[sa - a : sb - a]
+    if rng.random() < sc.p_spikes:
+        n = rng.poisson(T / sc.spike_every)
+        pos = rng.integers(0, T, size=n)
+        x[pos] += rng.choice([-1.0, 1.0], size=n) * rng.uniform(*sc.spike_magnitude, size=n)
+    if rng.random() < sc.p_drift:
+        t = np.arange(T, dtype=np.float64)
+        for _ in range(int(rng.integers(1, 4))):
+            period = rng.uniform(sc.drift_period[0] * T, sc.drift_period[1] * T)
+            amp = rng.uniform(*sc.drift_amplitude)
+            x += amp * np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi))
+    if rng.random() < sc.p_gain:
+        g = 10.0 ** rng.uniform(*sc.log_gain)
+        x = g * (x + rng.uniform(*sc.offset))
+    return x, centres
+
+
+@dataclass
+class Dataset:
+    """Signals of any lengths with the centres of their events."""
+
+    signals: list[FloatArray]
+    events: list[IntArray]
+
+    def __len__(self) -> int:
+        return len(self.signals)
+
+    @property
+    def n_events(self) -> int:
+        return int(sum(e.size for e in self.events))
+
+
+def make_dataset(scenario: Scenario, n: int, seed: int, length: int | None = None) -> Dataset:
+    rng = np.random.default_rng(seed)
+    pairs = [make_signal(rng, scenario, length) for _ in range(n)]
+    return Dataset([p[0] for p in pairs], [p[1] for p in pairs])
+
+
+# Fixed seeds of the held-out evaluation and validation sets (never used for training).
+EVAL_SEEDS = {"white": 1001, "lowsnr": 1002, "jitter": 1003, "nuisance": 1004}
+VALIDATION_SEEDS = {"white": 2001, "lowsnr": 2002, "jitter": 2003, "nuisance": 2004}
