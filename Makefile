@@ -20,7 +20,7 @@ $(PY):
 # Everything: serving, training and development tools (the CPU build of torch).
 $(VENV)/.installed-all: pyproject.toml constraints.txt | $(PY)
 	$(PIP) install --quiet -c constraints.txt -e '.[serve,train,dev]'
-	touch $@
+	touch $@ $(VENV)/.installed-serve
 
 # Serving only: no torch.
 $(VENV)/.installed-serve: pyproject.toml | $(PY)
@@ -43,6 +43,9 @@ train: $(VENV)/.installed-all  ## train, evaluate and export models/$(NAME) (ARG
 
 train-dry: $(VENV)/.installed-all  ## a tiny end-to-end training run into /tmp
 	$(PY) -m training.train --dry-run --out /tmp/shape-detector-dry $(ARGS)
+
+serve: $(VENV)/.installed-serve  ## serve models/ on HOST:PORT (default 127.0.0.1:8000)
+	SHAPE_DETECTOR_HOST=$(HOST) SHAPE_DETECTOR_PORT=$(PORT) $(PY) -m app
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

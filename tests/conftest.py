@@ -43,3 +43,16 @@ def build_tiny_model(model_dir: Path, arch: str = "deep", seed: int = 0) -> Path
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A model directory like the shipped one, with tiny models: 'bump' (default) and 'other'."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("served")
+    for name in ("bump", "other"):
+        shutil.copytree(tiny_model_dir, root / name)
+        card = (root / name / "card.json").read_text().replace('"name": "tiny"', f'"name": "{name}"')
+        (root / name / "card.json").write_text(card)
+    return root

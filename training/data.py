@@ -93,7 +93,9 @@ def _events(f: Any, path: Path, signals: list[np.ndarray]) -> list[np.ndarray]:
         raise DataError(f"{path}: no 'events' array: give (k, 2) rows of (signal, sample)")
     ev = f["events"]
     if ev.ndim != 2 or ev.shape[1] != 2 or not (np.issubdtype(ev.dtype, np.integer) or ev.size == 0):
-        raise DataError(f"{path}: 'events' must be an integer array of shape (k, 2), got {ev.dtype} {ev.shape}")
+        raise DataError(
+            f"{path}: 'events' must be an integer array of shape (k, 2), got {ev.dtype} {ev.shape}"
+        )
     ev = ev.astype(np.int64)
     per: list[list[int]] = [[] for _ in signals]
     for row, (i, t) in enumerate(ev):
@@ -142,8 +144,8 @@ def load_user_data(path: Path, seed: int = 0) -> UserData:
         signals = _signals(f, path)
         events = _events(f, path, signals)
         order = np.random.default_rng(seed).permutation(len(signals))
-        n_train = int(round(0.7 * len(signals)))
-        n_val = max(1, int(round(0.15 * len(signals))))
+        n_train = round(0.7 * len(signals))
+        n_val = max(1, round(0.15 * len(signals)))
         parts = (order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
         train, val, test = (Dataset([signals[i] for i in p], [events[i] for i in p]) for p in parts)
         template, source = _template(f, path, train)

@@ -139,9 +139,7 @@ def false_alarm_rate(curves: Curves, events: Sequence[npt.NDArray[np.int64]], th
     return float((maxima >= threshold).mean()) if maxima.size else 0.0
 
 
-def threshold_for_rate(
-    curves: Curves, events: Sequence[npt.NDArray[np.int64]], rate: float
-) -> float:
+def threshold_for_rate(curves: Curves, events: Sequence[npt.NDArray[np.int64]], rate: float) -> float:
     """The lowest threshold whose false-alarm rate on event-free signals is <= ``rate``."""
     maxima = np.sort([float(c.max()) for c, e in zip(curves, events, strict=True) if e.size == 0])
     if maxima.size == 0:

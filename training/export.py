@@ -124,7 +124,8 @@ def render_readme(card: Card) -> str:
         "correlation after median/MAD normalisation) with its threshold set for the model's "
         "false-alarm rate on the suite's event-free validation signals.",
         "",
-        "| suite | detector | signals | AUC | precision | recall | F1 | loc. median | loc. p95 | false alarms |",
+        "| suite | detector | signals | AUC | precision | recall | F1 "
+        "| loc. median | loc. p95 | false alarms |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for suite, by_detector in card.metrics.items():

@@ -1,8 +1,8 @@
 """Train a detector, export it to ONNX, evaluate the exported file, write its model card.
 
-    python -m training.train                      # the shipped default model: models/bump
-    python -m training.train --dry-run --out /tmp/m   # a tiny end-to-end run in seconds
-    python -m training.train --data my.npz --name mine  # a user's annotated data
+python -m training.train                      # the shipped default model: models/bump
+python -m training.train --dry-run --out /tmp/m   # a tiny end-to-end run in seconds
+python -m training.train --data my.npz --name mine  # a user's annotated data
 """
 
 from __future__ import annotations
@@ -130,8 +130,11 @@ def fit(net: nn.Module, batches: Any, val: dict[str, Dataset], cfg: TrainConfig)
             history.append({"step": step + 1, "train_loss": running, **v})
             if v["loss"] < best_loss:
                 best_loss, best_state, best_step = v["loss"], copy.deepcopy(net.state_dict()), step + 1
-            bar.set_postfix(loss=f"{running:.4f}", val=f"{v['loss']:.4f}",
-                            auc=f"{np.nanmean([x for k, x in v.items() if k.startswith('auc')]):.4f}")
+            bar.set_postfix(
+                loss=f"{running:.4f}",
+                val=f"{v['loss']:.4f}",
+                auc=f"{np.nanmean([x for k, x in v.items() if k.startswith('auc')]):.4f}",
+            )
         elif step % 20 == 0:
             bar.set_postfix(loss=f"{running:.4f}")
     net.load_state_dict(best_state)
@@ -190,12 +193,27 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--eval-signals", type=int, default=TrainConfig.eval_signals)
     p.add_argument("--val-signals", type=int, default=TrainConfig.val_signals)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--local-weight", type=float, default=TrainConfig.local_weight)
+    d = ModelConfig()
+    p.add_argument("--first-kernel", type=int, default=d.first_kernel, help="deep: first conv length")
+    p.add_argument("--mean-window", type=int, default=d.mean_window, help="normalisation: mean window")
+    p.add_argument("--scale-window", type=int, default=d.scale_window, help="normalisation: scale window")
+    p.add_argument("--channels", type=int, nargs="+", default=d.channels, help="deep: channels per level")
+    p.add_argument("--decoder", type=int, nargs="+", default=d.decoder, help="deep: decoder channels")
     p.add_argument("--dry-run", action="store_true", help="tiny end-to-end run: seconds, not minutes")
     a = p.parse_args(argv)
 
-    cfg = TrainConfig(name=a.name, version=a.version, seed=a.seed, steps=a.steps,
-                      batch_size=a.batch_size, lr=a.lr, eval_signals=a.eval_signals,
-                      val_signals=a.val_signals, model=ModelConfig(arch=a.arch))
+    cfg = TrainConfig(
+        name=a.name,
+        version=a.version,
+        seed=a.seed,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        eval_signals=a.eval_signals,
+        val_signals=a.val_signals,
+        model=ModelConfig(arch=a.arch),
+    )
     if a.dry_run:
         cfg.steps, cfg.batch_size, cfg.eval_every, cfg.warmup = 20, 8, 10, 5
         cfg.lengths, cfg.val_signals, cfg.eval_signals = (256, 384), 24, 40
@@ -268,18 +286,37 @@ def main(argv: list[str] | None = None) -> Path:
         },
     )
     # A provisional card lets the service's own loader run the exported file.
-    save_card(model_dir, make_card(model_dir, threshold=0.5, min_distance=20,
-                                   threshold_selection="provisional",
-                                   min_distance_selection="provisional", **common))
+    save_card(
+        model_dir,
+        make_card(
+            model_dir,
+            threshold=0.5,
+            min_distance=20,
+            threshold_selection="provisional",
+            min_distance_selection="provisional",
+            **common,
+        ),
+    )
     result = evaluate_exported(model_dir, val, test, template)
     common["training"]["seconds"] = round(time.time() - started, 1)
     card = make_card(model_dir, **common, **result)
     save_card(model_dir, card)
-    print(f"wrote {model_dir} ({onnx_path.stat().st_size / 1e3:.0f} kB, "
-          f"{card.macs_per_sample:.0f} MAC/sample, parity {parity:.1e})")
+    print(
+        f"wrote {model_dir} ({onnx_path.stat().st_size / 1e3:.0f} kB, "
+        f"{card.macs_per_sample:.0f} MAC/sample, parity {parity:.1e})"
+    )
     for suite, m in result["metrics"].items():
-        print(suite, {d: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in x.items()
-                          if k in ("auc", "f1", "loc_error_median", "loc_error_p95")} for d, x in m.items()})
+        print(
+            suite,
+            {
+                d: {
+                    k: (round(v, 4) if isinstance(v, float) else v)
+                    for k, v in x.items()
+                    if k in ("auc", "f1", "loc_error_median", "loc_error_p95")
+                }
+                for d, x in m.items()
+            },
+        )
     return model_dir
 
 

@@ -88,8 +88,10 @@ class Card(BaseModel):
                 "the model must take one input 'signal' and give outputs 'probability' and "
                 f"'scores'; the card lists inputs {names_in} and outputs {sorted(names_out)}"
             )
-        if self.template is not None and self.template_center is not None and not (
-            0 <= self.template_center < len(self.template)
+        if (
+            self.template is not None
+            and self.template_center is not None
+            and not (0 <= self.template_center < len(self.template))
         ):
             raise ValueError("template_center must index into template")
         return self
@@ -122,9 +124,7 @@ def load_card(model_dir: Path, *, verify: bool = True) -> Card:
     except ValidationError as exc:
         raise CardError(f"{card_path}: invalid model card: {exc}") from exc
     if card.name != model_dir.name:
-        raise CardError(
-            f"{card_path}: card name {card.name!r} differs from its directory {model_dir.name!r}"
-        )
+        raise CardError(f"{card_path}: card name {card.name!r} differs from its directory {model_dir.name!r}")
     if verify:
         onnx_path = model_dir / MODEL_FILE
         if not onnx_path.is_file():

@@ -53,9 +53,7 @@ class OnnxModel:
         self.session = ort.InferenceSession(
             str(model_dir / MODEL_FILE), sess_options=so, providers=["CPUExecutionProvider"]
         )
-        self.plan = WindowPlan.for_model(
-            self.options.window, self.card.receptive_radius, self.card.alignment
-        )
+        self.plan = WindowPlan.for_model(self.options.window, self.card.receptive_radius, self.card.alignment)
 
     @property
     def name(self) -> str:

@@ -44,7 +44,8 @@ def local_maxima(scores: npt.NDArray[np.floating], threshold: float) -> npt.NDAr
     is_peak = (values > left) & (values > right) & (values >= threshold)
     peak_starts = starts[is_peak]
     peak_ends = ends[is_peak]
-    return (peak_starts + (peak_ends - 1 - peak_starts) // 2).astype(np.int64)
+    middle: npt.NDArray[np.int64] = (peak_starts + (peak_ends - 1 - peak_starts) // 2).astype(np.int64)
+    return middle
 
 
 def select_by_distance(
@@ -73,9 +74,7 @@ def select_by_distance(
     return index[keep]
 
 
-def find_peaks(
-    scores: npt.NDArray[np.floating], threshold: float, min_distance: int
-) -> Peaks:
+def find_peaks(scores: npt.NDArray[np.floating], threshold: float, min_distance: int) -> Peaks:
     """Peaks of a per-sample probability curve: the service's and the evaluation's definition."""
     x = np.asarray(scores)
     idx = local_maxima(x, threshold)

@@ -55,7 +55,9 @@ def test_missing_and_malformed_cards(tiny_model_dir: Path, tmp_path: Path) -> No
         ("outputs", [], "outputs"),
     ],
 )
-def test_invalid_fields(tiny_model_dir: Path, tmp_path: Path, field: str, value: object, message: str) -> None:
+def test_invalid_fields(
+    tiny_model_dir: Path, tmp_path: Path, field: str, value: object, message: str
+) -> None:
     d = copy_model(tiny_model_dir, tmp_path / "tiny")
     raw = json.loads((d / "card.json").read_text())
     raw[field] = value

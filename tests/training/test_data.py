@@ -30,8 +30,15 @@ def test_two_dimensional_signals(tmp_path: Path) -> None:
 def test_concatenated_signals_with_lengths_and_template(tmp_path: Path) -> None:
     x, ev = generated()
     lengths = np.full(len(x), x.shape[1])
-    user = load_user_data(write_npz(tmp_path / "d.npz", signals=x.ravel(), lengths=lengths,
-                                    events=ev, template=np.array([0.0, 1.0, 0.5, -0.2])))
+    user = load_user_data(
+        write_npz(
+            tmp_path / "d.npz",
+            signals=x.ravel(),
+            lengths=lengths,
+            events=ev,
+            template=np.array([0.0, 1.0, 0.5, -0.2]),
+        )
+    )
     assert user.template.center == 1 and user.template_source == "given in the data file"
 
 
@@ -41,8 +48,13 @@ def test_concatenated_signals_with_lengths_and_template(tmp_path: Path) -> None:
         (lambda x, ev: {"signals": x, "events": ev[:, :1]}, r"shape \(k, 2\)"),
         (lambda x, ev: {"signals": x, "events": ev + np.array([0, 10_000])}, "outside signal"),
         (lambda x, ev: {"signals": x, "events": ev + np.array([100, 0])}, "does not exist"),
-        (lambda x, ev: {"signals": np.where(np.arange(x.size).reshape(x.shape) == 805, np.nan, x),
-                        "events": ev}, "signal 2 has a non-finite value .* at sample 5"),
+        (
+            lambda x, ev: {
+                "signals": np.where(np.arange(x.size).reshape(x.shape) == 805, np.nan, x),
+                "events": ev,
+            },
+            "signal 2 has a non-finite value .* at sample 5",
+        ),
         (lambda x, ev: {"signals": x[:, :10], "events": ev[:0]}, "need at least 64"),
         (lambda x, ev: {"signals": x[:5], "events": ev[:0]}, "need at least 10"),
         (lambda x, ev: {"signals": x[None], "events": ev}, "1-D .* or 2-D"),
@@ -66,7 +78,7 @@ def test_not_an_npz(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not a readable"):
         load_user_data(tmp_path / "x.npz")
     np.save(tmp_path / "one.npy", np.zeros(3))
-    with pytest.raises(DataError, match="expected an .npz"):
+    with pytest.raises(DataError, match=r"expected an \.npz"):
         load_user_data(tmp_path / "one.npy")
     with pytest.raises(DataError, match="no such file"):
         load_user_data(tmp_path / "missing.npz")

@@ -30,8 +30,9 @@ def test_dry_run_on_user_data(tmp_path: Path) -> None:
     data = make_dataset(suites()["white"], 40, seed=9, length=512)
     events = np.array([(i, c) for i, e in enumerate(data.events) for c in e]).reshape(-1, 2)
     np.savez(tmp_path / "mine.npz", signals=np.stack(data.signals), events=events, label="blip")
-    model_dir = main(["--dry-run", "--data", str(tmp_path / "mine.npz"), "--out", str(tmp_path),
-                      "--name", "mine"])
+    model_dir = main(
+        ["--dry-run", "--data", str(tmp_path / "mine.npz"), "--out", str(tmp_path), "--name", "mine"]
+    )
     card = load_card(model_dir)
     assert card.labels == ["blip"]
     assert set(card.metrics) == {"user"}

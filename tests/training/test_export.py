@@ -28,7 +28,7 @@ def test_exported_graph_checks_and_matches_torch(tmp_path: Path) -> None:
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         p, s = sess.run(None, {"signal": x})
         with torch.no_grad():
-            pt, st = Exported(net)(torch.from_numpy(x))
+            _pt, st = Exported(net)(torch.from_numpy(x))
         assert p.shape == shape[:1] and s.shape == shape
         np.testing.assert_allclose(s, st.numpy(), atol=1e-4)
         np.testing.assert_allclose(p, s.max(axis=1), atol=1e-7)

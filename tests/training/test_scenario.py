@@ -31,8 +31,13 @@ def test_snr_range(suite: str, lo: float, hi: float) -> None:
     """With the noise switched off, each event's amplitude gives its matched-filter SNR."""
     clean = replace(suites()[suite], noise=0.0, max_events=1)
     data = make_dataset(clean, 400, seed=3)
-    snrs = np.array([np.abs(x).max() / BUMP.values.max() * BUMP.norm
-                     for x, e in zip(data.signals, data.events, strict=True) if e.size])
+    snrs = np.array(
+        [
+            np.abs(x).max() / BUMP.values.max() * BUMP.norm
+            for x, e in zip(data.signals, data.events, strict=True)
+            if e.size
+        ]
+    )
     assert snrs.min() >= lo - 1e-9 and snrs.max() <= hi + 1e-9
     assert snrs.min() < lo + 0.3 and snrs.max() > hi - 0.3  # spans the range
 

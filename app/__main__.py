@@ -1,0 +1,37 @@
+"""``python -m app``: serve the models with uvicorn, configured by SHAPE_DETECTOR_* variables."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import uvicorn
+
+from app.settings import SettingsError, load_settings
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"shape-detector: {exc}", file=sys.stderr)
+        return 2
+    # uvicorn shuts down gracefully on SIGTERM / SIGINT, then re-raises the signal to the
+    # handler that was installed before it: make that a no-op so a clean stop exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    uvicorn.run(
+        "app.main:app_from_env",
+        factory=True,
+        host=settings.HOST,
+        port=settings.PORT,
+        workers=settings.WORKERS,
+        access_log=False,  # the app logs one structured line per request itself
+        log_level=settings.LOG_LEVEL,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Dependencies: lifespan state handed to routes as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from fastapi.responses import Response
+
+from app.core.errors import BodyTooLarge, MalformedBody
+from app.core.model import OnnxModel
+from app.core.pipeline import Params, detect_request
+from app.core.registry import Registry
+from app.core.signals import Limits
+from app.observability import Metrics
+from app.settings import Settings
+
+
+@dataclass
+class Runner:
+    """Reads a detection body within its size limit and computes it off the event loop."""
+
+    executor: ThreadPoolExecutor
+    limits: Limits
+    max_body_bytes: int
+    metrics: Metrics
+
+    async def read_body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise MalformedBody(f"Content-Length {declared!r} is not a number")
+            if int(declared) > self.max_body_bytes:
+                raise BodyTooLarge(self._too_large())
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise BodyTooLarge(self._too_large())
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self) -> str:
+        return (
+            f"body larger than {self.max_body_bytes} bytes (SHAPE_DETECTOR_MAX_BODY_BYTES): "
+            "send fewer signals per request or use the more compact application/x-npy"
+        )
+
+    async def detect(self, request: Request, model: OnnxModel, query: Params) -> Response:
+        body = await self.read_body(request)
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        outcome = await loop.run_in_executor(
+            self.executor,
+            detect_request,
+            model,
+            request.headers.get("content-type"),
+            body,
+            query,
+            self.limits,
+        )
+        self.metrics.inference.labels(model.name).observe(time.perf_counter() - started)
+        self.metrics.signals.labels(model.name).inc(outcome.signals)
+        self.metrics.samples.labels(model.name).inc(outcome.samples)
+        request.state.signals = outcome.signals
+        request.state.samples = outcome.samples
+        return Response(outcome.body, media_type="application/json")
+
+
+def get_settings_state(request: Request) -> Settings:
+    settings: Settings = request.state.settings
+    return settings
+
+
+def get_registry(request: Request) -> Registry:
+    registry: Registry = request.state.registry
+    return registry
+
+
+def get_runner(request: Request) -> Runner:
+    runner: Runner = request.state.runner
+    return runner
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.state.metrics
+    return metrics
+
+
+def detect_query(
+    threshold: Annotated[
+        float | None, Query(gt=0, lt=1, description="Detection threshold (default: the card's).")
+    ] = None,
+    min_distance: Annotated[
+        int | None, Query(ge=1, description="Least spacing of two peaks (default: the card's).")
+    ] = None,
+    return_scores: Annotated[bool | None, Query(description="Include per-sample probabilities.")] = None,
+) -> Params:
+    return Params(threshold, min_distance, return_scores)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_state)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+RunnerDep = Annotated[Runner, Depends(get_runner)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+QueryDep = Annotated[Params, Depends(detect_query)]

@@ -1,0 +1,83 @@
+"""The /v1 detection API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from app.api.deps import QueryDep, RegistryDep, RunnerDep, SettingsDep
+from app.api.schemas import ERRORS, DetectRequest, DetectResponse, ModelList, example_signal
+from app.core.card import Card
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+
+_npy_example = "(binary: the bytes np.save writes; 1-D for one signal, 2-D for several)"
+DETECT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": DetectRequest.model_json_schema(),
+                "examples": {
+                    "primer": {
+                        "summary": "The primer's figure: two events and a spike",
+                        "value": {"signals": [example_signal()], "return_scores": False},
+                    },
+                    "options": {
+                        "summary": "Two signals, own threshold and spacing",
+                        "value": {
+                            "signals": [example_signal(), example_signal(256)],
+                            "threshold": 0.6,
+                            "min_distance": 30,
+                        },
+                    },
+                },
+            },
+            "application/x-npy": {
+                "schema": {"type": "string", "format": "binary"},
+                "example": _npy_example,
+            },
+        },
+    }
+}
+DETECT_DOC = dict(
+    response_model=DetectResponse,
+    responses=ERRORS,
+    openapi_extra=DETECT_BODY,
+    response_class=Response,
+)
+
+
+@router.post("/detect", summary="Detect events with the default model", **DETECT_DOC)  # type: ignore[arg-type]
+async def detect(
+    request: Request, registry: RegistryDep, runner: RunnerDep, settings: SettingsDep, query: QueryDep
+) -> Response:
+    """Probability, decision and peak locations of each signal (JSON or .npy body)."""
+    return await runner.detect(request, registry.get(settings.DEFAULT_MODEL), query)
+
+
+@router.post("/models/{name}/detect", summary="Detect events with a named model", **DETECT_DOC)  # type: ignore[arg-type]
+async def detect_with(
+    name: str, request: Request, registry: RegistryDep, runner: RunnerDep, query: QueryDep
+) -> Response:
+    """Like /v1/detect, with the model named in the path."""
+    return await runner.detect(request, registry.get(name), query)
+
+
+@router.get("/models", response_model=ModelList, summary="List the served models")
+def list_models(registry: RegistryDep) -> ModelList:
+    """The card of every model that is loaded and serving."""
+    return ModelList(models=[m.card for m in registry.models()])
+
+
+@router.get(
+    "/models/{name}",
+    response_model=Card,
+    responses={404: ERRORS[404], 503: ERRORS[503]},
+    summary="One model's card",
+)
+def get_model(name: str, registry: RegistryDep) -> Card:
+    """The model card: names, lengths, threshold, metrics, provenance."""
+    return registry.get(name).card

@@ -1,0 +1,50 @@
+"""Domain errors. The API maps each to one HTTP status in one exception handler."""
+
+from __future__ import annotations
+
+
+class DetectorError(Exception):
+    """Base class: ``detail`` is safe to show to the client and says how to fix the call."""
+
+    status = 500
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class MalformedBody(DetectorError):
+    """The body cannot be parsed as its content type (400)."""
+
+    status = 400
+
+
+class ModelNotFound(DetectorError):
+    status = 404
+
+
+class BodyTooLarge(DetectorError):
+    status = 413
+
+
+class UnsupportedMediaType(DetectorError):
+    status = 415
+
+
+class ModelNotReady(DetectorError):
+    """The model exists but is loading or failed to load (503)."""
+
+    status = 503
+
+
+class InvalidInput(DetectorError):
+    """The body parsed but its content is unusable (422); ``loc`` points at the culprit."""
+
+    status = 422
+
+    def __init__(
+        self, detail: str, loc: tuple[str | int, ...] = ("body",), kind: str = "value_error"
+    ) -> None:
+        super().__init__(detail)
+        self.loc = loc
+        self.kind = kind

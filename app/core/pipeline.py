@@ -1,0 +1,152 @@
+"""One detection request, from body bytes to response bytes: decode, validate, detect, encode.
+
+The HTTP routes call ``detect_request`` in a worker thread; nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from app.core.errors import InvalidInput, MalformedBody, UnsupportedMediaType
+from app.core.model import Detection, OnnxModel
+from app.core.signals import Limits, Signal, parse_npy, rows_from_json
+
+JSON_TYPES = ("application/json",)
+NPY_TYPES = ("application/x-npy",)
+BODY_FIELDS = {"signals", "threshold", "min_distance", "return_scores"}
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """Per-request options; None means the card's default."""
+
+    threshold: float | None = None
+    min_distance: int | None = None
+    return_scores: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    body: bytes
+    signals: int
+    samples: int
+
+
+def media_type(content_type: str | None) -> str:
+    base = (content_type or "").split(";", 1)[0].strip().lower()
+    if base in JSON_TYPES:
+        return "json"
+    if base in NPY_TYPES:
+        return "npy"
+    raise UnsupportedMediaType(
+        f"Content-Type {content_type or '(none)'!r} is not supported: send "
+        "'application/json' or 'application/x-npy'"
+    )
+
+
+def _check_threshold(v: Any, loc: tuple[str | int, ...]) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1:
+        raise InvalidInput(f"threshold must be a number strictly between 0 and 1, got {v!r}", loc)
+    return float(v)
+
+
+def _check_min_distance(v: Any, loc: tuple[str | int, ...]) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise InvalidInput(f"min_distance must be an integer >= 1, got {v!r}", loc)
+    return int(v)
+
+
+def _merge(body_value: Any, query_value: Any, name: str) -> Any:
+    if body_value is not None and query_value is not None:
+        raise InvalidInput(
+            f"{name} is given both in the body and in the query: give it once", ("query", name)
+        )
+    return body_value if body_value is not None else query_value
+
+
+def decode_json(body: bytes, query: Params, limits: Limits, min_length: int) -> tuple[list[Signal], Params]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBody(
+            f"body is not valid JSON ({exc}); NaN and Infinity are not JSON: send finite numbers"
+        ) from None
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"body must be a JSON object with 'signals', got {type(doc).__name__}")
+    unknown = set(doc) - BODY_FIELDS
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(BODY_FIELDS)}", ("body",))
+    if "signals" not in doc:
+        raise InvalidInput(
+            "field 'signals' is required: a list of signals (lists of numbers)",
+            ("body", "signals"),
+            "missing",
+        )
+    threshold = doc.get("threshold")
+    if threshold is not None:
+        threshold = _check_threshold(threshold, ("body", "threshold"))
+    min_distance = doc.get("min_distance")
+    if min_distance is not None:
+        min_distance = _check_min_distance(min_distance, ("body", "min_distance"))
+    return_scores = doc.get("return_scores")
+    if return_scores is not None and not isinstance(return_scores, bool):
+        raise InvalidInput(
+            f"return_scores must be true or false, got {return_scores!r}", ("body", "return_scores")
+        )
+    params = Params(
+        _merge(threshold, query.threshold, "threshold"),
+        _merge(min_distance, query.min_distance, "min_distance"),
+        _merge(return_scores, query.return_scores, "return_scores"),
+    )
+    may_hold_bools = b"true" in body or b"false" in body
+    signals = rows_from_json(doc["signals"], limits, min_length, may_hold_bools=may_hold_bools)
+    return signals, params
+
+
+def encode(model: OnnxModel, threshold: float, min_distance: int, results: list[Detection]) -> bytes:
+    out = []
+    for d in results:
+        item: dict[str, Any] = {
+            "probability": d.probability,
+            "detected": d.detected,
+            "peaks": [
+                {"index": int(i), "probability": float(p)}
+                for i, p in zip(d.peaks.index, d.peaks.probability, strict=True)
+            ],
+        }
+        if d.scores is not None:
+            item["scores"] = d.scores
+        out.append(item)
+    doc = {
+        "model": {"name": model.name, "version": model.version},
+        "threshold": threshold,
+        "min_distance": min_distance,
+        "results": out,
+    }
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def detect_request(
+    model: OnnxModel, content_type: str | None, body: bytes, query: Params, limits: Limits
+) -> Outcome:
+    """Decode a detection request body, run the model, and encode the JSON response."""
+    kind = media_type(content_type)
+    min_length = model.card.min_length
+    if kind == "json":
+        signals, params = decode_json(body, query, limits, min_length)
+    else:
+        if not body:
+            raise MalformedBody("empty body: send a .npy file (np.save) as the body")
+        signals, params = parse_npy(body, limits, min_length), query
+    threshold = model.card.threshold if params.threshold is None else params.threshold
+    min_distance = model.card.min_distance if params.min_distance is None else params.min_distance
+    results = model.detect(signals, threshold, min_distance, return_scores=bool(params.return_scores))
+    return Outcome(
+        body=encode(model, threshold, min_distance, results),
+        signals=len(signals),
+        samples=int(sum(np.size(s) for s in signals)),
+    )

@@ -1,0 +1,80 @@
+"""Every model under the model directory, loaded once, verified, warmed up, with its status.
+
+A model that fails to load or verify is not served; its status says why and the other
+models still serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.core.card import CARD_FILE
+from app.core.errors import ModelNotFound, ModelNotReady
+from app.core.model import InferenceOptions, OnnxModel
+
+log = logging.getLogger("shape_detector.models")
+
+
+@dataclass
+class ModelStatus:
+    name: str
+    state: str = "loading"  # loading | ready | failed
+    reason: str | None = None
+    model: OnnxModel | None = None
+
+
+class Registry:
+    def __init__(self, model_dir: Path, options: InferenceOptions) -> None:
+        self.model_dir = model_dir
+        self.options = options
+        self._lock = threading.Lock()
+        self.statuses: dict[str, ModelStatus] = {
+            d.name: ModelStatus(d.name)
+            for d in sorted(model_dir.iterdir())
+            if d.is_dir() and ((d / CARD_FILE).exists() or (d / "model.onnx").exists())
+        }
+
+    def load_all(self) -> None:
+        """Load, verify and warm up every model; never raises for one bad model."""
+        for name, status in self.statuses.items():
+            try:
+                model = OnnxModel(self.model_dir / name, self.options)
+                model.warm_up()
+            except Exception as exc:  # a bad model must not stop the others
+                with self._lock:
+                    status.state, status.reason = "failed", f"{type(exc).__name__}: {exc}"
+                log.error("model %s not served: %s", name, status.reason)
+                continue
+            with self._lock:
+                status.state, status.model, status.reason = "ready", model, None
+            log.info("model %s %s ready", name, model.version)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.statuses) and all(s.state == "ready" for s in self.statuses.values())
+
+    def problems(self) -> list[str]:
+        if not self.statuses:
+            return [f"no models under {self.model_dir}"]
+        return [
+            f"{s.name}: {s.state}" + (f" ({s.reason})" if s.reason else "")
+            for s in self.statuses.values()
+            if s.state != "ready"
+        ]
+
+    def models(self) -> list[OnnxModel]:
+        return [s.model for s in self.statuses.values() if s.model is not None]
+
+    def get(self, name: str) -> OnnxModel:
+        status = self.statuses.get(name)
+        if status is None:
+            known = ", ".join(self.statuses) or "none"
+            raise ModelNotFound(f"no model named {name!r}; available models: {known}")
+        if status.model is None:
+            if status.state == "loading":
+                raise ModelNotReady(f"model {name!r} is still loading; retry in a few seconds")
+            raise ModelNotReady(f"model {name!r} is not available: {status.reason}")
+        return status.model

@@ -1,0 +1,182 @@
+"""Incoming signals: decoding (JSON rows, .npy) and validation, with messages that tell the fix.
+
+Everything here runs before any large allocation: sizes are checked against the limits from
+the headers (.npy) or the parsed structure (JSON) first.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from app.core.errors import InvalidInput, MalformedBody
+
+Signal = npt.NDArray[np.float64] | npt.NDArray[np.float32]
+NPY_MAGIC = b"\x93NUMPY"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_signals: int
+    max_samples: int  # per request
+    max_signal_length: int
+
+
+def check_counts(lengths: list[int], limits: Limits, min_length: int, loc: tuple[str | int, ...]) -> None:
+    """Number of signals, each length, and the total, against the limits and the model."""
+    if not lengths:
+        raise InvalidInput("no signals: send at least one signal", loc)
+    if len(lengths) > limits.max_signals:
+        raise InvalidInput(
+            f"{len(lengths)} signals in one request; the limit is {limits.max_signals}: "
+            "split them over several requests",
+            loc,
+        )
+    for i, n in enumerate(lengths):
+        where = (*loc, i)
+        if n == 0:
+            raise InvalidInput(f"signal {i} is empty: send at least {min_length} samples", where)
+        if n < min_length:
+            raise InvalidInput(f"signal {i} has {n} samples; this model needs at least {min_length}", where)
+        if n > limits.max_signal_length:
+            raise InvalidInput(
+                f"signal {i} has {n} samples; the limit is {limits.max_signal_length}: "
+                "cut it into shorter signals",
+                where,
+            )
+    total = sum(lengths)
+    if total > limits.max_samples:
+        raise InvalidInput(
+            f"{total} samples in one request; the limit is {limits.max_samples}: "
+            "send fewer or shorter signals per request",
+            loc,
+        )
+
+
+def check_finite(signals: list[Signal], loc: tuple[str | int, ...]) -> None:
+    for i, s in enumerate(signals):
+        if not np.isfinite(s).all():
+            j = int(np.flatnonzero(~np.isfinite(s))[0])
+            raise InvalidInput(
+                f"signal {i} has a non-finite value ({s[j]}) at index {j}: "
+                "send finite numbers only (no NaN or Infinity)",
+                (*loc, i, j),
+            )
+
+
+def rows_from_json(
+    signals: Any, limits: Limits, min_length: int, *, may_hold_bools: bool = True
+) -> list[Signal]:
+    """``signals`` from a parsed JSON body -> float64 arrays, validated.
+
+    ``may_hold_bools=False`` (the body has no ``true``/``false`` token) skips the per-value
+    scan that tells JSON booleans from numbers.
+    """
+    loc: tuple[str | int, ...] = ("body", "signals")
+    if not isinstance(signals, list):
+        raise InvalidInput(f"'signals' must be a list of lists of numbers, got {type(signals).__name__}", loc)
+    for i, row in enumerate(signals):
+        if not isinstance(row, list):
+            raise InvalidInput(f"signal {i} must be a list of numbers, got {type(row).__name__}", (*loc, i))
+    check_counts([len(r) for r in signals], limits, min_length, loc)
+    out: list[Signal] = []
+    for i, row in enumerate(signals):
+        arr: Any = None
+        try:
+            arr = np.array(row)
+            if arr.dtype.kind == "O" and not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in row
+            ):
+                arr = None  # None, nested lists or other objects among the numbers
+            elif arr.dtype.kind in "iuO":
+                arr = arr.astype(np.float64)
+        except (ValueError, TypeError, OverflowError):
+            arr = None
+        if (
+            arr is None
+            or arr.ndim != 1
+            or arr.dtype.kind != "f"
+            or (may_hold_bools and any(v is True or v is False for v in row))
+        ):
+            j, v = next(
+                ((j, v) for j, v in enumerate(row) if isinstance(v, bool) or not isinstance(v, int | float)),
+                (0, row[0]),
+            )
+            raise InvalidInput(
+                f"signal {i} has a non-numeric value ({_short(v)}) at index {j}: send numbers only",
+                (*loc, i, j),
+                "float_type",
+            )
+        out.append(arr.astype(np.float64, copy=False))
+    check_finite(out, loc)
+    return out
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_npy(body: bytes, limits: Limits, min_length: int) -> list[Signal]:
+    """A NumPy .npy body (1-D: one signal; 2-D: several of one length) without pickle.
+
+    The header is parsed and checked against the limits and the body's actual size before
+    any array is allocated; the data is then viewed, not copied.
+    """
+    loc: tuple[str | int, ...] = ("body",)
+    if not body.startswith(NPY_MAGIC) or len(body) < 10:
+        raise MalformedBody("body is not a .npy file (no \\x93NUMPY magic): send np.save output")
+    major = body[6]
+    if major == 1:
+        header_len = int.from_bytes(body[8:10], "little")
+        start = 10
+    elif major in (2, 3):
+        if len(body) < 12:
+            raise MalformedBody(".npy header is truncated")
+        header_len = int.from_bytes(body[8:12], "little")
+        start = 12
+    else:
+        raise MalformedBody(f".npy format version {major} is not supported (use 1, 2 or 3)")
+    if header_len > 65536 or start + header_len > len(body):
+        raise MalformedBody(".npy header is truncated or too long")
+    try:
+        header = ast.literal_eval(body[start : start + header_len].decode("latin1"))
+        descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
+        if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+            raise ValueError("bad shape")
+        dtype = np.dtype(descr)
+    except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError) as exc:
+        raise MalformedBody(f".npy header cannot be read: {type(exc).__name__}") from None
+    if dtype.hasobject or dtype.kind not in "iuf" or dtype.names is not None or dtype.subdtype:
+        raise InvalidInput(
+            f".npy array has dtype {dtype}; send a float32 or float64 array (no objects, no pickle)",
+            loc,
+            "dtype",
+        )
+    if len(shape) not in (1, 2):
+        raise InvalidInput(
+            f".npy array has shape {shape}; send 1-D (one signal) or 2-D (signals x samples)",
+            loc,
+        )
+    rows, length = (1, shape[0]) if len(shape) == 1 else shape
+    if rows > limits.max_signals:
+        check_counts([length] * min(rows, limits.max_signals + 1), limits, min_length, loc)
+    check_counts([length] * rows, limits, min_length, loc)
+    data = memoryview(body)[start + header_len :]
+    expected = rows * length * dtype.itemsize
+    if len(data) != expected:
+        raise MalformedBody(
+            f".npy data has {len(data)} bytes but its header says {shape} of {dtype} "
+            f"({expected} bytes): the file is truncated or has trailing data"
+        )
+    arr = np.frombuffer(data, dtype=dtype)
+    arr = arr.reshape((rows, length), order="F" if fortran and len(shape) == 2 else "C")
+    if dtype.kind != "f":
+        arr = arr.astype(np.float64)
+    out: list[Signal] = list(arr)
+    check_finite(out, loc)
+    return out

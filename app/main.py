@@ -1,0 +1,107 @@
+"""The application: lifespan (models, worker threads), routers, error handlers — nothing else."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TypedDict
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.api import docs, health, metrics, v1
+from app.api.deps import Runner
+from app.core.errors import DetectorError, InvalidInput, ModelNotReady
+from app.core.model import InferenceOptions
+from app.core.registry import Registry
+from app.core.signals import Limits
+from app.observability import Metrics, ObservabilityMiddleware, configure_logging
+from app.settings import Settings, get_settings
+
+log = logging.getLogger("shape_detector")
+STATIC = Path(__file__).parent / "static"
+
+
+class State(TypedDict):
+    settings: Settings
+    registry: Registry
+    runner: Runner
+    metrics: Metrics
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.LOG_LEVEL)
+    app_metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[State]:
+        options = InferenceOptions(
+            window=settings.WINDOW,
+            max_batch_samples=settings.MAX_BATCH_SAMPLES,
+            intra_op_threads=settings.INTRA_OP_THREADS,
+        )
+        registry = Registry(settings.MODEL_DIR, options)
+        # Load in the background: /healthz answers at once, /readyz once models are warm.
+        loader = threading.Thread(target=registry.load_all, name="model-loader", daemon=True)
+        loader.start()
+        executor = ThreadPoolExecutor(settings.INFERENCE_THREADS, thread_name_prefix="inference")
+        runner = Runner(
+            executor=executor,
+            limits=Limits(settings.MAX_SIGNALS, settings.MAX_SAMPLES, settings.MAX_SIGNAL_LENGTH),
+            max_body_bytes=settings.MAX_BODY_BYTES,
+            metrics=app_metrics,
+        )
+        try:
+            yield {"settings": settings, "registry": registry, "runner": runner, "metrics": app_metrics}
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    app = FastAPI(
+        title="Shape Detector",
+        version="0.1.0",
+        summary="Finds a known shape in 1-D signals with a 1-D CNN.",
+        description=(
+            "POST signals to `/v1/detect` (JSON or `.npy`); each gets the probability that it "
+            "holds the shape and the sample index of every detected event."
+        ),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(ObservabilityMiddleware, metrics=app_metrics)
+    app.include_router(v1.router)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(docs.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(DetectorError)
+    async def detector_error(request: Request, exc: DetectorError) -> JSONResponse:
+        if isinstance(exc, InvalidInput):
+            body: dict[str, object] = {
+                "detail": [{"loc": list(exc.loc), "msg": exc.detail, "type": exc.kind}]
+            }
+        else:
+            body = {"detail": exc.detail}
+        headers = {"Retry-After": "5"} if isinstance(exc, ModelNotReady) else None
+        return JSONResponse(body, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception(
+            "unhandled error", extra={"fields": {"request_id": getattr(request.state, "request_id", None)}}
+        )
+        return JSONResponse({"detail": "internal error; the request id is in X-Request-ID"}, status_code=500)
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory app.main:app_from_env``."""
+    return create_app()

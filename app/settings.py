@@ -1,0 +1,72 @@
+"""Settings: one object, every field an environment variable prefixed SHAPE_DETECTOR_."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SHAPE_DETECTOR_"
+
+
+class SettingsError(ValueError):
+    """An invalid setting; the message names the environment variable and its value."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False, extra="ignore")
+
+    HOST: str = Field("127.0.0.1", description="Address to listen on (python -m app).")
+    PORT: int = Field(8000, ge=1, le=65535, description="Port to listen on (python -m app).")
+    WORKERS: int = Field(1, ge=1, le=64, description="Server processes (python -m app).")
+    MODEL_DIR: Path = Field(Path("models"), description="Directory holding one sub-directory per model.")
+    DEFAULT_MODEL: str = Field("bump", description="Model used by POST /v1/detect.")
+    MAX_SIGNAL_LENGTH: int = Field(10_000_000, ge=1, description="Longest signal accepted.")
+    MAX_SIGNALS: int = Field(1024, ge=1, description="Most signals in one request.")
+    MAX_SAMPLES: int = Field(20_000_000, ge=1, description="Most samples in one request.")
+    MAX_BODY_BYTES: int = Field(268_435_456, ge=1024, description="Largest request body.")
+    WINDOW: int = Field(65536, ge=256, description="Window length for long signals, samples.")
+    MAX_BATCH_SAMPLES: int = Field(262_144, ge=1024, description="Samples per onnxruntime call.")
+    INTRA_OP_THREADS: int = Field(0, ge=0, description="onnxruntime threads per call; 0: default.")
+    INFERENCE_THREADS: int = Field(2, ge=1, le=64, description="Requests computed at once.")
+    LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not self.MODEL_DIR.is_dir():
+            raise ValueError(f"MODEL_DIR: {str(self.MODEL_DIR)!r} is not a directory")
+        if not (self.MODEL_DIR / self.DEFAULT_MODEL).is_dir():
+            raise ValueError(
+                f"DEFAULT_MODEL: {self.DEFAULT_MODEL!r} is not a model directory under "
+                f"{str(self.MODEL_DIR)!r}"
+            )
+        if self.MAX_SIGNAL_LENGTH > self.MAX_SAMPLES:
+            raise ValueError(
+                f"MAX_SIGNAL_LENGTH: {self.MAX_SIGNAL_LENGTH} exceeds MAX_SAMPLES "
+                f"{self.MAX_SAMPLES}; raise MAX_SAMPLES or lower MAX_SIGNAL_LENGTH"
+            )
+        return self
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment (and ``overrides``); raises ``SettingsError`` if invalid."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            msg = err["msg"].removeprefix("Value error, ")
+            if field:
+                lines.append(f"{ENV_PREFIX}{field.upper()}={err.get('input')!r}: {msg}")
+            else:
+                lines.append(f"{ENV_PREFIX}{msg}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,84 @@
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.schemas import DetectResponse
+
+
+def npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def test_json_detect_contract(client: TestClient) -> None:
+    rng = np.random.default_rng(0)
+    signals = [rng.standard_normal(n).round(4).tolist() for n in (300, 500, 64)]
+    r = client.post("/v1/detect", json={"signals": signals, "return_scores": True})
+    assert r.status_code == 200, r.text
+    body = DetectResponse.model_validate(r.json())
+    assert body.model.name == "bump" and body.model.version == "0.0.1"
+    assert body.threshold == 0.5 and body.min_distance == 10  # the card's defaults
+    assert len(body.results) == 3
+    for sig, res in zip(signals, body.results, strict=True):
+        assert res.scores is not None and len(res.scores) == len(sig)
+        assert res.probability == pytest.approx(max(res.scores), abs=1e-6)
+        assert res.detected == (res.probability >= body.threshold)
+        idx = [p.index for p in res.peaks]
+        assert idx == sorted(idx)
+    assert "x-request-id" in r.headers
+
+
+def test_scores_only_when_asked(client: TestClient) -> None:
+    r = client.post("/v1/detect", json={"signals": [[0.0] * 100]})
+    assert "scores" not in r.json()["results"][0]
+
+
+def test_named_model_and_options(client: TestClient) -> None:
+    x = np.random.default_rng(1).standard_normal(400).tolist()
+    r = client.post("/v1/models/other/detect", json={"signals": [x], "threshold": 0.01, "min_distance": 3})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model"]["name"] == "other" and body["threshold"] == 0.01 and body["min_distance"] == 3
+    peaks = [p["index"] for p in body["results"][0]["peaks"]]
+    assert all(b - a >= 3 for a, b in zip(peaks, peaks[1:], strict=False))
+
+
+def test_npy_equals_json(client: TestClient) -> None:
+    x = np.random.default_rng(2).standard_normal((3, 700))
+    j = client.post("/v1/detect", json={"signals": x.tolist(), "return_scores": True}).json()
+    for arr in (x, x.astype(np.float32)):
+        r = client.post(
+            "/v1/detect?return_scores=true", content=npy(arr), headers={"Content-Type": "application/x-npy"}
+        )
+        assert r.status_code == 200, r.text
+        for a, b in zip(r.json()["results"], j["results"], strict=True):
+            np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
+            assert [p["index"] for p in a["peaks"]] == [p["index"] for p in b["peaks"]]
+    one = client.post("/v1/detect", content=npy(x[1]), headers={"Content-Type": "application/x-npy"})
+    assert one.status_code == 200 and len(one.json()["results"]) == 1
+    assert one.json()["results"][0]["probability"] == pytest.approx(j["results"][1]["probability"], abs=1e-5)
+
+
+def test_result_independent_of_company_and_position(client: TestClient) -> None:
+    rng = np.random.default_rng(3)
+    target = rng.standard_normal(3000).tolist()  # longer than the 1024 window: windowed
+    others = [rng.standard_normal(n).tolist() for n in (100, 3000, 1024, 2500)]
+    alone = client.post("/v1/detect", json={"signals": [target], "return_scores": True}).json()["results"][0]
+    for k in range(len(others) + 1):
+        batch = [*others[:k], target, *others[k:]]
+        res = client.post("/v1/detect", json={"signals": batch, "return_scores": True}).json()["results"][k]
+        np.testing.assert_allclose(res["scores"], alone["scores"], atol=1e-5)
+        assert res["peaks"] == alone["peaks"]
+
+
+def test_models_and_cards(client: TestClient) -> None:
+    r = client.get("/v1/models")
+    assert r.status_code == 200
+    names = [c["name"] for c in r.json()["models"]]
+    assert names == ["bump", "other"]
+    card = client.get("/v1/models/other").json()
+    assert card["name"] == "other" and card["threshold"] == 0.5 and len(card["sha256"]) == 64
+    assert client.get("/v1/models/nope").status_code == 404

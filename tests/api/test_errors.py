@@ -1,0 +1,174 @@
+"""Every client mistake gets a clear 4xx; never a 5xx."""
+
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+NPY = {"Content-Type": "application/x-npy"}
+
+
+def npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def detail(r) -> str:  # type: ignore[no-untyped-def]
+    d = r.json()["detail"]
+    return d if isinstance(d, str) else " ".join(e["msg"] for e in d)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"signals": []}, "no signals"),
+        ({"signals": [[]]}, "signal 0 is empty"),
+        (
+            {"signals": [[1.0] * 100, [1.0, "x"] + [1.0] * 100]},
+            "signal 1 has a non-numeric value ('x') at index 1",
+        ),
+        (
+            {"signals": [[1.0] * 100, [True] + [1.0] * 100]},
+            "signal 1 has a non-numeric value (True) at index 0",
+        ),
+        ({"signals": [[1.0] * 50 + [None] + [1.0] * 50]}, "non-numeric value (None) at index 50"),
+        ({"signals": [[[1.0]] * 100]}, "signal 0 has a non-numeric value"),
+        ({"signals": [[1.0] * 10]}, "signal 0 has 10 samples; this model needs at least 16"),
+        ({"signals": [[1.0] * 100_001]}, "the limit is 100000"),
+        ({"signals": [[1.0] * 100] * 17}, "17 signals in one request; the limit is 16"),
+        ({"signals": [[1.0] * 50_000] * 5}, "250000 samples in one request; the limit is 200000"),
+        ({"signals": [[1.0] * 100], "threshold": 1.0}, "threshold must be a number strictly between 0 and 1"),
+        ({"signals": [[1.0] * 100], "threshold": 0}, "threshold"),
+        ({"signals": [[1.0] * 100], "threshold": "high"}, "threshold"),
+        ({"signals": [[1.0] * 100], "min_distance": 0}, "min_distance must be an integer >= 1"),
+        ({"signals": [[1.0] * 100], "min_distance": 2.5}, "min_distance"),
+        ({"signals": [[1.0] * 100], "return_scores": "yes"}, "return_scores"),
+        ({"signals": [[1.0] * 100], "extra": 1}, "unknown field"),
+        ({"signal": [[1.0] * 100]}, "unknown field"),
+        ({"threshold": 0.5}, "'signals' is required"),
+        ({"signals": "abc"}, "'signals' must be a list"),
+        ({"signals": [5]}, "signal 0 must be a list"),
+        ([1, 2, 3], "body must be a JSON object"),
+    ],
+)
+def test_json_422(client: TestClient, body: object, message: str) -> None:
+    r = client.post("/v1/detect", json=body)
+    assert r.status_code == 422, r.text
+    assert message in detail(r)
+
+
+def test_nan_and_infinity_tokens_are_refused(client: TestClient) -> None:
+    for token in ("NaN", "Infinity", "-Infinity", "1e400"):
+        body = '{"signals": [[' + ", ".join(["1.0"] * 50 + [token] + ["1.0"] * 50) + "]]}"
+        r = client.post("/v1/detect", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, (token, r.text)
+        assert "not valid JSON" in detail(r)
+
+
+def test_nan_in_npy_names_signal_and_index(client: TestClient) -> None:
+    x = np.zeros((2, 100))
+    x[1, 42] = np.nan
+    r = client.post("/v1/detect", content=npy(x), headers=NPY)
+    assert r.status_code == 422
+    assert "signal 1 has a non-finite value (nan) at index 42" in detail(r)
+    assert r.json()["detail"][0]["loc"] == ["body", 1, 42]
+
+
+@pytest.mark.parametrize(
+    ("arr", "message"),
+    [
+        (np.zeros((2, 2, 50)), "send 1-D"),
+        (np.zeros(100, dtype=np.complex64), "dtype complex64"),
+        (np.array(["a"] * 100), "dtype <U1"),
+        (np.zeros(100, dtype=bool), "dtype bool"),
+        (np.zeros(10), "signal 0 has 10 samples"),
+        (np.zeros((17, 100)), "17 signals"),
+        (np.zeros((0, 100)), "no signals"),
+    ],
+)
+def test_npy_422(client: TestClient, arr: np.ndarray, message: str) -> None:
+    r = client.post("/v1/detect", content=npy(arr), headers=NPY)
+    assert r.status_code == 422, r.text
+    assert message in detail(r)
+
+
+def test_npy_integers_are_numbers(client: TestClient) -> None:
+    r = client.post("/v1/detect", content=npy(np.arange(100, dtype=np.int32)), headers=NPY)
+    assert r.status_code == 200
+
+
+def test_npy_object_array_is_refused_without_unpickling(client: TestClient) -> None:
+    arr = np.empty(100, dtype=object)
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=True)
+    r = client.post("/v1/detect", content=buf.getvalue(), headers=NPY)
+    assert r.status_code == 422 and "no pickle" in detail(r)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "empty body"),
+        (b"not an npy", "no \\x93NUMPY magic"),
+        (npy(np.zeros(100))[:60], "truncated"),
+        (npy(np.zeros(100))[:-8], "truncated or has trailing data"),
+        (npy(np.zeros(100)) + b"\0" * 8, "trailing data"),
+        (b"\x93NUMPY\x01\x00\x0f\x00{'descr': <f8,}", "header cannot be read"),
+    ],
+)
+def test_npy_400(client: TestClient, body: bytes, message: str) -> None:
+    r = client.post("/v1/detect", content=body, headers=NPY)
+    assert r.status_code == 400, r.text
+    assert message in detail(r)
+
+
+def test_npy_header_claiming_terabytes(client: TestClient) -> None:
+    header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 10000000), }"
+    header += b" " * (63 - len(header) % 64) + b"\n"
+    body = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 64
+    r = client.post("/v1/detect", content=body, headers=NPY)
+    assert r.status_code == 422 and "the limit is" in detail(r)
+
+
+def test_malformed_json(client: TestClient) -> None:
+    r = client.post("/v1/detect", content=b'{"signals": [[1, 2', headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in detail(r)
+
+
+def test_unsupported_content_type(client: TestClient) -> None:
+    for ct in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"Content-Type": ct} if ct else {}
+        r = client.post("/v1/detect", content=b"1,2,3", headers=headers)
+        assert r.status_code == 415 and "application/json" in detail(r)
+
+
+def test_body_too_large(client: TestClient) -> None:
+    r = client.post(
+        "/v1/detect", content=b"[" + b"1.0," * 1_500_000 + b"1]", headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 413 and "SHAPE_DETECTOR_MAX_BODY_BYTES" in detail(r)
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(100):
+            yield b" " * 100_000
+
+    r = client.post("/v1/detect", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_query_parameters_are_validated(client: TestClient) -> None:
+    body = npy(np.zeros(100))
+    for q in ("threshold=0", "threshold=1.5", "threshold=abc", "min_distance=0", "return_scores=maybe"):
+        r = client.post(f"/v1/detect?{q}", content=body, headers=NPY)
+        assert r.status_code == 422, q
+    r = client.post("/v1/detect?threshold=0.3", json={"signals": [[0.0] * 100], "threshold": 0.4})
+    assert r.status_code == 422 and "give it once" in detail(r)
+    r = client.post("/v1/detect?threshold=0.3", json={"signals": [[0.0] * 100]})
+    assert r.status_code == 200 and r.json()["threshold"] == 0.3
+
+
+def test_unknown_model(client: TestClient) -> None:
+    r = client.post("/v1/models/nope/detect", json={"signals": [[0.0] * 100]})
+    assert r.status_code == 404 and "available models: bump, other" in detail(r)

@@ -1,0 +1,152 @@
+"""Health, readiness, metrics, logging, docs and settings through the app."""
+
+import io
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import SettingsError, load_settings
+from tests.api.conftest import wait_ready
+
+
+def test_health_and_ready(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 200
+    assert r.json() == {"ready": True, "models": {"bump": "ready", "other": "ready"}, "reasons": []}
+
+
+def test_metrics(client: TestClient) -> None:
+    client.post("/v1/detect", json={"signals": [[0.0] * 100, [1.0] * 200]})
+    client.post("/v1/detect", json={"signals": []})
+    text = client.get("/metrics").text
+    assert 'shape_detector_requests_total{method="POST",route="/v1/detect",status="200"}' in text
+    assert 'shape_detector_requests_total{method="POST",route="/v1/detect",status="422"}' in text
+    assert (
+        'shape_detector_request_duration_seconds_bucket{le="0.005",method="POST",route="/v1/detect"}' in text
+    )
+    assert 'shape_detector_samples_total{model="bump"}' in text
+    assert 'shape_detector_signals_total{model="bump"}' in text
+    assert "shape_detector_inference_seconds_count" in text
+    assert 'shape_detector_model_info{model="other",version="0.0.1"} 1.0' in text
+
+
+def test_request_id_and_structured_log(client: TestClient) -> None:
+    from app.observability import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    access = logging.getLogger("shape_detector.access")
+    access.addHandler(handler)
+    try:
+        r = client.post(
+            "/v1/detect", json={"signals": [[0.0] * 100] * 3}, headers={"X-Request-ID": "abc-123"}
+        )
+    finally:
+        access.removeHandler(handler)
+    assert r.headers["x-request-id"] == "abc-123"
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    mine = [doc for doc in lines if doc.get("request_id") == "abc-123"]
+    assert len(mine) == 1
+    f = mine[0]
+    assert (f["method"], f["path"], f["status"], f["signals"], f["samples"]) == (
+        "POST",
+        "/v1/detect",
+        200,
+        3,
+        300,
+    )
+    assert f["duration_ms"] > 0 and f["logger"] == "shape_detector.access"
+    generated = client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"}).headers["x-request-id"]
+    assert len(generated) == 32 and generated != "bad id with spaces"
+
+
+def test_openapi_documents_bodies_and_errors(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/detect", "/v1/models/{name}/detect"):
+        op = spec["paths"][path]["post"]
+        content = op["requestBody"]["content"]
+        assert content["application/json"]["examples"]
+        assert "application/x-npy" in content
+        assert {"200", "400", "404", "413", "415", "422", "503"} <= set(op["responses"])
+    assert "404" in spec["paths"]["/v1/models/{name}"]["get"]["responses"]
+
+
+def test_docs_pages_use_local_assets(client: TestClient) -> None:
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert "cdn.jsdelivr" not in html and "fonts.googleapis" not in html
+    assert client.get("/static/vendor/swagger-ui/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/static/vendor/redoc/redoc.standalone.js").status_code == 200
+
+
+def test_a_bad_model_is_not_served_but_the_others_are(models_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(models_dir, root)
+    with (root / "other" / "model.onnx").open("ab") as fh:
+        fh.write(b"tampered")
+    settings = load_settings(MODEL_DIR=root)
+    with TestClient(create_app(settings)) as c:
+        for _ in range(200):
+            states = c.get("/readyz").json()["models"]
+            if "loading" not in states.values():
+                break
+        r = c.get("/readyz")
+        assert r.status_code == 503
+        assert r.json()["models"] == {"bump": "ready", "other": "failed"}
+        assert "sha256" in r.json()["reasons"][0]
+        assert c.post("/v1/detect", json={"signals": [[0.0] * 100]}).status_code == 200
+        bad = c.post("/v1/models/other/detect", json={"signals": [[0.0] * 100]})
+        assert bad.status_code == 503 and "sha256" in bad.json()["detail"]
+        assert bad.headers["retry-after"]
+        assert [m["name"] for m in c.get("/v1/models").json()["models"]] == ["bump"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SHAPE_DETECTOR_MAX_SIGNALS": "0"}, "SHAPE_DETECTOR_MAX_SIGNALS='0'"),
+        ({"SHAPE_DETECTOR_MAX_SIGNALS": "many"}, "SHAPE_DETECTOR_MAX_SIGNALS='many'"),
+        ({"SHAPE_DETECTOR_MODEL_DIR": "/nonexistent"}, "MODEL_DIR: '/nonexistent' is not a directory"),
+        ({"SHAPE_DETECTOR_DEFAULT_MODEL": "nope"}, "DEFAULT_MODEL: 'nope' is not a model directory"),
+        ({"SHAPE_DETECTOR_LOG_LEVEL": "loud"}, "SHAPE_DETECTOR_LOG_LEVEL='loud'"),
+        ({"SHAPE_DETECTOR_PORT": "70000"}, "SHAPE_DETECTOR_PORT='70000'"),
+    ],
+)
+def test_invalid_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, models_dir: Path, env: dict[str, str], message: str
+) -> None:
+    monkeypatch.setenv("SHAPE_DETECTOR_MODEL_DIR", str(models_dir))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert message in str(err.value)
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, models_dir: Path) -> None:
+    monkeypatch.setenv("SHAPE_DETECTOR_MODEL_DIR", str(models_dir))
+    monkeypatch.setenv("SHAPE_DETECTOR_DEFAULT_MODEL", "other")
+    monkeypatch.setenv("SHAPE_DETECTOR_MAX_SIGNALS", "3")
+    s = load_settings()
+    assert (s.DEFAULT_MODEL, s.MAX_SIGNALS) == ("other", 3)
+    with TestClient(create_app(s)) as c:
+        wait_ready(c)
+        r = c.post("/v1/detect", json={"signals": [[0.0] * 100]})
+        assert r.json()["model"]["name"] == "other"
+        assert c.post("/v1/detect", json={"signals": [[0.0] * 100] * 4}).status_code == 422
+
+
+def test_json_log_lines_are_json() -> None:
+    from app.observability import JsonFormatter
+
+    rec = logging.LogRecord("x", logging.INFO, __file__, 1, "hello %s", ("you",), None)
+    rec.fields = {"status": 200}
+    doc = json.loads(JsonFormatter().format(rec))
+    assert doc["message"] == "hello you" and doc["status"] == 200 and doc["level"] == "info"
