@@ -1,4 +1,5 @@
 import io
+import itertools
 
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ def test_named_model_and_options(client: TestClient) -> None:
     body = r.json()
     assert body["model"]["name"] == "other" and body["threshold"] == 0.01 and body["min_distance"] == 3
     peaks = [p["index"] for p in body["results"][0]["peaks"]]
-    assert all(b - a >= 3 for a, b in zip(peaks, peaks[1:], strict=False))
+    assert all(b - a >= 3 for a, b in itertools.pairwise(peaks))
 
 
 def test_npy_equals_json(client: TestClient) -> None:
