@@ -8,7 +8,7 @@ PORT   ?= 8000
 NAME   ?= bump
 ARGS   ?=
 
-.PHONY: help install install-serve browser test lint train train-dry serve bench clean
+.PHONY: help install install-serve browser test train train-dry serve bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ train-dry: $(VENV)/.installed-all  ## a tiny end-to-end training run into /tmp
 
 serve: $(VENV)/.installed-serve  ## serve models/ on HOST:PORT (default 127.0.0.1:8000)
 	SHAPE_DETECTOR_HOST=$(HOST) SHAPE_DETECTOR_PORT=$(PORT) $(PY) -m app
+
+bench: $(VENV)/.installed-all  ## benchmarks (report, never fail on timing)
+	$(PY) -m benchmarks.bench_model
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,7 @@ Shapes: B batch, T samples, C channels.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -21,7 +22,8 @@ from torch import nn
 class ModelConfig:
     arch: str = "deep"  # "deep" or "single"
     mean_window: int = 31  # local mean (offset) window, odd
-    scale_window: int = 127  # local mean |first difference| (gain) window, odd
+    scale_window: int = 127  # local mean |first difference| (gain) window, samples
+    scale_stride: int = 1  # the scale is averaged over blocks of this many samples first
     kernel: int = 41  # single: the learned template's length
     channels: list[int] = field(default_factory=lambda: [16, 24, 32])  # deep: per level
     decoder: list[int] = field(default_factory=lambda: [16, 8])  # deep: per up-sampling step
@@ -35,24 +37,39 @@ class ModelConfig:
 class LocalNorm(nn.Module):
     """z = (x - local mean) / local mean |x[t] - x[t-1]|: invariant to gain and offset.
 
-    The scale comes from first differences so slow baseline drift barely changes it.
-    Edges average over the samples that exist (count_include_pad=False).
+    The scale comes from first differences so slow baseline drift barely changes it. With
+    ``scale_stride`` s > 1 the scale is averaged over blocks of s samples first (cheap wide
+    windows); window starts must then be multiples of s. Edges average over the samples that
+    exist (count_include_pad=False).
     """
 
-    def __init__(self, mean_window: int, scale_window: int, eps: float = 1e-30) -> None:
+    def __init__(
+        self, mean_window: int, scale_window: int, scale_stride: int = 1, eps: float = 1e-30
+    ) -> None:
         super().__init__()
-        if mean_window % 2 == 0 or scale_window % 2 == 0:
-            raise ValueError("normalisation windows must be odd")
+        blocks = scale_window // scale_stride
+        if mean_window % 2 == 0 or blocks % 2 == 0 or blocks * scale_stride != scale_window:
+            raise ValueError(
+                "normalisation windows must be odd (the scale window an odd number of scale_stride blocks)"
+            )
         self.mean = nn.AvgPool1d(mean_window, 1, mean_window // 2, count_include_pad=False)
-        self.scale = nn.AvgPool1d(scale_window, 1, scale_window // 2, count_include_pad=False)
+        self.stride = scale_stride
+        self.block = nn.AvgPool1d(scale_stride, scale_stride, ceil_mode=True, count_include_pad=False)
+        self.scale = nn.AvgPool1d(blocks, 1, blocks // 2, count_include_pad=False)
         self.eps = eps
-        self.radius = max(mean_window // 2, scale_window // 2 + 1)
+        self.radius = max(mean_window // 2, (blocks // 2 + 1) * scale_stride + 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
+        T = x.shape[-1]
         d = x - self.mean(x)
         diff = torch.abs(x[..., 1:] - x[..., :-1])  # (B, 1, T-1)
         diff = torch.cat([diff[..., :1], diff], dim=-1)  # (B, 1, T): first sample repeats
-        return d / (self.scale(diff) + self.eps)
+        if self.stride == 1:
+            scale = self.scale(diff)
+        else:
+            coarse = self.scale(self.block(diff))  # (B, 1, ceil(T / s))
+            scale = F.interpolate(coarse, scale_factor=float(self.stride), mode="nearest")[..., :T]
+        return d / (scale + self.eps)
 
 
 class SingleLayer(nn.Module):
@@ -62,11 +79,10 @@ class SingleLayer(nn.Module):
     over t, the primer's logistic of the max (w > 0 keeps the order).
     """
 
-    alignment = 1
-
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.norm = LocalNorm(cfg.mean_window, cfg.scale_window)
+        self.norm = LocalNorm(cfg.mean_window, cfg.scale_window, cfg.scale_stride)
+        self.alignment = cfg.scale_stride
         self.conv = nn.Conv1d(1, 1, cfg.kernel, padding=cfg.kernel // 2)
         self.out = nn.Conv1d(1, 1, 1)
         self.radius = self.norm.radius + cfg.kernel // 2
@@ -97,7 +113,7 @@ class DeepCNN(nn.Module):
         ch = cfg.channels
         if len(cfg.decoder) != len(ch) - 1:
             raise ValueError("decoder needs one entry per pooling step (len(channels) - 1)")
-        self.norm = LocalNorm(cfg.mean_window, cfg.scale_window)
+        self.norm = LocalNorm(cfg.mean_window, cfg.scale_window, cfg.scale_stride)
         self.encoders = nn.ModuleList()
         c_prev = 1
         for i, c in enumerate(ch):
@@ -115,7 +131,7 @@ class DeepCNN(nn.Module):
             )
             c_prev = c
         self.head = nn.Conv1d(c_prev, 1, 1)
-        self.alignment = 2 ** (len(ch) - 1)
+        self.alignment = math.lcm(2 ** (len(ch) - 1), cfg.scale_stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T) -> logits (B, T)
         T = x.shape[-1]

@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--first-kernel", type=int, default=d.first_kernel, help="deep: first conv length")
     p.add_argument("--mean-window", type=int, default=d.mean_window, help="normalisation: mean window")
     p.add_argument("--scale-window", type=int, default=d.scale_window, help="normalisation: scale window")
+    p.add_argument("--scale-stride", type=int, default=d.scale_stride, help="normalisation: scale blocks")
     p.add_argument("--channels", type=int, nargs="+", default=d.channels, help="deep: channels per level")
     p.add_argument("--decoder", type=int, nargs="+", default=d.decoder, help="deep: decoder channels")
     p.add_argument("--dry-run", action="store_true", help="tiny end-to-end run: seconds, not minutes")
@@ -212,7 +213,16 @@ def main(argv: list[str] | None = None) -> Path:
         lr=a.lr,
         eval_signals=a.eval_signals,
         val_signals=a.val_signals,
-        model=ModelConfig(arch=a.arch),
+        local_weight=a.local_weight,
+        model=ModelConfig(
+            arch=a.arch,
+            first_kernel=a.first_kernel,
+            mean_window=a.mean_window,
+            scale_window=a.scale_window,
+            scale_stride=a.scale_stride,
+            channels=a.channels,
+            decoder=a.decoder,
+        ),
     )
     if a.dry_run:
         cfg.steps, cfg.batch_size, cfg.eval_every, cfg.warmup = 20, 8, 10, 5
