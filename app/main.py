@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.api import docs, health, metrics, v1
 from app.api.deps import Runner
-from app.core.errors import DetectorError, InvalidInput, ModelNotReady
+from app.core.errors import DetectorError, InvalidInput, Overloaded
 from app.core.model import InferenceOptions
 from app.core.registry import Registry
 from app.core.signals import Limits
@@ -46,11 +46,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_batch_samples=settings.MAX_BATCH_SAMPLES,
             intra_op_threads=settings.INTRA_OP_THREADS,
         )
-        registry = Registry(settings.MODEL_DIR, options)
+        registry = Registry(
+            settings.MODEL_DIR, options, max_queue=settings.MAX_QUEUE, max_wait=settings.BATCH_WAIT_MS / 1000
+        )
         # Load in the background: /healthz answers at once, /readyz once models are warm.
         loader = threading.Thread(target=registry.load_all, name="model-loader", daemon=True)
         loader.start()
-        executor = ThreadPoolExecutor(settings.INFERENCE_THREADS, thread_name_prefix="inference")
+        executor = ThreadPoolExecutor(settings.DECODE_THREADS, thread_name_prefix="decode")
         runner = Runner(
             executor=executor,
             limits=Limits(settings.MAX_SIGNALS, settings.MAX_SAMPLES, settings.MAX_SIGNAL_LENGTH),
@@ -60,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield {"settings": settings, "registry": registry, "runner": runner, "metrics": app_metrics}
         finally:
+            registry.close()
             executor.shutdown(wait=True, cancel_futures=True)
 
     app = FastAPI(
@@ -89,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }
         else:
             body = {"detail": exc.detail}
-        headers = {"Retry-After": "5"} if isinstance(exc, ModelNotReady) else None
+        headers = {"Retry-After": "1" if isinstance(exc, Overloaded) else "5"} if exc.status == 503 else None
         return JSONResponse(body, status_code=exc.status, headers=headers)
 
     @app.exception_handler(Exception)

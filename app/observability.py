@@ -55,6 +55,9 @@ class Metrics:
             ["model", "version"],
             registry=r,
         )
+        self.queue_depth = Gauge(
+            "shape_detector_queue_depth", "Requests waiting for the model's batcher.", ["model"], registry=r
+        )
         self.model_ready = Gauge(
             "shape_detector_model_ready", "1 if the model serves, else 0.", ["model"], registry=r
         )

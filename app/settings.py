@@ -31,7 +31,11 @@ class Settings(BaseSettings):
     WINDOW: int = Field(65536, ge=256, description="Window length for long signals, samples.")
     MAX_BATCH_SAMPLES: int = Field(262_144, ge=1024, description="Samples per onnxruntime call.")
     INTRA_OP_THREADS: int = Field(0, ge=0, description="onnxruntime threads per call; 0: default.")
-    INFERENCE_THREADS: int = Field(2, ge=1, le=64, description="Requests computed at once.")
+    DECODE_THREADS: int = Field(2, ge=1, le=64, description="Threads decoding large request bodies.")
+    MAX_QUEUE: int = Field(64, ge=1, description="Requests waiting per model before 503.")
+    BATCH_WAIT_MS: float = Field(
+        0.0, ge=0, le=1000, description="Wait for more requests to batch, from the first arrival."
+    )
     LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")

@@ -12,10 +12,17 @@ from training.model import ModelConfig, build_model, measure_radius
 from training.scenario import BUMP
 
 
-def build_tiny_model(model_dir: Path, arch: str = "deep", seed: int = 0) -> Path:
+def build_tiny_model(model_dir: Path, arch: str = "deep", seed: int = 0, scale_stride: int = 1) -> Path:
     """An untrained but complete model directory (model.onnx + card.json + README.md)."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(arch=arch, channels=[4, 6, 8], decoder=[6, 4], first_kernel=9)
+    cfg = ModelConfig(
+        arch=arch,
+        channels=[4, 6, 8],
+        decoder=[6, 4],
+        first_kernel=9,
+        scale_window=127 if scale_stride == 1 else 31 * scale_stride,
+        scale_stride=scale_stride,
+    )
     net = build_model(cfg).eval()
     model_dir.mkdir(parents=True, exist_ok=True)
     export_onnx(net, model_dir / "model.onnx")
@@ -43,6 +50,12 @@ def build_tiny_model(model_dir: Path, arch: str = "deep", seed: int = 0) -> Path
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_strided_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like tiny_model_dir, with the normalisation scale averaged over blocks of 8 (alignment 8)."""
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "strided", scale_stride=8)
 
 
 @pytest.fixture(scope="session")

@@ -23,4 +23,6 @@ def metrics(m: MetricsDep, registry: RegistryDep) -> Response:
         m.model_ready.labels(name).set(1 if status.state == "ready" else 0)
         if status.model is not None:
             m.model_info.labels(name, status.model.version).set(1)
+        if status.batcher is not None:
+            m.queue_depth.labels(name).set(status.batcher.queued)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

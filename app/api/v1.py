@@ -55,7 +55,7 @@ async def detect(
     request: Request, registry: RegistryDep, runner: RunnerDep, settings: SettingsDep, query: QueryDep
 ) -> Response:
     """Probability, decision and peak locations of each signal (JSON or .npy body)."""
-    return await runner.detect(request, registry.get(settings.DEFAULT_MODEL), query)
+    return await runner.detect(request, registry, settings.DEFAULT_MODEL, query)
 
 
 @router.post("/models/{name}/detect", summary="Detect events with a named model", **DETECT_DOC)  # type: ignore[arg-type]
@@ -63,7 +63,7 @@ async def detect_with(
     name: str, request: Request, registry: RegistryDep, runner: RunnerDep, query: QueryDep
 ) -> Response:
     """Like /v1/detect, with the model named in the path."""
-    return await runner.detect(request, registry.get(name), query)
+    return await runner.detect(request, registry, name, query)
 
 
 @router.get("/models", response_model=ModelList, summary="List the served models")

@@ -37,6 +37,12 @@ class ModelNotReady(DetectorError):
     status = 503
 
 
+class Overloaded(DetectorError):
+    """The model's queue is full: come back shortly (503 with Retry-After)."""
+
+    status = 503
+
+
 class InvalidInput(DetectorError):
     """The body parsed but its content is unusable (422); ``loc`` points at the culprit."""
 

@@ -91,15 +91,22 @@ class OnnxModel:
         """Probability, decision and peaks of each signal (the card gives the defaults)."""
         thr = self.card.threshold if threshold is None else threshold
         dist = self.card.min_distance if min_distance is None else min_distance
-        results = []
-        for curve in self.scores(signals):
-            probability = float(curve.max())
-            results.append(
-                Detection(
-                    probability=probability,
-                    detected=probability >= thr,
-                    peaks=find_peaks(curve, thr, dist),
-                    scores=curve if return_scores else None,
-                )
+        return detections(self.scores(signals), thr, dist, return_scores=return_scores)
+
+
+def detections(
+    curves: Sequence[Float32Array], threshold: float, min_distance: int, *, return_scores: bool = False
+) -> list[Detection]:
+    """Per-sample probability curves -> probability, decision and peaks of each signal."""
+    results = []
+    for curve in curves:
+        probability = float(curve.max())
+        results.append(
+            Detection(
+                probability=probability,
+                detected=probability >= threshold,
+                peaks=find_peaks(curve, threshold, min_distance),
+                scores=curve if return_scores else None,
             )
-        return results
+        )
+    return results

@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import orjson
 
+from app.core.card import Card
 from app.core.errors import InvalidInput, MalformedBody, UnsupportedMediaType
-from app.core.model import Detection, OnnxModel
+from app.core.model import OnnxModel, detections
 from app.core.signals import Limits, Signal, parse_npy, rows_from_json
+from app.core.windows import Float32Array
 
 JSON_TYPES = ("application/json",)
 NPY_TYPES = ("application/x-npy",)
@@ -27,13 +29,6 @@ class Params:
     threshold: float | None = None
     min_distance: int | None = None
     return_scores: bool | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    body: bytes
-    signals: int
-    samples: int
 
 
 def media_type(content_type: str | None) -> str:
@@ -107,7 +102,42 @@ def decode_json(body: bytes, query: Params, limits: Limits, min_length: int) -> 
     return signals, params
 
 
-def encode(model: OnnxModel, threshold: float, min_distance: int, results: list[Detection]) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A validated request: its signals and the options with the card's defaults filled in."""
+
+    signals: list[Signal]
+    threshold: float
+    min_distance: int
+    return_scores: bool
+
+    @property
+    def samples(self) -> int:
+        return int(sum(np.size(s) for s in self.signals))
+
+
+def decode_request(
+    card: Card, content_type: str | None, body: bytes, query: Params, limits: Limits
+) -> Decoded:
+    """Body bytes -> validated signals and options (JSON or .npy)."""
+    kind = media_type(content_type)
+    if kind == "json":
+        signals, params = decode_json(body, query, limits, card.min_length)
+    else:
+        if not body:
+            raise MalformedBody("empty body: send a .npy file (np.save) as the body")
+        signals, params = parse_npy(body, limits, card.min_length), query
+    return Decoded(
+        signals=signals,
+        threshold=card.threshold if params.threshold is None else params.threshold,
+        min_distance=card.min_distance if params.min_distance is None else params.min_distance,
+        return_scores=bool(params.return_scores),
+    )
+
+
+def respond(card: Card, request: Decoded, curves: list[Float32Array]) -> bytes:
+    """Per-sample curves of a request's signals -> the JSON response body."""
+    results = detections(curves, request.threshold, request.min_distance, return_scores=request.return_scores)
     out = []
     for d in results:
         item: dict[str, Any] = {
@@ -115,16 +145,16 @@ def encode(model: OnnxModel, threshold: float, min_distance: int, results: list[
             "detected": d.detected,
             "peaks": [
                 {"index": int(i), "probability": float(p)}
-                for i, p in zip(d.peaks.index, d.peaks.probability, strict=True)
+                for i, p in zip(d.peaks.index.tolist(), d.peaks.probability.tolist(), strict=True)
             ],
         }
         if d.scores is not None:
             item["scores"] = d.scores
         out.append(item)
     doc = {
-        "model": {"name": model.name, "version": model.version},
-        "threshold": threshold,
-        "min_distance": min_distance,
+        "model": {"name": card.name, "version": card.version},
+        "threshold": request.threshold,
+        "min_distance": request.min_distance,
         "results": out,
     }
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -132,21 +162,7 @@ def encode(model: OnnxModel, threshold: float, min_distance: int, results: list[
 
 def detect_request(
     model: OnnxModel, content_type: str | None, body: bytes, query: Params, limits: Limits
-) -> Outcome:
-    """Decode a detection request body, run the model, and encode the JSON response."""
-    kind = media_type(content_type)
-    min_length = model.card.min_length
-    if kind == "json":
-        signals, params = decode_json(body, query, limits, min_length)
-    else:
-        if not body:
-            raise MalformedBody("empty body: send a .npy file (np.save) as the body")
-        signals, params = parse_npy(body, limits, min_length), query
-    threshold = model.card.threshold if params.threshold is None else params.threshold
-    min_distance = model.card.min_distance if params.min_distance is None else params.min_distance
-    results = model.detect(signals, threshold, min_distance, return_scores=bool(params.return_scores))
-    return Outcome(
-        body=encode(model, threshold, min_distance, results),
-        signals=len(signals),
-        samples=int(sum(np.size(s) for s in signals)),
-    )
+) -> bytes:
+    """Decode, run and encode one request without batching (the batcher's path, in one call)."""
+    request = decode_request(model.card, content_type, body, query, limits)
+    return respond(model.card, request, model.scores(request.signals))

@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.core.batching import Batcher
 from app.core.card import CARD_FILE
 from app.core.errors import ModelNotFound, ModelNotReady
 from app.core.model import InferenceOptions, OnnxModel
@@ -24,12 +25,17 @@ class ModelStatus:
     state: str = "loading"  # loading | ready | failed
     reason: str | None = None
     model: OnnxModel | None = None
+    batcher: Batcher | None = None
 
 
 class Registry:
-    def __init__(self, model_dir: Path, options: InferenceOptions) -> None:
+    def __init__(
+        self, model_dir: Path, options: InferenceOptions, *, max_queue: int = 64, max_wait: float = 0.0
+    ) -> None:
         self.model_dir = model_dir
         self.options = options
+        self.max_queue = max_queue
+        self.max_wait = max_wait
         self._lock = threading.Lock()
         self.statuses: dict[str, ModelStatus] = {
             d.name: ModelStatus(d.name)
@@ -48,8 +54,15 @@ class Registry:
                     status.state, status.reason = "failed", f"{type(exc).__name__}: {exc}"
                 log.error("model %s not served: %s", name, status.reason)
                 continue
+            batcher = Batcher(
+                model.scores,
+                max_batch_samples=self.options.max_batch_samples,
+                max_queue=self.max_queue,
+                max_wait=self.max_wait,
+                name=name,
+            )
             with self._lock:
-                status.state, status.model, status.reason = "ready", model, None
+                status.state, status.model, status.batcher, status.reason = "ready", model, batcher, None
             log.info("model %s %s ready", name, model.version)
 
     @property
@@ -67,6 +80,18 @@ class Registry:
 
     def models(self) -> list[OnnxModel]:
         return [s.model for s in self.statuses.values() if s.model is not None]
+
+    def close(self) -> None:
+        """Let every batcher finish its queue, then stop."""
+        for status in self.statuses.values():
+            if status.batcher is not None:
+                status.batcher.close()
+
+    def batcher(self, name: str) -> Batcher:
+        self.get(name)
+        batcher = self.statuses[name].batcher
+        assert batcher is not None
+        return batcher
 
     def get(self, name: str) -> OnnxModel:
         status = self.statuses.get(name)

@@ -32,16 +32,22 @@ def test_window_too_short_for_the_model() -> None:
         WindowPlan.for_model(window=100, radius=30, alignment=4)
 
 
-@pytest.mark.parametrize("length", [511, 512, 513, 700, 1024, 1025, 1999, 2048, 3001])
-def test_windowed_equals_whole(tiny_model_dir: Path, length: int) -> None:
-    """Lengths around window boundaries (window 512) and odd offsets against the alignment."""
-    whole = OnnxModel(tiny_model_dir, InferenceOptions(window=1 << 20))
-    small = OnnxModel(tiny_model_dir, InferenceOptions(window=512, max_batch_samples=1500))
+@pytest.mark.parametrize("strided", [False, True])
+@pytest.mark.parametrize("length", [511, 512, 513, 700, 1024, 1025, 1999, 2048, 3001, 4103])
+def test_windowed_equals_whole(
+    tiny_model_dir: Path, tiny_strided_model_dir: Path, length: int, strided: bool
+) -> None:
+    """Lengths around window boundaries (window 512 or 1024) and odd offsets against the alignment."""
+    model_dir = tiny_strided_model_dir if strided else tiny_model_dir
+    window = 1024 if strided else 512
+    whole = OnnxModel(model_dir, InferenceOptions(window=1 << 20))
+    small = OnnxModel(model_dir, InferenceOptions(window=window, max_batch_samples=3000))
+    assert small.plan.alignment == (8 if strided else 4)
     rng = np.random.default_rng(length)
     x = (rng.standard_normal(length) * 3 + np.linspace(0, 20, length)).astype(np.float32)
     ref = whole.run(x[None])[0]
     got = small.scores([x])[0]
-    assert len(small.plan.split(0, length)) == (1 if length <= 512 else len(small.plan.split(0, length)))
+    assert (len(small.plan.split(0, length)) > 1) == (length > window)
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
 
 

@@ -1,0 +1,115 @@
+"""Dynamic batching: same results as one by one, a bounded queue, errors kept to their request."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.core.batching import Batcher
+from app.core.errors import Overloaded
+from app.core.model import InferenceOptions, OnnxModel
+
+
+def test_concurrent_requests_equal_one_by_one(tiny_model_dir: Path) -> None:
+    model = OnnxModel(tiny_model_dir, InferenceOptions(window=1024, max_batch_samples=20_000))
+    batcher = Batcher(model.scores, max_batch_samples=20_000, max_queue=100, max_wait=0.005)
+    rng = np.random.default_rng(0)
+    requests = [
+        [rng.standard_normal(int(n)) for n in rng.integers(64, 3000, size=k)]
+        for k in rng.integers(1, 4, size=40)
+    ]
+    expected = [[model.scores([s])[0] for s in req] for req in requests]
+    with ThreadPoolExecutor(16) as pool:
+        futures = list(pool.map(lambda req: batcher.submit(req, lambda curves: curves), requests))
+        results = [f.result(timeout=60) for f in futures]
+    batcher.close()
+    for got, want in zip(results, expected, strict=True):
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, atol=1e-5, rtol=0)
+    assert batcher.stats.requests == 40 and batcher.stats.batches < 40  # some shared a run
+
+
+def blocked_batcher(max_queue: int) -> tuple[Batcher, threading.Event, threading.Event]:
+    started, release = threading.Event(), threading.Event()
+
+    def score(signals):  # type: ignore[no-untyped-def]
+        started.set()
+        release.wait(10)
+        return [np.zeros(len(s), dtype=np.float32) for s in signals]
+
+    return Batcher(score, max_batch_samples=1000, max_queue=max_queue), started, release
+
+
+def test_full_queue_refuses_instead_of_growing() -> None:
+    batcher, started, release = blocked_batcher(max_queue=3)
+    first = batcher.submit([np.zeros(10)], len)
+    assert started.wait(5)  # the first request is running, the queue is empty
+    queued = [batcher.submit([np.zeros(10)], len) for _ in range(3)]
+    with pytest.raises(Overloaded, match="the limit is 3"):
+        batcher.submit([np.zeros(10)], len)
+    assert batcher.queued == 3
+    release.set()
+    assert first.result(5) == 1 and [f.result(5) for f in queued] == [1, 1, 1]
+    batcher.submit([np.zeros(10)], len).result(5)  # room again
+    batcher.close()
+
+
+def test_a_failing_request_does_not_fail_its_batch() -> None:
+    def score(signals):  # type: ignore[no-untyped-def]
+        if any(s[0] == 666 for s in signals):
+            raise ValueError("bad signal")
+        return [np.asarray(s, dtype=np.float32) for s in signals]
+
+    gate = threading.Event()
+    batcher = Batcher(lambda s: (gate.wait(5), score(s))[1], max_batch_samples=1000, max_queue=10)
+    good1 = batcher.submit([np.ones(5)], lambda c: float(c[0].sum()))
+    bad = batcher.submit([np.full(5, 666.0)], lambda c: 0.0)
+    good2 = batcher.submit([np.ones(3), np.ones(2)], lambda c: [float(x.sum()) for x in c])
+    gate.set()
+    assert good1.result(5) == 5.0
+    with pytest.raises(ValueError, match="bad signal"):
+        bad.result(5)
+    assert good2.result(5) == [3.0, 2.0]
+    batcher.close()
+
+
+def test_result_count_is_checked() -> None:
+    batcher = Batcher(lambda s: [np.zeros(1, dtype=np.float32)], max_batch_samples=100, max_queue=10)
+    with pytest.raises(RuntimeError, match="1 results for 2 signals"):
+        batcher.submit([np.zeros(3), np.zeros(3)], len).result(5)
+    batcher.close()
+
+
+def test_close_finishes_the_queue_then_refuses() -> None:
+    batcher, _started, release = blocked_batcher(max_queue=10)
+    futures = [batcher.submit([np.zeros(4)], len) for _ in range(5)]
+    release.set()
+    batcher.close()
+    assert [f.result(1) for f in futures] == [1] * 5
+    with pytest.raises(Overloaded, match="shutting down"):
+        batcher.submit([np.zeros(4)], len)
+
+
+def test_batch_sample_limit_splits_runs() -> None:
+    sizes: list[int] = []
+
+    def score(signals):  # type: ignore[no-untyped-def]
+        sizes.append(sum(len(s) for s in signals))
+        return [np.zeros(len(s), dtype=np.float32) for s in signals]
+
+    gate = threading.Event()
+    batcher = Batcher(lambda s: (gate.wait(5), score(s))[1], max_batch_samples=100, max_queue=50)
+    futures = [batcher.submit([np.zeros(30)], len) for _ in range(10)]
+    gate.set()
+    for f in futures:
+        f.result(5)
+    batcher.close()
+    assert sum(sizes) == 300 and max(sizes) <= 100
+
+
+def test_bad_construction() -> None:
+    with pytest.raises(ValueError, match="max_queue"):
+        Batcher(lambda s: [], max_batch_samples=10, max_queue=0)
