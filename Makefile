@@ -8,7 +8,7 @@ PORT   ?= 8000
 NAME   ?= bump
 ARGS   ?=
 
-.PHONY: help install install-serve browser test train train-dry serve bench clean
+.PHONY: help install install-serve browser nginx test train train-dry serve bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -33,7 +33,10 @@ install-serve: $(VENV)/.installed-serve  ## install the serving runtime only (no
 browser:  ## Debian's Chromium for the browser tests (never Playwright's download)
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: $(VENV)/.installed-all browser  ## lint and run the whole test suite
+nginx:  ## Debian's nginx for the load-balancer tests (tests/deploy)
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null)
+
+test: $(VENV)/.installed-all browser nginx  ## lint and run the whole test suite
 	$(VENV)/bin/ruff check app training tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q

@@ -31,6 +31,7 @@ from training.model import ModelConfig, build_model, macs_per_sample, measure_ra
 from training.scenario import (
     BUMP,
     EVAL_SEEDS,
+    TRAINING_SNR,
     VALIDATION_SEEDS,
     Dataset,
     Template,
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--val-signals", type=int, default=TrainConfig.val_signals)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--local-weight", type=float, default=TrainConfig.local_weight)
+    p.add_argument("--snr", type=float, nargs=2, default=TRAINING_SNR, help="training SNR range")
     d = ModelConfig()
     p.add_argument("--first-kernel", type=int, default=d.first_kernel, help="deep: first conv length")
     p.add_argument("--mean-window", type=int, default=d.mean_window, help="normalisation: mean window")
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> Path:
         data_desc: dict[str, Any] = {"source": str(a.data), **user.describe()}
     else:
         template = BUMP
-        scenario = training_scenario(template)
+        scenario = training_scenario(template, snr=(a.snr[0], a.snr[1]))
         batches = SyntheticBatches(scenario, cfg.batch_size, cfg.lengths, cfg.seed)
         ev_suites = suites(template)
         val = {s: make_dataset(sc, cfg.val_signals, VALIDATION_SEEDS[s]) for s, sc in ev_suites.items()}

@@ -11,6 +11,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnxruntime as ort
+
 from app.core.batching import Batcher
 from app.core.card import CARD_FILE
 from app.core.errors import ModelNotFound, ModelNotReady
@@ -45,6 +47,7 @@ class Registry:
 
     def load_all(self) -> None:
         """Load, verify and warm up every model; never raises for one bad model."""
+        ort.disable_telemetry_events()  # nothing leaves the process or lands on disk for it
         for name, status in self.statuses.items():
             try:
                 model = OnnxModel(self.model_dir / name, self.options)

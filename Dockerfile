@@ -1,0 +1,90 @@
+# syntax=docker/dockerfile:1
+# Shape Detector images (BuildKit; Docker >= 23 uses it by default).
+#   docker build -t shape-detector:0.1.0 .                          the service (last stage: runtime)
+#   docker build --target train -t shape-detector-train:0.1.0 .     the training image
+# tests/deploy reads this file: it lints it, replays the builder's RUN into a fresh virtualenv
+# and starts the runtime stage's CMD with its ENV.
+
+# An exact patch release, so a rebuild gets the same Python; bump it on purpose.
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+# ---- builder: the serving runtime (the `serve` extra, no torch) in a virtualenv ---------
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app/ app/
+# Every `serve` dependency ships manylinux wheels for CPython 3.11, so no compiler is
+# needed; what pip builds here (the project's own wheel, with app/static) is installed
+# non-editable into the venv, the only thing the runtime stage takes.
+# --without-pip: the base image's pip installs into the venv, and the venv ships no installer.
+# The cache mount keeps pip's downloads out of the layer and reuses them across builds.
+# DL3013 (pin versions) misreads ".[serve]", this project with an extra, as an index package:
+# the dependencies' version ranges live in pyproject.toml.
+# hadolint ignore=DL3013
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m venv --without-pip "$VIRTUAL_ENV" \
+    && pip --python "$VIRTUAL_ENV/bin/python" install ".[serve]"
+
+# ---- train: `docker compose --profile train run --rm train` -----------------------------
+# Trains and exports models/<name>/ into /models, which is meant to be a mounted directory.
+FROM ${PYTHON_IMAGE} AS train
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp
+WORKDIR /src
+COPY pyproject.toml README.md constraints.txt ./
+COPY app/ app/
+COPY training/ training/
+# torch comes alone from PyTorch's CPU index: PyPI's Linux wheel of torch is the CUDA build,
+# which pulls gigabytes of nvidia-* wheels. constraints.txt pins it in both steps (its
+# `torch==2.13.0` matches the index's `2.13.0+cpu`), so the second step, which reads PyPI
+# only, finds torch already satisfied and never replaces it.
+# `serve` too: training writes model cards with app.core (pydantic), which the `train`
+# extra alone does not install.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m venv "$VIRTUAL_ENV" \
+    && pip install --index-url https://download.pytorch.org/whl/cpu -c constraints.txt torch \
+    && pip install -c constraints.txt ".[serve,train]"
+# Not root. With a bind-mounted /models, run it as the owner of the host directory instead
+# (compose's train service does: SHAPE_DETECTOR_UID / SHAPE_DETECTOR_GID).
+USER 10001:10001
+ENTRYPOINT ["python", "-m", "training.train", "--out", "/models"]
+CMD ["--name", "bump"]
+
+# ---- runtime: the service, the default target ------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+# A named user, so tools that look up the uid find it; no home, no login shell.
+RUN groupadd --system --gid 10001 shape-detector \
+    && useradd --system --uid 10001 --gid shape-detector --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin shape-detector
+COPY --from=builder /opt/venv /opt/venv
+# The shipped models, root-owned and so read-only for the service; a bind mount or volume
+# on /models replaces them (see docker-compose.yml).
+COPY models/ /models/
+# The root filesystem may be read-only: PYTHONDONTWRITEBYTECODE (pip compiled the venv
+# already), and HOME in /tmp, the one writable path (tmpfs in compose, emptyDir in k8s):
+# onnxruntime keeps a telemetry device id under $HOME/.cache (where it cannot, it logs a
+# warning and keeps it in memory).
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    SHAPE_DETECTOR_HOST=0.0.0.0 \
+    SHAPE_DETECTOR_PORT=8000 \
+    SHAPE_DETECTOR_WORKERS=1 \
+    SHAPE_DETECTOR_MODEL_DIR=/models
+# Any directory works: the app is installed in the venv, not imported from the cwd.
+WORKDIR /srv
+USER 10001:10001
+EXPOSE 8000
+# Ready, not just alive: /readyz answers 200 once every model is loaded and warm. The image
+# has no curl; python's urllib raises (exit 1) on a refused connection or a 503.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ['SHAPE_DETECTOR_PORT'], timeout=2)"]
+# python -m app reads every SHAPE_DETECTOR_* variable, SHAPE_DETECTOR_WORKERS included, and
+# runs uvicorn; exec form, so SIGTERM reaches it and it stops gracefully with exit code 0.
+CMD ["python", "-m", "app"]

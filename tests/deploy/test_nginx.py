@@ -1,0 +1,247 @@
+"""deploy/nginx/default.conf in front of two real service processes, on loopback.
+
+Debian's nginx (`make nginx`) runs the repository's file with exactly two lines replaced
+(render_for_loopback): `listen` takes a free loopback port, and the upstream's one
+`server api:8000 ... resolve ...;` line becomes one line per local backend with the same
+parameters minus `resolve` (Docker's DNS exists only in compose, and Debian 12's nginx 1.22
+predates `resolve`). Everything else (retries, timeouts, X-Request-ID, keep-alive) is the file.
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.deploy.processes import ROOT, Service, free_port, start_repo_service
+
+pytestmark = pytest.mark.slow
+
+CONF = ROOT / "deploy" / "nginx" / "default.conf"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+LISTEN = re.compile(r"^(\s*)listen 8080;$", re.MULTILINE)
+UPSTREAM_SERVER = re.compile(r"^(\s*)server api:8000 (.*)resolve ?(.*);$", re.MULTILINE)
+SIGNAL = {"signals": [[0.0] * 64]}
+
+
+def render_for_loopback(conf: str, listen_port: int, backend_ports: list[int]) -> str:
+    assert len(LISTEN.findall(conf)) == 1, "expected one `listen 8080;` line in default.conf"
+    assert len(UPSTREAM_SERVER.findall(conf)) == 1, "expected one `server api:8000 ... resolve` line"
+    conf = LISTEN.sub(rf"\g<1>listen 127.0.0.1:{listen_port};", conf)
+    return UPSTREAM_SERVER.sub(
+        lambda m: "\n".join(f"{m[1]}server 127.0.0.1:{p} {m[2]}{m[3]};" for p in backend_ports), conf
+    )
+
+
+def main_conf(prefix: Path, server_conf: Path) -> str:
+    """What the nginx image's /etc/nginx/nginx.conf provides, with every path in `prefix`."""
+    return f"""
+user {getpass.getuser()};
+daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {prefix}/access-default.log;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    include {server_conf};
+}}
+"""
+
+
+def assert_nginx_installed() -> None:
+    assert Path(NGINX).exists(), "nginx is not installed: run `make nginx` (Debian's nginx)"
+
+
+def nginx_config(tmp_path: Path, backend_ports: list[int]) -> tuple[Path, int]:
+    assert_nginx_installed()
+    port = free_port()
+    server_conf = tmp_path / "default.conf"
+    server_conf.write_text(render_for_loopback(CONF.read_text(), port, backend_ports))
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(main_conf(tmp_path, server_conf))
+    return conf, port
+
+
+def test_config_passes_nginx_t(tmp_path: Path) -> None:
+    conf, _ = nginx_config(tmp_path, [free_port(), free_port()])
+    r = subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True)
+    assert r.returncode == 0, f"nginx -t failed:\n{r.stderr}"
+    assert "test is successful" in r.stderr, r.stderr
+
+
+@pytest.fixture
+def backends(tmp_path: Path) -> Iterator[list[Service]]:
+    services = [start_repo_service(tmp_path, f"backend-{i}") for i in range(2)]
+    try:
+        for s in services:
+            s.wait_ready()
+        yield services
+    finally:
+        for s in services:
+            s.stop()
+
+
+@contextmanager
+def running_nginx(tmp_path: Path, backend_ports: list[int]) -> Iterator[tuple[str, Path]]:
+    """nginx in front of `backend_ports`: its URL and its access log (the file's /dev/stdout)."""
+    conf, port = nginx_config(tmp_path, backend_ports)
+    access_log = tmp_path / "access.log"
+    with access_log.open("wb") as out:
+        nginx = subprocess.Popen(
+            [NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        # Wait for nginx's port, not for a request through it: a request now would already
+        # count against a backend (max_fails) and change what the test sees.
+        deadline = time.monotonic() + 10
+        while True:
+            assert nginx.poll() is None, f"nginx exited:\n{(tmp_path / 'error.log').read_text()}"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nginx does not listen"
+                time.sleep(0.1)
+        yield url, access_log
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=10)
+
+
+@pytest.fixture
+def proxy(tmp_path: Path, backends: list[Service]) -> Iterator[tuple[str, Path]]:
+    with running_nginx(tmp_path, [port_of(s) for s in backends]) as running:
+        yield running
+
+
+def port_of(service: Service) -> int:
+    return int(service.url.rsplit(":", 1)[1])
+
+
+def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Logs are written just after the response is sent: poll for them a little."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def served_ids(service: Service, prefix: str) -> set[str]:
+    """Request ids of `prefix` the service logged (one JSON line per request)."""
+    return set(re.findall(rf'"request_id": "({prefix}-\d+)"', service.log()))
+
+
+def test_spreads_requests_and_passes_request_ids(proxy: tuple[str, Path], backends: list[Service]) -> None:
+    url, access_log = proxy
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(10):
+            r = client.post("/v1/detect", json=SIGNAL, headers={"X-Request-ID": f"spread-{i}"})
+            assert r.status_code == 200, r.text
+            assert r.headers["x-request-id"] == f"spread-{i}", "the client's X-Request-ID was not kept"
+        anonymous = client.post("/v1/detect", json=SIGNAL)
+    assert anonymous.status_code == 200, anonymous.text
+    generated = anonymous.headers["x-request-id"]
+    # The api echoes the id it received: nginx's own $request_id, which nginx logged too.
+    assert re.fullmatch(r"[0-9a-f]{32}", generated), generated
+    assert eventually(lambda: f"request_id={generated} " in access_log.read_text()), (
+        "nginx did not pass its generated id"
+    )
+    everything = {f"spread-{i}" for i in range(10)}
+    assert eventually(lambda: set.union(*(served_ids(s, "spread") for s in backends)) == everything)
+    for s in backends:
+        assert served_ids(s, "spread"), f"backend {s.url} got none of the requests"
+
+
+def test_no_request_lost_when_a_backend_stops(proxy: tuple[str, Path], backends: list[Service]) -> None:
+    url, access_log = proxy
+    statuses: dict[int, int] = {}
+
+    def send(start: int, count: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for i in range(start, start + count):
+                r = client.post("/v1/detect", json=SIGNAL, headers={"X-Request-ID": f"stop-{i}"})
+                statuses[i] = r.status_code
+
+    # Two clients keep requests in flight while the first backend shuts down.
+    clients = [threading.Thread(target=send, args=(k * 1000, 150)) for k in range(2)]
+    for c in clients:
+        c.start()
+    deadline = time.monotonic() + 20
+    while len(statuses) < 40 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stopped, survivor = backends
+    assert stopped.stop() == 0, f"backend did not stop cleanly:\n{stopped.log()}"
+    for c in clients:
+        c.join(timeout=60)
+    assert len(statuses) == 300, f"only {len(statuses)} of 300 requests finished"
+    lost = {i: s for i, s in statuses.items() if s != 200}
+    assert not lost, f"requests failed while a backend stopped: {lost}"
+    assert served_ids(stopped, "stop"), "the stopped backend served nothing before it stopped"
+    assert eventually(lambda: bool(served_ids(survivor, "stop"))), "the surviving backend served nothing"
+    # Some request did reach the stopping backend and was retried on the other one: nginx
+    # logs both attempts, e.g. upstream=[127.0.0.1:A, 127.0.0.1:B].
+    assert eventually(lambda: access_log.read_text().count("request_id=stop-") == 300), (
+        "nginx logged fewer requests"
+    )
+    retried = re.findall(r"request_id=stop-\S+ upstream=\[[^]]*, ", access_log.read_text())
+    assert retried, "no request was retried: the test did not exercise the failover"
+
+
+class CrashingBackend:
+    """A replica that dies mid-request: reads the request, then closes without answering."""
+
+    def __init__(self) -> None:
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        self.requests: list[bytes] = []  # their request lines
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with suppress(OSError):  # close() below
+            while True:
+                conn, _ = self.socket.accept()
+                with conn:
+                    self.requests.append(conn.recv(65536).split(b"\r\n", 1)[0])
+
+    def close(self) -> None:
+        self.socket.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        self.socket.close()
+
+
+def test_post_retried_after_a_backend_dropped_it(tmp_path: Path) -> None:
+    # The request reached the replica before it failed, so nginx retries it only because
+    # of `non_idempotent`: detection is a pure function of the body (see default.conf).
+    crashing = CrashingBackend()
+    healthy = start_repo_service(tmp_path, "healthy")
+    try:
+        healthy.wait_ready()
+        with running_nginx(tmp_path, [crashing.port, port_of(healthy)]) as (url, _):
+            statuses = [httpx.post(f"{url}/v1/detect", json=SIGNAL, timeout=30).status_code for _ in range(4)]
+    finally:
+        crashing.close()
+        healthy.stop()
+    assert b"POST /v1/detect HTTP/1.1" in crashing.requests, (
+        f"no POST reached the crashing backend: {crashing.requests}"
+    )
+    assert statuses == [200] * 4, f"a POST dropped by one backend was not retried on the other: {statuses}"
