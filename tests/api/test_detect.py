@@ -83,3 +83,22 @@ def test_models_and_cards(client: TestClient) -> None:
     card = client.get("/v1/models/other").json()
     assert card["name"] == "other" and card["threshold"] == 0.5 and len(card["sha256"]) == 64
     assert client.get("/v1/models/nope").status_code == 404
+
+
+def test_long_signal_in_windows_equals_whole(client: TestClient, tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    """A 60k-sample signal through the API (window 1024: ~80 windows) equals whole-signal inference."""
+    from app.core.model import InferenceOptions, OnnxModel
+    from app.core.peaks import find_peaks
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(60_013) + np.sin(np.arange(60_013) / 3000) * 5).astype(np.float32)
+    r = client.post("/v1/detect?return_scores=true&threshold=0.2&min_distance=5", content=npy(x),
+                    headers={"Content-Type": "application/x-npy"})
+    assert r.status_code == 200
+    got = r.json()["results"][0]
+    whole = OnnxModel(tiny_model_dir, InferenceOptions(window=1 << 17)).run(x[None])[0]
+    np.testing.assert_allclose(got["scores"], whole, atol=1e-4, rtol=0)
+    assert got["probability"] == pytest.approx(float(whole.max()), abs=1e-4)
+    expected = find_peaks(whole, 0.2, 5).index.tolist()
+    assert len(expected) > 10, "the check needs peaks to compare"
+    assert [p["index"] for p in got["peaks"]] == expected
