@@ -8,7 +8,7 @@ PORT   ?= 8000
 NAME   ?= bump
 ARGS   ?=
 
-.PHONY: help install install-serve browser nginx test train train-dry serve bench clean
+.PHONY: help install install-serve browser nginx test train train-dry serve bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ nginx:  ## Debian's nginx for the load-balancer tests (tests/deploy)
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null)
 
 test: $(VENV)/.installed-all browser nginx  ## lint and run the whole test suite
-	$(VENV)/bin/ruff check app training tests
+	$(VENV)/bin/ruff check app training tests benchmarks
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
@@ -52,6 +52,10 @@ serve: $(VENV)/.installed-serve  ## serve models/ on HOST:PORT (default 127.0.0.
 
 bench: $(VENV)/.installed-all  ## benchmarks (report, never fail on timing)
 	$(PY) -m benchmarks.bench_model
+	$(PY) -m benchmarks.run $(ARGS)
+
+bench-quick: $(VENV)/.installed-all  ## one-minute smoke run of the benchmark harness
+	$(PY) -m benchmarks.run --quick $(ARGS)
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,202 @@
+"""Closed-loop HTTP load from this process: Python asyncio + aiohttp (on uvloop when installed).
+
+``concurrency`` workers share one keep-alive connection pool; each sends its next request as
+soon as the previous one returned, until the phase's duration (or request count) is used up,
+then waits for its request in flight. Every response is checked (status 200, a JSON object
+whose ``results`` has one entry per signal sent); anything else counts as an error. The
+client's own CPU time (getrusage of this process) is measured per phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import resource
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+import orjson
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop ships with the service's dependencies
+    uvloop = None
+
+CLIENT = f"python asyncio + aiohttp {aiohttp.__version__}" + (" on uvloop" if uvloop else "")
+MAX_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One request body, sent unchanged by every worker."""
+
+    kind: str  # "json" | "npy"
+    body: bytes
+    content_type: str
+    signals: int
+    samples: int
+
+
+def make_signals(
+    rows: int, length: int, template: Sequence[float] | None = None, seed: int = 0
+) -> np.ndarray:
+    """White noise with the model's shape added about every 400 samples (so peaks get found)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, length), dtype=np.float32)
+    if template:
+        t = 4.0 * np.asarray(template, dtype=np.float32) / max(float(np.max(np.abs(template))), 1e-9)
+        for row in x:
+            for start in rng.integers(0, max(length - t.size, 1), size=max(length // 400, 1)):
+                row[start : start + t.size] += t[: length - start]
+    return x
+
+
+def json_payload(signals: np.ndarray) -> Payload:
+    body = orjson.dumps({"signals": signals}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Payload("json", body, "application/json", signals.shape[0], signals.size)
+
+
+def npy_payload(signals: np.ndarray) -> Payload:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(signals, dtype=np.float32))
+    return Payload("npy", buf.getvalue(), "application/x-npy", signals.shape[0], signals.size)
+
+
+def check_response(status: int, body: bytes, signals: int) -> str | None:
+    """None if the response keeps the contract for ``signals`` signals; else what is wrong."""
+    if status != 200:
+        return f"HTTP {status}: {body[:200]!r}"
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return f"HTTP 200 with a body that is not JSON: {body[:200]!r}"
+    results = doc.get("results") if isinstance(doc, dict) else None
+    if not isinstance(results, list) or len(results) != signals:
+        got = len(results) if isinstance(results, list) else "no"
+        return f"HTTP 200 with {got} results for {signals} signals"
+    if not all(isinstance(r, dict) and isinstance(r.get("peaks"), list) for r in results):
+        return "HTTP 200 with a result that has no 'peaks' list"
+    return None
+
+
+@dataclass(frozen=True)
+class Phase:
+    duration: float  # seconds in which new requests are started (0: skip the phase)
+    max_requests: int | None = None  # stop starting requests after this many
+
+
+@dataclass
+class PhaseResult:
+    requests: int = 0  # answered correctly
+    errors: int = 0
+    error_examples: list[str] = field(default_factory=list)
+    latencies_s: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0  # first request sent -> last answer received
+    client_cpu_s: float = 0.0
+
+    def summary(self, payload: Payload) -> dict[str, Any]:
+        lat = np.asarray(self.latencies_s) * 1000
+        rps = self.requests / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "elapsed_s": self.elapsed_s,
+            "requests_per_s": rps,
+            "samples_per_s": rps * payload.samples,
+            "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+            "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+            "client_cpu_s": self.client_cpu_s,
+            "client_cpu_cores": self.client_cpu_s / self.elapsed_s if self.elapsed_s > 0 else 0.0,
+        }
+
+
+def client_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by this process, all threads."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+async def _phase(
+    session: aiohttp.ClientSession, url: str, payload: Payload, concurrency: int, phase: Phase
+) -> PhaseResult:
+    out = PhaseResult()
+    if phase.duration <= 0:
+        return out
+    headers = {"Content-Type": payload.content_type}
+    started = 0
+    cpu0, t0 = client_cpu_s(), time.perf_counter()
+    deadline = t0 + phase.duration
+
+    async def worker() -> None:
+        nonlocal started
+        mine = 0  # each worker sends at least one request, however late it starts
+        while (phase.max_requests is None or started < phase.max_requests) and (
+            mine == 0 or time.perf_counter() < deadline
+        ):
+            started += 1
+            mine += 1
+            sent = time.perf_counter()
+            try:
+                async with session.post(url, data=payload.body, headers=headers) as resp:
+                    problem = check_response(resp.status, await resp.read(), payload.signals)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem is None:
+                out.requests += 1
+                out.latencies_s.append(time.perf_counter() - sent)
+            else:
+                out.errors += 1
+                if len(out.error_examples) < MAX_EXAMPLES:
+                    out.error_examples.append(problem)
+                await asyncio.sleep(0.01)  # a dead server must not turn this into a busy loop
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    out.elapsed_s = time.perf_counter() - t0
+    out.client_cpu_s = client_cpu_s() - cpu0
+    return out
+
+
+async def _run(
+    url: str, payload: Payload, concurrency: int, phases: Sequence[Phase], timeout: float
+) -> list[PhaseResult]:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
+        return [await _phase(session, url, payload, concurrency, p) for p in phases]
+
+
+def run_load(
+    url: str, payload: Payload, concurrency: int, phases: Sequence[Phase], timeout: float = 120.0
+) -> list[PhaseResult]:
+    """Run the phases one after the other on the same connections (e.g. warm-up, then repeats)."""
+    coro = _run(url, payload, concurrency, phases, timeout)
+    if uvloop is not None:
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def median_summary(results: Sequence[PhaseResult], payload: Payload) -> dict[str, Any]:
+    """Medians over repeated phases; errors and requests are totals; each repeat kept as well."""
+    runs = [r.summary(payload) for r in results]
+    medians = {
+        k: _median([run[k] for run in runs])
+        for k in ("requests_per_s", "samples_per_s", "p50_ms", "p99_ms", "client_cpu_cores")
+    }
+    examples = [e for r in results for e in r.error_examples][:MAX_EXAMPLES]
+    return {
+        **medians,
+        "requests": sum(r.requests for r in results),
+        "errors": sum(r.errors for r in results),
+        "error_examples": examples,
+        "repeats": runs,
+    }

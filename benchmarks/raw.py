@@ -1,0 +1,105 @@
+"""Raw onnxruntime on the shipped model, in this process: the service's session, no HTTP.
+
+The session is the service's own (``OnnxModel``: same session options); the timed work is
+``session.run`` only. The 1-million-sample case runs exactly the windows and batches the
+service's windowing produces (``WindowPlan.split`` with the service's window length, batched
+up to its max batch samples), so "raw" there is the service's inference work without HTTP,
+decoding, stitching or peak picking.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.core.model import InferenceOptions, OnnxModel
+from app.core.windows import WindowPlan
+from benchmarks.loadgen import make_signals
+
+LONG = 1_000_000  # the long case's default length
+
+
+def window_batches(signal: np.ndarray, plan: WindowPlan, max_batch_samples: int) -> list[np.ndarray]:
+    """The float32 batches the service's ``score_pieces`` would run for one long signal."""
+    groups: dict[int, list[np.ndarray]] = defaultdict(list)
+    for piece in plan.split(0, signal.size):
+        groups[piece.length].append(signal[piece.start : piece.stop])
+    batches = []
+    for length, windows in groups.items():
+        per_batch = max(1, max_batch_samples // length)
+        for b in range(0, len(windows), per_batch):
+            batches.append(np.stack(windows[b : b + per_batch]).astype(np.float32))
+    return batches
+
+
+def _rates(run: Callable[[], None], samples: int, duration: float, repeats: int) -> list[float]:
+    """Samples per second of ``run`` in each repeat (each at least one call, about ``duration`` s)."""
+    run()  # warm-up
+    rates = []
+    for _ in range(repeats):
+        calls, t0 = 0, time.perf_counter()
+        while calls == 0 or time.perf_counter() - t0 < duration:
+            run()
+            calls += 1
+        rates.append(samples * calls / (time.perf_counter() - t0))
+    return rates
+
+
+def measure_raw(
+    model_dir: Path,
+    options: InferenceOptions,
+    template: Sequence[float] | None,
+    duration: float,
+    repeats: int,
+    latency_calls: int,
+    long_length: int = LONG,
+) -> dict[str, Any]:
+    model = OnnxModel(model_dir, options)
+    session = model.session
+    long_key = f"1x{long_length}"
+    long_signal = make_signals(1, long_length, template, seed=2)[0]
+    cases = {
+        "1x1024": [make_signals(1, 1024, template)],
+        "64x1024": [make_signals(64, 1024, template, seed=1)],
+        long_key: window_batches(long_signal, model.plan, options.max_batch_samples),
+    }
+    signal_samples = {"1x1024": 1024, "64x1024": 64 * 1024, long_key: long_length}
+    out: dict[str, Any] = {"long_case": long_key}
+    for name, batches in cases.items():
+
+        def run(batches: list[np.ndarray] = batches) -> None:
+            for b in batches:
+                session.run(["scores"], {"signal": b})
+
+        rates = _rates(run, signal_samples[name], duration, repeats)
+        out[name] = {
+            "samples_per_s": statistics.median(rates),
+            "repeats": rates,
+            "calls_per_pass": len(batches),
+            "window_samples_per_pass": int(sum(b.size for b in batches)),
+            "batch_shapes": sorted({f"{b.shape[0]}x{b.shape[1]}" for b in batches}),
+        }
+    one = cases["1x1024"][0]
+    session.run(["scores"], {"signal": one})
+    latencies = []
+    for _ in range(latency_calls):
+        t0 = time.perf_counter()
+        session.run(["scores"], {"signal": one})
+        latencies.append(time.perf_counter() - t0)
+    ms = np.asarray(latencies) * 1000
+    out["latency_1x1024"] = {
+        "calls": latency_calls,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+    out["window"] = model.plan.window
+    out["margin"] = model.plan.margin
+    out["max_batch_samples"] = options.max_batch_samples
+    out["intra_op_threads"] = options.intra_op_threads
+    return out

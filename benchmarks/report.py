@@ -1,0 +1,239 @@
+"""The harness's result dict -> ratios, a Markdown report, and the files under benchmarks/results/."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("onnxruntime", "numpy", "fastapi", "uvicorn", "pydantic", "orjson", "litserve", "aiohttp")
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    mem_kib = 0
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        mem_kib = int(next(line.split()[1] for line in meminfo if line.startswith("MemTotal")))
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        root = Path(__file__).resolve().parents[1]
+        git = ["git", "--no-optional-locks", "-C", str(root)]  # read-only: never touches the index
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        status = subprocess.run(
+            [*git, "status", "--porcelain", "--", "app", "models"], capture_output=True, text=True
+        )
+        changed = [line[3:] for line in status.stdout.splitlines()]
+        commit_id = commit.stdout.strip() or None
+    except OSError:
+        commit_id, changed = None, []
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "versions": versions,
+        "git_commit": commit_id,
+        "uncommitted_in_app_or_models": changed,  # the service measured may differ from the commit
+    }
+
+
+def raw_key(raw: dict[str, Any], rows: int, length: int) -> str | None:
+    """The raw onnxruntime case that does the same inference work (per sample) as this request."""
+    if f"{rows}x{length}" in ("1x1024", "64x1024"):
+        return f"{rows}x{length}"
+    return raw["long_case"] if rows == 1 and length > raw["window"] else None
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per service workload: service / raw (samples/s), service / naive and / LitServe (requests/s)."""
+    ok = {
+        (r["server"], r["body"], r["rows"], r["length"], r["concurrency"]): r
+        for r in result["rows"]
+        if r.get("status") == "ok"
+    }
+    out = []
+    for (server, body, rows, length, conc), r in ok.items():
+        if server != "service":
+            continue
+        key = raw_key(result["raw"], rows, length)
+        raw = result["raw"].get(key, {}).get("samples_per_s") if key else None
+        naive = ok.get(("naive", body, rows, length, conc), {}).get("requests_per_s")
+        lit = ok.get(("litserve", body, rows, length, conc), {}).get("requests_per_s")
+        out.append({
+            "body": body, "rows": rows, "length": length, "concurrency": conc, "raw_case": key,
+            "service_over_raw": _div(r["samples_per_s"], raw),
+            "service_over_naive": _div(r["requests_per_s"], naive),
+            "service_over_litserve": _div(r["requests_per_s"], lit),
+        })  # fmt: skip
+    return out
+
+
+def rate(x: float | None) -> str:
+    if x is None:
+        return "–"
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M"
+    return f"{x / 1e3:.1f} k" if x >= 1e4 else f"{x:.1f}"
+
+
+def ms(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}" if x < 10 else f"{x:.0f}"
+
+
+def times(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def shape(rows: int, length: int) -> str:
+    return f"{rows}×{length:,}"
+
+
+def row_line(r: dict[str, Any]) -> str:
+    """One workload on one line (progress output)."""
+    head = f"{r['server']} {r['body']} {shape(r['rows'], r['length'])} c{r['concurrency']}"
+    return (
+        f"{head}: {rate(r['requests_per_s'])} req/s, {rate(r['samples_per_s'])} samples/s, "
+        f"p50 {ms(r['p50_ms'])} ms, p99 {ms(r['p99_ms'])} ms, {r['errors']} errors, "
+        f"peak RSS {r['server_peak_rss_mib']:.0f} MiB"
+    )
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    v = m["versions"]
+    la0, la1 = result["load_average_start"], result.get("load_average_end", ["?"])
+    lines = [
+        f"# Benchmarks: model {result['model']['name']} {result['model']['version']}",
+        "",
+        f"- command: `{result.get('command', 'python -m benchmarks.run')}`"
+        + (" (quick: short phases, one repeat)" if result.get("quick") else ""),
+        f"- started {result['started']}, took {result.get('elapsed_s', 0):.0f} s; git {m['git_commit']}"
+        + (
+            f" with uncommitted changes in {', '.join(dirty)}"
+            if (dirty := m["uncommitted_in_app_or_models"])
+            else ""
+        ),
+        f"- machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['memory_gib']} GiB, "
+        f"{m['os']}, Python {m['python']}",
+        "- " + ", ".join(f"{name} {version}" for name, version in v.items()),
+        f"- load average at start {la0[0]:.2f}, at end {la1[0]:.2f} (other work on the machine skews "
+        "every number; see the 'other CPU' column)",
+        f"- load generator: {result['load_generator']['client']}, {result['load_generator']['how']}",
+        "",
+        "## Raw onnxruntime (in process, the service's session options)",
+        "",
+        "| input | samples/s | onnxruntime calls | batch shapes |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    raw = result["raw"]
+    for key in ("1x1024", "64x1024", raw["long_case"]):
+        c = raw[key]
+        note = " (the service's windows)" if key == raw["long_case"] else ""
+        shapes = ", ".join(c["batch_shapes"])
+        lines.append(f"| {key}{note} | {rate(c['samples_per_s'])} | {c['calls_per_pass']} | {shapes} |")
+    lat = raw["latency_1x1024"]
+    lines += [
+        "",
+        f"Single-call latency 1×1024 over {lat['calls']} calls: median {ms(lat['p50_ms'])} ms, "
+        f"p99 {ms(lat['p99_ms'])} ms. Window {raw['window']}, max batch samples {raw['max_batch_samples']}, "
+        f"intra-op threads {raw['intra_op_threads'] or 'default'}.",
+        "",
+        "## Servers",
+        "",
+        "Medians over the repeats; errors are totals (warm-up included). Peak RSS: VmHWM summed over the "
+        "server's processes, reset before each workload. CPU columns are cores busy on average "
+        "(server process tree, this load generator, everything else on the machine).",
+        "",
+        "| server | body | shape | conc. | req/s | samples/s | p50 ms | p99 ms | errors | peak RSS MiB "
+        "| server CPU | client CPU | other CPU |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        head = f"| {r['server']} | {r['body']} | {shape(r['rows'], r['length'])} | {r['concurrency']} |"
+        if r.get("status") != "ok":
+            lines.append(f"{head} n/a | n/a | n/a | n/a | – | – | – | – | – |")
+            continue
+        flag = " (reduced)" if r.get("reduced") else ""
+        lines.append(
+            f"{head} {rate(r['requests_per_s'])}{flag} | {rate(r['samples_per_s'])} | {ms(r['p50_ms'])} "
+            f"| {ms(r['p99_ms'])} | {r['errors']} | {r['server_peak_rss_mib']:.0f} "
+            f"| {r['server_cpu_cores']:.2f} | {r['client_cpu_cores_overall']:.2f} "
+            f"| {r['other_cpu_cores']:.2f} |"
+        )
+    big = [r for r in result["rows"] if r.get("status") == "ok" and "peak_rss_growth_mib" in r]
+    if big:
+        b = big[0]
+        lines += [
+            "",
+            f"Long signal, service, {shape(b['rows'], b['length'])} .npy ({b['body_mib']:.0f} MiB body), "
+            f"{len(b['latencies_ms'])} request(s) one at a time: latencies "
+            f"{', '.join(ms(x) for x in b['latencies_ms'])} ms; RSS before {b['rss_before_mib']:.0f} MiB, "
+            f"peak during {b['server_peak_rss_mib']:.0f} MiB: growth {b['peak_rss_growth_mib']:.0f} MiB"
+            + ("" if b["peak_reset"] else " (peak since server start: clear_refs unavailable)")
+            + ".",
+        ]
+    lines += [
+        "",
+        "## Ratios",
+        "",
+        "Service / raw onnxruntime compares samples/s with the raw case doing the same inference "
+        "(1×1024 raw is one call per signal: under concurrency the service batches requests "
+        "together and can exceed it). Service / naive and service / LitServe compare requests/s "
+        "on the same workload (they take JSON only).",
+        "",
+        "| body | shape | conc. | service / raw | service / naive | service / LitServe |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for q in result.get("ratios", []):
+        lines.append(
+            f"| {q['body']} | {shape(q['rows'], q['length'])} | {q['concurrency']} | "
+            f"{times(q['service_over_raw'])} | {times(q['service_over_naive'])} | "
+            f"{times(q['service_over_litserve'])} |"
+        )
+    lines += ["", "## Servers as run", ""]
+    for name, s in result["servers"].items():
+        command = " ".join(["python", *s["command"][1:]])
+        lines.append(
+            f"- {name}: `{command}`, POST {s['detect_path']}, ready in {s['startup_s']:.1f} s, "
+            f"idle RSS {s['idle_rss_mib']:.0f} MiB, exit code {s.get('exit_code')}; "
+            f"settings {json.dumps(s['settings'])}"
+        )
+    problems = [f"{r['server']} {r['body']} {shape(r['rows'], r['length'])} c{r['concurrency']}: {e}"
+                for r in result["rows"] for e in r.get("error_examples", [])]  # fmt: skip
+    if result["failures"] or problems:
+        lines += ["", "## Errors", ""] + [f"- {p}" for p in result["failures"] + problems]
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
+    """``<stem>.json`` and ``<stem>.md`` in ``out_dir``, each written to a .tmp file and renamed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    texts = {".json": json.dumps(result, indent=2, default=str) + "\n", ".md": markdown(result)}
+    for suffix, text in texts.items():
+        path = out_dir / f"{stem}{suffix}"
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,298 @@
+"""The benchmark harness (issue #5): raw onnxruntime, the service, a naive FastAPI server, LitServe.
+
+    python -m benchmarks.run            # about 6 minutes -> benchmarks/results/latest.{json,md}
+    python -m benchmarks.run --quick    # about 1 minute  -> benchmarks/results/quick.{json,md}
+
+1. Raw onnxruntime (this process, the service's session) on 1x1024, 64x1024 and the windows of
+   a 1x1,000,000 signal; single-call latency of 1x1024.
+2. Each server as a real process on a free loopback port, one at a time, loaded by a closed-loop
+   asyncio client in this process (benchmarks/loadgen.py): JSON and .npy bodies, 1x1024 and
+   64x1024, concurrency 1, 8 and 32; the service also gets a few 1x10,000,000 .npy requests
+   with its peak RSS growth measured.
+3. Medians over repeats; ratios service / raw, service / naive and service / LitServe.
+
+Timings never fail the run: it exits 1 only for errors (a server that does not start or dies,
+a response that is not 200 or does not have one result per signal). The total time is bounded:
+past --budget seconds the remaining workloads run one short repeat each (marked "reduced").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from app.core.card import load_card
+from app.core.model import InferenceOptions
+from benchmarks import loadgen, report, servers
+from benchmarks.loadgen import Payload, Phase
+from benchmarks.raw import measure_raw
+
+ROOT = servers.ROOT
+SERVERS = ("service", "naive", "litserve")
+
+
+@dataclass(frozen=True)
+class Config:
+    model_dir: Path = ROOT / "models" / "bump"
+    servers: tuple[str, ...] = SERVERS
+    shapes: tuple[tuple[int, int], ...] = ((1, 1024), (64, 1024))
+    concurrency: tuple[int, ...] = (1, 8, 32)
+    litserve_all: bool = True  # False: only the 1x1024 JSON concurrency-32 workload
+    warmup_s: float = 1.0
+    duration_s: float = 2.5
+    repeats: int = 3
+    big_length: int = 10_000_000  # 0: no long-signal requests
+    big_repeats: int = 3
+    raw_duration_s: float = 1.0
+    raw_repeats: int = 5
+    raw_long_length: int = 1_000_000  # the raw case that runs the service's windows
+    latency_calls: int = 1000
+    workers: int = 1  # the service's SHAPE_DETECTOR_WORKERS
+    intra_op_threads: int = 0  # onnxruntime threads per call in every server and raw; 0: default
+    budget_s: float = 330.0
+    timeout_s: float = 120.0  # per request
+    big_timeout_s: float = 600.0
+
+
+QUICK = Config(
+    warmup_s=0.3,
+    duration_s=0.8,
+    repeats=1,
+    big_repeats=1,
+    raw_duration_s=0.3,
+    raw_repeats=3,
+    latency_calls=200,
+    budget_s=75.0,
+)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU ticks of the whole machine, from /proc/stat."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def workloads(cfg: Config, name: str) -> list[tuple[str, int, int, int]]:
+    """(body, rows, length, concurrency) for one server, in the order they run."""
+    bodies = ("json", "npy")
+    if name == "litserve" and not cfg.litserve_all:
+        return [("json", 1, 1024, 32)]
+    return [(b, r, n, c) for (r, n) in cfg.shapes for c in cfg.concurrency for b in bodies]
+
+
+def measure_workload(
+    server: servers.Server, payload: Payload, concurrency: int, phases: list[Phase], timeout: float
+) -> dict[str, Any]:
+    """Warm-up (phases[0]) and measured repeats on one server; errors of all phases count."""
+    peak_reset = server.reset_peak()
+    cpu0, (busy0, total0), client0 = server.cpu_s(), machine_busy(), loadgen.client_cpu_s()
+    t0 = time.perf_counter()
+    results = loadgen.run_load(server.detect_url, payload, concurrency, phases, timeout)
+    wall = time.perf_counter() - t0
+    busy1, total1 = machine_busy()
+    server_cores = (server.cpu_s() - cpu0) / wall
+    client_cores = (loadgen.client_cpu_s() - client0) / wall
+    busy_cores = (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
+    row = loadgen.median_summary(results[1:], payload)
+    row["errors"] += results[0].errors
+    row["error_examples"] = (results[0].error_examples + row["error_examples"])[: loadgen.MAX_EXAMPLES]
+    mem = server.memory_mib()
+    if not server.alive():
+        row["errors"] += 1
+        row["error_examples"].append(f"server exited with {server.process.returncode}:\n{server.log()}")
+    return {
+        **row,
+        "server_rss_mib": mem["rss_mib"],
+        "server_peak_rss_mib": mem["peak_rss_mib"],
+        "server_processes": mem["processes"],
+        "peak_reset": peak_reset,  # False: the peak RSS is the one since the server started
+        "server_cpu_cores": server_cores,
+        "server_cpu_ms_per_request": server_cores * wall * 1000 / max(sum(r.requests for r in results), 1),
+        "client_cpu_cores_overall": client_cores,
+        "other_cpu_cores": max(busy_cores - server_cores - client_cores, 0.0),
+        "wall_s": wall,
+    }
+
+
+def measure_big(
+    cfg: Config, server: servers.Server, template: list[float] | None, reduced: bool
+) -> dict[str, Any]:
+    """A few 1 x big_length .npy requests, one at a time; the server's peak RSS growth."""
+    payload = loadgen.npy_payload(loadgen.make_signals(1, cfg.big_length, template, seed=3))
+    before = server.memory_mib()
+    repeats = 1 if reduced else cfg.big_repeats
+    # No warm-up (the server is warm from the other workloads); one request per repeat.
+    row = measure_workload(server, payload, 1, [Phase(0.0)] + [Phase(1e9, 1)] * repeats, cfg.big_timeout_s)
+    return {
+        **row,
+        "latencies_ms": [r["p50_ms"] for r in row["repeats"]],
+        "rss_before_mib": before["rss_mib"],
+        "peak_rss_before_mib": before["peak_rss_mib"],
+        "peak_rss_growth_mib": row["server_peak_rss_mib"] - before["rss_mib"],
+        "body_mib": len(payload.body) / 2**20,
+        "reduced": reduced,
+    }
+
+
+def spec_for(name: str, cfg: Config, port: int) -> servers.ServerSpec:
+    if name == "service":
+        return servers.service_spec(cfg.model_dir, port, cfg.workers, cfg.intra_op_threads)
+    if name == "naive":
+        return servers.naive_spec(cfg.model_dir, port, cfg.intra_op_threads)
+    return servers.litserve_spec(cfg.model_dir, port, cfg.intra_op_threads)
+
+
+def run_server(
+    name: str,
+    cfg: Config,
+    template: list[float] | None,
+    log_dir: Path,
+    started: float,
+    result: dict[str, Any],
+) -> None:
+    port = servers.free_port()
+    spec = spec_for(name, cfg, port)
+    log(f"[{time.perf_counter() - started:6.1f}s] starting {name}: {' '.join(spec.command)}")
+    try:
+        server = servers.start(spec, port, log_dir)
+    except servers.ServerError as exc:
+        result["failures"].append(f"{name}: {exc}")
+        log(f"  {name} did not start: {exc}")
+        return
+    info: dict[str, Any] = {
+        "command": spec.command,
+        "settings": spec.settings,
+        "detect_path": spec.detect_path,
+        "startup_s": server.startup_s,
+        "idle_rss_mib": server.memory_mib()["rss_mib"],
+    }
+    result["servers"][name] = info
+    try:
+        for body, rows, length, conc in workloads(cfg, name):
+            base = {"server": name, "body": body, "rows": rows, "length": length, "concurrency": conc}
+            if body == "npy" and not spec.accepts_npy:
+                result["rows"].append({**base, "status": "n/a"})
+                continue
+            signals = loadgen.make_signals(rows, length, template)
+            payload = loadgen.json_payload(signals) if body == "json" else loadgen.npy_payload(signals)
+            reduced = time.perf_counter() - started > cfg.budget_s
+            phases = (
+                [Phase(min(cfg.warmup_s, 0.2)), Phase(min(cfg.duration_s, 0.5))]
+                if reduced
+                else ([Phase(cfg.warmup_s)] + [Phase(cfg.duration_s)] * cfg.repeats)
+            )
+            row = measure_workload(server, payload, conc, phases, cfg.timeout_s)
+            result["rows"].append({**base, "status": "ok", "reduced": reduced, **row})
+            log(f"[{time.perf_counter() - started:6.1f}s]   {report.row_line(result['rows'][-1])}")
+        if name == "service" and cfg.big_length:
+            reduced = time.perf_counter() - started > cfg.budget_s
+            big = measure_big(cfg, server, template, reduced)
+            base = {"server": name, "body": "npy", "rows": 1, "length": cfg.big_length, "concurrency": 1}
+            result["rows"].append({**base, "status": "ok", **big})
+            log(f"[{time.perf_counter() - started:6.1f}s]   {report.row_line(result['rows'][-1])}")
+    finally:
+        info["exit_code"] = server.stop()
+        info["log_tail"] = server.log()[-1500:]
+
+
+def measure(cfg: Config, log_dir: Path | None = None) -> dict[str, Any]:
+    """Run every measurement of ``cfg``; the result dict that report.py renders."""
+    started = time.perf_counter()
+    card = load_card(cfg.model_dir)
+    template = list(card.template) if card.template else None
+    result: dict[str, Any] = {
+        "schema": 1,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": {"name": card.name, "version": card.version, "dir": str(cfg.model_dir)},
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "machine": report.machine(),
+        "load_average_start": list(os.getloadavg()),
+        "load_generator": {
+            "client": loadgen.CLIENT,
+            "how": "closed loop: N concurrent workers in one process, each sending its next request "
+            "when the previous one returned; keep-alive; client CPU from getrusage of this process",
+        },
+        "servers": {},
+        "rows": [],
+        "failures": [],
+    }
+    settings = servers.service_settings(
+        cfg.model_dir, workers=cfg.workers, intra_op_threads=cfg.intra_op_threads
+    )
+    options = InferenceOptions(  # raw onnxruntime runs what the service would
+        window=settings.WINDOW,
+        max_batch_samples=settings.MAX_BATCH_SAMPLES,
+        intra_op_threads=settings.INTRA_OP_THREADS,
+    )
+    log(f"raw onnxruntime (window {options.window}, max batch samples {options.max_batch_samples})")
+    result["raw"] = measure_raw(
+        cfg.model_dir,
+        options,
+        template,
+        cfg.raw_duration_s,
+        cfg.raw_repeats,
+        cfg.latency_calls,
+        cfg.raw_long_length,
+    )
+    with tempfile.TemporaryDirectory(prefix="shape-bench-") as tmp:
+        for name in cfg.servers:
+            run_server(name, cfg, template, log_dir or Path(tmp), started, result)
+    result["load_average_end"] = list(os.getloadavg())
+    result["elapsed_s"] = time.perf_counter() - started
+    result["ratios"] = report.ratios(result)
+    result["errors"] = sum(r.get("errors", 0) for r in result["rows"]) + len(result["failures"])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="about a minute: short phases, one repeat")
+    p.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, from {','.join(SERVERS)}")
+    p.add_argument("--duration", type=float, help="seconds per measured repeat")
+    p.add_argument("--repeats", type=int, help="measured repeats per workload (medians are reported)")
+    p.add_argument("--budget", type=float, help="seconds after which workloads run one short repeat")
+    p.add_argument("--workers", type=int, default=1, help="the service's SHAPE_DETECTOR_WORKERS")
+    p.add_argument("--intra-op-threads", type=int, default=0, help="onnxruntime threads per call; 0: default")
+    p.add_argument("--model-dir", type=Path, default=Config.model_dir)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    a = p.parse_args(argv)
+    names = tuple(s for s in a.servers.split(",") if s)
+    if unknown := set(names) - set(SERVERS):
+        p.error(f"unknown server(s) {sorted(unknown)}; choose from {SERVERS}")
+    cfg = replace(
+        QUICK if a.quick else Config(),
+        servers=names,
+        workers=a.workers,
+        intra_op_threads=a.intra_op_threads,
+        model_dir=a.model_dir,
+    )
+    for field, value in (("duration_s", a.duration), ("repeats", a.repeats), ("budget_s", a.budget)):
+        if value is not None:
+            cfg = replace(cfg, **{field: value})
+    result = measure(cfg)
+    result["command"] = " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])])
+    result["quick"] = a.quick
+    paths = report.write(result, a.out, "quick" if a.quick else "latest")
+    print(report.markdown(result))
+    log(f"wrote {', '.join(str(x) for x in paths)}")
+    for failure in result["failures"]:
+        log(f"FAILED: {failure}")
+    if result["errors"]:
+        log(f"{result['errors']} error(s): see the Errors column and error_examples in the JSON")
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The harness end to end on a tiny configuration: a well-formed result dict and report files.
+
+A couple of seconds of load on the service and the naive server; no assertion on any timing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report, servers
+from benchmarks.loadgen import check_response
+from benchmarks.run import Config, measure, workloads
+
+pytestmark = pytest.mark.slow
+
+NUMBERS = ("requests_per_s", "samples_per_s", "p50_ms", "p99_ms", "server_peak_rss_mib", "client_cpu_cores")
+
+
+def tiny_config() -> Config:
+    return Config(
+        servers=("service", "naive"),
+        shapes=((1, 1024),),
+        concurrency=(1, 4),
+        warmup_s=0.1,
+        duration_s=0.3,
+        repeats=2,
+        big_length=100_000,  # longer than the service's window: exercises its windowing
+        big_repeats=1,
+        raw_duration_s=0.01,
+        raw_repeats=2,
+        raw_long_length=100_000,
+        latency_calls=20,
+        budget_s=600.0,
+    )
+
+
+def test_workloads_cover_bodies_shapes_and_concurrency() -> None:
+    cfg = Config()
+    assert len(workloads(cfg, "service")) == 2 * 2 * 3
+    assert ("json", 1, 1024, 32) in workloads(Config(litserve_all=False), "litserve")
+
+
+def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
+    result = measure(tiny_config(), log_dir=tmp_path / "logs")
+    result["command"] = "python -m benchmarks.run (test)"
+    examples = [e for r in result["rows"] for e in r.get("error_examples", [])]
+    assert result["failures"] == [] and result["errors"] == 0, examples
+
+    assert {"cpu", "cores", "python", "versions"} <= set(result["machine"])
+    assert {"onnxruntime", "numpy"} <= set(result["machine"]["versions"])
+    raw = result["raw"]
+    assert {"1x1024", "64x1024", "1x100000", "latency_1x1024"} <= set(raw)
+    assert raw["1x100000"]["calls_per_pass"] >= 2  # the service's windows, not one call
+
+    rows = {(r["server"], r["body"], r["rows"], r["length"], r["concurrency"]): r for r in result["rows"]}
+    for conc in (1, 4):
+        assert rows[("naive", "npy", 1, 1024, conc)]["status"] == "n/a"
+        for server, body in (("service", "json"), ("service", "npy"), ("naive", "json")):
+            row = rows[(server, body, 1, 1024, conc)]
+            assert row["status"] == "ok" and row["errors"] == 0 and row["requests"] >= conc
+            assert len(row["repeats"]) == 2
+            assert all(isinstance(row[k], float) and math.isfinite(row[k]) for k in NUMBERS)
+    big = rows[("service", "npy", 1, 100_000, 1)]
+    assert big["requests"] == 1 and len(big["latencies_ms"]) == 1 and "peak_rss_growth_mib" in big
+    assert set(result["servers"]) == {"service", "naive"}
+    assert result["servers"]["service"]["exit_code"] == 0  # the service exits 0 on SIGTERM
+
+    ratios = {(q["body"], q["length"], q["concurrency"]): q for q in result["ratios"]}
+    assert ratios[("json", 1024, 4)]["service_over_naive"] is not None
+    assert ratios[("npy", 1024, 4)]["service_over_naive"] is None  # the naive server takes JSON only
+    assert ratios[("npy", 100_000, 1)]["raw_case"] == "1x100000"
+
+    paths = report.write(result, tmp_path, "smoke")
+    assert json.loads(paths[0].read_text())["errors"] == 0
+    text = paths[1].read_text()
+    assert "| service | npy | 1×1,024 | 4 |" in text and "## Ratios" in text
+    assert "| naive | npy | 1×1,024 | 1 | n/a" in text
+
+
+def test_every_response_is_checked() -> None:
+    ok = b'{"results": [{"peaks": []}, {"peaks": [{"index": 3, "probability": 0.9}]}]}'
+    assert check_response(200, ok, 2) is None
+    assert "1 results for 2 signals" in str(check_response(200, b'{"results": [{"peaks": []}]}', 2))
+    assert "HTTP 503" in str(check_response(503, ok, 2))
+    assert "not JSON" in str(check_response(200, b"<html>", 2))
+    assert "'peaks'" in str(check_response(200, b'{"results": [{}, {}]}', 2))
+
+
+def test_a_server_that_does_not_start_is_an_error(tmp_path: Path) -> None:
+    spec = servers.ServerSpec("broken", [sys.executable, "-c", "raise SystemExit(3)"], {}, "/", "/", False)
+    with pytest.raises(servers.ServerError, match="exited with 3"):
+        servers.start(spec, servers.free_port(), tmp_path)
