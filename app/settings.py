@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     MAX_SAMPLES: int = Field(20_000_000, ge=1, description="Most samples in one request.")
     MAX_BODY_BYTES: int = Field(268_435_456, ge=1024, description="Largest request body.")
     WINDOW: int = Field(65536, ge=256, description="Window length for long signals, samples.")
-    MAX_BATCH_SAMPLES: int = Field(262_144, ge=1024, description="Samples per onnxruntime call.")
+    MAX_BATCH_SAMPLES: int = Field(131_072, ge=1024, description="Samples per onnxruntime call.")
     INTRA_OP_THREADS: int = Field(0, ge=0, description="onnxruntime threads per call; 0: default.")
     DECODE_THREADS: int = Field(2, ge=1, le=64, description="Threads decoding large request bodies.")
     MAX_QUEUE: int = Field(64, ge=1, description="Requests waiting per model before 503.")

@@ -31,13 +31,24 @@ class Runner:
     max_body_bytes: int
     metrics: Metrics
 
-    async def read_body(self, request: Request) -> bytes:
+    async def read_body(self, request: Request) -> bytes | bytearray:
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
                 raise MalformedBody(f"Content-Length {declared!r} is not a number")
             if int(declared) > self.max_body_bytes:
                 raise BodyTooLarge(self._too_large())
+        if declared is not None:  # one buffer of the declared size: no second copy of a large body
+            buffer = bytearray(int(declared))
+            size = 0
+            async for chunk in request.stream():
+                if size + len(chunk) > len(buffer):
+                    raise MalformedBody(f"body is longer than its Content-Length {declared}")
+                buffer[size : size + len(chunk)] = chunk
+                size += len(chunk)
+            if size != len(buffer):
+                raise MalformedBody(f"body has {size} bytes but its Content-Length is {declared}")
+            return buffer
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():

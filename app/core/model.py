@@ -30,7 +30,7 @@ class InferenceOptions:
     """How a model runs: serving settings, not properties of the model."""
 
     window: int = 65536  # samples per window for long signals
-    max_batch_samples: int = 262144  # samples per onnxruntime call (bounds memory)
+    max_batch_samples: int = 131072  # samples per onnxruntime call (bounds memory)
     intra_op_threads: int = 0  # 0: onnxruntime's default
 
 
@@ -69,15 +69,21 @@ class OnnxModel:
         return np.asarray(scores, dtype=np.float32)
 
     def warm_up(self) -> None:
-        """One inference on a short and a window-length input; raises if the model fails."""
-        for length in (max(self.card.min_length, 256), self.plan.window):
-            scores = self.run(np.zeros((1, length), dtype=np.float32))
-            if scores.shape != (1, length) or not np.all(np.isfinite(scores)):
+        """Inference on a short input and on the largest batch the service will run.
+
+        The largest batch makes onnxruntime allocate its working memory now, at start-up,
+        not on the first long signal. Raises if the model gives unusable scores.
+        """
+        rows = max(1, self.options.max_batch_samples // self.plan.window)
+        for shape in ((1, max(self.card.min_length, 256)), (rows, self.plan.window)):
+            scores = self.run(np.zeros(shape, dtype=np.float32))
+            if scores.shape != shape or not np.all(np.isfinite(scores)):
                 raise RuntimeError(f"model {self.name}: warm-up gave unusable scores")
 
     def scores(self, signals: Sequence[npt.NDArray[np.floating]]) -> list[Float32Array]:
         """Per-sample probability curves; each equals the whole-signal result."""
-        arrays = [np.ascontiguousarray(s, dtype=np.float32) for s in signals]
+        # No float32 copy of whole signals: each window is cast as it is copied into a batch.
+        arrays = [np.asarray(s) for s in signals]
         return score_pieces(arrays, self.plan, self.run, self.options.max_batch_samples)
 
     def detect(

@@ -14,7 +14,7 @@ import orjson
 from app.core.card import Card
 from app.core.errors import InvalidInput, MalformedBody, UnsupportedMediaType
 from app.core.model import OnnxModel, detections
-from app.core.signals import Limits, Signal, parse_npy, rows_from_json
+from app.core.signals import Body, Limits, Signal, parse_npy, rows_from_json
 from app.core.windows import Float32Array
 
 JSON_TYPES = ("application/json",)
@@ -63,7 +63,7 @@ def _merge(body_value: Any, query_value: Any, name: str) -> Any:
     return body_value if body_value is not None else query_value
 
 
-def decode_json(body: bytes, query: Params, limits: Limits, min_length: int) -> tuple[list[Signal], Params]:
+def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> tuple[list[Signal], Params]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -117,7 +117,7 @@ class Decoded:
 
 
 def decode_request(
-    card: Card, content_type: str | None, body: bytes, query: Params, limits: Limits
+    card: Card, content_type: str | None, body: Body, query: Params, limits: Limits
 ) -> Decoded:
     """Body bytes -> validated signals and options (JSON or .npy)."""
     kind = media_type(content_type)
@@ -161,7 +161,7 @@ def respond(card: Card, request: Decoded, curves: list[Float32Array]) -> bytes:
 
 
 def detect_request(
-    model: OnnxModel, content_type: str | None, body: bytes, query: Params, limits: Limits
+    model: OnnxModel, content_type: str | None, body: Body, query: Params, limits: Limits
 ) -> bytes:
     """Decode, run and encode one request without batching (the batcher's path, in one call)."""
     request = decode_request(model.card, content_type, body, query, limits)

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from app.core.errors import InvalidInput, MalformedBody
 
 Signal = npt.NDArray[np.float64] | npt.NDArray[np.float32]
+Body = bytes | bytearray
 NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -121,7 +122,7 @@ def _short(v: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def parse_npy(body: bytes, limits: Limits, min_length: int) -> list[Signal]:
+def parse_npy(body: Body, limits: Limits, min_length: int) -> list[Signal]:
     """A NumPy .npy body (1-D: one signal; 2-D: several of one length) without pickle.
 
     The header is parsed and checked against the limits and the body's actual size before

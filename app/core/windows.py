@@ -77,14 +77,15 @@ class WindowPlan:
 
 
 def score_pieces(
-    signals: Sequence[Float32Array],
+    signals: Sequence[npt.NDArray[np.floating]],
     plan: WindowPlan,
     run: Callable[[Float32Array], Float32Array],
     max_batch_samples: int,
 ) -> list[Float32Array]:
     """Per-sample scores of every signal, running ``run`` on batches of equal-length windows.
 
-    ``run`` maps a float32 array (n, L) to scores (n, L). A batch holds at most
+    Signals may be any real dtype: each window is cast to float32 as it is copied into its
+    batch. ``run`` maps a float32 array (n, L) to scores (n, L). A batch holds at most
     ``max_batch_samples`` samples (at least one window), which bounds memory.
     """
     out = [np.empty(len(s), dtype=np.float32) for s in signals]
