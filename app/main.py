@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from app.api import docs, health, metrics, v1
+from app.api import docs, health, metrics, v1, v2
 from app.api.deps import Runner
 from app.core.errors import DetectorError, InvalidInput, Overloaded
 from app.core.model import InferenceOptions
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(ObservabilityMiddleware, metrics=app_metrics)
     app.include_router(v1.router)
+    app.include_router(v2.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(docs.router)

@@ -58,15 +58,21 @@ def check_counts(lengths: list[int], limits: Limits, min_length: int, loc: tuple
         )
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_finite(signals: list[Signal], loc: tuple[str | int, ...]) -> None:
+    """Every value finite and within float32 range (the model computes in float32)."""
     for i, s in enumerate(signals):
-        if not np.isfinite(s).all():
-            j = int(np.flatnonzero(~np.isfinite(s))[0])
-            raise InvalidInput(
-                f"signal {i} has a non-finite value ({s[j]}) at index {j}: "
-                "send finite numbers only (no NaN or Infinity)",
-                (*loc, i, j),
-            )
+        # One pass: NaN fails the comparison too. float32 values are always in range.
+        ok = np.isfinite(s) if s.dtype == np.float32 else np.abs(s) <= FLOAT32_MAX
+        if not ok.all():
+            j = int(np.flatnonzero(~ok)[0])
+            if np.isfinite(s[j]):
+                why = f"is outside the float32 range (±{FLOAT32_MAX:.3g}): rescale the signal"
+            else:
+                why = "is not finite: send finite numbers only (no NaN or Infinity)"
+            raise InvalidInput(f"signal {i} has a value ({s[j]}) at index {j} that {why}", (*loc, i, j))
 
 
 def rows_from_json(

@@ -92,8 +92,11 @@ def test_long_signal_in_windows_equals_whole(client: TestClient, tiny_model_dir)
 
     rng = np.random.default_rng(4)
     x = (rng.standard_normal(60_013) + np.sin(np.arange(60_013) / 3000) * 5).astype(np.float32)
-    r = client.post("/v1/detect?return_scores=true&threshold=0.2&min_distance=5", content=npy(x),
-                    headers={"Content-Type": "application/x-npy"})
+    r = client.post(
+        "/v1/detect?return_scores=true&threshold=0.2&min_distance=5",
+        content=npy(x),
+        headers={"Content-Type": "application/x-npy"},
+    )
     assert r.status_code == 200
     got = r.json()["results"][0]
     whole = OnnxModel(tiny_model_dir, InferenceOptions(window=1 << 17)).run(x[None])[0]

@@ -67,12 +67,24 @@ def test_nan_and_infinity_tokens_are_refused(client: TestClient) -> None:
         assert "not valid JSON" in detail(r)
 
 
+def test_values_beyond_float32_are_refused(client: TestClient) -> None:
+    r = client.post("/v1/detect", json={"signals": [[1.0] * 20 + [1e39] + [1.0] * 20]})
+    assert r.status_code == 422
+    assert "signal 0 has a value (1e+39) at index 20 that is outside the float32 range" in detail(r)
+    x = np.ones((1, 100))
+    x[0, 7] = -4e38
+    r = client.post("/v1/detect", content=npy(x), headers=NPY)
+    assert r.status_code == 422 and "index 7 that is outside the float32 range" in detail(r)
+    ok = client.post("/v1/detect", json={"signals": [[1.0] * 20 + [3e38] + [1.0] * 20]})
+    assert ok.status_code == 200
+
+
 def test_nan_in_npy_names_signal_and_index(client: TestClient) -> None:
     x = np.zeros((2, 100))
     x[1, 42] = np.nan
     r = client.post("/v1/detect", content=npy(x), headers=NPY)
     assert r.status_code == 422
-    assert "signal 1 has a non-finite value (nan) at index 42" in detail(r)
+    assert "signal 1 has a value (nan) at index 42 that is not finite" in detail(r)
     assert r.json()["detail"][0]["loc"] == ["body", 1, 42]
 
 

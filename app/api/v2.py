@@ -1,0 +1,363 @@
+"""The Open Inference Protocol (KServe v2) REST API, with the binary tensor data extension.
+
+Thin routes: decoding and encoding live in ``app.core.oip``; inference goes through the
+model's batcher exactly as /v1's does, so both APIs give the same results. Errors answer
+``{"error": "..."}`` as the protocol specifies: 400 for a bad request, 404 for an unknown
+model or version, 413 for a body over the size limit, 503 (with Retry-After) while a model is
+not ready or its queue is full. A ``/versions/{version}`` path must name the version the
+model serves (its card's); any other version is 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field
+
+from app.api.deps import INLINE_DECODE_BYTES, RegistryDep, Runner, RunnerDep
+from app.core import oip
+from app.core.errors import BodyTooLarge, DetectorError, ModelNotReady, Overloaded
+from app.core.registry import Registry
+
+log = logging.getLogger("shape_detector")
+SERVER_NAME = "shape-detector"
+
+
+def error_response(exc: DetectorError) -> JSONResponse:
+    """A domain error in the protocol's format; unusable input is 400 here (422 in /v1)."""
+    status = 400 if exc.status in (415, 422) else exc.status
+    headers = {"Retry-After": "1" if isinstance(exc, Overloaded) else "5"} if status == 503 else None
+    return JSONResponse({"error": exc.detail}, status_code=status, headers=headers)
+
+
+class OipRoute(APIRoute):
+    """Answers errors as ``{"error": ...}`` for the /v2 routes only; /v1 keeps its handlers."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except DetectorError as exc:
+                return error_response(exc)
+            except RequestValidationError as exc:
+                msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                return JSONResponse({"error": msgs}, status_code=400)
+            except Exception:
+                log.exception(
+                    "unhandled error",
+                    extra={"fields": {"request_id": getattr(request.state, "request_id", None)}},
+                )
+                return JSONResponse(
+                    {"error": "internal error; the request id is in X-Request-ID"}, status_code=500
+                )
+
+        return handle
+
+
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_class=OipRoute)
+
+
+# Schemas, for the OpenAPI document (the protocol's JSON; tensors' data may also be binary).
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str = Field(examples=["FP32"])
+    shape: list[int] = Field(description="-1 marks a variable dimension.")
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class Liveness(BaseModel):
+    live: bool
+
+
+class Readiness(BaseModel):
+    ready: bool
+
+
+class ModelReadiness(BaseModel):
+    name: str
+    ready: bool
+
+
+class RequestInput(BaseModel):
+    name: str = Field(examples=["signal"])
+    shape: list[int] = Field(description="[n, length] or [length].")
+    datatype: str = Field(description="FP32 or FP64.")
+    parameters: dict[str, Any] | None = Field(
+        None, description="binary_data_size: bytes of this input after the JSON (binary extension)."
+    )
+    data: list[Any] | None = Field(None, description="Row-major numbers, flat or nested as the shape.")
+
+
+class RequestOutput(BaseModel):
+    name: str = Field(description=", ".join(oip.OUTPUTS))
+    parameters: dict[str, Any] | None = Field(None, description="binary_data: true for binary data.")
+
+
+class InferRequest(BaseModel):
+    id: str | None = Field(None, description="Echoed in the response.")
+    parameters: dict[str, Any] | None = Field(
+        None, description="threshold, min_distance (default: the card's); binary_data_output."
+    )
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = Field(
+        None, description="Outputs to return; default: all but scores."
+    )
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size if binary.")
+    data: list[Any] | None = Field(None, description="Row-major, flat (absent if binary).")
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any] = Field(description="The threshold and min_distance used.")
+    outputs: list[ResponseOutput]
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its $defs inlined (openapi_extra cannot point at them)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    result: dict[str, Any] = walk(schema)
+    return result
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Bad request: the message says what is wrong."},
+    404: {"model": ErrorBody, "description": "No such model or version."},
+    413: {"model": ErrorBody, "description": "Body larger than the limit."},
+    503: {"model": ErrorBody, "description": "Model loading, failed, or its queue is full (Retry-After)."},
+}
+_example_signal = [0.0, 0.1, 0.9, 2.0, 0.9, 0.1, 0.0, 0.0, -0.1, 0.0, 0.1, 0.0, 0.0, 0.1, 0.0, 0.0]
+INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": _inline(InferRequest.model_json_schema()),
+                "examples": {
+                    "json": {
+                        "summary": "One signal as JSON, scores included",
+                        "value": {
+                            "id": "req-1",
+                            "parameters": {"threshold": 0.5},
+                            "inputs": [
+                                {
+                                    "name": "signal",
+                                    "shape": [1, len(_example_signal)],
+                                    "datatype": "FP32",
+                                    "data": _example_signal,
+                                }
+                            ],
+                            "outputs": [{"name": "probability"}, {"name": "peak_index"}, {"name": "scores"}],
+                        },
+                    }
+                },
+            },
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "example": (
+                    "(binary tensor data extension: the JSON request, then the inputs' bytes, with "
+                    "Inference-Header-Content-Length giving the JSON's length; or, with "
+                    "Inference-Header-Content-Length: 0, the little-endian FP32 samples of one signal)"
+                ),
+            },
+        },
+    }
+}
+HeaderLength = Annotated[
+    str | None,
+    Header(
+        alias=oip.HEADER_LENGTH,
+        description="Bytes of JSON at the start of the body (binary extension); 0: raw binary body.",
+    ),
+]
+ContentEncoding = Annotated[str | None, Header(alias="Content-Encoding", include_in_schema=False)]
+
+
+@router.get("", response_model=ServerMetadata, summary="Server metadata")
+def server_metadata(request: Request) -> dict[str, Any]:
+    """Name, version and protocol extensions (binary_tensor_data)."""
+    return oip.server_metadata(SERVER_NAME, request.app.version)
+
+
+@router.get("/health/live", response_model=Liveness, summary="Server liveness")
+def live() -> dict[str, bool]:
+    """200 while the process runs."""
+    return {"live": True}
+
+
+@router.get(
+    "/health/ready", response_model=Readiness, responses={503: ERRORS[503]}, summary="Server readiness"
+)
+def ready(registry: RegistryDep) -> dict[str, bool]:
+    """200 when every model is loaded and warm; else 503 and why."""
+    if not registry.ready:
+        raise ModelNotReady("the server is not ready: " + "; ".join(registry.problems()))
+    return {"ready": True}
+
+
+META = dict(response_model=ModelMetadata, responses={404: ERRORS[404], 503: ERRORS[503]})
+READY = dict(response_model=ModelReadiness, responses={404: ERRORS[404], 503: ERRORS[503]})
+
+
+@router.get("/models/{name}", summary="Model metadata", **META)  # type: ignore[arg-type]
+def model_metadata(name: str, registry: RegistryDep) -> dict[str, Any]:
+    """Versions, platform and the input and output tensors (datatype, shape)."""
+    return oip.model_metadata(registry.get(name).card)
+
+
+@router.get("/models/{name}/versions/{version}", summary="Model metadata (one version)", **META)  # type: ignore[arg-type]
+def model_version_metadata(name: str, version: str, registry: RegistryDep) -> dict[str, Any]:
+    """Like /v2/models/{name}; the version must be the one served."""
+    card = registry.get(name).card
+    oip.check_version(card, version)
+    return oip.model_metadata(card)
+
+
+@router.get("/models/{name}/ready", summary="Model readiness", **READY)  # type: ignore[arg-type]
+def model_ready(name: str, registry: RegistryDep) -> dict[str, Any]:
+    """200 when the model serves; 503 while it loads or if it failed; 404 if unknown."""
+    return {"name": registry.get(name).name, "ready": True}
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness (one version)", **READY)  # type: ignore[arg-type]
+def model_version_ready(name: str, version: str, registry: RegistryDep) -> dict[str, Any]:
+    """Like /v2/models/{name}/ready; the version must be the one served."""
+    oip.check_version(registry.get(name).card, version)
+    return {"name": name, "ready": True}
+
+
+INFER = dict(
+    response_model=InferResponse,
+    responses={
+        200: {
+            "description": (
+                "JSON; with binary outputs, the JSON then their bytes "
+                "(Inference-Header-Content-Length gives the JSON's length)."
+            ),
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **ERRORS,
+    },
+    openapi_extra=INFER_BODY,
+    response_class=Response,
+)
+
+
+@router.post("/models/{name}/infer", summary="Inference", **INFER)  # type: ignore[arg-type]
+async def infer(
+    name: str,
+    request: Request,
+    registry: RegistryDep,
+    runner: RunnerDep,
+    header_length: HeaderLength = None,
+    content_encoding: ContentEncoding = None,
+) -> Response:
+    """Probability, decision and peaks of each signal; the per-sample scores on request."""
+    return await _infer(request, registry, runner, name, None, header_length, content_encoding)
+
+
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)", **INFER)  # type: ignore[arg-type]
+async def infer_version(
+    name: str,
+    version: str,
+    request: Request,
+    registry: RegistryDep,
+    runner: RunnerDep,
+    header_length: HeaderLength = None,
+    content_encoding: ContentEncoding = None,
+) -> Response:
+    """Like /v2/models/{name}/infer; the version must be the one served."""
+    return await _infer(request, registry, runner, name, version, header_length, content_encoding)
+
+
+async def _infer(
+    request: Request,
+    registry: Registry,
+    runner: Runner,
+    name: str,
+    version: str | None,
+    header_length: str | None,
+    content_encoding: str | None,
+) -> Response:
+    """Read, decode, queue for the model's batcher (as /v1 does), encode."""
+    model = registry.get(name)
+    oip.check_version(model.card, version)
+    batcher = registry.batcher(name)
+    try:
+        body = await runner.read_body(request)
+    except BodyTooLarge:  # /v1's message suggests .npy; say what helps here
+        raise BodyTooLarge(
+            f"body larger than {runner.max_body_bytes} bytes (SHAPE_DETECTOR_MAX_BODY_BYTES): send "
+            "fewer signals per request, or binary tensor data (4 bytes per FP32 sample) instead of JSON"
+        ) from None
+    started = time.perf_counter()
+    decode = partial(
+        oip.decode_infer,
+        model.card,
+        body,
+        runner.limits,
+        header_length=header_length,
+        content_encoding=content_encoding,
+        model_name=name,
+    )
+    if len(body) <= INLINE_DECODE_BYTES:
+        decoded = decode()
+    else:
+        decoded = await asyncio.get_running_loop().run_in_executor(runner.executor, decode)
+    request.state.signals = len(decoded.signals)
+    request.state.samples = decoded.samples
+    future = batcher.submit(decoded.signals, partial(oip.encode_infer, model.card, decoded))
+    encoded: oip.Encoded = await asyncio.wrap_future(future)
+    runner.metrics.inference.labels(name).observe(time.perf_counter() - started)
+    runner.metrics.signals.labels(name).inc(len(decoded.signals))
+    runner.metrics.samples.labels(name).inc(decoded.samples)
+    headers = None if encoded.header_length is None else {oip.HEADER_LENGTH: str(encoded.header_length)}
+    return Response(encoded.body, media_type=encoded.media_type, headers=headers)

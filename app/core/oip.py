@@ -1,0 +1,472 @@
+"""The Open Inference Protocol (KServe v2) for the detector: metadata, request decoding and
+response encoding, in JSON and with the binary tensor data extension.
+
+One input, ``signal`` (FP32, FP64 accepted), shape ``[n, length]`` (``[length]``: one
+signal). Outputs: ``probability`` FP32 ``[n]``, ``detected`` BOOL ``[n]``, the peaks of all
+signals as ``peak_signal`` / ``peak_index`` INT64 ``[k]`` and ``peak_probability`` FP32
+``[k]``, and, only when asked for, ``scores`` FP32 ``[n, length]``.
+
+Requests come in three forms, told apart by the ``Inference-Header-Content-Length`` header:
+absent, the body is the JSON request; ``h > 0``, the first ``h`` bytes are the JSON request
+and the binary data of the inputs that declare ``binary_data_size`` follows it; ``0``, the
+raw binary form: the whole body is the data of the one input, FP32, one signal (the model's
+batch of one), and every default output comes back as binary data.
+
+Sizes are checked against the limits from the declared shape before any array is built; the
+binary data is viewed in place (``np.frombuffer``), not copied. Every error says what is
+wrong and how to fix it. Nothing here knows about HTTP frameworks: the route passes the body
+and the two headers in and sends ``Encoded`` out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from app.core.card import Card
+from app.core.errors import InvalidInput, MalformedBody, ModelNotFound
+from app.core.model import Detection, detections
+from app.core.pipeline import _check_min_distance, _check_threshold
+from app.core.signals import Body, Limits, Signal, check_counts, check_finite, rows_from_json
+from app.core.windows import Float32Array
+
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ("binary_tensor_data",)
+HEADER_LENGTH = "Inference-Header-Content-Length"
+INPUT = "signal"
+# Little-endian, as the binary tensor data extension lays data out.
+INPUT_DATATYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
+RAW_DATATYPE = "FP32"  # the model's input type: what a raw binary body holds
+OUTPUTS: dict[str, tuple[str, list[int]]] = {
+    "probability": ("FP32", [-1]),
+    "detected": ("BOOL", [-1]),
+    "peak_signal": ("INT64", [-1]),
+    "peak_index": ("INT64", [-1]),
+    "peak_probability": ("FP32", [-1]),
+    "scores": ("FP32", [-1, -1]),
+}
+DEFAULT_OUTPUTS = tuple(name for name in OUTPUTS if name != "scores")
+
+REQUEST_FIELDS = {"id", "parameters", "inputs", "outputs", "model_name", "model_version"}
+INPUT_FIELDS = {"name", "shape", "datatype", "parameters", "data"}
+OUTPUT_FIELDS = {"name", "parameters"}
+REQUEST_PARAMETERS = {"threshold", "min_distance", "binary_data_output"}
+IGNORED_PARAMETERS = {"priority", "timeout"}  # Triton scheduling hints: accepted, no effect here
+INPUT_SHAPE_HINT = f"'{INPUT}' (FP32 or FP64, shape [n, length] or [length])"
+
+
+def server_metadata(name: str, version: str) -> dict[str, Any]:
+    return {"name": name, "version": version, "extensions": list(EXTENSIONS)}
+
+
+def model_metadata(card: Card) -> dict[str, Any]:
+    """Name, versions, platform and tensors; -1 marks a variable dimension."""
+    return {
+        "name": card.name,
+        "versions": [card.version],
+        "platform": PLATFORM,
+        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, -1]}],
+        "outputs": [
+            {"name": name, "datatype": datatype, "shape": list(shape)}
+            for name, (datatype, shape) in OUTPUTS.items()
+        ],
+    }
+
+
+def check_version(card: Card, version: str | None) -> None:
+    """A ``/versions/{v}`` path must name the version the model serves (404 otherwise)."""
+    if version is not None and version != card.version:
+        raise ModelNotFound(
+            f"model {card.name!r} has no version {version!r}; it serves version {card.version!r}: "
+            f"use /v2/models/{card.name}/versions/{card.version} or leave the version out"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """A validated inference request; options have the card's defaults filled in."""
+
+    id: str | None
+    signals: list[Signal]
+    threshold: float
+    min_distance: int
+    outputs: tuple[RequestedOutput, ...]
+
+    @property
+    def samples(self) -> int:
+        return int(sum(np.size(s) for s in self.signals))
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A response body; ``header_length`` is set when binary tensor data follows the JSON."""
+
+    body: bytes
+    header_length: int | None
+
+    @property
+    def media_type(self) -> str:
+        return "application/json" if self.header_length is None else "application/octet-stream"
+
+
+def decode_infer(
+    card: Card,
+    body: Body,
+    limits: Limits,
+    *,
+    header_length: str | None = None,
+    content_encoding: str | None = None,
+    model_name: str | None = None,
+) -> InferRequest:
+    """Body bytes and the Inference-Header-Content-Length header -> a validated request."""
+    if content_encoding is not None and content_encoding.strip().lower() not in ("", "identity"):
+        raise MalformedBody(
+            f"Content-Encoding {content_encoding!r} is not supported: send the body uncompressed"
+        )
+    if header_length is None:
+        return _decode_json(card, body, len(body), limits, model_name)
+    text = header_length.strip()
+    if not (text.isascii() and text.isdigit()):  # isdigit alone accepts '²', which int() refuses
+        raise MalformedBody(
+            f"{HEADER_LENGTH} {header_length!r} is not a number: give the byte length of the JSON "
+            "request at the start of the body, or 0 when the whole body is raw tensor data"
+        )
+    size = int(text)
+    if size > len(body):
+        raise MalformedBody(
+            f"{HEADER_LENGTH} is {size} but the body has only {len(body)} bytes: give the byte "
+            "length of the JSON request at the start of the body"
+        )
+    if size == 0:
+        return _decode_raw(card, memoryview(body), limits)
+    return _decode_json(card, body, size, limits, model_name)
+
+
+def _decode_raw(card: Card, data: memoryview, limits: Limits) -> InferRequest:
+    """The raw binary form: the body is one FP32 signal; all default outputs come back binary."""
+    dtype = INPUT_DATATYPES[RAW_DATATYPE]
+    if len(data) == 0:
+        raise MalformedBody(
+            f"empty body with {HEADER_LENGTH}: 0: send the signal's samples as little-endian "
+            "FP32 bytes, or a JSON request"
+        )
+    if len(data) % dtype.itemsize:
+        raise InvalidInput(
+            f"a raw binary body must hold whole FP32 values ({dtype.itemsize} bytes each) but has "
+            f"{len(data)} bytes: send the signal as little-endian float32 (numpy: "
+            "x.astype('<f4').tobytes()), or a JSON request for FP64"
+        )
+    length = len(data) // dtype.itemsize
+    check_counts([length], limits, card.min_length, ("body",))
+    signal = np.frombuffer(data, dtype=dtype)
+    signals: list[Signal] = [signal]
+    check_finite(signals, ("body",))
+    return InferRequest(
+        id=None,
+        signals=signals,
+        threshold=card.threshold,
+        min_distance=card.min_distance,
+        outputs=tuple(RequestedOutput(name, binary=True) for name in DEFAULT_OUTPUTS),
+    )
+
+
+def _decode_json(
+    card: Card, body: Body, header_end: int, limits: Limits, model_name: str | None
+) -> InferRequest:
+    """The JSON request in ``body[:header_end]``; binary tensor data, if any, after it."""
+    view = memoryview(body)
+    binary = view[header_end:]
+    try:
+        doc = orjson.loads(view[:header_end])
+    except orjson.JSONDecodeError as exc:
+        hint = (
+            f"; with binary tensor data after the JSON, set {HEADER_LENGTH} to the JSON's length"
+            if len(binary) == 0
+            else f"; check that {HEADER_LENGTH} is the JSON's length in bytes"
+        )
+        raise MalformedBody(
+            f"the inference request is not valid JSON ({exc}){hint}; NaN and Infinity are not JSON"
+        ) from None
+    if not isinstance(doc, dict):
+        raise MalformedBody(
+            f"the inference request must be a JSON object with 'inputs', got {type(doc).__name__}"
+        )
+    _check_fields(doc, REQUEST_FIELDS, "the inference request")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput(f"'id' must be a string, got {_short(request_id)}")
+    for key, expected in (("model_name", model_name), ("model_version", card.version)):
+        value = doc.get(key)
+        if value is not None and expected is not None and value != expected:
+            raise InvalidInput(
+                f"'{key}' is {_short(value)} but the request is for {expected!r}: "
+                f"drop '{key}' or make it match the URL"
+            )
+    threshold, min_distance, binary_output = _request_parameters(doc.get("parameters"))
+    spec = _single_input(doc.get("inputs"))
+    outputs = _requested_outputs(doc.get("outputs"), binary_output)
+    # JSON booleans among the numbers need a per-value scan; skip it when there can be none.
+    may_hold_bools = body.find(b"true", 0, header_end) >= 0 or body.find(b"false", 0, header_end) >= 0
+    signals = _input_signals(spec, binary, limits, card.min_length, may_hold_bools)
+    return InferRequest(
+        id=request_id,
+        signals=signals,
+        threshold=card.threshold if threshold is None else threshold,
+        min_distance=card.min_distance if min_distance is None else min_distance,
+        outputs=outputs,
+    )
+
+
+def _check_fields(obj: dict[str, Any], allowed: set[str], what: str) -> None:
+    unknown = set(obj) - allowed
+    if unknown:
+        raise InvalidInput(f"{what} has unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+
+def _parameters(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} 'parameters' must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"parameter '{name}' must be true or false, got {_short(value)}")
+    return value
+
+
+def _request_parameters(value: Any) -> tuple[float | None, int | None, bool]:
+    params = _parameters(value, "the request's")
+    unknown = set(params) - REQUEST_PARAMETERS - IGNORED_PARAMETERS
+    if unknown:
+        raise InvalidInput(
+            f"unknown request parameter(s) {sorted(unknown)}; this model takes {sorted(REQUEST_PARAMETERS)}"
+        )
+    threshold = params.get("threshold")
+    if threshold is not None:
+        threshold = _check_threshold(threshold, ("parameters", "threshold"))
+    min_distance = params.get("min_distance")
+    if min_distance is not None:
+        min_distance = _check_min_distance(min_distance, ("parameters", "min_distance"))
+    binary = params.get("binary_data_output")
+    return threshold, min_distance, False if binary is None else _flag(binary, "binary_data_output")
+
+
+def _single_input(value: Any) -> dict[str, Any]:
+    if not isinstance(value, list) or not value:
+        raise InvalidInput(f"'inputs' must be a list holding one tensor: {INPUT_SHAPE_HINT}")
+    names = []
+    for i, spec in enumerate(value):
+        if not isinstance(spec, dict):
+            raise InvalidInput(f"inputs[{i}] must be a JSON object with name, shape, datatype and data")
+        name = spec.get("name")
+        if name != INPUT:
+            raise InvalidInput(
+                f"unknown input {_short(name)} at inputs[{i}]: this model takes one input, {INPUT_SHAPE_HINT}"
+            )
+        names.append(name)
+    if len(names) > 1:
+        raise InvalidInput(f"input '{INPUT}' is given {len(names)} times: send it once")
+    first: dict[str, Any] = value[0]
+    _check_fields(first, INPUT_FIELDS, f"input '{INPUT}'")
+    return first
+
+
+def _requested_outputs(value: Any, binary_default: bool) -> tuple[RequestedOutput, ...]:
+    if value is None or value == []:
+        return tuple(RequestedOutput(name, binary_default) for name in DEFAULT_OUTPUTS)
+    if not isinstance(value, list):
+        raise InvalidInput(f"'outputs' must be a list of {{'name': ...}} objects, got {type(value).__name__}")
+    out: list[RequestedOutput] = []
+    for i, spec in enumerate(value):
+        if not isinstance(spec, dict):
+            raise InvalidInput(f"outputs[{i}] must be a JSON object with a 'name'")
+        name = spec.get("name")
+        if not isinstance(name, str) or name not in OUTPUTS:
+            raise InvalidInput(
+                f"unknown output {_short(name)} at outputs[{i}]; this model gives {list(OUTPUTS)}"
+            )
+        if any(o.name == name for o in out):
+            raise InvalidInput(f"output '{name}' is requested twice: request it once")
+        _check_fields(spec, OUTPUT_FIELDS, f"output '{name}'")
+        params = _parameters(spec.get("parameters"), f"output '{name}'")
+        unknown = set(params) - {"binary_data"}
+        if unknown:
+            raise InvalidInput(
+                f"unknown parameter(s) {sorted(unknown)} for output '{name}'; the only one is 'binary_data'"
+            )
+        binary = params.get("binary_data")
+        out.append(RequestedOutput(name, binary_default if binary is None else _flag(binary, "binary_data")))
+    return tuple(out)
+
+
+def _shape(value: Any, limits: Limits, min_length: int) -> tuple[int, int]:
+    """The declared shape -> (rows, length), checked against the limits before any allocation."""
+    if (
+        not isinstance(value, list)
+        or len(value) not in (1, 2)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
+    ):
+        raise InvalidInput(
+            f"input '{INPUT}' has shape {_short(value)}; give [n, length] for n signals of one length "
+            "or [length] for one signal (non-negative integers; no -1 in a request)"
+        )
+    rows, length = (1, value[0]) if len(value) == 1 else (value[0], value[1])
+    loc: tuple[str | int, ...] = ("inputs", 0)
+    if rows > limits.max_signals:  # say so without building a list of `rows` lengths
+        check_counts([length] * (limits.max_signals + 1), limits, min_length, loc)
+    check_counts([length] * rows, limits, min_length, loc)
+    return rows, length
+
+
+def _input_signals(
+    spec: dict[str, Any], binary: memoryview, limits: Limits, min_length: int, may_hold_bools: bool
+) -> list[Signal]:
+    datatype = spec.get("datatype")
+    if datatype not in INPUT_DATATYPES:
+        raise InvalidInput(
+            f"input '{INPUT}' has datatype {_short(datatype)}; send FP32 (the model's type) or FP64"
+        )
+    rows, length = _shape(spec.get("shape"), limits, min_length)
+    dtype = INPUT_DATATYPES[datatype]
+    params = _parameters(spec.get("parameters"), f"input '{INPUT}'")
+    unknown = set(params) - {"binary_data_size"}
+    if unknown:
+        raise InvalidInput(
+            f"unknown parameter(s) {sorted(unknown)} for input '{INPUT}'; the only one is "
+            "'binary_data_size' (shared memory is not supported)"
+        )
+    expected = rows * length * dtype.itemsize
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidInput(f"binary_data_size must be a byte count (integer >= 0), got {_short(size)}")
+        if "data" in spec:
+            raise InvalidInput(f"input '{INPUT}' has both 'data' and binary_data_size: send the data one way")
+        if size != expected:
+            raise InvalidInput(
+                f"input '{INPUT}' declares binary_data_size {size} but shape {spec['shape']} of "
+                f"{datatype} needs {expected} bytes ({dtype.itemsize} per value): make them agree"
+            )
+        if len(binary) != size:
+            raise InvalidInput(
+                f"the body has {len(binary)} bytes of binary data after the JSON request but the "
+                f"inputs declare {size}: check {HEADER_LENGTH} (the JSON's length) and the data"
+            )
+        arr = np.frombuffer(binary, dtype=dtype).reshape(rows, length)
+        signals: list[Signal] = list(arr)
+        check_finite(signals, ("inputs", 0))
+    else:
+        if len(binary):
+            raise InvalidInput(
+                f"the body has {len(binary)} bytes after the JSON request but no input declares "
+                f"binary_data_size: declare it in the input's parameters, or drop {HEADER_LENGTH}"
+            )
+        if "data" not in spec:
+            raise InvalidInput(
+                f"input '{INPUT}' has no data: give 'data' (numbers, row-major) or "
+                "parameters.binary_data_size with the bytes after the JSON"
+            )
+        signals = _rows_from_data(spec["data"], rows, length, limits, min_length, may_hold_bools)
+    return signals
+
+
+def _rows_from_data(
+    data: Any, rows: int, length: int, limits: Limits, min_length: int, may_hold_bools: bool
+) -> list[Signal]:
+    """JSON 'data', flat (row-major) or nested as the shape, -> validated float64 rows."""
+    if not isinstance(data, list):
+        raise InvalidInput(
+            f"input '{INPUT}' data must be a list of numbers (row-major), got {type(data).__name__}"
+        )
+    nested = bool(data) and isinstance(data[0], list)
+    if nested:
+        if len(data) != rows or not all(isinstance(r, list) and len(r) == length for r in data):
+            raise InvalidInput(
+                f"input '{INPUT}' has nested data that is not {rows} rows of {length} values, as its "
+                "shape says: make the shape match the data, or send the data flat (row-major)"
+            )
+        row_lists: list[Any] = data
+    else:
+        if len(data) != rows * length:
+            raise InvalidInput(
+                f"input '{INPUT}' has shape [{rows}, {length}] ({rows * length} values) but its data "
+                f"holds {len(data)} values: make the shape match the data"
+            )
+        row_lists = [data[i * length : (i + 1) * length] for i in range(rows)]
+    return rows_from_json(row_lists, limits, min_length, may_hold_bools=may_hold_bools)
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# Responses
+
+
+def encode_infer(card: Card, request: InferRequest, curves: list[Float32Array]) -> Encoded:
+    """Per-sample curves of a request's signals -> the response (JSON, maybe binary data after)."""
+    want_scores = any(o.name == "scores" for o in request.outputs)
+    results = detections(curves, request.threshold, request.min_distance, return_scores=want_scores)
+    outputs: list[dict[str, Any]] = []
+    blobs: list[memoryview] = []
+    for requested in request.outputs:
+        datatype, _ = OUTPUTS[requested.name]
+        pieces, shape = _tensor(requested.name, results)
+        tensor: dict[str, Any] = {"name": requested.name, "datatype": datatype, "shape": shape}
+        if requested.binary:
+            views = [p.data.cast("B") for p in pieces]
+            tensor["parameters"] = {"binary_data_size": sum(v.nbytes for v in views)}
+            blobs.extend(views)
+        else:
+            tensor["data"] = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        outputs.append(tensor)
+    doc: dict[str, Any] = {"model_name": card.name, "model_version": card.version}
+    if request.id is not None:
+        doc["id"] = request.id
+    doc["parameters"] = {"threshold": request.threshold, "min_distance": request.min_distance}
+    doc["outputs"] = outputs
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return Encoded(header, None)
+    return Encoded(b"".join([header, *blobs]), len(header))
+
+
+def _tensor(name: str, results: list[Detection]) -> tuple[list[npt.NDArray[Any]], list[int]]:
+    """One output as contiguous little-endian arrays (concatenated, they are the tensor) and its shape."""
+    n = len(results)
+    if name == "probability":
+        return [np.array([d.probability for d in results], dtype="<f4")], [n]
+    if name == "detected":
+        return [np.array([d.detected for d in results], dtype=np.bool_)], [n]
+    counts = [len(d.peaks) for d in results]
+    k = sum(counts)
+    if name == "peak_signal":
+        return [np.repeat(np.arange(n, dtype="<i8"), counts)], [k]
+    if name == "peak_index":
+        return [_joined([d.peaks.index for d in results], "<i8")], [k]
+    if name == "peak_probability":
+        return [_joined([d.peaks.probability for d in results], "<f4")], [k]
+    if name == "scores":
+        curves = [np.ascontiguousarray(d.scores, dtype="<f4") for d in results if d.scores is not None]
+        return curves, [n, len(curves[0]) if curves else 0]
+    raise ValueError(f"unknown output {name!r}")
+
+
+def _joined(parts: list[npt.NDArray[Any]], dtype: str) -> npt.NDArray[Any]:
+    if not parts:
+        return np.empty(0, dtype=dtype)
+    return np.ascontiguousarray(np.concatenate(parts), dtype=dtype)
