@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             window=settings.WINDOW,
             max_batch_samples=settings.MAX_BATCH_SAMPLES,
             intra_op_threads=settings.INTRA_OP_THREADS,
+            spinning=settings.ORT_SPINNING,
         )
         registry = Registry(
             settings.MODEL_DIR, options, max_queue=settings.MAX_QUEUE, max_wait=settings.BATCH_WAIT_MS / 1000

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     WINDOW: int = Field(65536, ge=256, description="Window length for long signals, samples.")
     MAX_BATCH_SAMPLES: int = Field(131_072, ge=1024, description="Samples per onnxruntime call.")
     INTRA_OP_THREADS: int = Field(0, ge=0, description="onnxruntime threads per call; 0: default.")
+    ORT_SPINNING: bool = Field(False, description="Let onnxruntime's threads spin between calls.")
     DECODE_THREADS: int = Field(2, ge=1, le=64, description="Threads decoding large request bodies.")
     MAX_QUEUE: int = Field(64, ge=1, description="Requests waiting per model before 503.")
     BATCH_WAIT_MS: float = Field(

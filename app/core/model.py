@@ -32,6 +32,7 @@ class InferenceOptions:
     window: int = 65536  # samples per window for long signals
     max_batch_samples: int = 131072  # samples per onnxruntime call (bounds memory)
     intra_op_threads: int = 0  # 0: onnxruntime's default
+    spinning: bool = False  # onnxruntime's threads spin between calls: lower latency, busy cores
 
 
 class OnnxModel:
@@ -50,6 +51,9 @@ class OnnxModel:
         so.intra_op_num_threads = self.options.intra_op_threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads keep a core busy after each call; in a server that core is needed
+        # by the event loop that parses the next request.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options.spinning else "0")
         self.session = ort.InferenceSession(
             str(model_dir / MODEL_FILE), sess_options=so, providers=["CPUExecutionProvider"]
         )
