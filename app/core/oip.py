@@ -30,7 +30,7 @@ import orjson
 from app.core.card import Card
 from app.core.errors import InvalidInput, MalformedBody, ModelNotFound
 from app.core.model import Detection, detections
-from app.core.pipeline import _check_min_distance, _check_threshold
+from app.core.pipeline import check_min_distance, check_threshold
 from app.core.signals import Body, Limits, Signal, check_counts, check_finite, rows_from_json
 from app.core.windows import Float32Array
 
@@ -256,10 +256,10 @@ def _request_parameters(value: Any) -> tuple[float | None, int | None, bool]:
         )
     threshold = params.get("threshold")
     if threshold is not None:
-        threshold = _check_threshold(threshold, ("parameters", "threshold"))
+        threshold = check_threshold(threshold, ("parameters", "threshold"))
     min_distance = params.get("min_distance")
     if min_distance is not None:
-        min_distance = _check_min_distance(min_distance, ("parameters", "min_distance"))
+        min_distance = check_min_distance(min_distance, ("parameters", "min_distance"))
     binary = params.get("binary_data_output")
     return threshold, min_distance, False if binary is None else _flag(binary, "binary_data_output")
 

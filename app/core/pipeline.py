@@ -1,6 +1,8 @@
 """One detection request, from body bytes to response bytes: decode, validate, detect, encode.
 
-The HTTP routes call ``detect_request`` in a worker thread; nothing here knows about HTTP.
+``decode_request`` turns a body into validated signals and options; the model's batcher scores
+them; ``respond`` turns the scores into the JSON answer. ``detect_request`` does all three in
+one call (no batching). Nothing here knows about HTTP.
 """
 
 from __future__ import annotations
@@ -43,13 +45,13 @@ def media_type(content_type: str | None) -> str:
     )
 
 
-def _check_threshold(v: Any, loc: tuple[str | int, ...]) -> float:
+def check_threshold(v: Any, loc: tuple[str | int, ...]) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1:
         raise InvalidInput(f"threshold must be a number strictly between 0 and 1, got {v!r}", loc)
     return float(v)
 
 
-def _check_min_distance(v: Any, loc: tuple[str | int, ...]) -> int:
+def check_min_distance(v: Any, loc: tuple[str | int, ...]) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise InvalidInput(f"min_distance must be an integer >= 1, got {v!r}", loc)
     return int(v)
@@ -83,10 +85,10 @@ def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> t
         )
     threshold = doc.get("threshold")
     if threshold is not None:
-        threshold = _check_threshold(threshold, ("body", "threshold"))
+        threshold = check_threshold(threshold, ("body", "threshold"))
     min_distance = doc.get("min_distance")
     if min_distance is not None:
-        min_distance = _check_min_distance(min_distance, ("body", "min_distance"))
+        min_distance = check_min_distance(min_distance, ("body", "min_distance"))
     return_scores = doc.get("return_scores")
     if return_scores is not None and not isinstance(return_scores, bool):
         raise InvalidInput(
