@@ -22,12 +22,12 @@ from torch import nn
 class ModelConfig:
     arch: str = "deep"  # "deep" or "single"
     mean_window: int = 31  # local mean (offset) window, odd
-    scale_window: int = 127  # local mean |first difference| (gain) window, samples
-    scale_stride: int = 1  # the scale is averaged over blocks of this many samples first
+    scale_window: int = 1016  # local mean |first difference| (gain) window, samples
+    scale_stride: int = 8  # the scale is averaged over blocks of this many samples first
     kernel: int = 41  # single: the learned template's length
-    channels: list[int] = field(default_factory=lambda: [16, 24, 32])  # deep: per level
+    channels: list[int] = field(default_factory=lambda: [8, 16, 24])  # deep: per level
     decoder: list[int] = field(default_factory=lambda: [16, 8])  # deep: per up-sampling step
-    first_kernel: int = 15  # deep: the first convolution's length
+    first_kernel: int = 41  # deep: the first convolution's length (a template's worth)
     kernel_size: int = 5  # deep: the other convolutions' length
 
     def to_dict(self) -> dict[str, object]:

@@ -46,13 +46,14 @@ class TrainConfig:
     name: str = "bump"
     version: str = "1.0.0"
     seed: int = 1234
-    steps: int = 4000
-    batch_size: int = 32
+    steps: int = 6000
+    batch_size: int = 64
     lengths: tuple[int, int] = (384, 1024)  # training crop length, uniform per batch
     lr: float = 3e-3
     weight_decay: float = 1e-4
     warmup: int = 200
-    local_weight: float = 20.0  # weight of the per-sample localisation loss
+    local_weight: float = 10.0  # weight of the per-sample localisation loss
+    threads: int = 1  # torch threads; 1 makes the result independent of the machine's cores
     eval_every: int = 250
     val_signals: int = 500  # per suite, for validation and the operating point
     eval_signals: int = 2000  # per suite, held out
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--eval-signals", type=int, default=TrainConfig.eval_signals)
     p.add_argument("--val-signals", type=int, default=TrainConfig.val_signals)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--threads", type=int, default=TrainConfig.threads, help="torch threads (0: all cores)")
     p.add_argument("--local-weight", type=float, default=TrainConfig.local_weight)
     p.add_argument("--snr", type=float, nargs=2, default=TRAINING_SNR, help="training SNR range")
     d = ModelConfig()
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> Path:
         eval_signals=a.eval_signals,
         val_signals=a.val_signals,
         local_weight=a.local_weight,
+        threads=a.threads,
         model=ModelConfig(
             arch=a.arch,
             first_kernel=a.first_kernel,
