@@ -7,8 +7,9 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 NAME   ?= bump
 ARGS   ?=
+SOAK_SECONDS ?= 60
 
-.PHONY: help install install-serve browser nginx test train train-dry serve bench bench-quick clean
+.PHONY: help install install-serve browser nginx test soak audit train train-dry serve bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -40,6 +41,12 @@ test: $(VENV)/.installed-all browser nginx  ## lint and run the whole test suite
 	$(VENV)/bin/ruff check app training tests benchmarks
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
+
+soak: $(VENV)/.installed-all  ## load run of SOAK_SECONDS (default 60) with 32 clients against a real server
+	SHAPE_DETECTOR_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s -m soak tests/reliability/test_load.py
+
+audit: $(VENV)/.installed-all  ## known vulnerabilities in the installed packages (PyPI advisory data)
+	$(VENV)/bin/pip-audit --strict --progress-spinner off --vulnerability-service pypi --skip-editable
 
 train: $(VENV)/.installed-all  ## train, evaluate and export models/$(NAME) (ARGS for more options)
 	$(PY) -m training.train --name $(NAME) $(ARGS)

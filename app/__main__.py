@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 
@@ -28,7 +29,8 @@ def main() -> int:
         workers=settings.WORKERS,
         access_log=False,  # the app logs one structured line per request itself
         log_level=settings.LOG_LEVEL,
-        timeout_graceful_shutdown=30,
+        # The app drains first on SIGTERM (app/lifecycle.py); this bounds what is left after.
+        timeout_graceful_shutdown=math.ceil(settings.SHUTDOWN_TIMEOUT_S),
     )
     return 0
 

@@ -11,16 +11,27 @@ from pathlib import Path
 from typing import TypedDict
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from app.api import docs, health, metrics, v1, v2
+from app.api import admin, demo, docs, health, metrics, v1, v2
 from app.api.deps import Runner
 from app.core.errors import DetectorError, InvalidInput, Overloaded
 from app.core.model import InferenceOptions
 from app.core.registry import Registry
 from app.core.signals import Limits
+from app.lifecycle import DrainMiddleware, Lifecycle
 from app.observability import Metrics, ObservabilityMiddleware, configure_logging
+from app.security import (
+    ApiKeyMiddleware,
+    ApiKeys,
+    SecurityHeadersMiddleware,
+    cors_options,
+    install_openapi,
+    load_api_keys,
+    parse_origins,
+)
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("shape_detector")
@@ -32,12 +43,17 @@ class State(TypedDict):
     registry: Registry
     runner: Runner
     metrics: Metrics
+    lifecycle: Lifecycle
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.LOG_LEVEL)
     app_metrics = Metrics()
+    lifecycle = Lifecycle(
+        timeout=settings.SHUTDOWN_TIMEOUT_S, delay=settings.SHUTDOWN_DELAY_S, registry=app_metrics.registry
+    )
+    keys = ApiKeys(load_api_keys(settings))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
@@ -48,7 +64,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             spinning=settings.ORT_SPINNING,
         )
         registry = Registry(
-            settings.MODEL_DIR, options, max_queue=settings.MAX_QUEUE, max_wait=settings.BATCH_WAIT_MS / 1000
+            settings.MODEL_DIR,
+            options,
+            max_queue=settings.MAX_QUEUE,
+            max_wait=settings.BATCH_WAIT_MS / 1000,
+            workers=settings.INFERENCE_WORKERS,
         )
         # Load in the background: /healthz answers at once, /readyz once models are warm.
         loader = threading.Thread(target=registry.load_all, name="model-loader", daemon=True)
@@ -59,10 +79,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             limits=Limits(settings.MAX_SIGNALS, settings.MAX_SAMPLES, settings.MAX_SIGNAL_LENGTH),
             max_body_bytes=settings.MAX_BODY_BYTES,
             metrics=app_metrics,
+            body_timeout=settings.BODY_TIMEOUT_S,
+            request_timeout=settings.REQUEST_TIMEOUT_S,
         )
+        lifecycle.install_signal_handler()  # SIGTERM drains first (only under a server, main thread)
         try:
-            yield {"settings": settings, "registry": registry, "runner": runner, "metrics": app_metrics}
+            yield {
+                "settings": settings,
+                "registry": registry,
+                "runner": runner,
+                "metrics": app_metrics,
+                "lifecycle": lifecycle,
+            }
         finally:
+            lifecycle.uninstall_signal_handler()
             registry.close()
             executor.shutdown(wait=True, cancel_futures=True)
 
@@ -78,12 +108,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    # Outermost last: observability sees every response, CORS answers preflights without a key,
+    # draining refuses new requests before any other work, keys are checked before the body is read.
+    app.add_middleware(ApiKeyMiddleware, keys=keys, protect_metrics=settings.PROTECT_METRICS)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
+    if origins := parse_origins(settings.CORS_ORIGINS):
+        app.add_middleware(CORSMiddleware, **cors_options(origins))
     app.add_middleware(ObservabilityMiddleware, metrics=app_metrics)
+    install_openapi(app, keys_enabled=keys.enabled, protect_metrics=settings.PROTECT_METRICS)
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(docs.router)
+    app.include_router(admin.router)
+    app.include_router(demo.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(DetectorError)
@@ -95,6 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             body = {"detail": exc.detail}
         headers = {"Retry-After": "1" if isinstance(exc, Overloaded) else "5"} if exc.status == 503 else None
+        if exc.status == 408:  # the rest of a slow body is not awaited: close the connection
+            headers = {"Connection": "close"}
         return JSONResponse(body, status_code=exc.status, headers=headers)
 
     @app.exception_handler(Exception)
@@ -102,7 +144,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception(
             "unhandled error", extra={"fields": {"request_id": getattr(request.state, "request_id", None)}}
         )
-        return JSONResponse({"detail": "internal error; the request id is in X-Request-ID"}, status_code=500)
+        # Sent by Starlette's outermost error middleware, outside ObservabilityMiddleware: add the id here.
+        request_id = getattr(request.state, "request_id", None)
+        return JSONResponse(
+            {"detail": "internal error; the request id is in X-Request-ID"},
+            status_code=500,
+            headers={"X-Request-ID": request_id} if request_id else None,
+        )
 
     return app
 

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SHAPE_DETECTOR_"
@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     MAX_BODY_BYTES: int = Field(268_435_456, ge=1024, description="Largest request body.")
     WINDOW: int = Field(65536, ge=256, description="Window length for long signals, samples.")
     MAX_BATCH_SAMPLES: int = Field(131_072, ge=1024, description="Samples per onnxruntime call.")
-    INTRA_OP_THREADS: int = Field(0, ge=0, description="onnxruntime threads per call; 0: default.")
+    INTRA_OP_THREADS: int = Field(1, ge=0, description="onnxruntime threads per call; 0: its default.")
+    INFERENCE_WORKERS: int = Field(2, ge=1, le=64, description="onnxruntime calls run at once per model.")
     ORT_SPINNING: bool = Field(False, description="Let onnxruntime's threads spin between calls.")
     DECODE_THREADS: int = Field(2, ge=1, le=64, description="Threads decoding large request bodies.")
     MAX_QUEUE: int = Field(64, ge=1, description="Requests waiting per model before 503.")
@@ -38,6 +39,23 @@ class Settings(BaseSettings):
         0.0, ge=0, le=1000, description="Wait for more requests to batch, from the first arrival."
     )
     LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
+    # Reliability and security (see deploy/README-operations-section.md).
+    API_KEYS: SecretStr = Field(
+        SecretStr(""), description="Comma-separated API keys; any key set: model routes need one."
+    )
+    API_KEYS_FILE: Path | None = Field(None, description="File of API keys, one per line (# comments).")
+    PROTECT_METRICS: bool = Field(False, description="With keys set, /metrics needs a key too.")
+    CORS_ORIGINS: str = Field("", description="Comma-separated origins allowed by CORS; empty: CORS off.")
+    REQUEST_TIMEOUT_S: float = Field(
+        60.0, gt=0, description="Detection not done this long after its body arrived: 504."
+    )
+    BODY_TIMEOUT_S: float = Field(60.0, gt=0, description="Body not fully received in this time: 408.")
+    SHUTDOWN_TIMEOUT_S: float = Field(
+        30.0, ge=0, description="After SIGTERM, longest wait for requests in flight before exiting."
+    )
+    SHUTDOWN_DELAY_S: float = Field(
+        0.0, ge=0, description="After SIGTERM, least time answering readiness 503 before closing the port."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -53,6 +71,12 @@ class Settings(BaseSettings):
                 f"MAX_SIGNAL_LENGTH: {self.MAX_SIGNAL_LENGTH} exceeds MAX_SAMPLES "
                 f"{self.MAX_SAMPLES}; raise MAX_SAMPLES or lower MAX_SIGNAL_LENGTH"
             )
+        if self.API_KEYS_FILE is not None and not self.API_KEYS_FILE.is_file():
+            raise ValueError(f"API_KEYS_FILE: {str(self.API_KEYS_FILE)!r} is not a file")
+        from app.security import check_origins, load_api_keys  # imported late: it imports Starlette
+
+        load_api_keys(self)  # raises ValueError naming the bad key's position, never the key
+        check_origins(self.CORS_ORIGINS)
         return self
 
 

@@ -141,6 +141,14 @@ def load_user_data(path: Path, seed: int = 0) -> UserData:
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: expected an .npz archive (np.savez), got a single array")
     with f:
+        for key in f.files:  # members are read lazily: refuse pickled objects up front
+            try:
+                f[key]
+            except ValueError as exc:
+                raise DataError(
+                    f"{path}: '{key}' holds Python objects, which are not read without pickle: "
+                    "save plain numeric arrays"
+                ) from exc
         signals = _signals(f, path)
         events = _events(f, path, signals)
         order = np.random.default_rng(seed).permutation(len(signals))

@@ -28,6 +28,7 @@ from training.batches import CroppedBatches, SyntheticBatches, target_curve
 from training.data import UserData, load_user_data
 from training.export import export_onnx, make_card, parity_error, save_card
 from training.model import ModelConfig, build_model, macs_per_sample, measure_radius
+from training.report import write_report
 from training.scenario import (
     BUMP,
     EVAL_SEEDS,
@@ -331,6 +332,8 @@ def main(argv: list[str] | None = None) -> Path:
                 for d, x in m.items()
             },
         )
+    # The report reuses this run's held-out sets; a dry run's are tiny, so it takes seconds.
+    write_report(model_dir, data=test, gallery=4 if a.dry_run else 8)
     return model_dir
 
 

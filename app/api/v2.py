@@ -10,9 +10,7 @@ model serves (its card's); any other version is 404.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Annotated, Any
@@ -23,9 +21,11 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
-from app.api.deps import INLINE_DECODE_BYTES, RegistryDep, Runner, RunnerDep
+from app.api.deps import LifecycleDep, RegistryDep, Runner, RunnerDep
 from app.core import oip
+from app.core.batching import Finish
 from app.core.errors import BodyTooLarge, DetectorError, ModelNotReady, Overloaded
+from app.core.model import OnnxModel
 from app.core.registry import Registry
 
 log = logging.getLogger("shape_detector")
@@ -36,6 +36,8 @@ def error_response(exc: DetectorError) -> JSONResponse:
     """A domain error in the protocol's format; unusable input is 400 here (422 in /v1)."""
     status = 400 if exc.status in (415, 422) else exc.status
     headers = {"Retry-After": "1" if isinstance(exc, Overloaded) else "5"} if status == 503 else None
+    if status == 408:  # the rest of a slow body is not awaited: close the connection
+        headers = {"Connection": "close"}
     return JSONResponse({"error": exc.detail}, status_code=status, headers=headers)
 
 
@@ -236,8 +238,10 @@ def live() -> dict[str, bool]:
 @router.get(
     "/health/ready", response_model=Readiness, responses={503: ERRORS[503]}, summary="Server readiness"
 )
-def ready(registry: RegistryDep) -> dict[str, bool]:
-    """200 when every model is loaded and warm; else 503 and why."""
+def ready(registry: RegistryDep, lifecycle: LifecycleDep) -> dict[str, bool]:
+    """200 when every model is loaded and warm; else 503 and why (also while shutting down)."""
+    if lifecycle.draining:
+        raise ModelNotReady("the server is shutting down")
     if not registry.ready:
         raise ModelNotReady("the server is not ready: " + "; ".join(registry.problems()))
     return {"ready": True}
@@ -328,9 +332,7 @@ async def _infer(
     content_encoding: str | None,
 ) -> Response:
     """Read, decode, queue for the model's batcher (as /v1 does), encode."""
-    model = registry.get(name)
-    oip.check_version(model.card, version)
-    batcher = registry.batcher(name)
+    oip.check_version(registry.get(name).card, version)  # 404 or 503 before reading the body
     try:
         body = await runner.read_body(request)
     except BodyTooLarge:  # /v1's message suggests .npy; say what helps here
@@ -338,26 +340,21 @@ async def _infer(
             f"body larger than {runner.max_body_bytes} bytes (SHAPE_DETECTOR_MAX_BODY_BYTES): send "
             "fewer signals per request, or binary tensor data (4 bytes per FP32 sample) instead of JSON"
         ) from None
-    started = time.perf_counter()
-    decode = partial(
-        oip.decode_infer,
-        model.card,
-        body,
-        runner.limits,
-        header_length=header_length,
-        content_encoding=content_encoding,
-        model_name=name,
-    )
-    if len(body) <= INLINE_DECODE_BYTES:
-        decoded = decode()
-    else:
-        decoded = await asyncio.get_running_loop().run_in_executor(runner.executor, decode)
-    request.state.signals = len(decoded.signals)
-    request.state.samples = decoded.samples
-    future = batcher.submit(decoded.signals, partial(oip.encode_infer, model.card, decoded))
-    encoded: oip.Encoded = await asyncio.wrap_future(future)
-    runner.metrics.inference.labels(name).observe(time.perf_counter() - started)
-    runner.metrics.signals.labels(name).inc(len(decoded.signals))
-    runner.metrics.samples.labels(name).inc(decoded.samples)
+
+    def decode(model: OnnxModel) -> oip.InferRequest:
+        oip.check_version(model.card, version)  # the model may have been reloaded meanwhile
+        return oip.decode_infer(
+            model.card,
+            body,
+            runner.limits,
+            header_length=header_length,
+            content_encoding=content_encoding,
+            model_name=name,
+        )
+
+    def finish(model: OnnxModel, decoded: oip.InferRequest) -> Finish:
+        return partial(oip.encode_infer, model.card, decoded)
+
+    encoded: oip.Encoded = await runner.run(request, registry, name, body, decode, finish)
     headers = None if encoded.header_length is None else {oip.HEADER_LENGTH: str(encoded.header_length)}
     return Response(encoded.body, media_type=encoded.media_type, headers=headers)

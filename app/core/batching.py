@@ -1,6 +1,6 @@
 """Dynamic batching: concurrent requests for one model share onnxruntime calls.
 
-One thread per model takes every request waiting in its queue (FIFO, up to
+A few worker threads per model each take every request waiting in the queue (FIFO, up to
 ``max_batch_samples`` samples, at least one request), scores all their signals together
 (windows of equal length from different requests run in one call), then finishes each
 request with its own slice of the results. Under light load a request runs at once; under
@@ -46,6 +46,7 @@ class BatchStats:
     batches: int = 0
     requests: int = 0
     signals: int = 0
+    dropped: int = 0  # requests whose caller gave up (deadline) before they ran
 
 
 class Batcher:
@@ -57,6 +58,7 @@ class Batcher:
         max_queue: int,
         max_wait: float = 0.0,
         name: str = "model",
+        workers: int = 1,
     ) -> None:
         if max_batch_samples < 1 or max_queue < 1 or max_wait < 0:
             raise ValueError("max_batch_samples and max_queue must be >= 1 and max_wait >= 0")
@@ -68,8 +70,13 @@ class Batcher:
         self._jobs: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
+        # Several workers run batches side by side (each onnxruntime call on its own core).
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"batcher-{name}-{i}", daemon=True)
+            for i in range(max(1, workers))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def queued(self) -> int:
@@ -94,15 +101,23 @@ class Batcher:
         """Finish what is queued, then stop the thread."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout)
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
 
     def _take(self) -> list[_Job]:
+        batch: list[_Job] | None = []
+        while batch == []:  # every job taken had been cancelled: wait for more
+            batch = self._take_some()
+        return batch or []
+
+    def _take_some(self) -> list[_Job] | None:
+        """The next batch (empty if every waiting job was cancelled); None once closed and empty."""
         with self._cond:
             while not self._jobs and not self._closed:
                 self._cond.wait()
             if not self._jobs:
-                return []
+                return None
             if self.max_wait > 0:
                 deadline = self._jobs[0].arrived + self.max_wait
                 while not self._closed and sum(j.samples for j in self._jobs) < self.max_batch_samples:
@@ -110,10 +125,15 @@ class Batcher:
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
-            batch = [self._jobs.popleft()]
-            total = batch[0].samples
-            while self._jobs and total + self._jobs[0].samples <= self.max_batch_samples:
+            batch: list[_Job] = []
+            total = 0
+            while self._jobs and (not batch or total + self._jobs[0].samples <= self.max_batch_samples):
                 job = self._jobs.popleft()
+                # A cancelled future (its request timed out) is skipped, never run; a running
+                # one can no longer be cancelled, so its result can always be set.
+                if not job.future.set_running_or_notify_cancel():
+                    self.stats.dropped += 1
+                    continue
                 batch.append(job)
                 total += job.samples
             return batch
@@ -135,9 +155,10 @@ class Batcher:
             else:
                 batch[0].future.set_exception(exc)
             return
-        self.stats.batches += 1
-        self.stats.requests += len(batch)
-        self.stats.signals += len(signals)
+        with self._cond:
+            self.stats.batches += 1
+            self.stats.requests += len(batch)
+            self.stats.signals += len(signals)
         start = 0
         for job in batch:
             mine = curves[start : start + len(job.signals)]

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 
-from app.core.batching import Batcher
+from app.core.batching import Batcher, Finish
 from app.core.card import CARD_FILE
 from app.core.errors import ModelNotFound, ModelNotReady
 from app.core.model import InferenceOptions, OnnxModel
@@ -32,12 +37,19 @@ class ModelStatus:
 
 class Registry:
     def __init__(
-        self, model_dir: Path, options: InferenceOptions, *, max_queue: int = 64, max_wait: float = 0.0
+        self,
+        model_dir: Path,
+        options: InferenceOptions,
+        *,
+        max_queue: int = 64,
+        max_wait: float = 0.0,
+        workers: int = 1,
     ) -> None:
         self.model_dir = model_dir
         self.options = options
         self.max_queue = max_queue
         self.max_wait = max_wait
+        self.workers = workers
         self._lock = threading.Lock()
         self.statuses: dict[str, ModelStatus] = {
             d.name: ModelStatus(d.name)
@@ -54,19 +66,36 @@ class Registry:
                 model.warm_up()
             except Exception as exc:  # a bad model must not stop the others
                 with self._lock:
-                    status.state, status.reason = "failed", f"{type(exc).__name__}: {exc}"
+                    status.state, status.reason = "failed", self.redact_paths(f"{type(exc).__name__}: {exc}")
                 log.error("model %s not served: %s", name, status.reason)
                 continue
-            batcher = Batcher(
-                model.scores,
-                max_batch_samples=self.options.max_batch_samples,
-                max_queue=self.max_queue,
-                max_wait=self.max_wait,
-                name=name,
-            )
-            with self._lock:
-                status.state, status.model, status.batcher, status.reason = "ready", model, batcher, None
+            self.swap(name, model, self.new_batcher(name, model))
             log.info("model %s %s ready", name, model.version)
+
+    def new_batcher(self, name: str, model: OnnxModel) -> Batcher:
+        return Batcher(
+            model.scores,
+            max_batch_samples=self.options.max_batch_samples,
+            max_queue=self.max_queue,
+            max_wait=self.max_wait,
+            workers=self.workers,
+            name=name,
+        )
+
+    def swap(self, name: str, model: OnnxModel, batcher: Batcher) -> Batcher | None:
+        """Serve ``name`` with ``model`` and ``batcher`` from now on, atomically for ``submit``;
+        returns the batcher replaced (the caller closes it: it finishes its queue first)."""
+        with self._lock:
+            status = self.statuses[name]
+            old = status.batcher
+            status.state, status.model, status.batcher, status.reason = "ready", model, batcher, None
+        return old
+
+    def redact_paths(self, text: str) -> str:
+        """A reason fit for a response: the model directory's absolute path becomes MODEL_DIR."""
+        for prefix in sorted({str(self.model_dir.resolve()), str(self.model_dir)}, key=len, reverse=True):
+            text = text.replace(prefix.rstrip("/") + "/", "MODEL_DIR/")
+        return text
 
     @property
     def ready(self) -> bool:
@@ -74,7 +103,7 @@ class Registry:
 
     def problems(self) -> list[str]:
         if not self.statuses:
-            return [f"no models under {self.model_dir}"]
+            return ["no models under MODEL_DIR"]
         return [
             f"{s.name}: {s.state}" + (f" ({s.reason})" if s.reason else "")
             for s in self.statuses.values()
@@ -89,6 +118,16 @@ class Registry:
         for status in self.statuses.values():
             if status.batcher is not None:
                 status.batcher.close()
+
+    def submit(
+        self, name: str, model: OnnxModel, signals: Sequence[npt.NDArray[np.floating]], finish: Finish
+    ) -> Future[Any] | None:
+        """Queue for ``name``'s batcher if ``model`` still serves it; None if it was swapped."""
+        with self._lock:
+            status = self.statuses[name]
+            if status.model is not model or status.batcher is None:
+                return None
+            return status.batcher.submit(signals, finish)
 
     def batcher(self, name: str) -> Batcher:
         self.get(name)

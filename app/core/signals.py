@@ -64,8 +64,8 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 def check_finite(signals: list[Signal], loc: tuple[str | int, ...]) -> None:
     """Every value finite and within float32 range (the model computes in float32)."""
     for i, s in enumerate(signals):
-        # One pass: NaN fails the comparison too. float32 values are always in range.
-        ok = np.isfinite(s) if s.dtype == np.float32 else np.abs(s) <= FLOAT32_MAX
+        # One pass: NaN fails the comparison too. float16/float32 values are always in range.
+        ok = np.isfinite(s) if s.dtype.itemsize <= 4 else np.abs(s) <= FLOAT32_MAX
         if not ok.all():
             j = int(np.flatnonzero(~ok)[0])
             if np.isfinite(s[j]):

@@ -27,7 +27,7 @@ def test_full_queue_gives_503_then_recovers(models_dir: Path, monkeypatch: pytes
         return original(self, batch)
 
     monkeypatch.setattr(OnnxModel, "run", held_run)
-    settings = load_settings(MODEL_DIR=models_dir, MAX_QUEUE=1)
+    settings = load_settings(MODEL_DIR=models_dir, MAX_QUEUE=1, INFERENCE_WORKERS=1)
     body = {"signals": [[0.0] * 777]}
     with TestClient(create_app(settings)) as c, ThreadPoolExecutor(2) as pool:
         wait_ready(c)

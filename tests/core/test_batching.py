@@ -12,9 +12,10 @@ from app.core.errors import Overloaded
 from app.core.model import InferenceOptions, OnnxModel
 
 
-def test_concurrent_requests_equal_one_by_one(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 3])
+def test_concurrent_requests_equal_one_by_one(tiny_model_dir: Path, workers: int) -> None:
     model = OnnxModel(tiny_model_dir, InferenceOptions(window=1024, max_batch_samples=20_000))
-    batcher = Batcher(model.scores, max_batch_samples=20_000, max_queue=100, max_wait=0.005)
+    batcher = Batcher(model.scores, max_batch_samples=20_000, max_queue=100, max_wait=0.005, workers=workers)
     rng = np.random.default_rng(0)
     requests = [
         [rng.standard_normal(int(n)) for n in rng.integers(64, 3000, size=k)]

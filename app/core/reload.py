@@ -1,0 +1,84 @@
+"""Hot reload: serve a new version of a model from its directory without a restart.
+
+``reload_model`` loads ``MODEL_DIR/<name>/`` again: the card is validated and the model file's
+sha256 checked against it (``load_card``), the session is created and warmed up (the largest
+batch too) while the old version keeps serving. Only then are model and batcher swapped, in
+one step under the registry's lock, so every request is decoded, queued and answered by one
+version, and its response names that version. The old batcher finishes the requests already
+in its queue and stops. A model that fails to load or verify is not swapped in: the old
+version keeps serving and the error says why. One reload at a time per registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+
+from app.core.errors import DetectorError, ModelNotFound
+from app.core.model import OnnxModel
+from app.core.registry import Registry
+
+log = logging.getLogger("shape_detector.models")
+_locks: weakref.WeakKeyDictionary[Registry, threading.Lock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+class ReloadConflict(DetectorError):
+    """Another reload runs, or the models are still loading (409)."""
+
+    status = 409
+
+
+class ReloadFailed(DetectorError):
+    """The files on disk do not load or verify; the old version keeps serving (422)."""
+
+    status = 422
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded:
+    name: str
+    version: str
+    previous_version: str | None
+    sha256: str
+    seconds: float
+
+
+def _lock_for(registry: Registry) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(registry, threading.Lock())
+
+
+def reload_model(registry: Registry, name: str) -> Reloaded:
+    """Load, verify, warm up and swap in ``MODEL_DIR/<name>/`` (blocking: call it in a thread)."""
+    status = registry.statuses.get(name)
+    if status is None:
+        known = ", ".join(registry.statuses) or "none"
+        raise ModelNotFound(f"no model named {name!r}; available models: {known}")
+    if status.state == "loading":
+        raise ReloadConflict(f"model {name!r} is still loading; retry when /readyz answers 200")
+    lock = _lock_for(registry)
+    if not lock.acquire(blocking=False):
+        raise ReloadConflict("another model reload is running; retry when it has finished")
+    try:
+        started = time.perf_counter()
+        previous = status.model.version if status.model is not None else None
+        try:
+            model = OnnxModel(registry.model_dir / name, registry.options)
+            model.warm_up()
+        except Exception as exc:
+            reason = registry.redact_paths(f"{type(exc).__name__}: {exc}")
+            log.error("model %s not reloaded: %s", name, reason)
+            keeps = f"version {previous} keeps serving" if previous else "the model stays unavailable"
+            raise ReloadFailed(f"model {name!r} was not reloaded ({keeps}): {reason}") from None
+        old = registry.swap(name, model, registry.new_batcher(name, model))
+        if old is not None:  # finishes the requests queued for the old version, then stops
+            threading.Thread(target=old.close, name=f"drain-{name}-{previous}", daemon=True).start()
+        seconds = time.perf_counter() - started
+        log.info("model %s reloaded: %s -> %s in %.2f s", name, previous, model.version, seconds)
+        return Reloaded(name, model.version, previous, model.card.sha256, seconds)
+    finally:
+        lock.release()

@@ -1,0 +1,336 @@
+"""API keys, CORS and security headers: pure ASGI middleware, plus the OpenAPI security scheme.
+
+API keys: when any key is configured (``SHAPE_DETECTOR_API_KEYS`` and/or
+``SHAPE_DETECTOR_API_KEYS_FILE``), every route needs ``Authorization: Bearer <key>`` or
+``X-API-Key: <key>`` except the open ones: health probes, the docs, ``/`` and ``/static``, and
+``/metrics`` unless ``SHAPE_DETECTOR_PROTECT_METRICS`` is set. Deny by default: a route added
+later is protected unless it is listed here as open. Keys are compared as SHA-256 digests with
+``hmac.compare_digest`` against every configured key (no early exit), so neither the time nor
+the length of the comparison tells how much of a guess was right.
+
+Security headers: ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer`` on
+every response; on the docs pages also a Content-Security-Policy that allows only the page's
+own inline scripts (by hash) and assets from this origin, and forbids framing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from app.settings import Settings
+
+MIN_KEY_LENGTH = 16
+MAX_CANDIDATES = 4  # key headers looked at per request; more are ignored
+_KEY = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: no spaces, no control characters
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+# Open whatever the keys: probes (kubelet and load balancers carry no key), docs, the demo page.
+OPEN_PATHS = frozenset(
+    {"/", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/docs", "/redoc", "/openapi.json"}
+)
+OPEN_PREFIXES = ("/static/",)
+METRICS_PATH = "/metrics"
+DOCS_PAGES = frozenset({"/docs", "/redoc"})
+AUTH_HELP = "send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+
+
+def load_api_keys(settings: Settings) -> tuple[str, ...]:
+    """The configured keys, from the variable (commas) and the file (lines); raises ValueError.
+
+    Messages say where a bad key is (its position), never the key itself.
+    """
+    found: list[tuple[str, str]] = []
+    for i, raw in enumerate(settings.API_KEYS.get_secret_value().split(","), start=1):
+        if raw.strip():
+            found.append((f"API_KEYS: key {i}", raw.strip()))
+    if settings.API_KEYS_FILE is not None:
+        try:
+            text = settings.API_KEYS_FILE.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"API_KEYS_FILE: cannot read it ({type(exc).__name__})") from None
+        for n, line in enumerate(text.splitlines(), start=1):
+            key = line.strip()
+            if key and not key.startswith("#"):
+                found.append((f"API_KEYS_FILE: the key on line {n}", key))
+    for where, key in found:
+        if not _KEY.match(key):
+            raise ValueError(f"{where} has characters other than visible ASCII (no spaces)")
+        if len(key) < MIN_KEY_LENGTH:
+            raise ValueError(
+                f"{where} is shorter than {MIN_KEY_LENGTH} characters; make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+    return tuple(dict.fromkeys(key for _, key in found))
+
+
+def parse_origins(text: str) -> list[str]:
+    return [o.strip() for o in text.split(",") if o.strip()]
+
+
+def check_origins(text: str) -> None:
+    for origin in parse_origins(text):
+        if origin != "*" and not _ORIGIN.match(origin):
+            raise ValueError(
+                f"CORS_ORIGINS: {origin!r} is not an origin: give scheme://host[:port] with no path "
+                "or trailing slash (e.g. https://app.example.com), or *"
+            )
+
+
+def needs_key(path: str, *, protect_metrics: bool) -> bool:
+    """Whether a request path (or an OpenAPI path template) needs a key when keys are set."""
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        return False
+    if path == METRICS_PATH:
+        return protect_metrics
+    return True
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+class ApiKeys:
+    """The configured keys, as digests; ``matches`` compares in constant time."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._digests = [_digest(k.encode("ascii")) for k in keys]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def matches(self, candidate: bytes) -> bool:
+        given = _digest(candidate)
+        ok = False
+        for digest in self._digests:  # every key, always: no early exit
+            ok |= hmac.compare_digest(given, digest)
+        return ok
+
+    def check(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+        """None if the headers carry a valid key, else why not (safe to show the client)."""
+        candidates: list[bytes] = []
+        for name, value in headers:
+            if name == b"x-api-key":
+                candidates.append(value.strip())
+            elif name == b"authorization":
+                scheme, _, token = value.strip().partition(b" ")
+                if scheme.lower() == b"bearer" and token.strip():
+                    candidates.append(token.strip())
+        if not candidates:
+            return f"an API key is required: {AUTH_HELP}"
+        valid = False
+        for candidate in candidates[:MAX_CANDIDATES]:
+            valid |= self.matches(candidate)
+        return None if valid else f"the API key is not valid: {AUTH_HELP}"
+
+
+def json_response(status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> list[Message]:
+    payload = orjson.dumps(body)
+    return [
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        },
+        {"type": "http.response.body", "body": payload},
+    ]
+
+
+def error_body(path: str, message: str) -> dict[str, Any]:
+    """``{"error": ...}`` on the Open Inference Protocol's /v2 routes, ``{"detail": ...}`` elsewhere."""
+    return {"error": message} if path == "/v2" or path.startswith("/v2/") else {"detail": message}
+
+
+class ApiKeyMiddleware:
+    """401 with ``WWW-Authenticate: Bearer`` for a protected path without a valid key.
+
+    Runs before routing and before the body is read: a request without a key costs nothing.
+    """
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys, protect_metrics: bool) -> None:
+        self.app = app
+        self.keys = keys
+        self.protect_metrics = protect_metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or not self.keys.enabled
+            or not needs_key(scope["path"], protect_metrics=self.protect_metrics)
+        ):
+            await self.app(scope, receive, send)
+            return
+        problem = self.keys.check(scope["headers"])
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        for message in json_response(
+            401, error_body(scope["path"], problem), [(b"www-authenticate", b"Bearer")]
+        ):
+            await send(message)
+
+
+_INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
+
+
+def docs_csp(html: bytes) -> str:
+    """A CSP for a docs page: its inline scripts by hash, everything else from this origin.
+
+    Swagger UI and ReDoc set inline styles from JavaScript ('unsafe-inline' for styles only),
+    use data: images and fonts, and ReDoc runs its search in a blob: worker.
+    """
+    hashes = " ".join(
+        f"'sha256-{base64.b64encode(hashlib.sha256(m).digest()).decode()}'"
+        for m in _INLINE_SCRIPT.findall(html)
+    )
+    return "; ".join(
+        [
+            "default-src 'self'",
+            f"script-src 'self' {hashes}".strip(),
+            "style-src 'self' 'unsafe-inline'",
+            "img-src 'self' data:",
+            "font-src 'self' data:",
+            "worker-src 'self' blob:",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
+COMMON_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+
+
+class SecurityHeadersMiddleware:
+    """nosniff and no-referrer everywhere; CSP and no framing on the docs pages."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] not in DOCS_PAGES:
+
+            async def add_headers(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", []), *COMMON_HEADERS]}
+                await send(message)
+
+            await self.app(scope, receive, add_headers)
+            return
+        # A docs page is a few hundred bytes of HTML: hold it, hash its inline scripts.
+        start: Message | None = None
+        body = bytearray()
+
+        async def hold(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if message["type"] != "http.response.body" or start is None:
+                await send(message)
+                return
+            body.extend(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            headers += [
+                *COMMON_HEADERS,
+                (b"content-length", str(len(body)).encode()),
+                (b"x-frame-options", b"DENY"),
+                (b"content-security-policy", docs_csp(bytes(body)).encode()),
+            ]
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": bytes(body)})
+
+        await self.app(scope, receive, hold)
+
+
+def cors_options(origins: list[str]) -> dict[str, Any]:
+    """Starlette CORSMiddleware arguments: the allow-list; headers the API reads and sends."""
+    return {
+        "allow_origins": origins,
+        "allow_methods": ["GET", "POST"],
+        "allow_headers": [
+            "Authorization",
+            "X-API-Key",
+            "Content-Type",
+            "X-Request-ID",
+            "Inference-Header-Content-Length",
+        ],
+        "expose_headers": ["X-Request-ID", "Retry-After", "Inference-Header-Content-Length"],
+        "allow_credentials": False,  # keys travel in headers, never in cookies
+        "max_age": 600,
+    }
+
+
+SCHEMES = {
+    "bearerAuth": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <key>"},
+    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+AUTH_DOC = (
+    "\n\n**Authorisation.** This server requires an API key on the model and inference routes "
+    "(health probes, the docs and, unless configured otherwise, /metrics are open). Click "
+    "**Authorize**, enter your key under *bearerAuth* (or *apiKeyHeader*), and Swagger UI sends "
+    "it with every request; from code, send `Authorization: Bearer <key>` or `X-API-Key: <key>`."
+)
+
+
+UNAUTHORIZED_DOC = "No API key, or not a valid one (WWW-Authenticate: Bearer)."
+BODY_TIMEOUT_DOC = "The body did not arrive within SHAPE_DETECTOR_BODY_TIMEOUT_S."
+DEADLINE_DOC = "No result within SHAPE_DETECTOR_REQUEST_TIMEOUT_S; retry later."
+
+
+def _add_response(op: dict[str, Any], path: str, status: str, text: str) -> None:
+    name = "error" if path == "/v2" or path.startswith("/v2/") else "detail"
+    schema = {"type": "object", "properties": {name: {"type": "string"}}, "required": [name]}
+    op["responses"].setdefault(
+        status, {"description": text, "content": {"application/json": {"schema": schema}}}
+    )
+
+
+def install_openapi(app: FastAPI, *, keys_enabled: bool, protect_metrics: bool) -> None:
+    """Document what the middleware adds: the security scheme and 401 on protected operations
+    (when keys are set), and 408/504 on the operations that read a body."""
+    original: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = original()
+        if keys_enabled:
+            schema.setdefault("components", {}).setdefault("securitySchemes", {}).update(SCHEMES)
+            schema["info"]["description"] = schema["info"].get("description", "") + AUTH_DOC
+        for path, item in schema.get("paths", {}).items():
+            for method, op in item.items():
+                if not isinstance(op, dict) or "responses" not in op:
+                    continue
+                if keys_enabled and needs_key(path, protect_metrics=protect_metrics):
+                    op["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
+                    _add_response(op, path, "401", UNAUTHORIZED_DOC)
+                if method == "post" and "requestBody" in op:
+                    _add_response(op, path, "408", BODY_TIMEOUT_DOC)
+                    _add_response(op, path, "504", DEADLINE_DOC)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

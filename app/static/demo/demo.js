@@ -1,0 +1,571 @@
+// Shape Detector demo page: generate or load a signal, run it through the public /v1 API,
+// draw the signal, the per-sample score curve and the detected peaks as SVG.
+//
+// Everything stays in this page: the API key lives only in the password field (never in web
+// storage or cookies) and is sent as "Authorization: Bearer <key>".
+"use strict";
+
+(() => {
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const EXAMPLE_LENGTH = 600;
+  const MAX_FILE_BYTES = 20 * 1024 * 1024;
+  const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+  const NAN = /^[+-]?nan$/i;
+  const INF = /^[+-]?inf(inity)?$/i;
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    form: $("controls"),
+    model: $("model"),
+    modelInfo: $("model-info"),
+    threshold: $("threshold"),
+    key: $("api-key"),
+    values: $("values"),
+    count: $("values-count"),
+    file: $("file"),
+    example: $("example"),
+    run: $("run"),
+    status: $("status"),
+    error: $("error"),
+    result: $("result"),
+    figure: $("figure"),
+    chartBox: $("chart-box"),
+    chart: $("chart"),
+    chartTitle: $("chart-title"),
+    peaks: $("peaks"),
+  };
+
+  const state = {
+    models: new Map(), // name -> card
+    example: null, // {events, spike, seed} of the generated signal in the text box
+    drawn: null, // what the chart shows: {values, scores, peaks, threshold, events}
+    busy: false,
+    examples: 0,
+  };
+
+  // ---------------------------------------------------------------------------------------
+  // The example signal: the primer's template in white Gaussian noise, sometimes a spike.
+
+  function mulberry32(seed) {
+    let a = seed >>> 0;
+    return () => {
+      a = (a + 0x6d2b79f5) >>> 0;
+      let t = a;
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+  }
+
+  function gaussian(rand) {
+    let u = 0;
+    while (u === 0) u = rand();
+    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rand());
+  }
+
+  // K(s) = exp(-(s/6)^2 / 2) cos(2 pi s / 16), s = -20..20 samples from the centre.
+  const bump = (s) => Math.exp(-((s / 6) ** 2) / 2) * Math.cos((2 * Math.PI * s) / 16);
+  const BUMP_NORM = Math.sqrt(Array.from({ length: 41 }, (_, i) => bump(i - 20) ** 2).reduce((a, b) => a + b, 0));
+
+  function makeExample(seed) {
+    const rand = mulberry32(seed);
+    const n = EXAMPLE_LENGTH;
+    const x = Array.from({ length: n }, () => gaussian(rand));
+    const count = 1 + Math.floor(rand() * 3);
+    const events = [];
+    for (let tries = 0; events.length < count && tries < 1000; tries++) {
+      const c = 30 + Math.floor(rand() * (n - 60));
+      if (events.every((e) => Math.abs(e - c) >= 60)) events.push(c);
+    }
+    events.sort((a, b) => a - b);
+    for (const c of events) {
+      const amplitude = (7 + 4 * rand()) / BUMP_NORM; // matched-filter SNR 7..11
+      for (let s = -20; s <= 20; s++) if (c + s >= 0 && c + s < n) x[c + s] += amplitude * bump(s);
+    }
+    let spike = null;
+    if (rand() < 0.5) {
+      for (let tries = 0; tries < 100; tries++) {
+        const p = 10 + Math.floor(rand() * (n - 20));
+        if (events.every((e) => Math.abs(e - p) >= 40)) {
+          spike = p;
+          x[p] += (rand() < 0.5 ? -1 : 1) * (8 + 6 * rand());
+          break;
+        }
+      }
+    }
+    return { values: x.map((v) => Math.round(v * 1e4) / 1e4), events, spike, seed };
+  }
+
+  function nextSeed() {
+    const fixed = new URLSearchParams(window.location.search).get("seed");
+    state.examples += 1;
+    if (fixed !== null && /^\d{1,9}$/.test(fixed)) return Number(fixed) + state.examples - 1;
+    const buf = new Uint32Array(1);
+    window.crypto.getRandomValues(buf);
+    return buf[0] % 1000000000;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // Values from text: numbers separated by commas, semicolons, whitespace or new lines.
+
+  const split = (text) => text.split(/[\s,;]+/).filter((t) => t !== "");
+  const isWordy = (t) => /[A-Za-z_]/.test(t) && !NAN.test(t) && !INF.test(t) && !NUMBER.test(t);
+
+  function parseValues(text) {
+    let lines = text.split(/\r?\n/);
+    let header = null;
+    const first = lines.findIndex((l) => l.trim() !== "");
+    if (first >= 0) {
+      const toks = split(lines[first]);
+      const more = lines.slice(first + 1).some((l) => l.trim() !== "");
+      if (toks.length > 0 && toks.every(isWordy) && more) {
+        header = lines[first].trim();
+        lines = lines.slice(first + 1);
+      }
+    }
+    const tokens = split(lines.join("\n"));
+    const numbers = [];
+    let bad = null; // the first token that is not a finite number
+    tokens.forEach((t, i) => {
+      const v = NUMBER.test(t) ? Number(t) : NaN;
+      numbers.push(v);
+      if (!Number.isFinite(v) && bad === null) bad = { index: i, token: t };
+    });
+    return { tokens, numbers, bad, header };
+  }
+
+  // A token as it is sent when not every value is a finite number: NaN and infinities as the
+  // bare (invalid JSON) tokens, other text as a JSON string, so the API's own message says what
+  // is wrong with it.
+  function rawToken(t, v) {
+    if (Number.isFinite(v)) return JSON.stringify(v);
+    if (NAN.test(t)) return "NaN";
+    if (INF.test(t) || NUMBER.test(t)) return (t.startsWith("-") ? "-" : "") + "Infinity";
+    return JSON.stringify(t);
+  }
+
+  function requestBody(parsed, threshold) {
+    const options = { return_scores: true };
+    if (threshold !== null) options.threshold = threshold;
+    if (parsed.bad === null) return JSON.stringify({ signals: [parsed.numbers], ...options });
+    const row = parsed.tokens.map((t, i) => rawToken(t, parsed.numbers[i])).join(",");
+    return `{"signals":[[${row}]],${JSON.stringify(options).slice(1)}`;
+  }
+
+  function readThreshold() {
+    const text = el.threshold.value.trim();
+    if (text === "") return null;
+    const v = Number(text);
+    return Number.isFinite(v) ? v : null;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // The API.
+
+  function authHeaders() {
+    const key = el.key.value.trim();
+    return key ? { Authorization: `Bearer ${key}` } : {};
+  }
+
+  function apiMessage(status, data) {
+    if (data && typeof data.detail === "string") return data.detail;
+    if (data && Array.isArray(data.detail)) {
+      return data.detail
+        .map((d) => {
+          const loc = Array.isArray(d.loc) ? d.loc.join(" → ") : "";
+          return loc ? `${loc}: ${d.msg}` : String(d.msg);
+        })
+        .join("\n");
+    }
+    if (data && typeof data.error === "string") return data.error;
+    return `HTTP ${status}`;
+  }
+
+  async function callApi(url, init) {
+    let response;
+    try {
+      response = await fetch(url, { cache: "no-store", ...init });
+    } catch (exc) {
+      return { ok: false, status: 0, message: `Could not reach the service (${exc.message}).` };
+    }
+    const text = await response.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch (_) {
+      data = null;
+    }
+    if (response.ok) return { ok: true, status: response.status, data };
+    let message = apiMessage(response.status, data);
+    if (response.status === 401) message += "\nEnter a valid API key in the “API key” field.";
+    if (response.status === 503) message += "\nThe service is busy or still loading; try again shortly.";
+    return { ok: false, status: response.status, message };
+  }
+
+  async function loadModels() {
+    const r = await callApi("/v1/models", { headers: authHeaders() });
+    if (!r.ok) {
+      const reason = r.message.split("\n")[0];
+      el.modelInfo.textContent =
+        r.status === 401
+          ? `This server needs a valid API key to list its models: enter it in “API key” (${reason}).`
+          : `Could not list the models: ${reason}`;
+      return;
+    }
+    const previous = el.model.value;
+    state.models = new Map(r.data.models.map((card) => [card.name, card]));
+    el.model.replaceChildren();
+    for (const card of r.data.models) {
+      const option = document.createElement("option");
+      option.value = card.name;
+      option.textContent = `${card.name} ${card.version}`;
+      el.model.append(option);
+    }
+    if (r.data.models.length === 0) {
+      const option = document.createElement("option");
+      option.value = "";
+      option.textContent = "default model";
+      el.model.append(option);
+    }
+    if (state.models.has(previous)) el.model.value = previous;
+    showModel();
+  }
+
+  function showModel() {
+    const card = state.models.get(el.model.value);
+    if (!card) {
+      el.modelInfo.textContent = "";
+      return;
+    }
+    el.threshold.value = String(card.threshold);
+    el.modelInfo.textContent =
+      `Threshold ${card.threshold}, peaks at least ${card.min_distance} samples apart, ` +
+      `signals of at least ${card.min_length} samples.`;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // The page.
+
+  function showError(message) {
+    el.error.textContent = message;
+    el.error.hidden = false;
+  }
+
+  function clearError() {
+    el.error.textContent = "";
+    el.error.hidden = true;
+  }
+
+  function updateCount() {
+    const n = split(el.values.value).length;
+    el.count.textContent = n ? `${n} values.` : "";
+  }
+
+  function onExample() {
+    const ex = makeExample(nextSeed());
+    el.values.value = ex.values.join(", ");
+    state.example = { events: ex.events, spike: ex.spike, seed: ex.seed };
+    updateCount();
+    clearError();
+    const spike = ex.spike === null ? "" : ` and a one-sample spike at ${ex.spike}`;
+    el.status.textContent =
+      `Example ${ex.seed}: ${ex.values.length} samples with ${ex.events.length} ` +
+      `event${ex.events.length > 1 ? "s" : ""} centred at ${ex.events.join(", ")}${spike}. ` +
+      "Now run detection.";
+    el.result.textContent = "Not run yet for this signal.";
+    draw({ values: ex.values, scores: null, peaks: [], threshold: null, events: ex.events, seed: ex.seed });
+  }
+
+  async function onFile() {
+    const file = el.file.files && el.file.files[0];
+    if (!file) return;
+    clearError();
+    if (file.size > MAX_FILE_BYTES) {
+      showError(`${file.name} is ${(file.size / 1e6).toFixed(1)} MB; the demo takes files up to 20 MB (use the API for more).`);
+      return;
+    }
+    let text;
+    try {
+      text = await file.text();
+    } catch (exc) {
+      showError(`Could not read ${file.name}: ${exc.message}`);
+      return;
+    }
+    el.values.value = text;
+    state.example = null;
+    updateCount();
+    const parsed = parseValues(text);
+    const header = parsed.header === null ? "" : ` (header line “${parsed.header}” skipped)`;
+    el.status.textContent = `Loaded ${file.name}: ${parsed.tokens.length} values${header}. Now run detection.`;
+  }
+
+  async function onRun(event) {
+    event.preventDefault();
+    if (state.busy) return;
+    clearError();
+    const parsed = parseValues(el.values.value);
+    if (parsed.tokens.length === 0) {
+      showError("No values yet: generate an example, paste values or load a file first.");
+      return;
+    }
+    const threshold = readThreshold();
+    const name = el.model.value;
+    const url = name ? `/v1/models/${encodeURIComponent(name)}/detect` : "/v1/detect";
+    state.busy = true;
+    el.form.setAttribute("aria-busy", "true");
+    el.status.textContent = `Running detection on ${parsed.tokens.length} values…`;
+    let r;
+    try {
+      r = await callApi(url, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", ...authHeaders() },
+        body: requestBody(parsed, threshold),
+      });
+    } finally {
+      state.busy = false;
+      el.form.removeAttribute("aria-busy");
+    }
+    if (!r.ok) {
+      el.status.textContent = "";
+      let message = `The API refused the request (HTTP ${r.status}):\n${r.message}`;
+      if (r.status === 0) message = r.message;
+      if (parsed.bad !== null) {
+        message =
+          `Value ${parsed.bad.index + 1} (“${parsed.bad.token}”) is not a finite number; ` +
+          `it was sent as it is. ${message}`;
+      }
+      showError(message);
+      el.result.textContent = "No result: see the error above.";
+      return;
+    }
+    const doc = r.data;
+    const res = doc.results[0];
+    const events = state.example ? state.example.events : null;
+    el.status.textContent = "";
+    showResult(doc, res, parsed.numbers.length);
+    draw({
+      values: parsed.numbers,
+      scores: res.scores,
+      peaks: res.peaks,
+      threshold: doc.threshold,
+      events,
+      seed: state.example ? state.example.seed : null,
+    });
+    showPeaks(res.peaks, events);
+    el.result.scrollIntoView({ block: "nearest" }); // focus stays on the button
+  }
+
+  function showResult(doc, res, n) {
+    const decision = document.createElement("strong");
+    decision.className = res.detected ? "decision-yes" : "decision-no";
+    decision.textContent = res.detected ? "event detected" : "no event detected";
+    const peaks = res.peaks.length;
+    el.result.replaceChildren(
+      `Probability ${res.probability.toFixed(3)}: `,
+      decision,
+      ` (threshold ${doc.threshold}). ${peaks} peak${peaks === 1 ? "" : "s"}` +
+        (peaks ? ` at ${res.peaks.map((p) => p.index).join(", ")}` : "") +
+        `. Model ${doc.model.name} ${doc.model.version}, ${n} samples.`,
+    );
+  }
+
+  function showPeaks(peaks, events) {
+    const body = el.peaks.tBodies[0];
+    body.replaceChildren();
+    for (const p of peaks) {
+      const row = body.insertRow();
+      row.insertCell().textContent = String(p.index);
+      row.insertCell().textContent = p.probability.toFixed(3);
+      let nearest = "—";
+      if (events && events.length) {
+        const e = events.reduce((a, b) => (Math.abs(b - p.index) < Math.abs(a - p.index) ? b : a));
+        nearest = `${e} (${p.index - e >= 0 ? "+" : ""}${p.index - e})`;
+      }
+      row.insertCell().textContent = nearest;
+    }
+    el.peaks.hidden = peaks.length === 0;
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // The chart: signal on top, score curve (0..1) below, on a shared sample axis.
+
+  function svg(name, attrs, parent) {
+    const node = document.createElementNS(SVG_NS, name);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    if (parent) parent.append(node);
+    return node;
+  }
+
+  function niceTicks(lo, hi, count) {
+    if (!(hi > lo)) return [lo];
+    const raw = (hi - lo) / count;
+    const mag = 10 ** Math.floor(Math.log10(raw));
+    const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
+    const ticks = [];
+    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(Number(v.toPrecision(12)));
+    return ticks;
+  }
+
+  // Min and max per pixel column: long signals stay sharp and the path stays small.
+  function linePoints(ys, x, y, width) {
+    const n = ys.length;
+    const pts = [];
+    if (n <= 2 * width) {
+      for (let i = 0; i < n; i++) pts.push(`${x(i).toFixed(1)},${y(ys[i]).toFixed(1)}`);
+      return pts.join(" ");
+    }
+    const per = n / width;
+    for (let c = 0; c < width; c++) {
+      const a = Math.floor(c * per);
+      const b = Math.min(n, Math.floor((c + 1) * per));
+      let lo = Infinity;
+      let hi = -Infinity;
+      for (let i = a; i < b; i++) {
+        if (ys[i] < lo) lo = ys[i];
+        if (ys[i] > hi) hi = ys[i];
+      }
+      const px = x((a + b - 1) / 2).toFixed(1);
+      pts.push(`${px},${y(lo).toFixed(1)}`, `${px},${y(hi).toFixed(1)}`);
+    }
+    return pts.join(" ");
+  }
+
+  function fmt(v) {
+    return Math.abs(v) >= 1000 || (Math.abs(v) < 0.01 && v !== 0) ? v.toExponential(1) : String(Number(v.toPrecision(4)));
+  }
+
+  function draw(spec) {
+    state.drawn = spec;
+    el.figure.hidden = false;
+    const root = el.chart;
+    for (const child of Array.from(root.childNodes)) if (child !== el.chartTitle) child.remove();
+    const W = Math.max(240, Math.floor(el.chartBox.clientWidth));
+    const narrow = W < 520;
+    const H = narrow ? 300 : 380;
+    root.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    root.setAttribute("width", String(W));
+    root.setAttribute("height", String(H));
+    root.dataset.trueEvents = spec.events ? spec.events.join(",") : "";
+    root.dataset.seed = spec.seed === null || spec.seed === undefined ? "" : String(spec.seed);
+    root.dataset.samples = String(spec.values.length);
+
+    const left = narrow ? 40 : 52;
+    const right = 8;
+    const top = 16;
+    const bottom = 30;
+    const gap = 22;
+    const plotW = W - left - right;
+    const hasScores = Array.isArray(spec.scores);
+    const total = H - top - bottom - (hasScores ? gap : 0);
+    const sigH = hasScores ? Math.round(total * 0.56) : total;
+    const scoreTop = top + sigH + gap;
+    const scoreH = total - sigH;
+    const n = spec.values.length;
+    const x = (i) => left + (n > 1 ? (i / (n - 1)) * plotW : plotW / 2);
+
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const v of spec.values) {
+      if (!Number.isFinite(v)) continue;
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+    if (lo === Infinity) {
+      lo = 0;
+      hi = 1;
+    }
+    if (hi === lo) {
+      hi += 1;
+      lo -= 1;
+    }
+    const pad = (hi - lo) * 0.06;
+    lo -= pad;
+    hi += pad;
+    const ySig = (v) => top + sigH - ((v - lo) / (hi - lo)) * sigH;
+    const yScore = (v) => scoreTop + scoreH - v * scoreH;
+
+    const axes = svg("g", { class: "axes" }, root);
+    const panel = (y0, h, ticks, yOf, label) => {
+      for (const t of ticks) {
+        svg("line", { class: "grid", x1: left, x2: left + plotW, y1: yOf(t), y2: yOf(t) }, axes);
+        const text = svg("text", { x: left - 5, y: yOf(t) + 4, "text-anchor": "end" }, axes);
+        text.textContent = fmt(t);
+      }
+      svg("rect", { class: "axis", x: left, y: y0, width: plotW, height: h }, axes);
+      const name = svg("text", { class: "label", x: left + 4, y: y0 - 4 }, axes);
+      name.textContent = label;
+    };
+    panel(top, sigH, niceTicks(lo, hi, narrow ? 3 : 4), ySig, "signal");
+    if (hasScores) panel(scoreTop, scoreH, [0, 0.5, 1], yScore, "score");
+    const xTicks = niceTicks(0, n - 1, narrow ? 4 : 8).filter((t) => Number.isInteger(t));
+    for (const t of xTicks) {
+      const text = svg("text", { x: x(t), y: H - bottom + 14, "text-anchor": "middle" }, axes);
+      text.textContent = String(t);
+    }
+    const xlabel = svg("text", { x: left + plotW, y: H - 2, "text-anchor": "end" }, axes);
+    xlabel.textContent = "sample";
+
+    const yBottom = hasScores ? scoreTop + scoreH : top + sigH;
+    svg("polyline", { class: "signal", points: linePoints(spec.values.map((v) => (Number.isFinite(v) ? v : 0)), x, ySig, plotW) }, root);
+    if (hasScores) {
+      svg("polyline", { class: "score", points: linePoints(spec.scores, x, yScore, plotW) }, root);
+      const t = spec.threshold;
+      if (typeof t === "number") {
+        svg("line", { class: "threshold", x1: left, x2: left + plotW, y1: yScore(t), y2: yScore(t) }, root);
+      }
+      for (const p of spec.peaks) {
+        const g = svg("g", {
+          class: "peak",
+          "data-testid": "peak",
+          "data-index": p.index,
+          "data-probability": p.probability,
+        }, root);
+        svg("title", {}, g).textContent = `Peak at sample ${p.index}, probability ${p.probability.toFixed(3)}`;
+        const px = x(p.index);
+        svg("line", { x1: px, x2: px, y1: top, y2: yBottom }, g);
+        const py = yScore(p.probability);
+        svg("path", { d: `M${px - 6},${py - 11}h12l-6,10z` }, g);
+        svg("rect", { class: "hit", x: px - 7, y: top, width: 14, height: yBottom - top }, g);
+      }
+    }
+    // True events last: dashed, on top of a peak at the same sample, so both stay visible.
+    if (spec.events) {
+      for (const c of spec.events) {
+        const g = svg("g", { class: "event", "data-testid": "true-event", "data-index": c }, root);
+        svg("title", {}, g).textContent = `True event centred at sample ${c}`;
+        svg("line", { x1: x(c), x2: x(c), y1: top, y2: yBottom }, g);
+        const yb = top + sigH;
+        svg("path", { d: `M${x(c) - 5},${yb}l5,-8l5,8z` }, g);
+      }
+    }
+    const peaks = spec.peaks.map((p) => p.index);
+    el.chartTitle.textContent =
+      `Chart of a signal of ${n} samples` +
+      (hasScores ? ` with its score curve; ${peaks.length} detected peaks${peaks.length ? ` at ${peaks.join(", ")}` : ""}` : "") +
+      (spec.events ? `; true events at ${spec.events.join(", ")}` : "") +
+      ".";
+  }
+
+  let resizeFrame = 0;
+  function onResize() {
+    if (!state.drawn || resizeFrame) return;
+    resizeFrame = window.requestAnimationFrame(() => {
+      resizeFrame = 0;
+      draw(state.drawn);
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------
+
+  el.example.addEventListener("click", onExample);
+  el.form.addEventListener("submit", onRun);
+  el.file.addEventListener("change", onFile);
+  el.model.addEventListener("change", showModel);
+  el.key.addEventListener("change", loadModels);
+  el.values.addEventListener("input", () => {
+    state.example = null; // edited by hand: the generated events no longer apply
+    updateCount();
+  });
+  window.addEventListener("resize", onResize);
+  loadModels();
+})();

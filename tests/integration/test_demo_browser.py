@@ -1,0 +1,315 @@
+"""The demo page at / in a real headless Chromium, with every request off the service blocked."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+
+from app.settings import Settings
+from tests.integration.conftest import Server, start_server
+from training.scenario import bump
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.browser
+TOLERANCE = 5  # samples: a peak "at" an event
+RESULT = re.compile(r"Probability (0|1)\.\d{3}: (event detected|no event detected) \(threshold [0-9.]+\)")
+# Chromium logs every HTTP error answer of fetch() as a console error; the tests that provoke
+# one allow exactly that line and nothing else.
+HTTP_ERROR_LOG = re.compile(r"^Failed to load resource: the server responded with a status of (\d{3})")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield b
+        b.close()
+
+
+@dataclass
+class Demo:
+    page: Page
+    blocked: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # console errors and uncaught exceptions
+
+    def problems(self, allow_http: tuple[int, ...] = ()) -> list[str]:
+        allowed = [e for e in self.errors if (m := HTTP_ERROR_LOG.match(e)) and int(m.group(1)) in allow_http]
+        return self.blocked + [e for e in self.errors if e not in allowed]
+
+    def example_and_run(self) -> list[int]:
+        """Click the example button, then run; return the example's true events."""
+        page = self.page
+        page.get_by_test_id("example").click()
+        events = true_events(page)
+        assert events, "the example has no events in the DOM"
+        page.get_by_test_id("run").click()
+        wait_for_result(page)
+        return events
+
+    def storage_is_empty(self) -> bool:
+        return bool(
+            self.page.evaluate(
+                "localStorage.length === 0 && sessionStorage.length === 0 && document.cookie === ''"
+            )
+        )
+
+
+def open_demo(
+    browser: Browser, server: Server, path: str = "/", *, width: int = 1200, models: bool = True
+) -> Demo:
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    demo = Demo(page)
+
+    def only_the_service(route: Route) -> None:
+        if route.request.url.startswith(server.url):
+            route.continue_()
+        else:
+            demo.blocked.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_service)
+    page.on("console", lambda m: demo.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: demo.errors.append(f"uncaught: {e}"))
+    page.goto(f"{server.url}{path}", wait_until="networkidle")
+    if models:  # the model list came from GET /v1/models
+        expect(page.locator("#model")).not_to_have_value("", timeout=10_000)
+    return demo
+
+
+def true_events(page: Page) -> list[int]:
+    text = page.get_by_test_id("chart").get_attribute("data-true-events") or ""
+    return [int(v) for v in text.split(",") if v]
+
+
+def peaks(page: Page) -> list[tuple[int, float]]:
+    markers = page.get_by_test_id("peak")
+    return [
+        (int(m.get_attribute("data-index") or -1), float(m.get_attribute("data-probability") or "nan"))
+        for m in markers.all()
+    ]
+
+
+def wait_for_result(page: Page) -> str:
+    # The page's CSP forbids eval, so no wait_for_function: expect() polls without it.
+    expect(page.get_by_test_id("result")).to_have_text(re.compile(r"^Probability "), timeout=15_000)
+    return page.get_by_test_id("result").inner_text()
+
+
+def check_peaks_at_events(found: list[tuple[int, float]], events: list[int]) -> None:
+    indices = [i for i, _ in found]
+    for e in events:
+        assert any(abs(i - e) <= TOLERANCE for i in indices), f"no peak near the event at {e}: {indices}"
+    strays = [i for i in indices if all(abs(i - e) > TOLERANCE for e in events)]
+    assert len(strays) <= 1, f"peaks far from every true event: {strays} (events {events})"
+
+
+def primer_csv(path: Path, seed: int = 0) -> Path:
+    """The primer's signal (events at 35 and 255, a spike at 150) as a one-column CSV with a header."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(300, dtype=np.float64)
+    x = rng.standard_normal(300)
+    for c in (35, 255):
+        s = t - c
+        x += 4.0 * bump(s) * (np.abs(s) <= 20)
+    x[150] += 12.0
+    path.write_text("value\n" + "\n".join(f"{v:.5f}" for v in x) + "\n")
+    return path
+
+
+def test_example_run_draws_chart_peaks_and_result(browser: Browser, server: Server) -> None:
+    demo = open_demo(browser, server, "/?seed=11")
+    page = demo.page
+    for _ in range(3):  # examples 11, 12, 13
+        events = demo.example_and_run()
+        chart = page.get_by_test_id("chart")
+        assert chart.is_visible()
+        box = chart.bounding_box()
+        assert box is not None and box["width"] > 300 and box["height"] > 200
+        assert page.locator("[data-testid=chart] polyline").count() == 2  # signal and score curve
+        found = peaks(page)
+        assert len(found) >= 1
+        check_peaks_at_events(found, events)
+        result = page.get_by_test_id("result").inner_text()
+        assert RESULT.search(result), result
+        assert "event detected" in result and "no event detected" not in result
+        # Hover text: every marker carries its index and probability.
+        first = page.get_by_test_id("peak").first
+        title = first.locator("title").text_content() or ""
+        assert f"sample {found[0][0]}" in title and f"probability {found[0][1]:.3f}" in title
+        first.hover()
+    assert demo.storage_is_empty()
+    assert demo.problems() == []
+
+
+def test_nan_in_pasted_values_shows_the_apis_message(browser: Browser, server: Server) -> None:
+    demo = open_demo(browser, server)
+    page = demo.page
+    values = ", ".join(["0.5"] * 10 + ["NaN"] + ["0.25"] * 10)
+    page.fill("#values", values)
+    page.get_by_test_id("run").click()
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=10_000)
+    # The same bytes straight to the API: the page shows the API's own message.
+    raw = (
+        '{"signals":[['
+        + values.replace(" ", "")
+        + ']],"return_scores":true,"threshold":'
+        + (page.input_value("#threshold") + "}")
+    )
+    r = httpx.post(
+        f"{server.url}/v1/models/bump/detect", content=raw, headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 400
+    detail = r.json()["detail"]
+    assert "NaN" in detail
+    text = error.inner_text()
+    assert detail in text, text
+    assert "HTTP 400" in text and "Value 11 (“NaN”)" in text
+    assert page.get_by_test_id("peak").count() == 0
+    assert demo.problems(allow_http=(400,)) == []
+
+    # A word among the numbers: the API's 422 names it and its index.
+    page.fill("#values", ", ".join(["1"] * 20 + ["abc"]))
+    page.get_by_test_id("run").click()
+    expect(error).to_contain_text("HTTP 422")
+    assert "non-numeric value ('abc') at index 20" in error.inner_text()
+    assert demo.problems(allow_http=(400, 422)) == []
+
+
+def test_csv_upload(browser: Browser, server: Server, tmp_path: Path) -> None:
+    demo = open_demo(browser, server)
+    page = demo.page
+    page.set_input_files("#file", primer_csv(tmp_path / "primer.csv"))
+    expect(page.locator("#status")).to_contain_text("Loaded primer.csv")
+    assert "300 values" in page.locator("#status").inner_text()
+    assert "header line “value” skipped" in page.locator("#status").inner_text()
+    page.get_by_test_id("run").click()
+    result = wait_for_result(page)
+    assert "event detected" in result and "300 samples" in result
+    indices = [i for i, _ in peaks(page)]
+    assert any(abs(i - 35) <= 2 for i in indices) and any(abs(i - 255) <= 2 for i in indices), indices
+    assert all(abs(i - 150) > 20 for i in indices), indices  # the spike is not an event
+    assert true_events(page) == []  # a file has no known events
+    assert demo.problems() == []
+
+
+def test_keyboard_only(browser: Browser, server: Server) -> None:
+    demo = open_demo(browser, server, "/?seed=5")
+    page = demo.page
+    # Every form control has a label.
+    unlabelled = page.evaluate(
+        "[...document.querySelectorAll('input, select, textarea')]"
+        ".filter(e => e.labels.length === 0).map(e => e.id)"
+    )
+    assert unlabelled == []
+    focused: list[str] = []
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.dataset.testid || document.activeElement.id"))
+        if focused[-1] == "example":
+            break
+    assert focused[-1] == "example", focused
+    # The controls come in reading order: model, threshold, key, values, file, then the buttons.
+    order = [f for f in focused if f in ("model", "threshold", "api-key", "values", "file", "example")]
+    assert order == ["model", "threshold", "api-key", "values", "file", "example"], focused
+    page.keyboard.press("Enter")
+    events = true_events(page)
+    assert events
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.dataset.testid") == "run"
+    page.keyboard.press("Enter")
+    assert RESULT.search(wait_for_result(page))
+    check_peaks_at_events(peaks(page), events)
+    assert page.evaluate("document.activeElement.dataset.testid") == "run"  # focus stays put
+    # Space works on the buttons too: a new example, run again.
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Space")
+    assert true_events(page) != [] and page.get_by_test_id("peak").count() == 0
+    page.keyboard.press("Tab")
+    page.keyboard.press("Space")
+    wait_for_result(page)
+    assert page.get_by_test_id("peak").count() >= 1
+    assert demo.problems() == []
+
+
+def test_phone_width_has_no_horizontal_scroll(browser: Browser, server: Server) -> None:
+    demo = open_demo(browser, server, "/?seed=21", width=375)
+    page = demo.page
+
+    def no_overflow() -> None:
+        sizes = page.evaluate(
+            "[document.scrollingElement.scrollWidth, document.scrollingElement.clientWidth]"
+        )
+        assert sizes[0] <= sizes[1], sizes
+
+    no_overflow()
+    demo.example_and_run()
+    assert page.get_by_test_id("peak").count() >= 1
+    box = page.get_by_test_id("chart").bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375
+    no_overflow()
+    # A long error message wraps too.
+    page.fill("#values", "1 " * 20 + "x" * 300)
+    page.get_by_test_id("run").click()
+    page.locator("#error").wait_for(state="visible")
+    no_overflow()
+    assert demo.problems(allow_http=(422,)) == []
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
+    if "API_KEYS" not in Settings.model_fields:
+        pytest.skip("this build has no API keys (SHAPE_DETECTOR_API_KEYS)")
+    key = secrets.token_urlsafe(24)
+    s = start_server(tmp_path_factory.mktemp("keyed"), env={"SHAPE_DETECTOR_API_KEYS": key})
+    yield s, key
+    s.stop()
+
+
+def test_with_api_keys(browser: Browser, keyed_server: tuple[Server, str]) -> None:
+    server, key = keyed_server
+    demo = open_demo(browser, server, "/?seed=3", models=False)  # the page and its assets are open
+    page = demo.page
+    expect(page.locator("#model-info")).to_contain_text("API key")
+    authorizations: list[str | None] = []
+    page.on(
+        "request",
+        lambda r: authorizations.append(r.headers.get("authorization")) if "/v1/" in r.url else None,
+    )
+    # Without a key: the API's 401 message.
+    page.get_by_test_id("example").click()
+    page.get_by_test_id("run").click()
+    page.locator("#error").wait_for(state="visible")
+    assert "API key is required" in page.locator("#error").inner_text()
+    # With the key: the models load, detection runs, the key went as a Bearer token.
+    page.fill("#api-key", key)
+    page.locator("#api-key").press("Tab")  # change event: the model list reloads with the key
+    expect(page.locator("#model")).not_to_have_value("", timeout=10_000)
+    page.get_by_test_id("run").click()
+    wait_for_result(page)
+    assert page.get_by_test_id("peak").count() >= 1
+    assert f"Bearer {key}" in authorizations and authorizations[0] is None
+    # Kept in page memory only.
+    assert demo.storage_is_empty()
+    assert key not in page.content()
+    assert demo.problems(allow_http=(401,)) == []

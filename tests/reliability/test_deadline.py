@@ -1,0 +1,115 @@
+"""Per-request deadline: 504 when the result is late; a timed-out queued request never runs.
+
+No timing luck: the model is held at a gate (as in tests/api/test_overload.py) for the test's
+marker lengths, so a request is certainly late; the deadline is tiny.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core.model import OnnxModel
+from app.settings import load_settings
+from tests.reliability.conftest import app_client
+
+HELD, QUEUED, LATER = 777, 778, 779  # marker lengths
+
+
+Gate = tuple[threading.Event, threading.Semaphore, list[int]]
+
+
+@pytest.fixture()
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    """(gate, entered, widths run): batches of width HELD wait at the gate; ``entered`` is
+    released once per batch held."""
+    gate, entered = threading.Event(), threading.Semaphore(0)
+    widths: list[int] = []
+    original = OnnxModel.run
+
+    def held_run(self: OnnxModel, batch: np.ndarray) -> np.ndarray:
+        widths.append(batch.shape[1])
+        if batch.shape[1] == HELD:
+            entered.release()
+            gate.wait(20)
+        return original(self, batch)
+
+    monkeypatch.setattr(OnnxModel, "run", held_run)
+    yield gate, entered, widths
+    gate.set()
+
+
+def batcher_threads(models_dir: Path) -> int:
+    """Batches one model computes at once (one if the setting does not exist)."""
+    return int(getattr(load_settings(MODEL_DIR=models_dir), "INFERENCE_WORKERS", 1))
+
+
+def hold_every_batcher_thread(c: TestClient, pool: ThreadPoolExecutor, entered: threading.Semaphore, n: int) -> list[Future[Any]]:
+    """One HELD request per batcher thread, each certainly running (held) before the next."""
+    held = []
+    for _ in range(n):
+        held.append(pool.submit(c.post, "/v1/detect", json=signal(HELD)))
+        assert entered.acquire(timeout=10)
+    return held
+
+
+def signal(n: int) -> dict[str, list[list[float]]]:
+    return {"signals": [[0.0] * n]}
+
+
+def v2_body(n: int) -> dict[str, object]:
+    return {"inputs": [{"name": "signal", "shape": [1, n], "datatype": "FP32", "data": [0.0] * n}]}
+
+
+def test_late_result_is_504_and_a_timed_out_queued_request_never_runs(models_dir: Path, gate: Gate) -> None:
+    release, entered, widths = gate
+    n = batcher_threads(models_dir)
+    with app_client(models_dir, REQUEST_TIMEOUT_S=0.3) as c, ThreadPoolExecutor(n + 1) as pool:
+        running = hold_every_batcher_thread(c, pool, entered, n)
+        # Queued behind HELD: its deadline passes while it waits in the queue.
+        queued = c.post("/v1/detect", json=signal(QUEUED))
+        assert queued.status_code == 504, queued.text
+        assert "SHAPE_DETECTOR_REQUEST_TIMEOUT_S" in queued.json()["detail"]
+        assert "0.3 s" in queued.json()["detail"]
+        # The running ones time out too, while the model still holds them.
+        for f in running:
+            r = f.result(10)
+            assert r.status_code == 504 and r.headers["x-request-id"]
+        # Same on /v2, in the protocol's error format.
+        v2 = c.post("/v2/models/bump/infer", json=v2_body(QUEUED))
+        assert v2.status_code == 504 and "SHAPE_DETECTOR_REQUEST_TIMEOUT_S" in v2.json()["error"]
+        assert widths.count(HELD) == n
+        release.set()
+        # FIFO: once LATER has a result, the batcher has been past QUEUED's place in the queue.
+        assert c.post("/v1/detect", json=signal(LATER)).status_code == 200
+        assert QUEUED not in widths, "a request whose caller gave up must not run"
+        assert widths.count(LATER) == 1
+        metrics = c.get("/metrics").text
+        assert f'route="/v1/detect",status="504"}} {n + 1}.0' in metrics
+
+
+def test_the_deadline_leaves_the_batcher_usable(models_dir: Path, gate: Gate) -> None:
+    """Many requests time out while the model is held; afterwards every new one succeeds."""
+    release, entered, widths = gate
+    n = batcher_threads(models_dir)
+    with app_client(models_dir, REQUEST_TIMEOUT_S=0.2, MAX_QUEUE=8) as c, ThreadPoolExecutor(n + 8) as pool:
+        held = hold_every_batcher_thread(c, pool, entered, n)
+        late = [pool.submit(c.post, "/v1/detect", json=signal(QUEUED)) for _ in range(6)]
+        assert [f.result(10).status_code for f in late] == [504] * 6
+        assert [f.result(10).status_code for f in held] == [504] * n
+        release.set()
+        results = [pool.submit(c.post, "/v1/detect", json=signal(LATER)) for _ in range(8)]
+        assert [f.result(10).status_code for f in results] == [200] * 8
+        assert QUEUED not in widths
+
+
+def test_default_deadline_is_generous(models_dir: Path) -> None:
+    s = load_settings(MODEL_DIR=models_dir)
+    assert (s.REQUEST_TIMEOUT_S, s.BODY_TIMEOUT_S, s.SHUTDOWN_TIMEOUT_S) == (60.0, 60.0, 30.0)

@@ -1,0 +1,196 @@
+"""Hot reload: POST /admin/models/{name}/reload verifies, loads, warms up and swaps atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core.model import OnnxModel
+from tests.integration.conftest import ROOT, start_server
+from tests.reliability.conftest import KEY_A, app_client
+from tests.reliability.loadgen import run_load
+
+SIGNAL = {"signals": [[0.0] * 300]}
+HELD = 777
+
+
+def set_version(model_dir: Path, version: str) -> None:
+    path = model_dir / "card.json"
+    card = json.loads(path.read_text())
+    card["version"] = version
+    path.write_text(json.dumps(card, indent=2) + "\n")
+
+
+@pytest.fixture()
+def own_models(models_dir: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    shutil.copytree(models_dir, root)
+    return root
+
+
+@pytest.fixture()
+def client(own_models: Path) -> Iterator[TestClient]:
+    with app_client(own_models) as c:
+        yield c
+
+
+def version_of(r: Any) -> str:
+    assert r.status_code == 200, r.text
+    return str(r.json()["model"]["version"])
+
+
+def test_reload_serves_the_new_version(client: TestClient, own_models: Path) -> None:
+    assert version_of(client.post("/v1/detect", json=SIGNAL)) == "0.0.1"
+    set_version(own_models / "bump", "0.0.2")
+    assert version_of(client.post("/v1/detect", json=SIGNAL)) == "0.0.1"  # nothing changes by itself
+    r = client.post("/admin/models/bump/reload")
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert (doc["name"], doc["version"], doc["previous_version"]) == ("bump", "0.0.2", "0.0.1")
+    assert len(doc["sha256"]) == 64 and doc["seconds"] >= 0
+    assert version_of(client.post("/v1/detect", json=SIGNAL)) == "0.0.2"
+    v2 = client.post(
+        "/v2/models/bump/infer",
+        json={"inputs": [{"name": "signal", "shape": [1, 300], "datatype": "FP32", "data": [0.0] * 300}]},
+    )
+    assert v2.status_code == 200 and v2.json()["model_version"] == "0.0.2"
+    assert client.get("/v2/models/bump").json()["versions"] == ["0.0.2"]
+    assert client.get("/v2/models/bump/versions/0.0.1").status_code == 404
+    assert [m["version"] for m in client.get("/v1/models").json()["models"]] == ["0.0.2", "0.0.1"]
+    info = [line for line in client.get("/metrics").text.splitlines() if line.startswith("shape_detector_model_info{")]
+    assert [line for line in info if 'model="bump"' in line] == ['shape_detector_model_info{model="bump",version="0.0.2"} 1.0']
+    assert client.get("/readyz").status_code == 200
+
+
+def test_a_model_that_does_not_verify_is_not_swapped_in(client: TestClient, own_models: Path) -> None:
+    with (own_models / "bump" / "model.onnx").open("ab") as fh:
+        fh.write(b"tampered")
+    set_version(own_models / "bump", "0.0.9")
+    r = client.post("/admin/models/bump/reload")
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "version 0.0.1 keeps serving" in detail and "sha256" in detail
+    assert str(own_models) not in r.text  # no absolute paths in responses
+    assert version_of(client.post("/v1/detect", json=SIGNAL)) == "0.0.1"
+    assert client.get("/readyz").status_code == 200
+
+
+def test_unknown_model_is_404(client: TestClient) -> None:
+    r = client.post("/admin/models/nope/reload")
+    assert r.status_code == 404 and "available models: bump, other" in r.json()["detail"]
+
+
+def test_one_reload_at_a_time(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate, entered = threading.Event(), threading.Event()
+    original = OnnxModel.warm_up
+
+    def slow_warm_up(self: OnnxModel) -> None:
+        entered.set()
+        gate.wait(20)
+        original(self)
+
+    monkeypatch.setattr(OnnxModel, "warm_up", slow_warm_up)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/admin/models/bump/reload")
+        assert entered.wait(10)
+        second = client.post("/admin/models/other/reload")
+        assert second.status_code == 409 and "another model reload" in second.json()["detail"]
+        assert client.post("/v1/detect", json=SIGNAL).status_code == 200  # serving meanwhile
+        gate.set()
+        assert first.result(20).status_code == 200
+    assert client.post("/admin/models/other/reload").status_code == 200
+
+
+def test_requests_queued_on_the_old_version_finish_on_it(
+    client: TestClient, own_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old batcher drains: requests queued before the swap are answered by the old version."""
+    gate = threading.Event()
+    inside: list[int] = []  # batches held at the gate
+    original = OnnxModel.run
+
+    def held_run(self: OnnxModel, batch: np.ndarray) -> np.ndarray:
+        if batch.shape[1] == HELD:
+            inside.append(len(batch))
+            gate.wait(20)
+        return original(self, batch)
+
+    def queued() -> int:
+        text = client.get("/metrics").text
+        line = next(x for x in text.splitlines() if x.startswith('shape_detector_queue_depth{model="bump"}'))
+        return int(float(line.split()[-1]))
+
+    monkeypatch.setattr(OnnxModel, "run", held_run)
+    held = {"signals": [[0.0] * HELD]}
+    with ThreadPoolExecutor(8) as pool:
+        # More held requests than batcher threads: some run (held), the rest wait in the queue.
+        before = []
+        for _ in range(4):
+            before.append(pool.submit(client.post, "/v1/detect", json=held))
+            for _ in range(400):  # each is held or queued on the old version before the next
+                if sum(inside) + queued() == len(before):
+                    break
+                time.sleep(0.025)
+        assert sum(inside) + queued() == 4 and queued() >= 1
+        set_version(own_models / "bump", "0.0.2")
+        reloaded = client.post("/admin/models/bump/reload")
+        assert reloaded.status_code == 200, reloaded.text
+        after = client.post("/v1/detect", json=SIGNAL)  # the new batcher is free: not held
+        assert version_of(after) == "0.0.2"
+        gate.set()
+        assert [version_of(f.result(20)) for f in before] == ["0.0.1"] * 4
+
+
+def test_admin_needs_a_key_when_keys_are_set(own_models: Path) -> None:
+    with app_client(own_models, API_KEYS=KEY_A) as c:
+        r = c.post("/admin/models/bump/reload")
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert c.post("/admin/models/bump/reload", headers={"Authorization": f"Bearer {KEY_A}"}).status_code == 200
+        spec = c.get("/openapi.json").json()
+        assert spec["paths"]["/admin/models/{name}/reload"]["post"]["security"]
+
+
+@pytest.mark.slow
+def test_load_across_a_reload_sees_no_failures(tmp_path: Path) -> None:
+    """16 clients for 8 s; the card's version changes on disk and the model is reloaded after 3 s.
+    Zero errors; every request sent after the reload answered is answered by the new version."""
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models" / "bump", models / "bump")
+    server = start_server(tmp_path, env={"SHAPE_DETECTOR_MODEL_DIR": str(models)})
+    old = json.loads((models / "bump" / "card.json").read_text())["version"]
+    new = old + "-reloaded"
+    swapped_at: list[float] = []
+
+    async def scenario() -> object:
+        load = asyncio.create_task(run_load(server.url, server.process.pid, seconds=8.0, concurrency=16))
+        await asyncio.sleep(3.0)
+        set_version(models / "bump", new)
+        async with httpx.AsyncClient(timeout=60) as client:
+            r = await client.post(f"{server.url}/admin/models/bump/reload")
+        assert r.status_code == 200, r.text
+        swapped_at.append(time.monotonic())
+        return await load
+
+    try:
+        report = asyncio.run(scenario())
+    finally:
+        code = server.stop()
+    assert code == 0, server.log()
+    assert not report.connection_errors, report.connection_errors[:5]  # type: ignore[attr-defined]
+    assert report.server_errors() == 0 and not report.wrong, report.wrong[:5]  # type: ignore[attr-defined]
+    versions = report.versions  # type: ignore[attr-defined]
+    assert {v for _, v in versions} == {old, new}
+    assert all(v == new for t, v in versions if t > swapped_at[0])
+    assert any(v == old for t, v in versions if t < swapped_at[0])

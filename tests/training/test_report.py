@@ -1,0 +1,141 @@
+"""The training report: a self-contained HTML page with every section, and decodable PNGs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from training import evaluate as ev
+from training.report import REPORT_FILE, link_readme, main, signed_matches, write_report
+from training.scenario import EVAL_SEEDS, make_dataset, suites
+
+SECTIONS = ("training", "roc", "localisation", "gallery", "walkthrough")
+
+
+class Links(HTMLParser):
+    """Every src and href in a page, and the ids of its sections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.sections: list[str] = []
+        self.images = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.urls += [v for k, v in attrs if k in ("src", "href", "srcset", "poster", "data") and v]
+        if tag == "img":
+            self.images += 1
+        if tag == "section" and a.get("id"):
+            self.sections.append(str(a["id"]))
+
+
+def copy_model(src: Path, tmp_path: Path) -> Path:
+    """A private copy: the session's tiny model is shared with other tests."""
+    dst = tmp_path / src.name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def check_page(model_dir: Path) -> tuple[str, Links]:
+    page = (model_dir / REPORT_FILE).read_text(encoding="utf-8")
+    links = Links()
+    links.feed(page)
+    # Self-contained: no URL leaves the file (images are data: URLs, links are #anchors).
+    for url in links.urls:
+        assert url.startswith(("data:image/png;base64,", "#")), url
+    assert not re.search(r"https?://", page), "a URL in the page"
+    assert "<script" not in page.lower()
+    assert links.sections == list(SECTIONS)
+    # Every embedded image is a PNG that decodes and equals a file in report/.
+    files = {p.read_bytes() for p in (model_dir / "report").glob("*.png")}
+    embedded = [base64.b64decode(u.split(",", 1)[1]) for u in links.urls if u.startswith("data:")]
+    assert len(embedded) == links.images >= 1
+    for png in embedded:
+        assert png in files
+        image = imread(io.BytesIO(png), format="png")
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    return page, links
+
+
+def test_report_of_a_model_without_history_or_metrics(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The tiny test model's card has no training section: the report still has every section."""
+    model_dir = copy_model(tiny_model_dir, tmp_path)
+    out = write_report(model_dir, signals=12, gallery=4, log=None)
+    assert out == model_dir / REPORT_FILE
+    page, links = check_page(model_dir)
+    assert "no training history" in page
+    assert "12 signals each" in page  # the fallback held-out sets, with --signals
+    names = sorted(p.name for p in (model_dir / "report").glob("*.png"))
+    assert names == [
+        "gallery_01.png",
+        "gallery_02.png",
+        "gallery_03.png",
+        "gallery_04.png",
+        "localisation.png",
+        "roc.png",
+        "walkthrough.png",
+    ]
+    assert links.images == len(names)
+    readme = (model_dir / "README.md").read_text(encoding="utf-8")
+    assert readme.count("(report.html)") == 1
+    assert readme.startswith("# tiny 0.0.1")  # the card's README is kept, the link appended
+    assert link_readme(model_dir) is False  # idempotent
+    assert (model_dir / "README.md").read_text(encoding="utf-8") == readme
+
+
+def test_report_from_the_cards_history_and_held_out_seeds(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """With training history and test seeds in the card (as training writes them), via the CLI."""
+    model_dir = copy_model(tiny_model_dir, tmp_path)
+    card = json.loads((model_dir / "card.json").read_text())
+    card["training"] = {
+        "best_step": 20,
+        "history": [
+            {"step": s, "train_loss": 1.0 / s, "loss": 2.0 / s, "auc_white": 0.5 + s / 100, "auc_lowsnr": 0.5}
+            for s in (10, 20, 30)
+        ],
+        "data": {"test": {s: {"signals": 10, "seed": EVAL_SEEDS[s]} for s in ("white", "nuisance")}},
+    }
+    (model_dir / "card.json").write_text(json.dumps(card))
+    main([str(model_dir), "--gallery", "2"])
+    page, _ = check_page(model_dir)
+    assert "regenerated from their seeds: white 10 (seed 1001), nuisance 10 (seed 1004)" in page
+    assert (model_dir / "report" / "training.png").is_file()
+    # A second run replaces the images (no stale gallery files) and keeps one README link.
+    main([str(model_dir), "--gallery", "1", "--signals", "6"])
+    page, _ = check_page(model_dir)
+    assert "white 6 (seed 1001)" in page
+    assert not (model_dir / "report" / "gallery_02.png").exists()
+    assert (model_dir / "README.md").read_text().count("(report.html)") == 1
+
+
+def test_fewer_signals_are_a_prefix_of_the_cards_set() -> None:
+    """--signals N evaluates the first N signals of the card's held-out set, not other ones."""
+    sc = suites()["jitter"]
+    full, few = make_dataset(sc, 12, 1003), make_dataset(sc, 5, 1003)
+    for a, b in zip(few.signals, full.signals[:5], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_signed_matches_agree_with_the_evaluation() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        peaks = np.sort(rng.choice(100, size=rng.integers(0, 6), replace=False)).astype(np.int64)
+        centres = np.sort(rng.choice(100, size=rng.integers(0, 6), replace=False)).astype(np.int64)
+        signed, used_p, used_c = signed_matches(peaks, centres)
+        assert sorted(np.abs(signed).tolist()) == sorted(ev.match_events(peaks, centres).tolist())
+        assert used_p.sum() == used_c.sum() == signed.size
+
+
+def test_cli_rejects_a_bad_signal_count(tiny_model_dir: Path) -> None:
+    with pytest.raises(SystemExit):
+        main([str(tiny_model_dir), "--signals", "0"])
