@@ -26,25 +26,36 @@ class Peaks:
 
 
 def local_maxima(scores: npt.NDArray[np.floating], threshold: float) -> npt.NDArray[np.int64]:
-    """Indices of local maxima (plateaus at their middle) with score >= threshold."""
+    """Indices of local maxima (plateaus at their middle) with score >= threshold.
+
+    Only samples at or above the threshold can belong to a peak, and a sample below it is
+    lower than any of them: the search runs on those samples alone, with one -inf between
+    runs that are not adjacent. Memory follows the number of samples above the threshold,
+    not the signal's length.
+    """
     x = np.asarray(scores)
     if x.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {x.shape}")
     above = np.flatnonzero(x >= threshold)
     if above.size == 0:
         return np.empty(0, dtype=np.int64)
-    # Work only on the runs of equal values that touch a sample above threshold.
-    # Run boundaries over the whole curve: a run starts where the value changes.
-    change = np.flatnonzero(x[1:] != x[:-1]) + 1
+    gap = np.flatnonzero(np.diff(above) > 1)  # a run of samples above ends after each gap
+    # y: the samples above threshold, in order, with -inf where samples below were left out.
+    where = np.arange(above.size) + np.searchsorted(gap, np.arange(above.size), side="left")
+    y = np.full(above.size + gap.size, -np.inf, dtype=x.dtype if x.dtype.kind == "f" else np.float64)
+    y[where] = x[above]
+    position = np.full(y.size, -1, dtype=np.int64)
+    position[where] = above
+    change = np.flatnonzero(y[1:] != y[:-1]) + 1
     starts = np.concatenate(([0], change))
-    ends = np.concatenate((change, [x.size]))  # exclusive
-    values = x[starts]
+    ends = np.concatenate((change, [y.size]))  # exclusive
+    values = y[starts]
     left = np.concatenate(([-np.inf], values[:-1]))
     right = np.concatenate((values[1:], [-np.inf]))
     is_peak = (values > left) & (values > right) & (values >= threshold)
-    peak_starts = starts[is_peak]
-    peak_ends = ends[is_peak]
-    middle: npt.NDArray[np.int64] = (peak_starts + (peak_ends - 1 - peak_starts) // 2).astype(np.int64)
+    peak_starts = position[starts[is_peak]]
+    peak_ends = position[ends[is_peak] - 1]  # inclusive; a run above threshold is contiguous in x
+    middle: npt.NDArray[np.int64] = (peak_starts + (peak_ends - peak_starts) // 2).astype(np.int64)
     return middle
 
 

@@ -94,3 +94,20 @@ def test_peaks_are_sorted_local_maxima_spaced_by_min_distance() -> None:
         for i in local_maxima(s, thr):
             near = p.index[np.abs(p.index - i) < dist]
             assert near.size and s[near].max() >= s[i]
+
+
+def test_memory_follows_the_samples_above_threshold() -> None:
+    """A 10-million-sample curve with sparse events: the search does not copy the whole curve."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x = (rng.random(10_000_000) * 0.3).astype(np.float32)
+    x[rng.choice(x.size, 500, replace=False)] = 0.9
+    tracemalloc.start()
+    try:
+        peaks = find_peaks(x, 0.5, 1)
+        peak_bytes = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(peaks) == 500
+    assert peak_bytes < 20 * 2**20  # the curve itself is 40 MB; a bool mask is 10 MB
