@@ -74,6 +74,11 @@ def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> t
         ) from None
     if not isinstance(doc, dict):
         raise InvalidInput(f"body must be a JSON object with 'signals', got {type(doc).__name__}")
+    for name in BODY_FIELDS & set(doc):
+        # JSON leaves repeated names undefined and the parser keeps the last: refuse them instead.
+        # Values hold no strings in a valid request, so a name's quoted form occurs once.
+        if body.count(b'"' + name.encode() + b'"') > 1:
+            raise InvalidInput(f"field {name!r} appears more than once: send each field once", ("body", name))
     unknown = set(doc) - BODY_FIELDS
     if unknown:
         raise InvalidInput(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(BODY_FIELDS)}", ("body",))
