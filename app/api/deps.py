@@ -74,7 +74,7 @@ class Runner:
                 raise MalformedBody(f"Content-Length {declared!r} is not a number")
             if int(declared) > self.max_body_bytes:
                 raise BodyTooLarge(self._too_large())
-        if declared is not None:  # one buffer of the declared size: no second copy of a large body
+            # One buffer of the declared size: no second copy of a large body.
             buffer = bytearray(int(declared))
             size = 0
             async for chunk in request.stream():

@@ -1,8 +1,7 @@
 """One detection request, from body bytes to response bytes: decode, validate, detect, encode.
 
 ``decode_request`` turns a body into validated signals and options; the model's batcher scores
-them; ``respond`` turns the scores into the JSON answer. ``detect_request`` does all three in
-one call (no batching). Nothing here knows about HTTP.
+them; ``respond`` turns the scores into the JSON answer. Nothing here knows about HTTP.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import orjson
 
 from app.core.card import Card
 from app.core.errors import InvalidInput, MalformedBody, UnsupportedMediaType
-from app.core.model import OnnxModel, detections
+from app.core.model import detections
 from app.core.signals import Body, Limits, Signal, parse_npy, rows_from_json
 from app.core.windows import Float32Array
 
@@ -165,11 +164,3 @@ def respond(card: Card, request: Decoded, curves: list[Float32Array]) -> bytes:
         "results": out,
     }
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def detect_request(
-    model: OnnxModel, content_type: str | None, body: Body, query: Params, limits: Limits
-) -> bytes:
-    """Decode, run and encode one request without batching (the batcher's path, in one call)."""
-    request = decode_request(model.card, content_type, body, query, limits)
-    return respond(model.card, request, model.scores(request.signals))

@@ -129,12 +129,6 @@ class Registry:
                 return None
             return status.batcher.submit(signals, finish)
 
-    def batcher(self, name: str) -> Batcher:
-        self.get(name)
-        batcher = self.statuses[name].batcher
-        assert batcher is not None
-        return batcher
-
     def get(self, name: str) -> OnnxModel:
         status = self.statuses.get(name)
         if status is None:
