@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -69,3 +72,28 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
         card = (root / name / "card.json").read_text().replace('"name": "tiny"', f'"name": "{name}"')
         (root / name / "card.json").write_text(card)
     return root
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's; never Playwright's download
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium driven by Playwright, with the flags this closed network needs."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield b
+        b.close()

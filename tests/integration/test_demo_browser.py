@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,38 +11,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect
 
 from app.settings import Settings
 from tests.integration.conftest import Server, start_server
 from training.scenario import bump
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.browser
 TOLERANCE = 5  # samples: a peak "at" an event
 RESULT = re.compile(r"Probability (0|1)\.\d{3}: (event detected|no event detected) \(threshold [0-9.]+\)")
 # Chromium logs every HTTP error answer of fetch() as a console error; the tests that provoke
 # one allow exactly that line and nothing else.
 HTTP_ERROR_LOG = re.compile(r"^Failed to load resource: the server responded with a status of (\d{3})")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield b
-        b.close()
 
 
 @dataclass

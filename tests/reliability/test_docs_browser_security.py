@@ -9,7 +9,6 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from tests.integration.conftest import Server, start_server
-from tests.integration.test_docs_browser import browser  # noqa: F401  (the Chromium fixture)
 from tests.reliability.conftest import KEY_A
 
 pytestmark = pytest.mark.browser
@@ -46,7 +45,7 @@ def open_page(chromium: Browser, server: Server, path: str) -> tuple[Page, list[
     return page, problems
 
 
-def test_swagger_ui_works_under_its_csp_and_authorizes(browser: Browser, keyed_server: Server) -> None:  # noqa: F811
+def test_swagger_ui_works_under_its_csp_and_authorizes(browser: Browser, keyed_server: Server) -> None:
     page, problems = open_page(browser, keyed_server, "/docs")
     page.wait_for_selector(".opblock", timeout=20_000)
     assert page.locator("button.authorize").count() == 1  # the security scheme is declared
@@ -65,7 +64,7 @@ def test_swagger_ui_works_under_its_csp_and_authorizes(browser: Browser, keyed_s
     assert problems == []
 
 
-def test_redoc_works_under_its_csp(browser: Browser, keyed_server: Server) -> None:  # noqa: F811
+def test_redoc_works_under_its_csp(browser: Browser, keyed_server: Server) -> None:
     page, problems = open_page(browser, keyed_server, "/redoc")
     page.locator("h2", has_text="Detect events with the default model").wait_for(timeout=20_000)
     # The search box runs in a worker; the description says how to authorise.
@@ -75,7 +74,7 @@ def test_redoc_works_under_its_csp(browser: Browser, keyed_server: Server) -> No
     assert problems == []
 
 
-def test_api_calls_from_swagger_without_a_key_are_refused(browser: Browser, keyed_server: Server) -> None:  # noqa: F811
+def test_api_calls_from_swagger_without_a_key_are_refused(browser: Browser, keyed_server: Server) -> None:
     page, _ = open_page(browser, keyed_server, "/docs")
     page.wait_for_selector(".opblock", timeout=20_000)
     op = page.locator("#operations-v1-list_models_v1_models_get")
@@ -85,5 +84,3 @@ def test_api_calls_from_swagger_without_a_key_are_refused(browser: Browser, keye
     status = op.locator(".live-responses-table tbody .response-col_status").first
     status.wait_for(timeout=20_000)
     assert status.inner_text().strip() == "401"
-
-
