@@ -16,12 +16,17 @@ class DetectRequest(BaseModel):
 
     signals: list[list[float]] = Field(min_length=1, description="One or more signals; lengths may differ.")
     threshold: float | None = Field(
-        None, gt=0, lt=1, description="Detection threshold; default: the model card's."
+        None,
+        gt=0,
+        lt=1,
+        description="Least peak probability to report a peak (calibrated scale); default: the model card's.",
     )
     min_distance: int | None = Field(
         None, ge=1, description="Least spacing of two peaks, samples; default: the card's."
     )
-    return_scores: bool = Field(False, description="Include the per-sample probability curve.")
+    return_scores: bool = Field(
+        False, description="Include the per-sample curve (on the calibrated peak-probability scale)."
+    )
 
 
 class ModelRef(BaseModel):
@@ -31,12 +36,14 @@ class ModelRef(BaseModel):
 
 class Peak(BaseModel):
     index: int = Field(description="Sample index of the event's centre.")
-    probability: float
+    probability: float = Field(description="Calibrated probability that this peak is a true event.")
 
 
 class SignalResult(BaseModel):
-    probability: float = Field(description="Probability that the signal holds an event (max of scores).")
-    detected: bool = Field(description="probability >= threshold")
+    probability: float = Field(
+        description="Calibrated probability that the signal holds an event (from the curve's maximum)."
+    )
+    detected: bool = Field(description="True when at least one peak reaches the threshold.")
     peaks: list[Peak] = Field(description="Detected events, sorted by index.")
     scores: list[float] | None = Field(None, description="Per-sample probabilities (return_scores).")
 

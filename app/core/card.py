@@ -11,9 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from app.core.calibration import Calibrator, MonotoneMap
 
 CARD_FILE = "card.json"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # a model's name: also its directory and URL segment
 MODEL_FILE = "model.onnx"
 
 
@@ -46,12 +49,36 @@ class SuiteMetrics(BaseModel):
     false_alarm_rate: float = Field(description="Share of event-free signals detected.")
 
 
+class CalibrationKnots(BaseModel):
+    """A monotone map, piecewise linear in logit space (see ``app.core.calibration``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    x: list[float] = Field(description="Logits of raw scores at the knots, strictly increasing.")
+    y: list[float] = Field(description="Calibrated logits at the knots, strictly increasing.")
+
+    @model_validator(mode="after")
+    def _check(self) -> CalibrationKnots:
+        MonotoneMap.from_dict(self.model_dump())  # raises ValueError with what is wrong
+        return self
+
+
+class Calibration(BaseModel):
+    """How raw scores become reported probabilities, and how well they are calibrated."""
+
+    model_config = ConfigDict(extra="allow")
+
+    signal: CalibrationKnots = Field(description="Curve maximum -> P(the signal holds an event).")
+    peak: CalibrationKnots = Field(description="Peak score -> P(the peak is a true event).")
+    method: str = ""
+
+
 class Card(BaseModel):
     """Everything the service needs to know about a model, and how it was made."""
 
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    name: str = Field(pattern=NAME_PATTERN)
     version: str
     created: str
     description: str
@@ -78,6 +105,26 @@ class Card(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, dict[str, SuiteMetrics]] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
+    polarity: bool = Field(False, description="True: an inverted copy of the shape counts as an event.")
+    calibration: Calibration | None = Field(
+        None, description="Maps applied to reported probabilities; none: raw scores are reported."
+    )
+    _calibrator: Calibrator | None = PrivateAttr(default=None)
+
+    @property
+    def calibrator(self) -> Calibrator:
+        """The card's calibration maps, ready to apply (built once)."""
+        if self._calibrator is None:
+            c = self.calibration
+            self._calibrator = (
+                Calibrator(
+                    signal=MonotoneMap.from_dict(c.signal.model_dump()),
+                    peak=MonotoneMap.from_dict(c.peak.model_dump()),
+                )
+                if c is not None
+                else Calibrator()
+            )
+        return self._calibrator
 
     @model_validator(mode="after")
     def _check_io(self) -> Card:

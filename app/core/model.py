@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from app.core.calibration import IDENTITY, Calibrator
 from app.core.card import MODEL_FILE, Card, load_card
 from app.core.peaks import Peaks, find_peaks
 from app.core.windows import Float32Array, WindowPlan, score_pieces
@@ -17,7 +18,7 @@ from app.core.windows import Float32Array, WindowPlan, score_pieces
 
 @dataclass(frozen=True, slots=True)
 class Detection:
-    """The result for one signal."""
+    """The result for one signal (probabilities calibrated when the card says how)."""
 
     probability: float
     detected: bool
@@ -101,22 +102,41 @@ class OnnxModel:
         """Probability, decision and peaks of each signal (the card gives the defaults)."""
         thr = self.card.threshold if threshold is None else threshold
         dist = self.card.min_distance if min_distance is None else min_distance
-        return detections(self.scores(signals), thr, dist, return_scores=return_scores)
+        return detections(
+            self.scores(signals), thr, dist, calibrator=self.card.calibrator, return_scores=return_scores
+        )
 
 
 def detections(
-    curves: Sequence[Float32Array], threshold: float, min_distance: int, *, return_scores: bool = False
+    curves: Sequence[Float32Array],
+    threshold: float,
+    min_distance: int,
+    *,
+    calibrator: Calibrator = IDENTITY,
+    return_scores: bool = False,
 ) -> list[Detection]:
-    """Per-sample probability curves -> probability, decision and peaks of each signal."""
+    """Raw per-sample score curves -> probability, decision and peaks of each signal.
+
+    ``threshold`` is on the calibrated peak scale. Peaks are found on the raw curve with the
+    threshold mapped back (the map is strictly increasing, so the peaks are the same); the
+    signal's probability, the peaks' probabilities and the returned curve are mapped.
+    """
+    raw_threshold = float(calibrator.peak.inverse(threshold))
     results = []
     for curve in curves:
-        probability = float(curve.max())
+        raw_max = float(curve.max())
+        peaks = find_peaks(curve, raw_threshold, min_distance)
+        if not calibrator.peak.identity:
+            peaks = Peaks(peaks.index, calibrator.peak(peaks.probability).astype(np.float32))
+        scores = None
+        if return_scores:
+            scores = curve if calibrator.peak.identity else calibrator.peak(curve).astype(np.float32)
         results.append(
             Detection(
-                probability=probability,
-                detected=probability >= threshold,
-                peaks=find_peaks(curve, threshold, min_distance),
-                scores=curve if return_scores else None,
+                probability=float(calibrator.signal(raw_max)),
+                detected=raw_max >= raw_threshold,
+                peaks=peaks,
+                scores=scores,
             )
         )
     return results

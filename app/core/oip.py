@@ -420,7 +420,9 @@ def _short(v: Any) -> str:
 def encode_infer(card: Card, request: InferRequest, curves: list[Float32Array]) -> Encoded:
     """Per-sample curves of a request's signals -> the response (JSON, maybe binary data after)."""
     want_scores = any(o.name == "scores" for o in request.outputs)
-    results = detections(curves, request.threshold, request.min_distance, return_scores=want_scores)
+    results = detections(
+        curves, request.threshold, request.min_distance, calibrator=card.calibrator, return_scores=want_scores
+    )
     outputs: list[dict[str, Any]] = []
     blobs: list[memoryview] = []
     for requested in request.outputs:

@@ -143,7 +143,13 @@ def decode_request(
 
 def respond(card: Card, request: Decoded, curves: list[Float32Array]) -> bytes:
     """Per-sample curves of a request's signals -> the JSON response body."""
-    results = detections(curves, request.threshold, request.min_distance, return_scores=request.return_scores)
+    results = detections(
+        curves,
+        request.threshold,
+        request.min_distance,
+        calibrator=card.calibrator,
+        return_scores=request.return_scores,
+    )
     out = []
     for d in results:
         item: dict[str, Any] = {

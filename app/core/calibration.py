@@ -1,0 +1,98 @@
+"""Calibration: raw model scores -> probabilities that mean what they say.
+
+A model card may carry two monotone maps fitted on validation data by training:
+
+- ``signal``: the curve's maximum -> the probability that the signal holds an event;
+- ``peak``: a peak's score -> the probability that the peak is a true event (within the
+  evaluation's match tolerance).
+
+Each map is piecewise linear in logit space through knots ``(x, y)`` (both strictly
+increasing), with slope 1 beyond the outer knots, so it is strictly increasing and invertible
+everywhere: applying it never reorders scores, moves a peak or merges two peaks. Peaks are
+therefore found on the raw curve with the threshold mapped back (``peak.inverse``), and only
+the values reported are mapped. A card without maps reports raw scores (the identity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+EPS = 1e-9  # probabilities are clipped to [EPS, 1 - EPS] before the logit
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def logit(p: npt.ArrayLike) -> FloatArray:
+    q = np.clip(np.asarray(p, dtype=np.float64), EPS, 1.0 - EPS)
+    out: FloatArray = np.log(q) - np.log1p(-q)
+    return out
+
+
+def sigmoid(z: npt.ArrayLike) -> FloatArray:
+    out: FloatArray = np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=np.float64)))
+    return out
+
+
+def _piecewise(z: FloatArray, xs: FloatArray, ys: FloatArray) -> FloatArray:
+    out: FloatArray = np.interp(z, xs, ys)
+    below, above = z < xs[0], z > xs[-1]
+    out[below] = ys[0] + (z[below] - xs[0])
+    out[above] = ys[-1] + (z[above] - xs[-1])
+    return out
+
+
+@dataclass(frozen=True)
+class MonotoneMap:
+    """p -> sigmoid(f(logit p)), f piecewise linear through (x, y); no knots: the identity."""
+
+    x: FloatArray = field(default_factory=lambda: np.empty(0))
+    y: FloatArray = field(default_factory=lambda: np.empty(0))
+
+    def __post_init__(self) -> None:
+        x, y = np.asarray(self.x, dtype=np.float64), np.asarray(self.y, dtype=np.float64)
+        if x.shape != y.shape or x.ndim != 1:
+            raise ValueError("calibration knots x and y must be 1-D and of one length")
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+            raise ValueError("calibration knots must be finite")
+        if np.any(np.diff(x) <= 0) or np.any(np.diff(y) <= 0):
+            raise ValueError("calibration knots must be strictly increasing in x and in y")
+        object.__setattr__(self, "x", x)
+        object.__setattr__(self, "y", y)
+
+    @property
+    def identity(self) -> bool:
+        return self.x.size == 0
+
+    def __call__(self, p: npt.ArrayLike) -> FloatArray:
+        if self.identity:
+            return np.asarray(p, dtype=np.float64)
+        return sigmoid(_piecewise(np.atleast_1d(logit(p)), self.x, self.y)).reshape(np.shape(p))
+
+    def inverse(self, q: npt.ArrayLike) -> FloatArray:
+        if self.identity:
+            return np.asarray(q, dtype=np.float64)
+        return sigmoid(_piecewise(np.atleast_1d(logit(q)), self.y, self.x)).reshape(np.shape(q))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> MonotoneMap:
+        if not d:
+            return cls()
+        return cls(np.asarray(d["x"], dtype=np.float64), np.asarray(d["y"], dtype=np.float64))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"x": [float(v) for v in self.x], "y": [float(v) for v in self.y]}
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """The two maps of one model."""
+
+    signal: MonotoneMap = field(default_factory=MonotoneMap)
+    peak: MonotoneMap = field(default_factory=MonotoneMap)
+
+
+IDENTITY = Calibrator()
