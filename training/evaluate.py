@@ -28,24 +28,39 @@ def robust_normalise(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     return (x - med) / (mad if mad > 0 else 1.0)
 
 
-def matched_filter(x: npt.NDArray[np.floating], template: Template) -> npt.NDArray[np.float32]:
+def matched_filter(
+    x: npt.NDArray[np.floating], template: Template, two_sided: bool = False
+) -> npt.NDArray[np.float32]:
     """Cross-correlation with the unit-norm template, aligned so that out[t] peaks at a centre.
 
-    In units of the noise: for white noise the score is the matched-filter SNR.
+    In units of the noise: for white noise the score is the matched-filter SNR. ``two_sided``
+    (when inverted copies count as events): the absolute value.
     """
     k = template.values / template.norm
     z = robust_normalise(x)
     full = np.correlate(z, k, mode="full")  # full[j] = sum_n z[n + j - (W - 1)] k[n]
     start = k.size - 1 - template.center
-    return full[start : start + z.size].astype(np.float32)
+    out = full[start : start + z.size]
+    return (np.abs(out) if two_sided else out).astype(np.float32)
 
 
-def matched_filter_curves(data: Dataset, template: Template) -> Curves:
-    return [matched_filter(x, template) for x in data.signals]
+def matched_filter_curves(data: Dataset, template: Template, two_sided: bool = False) -> Curves:
+    return [matched_filter(x, template, two_sided) for x in data.signals]
 
 
 def model_curves(model: OnnxModel, data: Dataset) -> Curves:
+    """Raw per-sample scores of the exported model, as the service computes them."""
     return model.scores(data.signals)
+
+
+def calibrated_curves(model: OnnxModel, curves: Curves) -> Curves:
+    """Raw curves on the card's calibrated peak scale: what the service reports.
+
+    The map is strictly increasing, so peaks and their order are those of the raw curves and a
+    threshold on this scale is the service's threshold (``app.core.model.detections``).
+    """
+    peak = model.card.calibrator.peak
+    return curves if peak.identity else [peak(c).astype(np.float32) for c in curves]
 
 
 def roc_auc(scores: npt.NDArray[np.floating], labels: npt.NDArray[np.bool_]) -> float:
@@ -65,25 +80,34 @@ def roc_auc(scores: npt.NDArray[np.floating], labels: npt.NDArray[np.bool_]) -> 
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def match_events(
+def match_pairs(
     peaks: npt.NDArray[np.int64], centres: npt.NDArray[np.int64], tol: int = MATCH_TOLERANCE
-) -> npt.NDArray[np.int64]:
-    """Localisation errors of one-to-one matches (closest pairs first) within ``tol``."""
+) -> list[tuple[int, int]]:
+    """One-to-one (peak, centre) index pairs within ``tol``, closest pairs first."""
     if peaks.size == 0 or centres.size == 0:
-        return np.empty(0, dtype=np.int64)
+        return []
     dist = np.abs(peaks[:, None] - centres[None, :])
     pairs = np.argwhere(dist <= tol)
     order = np.argsort(dist[pairs[:, 0], pairs[:, 1]], kind="stable")
     used_p: set[int] = set()
     used_c: set[int] = set()
-    errors = []
+    out = []
     for p, c in pairs[order]:
         if p in used_p or c in used_c:
             continue
         used_p.add(int(p))
         used_c.add(int(c))
-        errors.append(int(dist[p, c]))
-    return np.asarray(errors, dtype=np.int64)
+        out.append((int(p), int(c)))
+    return out
+
+
+def match_events(
+    peaks: npt.NDArray[np.int64], centres: npt.NDArray[np.int64], tol: int = MATCH_TOLERANCE
+) -> npt.NDArray[np.int64]:
+    """Localisation errors of one-to-one matches (closest pairs first) within ``tol``."""
+    return np.asarray(
+        [abs(int(peaks[p]) - int(centres[c])) for p, c in match_pairs(peaks, centres, tol)], dtype=np.int64
+    )
 
 
 @dataclass

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.scenario import Template
+
 
 @dataclass
 class ModelConfig:
@@ -148,6 +150,38 @@ class DeepCNN(nn.Module):
             h = F.interpolate(h, scale_factor=2.0, mode="nearest")  # (B, C, 2 L)
             h = dec(torch.cat([h, skips[len(skips) - 2 - j]], dim=1))
         return self.head(h).squeeze(1)[:, :T]  # (B, T)
+
+
+TEMPLATE_STRETCHES = (1.0, 0.8, 1.25)
+
+
+@torch.no_grad()
+def init_from_template(net: DeepCNN, template: Template) -> int:
+    """Start the first convolution from the matched filter: the primer's kernel K.
+
+    Channel pairs get +K and -K (unit norm, centred on the event sample) at the stretches in
+    ``TEMPLATE_STRETCHES``, as many pairs as there are channels; training goes on from there.
+    Returns the number of channels set.
+    """
+    conv = net.encoders[0][0]
+    assert isinstance(conv, nn.Conv1d)
+    k = conv.kernel_size[0]
+    half = k // 2
+    n = 0
+    for f in TEMPLATE_STRETCHES:
+        if n + 2 > conv.out_channels:
+            break
+        shape, centre = template.stretched(f)
+        w = torch.zeros(k, dtype=conv.weight.dtype)
+        idx = torch.arange(shape.size) - centre + half
+        keep = (idx >= 0) & (idx < k)
+        w[idx[keep]] = torch.as_tensor(shape, dtype=w.dtype)[keep]
+        w /= w.norm()
+        for sign in (1.0, -1.0):
+            conv.weight[n, 0] = sign * w
+            conv.bias[n] = 0.0
+            n += 1
+    return n
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

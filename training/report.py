@@ -106,7 +106,7 @@ def held_out_sets(card: Card, template: Template | None, signals: int | None) ->
     """
     data: dict[str, Any] = card.training.get("data") or {}
     test = data.get("test")
-    scenarios = suites(template or BUMP)
+    scenarios = suites(template or BUMP, polarity=card.polarity)
     if isinstance(test, dict) and test and all(s in scenarios for s in test):
         sets = {}
         for suite, spec in test.items():
@@ -140,24 +140,16 @@ def held_out_sets(card: Card, template: Template | None, signals: int | None) ->
 def signed_matches(
     peaks: IntArray, centres: IntArray, tol: int = ev.MATCH_TOLERANCE
 ) -> tuple[IntArray, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-    """One-to-one matches as in ``evaluate.match_events`` (closest pairs first, within ``tol``).
+    """One-to-one matches as in ``evaluate.match_pairs`` (closest pairs first, within ``tol``).
 
     Returns the signed errors (peak - centre) and which peaks and which centres are matched.
     """
     used_p = np.zeros(peaks.size, dtype=bool)
     used_c = np.zeros(centres.size, dtype=bool)
-    if peaks.size == 0 or centres.size == 0:
-        return np.empty(0, dtype=np.int64), used_p, used_c
-    diff = peaks[:, None] - centres[None, :]
-    dist = np.abs(diff)
-    pairs = np.argwhere(dist <= tol)
-    order = np.argsort(dist[pairs[:, 0], pairs[:, 1]], kind="stable")
     errors = []
-    for p, c in pairs[order]:
-        if used_p[p] or used_c[c]:
-            continue
+    for p, c in ev.match_pairs(peaks, centres, tol):
         used_p[p] = used_c[c] = True
-        errors.append(int(diff[p, c]))
+        errors.append(int(peaks[p] - centres[c]))
     return np.asarray(errors, dtype=np.int64), used_p, used_c
 
 
@@ -179,7 +171,7 @@ class SuiteResult:
 def evaluate_suite(
     model: OnnxModel, card: Card, suite: str, ds: Dataset, template: Template | None
 ) -> SuiteResult:
-    curves = ev.model_curves(model, ds)
+    curves = ev.calibrated_curves(model, ev.model_curves(model, ds))  # the card's threshold applies
     peaks, mp, me, errs = [], [], [], []
     for curve, centres in zip(curves, ds.events, strict=True):
         p = find_peaks(curve, card.threshold, card.min_distance).index
@@ -190,7 +182,7 @@ def evaluate_suite(
         errs.append(e)
     mf = mf_thr = mf_errors = None
     if template is not None:
-        mf = ev.matched_filter_curves(ds, template)
+        mf = ev.matched_filter_curves(ds, template, card.polarity)
         card_mf = card.metrics.get(suite, {}).get("matched_filter")
         if card_mf is not None:
             mf_thr = float(card_mf.threshold)
@@ -341,6 +333,41 @@ def fig_localisation(results: dict[str, SuiteResult]) -> Figure:
     return fig
 
 
+def fig_reliability(ece: dict[str, Any]) -> Figure:
+    """Reliability diagrams (signal and peak probability) before and after calibration."""
+    titles = {
+        "signal": "Signal probability",
+        "peak": "Peak probability, all candidates",
+        "reported_peak": "Peak probability, reported peaks",
+    }
+    kinds = [k for k in titles if k in ece]
+    fig = Figure(figsize=(4.5 * len(kinds), 4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(kinds)))
+    for ax, kind in zip(axes, kinds, strict=True):
+        ax.plot([0, 1], [0, 1], color="#999999", ls=":", lw=1, label="perfect calibration")
+        for when, colour, marker in (("before", MF_C, "s"), ("after", MODEL_C, "o")):
+            r = ece[kind][when]
+            pts = [
+                (p, y)
+                for p, y in zip(r["bins"]["mean_probability"], r["bins"]["observed_rate"], strict=True)
+                if p is not None
+            ]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker=marker, color=colour, lw=1.2, label=f"{when}: ECE {r['ece']:.3f}")
+        n = ece[kind]["after"]["samples"]
+        ax.set(
+            xlabel="predicted probability (bin mean)",
+            ylabel="observed frequency",
+            title=f"{titles[kind]} ({n} {'signals' if kind == 'signal' else 'peaks'})",
+            xlim=(0, 1),
+            ylim=(0, 1),
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
 @dataclass
 class Example:
     suite: str
@@ -484,7 +511,7 @@ def _near(curve: npt.NDArray[np.floating], centre: int, radius: int = 5) -> floa
 def fig_walkthrough(model: OnnxModel, card: Card, template: Template) -> tuple[Figure, WalkThrough]:
     x, centres, spike = primer_signal(template)
     mf = ev.matched_filter(x, template)
-    (curve,) = model.scores([x])
+    (curve,) = ev.calibrated_curves(model, model.scores([x]))
     peaks = find_peaks(curve, card.threshold, card.min_distance)
     fig = Figure(figsize=(8, 9), layout="constrained")
     ax_k, ax_x, ax_m, ax_s = fig.subplots(4, 1, height_ratios=[2, 3, 3, 3])
@@ -712,6 +739,56 @@ def write_report(
             + note("Signed error of each matched detection: detected peak minus true centre, in samples."),
         )
     )
+
+    # Calibration.
+    calibration = card.calibration.model_dump() if card.calibration is not None else {}
+    reliability = (calibration.get("ece") or {}).get("held_out")
+    if reliability:
+        img = add(
+            "reliability.png",
+            fig_reliability(reliability),
+            "reliability diagrams before and after calibration",
+        )
+        per_suite = calibration["ece"].get("suites") or {}
+        rows = "".join(
+            f"<tr><td>{html.escape(s)}</td>"
+            + "".join(
+                f"<td>{v[k][w]:.4f}</td>"
+                for k in ("signal", "peak", "reported_peak")
+                for w in ("before", "after")
+            )
+            + "</tr>"
+            for s, v in per_suite.items()
+        )
+        table = (
+            "<table><thead><tr><th>held-out suite</th><th>signal ECE before</th><th>after</th>"
+            "<th>peak ECE before</th><th>after</th><th>reported-peak ECE before</th><th>after</th>"
+            f"</tr></thead><tbody>{rows}</tbody></table>"
+            if rows
+            else ""
+        )
+        content = (
+            img.tag()
+            + note(
+                f"Held-out data: {html.escape(calibration['ece'].get('held_out_data', ''))}. Each point is "
+                f"one of {calibration['ece'].get('bins', 10)} equal-width bins: the mean predicted "
+                "probability against the observed frequency (signals that hold an event; peaks that "
+                "match a true event). Candidate peaks: every peak with a raw score of at least 0.02; "
+                "reported peaks: those at or above the card's threshold. ECE: the bins' |difference| "
+                "weighted by their counts. Maps "
+                f"fitted on {html.escape(calibration.get('fit_data', ''))}: "
+                f"{html.escape(calibration.get('method', ''))}."
+            )
+            + table
+            + note(
+                "The suites share the training distribution's prior (half the signals hold events) "
+                "but not its SNR and nuisances, so their ECE tells how far the probabilities drift "
+                "on data unlike the training distribution."
+            )
+        )
+    else:
+        content = note("The card has no calibration (<code>calibration.ece</code>): nothing to plot.")
+    sections.append(("calibration", "Calibration: reliability diagrams", content))
 
     # Gallery.
     picks = pick_gallery(results, gallery)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -74,6 +75,8 @@ class Scenario:
     log_gain: tuple[float, float] = (-3.0, 3.0)
     offset: tuple[float, float] = (-100.0, 100.0)
     polarity: bool = False  # True: inverted events occur too (and count as events)
+    p_inverted: float = 0.0  # polarity False: probability of inverted copies that are NOT events
+    inverted_snr: tuple[float, float] | None = None  # their SNR range; None: ``snr``
     min_spacing: int = field(default=0)  # 0: the template's length
     noise: float = 1.0  # background sigma multiplier; 0 gives clean events (for tests)
 
@@ -82,9 +85,15 @@ class Scenario:
         return self.min_spacing or self.template.values.size
 
 
-def suites(template: Template = BUMP) -> dict[str, Scenario]:
-    """The four held-out evaluation suites."""
-    white = Scenario(template=template)
+def signal_lengths(template: Template) -> tuple[int, int]:
+    """Signal lengths for a template: 256-2048 samples, longer for templates over 42 samples."""
+    n = template.values.size
+    return max(256, 6 * n), max(2048, 12 * n)
+
+
+def suites(template: Template = BUMP, polarity: bool = False) -> dict[str, Scenario]:
+    """The four held-out evaluation suites (with ``polarity``, half the events are inverted)."""
+    white = Scenario(template=template, length=signal_lengths(template), polarity=polarity)
     return {
         "white": white,
         "lowsnr": replace(white, snr=(3.0, 6.0)),
@@ -94,16 +103,31 @@ def suites(template: Template = BUMP) -> dict[str, Scenario]:
 
 
 TRAINING_SNR = (2.0, 10.0)
+TRAINING_INVERTED = 0.25  # share of training signals with inverted decoys (polarity False)
+# Decoys are clear ones: at low SNR an inverted copy can look like a shifted upright one, and
+# learning to reject those would teach the model to miss faint events.
+TRAINING_INVERTED_SNR = (6.0, 12.0)
 
 
-def training_scenario(template: Template = BUMP, snr: tuple[float, float] = TRAINING_SNR) -> Scenario:
+def training_scenario(
+    template: Template = BUMP,
+    snr: tuple[float, float] = TRAINING_SNR,
+    polarity: bool = False,
+    **overrides: Any,
+) -> Scenario:
     """A wider distribution than the suites: every nuisance half the time, lower SNR too.
 
-    The SNR range leans low: strong events are easy, the hard cases decide the metrics.
+    The SNR range leans low: strong events are easy, the hard cases decide the metrics. Without
+    ``polarity`` a quarter of the signals also hold inverted copies of the shape that are not
+    events, so the model learns to reject them. ``overrides``: any other ``Scenario`` field.
     """
-    return Scenario(
+    base = Scenario(
         template=template,
+        length=signal_lengths(template),
         snr=snr,
+        polarity=polarity,
+        p_inverted=0.0 if polarity else TRAINING_INVERTED,
+        inverted_snr=TRAINING_INVERTED_SNR,
         stretch=(0.75, 1.33),
         p_stretch=0.5,
         p_spikes=0.5,
@@ -112,6 +136,7 @@ def training_scenario(template: Template = BUMP, snr: tuple[float, float] = TRAI
         drift_amplitude=(0.0, 6.0),
         p_gain=0.5,
     )
+    return replace(base, **overrides)
 
 
 def place_centres(
@@ -120,11 +145,16 @@ def place_centres(
     """``count`` centres uniform in [lo, hi], pairwise at least ``spacing`` apart."""
     if count == 0:
         return np.empty(0, dtype=np.int64)
-    for _ in range(1000):
+    for _ in range(100):
         c = np.sort(rng.integers(lo, hi + 1, size=count))
         if count == 1 or np.all(np.diff(c) >= spacing):
             return c.astype(np.int64)
-    raise ValueError(f"cannot place {count} events {spacing} apart in a signal of {length}")
+    # Crowded: draw directly among the valid placements (gaps shrunk by the spacing).
+    slack = hi - lo - (count - 1) * spacing
+    if slack < 0:
+        raise ValueError(f"cannot place {count} events {spacing} apart in a signal of {length}")
+    c = np.sort(rng.integers(0, slack + 1, size=count)) + lo + spacing * np.arange(count)
+    return c.astype(np.int64)
 
 
 def make_signal(
@@ -138,11 +168,20 @@ def make_signal(
     n_events = 0 if rng.random() < sc.p_empty else int(rng.integers(1, sc.max_events + 1))
     lo = tpl.center
     hi = T - (tpl.values.size - tpl.center)
-    centres = place_centres(rng, T, n_events, sc.spacing, lo, hi)
+    n_decoys = 0
+    if not sc.polarity and sc.p_inverted > 0 and rng.random() < sc.p_inverted:
+        room = max(n_events, ((hi - lo) // sc.spacing + 1) // 2)  # keeps placement easy
+        n_decoys = min(int(rng.integers(1, sc.max_events + 1)), room - n_events)
+    placed = place_centres(rng, T, n_events + n_decoys, sc.spacing, lo, hi)
+    inverted = np.zeros(placed.size, dtype=bool)
+    if n_decoys:
+        inverted[rng.permutation(placed.size)[:n_decoys]] = True
+    centres = placed[~inverted]
     stretch_on = sc.stretch is not None and rng.random() < sc.p_stretch
-    for c in centres:
-        amplitude = rng.uniform(*sc.snr) / tpl.norm
-        if sc.polarity and rng.random() < 0.5:
+    for c, decoy in zip(placed, inverted, strict=True):
+        snr = sc.inverted_snr if decoy and sc.inverted_snr is not None else sc.snr
+        amplitude = rng.uniform(*snr) / tpl.norm
+        if decoy or (sc.polarity and rng.random() < 0.5):
             amplitude = -amplitude
         if stretch_on and sc.stretch is not None:
             shape, centre = tpl.stretched(rng.uniform(*sc.stretch))

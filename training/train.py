@@ -11,8 +11,9 @@ import argparse
 import copy
 import math
 import random
+import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,22 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from app.core.model import InferenceOptions, OnnxModel
+from app.core.calibration import MonotoneMap
+from app.core.card import NAME_PATTERN
+from app.core.model import InferenceOptions, OnnxModel, detections
+from training import calibrate as cal
 from training import evaluate as ev
 from training.batches import CroppedBatches, SyntheticBatches, target_curve
 from training.data import UserData, load_user_data
 from training.export import export_onnx, make_card, parity_error, save_card
-from training.model import ModelConfig, build_model, macs_per_sample, measure_radius
+from training.model import (
+    DeepCNN,
+    ModelConfig,
+    build_model,
+    init_from_template,
+    macs_per_sample,
+    measure_radius,
+)
 from training.report import write_report
 from training.scenario import (
     BUMP,
@@ -35,11 +46,19 @@ from training.scenario import (
     TRAINING_SNR,
     VALIDATION_SEEDS,
     Dataset,
+    Scenario,
     Template,
     make_dataset,
     suites,
     training_scenario,
 )
+from training.template import TemplateError, load_template
+
+# Seeds of the calibration sets drawn from the training distribution: one to fit the maps,
+# one held out to measure them. Disjoint from the suites' seeds and from training.
+CALIBRATION_SEEDS = {"fit": 3001, "held_out": 3002}
+ECE_GOAL = 0.02
+MAX_FIRST_KERNEL = 1025
 
 
 @dataclass
@@ -58,6 +77,10 @@ class TrainConfig:
     eval_every: int = 250
     val_signals: int = 500  # per suite, for validation and the operating point
     eval_signals: int = 2000  # per suite, held out
+    calibration_signals: int = 4000  # from the training distribution: to fit, and again held out
+    minutes: float | None = None  # a time budget for the training loop (then steps is an outcome)
+    max_minutes: float | None = 20.0  # steps that would take longer switch to this time budget
+    schedule: str = "steps"  # "steps" or "time": what the run's schedule followed
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -108,31 +131,86 @@ def validate(net: nn.Module, data: dict[str, Dataset], local_weight: float) -> d
     return out
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: TrainConfig, progress: float | None = None) -> float:
+    """Linear warm-up, then cosine decay to 2 %; ``progress`` (0-1) overrides the step count."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if progress is None:
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    progress = min(max(progress, 0.0), 1.0)
     return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def seconds_per_step(net: nn.Module, batches: Any, cfg: TrainConfig, n: int = 10) -> float:
+    """Times ``n`` steps on copies of the model and the batch source: training is unchanged."""
+    probe = copy.deepcopy(net)
+    probe_opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    probe_batches = copy.deepcopy(batches)
+    xs, ys = probe_batches.next()
+    train_one_step(probe, probe_opt, xs, ys, cfg.local_weight)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(n):
+        xs, ys = probe_batches.next()
+        train_one_step(probe, probe_opt, xs, ys, cfg.local_weight)
+    return (time.perf_counter() - t0) / n
+
+
+def choose_schedule(net: nn.Module, batches: Any, cfg: TrainConfig) -> str:
+    """'steps' (reproducible) or 'time': an explicit --budget in minutes, or steps that would
+    not fit in ``cfg.max_minutes`` (then the run takes that long, however fast the machine)."""
+    if cfg.minutes is not None:
+        return "time"
+    if cfg.max_minutes is None:
+        return "steps"
+    per_step = seconds_per_step(net, batches, cfg)
+    predicted = 1.1 * cfg.steps * per_step  # validation passes add about 10 %
+    if predicted <= cfg.max_minutes * 60:
+        return "steps"
+    print(
+        f"{cfg.steps} steps at {per_step * 1e3:.0f} ms would take {predicted / 60:.0f} min; "
+        f"training for {cfg.max_minutes:g} min instead (--budget sets steps or minutes)"
+    )
+    cfg.minutes = cfg.max_minutes
+    return "time"
+
+
 def fit(net: nn.Module, batches: Any, val: dict[str, Dataset], cfg: TrainConfig) -> dict[str, Any]:
-    """AdamW with warm-up and cosine decay; keeps the weights with the lowest validation loss."""
+    """AdamW with warm-up and cosine decay; keeps the weights with the lowest validation loss.
+
+    The schedule runs over ``cfg.steps`` steps, or over ``cfg.minutes`` of wall time (progress
+    = elapsed / budget, so the run ends on time with the learning rate decayed).
+    """
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best_loss, best_state, best_step = math.inf, copy.deepcopy(net.state_dict()), 0
     history: list[dict[str, float]] = []
-    bar = tqdm(range(cfg.steps), desc="train", dynamic_ncols=True, mininterval=1.0)
+    cfg.schedule = choose_schedule(net, batches, cfg)
+    budget = None if cfg.minutes is None else cfg.minutes * 60.0
+    bar = tqdm(
+        total=cfg.steps if budget is None else int(budget),
+        desc="train",
+        unit="step" if budget is None else "s",
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     running = None
-    for step in bar:
+    started = time.perf_counter()
+    step = 0
+    while True:
+        progress = None if budget is None else (time.perf_counter() - started) / budget
+        if (step >= cfg.steps) if budget is None else (progress is not None and progress >= 1.0):
+            break
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg, progress)
         xs, ys = batches.next()
         loss = train_one_step(net, opt, xs, ys, cfg.local_weight)
         running = loss if running is None else 0.98 * running + 0.02 * loss
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+        step += 1
+        last = step >= cfg.steps if budget is None else time.perf_counter() - started >= budget
+        if step % cfg.eval_every == 0 or last:
             v = validate(net, val, cfg.local_weight)
-            history.append({"step": step + 1, "train_loss": running, **v})
+            history.append({"step": step, "train_loss": running, **v})
             if v["loss"] < best_loss:
-                best_loss, best_state, best_step = v["loss"], copy.deepcopy(net.state_dict()), step + 1
+                best_loss, best_state, best_step = v["loss"], copy.deepcopy(net.state_dict()), step
             bar.set_postfix(
                 loss=f"{running:.4f}",
                 val=f"{v['loss']:.4f}",
@@ -140,46 +218,218 @@ def fit(net: nn.Module, batches: Any, val: dict[str, Dataset], cfg: TrainConfig)
             )
         elif step % 20 == 0:
             bar.set_postfix(loss=f"{running:.4f}")
+        bar.update(1 if budget is None else max(0, int(time.perf_counter() - started) - bar.n))
+    bar.close()
+    cfg.steps = step
     net.load_state_dict(best_state)
     return {"history": history, "best_step": best_step, "best_val_loss": best_loss}
 
 
 def evaluate_exported(
     model_dir: Path,
+    card_fields: dict[str, Any],
     val: dict[str, Dataset],
     test: dict[str, Dataset],
+    calibration: tuple[Dataset, Dataset, str],
     template: Template | None,
+    polarity: bool,
 ) -> dict[str, Any]:
-    """Operating point on validation, then held-out metrics: model (ONNX) and matched filter."""
+    """Operating point, calibration, then held-out metrics of the exported file as it ships.
+
+    1. The operating point (threshold, min_distance) on the raw validation curves.
+    2. Calibration maps fitted on ``calibration[0]``; the card is rewritten with them and the
+       model reloaded, so that everything after runs through the service's code.
+    3. Held-out metrics per suite for the model and the matched filter; expected calibration
+       error before and after, on ``calibration[1]`` (the training distribution) and per suite.
+    """
     model = OnnxModel(model_dir, InferenceOptions())
-    val_curves = {s: ev.model_curves(model, d) for s, d in val.items()}
-    pooled_curves = [c for s in val for c in val_curves[s]]
+    raw_val = {s: ev.model_curves(model, d) for s, d in val.items()}
+    pooled_curves = [c for s in val for c in raw_val[s]]
     pooled_events = [e for s in val for e in val[s].events]
-    threshold, min_distance, val_f1 = ev.choose_operating_point(pooled_curves, pooled_events)
-    results: dict[str, Any] = {}
-    for suite, ds in test.items():
-        curves = ev.model_curves(model, ds)
-        results[suite] = {"model": ev.metrics(curves, ds.events, threshold, min_distance)}
-        if template is not None:
-            # The baseline's threshold: the model's false-alarm rate on this suite's
-            # event-free validation signals.
-            rate = ev.false_alarm_rate(val_curves[suite], val[suite].events, threshold)
-            mf_val = ev.matched_filter_curves(val[suite], template)
-            mf_threshold = ev.threshold_for_rate(mf_val, val[suite].events, rate)
-            mf = ev.matched_filter_curves(ds, template)
-            results[suite]["matched_filter"] = ev.metrics(mf, ds.events, mf_threshold, min_distance)
+    raw_threshold, min_distance, val_f1 = ev.choose_operating_point(pooled_curves, pooled_events)
+
+    fit_set, held_set, cal_source = calibration
+    fit_curves = ev.model_curves(model, fit_set)
+    signal_map, signal_note = _fit_or_identity(*cal.signal_samples(fit_curves, fit_set.events))
+    peak_map, peak_note = _fit_or_identity(*cal.peak_samples(fit_curves, fit_set.events, min_distance))
+    # Three significant digits, kept inside (0, 1).
+    threshold = min(max(float(f"{float(peak_map(raw_threshold)):.3g}"), 1e-6), 1 - 1e-6)
+    method = (
+        "isotonic regression (pool adjacent violators) on the logit of the raw score, "
+        "interpolated linearly between block means; signal: curve maximum vs 'holds an event'; "
+        f"peak: peaks with raw score >= {cal.PEAK_FLOOR} vs 'matches a true event within "
+        f"±{ev.MATCH_TOLERANCE} samples'"
+    )
+    calibration_card: dict[str, Any] = {
+        "signal": signal_map.to_dict(),
+        "peak": peak_map.to_dict(),
+        "method": method,
+        "fit_data": f"{len(fit_set)} signals of {cal_source}",
+        **({"not_fitted": [n for n in (signal_note, peak_note) if n]} if signal_note or peak_note else {}),
+    }
     n_val = sum(len(d) for d in val.values())
-    return {
+    operating = {
         "threshold": threshold,
         "min_distance": min_distance,
         "threshold_selection": (
-            f"maximises pooled event F1 (±{ev.MATCH_TOLERANCE} samples) over thresholds "
+            f"maximises pooled event F1 (±{ev.MATCH_TOLERANCE} samples) over raw thresholds "
             f"0.05-0.95 on {n_val} validation signals ({', '.join(val)}; seeds disjoint from "
-            f"training and test); validation F1 {val_f1:.4f}"
+            f"training and test), validation F1 {val_f1:.4f} at raw score {raw_threshold:g}; "
+            "expressed on the calibrated peak-probability scale"
         ),
         "min_distance_selection": "chosen jointly with the threshold from 5, 10, 15, 20, 25, 30, 40",
-        "metrics": results,
     }
+    save_card(
+        model_dir,
+        make_card(model_dir, **card_fields, **operating, calibration={**calibration_card, "ece": {}}),
+    )
+    model = OnnxModel(model_dir, InferenceOptions())  # now with the card's calibration
+
+    def ece(data: Dataset, curves: ev.Curves) -> dict[str, Any]:
+        shipped = detections(curves, threshold, min_distance, calibrator=model.card.calibrator)
+        sig_raw, has_event = cal.signal_samples(curves, data.events)
+        peak_raw, hit = cal.peak_samples(curves, data.events, min_distance)
+        peak_after = model.card.calibrator.peak(peak_raw)
+        reported = peak_after >= threshold
+        return {
+            "signal": {
+                "before": cal.reliability(sig_raw, has_event),
+                "after": cal.reliability([d.probability for d in shipped], has_event),
+            },
+            "peak": {
+                "before": cal.reliability(peak_raw, hit),
+                "after": cal.reliability(peak_after, hit),
+            },
+            # Only the peaks the service reports at the card's threshold.
+            "reported_peak": {
+                "before": cal.reliability(peak_raw[reported], hit[reported]),
+                "after": cal.reliability(peak_after[reported], hit[reported]),
+            },
+        }
+
+    results: dict[str, Any] = {}
+    per_suite: dict[str, Any] = {}
+    for suite, ds in test.items():
+        raw = ev.model_curves(model, ds)
+        curves = ev.calibrated_curves(model, raw)
+        results[suite] = {"model": ev.metrics(curves, ds.events, threshold, min_distance)}
+        per_suite[suite] = _ece_summary(ece(ds, raw))
+        if template is not None:
+            # The baseline's threshold: the model's false-alarm rate on this suite's
+            # event-free validation signals.
+            rate = ev.false_alarm_rate(raw_val[suite], val[suite].events, raw_threshold)
+            mf_val = ev.matched_filter_curves(val[suite], template, polarity)
+            mf_threshold = ev.threshold_for_rate(mf_val, val[suite].events, rate)
+            mf = ev.matched_filter_curves(ds, template, polarity)
+            results[suite]["matched_filter"] = ev.metrics(mf, ds.events, mf_threshold, min_distance)
+    held = ece(held_set, ev.model_curves(model, held_set))
+    calibration_card["ece"] = {
+        "bins": cal.BINS,
+        "goal": ECE_GOAL,
+        "held_out_data": f"{len(held_set)} signals of {cal_source}",
+        "held_out": held,
+        "suites": per_suite,
+        "summary": _ece_summary(held),
+    }
+    return {**operating, "metrics": results, "calibration": calibration_card}
+
+
+def _fit_or_identity(raw: np.ndarray, outcome: np.ndarray) -> tuple[MonotoneMap, str | None]:
+    """The fitted map, or the identity (and why) when the data hold only one outcome."""
+    try:
+        return cal.fit_map(raw, outcome), None
+    except ValueError as exc:
+        return MonotoneMap(), f"{exc} ({int(np.sum(outcome))} of {len(outcome)} positive): identity kept"
+
+
+def _ece_summary(e: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: {when: round(e[k][when]["ece"], 4) for when in ("before", "after")}
+        for k in ("signal", "peak", "reported_peak")
+    }
+
+
+def polarity_check(model_dir: Path, template: Template, polarity: bool, n: int, seed: int) -> dict[str, Any]:
+    """Detection rates on white-suite signals holding one upright or one inverted event."""
+    model = OnnxModel(model_dir, InferenceOptions())
+    base = replace(suites(template)["white"], p_empty=0.0, max_events=1)
+    inverted = Template(
+        -template.values, template.center, None if template.fn is None else _negate(template.fn)
+    )
+    rates = {}
+    for kind, tpl in (("upright", template), ("inverted", inverted)):
+        ds = make_dataset(replace(base, template=tpl), n, seed)
+        rates[kind] = float(np.mean([d.detected for d in model.detect(ds.signals)]))
+    return {
+        "inverted_counts_as_event": polarity,
+        "signals": n,
+        "detection_rate_upright": round(rates["upright"], 4),
+        "detection_rate_inverted": round(rates["inverted"], 4),
+        "data": f"white suite with one event per signal (seed {seed}), at the card's threshold",
+    }
+
+
+def _negate(fn: Any) -> Any:
+    return lambda s: -fn(s)
+
+
+def parse_budget(text: str) -> tuple[int | None, float | None]:
+    """'3000' -> 3000 steps; '10m' or '10min' -> 10 minutes."""
+    t = text.strip().lower()
+    try:
+        if t.endswith(("min", "m")):
+            minutes = float(t.removesuffix("min").removesuffix("m"))
+            if minutes > 0:
+                return None, minutes
+        elif int(t) > 0:
+            return int(t), None
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"--budget {text!r}: give steps (3000) or minutes (10m)")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """--scenario KEY=VALUE pairs -> Scenario fields, typed like the field's default."""
+    defaults = {f.name: getattr(Scenario(), f.name) for f in fields(Scenario) if f.name != "template"}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in defaults:
+            raise SystemExit(
+                f"--scenario {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(defaults))}"
+            )
+        default = defaults[key]
+        try:
+            if isinstance(default, tuple) or key in ("stretch", "inverted_snr"):
+                parts = [float(v) for v in value.replace(":", ",").split(",")]
+                if len(parts) != 2 or parts[0] > parts[1]:
+                    raise ValueError("give LO,HI")
+                out[key] = (int(parts[0]), int(parts[1])) if key == "length" else tuple(parts)
+            elif isinstance(default, bool):
+                out[key] = value.lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                out[key] = int(value)
+            else:
+                out[key] = float(value)
+        except ValueError as exc:
+            raise SystemExit(f"--scenario {item!r}: {exc}") from None
+    return out
+
+
+def default_first_kernel(template: Template | None) -> int:
+    """The deep model's first convolution holds the whole template centred on its event
+    (odd, at most ``MAX_FIRST_KERNEL``); 41 without a template."""
+    if template is None:
+        return ModelConfig().first_kernel
+    reach = max(template.center, template.values.size - 1 - template.center)
+    return min(2 * reach + 1, MAX_FIRST_KERNEL)
+
+
+def crop_lengths(template: Template | None) -> tuple[int, int]:
+    """Training crops: 384-1024 samples, longer for templates over 96 samples."""
+    n = 0 if template is None else template.values.size
+    return max(384, 4 * n), max(1024, 8 * n)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -188,18 +438,45 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--arch", choices=["deep", "single"], default="deep")
     p.add_argument("--out", type=Path, default=Path("models"), help="where models/<name>/ goes")
-    p.add_argument("--data", type=Path, help="a user's annotated .npz (see README: 'Your own data')")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", type=Path, help="a user's annotated .npz (see README: 'Your own data')")
+    src.add_argument(
+        "--template", type=Path, help="a template (.csv or .npy, 5-1025 samples): train on generated data"
+    )
+    p.add_argument("--center", type=int, help="the template's event sample (default: largest |value|)")
+    p.add_argument("--label", help="the shape's label in the card (default: the model name)")
+    p.add_argument("--description", help="when to use this model: goes into the card")
+    p.add_argument(
+        "--polarity", action="store_true", help="an inverted copy of the shape counts as an event too"
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a training-scenario default, e.g. p_spikes=0.2 or stretch=0.9,1.1 (repeatable)",
+    )
+    p.add_argument("--budget", type=parse_budget, help="training length: steps (3000) or minutes (10m)")
     p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=TrainConfig.max_minutes,
+        help="if --steps would take longer (timed at the start), train for this many minutes (0: off)",
+    )
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--eval-signals", type=int, default=TrainConfig.eval_signals)
     p.add_argument("--val-signals", type=int, default=TrainConfig.val_signals)
+    p.add_argument("--calibration-signals", type=int, default=TrainConfig.calibration_signals)
     p.add_argument("--threads", type=int, default=TrainConfig.threads, help="torch threads (0: all cores)")
     p.add_argument("--local-weight", type=float, default=TrainConfig.local_weight)
     p.add_argument("--snr", type=float, nargs=2, default=TRAINING_SNR, help="training SNR range")
     d = ModelConfig()
-    p.add_argument("--first-kernel", type=int, default=d.first_kernel, help="deep: first conv length")
+    p.add_argument(
+        "--first-kernel", type=int, help="deep: first conv length (default: the template's length, odd)"
+    )
     p.add_argument("--mean-window", type=int, default=d.mean_window, help="normalisation: mean window")
     p.add_argument("--scale-window", type=int, default=d.scale_window, help="normalisation: scale window")
     p.add_argument("--scale-stride", type=int, default=d.scale_stride, help="normalisation: scale blocks")
@@ -208,20 +485,49 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--dry-run", action="store_true", help="tiny end-to-end run: seconds, not minutes")
     a = p.parse_args(argv)
 
+    if a.center is not None and a.template is None:
+        p.error("--center goes with --template")
+    if not re.fullmatch(NAME_PATTERN, a.name):
+        p.error(
+            f"--name {a.name!r}: use 1-64 lower-case letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    template: Template | None
+    user: UserData | None = None
+    if a.data is not None:
+        user = load_user_data(a.data, seed=a.seed)
+        template = user.template
+    elif a.template is not None:
+        try:
+            template = load_template(a.template, a.center)
+        except TemplateError as exc:
+            raise SystemExit(f"training.train: {exc}") from None
+    else:
+        template = BUMP
+    overrides = parse_overrides(a.scenario)
+    steps, minutes = a.budget if a.budget is not None else (a.steps, None)
+
     cfg = TrainConfig(
         name=a.name,
         version=a.version,
         seed=a.seed,
-        steps=a.steps,
+        steps=steps if steps is not None else a.steps,
+        minutes=minutes,
+        # An explicit number of steps is kept; otherwise steps must fit in --max-minutes.
+        max_minutes=None
+        if (a.budget is not None and steps is not None) or a.max_minutes <= 0
+        else a.max_minutes,
         batch_size=a.batch_size,
+        lengths=crop_lengths(template),
         lr=a.lr,
         eval_signals=a.eval_signals,
         val_signals=a.val_signals,
+        calibration_signals=a.calibration_signals,
         local_weight=a.local_weight,
         threads=a.threads,
         model=ModelConfig(
             arch=a.arch,
-            first_kernel=a.first_kernel,
+            first_kernel=a.first_kernel or default_first_kernel(template),
             mean_window=a.mean_window,
             scale_window=a.scale_window,
             scale_stride=a.scale_stride,
@@ -230,39 +536,54 @@ def main(argv: list[str] | None = None) -> Path:
         ),
     )
     if a.dry_run:
-        cfg.steps, cfg.batch_size, cfg.eval_every, cfg.warmup = 20, 8, 10, 5
-        cfg.lengths, cfg.val_signals, cfg.eval_signals = (256, 384), 24, 40
+        cfg.batch_size, cfg.eval_every, cfg.warmup = 8, 10, 5
+        cfg.val_signals, cfg.eval_signals, cfg.calibration_signals = 24, 40, 80
+        cfg.lengths = (cfg.lengths[0], cfg.lengths[0] + 128)
+        cfg.max_minutes = None
+        if a.budget is None:  # 20 steps, unless a budget says otherwise
+            cfg.steps, cfg.minutes = 20, None
+    if cfg.minutes is None:
+        cfg.warmup = min(cfg.warmup, max(1, cfg.steps // 10))
     if a.threads:
         torch.set_num_threads(a.threads)
     set_seed(cfg.seed)
     started = time.time()
 
-    template: Template | None
-    user: UserData | None = None
-    if a.data is not None:
-        user = load_user_data(a.data, seed=cfg.seed)
-        template = user.template
+    if user is not None:
         batches: Any = CroppedBatches(user.train, cfg.batch_size, cfg.lengths, cfg.seed)
         val = {"user": user.val}
         test = {"user": user.test}
+        calibration = (user.val, user.test, f"the validation and test splits of {a.data}")
         data_desc: dict[str, Any] = {"source": str(a.data), **user.describe()}
     else:
-        template = BUMP
-        scenario = training_scenario(template, snr=(a.snr[0], a.snr[1]))
+        assert template is not None
+        scenario = training_scenario(template, snr=(a.snr[0], a.snr[1]), polarity=a.polarity, **overrides)
         batches = SyntheticBatches(scenario, cfg.batch_size, cfg.lengths, cfg.seed)
-        ev_suites = suites(template)
+        ev_suites = suites(template, polarity=a.polarity)
         val = {s: make_dataset(sc, cfg.val_signals, VALIDATION_SEEDS[s]) for s, sc in ev_suites.items()}
         test = {s: make_dataset(sc, cfg.eval_signals, EVAL_SEEDS[s]) for s, sc in ev_suites.items()}
+        n_cal = cfg.calibration_signals
+        calibration = (
+            make_dataset(scenario, n_cal, CALIBRATION_SEEDS["fit"]),
+            make_dataset(scenario, n_cal, CALIBRATION_SEEDS["held_out"]),
+            "the training scenario (the distribution the model was trained for; seeds "
+            f"{CALIBRATION_SEEDS['fit']} to fit, {CALIBRATION_SEEDS['held_out']} held out)",
+        )
         data_desc = {
             "source": "synthetic: training.scenario.training_scenario (fresh signals every step)",
+            "template_source": "the reference bump" if template is BUMP else str(a.template),
             "training_scenario": _describe(scenario),
+            "suites": {s: _describe(sc) for s, sc in ev_suites.items()},
             "validation": {s: {"signals": cfg.val_signals, "seed": VALIDATION_SEEDS[s]} for s in val},
             "test": {s: {"signals": cfg.eval_signals, "seed": EVAL_SEEDS[s]} for s in test},
         }
 
     net = build_model(cfg.model)
+    if template is not None and isinstance(net, DeepCNN):
+        init_from_template(net, template)
     log = fit(net, batches, val, cfg)
     net.eval()
+    train_seconds = time.time() - started
 
     model_dir = a.out / cfg.name
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -273,17 +594,26 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"parity check failed: torch vs onnxruntime differ by {parity:.2e} > 1e-4")
     radius = measure_radius(net)
     alignment = int(getattr(net, "alignment", 1))
-    labels = [user.label] if user is not None else ["bump"]
+    if user is not None:
+        label = user.label
+    elif template is BUMP and a.name == "bump":
+        label = "bump"
+    else:
+        label = a.label or a.name
+    kind = "Deep fully convolutional" if cfg.model.arch == "deep" else "Single-layer"
+    description = (
+        f"{kind} 1-D CNN detector for the '{label}' shape"
+        + (" (either polarity)" if a.polarity else "")
+        + ": per-sample probability that an event is centred at each sample; normalisation "
+        "(local mean and local first-difference scale) is inside the graph; probabilities are "
+        "calibrated by the card's maps." + (f" {a.description}" if a.description else "")
+    )
     common: dict[str, Any] = dict(
         name=cfg.name,
         version=cfg.version,
-        description=(
-            f"{'Deep fully convolutional' if cfg.model.arch == 'deep' else 'Single-layer'} 1-D CNN "
-            f"detector for the '{labels[0]}' shape: per-sample probability that an event is "
-            "centred at each sample; normalisation (local mean and local first-difference "
-            "scale) is inside the graph."
-        ),
-        labels=labels,
+        description=description,
+        labels=[label],
+        polarity=a.polarity,
         min_length=max(2 * alignment, 16),
         receptive_field=2 * radius + 1,
         alignment=alignment,
@@ -298,6 +628,7 @@ def main(argv: list[str] | None = None) -> Path:
             "best_step": log["best_step"],
             "history": log["history"],
             "dry_run": a.dry_run,
+            "training_loop_seconds": round(train_seconds, 1),
         },
     )
     # A provisional card lets the service's own loader run the exported file.
@@ -312,13 +643,17 @@ def main(argv: list[str] | None = None) -> Path:
             **common,
         ),
     )
-    result = evaluate_exported(model_dir, val, test, template)
-    common["training"]["seconds"] = round(time.time() - started, 1)
+    result = evaluate_exported(model_dir, common, val, test, calibration, template, a.polarity)
     card = make_card(model_dir, **common, **result)
+    save_card(model_dir, card)
+    if user is None and template is not None:
+        n_check = min(1000, cfg.eval_signals)
+        card.training["polarity_check"] = polarity_check(model_dir, template, a.polarity, n_check, 4001)
+    card.training["seconds"] = round(time.time() - started, 1)
     save_card(model_dir, card)
     print(
         f"wrote {model_dir} ({onnx_path.stat().st_size / 1e3:.0f} kB, "
-        f"{card.macs_per_sample:.0f} MAC/sample, parity {parity:.1e})"
+        f"{card.macs_per_sample:.0f} MAC/sample, parity {parity:.1e}, {card.training['seconds']:.0f} s)"
     )
     for suite, m in result["metrics"].items():
         print(
@@ -332,6 +667,9 @@ def main(argv: list[str] | None = None) -> Path:
                 for d, x in m.items()
             },
         )
+    print("calibration (ECE before -> after):", result["calibration"]["ece"]["summary"])
+    if "polarity_check" in card.training:
+        print("polarity:", card.training["polarity_check"])
     # The report reuses this run's held-out sets; a dry run's are tiny, so it takes seconds.
     write_report(model_dir, data=test, gallery=4 if a.dry_run else 8)
     return model_dir

@@ -3,11 +3,12 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from app.core.card import load_card
 from app.core.model import OnnxModel
-from training.scenario import make_dataset, suites
-from training.train import main
+from training.scenario import EVAL_SEEDS, make_dataset, suites
+from training.train import main, parse_budget
 
 
 def test_dry_run_end_to_end(tmp_path: Path) -> None:
@@ -55,3 +56,101 @@ def test_training_is_reproducible(tmp_path: Path) -> None:
     assert a.metrics == b.metrics
     c = load_card(main(["--dry-run", "--out", str(tmp_path / "c"), "--name", "rep", "--seed", "7"]))
     assert c.sha256 != a.sha256
+
+
+def test_dry_run_from_a_template(tmp_path: Path) -> None:
+    """A user's template (CSV), polarity on, scenario defaults changed: the whole path."""
+    s = np.arange(30.0)
+    values = np.sin(2 * np.pi * s / 10) * np.exp(-s / 8)
+    (tmp_path / "ring.csv").write_text("\n".join(f"{v:.6f}" for v in values))
+    model_dir = main(
+        [
+            "--dry-run",
+            "--template",
+            str(tmp_path / "ring.csv"),
+            "--name",
+            "ring",
+            "--out",
+            str(tmp_path),
+            "--polarity",
+            "--scenario",
+            "p_spikes=0.1",
+            "--scenario",
+            "stretch=0.9,1.1",
+        ]
+    )
+    card = load_card(model_dir)
+    assert card.labels == ["ring"] and card.polarity is True and "(either polarity)" in card.description
+    assert card.template == pytest.approx(np.round(values, 6).tolist())
+    assert card.template_center == int(np.argmax(np.abs(np.round(values, 6))))
+    assert card.training["architecture"]["first_kernel"] == 31  # the template's length, odd
+    scenario = card.training["data"]["training_scenario"]
+    assert scenario["p_spikes"] == 0.1 and scenario["stretch"] == [0.9, 1.1]
+    assert scenario["polarity"] is True and scenario["p_inverted"] == 0.0
+    assert set(card.metrics) == {"white", "lowsnr", "jitter", "nuisance"}
+    assert card.training["polarity_check"]["inverted_counts_as_event"] is True
+    cal = card.calibration
+    assert cal is not None and set(cal.model_dump()["ece"]["summary"]) == {"signal", "peak", "reported_peak"}
+    (d,) = OnnxModel(model_dir).detect([np.zeros(300)])
+    assert 0 <= d.probability <= 1
+
+
+def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> None:
+    """The card's held-out model metrics are those of the service's own detection function."""
+    from training import evaluate as ev
+
+    model_dir = main(["--dry-run", "--out", str(tmp_path), "--name", "cal"])
+    card = load_card(model_dir)
+    assert card.calibration is not None
+    ece = card.calibration.model_dump()["ece"]
+    assert ece["bins"] == 10 and ece["held_out"]["signal"]["after"]["samples"] == 80
+    model = OnnxModel(model_dir)
+    data = make_dataset(suites()["white"], 40, seed=EVAL_SEEDS["white"])
+    shipped = model.detect(data.signals)
+    curves = ev.calibrated_curves(model, ev.model_curves(model, data))
+    m = ev.metrics(curves, data.events, card.threshold, card.min_distance)
+    assert m == pytest.approx(card.metrics["white"]["model"].model_dump(), nan_ok=True)
+    n_detected = sum(len(d.peaks) for d in shipped)
+    counts = ev.event_counts(curves, data.events, card.threshold, card.min_distance)
+    assert n_detected == counts.detections
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--center", "3"], "--center goes with --template"),
+        (["--name", "My Model"], "lower-case letters"),
+        (["--scenario", "bogus=1"], "KEY one of"),
+        (["--scenario", "stretch=1.2,0.9"], "give LO,HI"),
+        (["--budget", "0"], "give steps"),
+        (["--budget", "ten"], "give steps"),
+    ],
+)
+def test_bad_options_exit_with_a_message(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--dry-run", "--out", str(tmp_path), *args])
+    assert message in str(exc.value.code) + capsys.readouterr().err
+
+
+def test_a_bad_template_exits_with_its_problem(tmp_path: Path) -> None:
+    (tmp_path / "flat.csv").write_text("1\n1\n1\n1\n1\n1\n")
+    with pytest.raises(SystemExit, match="constant"):
+        main(["--dry-run", "--template", str(tmp_path / "flat.csv"), "--out", str(tmp_path)])
+
+
+def test_budget_parsing() -> None:
+    assert parse_budget("3000") == (3000, None)
+    assert parse_budget("10m") == (None, 10.0) and parse_budget("2.5min") == (None, 2.5)
+
+
+def test_a_budget_in_minutes_or_steps(tmp_path: Path) -> None:
+    model_dir = main(["--dry-run", "--budget", "0.05m", "--out", str(tmp_path), "--name", "quick"])
+    card = load_card(model_dir)
+    cfg = card.training["config"]
+    assert cfg["schedule"] == "time" and cfg["minutes"] == 0.05 and cfg["steps"] >= 1
+    assert 3.0 <= card.training["training_loop_seconds"] < 60
+    model_dir = main(["--dry-run", "--budget", "12", "--out", str(tmp_path), "--name", "steps"])
+    cfg = load_card(model_dir).training["config"]
+    assert cfg["schedule"] == "steps" and cfg["steps"] == 12

@@ -51,3 +51,27 @@ def test_receptive_radius_bounds_the_influence(net: torch.nn.Module) -> None:
 def test_macs_budget() -> None:
     assert macs_per_sample(build_model(ModelConfig())) <= 20_000
     assert macs_per_sample(build_model(ModelConfig(arch="single"))) == 42.0
+
+
+def test_first_layer_starts_from_the_matched_filter() -> None:
+    """init_from_template: channel 0 correlates with the unit-norm template, centred on its event."""
+    from training.model import DeepCNN, ModelConfig, init_from_template
+    from training.scenario import Template
+    from training.train import default_first_kernel
+
+    s = np.arange(-8, 81, dtype=np.float64)
+    tpl = Template(np.where(s >= 0, np.sin(2 * np.pi * s / 16) * np.exp(-s / 20), 0.0), center=12)
+    k = default_first_kernel(tpl)
+    assert k == 2 * 76 + 1  # the whole template fits, centred on sample 12
+    net = DeepCNN(ModelConfig(first_kernel=k))
+    assert init_from_template(net, tpl) == 6  # +-K at three stretches, of 8 channels
+    x = torch.zeros(1, 1, 600, dtype=torch.float32)
+    c = 300
+    x[0, 0, c - 12 : c - 12 + tpl.values.size] = torch.as_tensor(tpl.values, dtype=torch.float32)
+    conv = net.encoders[0][0]
+    with torch.no_grad():
+        out = conv(x)[0]
+    assert int(out[0].argmax()) == c
+    assert float(out[0, c]) == pytest.approx(tpl.norm, rel=1e-5)
+    assert float(out[1, c]) == pytest.approx(-tpl.norm, rel=1e-5)
+    assert default_first_kernel(Template(np.ones(5) * np.arange(5), center=4)) == 9

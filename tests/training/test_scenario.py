@@ -70,3 +70,61 @@ def test_any_template_works() -> None:
     data = make_dataset(replace(suites(tpl)["white"], length=(64, 80)), 50, seed=1)
     for x, e in zip(data.signals, data.events, strict=True):
         assert np.all(np.diff(e) >= 5) and np.all(e >= 2) and np.all(e <= x.size - 3)
+
+
+def _correlations(x: np.ndarray, tpl: Template, positions: np.ndarray) -> np.ndarray:
+    k = tpl.values / tpl.norm
+    return np.array([float(np.dot(x[p - tpl.center : p - tpl.center + k.size], k)) for p in positions])
+
+
+def test_inverted_decoys_are_not_events() -> None:
+    """Polarity off: with p_inverted the signals also hold inverted copies, unlabelled."""
+    sc = replace(suites()["white"], noise=0.0, p_inverted=1.0, p_empty=0.0, length=(1500, 2000))
+    data = make_dataset(sc, 40, seed=2)
+    decoys = 0
+    for x, e in zip(data.signals, data.events, strict=True):
+        assert np.all(_correlations(x, BUMP, e) > 3.9)  # labelled events are upright (SNR >= 4)
+        full = np.correlate(x, BUMP.values / BUMP.norm, mode="valid")
+        troughs = np.flatnonzero(full < -3.9) + BUMP.center  # strongly inverted copies
+        decoys += troughs.size > 0
+        assert not np.any(np.abs(troughs[:, None] - e[None, :]) <= 5)  # never at an event
+    assert decoys == len(data)
+
+
+def test_polarity_on_labels_inverted_events() -> None:
+    sc = replace(suites(polarity=True)["white"], noise=0.0, p_empty=0.0)
+    data = make_dataset(sc, 200, seed=4)
+    corr = np.concatenate([_correlations(x, BUMP, e) for x, e in zip(data.signals, data.events, strict=True)])
+    assert (corr < -3.9).sum() > 0.3 * corr.size and (corr > 3.9).sum() > 0.3 * corr.size
+
+
+def test_suites_are_unchanged_by_the_decoy_option() -> None:
+    """p_inverted = 0 draws nothing extra: the held-out suites stay what they were."""
+    a = make_dataset(suites()["nuisance"], 20, seed=EVAL_SEEDS["nuisance"])
+    b = make_dataset(replace(suites()["nuisance"], p_inverted=0.0), 20, seed=EVAL_SEEDS["nuisance"])
+    for x, y in zip(a.signals, b.signals, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert suites()["white"].p_inverted == 0.0
+
+
+def test_long_templates_get_long_signals() -> None:
+    from training.scenario import signal_lengths, training_scenario
+
+    long = Template(np.sin(np.arange(1025) / 20.0), center=512)
+    assert signal_lengths(BUMP) == (256, 2048)
+    lo, hi = signal_lengths(long)
+    assert lo >= 6 * 1025
+    data = make_dataset(training_scenario(long), 10, seed=3)  # 3 events + decoys fit
+    for x, e in zip(data.signals, data.events, strict=True):
+        assert lo <= x.size <= hi and np.all(np.diff(e) >= 1025)
+
+
+def test_crowded_placement_falls_back_to_exact_draws() -> None:
+    from training.scenario import place_centres
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        c = place_centres(rng, 300, 3, 100, 0, 200)  # only one way: 0, 100, 200
+        assert c.tolist() == [0, 100, 200]
+    with pytest.raises(ValueError, match="cannot place 3 events"):
+        place_centres(rng, 300, 3, 101, 0, 200)

@@ -1,0 +1,89 @@
+"""A user's template from CSV or .npy: good files, and clear errors for bad ones."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.template import MAX_TEMPLATE, MIN_TEMPLATE, TemplateError, load_template
+
+SHAPE = [0.0, 0.5, -2.0, 1.0, 0.25, 0.0]
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\n".join(map(str, SHAPE)) + "\n",  # one value per line
+        ",".join(map(str, SHAPE)),  # one row
+        "value\n" + "\n".join(map(str, SHAPE)),  # a header line
+        "# my shape\n\n" + " ; ".join(map(str, SHAPE)) + "\n\n",  # comment, blank lines, semicolons
+        "0.0 0.5\n-2.0\t1.0\n0.25, 0.0",  # any mix
+    ],
+)
+def test_csv_forms(tmp_path: Path, text: str) -> None:
+    tpl = load_template(write(tmp_path, "k.csv", text))
+    assert tpl.values.tolist() == SHAPE
+    assert tpl.center == 2  # the largest absolute value, here negative
+
+
+def test_npy_forms_and_named_centre(tmp_path: Path) -> None:
+    for i, arr in enumerate([np.array(SHAPE), np.array([SHAPE], dtype=np.float32), np.array(SHAPE)[:, None]]):
+        np.save(tmp_path / f"k{i}.npy", arr)
+        tpl = load_template(tmp_path / f"k{i}.npy")
+        assert tpl.values.tolist() == pytest.approx(SHAPE) and tpl.center == 2
+    assert load_template(tmp_path / "k0.npy", center=4).center == 4
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([], "empty"),
+        ([1.0, float("nan"), 2.0, 3.0, 4.0], "non-finite"),
+        ([1.0, float("inf"), 2.0, 3.0, 4.0], "finite numbers"),
+        ([3.0] * 10, "constant"),
+        ([1.0, 2.0, 3.0, 2.0], f"at least {MIN_TEMPLATE}"),
+        (list(np.sin(np.arange(MAX_TEMPLATE + 1))), f"more than {MAX_TEMPLATE}"),
+    ],
+)
+def test_bad_values(tmp_path: Path, values: list[float], message: str) -> None:
+    csv = write(tmp_path, "k.csv", "\n".join(map(str, values)))
+    np.save(tmp_path / "k.npy", np.array(values, dtype=np.float64))
+    for path in (csv, tmp_path / "k.npy"):
+        with pytest.raises(TemplateError, match=message):
+            load_template(path)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(TemplateError, match="line 3: 'abc' is not a number"):
+        load_template(write(tmp_path, "a.csv", "1\n2\nabc\n4\n5\n"))
+    with pytest.raises(TemplateError, match="no such file"):
+        load_template(tmp_path / "missing.csv")
+    np.save(tmp_path / "two_d.npy", np.ones((3, 4)))
+    with pytest.raises(TemplateError, match=r"1-D \(n,\), got shape \(3, 4\)"):
+        load_template(tmp_path / "two_d.npy")
+    np.save(tmp_path / "obj.npy", np.array([1, "a", None], dtype=object), allow_pickle=True)
+    with pytest.raises(TemplateError, match=r"not a plain numeric \.npy"):
+        load_template(tmp_path / "obj.npy")
+    np.save(tmp_path / "c.npy", np.ones(6, dtype=np.complex64))
+    with pytest.raises(TemplateError, match="real numbers"):
+        load_template(tmp_path / "c.npy")
+    (tmp_path / "junk.npy").write_bytes(b"not numpy at all")
+    with pytest.raises(TemplateError, match=r"cannot read it as \.npy|not a plain numeric"):
+        load_template(tmp_path / "junk.npy")
+    with pytest.raises(TemplateError, match=r"centre 6 is outside the template \(0..5\)"):
+        load_template(write(tmp_path, "k.csv", ",".join(map(str, SHAPE))), center=6)
+
+
+def test_shipped_example_templates() -> None:
+    root = Path(__file__).resolve().parents[2] / "training" / "templates"
+    arrival = load_template(root / "arrival.csv")
+    assert arrival.values.size == 89 and arrival.center == 12
+    assert np.all(arrival.values[:8] == 0)  # quiet before the onset
+    chirp = load_template(root / "chirp.npy")
+    assert chirp.values.size == 201 and chirp.center == 102

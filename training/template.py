@@ -1,0 +1,119 @@
+"""A user's template: the one clean example of the shape to detect, from CSV or ``.npy``.
+
+CSV: numbers separated by commas, semicolons or whitespace, one value per line or all on one
+row (or any mix); blank lines and lines starting with ``#`` are ignored; a first line that is
+not numeric (a header) is skipped. ``.npy``: a 1-D array of real numbers (or shape (1, n) /
+(n, 1)), read without pickle.
+
+The event's location is the template's largest absolute value unless the caller names
+another sample (``center``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from training.scenario import Template
+
+MIN_TEMPLATE = 5
+MAX_TEMPLATE = 1025
+
+_SEPARATORS = re.compile(r"[,;\s]+")
+
+
+class TemplateError(ValueError):
+    """The template file is unusable; the message says what and how to fix it."""
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    values: list[float] = []
+    text = path.read_text(encoding="utf-8-sig")
+    seen_numbers = False
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = [f for f in _SEPARATORS.split(line) if f]
+        try:
+            row = [float(f) for f in fields]
+        except ValueError:
+            if not seen_numbers and not values:
+                continue  # a header line
+            bad = next(f for f in fields if not _is_float(f))
+            raise TemplateError(
+                f"{path}, line {lineno}: {bad!r} is not a number; the template must hold numbers "
+                "only (one per line or all on one row, separated by commas or spaces)"
+            ) from None
+        seen_numbers = True
+        values.extend(row)
+    return np.asarray(values, dtype=np.float64)
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise TemplateError(f"{path}: not a plain numeric .npy file ({exc}); save it with np.save") from None
+    except OSError as exc:
+        raise TemplateError(f"{path}: cannot read it as .npy ({exc})") from None
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in "iuf":
+        raise TemplateError(
+            f"{path}: the template must be real numbers, got dtype {getattr(a, 'dtype', '?')}"
+        )
+    if a.ndim == 2 and 1 in a.shape:
+        a = a.reshape(-1)
+    if a.ndim != 1:
+        raise TemplateError(f"{path}: the template must be 1-D (n,), got shape {a.shape}")
+    return a.astype(np.float64)
+
+
+def template_from_values(values: np.ndarray, center: int | None = None, source: str = "template") -> Template:
+    """Check a template's values and pick its centre; raises ``TemplateError`` with the fix."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise TemplateError(f"{source}: the template is empty; give {MIN_TEMPLATE} to {MAX_TEMPLATE} values")
+    bad = np.flatnonzero(~np.isfinite(v))
+    if bad.size:
+        raise TemplateError(
+            f"{source}: value {bad[0]} is {v[bad[0]]}; the template must be finite numbers "
+            f"({bad.size} non-finite value{'s' if bad.size > 1 else ''})"
+        )
+    if v.size < MIN_TEMPLATE:
+        raise TemplateError(
+            f"{source}: the template has {v.size} values, too short to tell the shape from noise; "
+            f"give at least {MIN_TEMPLATE}"
+        )
+    if v.size > MAX_TEMPLATE:
+        raise TemplateError(
+            f"{source}: the template has {v.size} values, more than {MAX_TEMPLATE}; crop it to the "
+            "event itself or down-sample the recordings"
+        )
+    if np.ptp(v) == 0:
+        raise TemplateError(f"{source}: the template is constant ({v[0]:g}); a shape needs to vary")
+    if center is None:
+        center = int(np.argmax(np.abs(v)))
+    elif not 0 <= center < v.size:
+        raise TemplateError(
+            f"{source}: centre {center} is outside the template (0..{v.size - 1}); name a sample in it"
+        )
+    return Template(values=v, center=int(center))
+
+
+def load_template(path: Path, center: int | None = None) -> Template:
+    """Read a template from ``.npy`` or CSV (any other suffix is read as CSV)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TemplateError(f"{path}: no such file")
+    values = _read_npy(path) if path.suffix.lower() == ".npy" else _read_csv(path)
+    return template_from_values(values, center, str(path))
