@@ -104,6 +104,8 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
     assert card.calibration is not None
     ece = card.calibration.model_dump()["ece"]
     assert ece["bins"] == 10 and ece["held_out"]["signal"]["after"]["samples"] == 80
+    assert (model_dir / "report" / "reliability.png").is_file()  # the report's reliability diagram
+    assert 'id="calibration"' in (model_dir / "report.html").read_text()
     model = OnnxModel(model_dir)
     data = make_dataset(suites()["white"], 40, seed=EVAL_SEEDS["white"])
     shipped = model.detect(data.signals)

@@ -18,7 +18,7 @@ from training import evaluate as ev
 from training.report import REPORT_FILE, link_readme, main, signed_matches, write_report
 from training.scenario import EVAL_SEEDS, make_dataset, suites
 
-SECTIONS = ("training", "roc", "localisation", "gallery", "walkthrough")
+SECTIONS = ("training", "roc", "localisation", "calibration", "gallery", "walkthrough")
 
 
 class Links(HTMLParser):
