@@ -51,3 +51,46 @@ def test_invalid_setting_stops_startup_with_a_message() -> None:
     )
     assert r.returncode == 2
     assert "SHAPE_DETECTOR_MAX_SIGNALS='-5'" in r.stderr
+
+
+def test_both_shipped_models_detect_their_own_shape(tmp_path: Path) -> None:
+    """/v1/models lists the two shipped models; each finds its own shape where it is.
+
+    (Both shapes oscillate with a 16-sample period, so each model may also fire on the other's
+    shape, as the matched filter would: no claim about that here.)
+    """
+    from training.scenario import BUMP
+    from training.template import load_template
+
+    arrival = load_template(ROOT / "training" / "templates" / "arrival.csv")
+    rng = np.random.default_rng(11)
+
+    def signal_with(values: np.ndarray, center: int, at: list[int]) -> list[float]:  # SNR 8
+        x = rng.standard_normal(1200)
+        for c in at:
+            x[c - center : c - center + values.size] += 8.0 * values / np.linalg.norm(values)
+        return x.tolist()
+
+    server = start_server(tmp_path)
+    try:
+        models = httpx.get(f"{server.url}/v1/models").json()["models"]
+        assert [m["name"] for m in models] == ["arrival", "bump"]
+        assert all(m["calibration"] is not None for m in models)
+        for name, tpl in (("arrival", arrival), ("bump", BUMP)):
+            own = signal_with(tpl.values, tpl.center, [300, 800])
+            quiet = rng.standard_normal(1200).tolist()
+            r = httpx.post(f"{server.url}/v1/models/{name}/detect", json={"signals": [own, quiet]})
+            assert r.status_code == 200, r.text
+            doc = r.json()
+            assert doc["model"]["name"] == name
+            hit, miss = doc["results"]
+            assert hit["detected"] and len(hit["peaks"]) == 2
+            assert [abs(p["index"] - c) <= 2 for p, c in zip(hit["peaks"], [300, 800], strict=True)] == [
+                True,
+                True,
+            ]
+            assert all(0.5 < p["probability"] <= 1 for p in hit["peaks"])
+            assert hit["probability"] > 0.9
+            assert not miss["detected"] and miss["peaks"] == [] and miss["probability"] < 0.5
+    finally:
+        assert server.stop() == 0, server.log()
