@@ -6,6 +6,7 @@ PIP    := $(PY) -m pip
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 NAME   ?= bump
+TEMPLATE ?=
 ARGS   ?=
 SOAK_SECONDS ?= 60
 
@@ -48,8 +49,8 @@ soak: $(VENV)/.installed-all  ## load run of SOAK_SECONDS (default 60) with 32 c
 audit: $(VENV)/.installed-all  ## known vulnerabilities in the installed packages (PyPI advisory data)
 	$(VENV)/bin/pip-audit --strict --progress-spinner off --vulnerability-service pypi --skip-editable
 
-train: $(VENV)/.installed-all  ## train, evaluate and export models/$(NAME) (ARGS for more options)
-	$(PY) -m training.train --name $(NAME) $(ARGS)
+train: $(VENV)/.installed-all  ## train, evaluate and export models/$(NAME) (TEMPLATE=shape.csv, ARGS)
+	$(PY) -m training.train --name $(NAME) $(if $(TEMPLATE),--template $(TEMPLATE)) $(ARGS)
 
 train-dry: $(VENV)/.installed-all  ## a tiny end-to-end training run into /tmp
 	$(PY) -m training.train --dry-run --out /tmp/shape-detector-dry $(ARGS)
