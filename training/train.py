@@ -79,7 +79,7 @@ class TrainConfig:
     eval_signals: int = 2000  # per suite, held out
     calibration_signals: int = 4000  # from the training distribution: to fit, and again held out
     minutes: float | None = None  # a time budget for the training loop (then steps is an outcome)
-    max_minutes: float | None = 20.0  # steps that would take longer switch to this time budget
+    max_minutes: float | None = 18.0  # steps that would take longer switch to this time budget
     schedule: str = "steps"  # "steps" or "time": what the run's schedule followed
     model: ModelConfig = field(default_factory=ModelConfig)
 
