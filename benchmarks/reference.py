@@ -1,31 +1,33 @@
 """What the two reference servers (naive FastAPI, LitServe) share: the model, its card, the answer.
 
-Plain onnxruntime and the card's JSON; peak picking is the service's own ``find_peaks`` so that
-all three servers compute the same peaks. No windowing, no batching across requests.
+Plain onnxruntime and the card; the post-processing is the service's own ``detections`` (peak
+picking and the card's calibration maps) so that all three servers give the same answer. No
+windowing, no batching across requests.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from app.core.peaks import find_peaks
+from app.core.card import load_card
+from app.core.model import detections
 
 
 class ReferenceModel:
     """``model.onnx`` in one onnxruntime session, plus the card's name, version and defaults."""
 
     def __init__(self, model_dir: Path, intra_op_threads: int = 0) -> None:
-        card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
-        self.name: str = card["name"]
-        self.version: str = card["version"]
-        self.threshold = float(card["threshold"])
-        self.min_distance = int(card["min_distance"])
-        self.min_length = int(card["min_length"])
+        card = load_card(model_dir)
+        self.calibrator = card.calibrator
+        self.name: str = card.name
+        self.version: str = card.version
+        self.threshold = card.threshold
+        self.min_distance = card.min_distance
+        self.min_length = card.min_length
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         self.session = ort.InferenceSession(
@@ -41,18 +43,19 @@ class ReferenceModel:
         self, curve: np.ndarray, threshold: float, min_distance: int, return_scores: bool
     ) -> dict[str, Any]:
         """One signal's entry of ``results`` (the service's contract)."""
-        probability = float(curve.max())
-        peaks = find_peaks(curve, threshold, min_distance)
+        (d,) = detections(
+            [curve], threshold, min_distance, calibrator=self.calibrator, return_scores=return_scores
+        )
         item: dict[str, Any] = {
-            "probability": probability,
-            "detected": probability >= threshold,
+            "probability": d.probability,
+            "detected": d.detected,
             "peaks": [
                 {"index": i, "probability": p}
-                for i, p in zip(peaks.index.tolist(), peaks.probability.tolist(), strict=True)
+                for i, p in zip(d.peaks.index.tolist(), d.peaks.probability.tolist(), strict=True)
             ],
         }
-        if return_scores:
-            item["scores"] = curve.tolist()
+        if d.scores is not None:
+            item["scores"] = d.scores.tolist()
         return item
 
     def response(self, results: list[dict[str, Any]], threshold: float, min_distance: int) -> dict[str, Any]:
