@@ -10,7 +10,7 @@ TEMPLATE ?=
 ARGS   ?=
 SOAK_SECONDS ?= 60
 
-.PHONY: help install install-serve browser nginx test soak audit train train-dry serve bench bench-quick clean
+.PHONY: help install install-serve browser nginx wrk test soak audit train train-dry serve bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ browser:  ## Debian's Chromium for the browser tests (never Playwright's downloa
 nginx:  ## Debian's nginx for the load-balancer tests (tests/deploy)
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null)
 
+wrk:  ## Debian's wrk, the load generator of the benchmarks
+	@command -v wrk >/dev/null 2>&1 || test -x /usr/bin/wrk || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
+
 test: $(VENV)/.installed-all browser nginx  ## lint and run the whole test suite
 	$(VENV)/bin/ruff check app training tests benchmarks
 	$(VENV)/bin/mypy
@@ -58,11 +61,11 @@ train-dry: $(VENV)/.installed-all  ## a tiny end-to-end training run into /tmp
 serve: $(VENV)/.installed-serve  ## serve models/ on HOST:PORT (default 127.0.0.1:8000)
 	SHAPE_DETECTOR_HOST=$(HOST) SHAPE_DETECTOR_PORT=$(PORT) $(PY) -m app
 
-bench: $(VENV)/.installed-all  ## benchmarks (report, never fail on timing)
+bench: $(VENV)/.installed-all wrk  ## benchmarks (report, never fail on timing)
 	$(PY) -m benchmarks.bench_model
 	$(PY) -m benchmarks.run $(ARGS)
 
-bench-quick: $(VENV)/.installed-all  ## one-minute smoke run of the benchmark harness
+bench-quick: $(VENV)/.installed-all wrk  ## one-minute smoke run of the benchmark harness
 	$(PY) -m benchmarks.run --quick $(ARGS)
 
 clean:  ## remove the virtual environment and caches

@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=app_metrics,
             body_timeout=settings.BODY_TIMEOUT_S,
             request_timeout=settings.REQUEST_TIMEOUT_S,
+            inline_max_samples=settings.INLINE_MAX_SAMPLES,
         )
         lifecycle.install_signal_handler()  # SIGTERM drains first (only under a server, main thread)
         try:

@@ -63,12 +63,26 @@ class Metrics:
         )
 
 
+_ENCODER = json.JSONEncoder(default=str)  # made once: json.dumps(..., default=str) builds one per call
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and any ``extra`` fields."""
 
+    _stamp: tuple[int, str] = (-1, "")  # (second, its text), replaced as one object
+
+    def _time(self, created: float) -> str:
+        """``2026-11-24T21:00:00.123Z`` (UTC); the part up to the second is formatted once a second."""
+        second = int(created)
+        done, text = self._stamp
+        if second != done:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._stamp = (second, text)
+        return f"{text}.{int((created - second) * 1000):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "time": self._time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -78,7 +92,7 @@ class JsonFormatter(logging.Formatter):
             doc.update(fields)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+        return _ENCODER.encode(doc)
 
 
 def configure_logging(level: str) -> None:
@@ -95,6 +109,24 @@ class ObservabilityMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # The labelled children, looked up once per (method, route, status): ``labels()`` takes a
+        # lock and builds its key on every call.
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._histograms: dict[tuple[str, str], Any] = {}
+
+    def _record(self, method: str, template: str, status: int, duration: float) -> None:
+        counter = self._counters.get((method, template, status))
+        if counter is None:
+            counter = self._counters.setdefault(
+                (method, template, status), self.metrics.requests.labels(method, template, str(status))
+            )
+        histogram = self._histograms.get((method, template))
+        if histogram is None:
+            histogram = self._histograms.setdefault(
+                (method, template), self.metrics.latency.labels(method, template)
+            )
+        counter.inc()
+        histogram.observe(duration)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -129,8 +161,7 @@ class ObservabilityMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.latency.labels(method, template).observe(duration)
+            self._record(method, template, status, duration)
             access_log.info(
                 "request",
                 extra={

@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     ORT_SPINNING: bool = Field(False, description="Let onnxruntime's threads spin between calls.")
     DECODE_THREADS: int = Field(2, ge=1, le=64, description="Threads decoding large request bodies.")
     MAX_QUEUE: int = Field(64, ge=1, description="Requests waiting per model before 503.")
+    INLINE_MAX_SAMPLES: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Opt-in: a lone request up to this many samples runs on the event loop (blocking it for "
+            "that call); 0, the default: inference always runs in the worker threads."
+        ),
+    )
     BATCH_WAIT_MS: float = Field(
         0.0, ge=0, le=1000, description="Wait for more requests to batch, from the first arrival."
     )

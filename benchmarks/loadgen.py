@@ -10,10 +10,12 @@ client's own CPU time (getrusage of this process) is measured per phase.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import io
 import resource
 import statistics
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,23 +98,37 @@ class PhaseResult:
     errors: int = 0
     error_examples: list[str] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list)
-    elapsed_s: float = 0.0  # first request sent -> last answer received
+    elapsed_s: float = 0.0  # first request sent -> last answer received (wrk: the counted window)
     client_cpu_s: float = 0.0
+    client_wall_s: float = 0.0  # wall time of the client's run, if not elapsed_s (wrk)
+    percentiles_ms: tuple[float, float] | None = None  # (p50, p99) computed by the client (wrk)
+    responses: int | None = None  # all correct and incorrect answers, window or not (wrk)
+    identical: int | None = None  # answers byte-identical to the fully checked one (wrk)
 
     def summary(self, payload: Payload) -> dict[str, Any]:
         lat = np.asarray(self.latencies_s) * 1000
         rps = self.requests / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        return {
+        if self.percentiles_ms is not None:
+            p50, p99 = self.percentiles_ms
+        else:
+            p50 = float(np.percentile(lat, 50)) if lat.size else None
+            p99 = float(np.percentile(lat, 99)) if lat.size else None
+        wall = self.client_wall_s or self.elapsed_s
+        out = {
             "requests": self.requests,
             "errors": self.errors,
             "elapsed_s": self.elapsed_s,
             "requests_per_s": rps,
             "samples_per_s": rps * payload.samples,
-            "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-            "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+            "p50_ms": p50,
+            "p99_ms": p99,
             "client_cpu_s": self.client_cpu_s,
-            "client_cpu_cores": self.client_cpu_s / self.elapsed_s if self.elapsed_s > 0 else 0.0,
+            "client_cpu_cores": self.client_cpu_s / wall if wall > 0 else 0.0,
         }
+        if self.responses is not None:
+            out["responses"] = self.responses
+            out["identical"] = self.identical
+        return out
 
 
 def client_cpu_s() -> float:
@@ -178,6 +194,42 @@ def run_load(
     if uvloop is not None:
         return uvloop.run(coro)
     return asyncio.run(coro)
+
+
+def checked_requests(
+    url: str, payload: Payload, count: int, timeout: float = 120.0
+) -> tuple[PhaseResult, bytes | None]:
+    """``count`` requests one after the other, each checked in full (``check_response``), on one
+    connection; the result and the first correct answer's body (None if none was correct)."""
+    out, first = PhaseResult(), None
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    headers = {"Content-Type": payload.content_type}
+    t0, cpu0 = time.perf_counter(), client_cpu_s()
+    try:
+        for _ in range(count):
+            sent = time.perf_counter()
+            try:
+                connection.request("POST", parts.path, body=payload.body, headers=headers)
+                response = connection.getresponse()
+                body = response.read()
+                problem = check_response(response.status, body, payload.signals)
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                body, problem = b"", f"{type(exc).__name__}: {exc}"
+            if problem is None:
+                out.requests += 1
+                out.latencies_s.append(time.perf_counter() - sent)
+                first = body if first is None else first
+            else:
+                out.errors += 1
+                if len(out.error_examples) < MAX_EXAMPLES:
+                    out.error_examples.append(problem)
+    finally:
+        connection.close()
+    out.elapsed_s = time.perf_counter() - t0
+    out.client_cpu_s = client_cpu_s() - cpu0
+    return out, first
 
 
 def _median(values: Sequence[float | None]) -> float | None:

@@ -73,18 +73,67 @@ def ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
     }
     out = []
     for (server, body, rows, length, conc), r in ok.items():
-        if server != "service":
+        if not server.startswith("service"):  # the service and its variants (service-w2: 2 workers)
             continue
         key = raw_key(result["raw"], rows, length)
         raw = result["raw"].get(key, {}).get("samples_per_s") if key else None
         naive = ok.get(("naive", body, rows, length, conc), {}).get("requests_per_s")
         lit = ok.get(("litserve", body, rows, length, conc), {}).get("requests_per_s")
         out.append({
-            "body": body, "rows": rows, "length": length, "concurrency": conc, "raw_case": key,
+            "server": server, "body": body, "rows": rows, "length": length, "concurrency": conc,
+            "raw_case": key,
             "service_over_raw": _div(r["samples_per_s"], raw),
             "service_over_naive": _div(r["requests_per_s"], naive),
             "service_over_litserve": _div(r["requests_per_s"], lit),
         })  # fmt: skip
+    return out
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue #5's targets, each with the measured value and whether this run met it."""
+    rows = {
+        (r["server"], r["body"], r["rows"], r["length"], r["concurrency"]): r
+        for r in result["rows"]
+        if r.get("status") == "ok"
+    }
+    ratio = {
+        (q.get("server", "service"), q["body"], q["rows"], q["length"], q["concurrency"]): q
+        for q in result["ratios"]
+    }
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, target: str, value: float | None, ok: bool | None, shown: str) -> None:
+        out.append({"workload": name, "target": target, "value": value, "met": ok, "shown": shown})
+
+    for body, floor in (("npy", 0.95), ("json", 0.85)):
+        v = ratio.get(("service", body, 64, 1024, 8), {}).get("service_over_raw")
+        add(
+            f"64×1024 {body}, concurrency 8",
+            f"≥ {floor} × raw",
+            v,
+            None if v is None else v >= floor,
+            times(v),
+        )
+    for server in sorted({k[0] for k in ratio if k[0].startswith("service")}):
+        q = ratio.get((server, "json", 1, 1024, 32), {})
+        n, lit = q.get("service_over_naive"), q.get("service_over_litserve")
+        met = None if n is None or lit is None else n >= 3 and lit >= 2
+        label = "" if server == "service" else f" ({server})"
+        add(f"1×1024 json, concurrency 32{label}", "≥ 3 × naive, ≥ 2 × LitServe", n, met,
+            f"{times(n)} naive, {times(lit)} LitServe")  # fmt: skip
+    one = rows.get(("service", "json", 1, 1024, 1), {})
+    raw_p50 = result["raw"]["latency_1x1024"]["p50_ms"]
+    p50 = one.get("p50_ms")
+    met = None if p50 is None else p50 <= raw_p50 + 0.5
+    shown = f"{ms(p50)} ms (raw + {ms((p50 or 0) - raw_p50)} ms)"
+    add("1×1024 json, concurrency 1", f"p50 ≤ raw {raw_p50:.2f} + 0.5 ms", p50, met, shown)
+    big = [r for r in result["rows"] if r.get("status") == "ok" and "peak_rss_growth_mib" in r]
+    if big:
+        q = ratio.get(("service", "npy", 1, big[0]["length"], 1), {})
+        v, growth = q.get("service_over_raw"), big[0]["peak_rss_growth_mib"]
+        met = None if v is None else v >= 0.9 and growth * 2**20 <= 300e6
+        add(f"1×{big[0]['length']:,} npy", "≥ 0.9 × raw, peak RSS growth ≤ 300 MB", v, met,
+            f"{times(v)}, growth {growth:.0f} MiB")  # fmt: skip
     return out
 
 
@@ -199,17 +248,29 @@ def markdown(result: dict[str, Any]) -> str:
         "Service / raw onnxruntime compares samples/s with the raw case doing the same inference "
         "(1×1024 raw is one call per signal: under concurrency the service batches requests "
         "together and can exceed it). Service / naive and service / LitServe compare requests/s "
-        "on the same workload (they take JSON only).",
+        "on the same workload (they take JSON only). service-w<n> is the service with "
+        "SHAPE_DETECTOR_WORKERS=<n> (n processes).",
         "",
-        "| body | shape | conc. | service / raw | service / naive | service / LitServe |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| service | body | shape | conc. | service / raw | service / naive | service / LitServe |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for q in result.get("ratios", []):
         lines.append(
-            f"| {q['body']} | {shape(q['rows'], q['length'])} | {q['concurrency']} | "
+            f"| {q.get('server', 'service')} | {q['body']} | {shape(q['rows'], q['length'])} | "
+            f"{q['concurrency']} | "
             f"{times(q['service_over_raw'])} | {times(q['service_over_naive'])} | "
             f"{times(q['service_over_litserve'])} |"
         )
+    lines += [
+        "",
+        "## Targets (issue #5)",
+        "",
+        "| workload | target | this run | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for t in targets(result):
+        met = "–" if t["met"] is None else "yes" if t["met"] else "no"
+        lines.append(f"| {t['workload']} | {t['target']} | {t['shown']} | {met} |")
     lines += ["", "## Servers as run", ""]
     for name, s in result["servers"].items():
         command = " ".join(["python", *s["command"][1:]])

@@ -1,18 +1,22 @@
 """The benchmark harness (issue #5): raw onnxruntime, the service, a naive FastAPI server, LitServe.
 
-    python -m benchmarks.run            # about 6 minutes -> benchmarks/results/latest.{json,md}
+    python -m benchmarks.run            # about 7 minutes -> benchmarks/results/latest.{json,md}
     python -m benchmarks.run --quick    # about 1 minute  -> benchmarks/results/quick.{json,md}
 
 1. Raw onnxruntime (this process, the service's session) on 1x1024, 64x1024 and the windows of
    a 1x1,000,000 signal; single-call latency of 1x1024.
 2. Each server as a real process on a free loopback port, one at a time, loaded by a closed-loop
-   asyncio client in this process (benchmarks/loadgen.py): JSON and .npy bodies, 1x1024 and
-   64x1024, concurrency 1, 8 and 32; the service also gets a few 1x10,000,000 .npy requests
-   with its peak RSS growth measured.
-3. Medians over repeats; ratios service / raw, service / naive and service / LitServe.
+   client: wrk (benchmarks/wrkload.py, Debian's package; the default when installed) or an
+   asyncio client in this process (--client python, benchmarks/loadgen.py). JSON and .npy
+   bodies, 1x1024 and 64x1024, concurrency 1, 8 and 32; the service also with
+   SHAPE_DETECTOR_WORKERS=2 on 1x1024 at concurrency 32 ("service-w2"), and a few
+   1x10,000,000 .npy requests (Python client) with its peak RSS growth measured.
+3. Medians over repeats; ratios service / raw, service / naive and service / LitServe; issue
+   #5's targets, met or not.
 
 Timings never fail the run: it exits 1 only for errors (a server that does not start or dies,
-a response that is not 200 or does not have one result per signal). The total time is bounded:
+a response that is not 200 or does not have one result per signal, a measured phase too short
+for any answer). The total time is bounded:
 past --budget seconds the remaining workloads run one short repeat each (marked "reduced").
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -30,12 +35,14 @@ from typing import Any
 
 from app.core.card import load_card
 from app.core.model import InferenceOptions
-from benchmarks import loadgen, report, servers
+from benchmarks import loadgen, report, servers, wrkload
 from benchmarks.loadgen import Payload, Phase
 from benchmarks.raw import measure_raw
 
 ROOT = servers.ROOT
 SERVERS = ("service", "naive", "litserve")
+CLIENTS = ("wrk", "python")
+CHECKED_REQUESTS = 3  # per workload, before and after wrk's load, checked in full
 
 
 @dataclass(frozen=True)
@@ -55,8 +62,12 @@ class Config:
     raw_long_length: int = 1_000_000  # the raw case that runs the service's windows
     latency_calls: int = 1000
     workers: int = 1  # the service's SHAPE_DETECTOR_WORKERS
+    # The service again with these SHAPE_DETECTOR_WORKERS (processes), on the 1x1024 workloads at
+    # the highest concurrency only: where one process's event loop is the bottleneck.
+    more_workers: tuple[int, ...] = (2,)
     intra_op_threads: int = 0  # onnxruntime threads per call in every server and raw; 0: default
-    budget_s: float = 330.0
+    client: str = "wrk"  # load generator for the fixed-body workloads: "wrk" or "python"
+    budget_s: float = 480.0
     timeout_s: float = 120.0  # per request
     big_timeout_s: float = 600.0
 
@@ -89,37 +100,73 @@ def workloads(cfg: Config, name: str) -> list[tuple[str, int, int, int]]:
     bodies = ("json", "npy")
     if name == "litserve" and not cfg.litserve_all:
         return [("json", 1, 1024, 32)]
+    if name.startswith("service-w"):  # 1x1024 at the highest concurrency only
+        return [(b, 1, 1024, max(cfg.concurrency)) for b in bodies if (1, 1024) in cfg.shapes]
     return [(b, r, n, c) for (r, n) in cfg.shapes for c in cfg.concurrency for b in bodies]
 
 
 def measure_workload(
-    server: servers.Server, payload: Payload, concurrency: int, phases: list[Phase], timeout: float
+    server: servers.Server,
+    payload: Payload,
+    concurrency: int,
+    phases: list[Phase],
+    timeout: float,
+    client: str = "python",
 ) -> dict[str, Any]:
-    """Warm-up (phases[0]) and measured repeats on one server; errors of all phases count."""
+    """Warm-up (phases[0]) and measured repeats on one server; errors of all phases count.
+
+    With ``client="wrk"`` the load comes from wrk, and a few requests before and after it are
+    sent and checked in full by the Python client (the first answer is also the one wrk's
+    script compares every response with).
+    """
+    checks: list[loadgen.PhaseResult] = []
+    expected = None
+    if client == "wrk":
+        pre, expected = loadgen.checked_requests(server.detect_url, payload, CHECKED_REQUESTS, timeout)
+        checks.append(pre)
     peak_reset = server.reset_peak()
     cpu0, (busy0, total0), client0 = server.cpu_s(), machine_busy(), loadgen.client_cpu_s()
     t0 = time.perf_counter()
-    results = loadgen.run_load(server.detect_url, payload, concurrency, phases, timeout)
+    if client == "wrk":
+        # One connection's answer takes about one request's latency per connection ahead of it.
+        cycle = concurrency * statistics.median(pre.latencies_s) if pre.latencies_s else 0.0
+        results = wrkload.run_load(server.detect_url, payload, concurrency, phases, timeout, expected, cycle)
+    else:
+        results = loadgen.run_load(server.detect_url, payload, concurrency, phases, timeout)
     wall = time.perf_counter() - t0
     busy1, total1 = machine_busy()
     server_cores = (server.cpu_s() - cpu0) / wall
-    client_cores = (loadgen.client_cpu_s() - client0) / wall
+    client_cpu = loadgen.client_cpu_s() - client0  # this process (the whole Python client)
+    if client == "wrk":
+        client_cpu += sum(r.client_cpu_s for r in results)  # wrk itself
+    client_cores = client_cpu / wall
     busy_cores = (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
+    requests_run = sum(r.responses if r.responses is not None else r.requests for r in results)
+    if client == "wrk":
+        post, _ = loadgen.checked_requests(server.detect_url, payload, CHECKED_REQUESTS, timeout)
+        checks.append(post)
     row = loadgen.median_summary(results[1:], payload)
-    row["errors"] += results[0].errors
-    row["error_examples"] = (results[0].error_examples + row["error_examples"])[: loadgen.MAX_EXAMPLES]
+    row["errors"] += results[0].errors + sum(c.errors for c in checks)
+    examples = results[0].error_examples + row["error_examples"]
+    examples += [e for c in checks for e in c.error_examples]
+    row["error_examples"] = examples[: loadgen.MAX_EXAMPLES]
     mem = server.memory_mib()
     if not server.alive():
         row["errors"] += 1
         row["error_examples"].append(f"server exited with {server.process.returncode}:\n{server.log()}")
+    if client == "wrk":
+        row["checked_requests"] = sum(c.requests + c.errors for c in checks)
+        row["responses"] = requests_run
+        row["identical_responses"] = sum(r.identical or 0 for r in results)
     return {
         **row,
+        "client": client,
         "server_rss_mib": mem["rss_mib"],
         "server_peak_rss_mib": mem["peak_rss_mib"],
         "server_processes": mem["processes"],
         "peak_reset": peak_reset,  # False: the peak RSS is the one since the server started
         "server_cpu_cores": server_cores,
-        "server_cpu_ms_per_request": server_cores * wall * 1000 / max(sum(r.requests for r in results), 1),
+        "server_cpu_ms_per_request": server_cores * wall * 1000 / max(requests_run, 1),
         "client_cpu_cores_overall": client_cores,
         "other_cpu_cores": max(busy_cores - server_cores - client_cores, 0.0),
         "wall_s": wall,
@@ -146,9 +193,15 @@ def measure_big(
     }
 
 
+def service_workers(name: str, cfg: Config) -> int:
+    """SHAPE_DETECTOR_WORKERS of a service variant: "service" (cfg.workers) or "service-w<n>"."""
+    return int(name.removeprefix("service-w")) if name.startswith("service-w") else cfg.workers
+
+
 def spec_for(name: str, cfg: Config, port: int) -> servers.ServerSpec:
-    if name == "service":
-        return servers.service_spec(cfg.model_dir, port, cfg.workers, cfg.intra_op_threads)
+    if name.startswith("service"):
+        spec = servers.service_spec(cfg.model_dir, port, service_workers(name, cfg), cfg.intra_op_threads)
+        return replace(spec, name=name)
     if name == "naive":
         return servers.naive_spec(cfg.model_dir, port, cfg.intra_op_threads)
     return servers.litserve_spec(cfg.model_dir, port, cfg.intra_op_threads)
@@ -166,7 +219,9 @@ def run_server(
     spec = spec_for(name, cfg, port)
     log(f"[{time.perf_counter() - started:6.1f}s] starting {name}: {' '.join(spec.command)}")
     try:
-        server = servers.start(spec, port, log_dir)
+        server = servers.start(
+            spec, port, log_dir, processes=service_workers(name, cfg) if name.startswith("service") else 1
+        )
     except servers.ServerError as exc:
         result["failures"].append(f"{name}: {exc}")
         log(f"  {name} did not start: {exc}")
@@ -193,7 +248,7 @@ def run_server(
                 if reduced
                 else ([Phase(cfg.warmup_s)] + [Phase(cfg.duration_s)] * cfg.repeats)
             )
-            row = measure_workload(server, payload, conc, phases, cfg.timeout_s)
+            row = measure_workload(server, payload, conc, phases, cfg.timeout_s, cfg.client)
             result["rows"].append({**base, "status": "ok", "reduced": reduced, **row})
             log(f"[{time.perf_counter() - started:6.1f}s]   {report.row_line(result['rows'][-1])}")
         if name == "service" and cfg.big_length:
@@ -205,6 +260,25 @@ def run_server(
     finally:
         info["exit_code"] = server.stop()
         info["log_tail"] = server.log()[-1500:]
+
+
+def load_generator(client: str) -> dict[str, str]:
+    if client == "wrk":
+        return {
+            "client": f"{wrkload.version()} (one thread, Lua script benchmarks/load.lua)",
+            "how": "closed loop: N keep-alive connections, each sending its next request when the previous "
+            "answer arrived; requests/s counted over a window inside each run (no answer in flight "
+            "lost at the end), p50/p99 from wrk's histogram of the run; every response checked "
+            "(200, byte-identical to a fully checked answer or one 'peaks' per signal), plus "
+            f"{CHECKED_REQUESTS} requests before and {CHECKED_REQUESTS} after each workload checked in full "
+            "by the Python client; the 1x10M requests come from the Python client (aiohttp). "
+            "Client CPU: wrk's (rusage of the child) plus this process's",
+        }
+    return {
+        "client": loadgen.CLIENT,
+        "how": "closed loop: N concurrent workers in one process, each sending its next request "
+        "when the previous one returned; keep-alive; client CPU from getrusage of this process",
+    }
 
 
 def measure(cfg: Config, log_dir: Path | None = None) -> dict[str, Any]:
@@ -219,11 +293,7 @@ def measure(cfg: Config, log_dir: Path | None = None) -> dict[str, Any]:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "machine": report.machine(),
         "load_average_start": list(os.getloadavg()),
-        "load_generator": {
-            "client": loadgen.CLIENT,
-            "how": "closed loop: N concurrent workers in one process, each sending its next request "
-            "when the previous one returned; keep-alive; client CPU from getrusage of this process",
-        },
+        "load_generator": load_generator(cfg.client),
         "servers": {},
         "rows": [],
         "failures": [],
@@ -247,7 +317,11 @@ def measure(cfg: Config, log_dir: Path | None = None) -> dict[str, Any]:
         cfg.raw_long_length,
     )
     with tempfile.TemporaryDirectory(prefix="shape-bench-") as tmp:
-        for name in cfg.servers:
+        names = list(cfg.servers)
+        if "service" in names:
+            extra = [f"service-w{w}" for w in cfg.more_workers if w != cfg.workers]
+            names[names.index("service") + 1 : names.index("service") + 1] = extra
+        for name in names:
             run_server(name, cfg, template, log_dir or Path(tmp), started, result)
     result["load_average_end"] = list(os.getloadavg())
     result["elapsed_s"] = time.perf_counter() - started
@@ -263,7 +337,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, help="seconds per measured repeat")
     p.add_argument("--repeats", type=int, help="measured repeats per workload (medians are reported)")
     p.add_argument("--budget", type=float, help="seconds after which workloads run one short repeat")
+    p.add_argument(
+        "--client",
+        choices=CLIENTS,
+        help="load generator for the fixed-body workloads (default: wrk if installed, else python)",
+    )
     p.add_argument("--workers", type=int, default=1, help="the service's SHAPE_DETECTOR_WORKERS")
+    p.add_argument(
+        "--more-workers",
+        default="2",
+        help="comma-separated SHAPE_DETECTOR_WORKERS to run the service with again on the 1x1024 "
+        "concurrency-32 workloads ('' for none)",
+    )
     p.add_argument("--intra-op-threads", type=int, default=0, help="onnxruntime threads per call; 0: default")
     p.add_argument("--model-dir", type=Path, default=Config.model_dir)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -275,9 +360,16 @@ def main(argv: list[str] | None = None) -> int:
         QUICK if a.quick else Config(),
         servers=names,
         workers=a.workers,
+        more_workers=tuple(int(w) for w in a.more_workers.split(",") if w),
         intra_op_threads=a.intra_op_threads,
         model_dir=a.model_dir,
     )
+    client = a.client or ("wrk" if wrkload.executable() else "python")
+    if client == "wrk" and not wrkload.executable():
+        p.error("--client wrk: wrk is not installed (apt-get install -y wrk; make bench installs it)")
+    if client == "python" and a.client is None:
+        log("wrk is not installed: the Python client generates the load (make bench installs wrk)")
+    cfg = replace(cfg, client=client)
     for field, value in (("duration_s", a.duration), ("repeats", a.repeats), ("budget_s", a.budget)):
         if value is not None:
             cfg = replace(cfg, **{field: value})

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.api.deps import QueryDep, RegistryDep, RunnerDep, SettingsDep
+from app.api.deps import QueryDep, RegistryDep, RunnerDep, SettingsDep, query_parameters_doc
 from app.api.schemas import ERRORS, DetectRequest, DetectResponse, ModelList, example_signal
 from app.core.card import Card
 
@@ -15,6 +15,7 @@ router = APIRouter(prefix="/v1", tags=["v1"])
 
 _npy_example = "(binary: the bytes np.save writes; 1-D for one signal, 2-D for several)"
 DETECT_BODY: dict[str, Any] = {
+    "parameters": query_parameters_doc(),
     "requestBody": {
         "required": True,
         "content": {
@@ -40,7 +41,7 @@ DETECT_BODY: dict[str, Any] = {
                 "example": _npy_example,
             },
         },
-    }
+    },
 }
 DETECT_DOC = dict(
     response_model=DetectResponse,
@@ -67,9 +68,9 @@ async def detect_with(
 
 
 @router.get("/models", response_model=ModelList, summary="List the served models")
-def list_models(registry: RegistryDep) -> ModelList:
-    """The card of every model that is loaded and serving."""
-    return ModelList(models=[m.card for m in registry.models()])
+async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelList:
+    """The card of every model that is loaded and serving, and which one /v1/detect uses."""
+    return ModelList(default=settings.DEFAULT_MODEL, models=[m.card for m in registry.models()])
 
 
 @router.get(

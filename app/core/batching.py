@@ -8,6 +8,15 @@ heavy load requests that arrive during a run share the next one. ``max_wait`` (c
 the first arrival) can trade latency for bigger batches. The queue is bounded: a full queue
 refuses new requests with ``Overloaded`` instead of growing.
 
+A request too big for one onnxruntime call (a long signal: many windows) is scored in
+several calls; ``Batcher.map`` lets idle workers take some of them, so one long signal uses
+every worker instead of one. A waiting request is always taken before such help: a long
+signal does not hold up short ones.
+
+``run_now`` scores a request in the calling thread instead, if every worker is idle and
+nothing waits: for a lone small request the two hand-offs between threads (each a wake-up
+of a sleeping CPU) cost more than its inference.
+
 A signal's result does not depend on its batch: windows are cut the same way whatever the
 company, and onnxruntime computes each row of a batch independently.
 """
@@ -20,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +39,8 @@ from app.core.windows import Float32Array
 
 Score = Callable[[Sequence[npt.NDArray[np.floating]]], list[Float32Array]]
 Finish = Callable[[list[Float32Array]], Any]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -42,11 +53,26 @@ class _Job:
 
 
 @dataclass
+class _Split:
+    """The independent tasks of one ``Batcher.map`` call; state guarded by the batcher's lock."""
+
+    fn: Callable[[Any], Any]
+    items: list[Any]
+    results: list[Any]
+    claimed: int = 0  # tasks handed out (the next one to run is items[claimed])
+    unfinished: int = 0  # tasks not finished (or never to run, after an error)
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
 class BatchStats:
     batches: int = 0
     requests: int = 0
     signals: int = 0
     dropped: int = 0  # requests whose caller gave up (deadline) before they ran
+    helped: int = 0  # map tasks run by a worker other than the caller
+    now: int = 0  # requests run by run_now in the caller's thread
 
 
 class Batcher:
@@ -68,6 +94,8 @@ class Batcher:
         self.max_wait = max_wait
         self.stats = BatchStats()
         self._jobs: deque[_Job] = deque()
+        self._splits: deque[_Split] = deque()  # map calls with tasks left for idle workers
+        self._waiting = 0  # workers waiting for work
         self._cond = threading.Condition()
         self._closed = False
         # Several workers run batches side by side (each onnxruntime call on its own core).
@@ -82,9 +110,14 @@ class Batcher:
     def queued(self) -> int:
         return len(self._jobs)
 
+    @property
+    def idle(self) -> bool:
+        """Every worker waits for work and nothing is queued."""
+        return not (self._closed or self._jobs or self._splits) and self._waiting == len(self._threads)
+
     def submit(self, signals: Sequence[npt.NDArray[np.floating]], finish: Finish) -> Future[Any]:
         """Queue a request; its future gets ``finish(curves)`` or the error that stopped it."""
-        job = _Job(signals, finish, int(sum(np.size(s) for s in signals)))
+        job = _Job(signals, finish, sum(s.size for s in signals))
         with self._cond:
             if self._closed:
                 raise Overloaded("the service is shutting down; retry on another instance")
@@ -97,6 +130,19 @@ class Batcher:
             self._cond.notify()
         return job.future
 
+    def run_now(self, signals: Sequence[npt.NDArray[np.floating]], finish: Finish) -> tuple[bool, Any]:
+        """``(True, finish(curves))`` computed in this thread if every worker is idle and no
+        request waits, else ``(False, None)`` (then ``submit``). Same scoring as a batch of one;
+        errors are raised here."""
+        with self._cond:
+            if not self.idle:
+                return False, None
+            self.stats.now += 1
+        curves = self.score(signals)
+        if len(curves) != len(signals):
+            raise RuntimeError(f"model returned {len(curves)} results for {len(signals)} signals")
+        return True, finish(curves)
+
     def close(self, timeout: float | None = None) -> None:
         """Finish what is queued, then stop the thread."""
         with self._cond:
@@ -105,42 +151,104 @@ class Batcher:
         for thread in self._threads:
             thread.join(timeout)
 
-    def _take(self) -> list[_Job]:
-        batch: list[_Job] | None = []
-        while batch == []:  # every job taken had been cancelled: wait for more
-            batch = self._take_some()
-        return batch or []
+    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """``[fn(x) for x in items]``, run by the calling thread and any idle worker at once.
 
-    def _take_some(self) -> list[_Job] | None:
-        """The next batch (empty if every waiting job was cancelled); None once closed and empty."""
+        For the independent onnxruntime calls of one big request (called from ``score``, in a
+        worker). The caller runs tasks until none is left to start, then waits for those other
+        workers took; the first error is raised once every task started has finished.
+        """
+        if len(items) < 2 or len(self._threads) < 2:
+            return [fn(x) for x in items]
+        split = _Split(fn, list(items), [None] * len(items), unfinished=len(items))
         with self._cond:
-            while not self._jobs and not self._closed:
-                self._cond.wait()
-            if not self._jobs:
-                return None
-            if self.max_wait > 0:
-                deadline = self._jobs[0].arrived + self.max_wait
-                while not self._closed and sum(j.samples for j in self._jobs) < self.max_batch_samples:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-            batch: list[_Job] = []
-            total = 0
-            while self._jobs and (not batch or total + self._jobs[0].samples <= self.max_batch_samples):
-                job = self._jobs.popleft()
-                # A cancelled future (its request timed out) is skipped, never run; a running
-                # one can no longer be cancelled, so its result can always be set.
-                if not job.future.set_running_or_notify_cancel():
-                    self.stats.dropped += 1
-                    continue
-                batch.append(job)
-                total += job.samples
-            return batch
+            self._splits.append(split)
+            self._cond.notify(min(len(items), len(self._threads)) - 1)  # idle workers, to help
+        while (index := self._claim(split)) is not None:
+            self._run_task(split, index)
+        split.done.wait()
+        if split.error is not None:
+            raise split.error
+        return split.results
+
+    def _claim(self, split: _Split) -> int | None:
+        with self._cond:
+            return self._claim_locked(split)
+
+    def _claim_locked(self, split: _Split) -> int | None:
+        if split.claimed >= len(split.items):
+            if split in self._splits:
+                self._splits.remove(split)
+            return None
+        split.claimed += 1
+        return split.claimed - 1
+
+    def _run_task(self, split: _Split, index: int) -> None:
+        try:
+            split.results[index] = split.fn(split.items[index])
+        except BaseException as exc:
+            with self._cond:
+                if split.error is None:
+                    split.error = exc
+                # Nothing more starts: the tasks never run count as finished.
+                split.unfinished -= len(split.items) - split.claimed
+                split.claimed = len(split.items)
+        finally:
+            with self._cond:
+                split.unfinished -= 1
+                if split.unfinished == 0:
+                    split.done.set()
+
+    def _next(self) -> list[_Job] | tuple[_Split, int] | None:
+        """A batch of requests (empty if every waiting job was cancelled), else a map task to
+        help with; None once closed with nothing queued."""
+        with self._cond:
+            while not self._jobs and not self._splits and not self._closed:
+                self._waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
+            if self._jobs:
+                return self._take_locked()
+            while self._splits:
+                split = self._splits[0]
+                index = self._claim_locked(split)  # an exhausted split is dropped from the deque
+                if index is not None:
+                    return split, index
+            return [] if not self._closed else None
+
+    def _take_locked(self) -> list[_Job]:
+        """The next batch (empty if every waiting job was cancelled); the lock is held."""
+        if self.max_wait > 0:
+            deadline = self._jobs[0].arrived + self.max_wait
+            while not self._closed and sum(j.samples for j in self._jobs) < self.max_batch_samples:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+        batch: list[_Job] = []
+        total = 0
+        while self._jobs and (not batch or total + self._jobs[0].samples <= self.max_batch_samples):
+            job = self._jobs.popleft()
+            # A cancelled future (its request timed out) is skipped, never run; a running
+            # one can no longer be cancelled, so its result can always be set.
+            if not job.future.set_running_or_notify_cancel():
+                self.stats.dropped += 1
+                continue
+            batch.append(job)
+            total += job.samples
+        return batch
 
     def _loop(self) -> None:
-        while batch := self._take():
-            self._process(batch)
+        while (work := self._next()) is not None:
+            if isinstance(work, tuple):
+                split, index = work
+                self._run_task(split, index)
+                with self._cond:
+                    self.stats.helped += 1
+            elif work:
+                self._process(work)
 
     def _process(self, batch: list[_Job]) -> None:
         signals = [s for job in batch for s in job.signals]

@@ -22,6 +22,7 @@ from app.core.batching import Batcher, Finish
 from app.core.card import CARD_FILE
 from app.core.errors import ModelNotFound, ModelNotReady
 from app.core.model import InferenceOptions, OnnxModel
+from app.core.windows import Float32Array, score_pieces
 
 log = logging.getLogger("shape_detector.models")
 
@@ -73,14 +74,22 @@ class Registry:
             log.info("model %s %s ready", name, model.version)
 
     def new_batcher(self, name: str, model: OnnxModel) -> Batcher:
-        return Batcher(
-            model.scores,
+        def score(signals: Sequence[npt.NDArray[np.floating]]) -> list[Float32Array]:
+            # model.scores, with the batches of one big request spread over idle workers.
+            arrays = [np.asarray(s) for s in signals]
+            return score_pieces(
+                arrays, model.plan, model.run, model.options.max_batch_samples, map_batches=batcher.map
+            )
+
+        batcher = Batcher(
+            score,
             max_batch_samples=self.options.max_batch_samples,
             max_queue=self.max_queue,
             max_wait=self.max_wait,
             workers=self.workers,
             name=name,
         )
+        return batcher
 
     def swap(self, name: str, model: OnnxModel, batcher: Batcher) -> Batcher | None:
         """Serve ``name`` with ``model`` and ``batcher`` from now on, atomically for ``submit``;
@@ -128,6 +137,17 @@ class Registry:
             if status.model is not model or status.batcher is None:
                 return None
             return status.batcher.submit(signals, finish)
+
+    def run_now(
+        self, name: str, model: OnnxModel, signals: Sequence[npt.NDArray[np.floating]], finish: Finish
+    ) -> tuple[bool, Any]:
+        """``Batcher.run_now`` on ``name``'s batcher if ``model`` still serves it, else ``(False, None)``."""
+        with self._lock:
+            status = self.statuses[name]
+            batcher = status.batcher if status.model is model else None
+        if batcher is None:
+            return False, None
+        return batcher.run_now(signals, finish)
 
     def get(self, name: str) -> OnnxModel:
         status = self.statuses.get(name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -76,37 +77,48 @@ class WindowPlan:
         return pieces
 
 
+Map = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
+
+
 def score_pieces(
     signals: Sequence[npt.NDArray[np.floating]],
     plan: WindowPlan,
     run: Callable[[Float32Array], Float32Array],
     max_batch_samples: int,
+    map_batches: Map | None = None,
 ) -> list[Float32Array]:
     """Per-sample scores of every signal, running ``run`` on batches of equal-length windows.
 
     Signals may be any real dtype: each window is cast to float32 as it is copied into its
     batch. ``run`` maps a float32 array (n, L) to scores (n, L). A batch holds at most
-    ``max_batch_samples`` samples (at least one window), which bounds memory.
+    ``max_batch_samples`` samples (at least one window), which bounds memory. Batches are
+    independent (each writes its own windows' kept parts): ``map_batches`` (for example
+    ``Batcher.map``) may run them at once; by default they run one after the other.
     """
     out = [np.empty(len(s), dtype=np.float32) for s in signals]
     groups: dict[int, list[Piece]] = defaultdict(list)
     for i, s in enumerate(signals):
         for piece in plan.split(i, len(s)):
             groups[piece.length].append(piece)
+    chunks: list[list[Piece]] = []
     for length, pieces in groups.items():
         per_batch = max(1, max_batch_samples // length)
-        for b in range(0, len(pieces), per_batch):
-            chunk = pieces[b : b + per_batch]
-            batch = np.empty((len(chunk), length), dtype=np.float32)
-            for row, p in enumerate(chunk):
-                batch[row] = signals[p.signal][p.start : p.stop]
-            scores = run(batch)
-            if scores.shape != batch.shape:
-                raise RuntimeError(
-                    f"model returned scores of shape {scores.shape} for a batch of {batch.shape}"
-                )
-            for row, p in enumerate(chunk):
-                out[p.signal][p.keep_start : p.keep_stop] = scores[
-                    row, p.keep_start - p.start : p.keep_stop - p.start
-                ]
+        chunks.extend(pieces[b : b + per_batch] for b in range(0, len(pieces), per_batch))
+
+    def score_batch(chunk: list[Piece]) -> None:
+        batch = np.empty((len(chunk), chunk[0].length), dtype=np.float32)
+        for row, p in enumerate(chunk):
+            batch[row] = signals[p.signal][p.start : p.stop]
+        scores = run(batch)
+        if scores.shape != batch.shape:
+            raise RuntimeError(f"model returned scores of shape {scores.shape} for a batch of {batch.shape}")
+        for row, p in enumerate(chunk):
+            kept = scores[row, p.keep_start - p.start : p.keep_stop - p.start]
+            out[p.signal][p.keep_start : p.keep_stop] = kept
+
+    if map_batches is None or len(chunks) < 2:
+        for chunk in chunks:
+            score_batch(chunk)
+    else:
+        map_batches(score_batch, chunks)
     return out

@@ -1,11 +1,17 @@
 import io
 import itertools
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from app.api.schemas import DetectResponse
+from app.core.batching import Batcher
+from app.main import create_app
+from app.settings import load_settings
+from tests.api.conftest import wait_ready
 
 
 def npy(arr: np.ndarray) -> bytes:
@@ -105,3 +111,35 @@ def test_long_signal_in_windows_equals_whole(client: TestClient, tiny_model_dir)
     expected = find_peaks(whole, 0.2, 5).index.tolist()
     assert len(expected) > 10, "the check needs peaks to compare"
     assert [p["index"] for p in got["peaks"]] == expected
+
+
+def test_a_lone_small_request_runs_at_once_with_the_same_answer(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """INLINE_MAX_SAMPLES: scored on the event loop when nothing else is in flight; same bytes."""
+    ran_now: list[bool] = []
+    original = Batcher.run_now
+
+    def spy(self: Batcher, *args: Any) -> tuple[bool, Any]:
+        done, result = original(self, *args)
+        ran_now.append(done)
+        return done, result
+
+    monkeypatch.setattr(Batcher, "run_now", spy)
+    rng = np.random.default_rng(7)
+    small = {"signals": [rng.standard_normal(n).round(4).tolist() for n in (300, 500)], "return_scores": True}
+    large = {"signals": [rng.standard_normal(3000).round(4).tolist()]}
+    answers = {}
+    for inline in (0, 1000):
+        settings = load_settings(MODEL_DIR=models_dir, WINDOW=1024, INLINE_MAX_SAMPLES=inline)
+        with TestClient(create_app(settings)) as c:
+            wait_ready(c)
+            for _ in range(1000):  # the batcher's workers wait for work (a request at once needs them idle)
+                ran_now.clear()
+                first = c.post("/v1/detect", json=small)
+                if ran_now == [True] or not inline:
+                    break
+            answers[inline] = [first, c.post("/v1/detect", json=large)]
+            assert all(r.status_code == 200 for r in answers[inline])
+    assert ran_now == [True]  # the small one (800 samples <= 1000) at once; the large one queued, not tried
+    assert [r.content for r in answers[0]] == [r.content for r in answers[1000]]

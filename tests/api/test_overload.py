@@ -27,7 +27,8 @@ def test_full_queue_gives_503_then_recovers(models_dir: Path, monkeypatch: pytes
         return original(self, batch)
 
     monkeypatch.setattr(OnnxModel, "run", held_run)
-    settings = load_settings(MODEL_DIR=models_dir, MAX_QUEUE=1, INFERENCE_WORKERS=1)
+    # INLINE_MAX_SAMPLES=0: the held request must wait in a worker, not on the event loop.
+    settings = load_settings(MODEL_DIR=models_dir, MAX_QUEUE=1, INFERENCE_WORKERS=1, INLINE_MAX_SAMPLES=0)
     body = {"signals": [[0.0] * 777]}
     with TestClient(create_app(settings)) as c, ThreadPoolExecutor(2) as pool:
         wait_ready(c)

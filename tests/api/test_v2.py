@@ -543,6 +543,7 @@ def test_full_queue_is_503_with_retry_after(client: TestClient, monkeypatch: pyt
         raise Overloaded(f"{self.max_queue} requests are waiting for this model; retry shortly")
 
     monkeypatch.setattr(Batcher, "submit", full)
+    monkeypatch.setattr(Batcher, "run_now", lambda self, *args: (False, None))  # a queue waits: not at once
     r = client.post(INFER, json={"inputs": [OK_INPUT]})
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert "retry shortly" in r.json()["error"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import report, servers
+from benchmarks import report, servers, wrkload
 from benchmarks.loadgen import check_response
 from benchmarks.run import Config, measure, workloads
 
@@ -36,6 +36,7 @@ def tiny_config() -> Config:
         raw_long_length=100_000,
         latency_calls=20,
         budget_s=600.0,
+        client="wrk" if wrkload.executable() else "python",
     )
 
 
@@ -43,6 +44,7 @@ def test_workloads_cover_bodies_shapes_and_concurrency() -> None:
     cfg = Config()
     assert len(workloads(cfg, "service")) == 2 * 2 * 3
     assert ("json", 1, 1024, 32) in workloads(Config(litserve_all=False), "litserve")
+    assert workloads(cfg, "service-w2") == [("json", 1, 1024, 32), ("npy", 1, 1024, 32)]
 
 
 def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
@@ -67,10 +69,16 @@ def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
             assert all(isinstance(row[k], float) and math.isfinite(row[k]) for k in NUMBERS)
     big = rows[("service", "npy", 1, 100_000, 1)]
     assert big["requests"] == 1 and len(big["latencies_ms"]) == 1 and "peak_rss_growth_mib" in big
-    assert set(result["servers"]) == {"service", "naive"}
+    assert set(result["servers"]) == {"service", "service-w2", "naive"}
     assert result["servers"]["service"]["exit_code"] == 0  # the service exits 0 on SIGTERM
+    assert result["servers"]["service-w2"]["settings"]["WORKERS"] == 2
+    w2 = rows[("service-w2", "json", 1, 1024, 4)]
+    assert w2["status"] == "ok" and w2["errors"] == 0 and w2["server_processes"] >= 3  # parent + 2
+    assert ("service-w2", "json", 1, 1024, 1) not in rows  # the highest concurrency only
 
-    ratios = {(q["body"], q["length"], q["concurrency"]): q for q in result["ratios"]}
+    ratios = {
+        (q["body"], q["length"], q["concurrency"]): q for q in result["ratios"] if q["server"] == "service"
+    }
     assert ratios[("json", 1024, 4)]["service_over_naive"] is not None
     assert ratios[("npy", 1024, 4)]["service_over_naive"] is None  # the naive server takes JSON only
     assert ratios[("npy", 100_000, 1)]["raw_case"] == "1x100000"
@@ -78,7 +86,7 @@ def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
     paths = report.write(result, tmp_path, "smoke")
     assert json.loads(paths[0].read_text())["errors"] == 0
     text = paths[1].read_text()
-    assert "| service | npy | 1×1,024 | 4 |" in text and "## Ratios" in text
+    assert "| service | npy | 1×1,024 | 4 |" in text and "## Ratios" in text and "## Targets" in text
     assert "| naive | npy | 1×1,024 | 1 | n/a" in text
 
 

@@ -10,6 +10,7 @@ import pytest
 from app.core.batching import Batcher
 from app.core.errors import Overloaded
 from app.core.model import InferenceOptions, OnnxModel
+from app.core.windows import score_pieces
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -114,3 +115,106 @@ def test_batch_sample_limit_splits_runs() -> None:
 def test_bad_construction() -> None:
     with pytest.raises(ValueError, match="max_queue"):
         Batcher(lambda s: [], max_batch_samples=10, max_queue=0)
+
+
+def test_map_runs_on_idle_workers_and_keeps_order() -> None:
+    batcher = Batcher(lambda s: [], max_batch_samples=10, max_queue=10, workers=3)
+    together = threading.Barrier(2, timeout=30)  # broken unless two threads run tasks at once
+    threads: set[str] = set()
+
+    def task(x: int) -> int:
+        threads.add(threading.current_thread().name)
+        if x < 2:
+            together.wait()
+        return x * x
+
+    assert batcher.map(task, list(range(20))) == [x * x for x in range(20)]
+    assert len(threads) >= 2 and batcher.stats.helped >= 1
+    assert batcher.map(task, [5]) == [25] and batcher.map(task, []) == []
+    batcher.close()
+
+
+def test_map_raises_the_first_error_after_every_started_task() -> None:
+    batcher = Batcher(lambda s: [], max_batch_samples=10, max_queue=10, workers=2)
+    finished: list[int] = []
+
+    def task(x: int) -> int:
+        if x == 3:
+            raise ValueError("task 3 failed")
+        finished.append(x)
+        return x
+
+    with pytest.raises(ValueError, match="task 3 failed"):
+        batcher.map(task, list(range(10)))
+    assert 3 not in finished and len(set(finished)) == len(finished)
+    assert batcher.map(task, [1, 2]) == [1, 2]  # still serving
+    batcher.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_long_signals_spread_over_workers_equal_one_by_one(tiny_model_dir: Path, workers: int) -> None:
+    """The registry's scoring: a long signal's window batches run on several workers at once."""
+    model = OnnxModel(tiny_model_dir, InferenceOptions(window=512, max_batch_samples=1024))
+    together = threading.Barrier(min(workers, 2), timeout=30)  # the first two calls meet
+
+    calls = iter(range(10**6))  # next() is atomic: each call gets its own number
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        if next(calls) < 2:
+            together.wait()
+        return model.run(batch)
+
+    def score(signals):  # type: ignore[no-untyped-def]
+        arrays = [np.asarray(s) for s in signals]
+        return score_pieces(arrays, model.plan, run, 1024, map_batches=batcher.map)
+
+    batcher = Batcher(score, max_batch_samples=1024, max_queue=10, workers=workers)
+    rng = np.random.default_rng(3)
+    signals = [rng.standard_normal(n) for n in (9000, 700, 3000)]
+    got = batcher.submit(signals, lambda curves: curves).result(timeout=60)
+    batcher.close()
+    for g, s in zip(got, signals, strict=True):
+        np.testing.assert_allclose(g, model.scores([s])[0], atol=1e-5, rtol=0)
+    assert (batcher.stats.helped >= 1) == (workers > 1)
+
+
+def wait_idle(batcher: Batcher) -> None:
+    for _ in range(1000):  # the workers reach their wait soon after start or after a batch
+        if batcher.idle:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the batcher's workers never became idle")
+
+
+def test_run_now_only_when_every_worker_is_idle(tiny_model_dir: Path) -> None:
+    model = OnnxModel(tiny_model_dir, InferenceOptions(window=512, max_batch_samples=2048))
+    batcher = Batcher(model.scores, max_batch_samples=2048, max_queue=10, workers=2)
+    x = [np.random.default_rng(4).standard_normal(700)]
+    queued = batcher.submit(x, lambda curves: curves).result(10)
+    wait_idle(batcher)
+    done, now = batcher.run_now(x, lambda curves: curves)
+    assert done and batcher.stats.now == 1
+    np.testing.assert_array_equal(now[0], queued[0])  # the same scoring as a batch of one
+    batcher.close()
+    assert batcher.run_now(x, len) == (False, None)  # closed: submit refuses it with the reason
+
+    busy, started, release = blocked_batcher(max_queue=10)
+    first = busy.submit([np.zeros(10)], len)
+    assert started.wait(5)  # its only worker is busy
+    assert busy.run_now([np.zeros(10)], len) == (False, None)
+    release.set()
+    assert first.result(5) == 1
+    wait_idle(busy)
+    assert busy.run_now([np.zeros(10)], len) == (True, 1)
+    busy.close()
+
+
+def test_run_now_raises_the_scoring_error() -> None:
+    def score(signals):  # type: ignore[no-untyped-def]
+        raise ValueError("bad signal")
+
+    batcher = Batcher(score, max_batch_samples=100, max_queue=10)
+    wait_idle(batcher)
+    with pytest.raises(ValueError, match="bad signal"):
+        batcher.run_now([np.zeros(3)], len)
+    batcher.close()

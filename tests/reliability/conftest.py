@@ -20,7 +20,9 @@ FILE_KEY = "file-key-0123456789abcdef"
 
 
 @contextmanager
-def app_client(models_dir: Path, *, raise_server_exceptions: bool = True, **overrides: Any) -> Iterator[TestClient]:
+def app_client(
+    models_dir: Path, *, raise_server_exceptions: bool = True, **overrides: Any
+) -> Iterator[TestClient]:
     """A TestClient (lifespan run, models ready) for the tiny test models and these settings."""
     settings = load_settings(MODEL_DIR=models_dir, WINDOW=1024, **overrides)
     with TestClient(create_app(settings), raise_server_exceptions=raise_server_exceptions) as client:

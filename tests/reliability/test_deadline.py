@@ -51,7 +51,9 @@ def batcher_threads(models_dir: Path) -> int:
     return int(getattr(load_settings(MODEL_DIR=models_dir), "INFERENCE_WORKERS", 1))
 
 
-def hold_every_batcher_thread(c: TestClient, pool: ThreadPoolExecutor, entered: threading.Semaphore, n: int) -> list[Future[Any]]:
+def hold_every_batcher_thread(
+    c: TestClient, pool: ThreadPoolExecutor, entered: threading.Semaphore, n: int
+) -> list[Future[Any]]:
     """One HELD request per batcher thread, each certainly running (held) before the next."""
     held = []
     for _ in range(n):
@@ -71,7 +73,9 @@ def v2_body(n: int) -> dict[str, object]:
 def test_late_result_is_504_and_a_timed_out_queued_request_never_runs(models_dir: Path, gate: Gate) -> None:
     release, entered, widths = gate
     n = batcher_threads(models_dir)
-    with app_client(models_dir, REQUEST_TIMEOUT_S=0.3) as c, ThreadPoolExecutor(n + 1) as pool:
+    # INLINE_MAX_SAMPLES=0: held requests wait in the workers, never on the event loop.
+    settings = {"REQUEST_TIMEOUT_S": 0.3, "INLINE_MAX_SAMPLES": 0}
+    with app_client(models_dir, **settings) as c, ThreadPoolExecutor(n + 1) as pool:
         running = hold_every_batcher_thread(c, pool, entered, n)
         # Queued behind HELD: its deadline passes while it waits in the queue.
         queued = c.post("/v1/detect", json=signal(QUEUED))
@@ -99,7 +103,8 @@ def test_the_deadline_leaves_the_batcher_usable(models_dir: Path, gate: Gate) ->
     """Many requests time out while the model is held; afterwards every new one succeeds."""
     release, entered, widths = gate
     n = batcher_threads(models_dir)
-    with app_client(models_dir, REQUEST_TIMEOUT_S=0.2, MAX_QUEUE=8) as c, ThreadPoolExecutor(n + 8) as pool:
+    settings = {"REQUEST_TIMEOUT_S": 0.2, "MAX_QUEUE": 8, "INLINE_MAX_SAMPLES": 0}  # held in workers only
+    with app_client(models_dir, **settings) as c, ThreadPoolExecutor(n + 8) as pool:
         held = hold_every_batcher_thread(c, pool, entered, n)
         late = [pool.submit(c.post, "/v1/detect", json=signal(QUEUED)) for _ in range(6)]
         assert [f.result(10).status_code for f in late] == [504] * 6

@@ -106,7 +106,9 @@ CASES: dict[str, tuple[str, bytes, dict[str, str], int, str]] = {
     ),
     "npy header of 70000 bytes": (
         "/v1/detect",
-        npy_with_header(b"{'descr': '<f8', 'fortran_order': False, 'shape': (100,), }" + b" " * 70000, version=2),
+        npy_with_header(
+            b"{'descr': '<f8', 'fortran_order': False, 'shape': (100,), }" + b" " * 70000, version=2
+        ),
         NPY,
         400,
         "truncated or too long",
@@ -120,7 +122,9 @@ CASES: dict[str, tuple[str, bytes, dict[str, str], int, str]] = {
     ),
     "npy header with a 20000-digit number": (
         "/v1/detect",
-        npy_with_header(padded("{'descr': '<f8', 'fortran_order': False, 'shape': (" + "9" * 20000 + ",), }")),
+        npy_with_header(
+            padded("{'descr': '<f8', 'fortran_order': False, 'shape': (" + "9" * 20000 + ",), }")
+        ),
         NPY,
         400,
         "header cannot be read",
@@ -134,14 +138,18 @@ CASES: dict[str, tuple[str, bytes, dict[str, str], int, str]] = {
     ),
     "npy shape claims terabytes": (
         "/v1/detect",
-        npy_with_header(padded("{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 10000000), }"), b"\0" * 64),
+        npy_with_header(
+            padded("{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 10000000), }"), b"\0" * 64
+        ),
         NPY,
         422,
         "the limit is",
     ),
     "npy shape claims 2**62 samples": (
         "/v1/detect",
-        npy_with_header(padded("{'descr': '<f8', 'fortran_order': False, 'shape': (4611686018427387904,), }")),
+        npy_with_header(
+            padded("{'descr': '<f8', 'fortran_order': False, 'shape': (4611686018427387904,), }")
+        ),
         NPY,
         422,
         "the limit is",
@@ -153,7 +161,13 @@ CASES: dict[str, tuple[str, bytes, dict[str, str], int, str]] = {
         400,
         "header cannot be read",
     ),
-    "npy structured dtype": ("/v1/detect", npy(np.zeros(100, dtype=[("a", "<f4"), ("b", "<f4")])), NPY, 422, "no pickle"),
+    "npy structured dtype": (
+        "/v1/detect",
+        npy(np.zeros(100, dtype=[("a", "<f4"), ("b", "<f4")])),
+        NPY,
+        422,
+        "no pickle",
+    ),
     "npy big-endian": ("/v1/detect", npy(np.zeros(100, dtype=">f8")), NPY, 200, ""),
     # JSON
     "json nested 100000 deep": ("/v1/detect", deep_json(100_000), JSON, 400, "not valid JSON"),
@@ -165,10 +179,34 @@ CASES: dict[str, tuple[str, bytes, dict[str, str], int, str]] = {
         "not valid JSON",
     ),
     "v2 json nested 100000 deep": ("/v2/models/bump/infer", deep_json(100_000), JSON, 400, "not valid JSON"),
-    "json 400-digit integer": ("/v1/detect", b'{"signals": [[' + b"9" * 400 + b"," + SIG[1:].encode() + b"]}", JSON, 400, "not valid JSON"),
-    "json 1e39 (beyond float32)": ("/v1/detect", b'{"signals": [[1e39,' + SIG[1:].encode() + b"]}", JSON, 422, "float32 range"),
-    "json 1e400": ("/v1/detect", b'{"signals": [[1e400,' + SIG[1:].encode() + b"]}", JSON, 400, "not valid JSON"),
-    "json huge threshold": ("/v1/detect", b'{"signals": [' + SIG.encode() + b'], "threshold": 1e308}', JSON, 422, "threshold"),
+    "json 400-digit integer": (
+        "/v1/detect",
+        b'{"signals": [[' + b"9" * 400 + b"," + SIG[1:].encode() + b"]}",
+        JSON,
+        400,
+        "not valid JSON",
+    ),
+    "json 1e39 (beyond float32)": (
+        "/v1/detect",
+        b'{"signals": [[1e39,' + SIG[1:].encode() + b"]}",
+        JSON,
+        422,
+        "float32 range",
+    ),
+    "json 1e400": (
+        "/v1/detect",
+        b'{"signals": [[1e400,' + SIG[1:].encode() + b"]}",
+        JSON,
+        400,
+        "not valid JSON",
+    ),
+    "json huge threshold": (
+        "/v1/detect",
+        b'{"signals": [' + SIG.encode() + b'], "threshold": 1e308}',
+        JSON,
+        422,
+        "threshold",
+    ),
     "json huge min_distance": (
         "/v1/detect",
         b'{"signals": [' + SIG.encode() + b'], "min_distance": 1' + b"0" * 30 + b"}",
@@ -178,33 +216,91 @@ CASES: dict[str, tuple[str, bytes, dict[str, str], int, str]] = {
     ),
     "json lone surrogate": ("/v1/detect", b'{"signals": [["\\ud800"]]}', JSON, 400, "not valid JSON"),
     "json invalid utf-8": ("/v1/detect", b'{"signals": [["\xff\xfe"]]}', JSON, 400, "not valid JSON"),
-    "json 100000 empty signals": ("/v1/detect", b'{"signals": [' + b"[]," * 99_999 + b"[]]}", JSON, 422, "100000 signals"),
-    "json 3.9 MB of one long string": ("/v1/detect", b'{"signals": ["' + b"a" * 3_900_000 + b'"]}', JSON, 422, "must be a list"),
+    "json 100000 empty signals": (
+        "/v1/detect",
+        b'{"signals": [' + b"[]," * 99_999 + b"[]]}",
+        JSON,
+        422,
+        "100000 signals",
+    ),
+    "json 3.9 MB of one long string": (
+        "/v1/detect",
+        b'{"signals": ["' + b"a" * 3_900_000 + b'"]}',
+        JSON,
+        422,
+        "must be a list",
+    ),
     "json nul bytes": ("/v1/detect", b"\0" * 1000, JSON, 400, "not valid JSON"),
     # Open Inference Protocol: shapes that claim terabytes
-    "v2 shape claims terabytes": ("/v2/models/bump/infer", v2_json([100_000, 10_000_000], [0.0] * 16), JSON, 400, "the limit is"),
+    "v2 shape claims terabytes": (
+        "/v2/models/bump/infer",
+        v2_json([100_000, 10_000_000], [0.0] * 16),
+        JSON,
+        400,
+        "the limit is",
+    ),
     "v2 binary shape claims terabytes": (
         "/v2/models/bump/infer",
         v2_json([1, 2**40], parameters={"binary_data_size": 2**42}),
-        {**OCTET, "Inference-Header-Content-Length": str(len(v2_json([1, 2**40], parameters={"binary_data_size": 2**42})))},
+        {
+            **OCTET,
+            "Inference-Header-Content-Length": str(
+                len(v2_json([1, 2**40], parameters={"binary_data_size": 2**42}))
+            ),
+        },
         400,
         "the limit is",
     ),
     "v2 binary size beyond body": (
         "/v2/models/bump/infer",
         v2_json([1, 100], parameters={"binary_data_size": 400}),
-        {**OCTET, "Inference-Header-Content-Length": str(len(v2_json([1, 100], parameters={"binary_data_size": 400})))},
+        {
+            **OCTET,
+            "Inference-Header-Content-Length": str(
+                len(v2_json([1, 100], parameters={"binary_data_size": 400}))
+            ),
+        },
         400,
         "",
     ),
-    "v2 header length 10**30": ("/v2/models/bump/infer", b"{}", {**OCTET, "Inference-Header-Content-Length": "1" + "0" * 30}, 400, ""),
+    "v2 header length 10**30": (
+        "/v2/models/bump/infer",
+        b"{}",
+        {**OCTET, "Inference-Header-Content-Length": "1" + "0" * 30},
+        400,
+        "",
+    ),
     # Compressed bodies: refused before they are read, never decompressed
-    "gzip json": ("/v1/detect", b"\x1f\x8b\x08\x00" + b"\0" * 100, {**JSON, "Content-Encoding": "gzip"}, 415, "Content-Encoding 'gzip' is not supported"),
-    "deflate npy": ("/v1/detect", b"x\x9c" + b"\0" * 100, {**NPY, "Content-Encoding": "deflate"}, 415, "send the body uncompressed"),
+    "gzip json": (
+        "/v1/detect",
+        b"\x1f\x8b\x08\x00" + b"\0" * 100,
+        {**JSON, "Content-Encoding": "gzip"},
+        415,
+        "Content-Encoding 'gzip' is not supported",
+    ),
+    "deflate npy": (
+        "/v1/detect",
+        b"x\x9c" + b"\0" * 100,
+        {**NPY, "Content-Encoding": "deflate"},
+        415,
+        "send the body uncompressed",
+    ),
     "br json": ("/v1/detect", b"\0" * 10, {**JSON, "Content-Encoding": "br"}, 415, "not supported"),
-    "gzip v2": ("/v2/models/bump/infer", b"\x1f\x8b\x08\x00" + b"\0" * 100, {**JSON, "Content-Encoding": "gzip"}, 400, "not supported"),
+    "gzip v2": (
+        "/v2/models/bump/infer",
+        b"\x1f\x8b\x08\x00" + b"\0" * 100,
+        {**JSON, "Content-Encoding": "gzip"},
+        400,
+        "not supported",
+    ),
     # Framing
-    "content-length not a number": ("/v1/detect", b"{}", {**JSON, "Content-Length": "12abc"}, 400, "not a number"),
+    "content-length not a number": (
+        "/v1/detect",
+        b"{}",
+        {**JSON, "Content-Length": "12abc"},
+        400,
+        "not a number",
+    ),
 }
 
 
@@ -241,7 +337,9 @@ def test_hostile_body_gets_a_quick_4xx_with_bounded_memory(hostile_client: TestC
     if status != 200:
         assert words in message(r), (name, r.text[:500])
     assert elapsed < 2.0, (name, elapsed)
-    per_byte = JSON_BYTES_PER_BYTE if headers.get("Content-Type") == "application/json" else BINARY_BYTES_PER_BYTE
+    per_byte = (
+        JSON_BYTES_PER_BYTE if headers.get("Content-Type") == "application/json" else BINARY_BYTES_PER_BYTE
+    )
     assert peak < BASE_BYTES + per_byte * len(body), (name, peak, len(body))
 
 
@@ -268,7 +366,9 @@ def test_duplicate_keys_are_refused(hostile_client: TestClient) -> None:
     """JSON leaves repeated names undefined (parsers keep the last): refused, naming the field."""
     r = hostile_client.post(
         "/v1/detect",
-        content=b'{"signals": [[1.0]], "threshold": 0.9, "threshold": 0.3, "signals": ' + f"[{SIG}]".encode() + b"}",
+        content=b'{"signals": [[1.0]], "threshold": 0.9, "threshold": 0.3, "signals": '
+        + f"[{SIG}]".encode()
+        + b"}",
         headers=JSON,
     )
     assert r.status_code == 422 and "appears more than once" in message(r)
@@ -280,7 +380,9 @@ def test_duplicate_keys_are_refused(hostile_client: TestClient) -> None:
 
 def test_identity_encoding_is_accepted(hostile_client: TestClient) -> None:
     r = hostile_client.post(
-        "/v1/detect", content=b'{"signals": [' + SIG.encode() + b"]}", headers={**JSON, "Content-Encoding": "identity"}
+        "/v1/detect",
+        content=b'{"signals": [' + SIG.encode() + b"]}",
+        headers={**JSON, "Content-Encoding": "identity"},
     )
     assert r.status_code == 200
 
@@ -294,7 +396,10 @@ BODY_TIMEOUT_S = 2.0
 def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_server(
         tmp_path_factory.mktemp("hostile"),
-        env={"SHAPE_DETECTOR_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S), "SHAPE_DETECTOR_MAX_BODY_BYTES": "4000000"},
+        env={
+            "SHAPE_DETECTOR_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+            "SHAPE_DETECTOR_MAX_BODY_BYTES": "4000000",
+        },
     )
     yield server
     assert server.stop() == 0, server.log()
@@ -327,7 +432,7 @@ def test_slowloris_body_gets_408_and_does_not_hold_up_others(real_server: Server
     sock = socket.create_connection(host_port(real_server), timeout=30)
     sock.sendall(
         b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 100000\r\n\r\n{\"signals\": [["
+        b'Content-Length: 100000\r\n\r\n{"signals": [['
     )
     response = bytearray()
     reader = threading.Thread(target=recv_all, args=(sock, response))
@@ -400,7 +505,7 @@ def test_a_client_that_leaves_mid_body_is_499_not_a_server_error(real_server: Se
     with socket.create_connection(host_port(real_server), timeout=10) as sock:
         sock.sendall(
             b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"X-Request-ID: leaves-early\r\nContent-Length: 1000\r\n\r\n{\"signals\": [["
+            b'X-Request-ID: leaves-early\r\nContent-Length: 1000\r\n\r\n{"signals": [['
         )
         time.sleep(0.3)
     for _ in range(100):  # the access log line is written once the server noticed

@@ -40,7 +40,9 @@ MODEL = settings(
 
 finite = st.floats(min_value=-FLOAT32_MAX, max_value=FLOAT32_MAX, allow_nan=False, allow_infinity=False)
 numbers = st.one_of(finite, st.integers(min_value=-(2**53), max_value=2**53))
-valid_rows = st.lists(st.lists(numbers, min_size=MIN_LENGTH, max_size=200), min_size=1, max_size=LIMITS.max_signals)
+valid_rows = st.lists(
+    st.lists(numbers, min_size=MIN_LENGTH, max_size=200), min_size=1, max_size=LIMITS.max_signals
+)
 json_values = st.recursive(
     # JSON numbers: orjson writes 64-bit integers and floats (NaN and Infinity become null).
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=5),
@@ -78,7 +80,9 @@ def test_any_json_signals_value_is_accepted_or_refused_with_422(value: Any) -> N
 
 
 @FAST
-@given(st.recursive(st.integers() | st.floats() | st.none() | st.booleans(), lambda c: st.lists(c, max_size=40)))
+@given(
+    st.recursive(st.integers() | st.floats() | st.none() | st.booleans(), lambda c: st.lists(c, max_size=40))
+)
 def test_any_python_signals_value_is_accepted_or_refused_with_422(value: Any) -> None:
     """Also integers beyond any float (10**400) and NaN/Infinity, which a JSON parser never gives."""
     accepted_or_refused_with_422(value)
@@ -91,8 +95,12 @@ def card(tiny_model_dir: Path) -> Card:
 
 @MODEL
 @given(json_values, st.sampled_from(["application/json", "application/x-npy", "text/plain", None]))
-def test_any_body_is_decoded_or_refused_with_a_client_error(card: Card, value: Any, content_type: str | None) -> None:
-    body = orjson.dumps({"signals": value} if not isinstance(value, dict) else value, option=orjson.OPT_NON_STR_KEYS)
+def test_any_body_is_decoded_or_refused_with_a_client_error(
+    card: Card, value: Any, content_type: str | None
+) -> None:
+    body = orjson.dumps(
+        {"signals": value} if not isinstance(value, dict) else value, option=orjson.OPT_NON_STR_KEYS
+    )
     try:
         decode_request(card, content_type, body, Params(), LIMITS)
     except DetectorError as exc:
@@ -139,7 +147,10 @@ def test_valid_npy_round_trips(arr: np.ndarray, fortran: bool) -> None:
 
 
 @FAST
-@given(st.binary(max_size=300), st.sampled_from([b"\x93NUMPY\x01\x00", b"\x93NUMPY\x02\x00", b"\x93NUMPY\x03\x00", b""]))
+@given(
+    st.binary(max_size=300),
+    st.sampled_from([b"\x93NUMPY\x01\x00", b"\x93NUMPY\x02\x00", b"\x93NUMPY\x03\x00", b""]),
+)
 def test_any_npy_bytes_are_parsed_or_refused(tail: bytes, head: bytes) -> None:
     try:
         parse_npy(head + tail, LIMITS, MIN_LENGTH)
@@ -197,7 +208,10 @@ def test_windowed_equals_whole(
     margin = WindowPlan.for_model(1 << 20, card.receptive_radius, card.alignment).margin
     plan = WindowPlan.for_model(4 * margin + extra_window, card.receptive_radius, card.alignment)
     rng = np.random.default_rng(seed)
-    signals = [(rng.standard_normal(n) * rng.uniform(0.1, 10) + rng.uniform(-50, 50)).astype(np.float32) for n in lengths]
+    signals = [
+        (rng.standard_normal(n) * rng.uniform(0.1, 10) + rng.uniform(-50, 50)).astype(np.float32)
+        for n in lengths
+    ]
     from app.core.windows import score_pieces
 
     got = score_pieces(signals, plan, whole.run, max_batch)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.core.batching import Batcher
 from app.core.model import OnnxModel
 from tests.integration.conftest import ROOT, start_server
 from tests.reliability.conftest import KEY_A, app_client
@@ -69,8 +70,14 @@ def test_reload_serves_the_new_version(client: TestClient, own_models: Path) -> 
     assert client.get("/v2/models/bump").json()["versions"] == ["0.0.2"]
     assert client.get("/v2/models/bump/versions/0.0.1").status_code == 404
     assert [m["version"] for m in client.get("/v1/models").json()["models"]] == ["0.0.2", "0.0.1"]
-    info = [line for line in client.get("/metrics").text.splitlines() if line.startswith("shape_detector_model_info{")]
-    assert [line for line in info if 'model="bump"' in line] == ['shape_detector_model_info{model="bump",version="0.0.2"} 1.0']
+    info = [
+        line
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith("shape_detector_model_info{")
+    ]
+    assert [line for line in info if 'model="bump"' in line] == [
+        'shape_detector_model_info{model="bump",version="0.0.2"} 1.0'
+    ]
     assert client.get("/readyz").status_code == 200
 
 
@@ -133,6 +140,7 @@ def test_requests_queued_on_the_old_version_finish_on_it(
         return int(float(line.split()[-1]))
 
     monkeypatch.setattr(OnnxModel, "run", held_run)
+    monkeypatch.setattr(Batcher, "run_now", lambda self, *args: (False, None))  # held in workers only
     held = {"signals": [[0.0] * HELD]}
     with ThreadPoolExecutor(8) as pool:
         # More held requests than batcher threads: some run (held), the rest wait in the queue.
@@ -157,7 +165,10 @@ def test_admin_needs_a_key_when_keys_are_set(own_models: Path) -> None:
     with app_client(own_models, API_KEYS=KEY_A) as c:
         r = c.post("/admin/models/bump/reload")
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-        assert c.post("/admin/models/bump/reload", headers={"Authorization": f"Bearer {KEY_A}"}).status_code == 200
+        assert (
+            c.post("/admin/models/bump/reload", headers={"Authorization": f"Bearer {KEY_A}"}).status_code
+            == 200
+        )
         spec = c.get("/openapi.json").json()
         assert spec["paths"]["/admin/models/{name}/reload"]["post"]["security"]
 

@@ -93,7 +93,9 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     suppress_health_check=list(HealthCheck),
 )
 def test_openapi_contract_without_a_key(case: schemathesis.Case, keyed_server: Server) -> None:
-    case.headers = {k: v for k, v in (case.headers or {}).items() if k.lower() not in ("authorization", "x-api-key")}
+    case.headers = {
+        k: v for k, v in (case.headers or {}).items() if k.lower() not in ("authorization", "x-api-key")
+    }
     response = case.call_and_validate(base_url=keyed_server.url, checks=CHECKS, timeout=30)
     protected = "security" in SPEC_KEYED["paths"][case.operation.path][case.operation.method.lower()]
     assert (response.status_code == 401) == protected, (case.path, response.status_code)

@@ -33,7 +33,16 @@ PROTECTED = [
     ("POST", "/v2/models/bump/infer", V2_BODY),
     ("POST", "/v2/models/bump/versions/0.0.1/infer", V2_BODY),
 ]
-OPEN = ["/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics", "/docs", "/redoc", "/openapi.json"]
+OPEN = [
+    "/healthz",
+    "/readyz",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/metrics",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+]
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +161,9 @@ def test_openapi_declares_the_security_scheme(keyed: TestClient) -> None:
         ({"CORS_ORIGINS": "example.com"}, "is not an origin"),
     ],
 )
-def test_bad_key_and_origin_settings_are_refused(models_dir: Path, overrides: dict[str, str], problem: str) -> None:
+def test_bad_key_and_origin_settings_are_refused(
+    models_dir: Path, overrides: dict[str, str], problem: str
+) -> None:
     with pytest.raises(SettingsError) as err:
         load_settings(MODEL_DIR=models_dir, **overrides)
     assert problem in str(err.value)
