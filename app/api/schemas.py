@@ -56,6 +56,7 @@ class DetectResponse(BaseModel):
 
 
 class ModelList(BaseModel):
+    default: str = Field(description="The model POST /v1/detect uses (SHAPE_DETECTOR_DEFAULT_MODEL).")
     models: list[Card]
 
 

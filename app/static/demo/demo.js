@@ -228,6 +228,7 @@
       el.model.append(option);
     }
     if (state.models.has(previous)) el.model.value = previous;
+    else if (state.models.has(r.data.default)) el.model.value = r.data.default; // /v1/detect's
     showModel();
   }
 
