@@ -83,7 +83,8 @@ def test_dry_run_from_a_template(tmp_path: Path) -> None:
     assert card.labels == ["ring"] and card.polarity is True and "(either polarity)" in card.description
     assert card.template == pytest.approx(np.round(values, 6).tolist())
     assert card.template_center == int(np.argmax(np.abs(np.round(values, 6))))
-    assert card.training["architecture"]["first_kernel"] == 31  # the template's length, odd
+    c = card.template_center
+    assert card.training["architecture"]["first_kernel"] == 2 * max(c, 29 - c) + 1  # centred template
     scenario = card.training["data"]["training_scenario"]
     assert scenario["p_spikes"] == 0.1 and scenario["stretch"] == [0.9, 1.1]
     assert scenario["polarity"] is True and scenario["p_inverted"] == 0.0
