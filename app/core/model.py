@@ -13,7 +13,7 @@ import onnxruntime as ort
 from app.core.calibration import IDENTITY, Calibrator
 from app.core.card import MODEL_FILE, Card, load_card
 from app.core.peaks import Peaks, find_peaks
-from app.core.windows import Float32Array, WindowPlan, score_pieces
+from app.core.windows import Float32Array, Map, WindowPlan, score_pieces
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +85,16 @@ class OnnxModel:
             if scores.shape != shape or not np.all(np.isfinite(scores)):
                 raise RuntimeError(f"model {self.name}: warm-up gave unusable scores")
 
-    def scores(self, signals: Sequence[npt.NDArray[np.floating]]) -> list[Float32Array]:
-        """Per-sample probability curves; each equals the whole-signal result."""
+    def scores(
+        self, signals: Sequence[npt.NDArray[np.floating]], map_batches: Map | None = None
+    ) -> list[Float32Array]:
+        """Per-sample probability curves; each equals the whole-signal result.
+
+        ``map_batches`` runs the onnxruntime calls (for example on several workers at once).
+        """
         # No float32 copy of whole signals: each window is cast as it is copied into a batch.
         arrays = [np.asarray(s) for s in signals]
-        return score_pieces(arrays, self.plan, self.run, self.options.max_batch_samples)
+        return score_pieces(arrays, self.plan, self.run, self.options.max_batch_samples, map_batches)
 
     def detect(
         self,

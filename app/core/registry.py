@@ -22,7 +22,7 @@ from app.core.batching import Batcher, Finish
 from app.core.card import CARD_FILE
 from app.core.errors import ModelNotFound, ModelNotReady
 from app.core.model import InferenceOptions, OnnxModel
-from app.core.windows import Float32Array, score_pieces
+from app.core.windows import Float32Array
 
 log = logging.getLogger("shape_detector.models")
 
@@ -75,11 +75,8 @@ class Registry:
 
     def new_batcher(self, name: str, model: OnnxModel) -> Batcher:
         def score(signals: Sequence[npt.NDArray[np.floating]]) -> list[Float32Array]:
-            # model.scores, with the batches of one big request spread over idle workers.
-            arrays = [np.asarray(s) for s in signals]
-            return score_pieces(
-                arrays, model.plan, model.run, model.options.max_batch_samples, map_batches=batcher.map
-            )
+            # The batches of one big request are spread over idle workers.
+            return model.scores(signals, map_batches=batcher.map)
 
         batcher = Batcher(
             score,
