@@ -86,9 +86,10 @@ def _unusable(i: int, s: Signal, j: int, loc: tuple[str | int, ...]) -> InvalidI
     return InvalidInput(f"signal {i} has a value ({s[j]}) at index {j} that {why}", (*loc, i, j))
 
 
-def check_finite(signals: list[Signal], loc: tuple[str | int, ...]) -> None:
-    """Every value finite and within float32 range (the model computes in float32)."""
-    for i, s in enumerate(signals):
+def check_finite(signals: list[Signal], loc: tuple[str | int, ...], first: int = 0) -> None:
+    """Every value finite and within float32 range (the model computes in float32); signals
+    are numbered from ``first`` in the message."""
+    for i, s in enumerate(signals, start=first):
         ok = _usable(s)
         if not ok.all():
             raise _unusable(i, s, int(np.flatnonzero(~ok)[0]), loc)
@@ -103,10 +104,13 @@ def check_finite_rows(rows: npt.NDArray[np.floating], loc: tuple[str | int, ...]
 
 
 def rows_from_json(
-    signals: Any, limits: Limits, min_length: int, *, may_hold_bools: bool = True
+    signals: Any, limits: Limits, min_length: int, *, may_hold_bools: bool = True, plain: bool = False
 ) -> list[Signal]:
-    """``signals`` from a parsed JSON body -> float64 arrays, validated.
+    """``signals`` from a parsed JSON body -> float32 arrays (what the model computes in), validated.
 
+    ``plain=True``: the caller knows the parsed document holds numbers only (no strings,
+    booleans or nulls): each row is then converted in one vectorised pass. Otherwise, or if
+    that pass fails, each value is checked and the first bad one named.
     ``may_hold_bools=False`` (the body has no ``true``/``false`` token) skips the per-value
     scan that tells JSON booleans from numbers.
     """
@@ -119,35 +123,58 @@ def rows_from_json(
     check_counts([len(r) for r in signals], limits, min_length, loc)
     out: list[Signal] = []
     for i, row in enumerate(signals):
-        arr: Any = None
-        try:
-            arr = np.array(row)
-            if arr.dtype.kind == "O" and not all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in row
-            ):
-                arr = None  # None, nested lists or other objects among the numbers
-            elif arr.dtype.kind in "iuO":
-                arr = arr.astype(np.float64)
-        except (ValueError, TypeError, OverflowError):
-            arr = None
-        if (
-            arr is None
-            or arr.ndim != 1
-            or arr.dtype.kind != "f"
-            or (may_hold_bools and any(v is True or v is False for v in row))
-        ):
-            j, v = next(
-                ((j, v) for j, v in enumerate(row) if isinstance(v, bool) or not isinstance(v, int | float)),
-                (0, row[0]),
-            )
-            raise InvalidInput(
-                f"signal {i} has a non-numeric value ({_short(v)}) at index {j}: send numbers only",
-                (*loc, i, j),
-                "float_type",
-            )
-        out.append(arr.astype(np.float64, copy=False))
-    check_finite(out, loc)
+        arr = _plain_row(row) if plain else None
+        if arr is None:
+            exact = _exact_row(i, row, loc, may_hold_bools)
+            check_finite([exact], loc, first=i)
+            arr = exact.astype(np.float32)
+        out.append(arr)
     return out
+
+
+def _plain_row(row: list[Any]) -> npt.NDArray[np.float32] | None:
+    """A row of JSON numbers as float32 in one pass; None if it is not one (the caller then
+    finds the bad value): nested lists, or a value beyond the float32 range (cast to inf)."""
+    try:
+        with np.errstate(all="ignore"):
+            arr = np.array(row, dtype=np.float32)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if arr.ndim != 1 or not np.isfinite(arr).all():
+        return None
+    return arr
+
+
+def _exact_row(i: int, row: list[Any], loc: tuple[str | int, ...], may_hold_bools: bool) -> Signal:
+    """One row checked value by value -> float64; raises naming the first non-number."""
+    arr: Any = None
+    try:
+        arr = np.array(row)
+        if arr.dtype.kind == "O" and not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in row
+        ):
+            arr = None  # None, nested lists or other objects among the numbers
+        elif arr.dtype.kind in "iuO":
+            arr = arr.astype(np.float64)
+    except (ValueError, TypeError, OverflowError):
+        arr = None
+    if (
+        arr is None
+        or arr.ndim != 1
+        or arr.dtype.kind != "f"
+        or (may_hold_bools and any(v is True or v is False for v in row))
+    ):
+        j, v = next(
+            ((j, v) for j, v in enumerate(row) if isinstance(v, bool) or not isinstance(v, int | float)),
+            (0, row[0]),
+        )
+        raise InvalidInput(
+            f"signal {i} has a non-numeric value ({_short(v)}) at index {j}: send numbers only",
+            (*loc, i, j),
+            "float_type",
+        )
+    exact: Signal = arr.astype(np.float64, copy=False)
+    return exact
 
 
 def _short(v: Any) -> str:

@@ -34,6 +34,9 @@ def detail(r) -> str:  # type: ignore[no-untyped-def]
             "signal 1 has a non-numeric value (True) at index 0",
         ),
         ({"signals": [[1.0] * 50 + [None] + [1.0] * 50]}, "non-numeric value (None) at index 50"),
+        # A number written as a string is not a number (numpy would convert it silently).
+        ({"signals": [[1.0] * 30 + ["1.5"] + [1.0] * 30]}, "non-numeric value ('1.5') at index 30"),
+        ({"signals": [[1.0] * 30 + [[2.0]] + [1.0] * 30]}, "non-numeric value ([2.0]) at index 30"),
         ({"signals": [[[1.0]] * 100]}, "signal 0 has a non-numeric value"),
         ({"signals": [[1.0] * 10]}, "signal 0 has 10 samples; this model needs at least 16"),
         ({"signals": [[1.0] * 100_001]}, "the limit is 100000"),

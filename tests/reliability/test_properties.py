@@ -54,11 +54,14 @@ json_values = st.recursive(
 @FAST
 @given(valid_rows)
 def test_valid_json_rows_are_kept_exactly(rows: list[list[float]]) -> None:
-    out = rows_from_json(rows, LIMITS, MIN_LENGTH, may_hold_bools=False)
-    assert len(out) == len(rows)
-    for arr, row in zip(out, rows, strict=True):
-        assert arr.dtype == np.float64 and arr.shape == (len(row),)
-        np.testing.assert_array_equal(arr, np.array(row, dtype=np.float64))
+    # Both paths: the one vectorised pass for a document of numbers only, and the per-value one.
+    for plain in (True, False):
+        out = rows_from_json(rows, LIMITS, MIN_LENGTH, may_hold_bools=False, plain=plain)
+        assert len(out) == len(rows)
+        for arr, row in zip(out, rows, strict=True):
+            # float32, the model's type: each value rounded once, as the model's input would be.
+            assert arr.dtype == np.float32 and arr.shape == (len(row),)
+            np.testing.assert_array_equal(arr, np.array(row, dtype=np.float64).astype(np.float32))
 
 
 def accepted_or_refused_with_422(value: Any) -> None:
