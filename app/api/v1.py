@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.api.deps import QueryDep, RegistryDep, RunnerDep, SettingsDep, query_parameters_doc
+from app.api.deps import DetectDep, RegistryDep, SettingsDep, query_parameters_doc
 from app.api.schemas import ERRORS, DetectRequest, DetectResponse, ModelList, example_signal
 from app.core.card import Card
 
@@ -52,19 +52,15 @@ DETECT_DOC = dict(
 
 
 @router.post("/detect", summary="Detect events with the default model", **DETECT_DOC)  # type: ignore[arg-type]
-async def detect(
-    request: Request, registry: RegistryDep, runner: RunnerDep, settings: SettingsDep, query: QueryDep
-) -> Response:
+async def detect(request: Request, call: DetectDep) -> Response:
     """Probability, decision and peak locations of each signal (JSON or .npy body)."""
-    return await runner.detect(request, registry, settings.DEFAULT_MODEL, query)
+    return await call(request)
 
 
 @router.post("/models/{name}/detect", summary="Detect events with a named model", **DETECT_DOC)  # type: ignore[arg-type]
-async def detect_with(
-    name: str, request: Request, registry: RegistryDep, runner: RunnerDep, query: QueryDep
-) -> Response:
+async def detect_with(name: str, request: Request, call: DetectDep) -> Response:
     """Like /v1/detect, with the model named in the path."""
-    return await runner.detect(request, registry, name, query)
+    return await call(request, name)
 
 
 @router.get("/models", response_model=ModelList, summary="List the served models")

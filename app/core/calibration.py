@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 EPS = 1e-9  # probabilities are clipped to [EPS, 1 - EPS] before the logit
+MAX_CACHED_INVERSES = 256  # thresholds remembered per map (a client may send any number)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -62,6 +63,7 @@ class MonotoneMap:
             raise ValueError("calibration knots must be strictly increasing in x and in y")
         object.__setattr__(self, "x", x)
         object.__setattr__(self, "y", y)
+        object.__setattr__(self, "_inverses", {})
 
     @property
     def identity(self) -> bool:
@@ -76,6 +78,17 @@ class MonotoneMap:
         if self.identity:
             return np.asarray(q, dtype=np.float64)
         return sigmoid(_piecewise(np.atleast_1d(logit(q)), self.y, self.x)).reshape(np.shape(q))
+
+    def inverse_scalar(self, q: float) -> float:
+        """``inverse(q)`` for one value, remembered: a request's threshold is nearly always the
+        card's, and mapping it back costs more than finding the peaks of a short signal."""
+        cache: dict[float, float] = self._inverses  # type: ignore[attr-defined]
+        found = cache.get(q)
+        if found is None:
+            if len(cache) >= MAX_CACHED_INVERSES:
+                cache.clear()
+            found = cache[q] = float(self.inverse(q))
+        return found
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> MonotoneMap:

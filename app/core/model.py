@@ -124,24 +124,21 @@ def detections(
 
     ``threshold`` is on the calibrated peak scale. Peaks are found on the raw curve with the
     threshold mapped back (the map is strictly increasing, so the peaks are the same); the
-    signal's probability, the peaks' probabilities and the returned curve are mapped.
+    signal's probability, the peaks' probabilities and the returned curve are mapped. Each map
+    is applied once to all the request's values (one numpy call, not one per signal).
     """
-    raw_threshold = float(calibrator.peak.inverse(threshold))
+    raw_threshold = calibrator.peak.inverse_scalar(threshold)
+    raw_max = [float(curve.max()) for curve in curves]
+    probability = calibrator.signal(np.asarray(raw_max, dtype=np.float64)).tolist()
+    found = [find_peaks(curve, raw_threshold, min_distance) for curve in curves]
+    if not calibrator.peak.identity and found:
+        mapped = calibrator.peak(np.concatenate([p.probability for p in found])).astype(np.float32)
+        bounds = np.cumsum([len(p) for p in found])[:-1]
+        found = [Peaks(p.index, q) for p, q in zip(found, np.split(mapped, bounds), strict=True)]
     results = []
-    for curve in curves:
-        raw_max = float(curve.max())
-        peaks = find_peaks(curve, raw_threshold, min_distance)
-        if not calibrator.peak.identity:
-            peaks = Peaks(peaks.index, calibrator.peak(peaks.probability).astype(np.float32))
+    for curve, peaks, top, p in zip(curves, found, raw_max, probability, strict=True):
         scores = None
         if return_scores:
             scores = curve if calibrator.peak.identity else calibrator.peak(curve).astype(np.float32)
-        results.append(
-            Detection(
-                probability=float(calibrator.signal(raw_max)),
-                detected=raw_max >= raw_threshold,
-                peaks=peaks,
-                scores=scores,
-            )
-        )
+        results.append(Detection(probability=p, detected=top >= raw_threshold, peaks=peaks, scores=scores))
     return results
