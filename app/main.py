@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -84,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             inline_max_samples=settings.INLINE_MAX_SAMPLES,
         )
         lifecycle.install_signal_handler()  # SIGTERM drains first (only under a server, main thread)
+        previous_interval = sys.getswitchinterval()
+        sys.setswitchinterval(settings.SWITCH_INTERVAL_MS / 1000)
         try:
             yield {
                 "settings": settings,
@@ -93,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "lifecycle": lifecycle,
             }
         finally:
+            sys.setswitchinterval(previous_interval)
             lifecycle.uninstall_signal_handler()
             registry.close()
             executor.shutdown(wait=True, cancel_futures=True)

@@ -46,6 +46,16 @@ class Settings(BaseSettings):
     BATCH_WAIT_MS: float = Field(
         0.0, ge=0, le=1000, description="Wait for more requests to batch, from the first arrival."
     )
+    SWITCH_INTERVAL_MS: float = Field(
+        0.2,
+        gt=0,
+        le=100,
+        description=(
+            "Python's thread switch interval (sys.setswitchinterval), ms. An inference thread that "
+            "finishes an onnxruntime call waits this long at most for the busy event loop to hand "
+            "back the interpreter; Python's own default is 5 ms."
+        ),
+    )
     LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
     # Reliability and security (see deploy/README-operations-section.md).
     API_KEYS: SecretStr = Field(

@@ -150,3 +150,14 @@ def test_json_log_lines_are_json() -> None:
     rec.fields = {"status": 200}
     doc = json.loads(JsonFormatter().format(rec))
     assert doc["message"] == "hello you" and doc["status"] == 200 and doc["level"] == "info"
+
+
+def test_switch_interval_is_set_while_serving_and_restored(models_dir: Path) -> None:
+    import sys
+
+    before = sys.getswitchinterval()
+    s = load_settings(MODEL_DIR=models_dir, SWITCH_INTERVAL_MS=0.3)
+    with TestClient(create_app(s)) as c:
+        wait_ready(c)
+        assert sys.getswitchinterval() == pytest.approx(0.0003)
+    assert sys.getswitchinterval() == before
