@@ -39,10 +39,8 @@ def sigmoid(z: npt.ArrayLike) -> FloatArray:
 
 
 def _piecewise(z: FloatArray, xs: FloatArray, ys: FloatArray) -> FloatArray:
-    out: FloatArray = np.interp(z, xs, ys)
-    below, above = z < xs[0], z > xs[-1]
-    out[below] = ys[0] + (z[below] - xs[0])
-    out[above] = ys[-1] + (z[above] - xs[-1])
+    # Linear between the knots; slope 1 beyond them (the two corrections are 0 inside).
+    out: FloatArray = np.interp(z, xs, ys) + np.minimum(z - xs[0], 0.0) + np.maximum(z - xs[-1], 0.0)
     return out
 
 

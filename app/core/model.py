@@ -131,10 +131,13 @@ def detections(
     raw_max = [float(curve.max()) for curve in curves]
     probability = calibrator.signal(np.asarray(raw_max, dtype=np.float64)).tolist()
     found = [find_peaks(curve, raw_threshold, min_distance) for curve in curves]
-    if not calibrator.peak.identity and found:
+    if not calibrator.peak.identity and any(len(p) for p in found):
         mapped = calibrator.peak(np.concatenate([p.probability for p in found])).astype(np.float32)
-        bounds = np.cumsum([len(p) for p in found])[:-1]
-        found = [Peaks(p.index, q) for p, q in zip(found, np.split(mapped, bounds), strict=True)]
+        start, mapped_found = 0, []
+        for p in found:
+            mapped_found.append(Peaks(p.index, mapped[start : start + len(p)]))
+            start += len(p)
+        found = mapped_found
     results = []
     for curve, peaks, top, p in zip(curves, found, raw_max, probability, strict=True):
         scores = None
