@@ -74,3 +74,20 @@ def test_detections_without_calibration_are_raw() -> None:
     (d,) = detections([curve], 0.5, 1, return_scores=True)
     assert d.probability == pytest.approx(0.7) and d.detected
     assert d.peaks.index.tolist() == [1, 3] and d.scores is curve
+
+
+def test_detections_of_a_request_split_the_mapped_peaks_back_to_their_signals() -> None:
+    """The peak map runs once over the request's peaks: each signal gets its own back."""
+    quiet = np.full(50, 0.01, dtype=np.float32)
+    one = quiet.copy()
+    one[10] = 0.9
+    two = quiet.copy()
+    two[[5, 40]] = [0.8, 0.95]
+    cal = Calibrator(peak=MAP)
+    got = detections([quiet, two, quiet, one, quiet], 0.5, 3, calibrator=cal)
+    assert [d.peaks.index.tolist() for d in got] == [[], [5, 40], [], [10], []]
+    for curve, d in zip([quiet, two, quiet, one, quiet], got, strict=True):
+        alone = detections([curve], 0.5, 3, calibrator=cal)[0]
+        assert np.array_equal(d.peaks.probability, alone.peaks.probability)
+        assert d.probability == alone.probability and d.detected == alone.detected
+    assert got[1].peaks.probability == pytest.approx(MAP(np.array([0.8, 0.95])), rel=1e-6)
