@@ -1,10 +1,17 @@
 """Dynamic batching: concurrent requests for one model share onnxruntime calls.
 
 A few worker threads per model each take every request waiting in the queue (FIFO, up to
-``max_batch_samples`` samples, at least one request), scores all their signals together
-(windows of equal length from different requests run in one call), then finishes each
+``max_batch_samples`` samples, at least one request), score all their signals together
+(windows of equal length from different requests run in one call), then finish each
 request with its own slice of the results. Under light load a request runs at once; under
-heavy load requests that arrive during a run share the next one. ``max_wait`` (counted from
+heavy load requests that arrive during a run share the next one.
+
+The first worker takes any waiting request. The others (helpers) take requests only when a
+full batch (``max_batch_samples``) is waiting or the oldest request has waited ``HELP_AFTER_S``
+for the busy first worker, and they help with a long signal's calls (``map``). Many small
+requests are then served by one worker in large batches, which leaves the other core to the
+event loop: on 2 cores, 1×1024 requests at concurrency 32 ran about 10 % faster than with two
+workers taking turns. Large requests still keep every worker busy. ``max_wait`` (counted from
 the first arrival) can trade latency for bigger batches. The queue is bounded: a full queue
 refuses new requests with ``Overloaded`` instead of growing.
 
@@ -36,6 +43,8 @@ import numpy.typing as npt
 
 from app.core.errors import Overloaded
 from app.core.windows import Float32Array
+
+HELP_AFTER_S = 0.02  # a helper takes requests that waited this long for the busy first worker
 
 Score = Callable[[Sequence[npt.NDArray[np.floating]]], list[Float32Array]]
 Finish = Callable[[list[Float32Array]], Any]
@@ -96,11 +105,15 @@ class Batcher:
         self._jobs: deque[_Job] = deque()
         self._splits: deque[_Split] = deque()  # map calls with tasks left for idle workers
         self._waiting = 0  # workers waiting for work
-        self._cond = threading.Condition()
+        self._queued_samples = 0  # samples of the requests in self._jobs
+        self._first_waiting = False  # the first worker waits for work
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # the first worker waits here (and close/submit use it)
+        self._help = threading.Condition(lock)  # the helpers wait here
         self._closed = False
         # Several workers run batches side by side (each onnxruntime call on its own core).
         self._threads = [
-            threading.Thread(target=self._loop, name=f"batcher-{name}-{i}", daemon=True)
+            threading.Thread(target=self._loop, args=(i,), name=f"batcher-{name}-{i}", daemon=True)
             for i in range(max(1, workers))
         ]
         for thread in self._threads:
@@ -127,7 +140,14 @@ class Batcher:
                     f"{self.max_queue}); retry shortly"
                 )
             self._jobs.append(job)
-            self._cond.notify()
+            self._queued_samples += job.samples
+            self._cond.notify()  # the first worker, if it waits
+            if self._queued_samples >= self.max_batch_samples or (
+                len(self._jobs) == 1 and not self._first_waiting
+            ):
+                # A full batch waits, or the first worker is busy: a helper takes the batch, or
+                # times the wait of this oldest request.
+                self._help.notify()
         return job.future
 
     def run_now(self, signals: Sequence[npt.NDArray[np.floating]], finish: Finish) -> tuple[bool, Any]:
@@ -148,6 +168,7 @@ class Batcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            self._help.notify_all()
         for thread in self._threads:
             thread.join(timeout)
 
@@ -163,7 +184,9 @@ class Batcher:
         split = _Split(fn, list(items), [None] * len(items), unfinished=len(items))
         with self._cond:
             self._splits.append(split)
-            self._cond.notify(min(len(items), len(self._threads)) - 1)  # idle workers, to help
+            helpers = min(len(items), len(self._threads)) - 1  # idle workers, to help
+            self._cond.notify()  # the first worker, if the caller is a helper
+            self._help.notify(helpers)
         while (index := self._claim(split)) is not None:
             self._run_task(split, index)
         split.done.wait()
@@ -199,38 +222,57 @@ class Batcher:
                 if split.unfinished == 0:
                     split.done.set()
 
-    def _next(self) -> list[_Job] | tuple[_Split, int] | None:
+    def _next(self, index: int) -> list[_Job] | tuple[_Split, int] | None:
         """A batch of requests (empty if every waiting job was cancelled), else a map task to
-        help with; None once closed with nothing queued."""
+        help with; None once closed with nothing queued. ``index`` 0 is the first worker."""
+        cond = self._cond if index == 0 else self._help
         with self._cond:
-            while not self._jobs and not self._splits and not self._closed:
+            while True:
+                if self._jobs and (index == 0 or self._closed or self._helper_may_take()):
+                    return self._take_locked(cond)
+                while self._splits:
+                    split = self._splits[0]
+                    claimed = self._claim_locked(split)  # an exhausted split leaves the deque
+                    if claimed is not None:
+                        return split, claimed
+                if self._closed and not self._jobs:
+                    return None
+                # A helper with requests waiting wakes when the oldest may be taken.
+                timeout = None
+                if self._jobs:
+                    timeout = max(0.0, self._jobs[0].arrived + HELP_AFTER_S - time.monotonic())
                 self._waiting += 1
+                if index == 0:
+                    self._first_waiting = True
                 try:
-                    self._cond.wait()
+                    cond.wait(timeout)
                 finally:
                     self._waiting -= 1
-            if self._jobs:
-                return self._take_locked()
-            while self._splits:
-                split = self._splits[0]
-                index = self._claim_locked(split)  # an exhausted split is dropped from the deque
-                if index is not None:
-                    return split, index
-            return [] if not self._closed else None
+                    if index == 0:
+                        self._first_waiting = False
 
-    def _take_locked(self) -> list[_Job]:
-        """The next batch (empty if every waiting job was cancelled); the lock is held."""
+    def _helper_may_take(self) -> bool:
+        """A full batch waits, or the oldest request waited HELP_AFTER_S; the lock is held."""
+        return (
+            self._queued_samples >= self.max_batch_samples
+            or time.monotonic() - self._jobs[0].arrived >= HELP_AFTER_S
+        )
+
+    def _take_locked(self, cond: threading.Condition) -> list[_Job]:
+        """The next batch (empty if every waiting job was cancelled); the lock is held and
+        ``cond`` is the calling worker's condition."""
         if self.max_wait > 0:
             deadline = self._jobs[0].arrived + self.max_wait
             while not self._closed and sum(j.samples for j in self._jobs) < self.max_batch_samples:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                cond.wait(remaining)
         batch: list[_Job] = []
         total = 0
         while self._jobs and (not batch or total + self._jobs[0].samples <= self.max_batch_samples):
             job = self._jobs.popleft()
+            self._queued_samples -= job.samples
             # A cancelled future (its request timed out) is skipped, never run; a running
             # one can no longer be cancelled, so its result can always be set.
             if not job.future.set_running_or_notify_cancel():
@@ -240,8 +282,8 @@ class Batcher:
             total += job.samples
         return batch
 
-    def _loop(self) -> None:
-        while (work := self._next()) is not None:
+    def _loop(self, index: int) -> None:
+        while (work := self._next(index)) is not None:
             if isinstance(work, tuple):
                 split, index = work
                 self._run_task(split, index)

@@ -218,3 +218,40 @@ def test_run_now_raises_the_scoring_error() -> None:
     with pytest.raises(ValueError, match="bad signal"):
         batcher.run_now([np.zeros(3)], len)
     batcher.close()
+
+
+def test_small_requests_one_at_a_time_stay_on_the_first_worker() -> None:
+    """An idle first worker takes every request: helpers do not split small work."""
+    ran: list[str] = []
+
+    def score(signals):  # type: ignore[no-untyped-def]
+        ran.append(threading.current_thread().name)
+        return [np.zeros(len(s), dtype=np.float32) for s in signals]
+
+    batcher = Batcher(score, max_batch_samples=1000, max_queue=10, workers=3, name="m")
+    for _ in range(20):
+        wait_idle(batcher)
+        assert batcher.submit([np.zeros(10)], len).result(5) == 1
+    batcher.close()
+    assert set(ran) == {"batcher-m-0"}
+
+
+@pytest.mark.parametrize("samples", [10, 1000])  # the oldest waits too long / a full batch waits
+def test_a_helper_takes_what_the_busy_first_worker_cannot(samples: int) -> None:
+    release = threading.Event()
+    first_started = threading.Event()
+
+    def score(signals):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name.endswith("-0"):
+            first_started.set()
+            release.wait(10)  # the first worker stays busy until the end of the test
+        return [np.zeros(len(s), dtype=np.float32) for s in signals]
+
+    batcher = Batcher(score, max_batch_samples=1000, max_queue=10, workers=2, name="m")
+    first = batcher.submit([np.zeros(10)], len)
+    assert first_started.wait(5)
+    second = batcher.submit([np.zeros(samples)], len)
+    assert second.result(5) == 1 and not first.done()  # a helper ran it
+    release.set()
+    assert first.result(5) == 1
+    batcher.close()
