@@ -285,8 +285,8 @@ class Batcher:
     def _loop(self, index: int) -> None:
         while (work := self._next(index)) is not None:
             if isinstance(work, tuple):
-                split, index = work
-                self._run_task(split, index)
+                split, task = work
+                self._run_task(split, task)
                 with self._cond:
                     self.stats.helped += 1
             elif work:

@@ -229,6 +229,17 @@ def test_small_requests_one_at_a_time_stay_on_the_first_worker() -> None:
         return [np.zeros(len(s), dtype=np.float32) for s in signals]
 
     batcher = Batcher(score, max_batch_samples=1000, max_queue=10, workers=3, name="m")
+    # Every worker runs one of a long signal's calls first (the caller and three workers meet):
+    # running a map task must not change a worker's role.
+    together = threading.Barrier(4, timeout=30)
+
+    def task(x: int) -> int:
+        if x < 4:
+            together.wait()
+        return x
+
+    wait_idle(batcher)
+    assert batcher.map(task, list(range(30))) == list(range(30))
     for _ in range(20):
         wait_idle(batcher)
         assert batcher.submit([np.zeros(10)], len).result(5) == 1
