@@ -161,3 +161,11 @@ def test_switch_interval_is_set_while_serving_and_restored(models_dir: Path) -> 
         wait_ready(c)
         assert sys.getswitchinterval() == pytest.approx(0.0003)
     assert sys.getswitchinterval() == before
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    from app.settings import ENV_PREFIX, Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [f for f in Settings.model_fields if f"| `{ENV_PREFIX}{f}` |" not in readme]
+    assert not missing, f"settings without a row in a README table: {missing}"
