@@ -65,7 +65,9 @@ class Config:
     # The service again with these SHAPE_DETECTOR_WORKERS (processes), on the 1x1024 workloads at
     # the highest concurrency only: where one process's event loop is the bottleneck.
     more_workers: tuple[int, ...] = (2,)
-    intra_op_threads: int = 0  # onnxruntime threads per call in every server and raw; 0: default
+    # onnxruntime threads per call in every server and raw: 1, the service's own default
+    # (SHAPE_DETECTOR_INTRA_OP_THREADS); 0: onnxruntime's default, one per core.
+    intra_op_threads: int = 1
     client: str = "wrk"  # load generator for the fixed-body workloads: "wrk" or "python"
     budget_s: float = 480.0
     timeout_s: float = 120.0  # per request
@@ -349,7 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated SHAPE_DETECTOR_WORKERS to run the service with again on the 1x1024 "
         "concurrency-32 workloads ('' for none)",
     )
-    p.add_argument("--intra-op-threads", type=int, default=0, help="onnxruntime threads per call; 0: default")
+    p.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=Config.intra_op_threads,
+        help="onnxruntime threads per call, every server and raw (default 1, the service's; 0: per core)",
+    )
     p.add_argument("--model-dir", type=Path, default=Config.model_dir)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     a = p.parse_args(argv)
