@@ -259,6 +259,7 @@ def test_a_helper_takes_what_the_busy_first_worker_cannot(samples: int) -> None:
         return [np.zeros(len(s), dtype=np.float32) for s in signals]
 
     batcher = Batcher(score, max_batch_samples=1000, max_queue=10, workers=2, name="m")
+    wait_idle(batcher)  # the first worker waits, so it takes the first request
     first = batcher.submit([np.zeros(10)], len)
     assert first_started.wait(5)
     second = batcher.submit([np.zeros(samples)], len)
