@@ -305,9 +305,9 @@ class DetectCall:
 async def detect_call(request: Request) -> DetectCall:
     """One dependency for the detection routes: FastAPI solves each dependency of a route on
     every request (about 8 µs apiece), and these routes are the hot path."""
-    state = request.state
+    settings = await get_settings_state(request)
     query = await detect_params(request)
-    return DetectCall(state.runner, state.registry, state.settings.DEFAULT_MODEL, query)
+    return DetectCall(await get_runner(request), await get_registry(request), settings.DEFAULT_MODEL, query)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_state)]

@@ -263,7 +263,7 @@ class Batcher:
         ``cond`` is the calling worker's condition."""
         if self.max_wait > 0:
             deadline = self._jobs[0].arrived + self.max_wait
-            while not self._closed and sum(j.samples for j in self._jobs) < self.max_batch_samples:
+            while not self._closed and self._queued_samples < self.max_batch_samples:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
