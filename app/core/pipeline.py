@@ -104,8 +104,9 @@ def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> t
         _merge(return_scores, query.return_scores, "return_scores"),
     )
     may_hold_bools = b"true" in body or b"false" in body
-    # Numbers only: no true/false/null token, and the only strings are the object's keys.
-    plain = not may_hold_bools and b"null" not in body and body.count(b'"') == 2 * len(doc)
+    # No true/false token and no string but the object's keys: the rows hold numbers (or null,
+    # which the vectorised pass turns into NaN and hands to the per-value check).
+    plain = not may_hold_bools and body.count(b'"') == 2 * len(doc)
     signals = rows_from_json(doc["signals"], limits, min_length, may_hold_bools=may_hold_bools, plain=plain)
     return signals, params
 

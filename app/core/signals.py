@@ -108,9 +108,9 @@ def rows_from_json(
 ) -> list[Signal]:
     """``signals`` from a parsed JSON body -> float32 arrays (what the model computes in), validated.
 
-    ``plain=True``: the caller knows the parsed document holds numbers only (no strings,
-    booleans or nulls): each row is then converted in one vectorised pass. Otherwise, or if
-    that pass fails, each value is checked and the first bad one named.
+    ``plain=True``: the caller knows the parsed document holds no strings or booleans: each
+    row is then converted in one vectorised pass (a null becomes NaN and fails it). Otherwise,
+    or if that pass fails, each value is checked and the first bad one named.
     ``may_hold_bools=False`` (the body has no ``true``/``false`` token) skips the per-value
     scan that tells JSON booleans from numbers.
     """
@@ -134,7 +134,8 @@ def rows_from_json(
 
 def _plain_row(row: list[Any]) -> npt.NDArray[np.float32] | None:
     """A row of JSON numbers as float32 in one pass; None if it is not one (the caller then
-    finds the bad value): nested lists, or a value beyond the float32 range (cast to inf)."""
+    finds the bad value): nested lists, null (cast to NaN), or a value beyond the float32
+    range (cast to inf)."""
     try:
         with np.errstate(all="ignore"):
             arr = np.array(row, dtype=np.float32)
