@@ -64,6 +64,7 @@ serve: $(VENV)/.installed-serve  ## serve models/ on HOST:PORT (default 127.0.0.
 bench: $(VENV)/.installed-all wrk  ## benchmarks (report, never fail on timing)
 	$(PY) -m benchmarks.bench_model
 	$(PY) -m benchmarks.run $(ARGS)
+	$(PY) -m benchmarks.breakdown
 
 bench-quick: $(VENV)/.installed-all wrk  ## one-minute smoke run of the benchmark harness
 	$(PY) -m benchmarks.run --quick $(ARGS)
