@@ -94,7 +94,8 @@ class Probe:
 
 async def _requests(
     overrides: dict[str, Any], model: str, body: bytes, n: int, probe: Probe
-) -> list[Timings]:
+) -> tuple[list[Timings], int]:
+    """``n`` timed requests, one at a time; their timings and how many ran on the event loop."""
     application = create_app(load_settings(LOG_LEVEL="warning", **overrides))
     headers = [
         (b"host", b"bench"),
@@ -149,12 +150,14 @@ async def _requests(
         for _ in range(max(50, n // 10)):  # warm-up (and past the lone-client delay)
             await one()
         await asyncio.sleep(deps.LONE_AFTER_S)
+        stats = registry.statuses[model].batcher.stats
+        inline_before = stats.now
         rows = []
         for _ in range(n):
             probe.row = defaultdict(float)
             await one()
             rows.append(probe.row)
-        return rows
+        return rows, stats.now - inline_before
 
 
 def raw_call_ms(model_dir: Path, signal: np.ndarray, n: int) -> float:
@@ -199,17 +202,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "inline": {"MODEL_DIR": a.model_dir, "INLINE_MAX_SAMPLES": a.length},
     }
     raw = raw_call_ms(a.model_dir / a.model, signal, a.requests)
-    results: dict[str, Any] = {"raw call (tight loop)": raw}
+    results: dict[str, Any] = {"raw call (tight loop)": raw, "scored on the event loop": {}}
     for name, overrides in paths.items():
         with Probe() as probe:
-            rows = asyncio.run(_requests(overrides, a.model, body, a.requests, probe))
+            rows, inline = asyncio.run(_requests(overrides, a.model, body, a.requests, probe))
         results[name] = summarise(rows)
+        results["scored on the event loop"][name] = inline
 
     print(f"1x{a.length} JSON ({len(body)} bytes) to model {a.model!r}: medians per request, ms")
     print(f"raw onnxruntime call, tight loop: {results['raw call (tight loop)']:.3f}")
     print(f"{'':28s}{'batcher':>10s}{'inline':>10s}")
     for key in results["batcher"]:
         print(f"{key:28s}{results['batcher'][key]:10.3f}{results['inline'][key]:10.3f}")
+    on_loop = results["scored on the event loop"]
+    print(f"requests scored on the event loop: {on_loop['batcher']} and {on_loop['inline']} of {a.requests}")
     return results
 
 

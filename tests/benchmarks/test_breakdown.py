@@ -20,6 +20,8 @@ def test_breakdown_accounts_for_each_path(capsys: pytest.CaptureFixture[str]) ->
         # not exceed the whole by much, and the whole must be more than the inference.
         assert r["onnxruntime"] < r["application"]
         assert stages < 1.5 * r["application"]
+    # The inline path did score on the event loop, and the default path did not.
+    assert results["scored on the event loop"] == {"batcher": 0, "inline": 20}
     out = capsys.readouterr().out
     assert "framework and middleware" in out and "inline" in out
 
