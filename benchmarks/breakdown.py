@@ -39,6 +39,7 @@ from app.core.model import InferenceOptions, OnnxModel
 from app.main import create_app
 from app.settings import load_settings
 from benchmarks.loadgen import json_payload, make_signals
+from benchmarks.raw import call_latencies_ms
 
 STAGES = ("read body", "decode", "onnxruntime", "respond")
 Timings = defaultdict[str, float]
@@ -163,15 +164,7 @@ async def _requests(
 def raw_call_ms(model_dir: Path, signal: np.ndarray, n: int) -> float:
     """The median of ``n`` calls in a tight loop, with the service's session options."""
     model = OnnxModel(model_dir, InferenceOptions(intra_op_threads=load_settings().INTRA_OP_THREADS))
-    batch = signal[None].astype(np.float32)
-    for _ in range(50):
-        model.session.run(["scores"], {"signal": batch})
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        model.session.run(["scores"], {"signal": batch})
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return float(np.median(call_latencies_ms(model, signal[None].astype(np.float32), n, warm_up=50)))
 
 
 def summarise(rows: list[Timings]) -> dict[str, float]:

@@ -51,6 +51,18 @@ def _rates(run: Callable[[], None], samples: int, duration: float, repeats: int)
     return rates
 
 
+def call_latencies_ms(model: OnnxModel, batch: np.ndarray, calls: int, warm_up: int = 1) -> np.ndarray:
+    """Milliseconds of each of ``calls`` back-to-back ``session.run`` calls on one batch."""
+    for _ in range(warm_up):
+        model.session.run(["scores"], {"signal": batch})
+    latencies = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        model.session.run(["scores"], {"signal": batch})
+        latencies.append(time.perf_counter() - t0)
+    return np.asarray(latencies) * 1000
+
+
 def measure_raw(
     model_dir: Path,
     options: InferenceOptions,
@@ -85,14 +97,7 @@ def measure_raw(
             "window_samples_per_pass": int(sum(b.size for b in batches)),
             "batch_shapes": sorted({f"{b.shape[0]}x{b.shape[1]}" for b in batches}),
         }
-    one = cases["1x1024"][0]
-    session.run(["scores"], {"signal": one})
-    latencies = []
-    for _ in range(latency_calls):
-        t0 = time.perf_counter()
-        session.run(["scores"], {"signal": one})
-        latencies.append(time.perf_counter() - t0)
-    ms = np.asarray(latencies) * 1000
+    ms = call_latencies_ms(model, cases["1x1024"][0], latency_calls)
     out["latency_1x1024"] = {
         "calls": latency_calls,
         "p50_ms": float(np.percentile(ms, 50)),
