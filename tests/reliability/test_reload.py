@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from app.core.batching import Batcher
 from app.core.model import OnnxModel
+from app.settings import load_settings
 from tests.integration.conftest import ROOT, start_server
 from tests.reliability.conftest import KEY_A, app_client
 from tests.reliability.loadgen import run_load
@@ -142,23 +143,26 @@ def test_requests_queued_on_the_old_version_finish_on_it(
     monkeypatch.setattr(OnnxModel, "run", held_run)
     monkeypatch.setattr(Batcher, "run_now", lambda self, *args: (False, None))  # held in workers only
     held = {"signals": [[0.0] * HELD]}
+    workers = load_settings().INFERENCE_WORKERS  # what app_client runs with
     with ThreadPoolExecutor(8) as pool:
-        # More held requests than batcher threads: some run (held), the rest wait in the queue.
+        # More held requests than batcher threads: every thread holds a batch, the rest wait in
+        # the queue. A helper thread joins only after a request waited 20 ms (app.core.batching),
+        # so requests are sent until both are so, not a fixed number of them.
         before = []
-        for _ in range(4):
+        while len(before) < 8 and not (len(inside) == workers and queued() >= 1):
             before.append(pool.submit(client.post, "/v1/detect", json=held))
             for _ in range(400):  # each is held or queued on the old version before the next
                 if sum(inside) + queued() == len(before):
                     break
                 time.sleep(0.025)
-        assert sum(inside) + queued() == 4 and queued() >= 1
+        assert len(inside) == workers and sum(inside) + queued() == len(before) and queued() >= 1
         set_version(own_models / "bump", "0.0.2")
         reloaded = client.post("/admin/models/bump/reload")
         assert reloaded.status_code == 200, reloaded.text
         after = client.post("/v1/detect", json=SIGNAL)  # the new batcher is free: not held
         assert version_of(after) == "0.0.2"
         gate.set()
-        assert [version_of(f.result(20)) for f in before] == ["0.0.1"] * 4
+        assert [version_of(f.result(20)) for f in before] == ["0.0.1"] * len(before)
 
 
 def test_admin_needs_a_key_when_keys_are_set(own_models: Path) -> None:
