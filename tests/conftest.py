@@ -27,6 +27,8 @@ def build_tiny_model(model_dir: Path, arch: str = "deep", seed: int = 0, scale_s
         scale_stride=scale_stride,
     )
     net = build_model(cfg).eval()
+    if getattr(net, "matched", None) is not None:
+        net.matched_gain.fill_(0.5)  # exercise the matched-filter path (random weights) too
     model_dir.mkdir(parents=True, exist_ok=True)
     export_onnx(net, model_dir / "model.onnx")
     alignment = int(getattr(net, "alignment", 1))

@@ -31,6 +31,10 @@ class ModelConfig:
     decoder: list[int] = field(default_factory=lambda: [16, 8])  # deep: per up-sampling step
     first_kernel: int = 41  # deep: the first convolution's length (a template's worth)
     kernel_size: int = 5  # deep: the other convolutions' length
+    # deep: a fixed matched-filter path that can be added to the logit (see ``DeepCNN``)
+    matched_mean_window: int = 127  # its local mean window, odd; 0: no such path
+    matched_clip: float = 3.0  # its limiter, in noise standard deviations
+    matched_two_sided: bool = False  # |correlation|: when inverted copies count as events
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -46,24 +50,38 @@ class LocalNorm(nn.Module):
     """
 
     def __init__(
-        self, mean_window: int, scale_window: int, scale_stride: int = 1, eps: float = 1e-30
+        self,
+        mean_window: int,
+        scale_window: int,
+        scale_stride: int = 1,
+        eps: float = 1e-30,
+        wide_mean_window: int = 0,
     ) -> None:
         super().__init__()
         blocks = scale_window // scale_stride
-        if mean_window % 2 == 0 or blocks % 2 == 0 or blocks * scale_stride != scale_window:
+        odd = mean_window % 2 == 1 and wide_mean_window % 2 == (1 if wide_mean_window else 0)
+        if not odd or blocks % 2 == 0 or blocks * scale_stride != scale_window:
             raise ValueError(
                 "normalisation windows must be odd (the scale window an odd number of scale_stride blocks)"
             )
         self.mean = nn.AvgPool1d(mean_window, 1, mean_window // 2, count_include_pad=False)
+        # With a wide mean window: a second output channel, (x - wider local mean) / the same scale.
+        self.wide_mean = (
+            nn.AvgPool1d(wide_mean_window, 1, wide_mean_window // 2, count_include_pad=False)
+            if wide_mean_window
+            else None
+        )
         self.stride = scale_stride
         self.block = nn.AvgPool1d(scale_stride, scale_stride, ceil_mode=True, count_include_pad=False)
         self.scale = nn.AvgPool1d(blocks, 1, blocks // 2, count_include_pad=False)
         self.eps = eps
-        self.radius = max(mean_window // 2, (blocks // 2 + 1) * scale_stride + 1)
+        self.radius = max(mean_window // 2, wide_mean_window // 2, (blocks // 2 + 1) * scale_stride + 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1, T)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1 or 2, T)
         T = x.shape[-1]
         d = x - self.mean(x)
+        if self.wide_mean is not None:
+            d = torch.cat([d, x - self.wide_mean(x)], dim=1)  # (B, 2, T)
         diff = torch.abs(x[..., 1:] - x[..., :-1])  # (B, 1, T-1)
         diff = torch.cat([diff[..., :1], diff], dim=-1)  # (B, 1, T): first sample repeats
         if self.stride == 1:
@@ -104,10 +122,21 @@ def conv_block(c_in: int, c_out: int, k: int, k_first: int | None = None) -> nn.
     )
 
 
+# For white noise, mean |x[t] - x[t-1]| = 2 sigma / sqrt(pi): LocalNorm's scale in noise sigmas.
+SIGMA_PER_SCALE = math.sqrt(math.pi) / 2
+
+
 class DeepCNN(nn.Module):
     """Conv -> ReLU -> max-pool blocks (the primer's deep CNN), then an up-sampling decoder
     with skip connections back to full resolution and a 1x1 convolution head: a logit for
     every input sample.
+
+    With ``matched_mean_window`` > 0 there is also a fixed matched-filter path: the signal
+    less a wider local mean, in noise sigmas, clipped at +-``matched_clip`` (a limiter: a
+    spike counts no more than a 3-sigma sample), correlated with the unit-norm template
+    (``init_from_template`` sets it; it never trains). The logit is the network's plus
+    ``matched_gain`` times that path. The gain is 0 while the network trains; afterwards
+    ``training.matched.choose_matched_gain`` sets it on validation data.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -115,7 +144,9 @@ class DeepCNN(nn.Module):
         ch = cfg.channels
         if len(cfg.decoder) != len(ch) - 1:
             raise ValueError("decoder needs one entry per pooling step (len(channels) - 1)")
-        self.norm = LocalNorm(cfg.mean_window, cfg.scale_window, cfg.scale_stride)
+        self.norm = LocalNorm(
+            cfg.mean_window, cfg.scale_window, cfg.scale_stride, wide_mean_window=cfg.matched_mean_window
+        )
         self.encoders = nn.ModuleList()
         c_prev = 1
         for i, c in enumerate(ch):
@@ -134,10 +165,24 @@ class DeepCNN(nn.Module):
             c_prev = c
         self.head = nn.Conv1d(c_prev, 1, 1)
         self.alignment = math.lcm(2 ** (len(ch) - 1), cfg.scale_stride)
+        self.matched: nn.Conv1d | None = None
+        if cfg.matched_mean_window:
+            k = cfg.first_kernel
+            self.matched = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
+            self.matched.weight.requires_grad_(False)
+            self.register_buffer("matched_gain", torch.tensor(0.0))
+            self.matched_clip = cfg.matched_clip
+            self.matched_two_sided = cfg.matched_two_sided
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T) -> logits (B, T)
+        logit, matched = self.parts(x)
+        return logit if matched is None else logit + self.matched_gain * matched
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The network's logit and the matched-filter path (None without one), each (B, T)."""
         T = x.shape[-1]
-        z = self.norm(x.unsqueeze(1))  # (B, 1, T)
+        zz = self.norm(x.unsqueeze(1))  # (B, 1 or 2, T)
+        z = zz[:, :1]
         pad = (-T) % self.alignment
         h = F.pad(z, (0, pad))  # (B, 1, T'), T' a multiple of the alignment
         skips = []
@@ -149,7 +194,18 @@ class DeepCNN(nn.Module):
         for j, dec in enumerate(self.decoders):
             h = F.interpolate(h, scale_factor=2.0, mode="nearest")  # (B, C, 2 L)
             h = dec(torch.cat([h, skips[len(skips) - 2 - j]], dim=1))
-        return self.head(h).squeeze(1)[:, :T]  # (B, T)
+        logit = self.head(h).squeeze(1)[:, :T]  # (B, T)
+        if self.matched is None:
+            return logit, None
+        limited = torch.clamp(zz[:, 1:] * SIGMA_PER_SCALE, -self.matched_clip, self.matched_clip)
+        matched = self.matched(limited).squeeze(1)
+        return logit, matched.abs() if self.matched_two_sided else matched
+
+    def drop_matched_path(self) -> None:
+        """Remove the matched-filter path (when its gain is 0): the graph is the network alone."""
+        self.matched = None
+        self.norm.wide_mean = None
+        del self.matched_gain
 
 
 TEMPLATE_STRETCHES = (1.0, 0.8, 1.25)
@@ -161,27 +217,33 @@ def init_from_template(net: DeepCNN, template: Template) -> int:
 
     Channel pairs get +K and -K (unit norm, centred on the event sample) at the stretches in
     ``TEMPLATE_STRETCHES``, as many pairs as there are channels; training goes on from there.
-    Returns the number of channels set.
+    The matched-filter path, if any, gets +K for good. Returns the number of channels set.
     """
     conv = net.encoders[0][0]
     assert isinstance(conv, nn.Conv1d)
     k = conv.kernel_size[0]
-    half = k // 2
     n = 0
     for f in TEMPLATE_STRETCHES:
         if n + 2 > conv.out_channels:
             break
-        shape, centre = template.stretched(f)
-        w = torch.zeros(k, dtype=conv.weight.dtype)
-        idx = torch.arange(shape.size) - centre + half
-        keep = (idx >= 0) & (idx < k)
-        w[idx[keep]] = torch.as_tensor(shape, dtype=w.dtype)[keep]
-        w /= w.norm()
+        w = centred_kernel(template, f, k)
         for sign in (1.0, -1.0):
             conv.weight[n, 0] = sign * w
             conv.bias[n] = 0.0
             n += 1
+    if net.matched is not None:
+        net.matched.weight[0, 0] = centred_kernel(template, 1.0, net.matched.kernel_size[0])
     return n
+
+
+def centred_kernel(template: Template, stretch: float, k: int) -> torch.Tensor:
+    """The template stretched by ``stretch``, unit norm, its event on the middle of ``k`` taps."""
+    shape, centre = template.stretched(stretch)
+    w = torch.zeros(k)
+    idx = torch.arange(shape.size) - centre + k // 2
+    keep = (idx >= 0) & (idx < k)
+    w[idx[keep]] = torch.as_tensor(shape, dtype=w.dtype)[keep]
+    return w / w.norm()
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

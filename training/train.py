@@ -31,6 +31,7 @@ from training import evaluate as ev
 from training.batches import CroppedBatches, SyntheticBatches, target_curve
 from training.data import UserData, load_user_data
 from training.export import export_onnx, make_card, parity_error, save_card
+from training.matched import PolaritySets, choose_matched_gain
 from training.model import (
     DeepCNN,
     ModelConfig,
@@ -353,11 +354,8 @@ def polarity_check(model_dir: Path, template: Template, polarity: bool, n: int, 
     """Detection rates on white-suite signals holding one upright or one inverted event."""
     model = OnnxModel(model_dir, InferenceOptions())
     base = replace(suites(template)["white"], p_empty=0.0, max_events=1)
-    inverted = Template(
-        -template.values, template.center, None if template.fn is None else _negate(template.fn)
-    )
     rates = {}
-    for kind, tpl in (("upright", template), ("inverted", inverted)):
+    for kind, tpl in (("upright", template), ("inverted", inverted_template(template))):
         ds = make_dataset(replace(base, template=tpl), n, seed)
         rates[kind] = float(np.mean([d.detected for d in model.detect(ds.signals)]))
     return {
@@ -369,8 +367,21 @@ def polarity_check(model_dir: Path, template: Template, polarity: bool, n: int, 
     }
 
 
-def _negate(fn: Any) -> Any:
-    return lambda s: -fn(s)
+def inverted_template(template: Template) -> Template:
+    fn = template.fn
+    return Template(-template.values, template.center, None if fn is None else lambda s: -fn(s))
+
+
+def polarity_sets(template: Template, n: int, seed: int) -> PolaritySets:
+    """Validation signals for the matched-filter gain: white-suite noise, one upright event,
+    one inverted copy (seeds ``seed`` and ``seed`` + 1; not the polarity check's)."""
+    white = suites(template)["white"]
+    one = replace(white, p_empty=0.0, max_events=1)
+    return PolaritySets(
+        empty=make_dataset(replace(white, p_empty=1.0), n, seed),
+        upright=make_dataset(one, n, seed + 1),
+        inverted=make_dataset(replace(one, template=inverted_template(template)), n, seed + 1),
+    )
 
 
 def parse_budget(text: str) -> tuple[int | None, float | None]:
@@ -478,6 +489,18 @@ def main(argv: list[str] | None = None) -> Path:
         "--first-kernel", type=int, help="deep: first conv length (default: the template's length, odd)"
     )
     p.add_argument("--mean-window", type=int, default=d.mean_window, help="normalisation: mean window")
+    p.add_argument(
+        "--matched-mean-window",
+        type=int,
+        default=d.matched_mean_window,
+        help="deep: the matched-filter path's mean window (0: no matched-filter path)",
+    )
+    p.add_argument(
+        "--matched-clip",
+        type=float,
+        default=d.matched_clip,
+        help="deep: the matched-filter path's limiter (noise sigmas)",
+    )
     p.add_argument("--scale-window", type=int, default=d.scale_window, help="normalisation: scale window")
     p.add_argument("--scale-stride", type=int, default=d.scale_stride, help="normalisation: scale blocks")
     p.add_argument("--channels", type=int, nargs="+", default=d.channels, help="deep: channels per level")
@@ -529,6 +552,9 @@ def main(argv: list[str] | None = None) -> Path:
             arch=a.arch,
             first_kernel=a.first_kernel or default_first_kernel(template),
             mean_window=a.mean_window,
+            matched_mean_window=a.matched_mean_window if template is not None else 0,
+            matched_clip=a.matched_clip,
+            matched_two_sided=a.polarity,
             scale_window=a.scale_window,
             scale_stride=a.scale_stride,
             channels=a.channels,
@@ -583,6 +609,14 @@ def main(argv: list[str] | None = None) -> Path:
         init_from_template(net, template)
     log = fit(net, batches, val, cfg)
     net.eval()
+    matched_path = None
+    if isinstance(net, DeepCNN) and net.matched is not None:
+        assert template is not None
+        checks = None if user is not None or a.polarity else polarity_sets(template, cfg.val_signals, 4101)
+        matched_path = choose_matched_gain(net, val, checks)
+        if net.matched is None:
+            cfg.model.matched_mean_window = 0  # the card's architecture: the path was dropped
+        print(f"matched-filter path: gain {matched_path['gain']}")
     train_seconds = time.time() - started
 
     model_dir = a.out / cfg.name
@@ -626,6 +660,7 @@ def main(argv: list[str] | None = None) -> Path:
             "config": {k: v for k, v in asdict(cfg).items() if k != "model"},
             "data": data_desc,
             "best_step": log["best_step"],
+            **({"matched_path": matched_path} if matched_path is not None else {}),
             "history": log["history"],
             "dry_run": a.dry_run,
             "training_loop_seconds": round(train_seconds, 1),

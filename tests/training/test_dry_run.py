@@ -7,6 +7,7 @@ import pytest
 
 from app.core.card import load_card
 from app.core.model import OnnxModel
+from training.matched import GAINS
 from training.scenario import EVAL_SEEDS, make_dataset, suites
 from training.train import main, parse_budget
 
@@ -23,6 +24,11 @@ def test_dry_run_end_to_end(tmp_path: Path) -> None:
     assert 0 < card.threshold < 1 and card.min_distance >= 1
     readme = (model_dir / "README.md").read_text()
     assert "| white | model |" in readme
+    path = card.training["matched_path"]  # the matched-filter gain, chosen on validation data
+    assert [r["gain"] for r in path["candidates"]] == list(GAINS) and path["gain"] in GAINS
+    assert all(0 <= r["inverted_rate"] <= 1 for r in path["candidates"]) and "inverted" in path["rule"]
+    window = card.training["architecture"]["matched_mean_window"]
+    assert window == (0 if path["gain"] == 0 else 127)  # a dropped path is not in the graph
     (d,) = OnnxModel(model_dir).detect([np.zeros(300)])
     assert 0 <= d.probability <= 1
 
@@ -90,6 +96,8 @@ def test_dry_run_from_a_template(tmp_path: Path) -> None:
     assert scenario["polarity"] is True and scenario["p_inverted"] == 0.0
     assert set(card.metrics) == {"white", "lowsnr", "jitter", "nuisance"}
     assert card.training["polarity_check"]["inverted_counts_as_event"] is True
+    assert card.training["architecture"]["matched_two_sided"] is True  # |correlation|
+    assert "inverted" not in card.training["matched_path"]["rule"]  # no budget when they count
     cal = card.calibration
     assert cal is not None and set(cal.model_dump()["ece"]["summary"]) == {"signal", "peak", "reported_peak"}
     (d,) = OnnxModel(model_dir).detect([np.zeros(300)])

@@ -75,3 +75,62 @@ def test_first_layer_starts_from_the_matched_filter() -> None:
     assert float(out[0, c]) == pytest.approx(tpl.norm, rel=1e-5)
     assert float(out[1, c]) == pytest.approx(-tpl.norm, rel=1e-5)
     assert default_first_kernel(Template(np.ones(5) * np.arange(5), center=4)) == 9
+
+
+def _moving_mean(x: np.ndarray, w: int) -> np.ndarray:
+    """Centred mean over the samples that exist (AvgPool1d with count_include_pad=False)."""
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    i = np.arange(x.size)
+    lo, hi = np.maximum(i - w // 2, 0), np.minimum(i + w // 2 + 1, x.size)
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def test_matched_path_is_the_clipped_matched_filter() -> None:
+    """With the network's own head silenced, the logit is the limiter + matched filter, computed
+    here independently: (x - 127-sample mean) in noise sigmas, clipped at +-3, correlated with
+    the unit-norm template centred on its event, times the gain."""
+    from training.model import DeepCNN, init_from_template
+    from training.scenario import Template
+    from training.train import default_first_kernel
+
+    s = np.arange(-8, 81, dtype=np.float64)
+    tpl = Template(np.where(s >= 0, np.sin(2 * np.pi * s / 16) * np.exp(-s / 20), 0.0), center=12)
+    cfg = ModelConfig(first_kernel=default_first_kernel(tpl), scale_window=127, scale_stride=1)
+    net = DeepCNN(cfg).double().eval()
+    init_from_template(net, tpl)
+    assert net.matched is not None and not net.matched.weight.requires_grad
+    assert float(net.matched_gain) == 0.0  # the network trains alone
+    assert "matched_gain" not in dict(net.named_parameters())
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+        net.matched_gain.fill_(0.7)
+    rng = np.random.default_rng(0)
+    x = 2.0 * rng.standard_normal(900)
+    x[300 - 12 : 300 - 12 + tpl.values.size] += 3.0 * tpl.values  # an event on sample 300
+    x[600] += 500.0  # a spike: the limiter caps it
+    with torch.no_grad():
+        got = net(torch.as_tensor(x)[None])[0].numpy()
+
+    diff = np.abs(np.diff(x))
+    diff = np.concatenate([diff[:1], diff])  # the first sample repeats the second's
+    z = (x - _moving_mean(x, 127)) / _moving_mean(diff, 127) * np.sqrt(np.pi) / 2
+    k = tpl.values / tpl.norm
+    full = np.correlate(np.clip(z, -3.0, 3.0), k, mode="full")
+    start = k.size - 1 - tpl.center
+    expected = 0.7 * full[start : start + x.size]
+    np.testing.assert_allclose(got, expected, atol=1e-5)  # the kernel is set in float32
+    assert abs(int(np.argmax(got)) - 300) <= 1  # the event, not the spike
+
+
+def test_matched_path_can_be_turned_off() -> None:
+    net = build_model(ModelConfig(matched_mean_window=0))
+    assert net.matched is None and not hasattr(net, "matched_gain")
+    net = build_model(ModelConfig())
+    x = torch.randn(2, 500)
+    with torch.no_grad():
+        before = net(x)
+        net.drop_matched_path()
+        after = net(x)
+    assert net.matched is None and net.norm.wide_mean is None
+    torch.testing.assert_close(after, before)  # gain 0: dropping the path changes nothing
