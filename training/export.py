@@ -114,6 +114,7 @@ def render_readme(card: Card) -> str:
         f"- min_distance: {card.min_distance} ({card.min_distance_selection})",
         f"- Cost: {_fmt(card.macs_per_sample)} multiply-accumulates per input sample.",
         f"- Parity torch vs onnxruntime: max abs error {_fmt(card.parity_max_abs_error)}.",
+        *_matched_path_line(card.training),
         f"- sha256 of model.onnx: `{card.sha256}`",
         "",
         "## Held-out metrics",
@@ -141,6 +142,16 @@ def render_readme(card: Card) -> str:
     lines += [json.dumps(card.training, indent=2), "```", "", "## Library versions", ""]
     lines += [f"- {k}: {v}" for k, v in card.versions.items()]
     return "\n".join(lines) + "\n"
+
+
+def _matched_path_line(training: dict[str, Any]) -> list[str]:
+    path = training.get("matched_path")
+    if not path:
+        return []
+    if path["gain"] == 0:
+        return [f"- Matched-filter path: none (gain 0 won; the rule: {path['rule']})."]
+    gain, rule = path["gain"], path["rule"]
+    return [f"- Matched-filter path: logit + {gain} × limiter + matched filter; the gain: {rule}."]
 
 
 def write_model_readme(model_dir: Path, card: Card) -> None:
