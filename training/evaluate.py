@@ -175,10 +175,18 @@ def threshold_for_rate(curves: Curves, events: Sequence[npt.NDArray[np.int64]], 
     return float(np.nextafter(maxima[maxima.size - 1 - allowed], np.inf))
 
 
+# Raw thresholds tried for the operating point: 0.05-0.95 in steps of 0.025, then a tail for
+# models whose raw scores sit high (a matched-filter path adds to the logit).
+RAW_THRESHOLDS = (
+    *(float(t) for t in np.round(np.arange(0.05, 0.951, 0.025), 3)),
+    *(0.97, 0.98, 0.99, 0.995, 0.998, 0.999),
+)
+
+
 def choose_operating_point(
     curves: Curves,
     events: Sequence[npt.NDArray[np.int64]],
-    thresholds: Sequence[float] = tuple(np.round(np.arange(0.05, 0.951, 0.025), 3)),
+    thresholds: Sequence[float] = RAW_THRESHOLDS,
     distances: Sequence[int] = (5, 10, 15, 20, 25, 30, 40),
 ) -> tuple[float, int, float]:
     """The (threshold, min_distance) pair with the best pooled event F1, and that F1."""
