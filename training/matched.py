@@ -7,8 +7,9 @@ also answers to inverted copies of oscillating shapes: an inverted `arrival` loo
 shifted by half a period. So the gain is the one with the best mean validation AUC over the
 suites among those that, at their own operating point (the threshold and ``min_distance``
 with the best pooled validation event F1, as the card's), detect inverted copies at most
-``INVERTED_BUDGET`` more often than the network alone at its own. A gain of 0 removes the
-path.
+``inverted_budget`` more often than the network alone at its own (by default no more often:
+the path is then kept only where it costs no rejection of inverted copies). When inverted
+copies count as events, the AUC alone decides. A gain of 0 removes the path.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from training.model import DeepCNN
 from training.scenario import Dataset
 
 GAINS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-INVERTED_BUDGET = 0.05  # detection rate of inverted copies, above the network alone's
+INVERTED_BUDGET = 0.0  # detection rate of inverted copies allowed above the network alone's
 
 Parts = list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]
 
@@ -70,6 +71,7 @@ def choose_matched_gain(
     val: Mapping[str, Dataset],
     polarity_sets: PolaritySets | None,
     gains: tuple[float, ...] = GAINS,
+    inverted_budget: float = INVERTED_BUDGET,
 ) -> dict[str, Any]:
     """Set ``net.matched_gain`` (or drop the path) and say how: the table goes into the card.
 
@@ -105,7 +107,7 @@ def choose_matched_gain(
     base = table[0]
     assert base["gain"] == 0.0, "the gains start with 0: the network alone"
     eligible = [
-        r for r in table if pol is None or r["inverted_rate"] <= base["inverted_rate"] + INVERTED_BUDGET
+        r for r in table if pol is None or r["inverted_rate"] <= base["inverted_rate"] + inverted_budget
     ]
     best = max(eligible, key=lambda r: (round(r["mean_auc"], 5), -r["gain"]))
     gain = float(best["gain"])
@@ -120,9 +122,12 @@ def choose_matched_gain(
             + (
                 ""
                 if pol is None
-                else f" among gains that, at their own operating point (the pooled-F1 threshold), "
-                f"detect inverted copies at most {INVERTED_BUDGET:.0%} more often than the network "
-                "alone"
+                else " among gains that, at their own operating point (the pooled-F1 threshold), "
+                + (
+                    f"detect inverted copies at most {inverted_budget:.0%} more often than the network alone"
+                    if inverted_budget
+                    else "detect inverted copies no more often than the network alone"
+                )
             )
         ),
         "candidates": table,

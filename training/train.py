@@ -31,7 +31,7 @@ from training import evaluate as ev
 from training.batches import CroppedBatches, SyntheticBatches, target_curve
 from training.data import UserData, load_user_data
 from training.export import export_onnx, make_card, parity_error, save_card
-from training.matched import PolaritySets, choose_matched_gain
+from training.matched import INVERTED_BUDGET, PolaritySets, choose_matched_gain
 from training.model import (
     DeepCNN,
     ModelConfig,
@@ -501,6 +501,13 @@ def main(argv: list[str] | None = None) -> Path:
         default=d.matched_clip,
         help="deep: the matched-filter path's limiter (noise sigmas)",
     )
+    p.add_argument(
+        "--inverted-budget",
+        type=float,
+        default=INVERTED_BUDGET,
+        help="deep: how much more often (0-1) the matched-filter path may let inverted copies "
+        "through than the network alone, at the operating point (0: no more often)",
+    )
     p.add_argument("--scale-window", type=int, default=d.scale_window, help="normalisation: scale window")
     p.add_argument("--scale-stride", type=int, default=d.scale_stride, help="normalisation: scale blocks")
     p.add_argument("--channels", type=int, nargs="+", default=d.channels, help="deep: channels per level")
@@ -613,7 +620,7 @@ def main(argv: list[str] | None = None) -> Path:
     if isinstance(net, DeepCNN) and net.matched is not None:
         assert template is not None
         checks = None if user is not None or a.polarity else polarity_sets(template, cfg.val_signals, 4101)
-        matched_path = choose_matched_gain(net, val, checks)
+        matched_path = choose_matched_gain(net, val, checks, inverted_budget=a.inverted_budget)
         if net.matched is None:
             cfg.model.matched_mean_window = 0  # the card's architecture: the path was dropped
         print(f"matched-filter path: gain {matched_path['gain']}")

@@ -76,11 +76,12 @@ def test_the_inverted_copy_budget_caps_the_gain() -> None:
     gain's own operating point: the rule takes the best gain within the budget, not the best."""
     rng = np.random.default_rng(1)
     net = Prepared()
-    out = choose_matched_gain(net, {"white": _suite(rng, n=150)}, _polarity(rng))  # type: ignore[arg-type]
+    sets = _polarity(rng)
+    out = choose_matched_gain(net, {"white": _suite(rng, n=150)}, sets, inverted_budget=0.05)  # type: ignore[arg-type]
     rows = out["candidates"]
     base = rows[0]
     assert base["gain"] == 0.0 and base["inverted_rate"] < 0.05
-    eligible = [r for r in rows if r["inverted_rate"] <= base["inverted_rate"] + INVERTED_BUDGET]
+    eligible = [r for r in rows if r["inverted_rate"] <= base["inverted_rate"] + 0.05]
     chosen = max(eligible, key=lambda r: r["mean_auc"])
     assert out["gain"] == chosen["gain"] == float(net.matched_gain)
     assert 0 < out["gain"] < max(GAINS)
@@ -90,6 +91,13 @@ def test_the_inverted_copy_budget_caps_the_gain() -> None:
         assert set(r["operating_point"]) == {"threshold", "min_distance", "f1"}
         assert 0 <= r["empty_rate"] <= 1 and 0 <= r["upright_rate"] <= 1
     assert "5% more often" in out["rule"]
+    # The default budget: no more inverted copies than the network alone lets through.
+    assert INVERTED_BUDGET == 0.0
+    strict = choose_matched_gain(Prepared(), {"white": _suite(rng, n=150)}, sets)  # type: ignore[arg-type]
+    rows = strict["candidates"]
+    chosen = next(r for r in rows if r["gain"] == strict["gain"])
+    assert chosen["inverted_rate"] <= rows[0]["inverted_rate"] and strict["gain"] <= out["gain"]
+    assert "no more often" in strict["rule"]
 
 
 def test_a_useless_path_is_dropped() -> None:
