@@ -59,7 +59,7 @@ class LocalNorm(nn.Module):
     ) -> None:
         super().__init__()
         blocks = scale_window // scale_stride
-        odd = mean_window % 2 == 1 and wide_mean_window % 2 == (1 if wide_mean_window else 0)
+        odd = all(w % 2 == 1 for w in (mean_window, wide_mean_window) if w)
         if not odd or blocks % 2 == 0 or blocks * scale_stride != scale_window:
             raise ValueError(
                 "normalisation windows must be odd (the scale window an odd number of scale_stride blocks)"
