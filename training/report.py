@@ -615,6 +615,38 @@ def metrics_table(results: dict[str, SuiteResult], card: Card) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def matched_path_table(path: dict[str, Any]) -> str:
+    """Every candidate gain with its validation numbers; the chosen one in bold."""
+    rows = path["candidates"]
+    suites = list(rows[0]["validation_auc"]) if rows else []
+    rates = [k for k in ("empty_rate", "upright_rate", "inverted_rate") if rows and k in rows[0]]
+    head = ["gain", "mean AUC", *(f"{s} AUC" for s in suites)]
+    if rates:
+        head += ["threshold (raw)", "F1", "event-free detected", "upright detected", "inverted detected"]
+    body = []
+    for r in rows:
+        aucs = [_fmt(r["validation_auc"][s]) for s in suites]
+        cells = [f"{float(r['gain']):g}", _fmt(r["mean_auc"]), *aucs]
+        if rates:
+            op = r["operating_point"]
+            cells += [_fmt(float(op["threshold"])), _fmt(op["f1"]), *(_fmt(r[k]) for k in rates)]
+        style = ' style="font-weight:bold"' if r["gain"] == path["gain"] else ""
+        body.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    table = (
+        "<table><thead><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        + f"</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+    return (
+        f"<p>Gain {path['gain']:g} (in bold): the {html.escape(path['rule'])}. The logit is the "
+        "network's plus the gain times the limiter + matched filter; gain 0 removes the path.</p>"
+        + table
+        + '<p class="note">Validation signals. Detection rates are read at each gain\'s own '
+        "operating point, on event-free signals and on signals holding one upright or one inverted "
+        "copy of the shape.</p>"
+    )
+
+
 def render_html(card: Card, sections: list[tuple[str, str, str]], summary: str) -> str:
     title = f"{card.name} {card.version} — training report"
     nav = "".join(f'<li><a href="#{sid}">{html.escape(heading)}</a></li>' for sid, heading, _ in sections)
@@ -728,6 +760,10 @@ def write_report(
         )
     )
     sections.append(("roc", "ROC curves: CNN against the matched filter", content))
+
+    # The matched-filter path's gain.
+    if path := card.training.get("matched_path"):
+        sections.append(("matched", "Matched-filter path: the gain", matched_path_table(path)))
 
     # Localisation.
     img = add("localisation.png", fig_localisation(results), "histogram of localisation errors")

@@ -46,7 +46,7 @@ def copy_model(src: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def check_page(model_dir: Path) -> tuple[str, Links]:
+def check_page(model_dir: Path, sections: tuple[str, ...] = SECTIONS) -> tuple[str, Links]:
     page = (model_dir / REPORT_FILE).read_text(encoding="utf-8")
     links = Links()
     links.feed(page)
@@ -55,7 +55,7 @@ def check_page(model_dir: Path) -> tuple[str, Links]:
         assert url.startswith(("data:image/png;base64,", "#")), url
     assert not re.search(r"https?://", page), "a URL in the page"
     assert "<script" not in page.lower()
-    assert links.sections == list(SECTIONS)
+    assert links.sections == list(sections)
     # Every embedded image is a PNG that decodes and equals a file in report/.
     files = {p.read_bytes() for p in (model_dir / "report").glob("*.png")}
     embedded = [base64.b64decode(u.split(",", 1)[1]) for u in links.urls if u.startswith("data:")]
@@ -116,6 +116,33 @@ def test_report_from_the_cards_history_and_held_out_seeds(tiny_model_dir: Path, 
     assert "white 6 (seed 1001)" in page
     assert not (model_dir / "report" / "gallery_02.png").exists()
     assert (model_dir / "README.md").read_text().count("(report.html)") == 1
+
+
+def test_the_matched_filter_gain_has_its_section(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A card with training.matched_path: every candidate in a table, the chosen one in bold."""
+    model_dir = copy_model(tiny_model_dir, tmp_path)
+    card = json.loads((model_dir / "card.json").read_text())
+    rows = [
+        {
+            "gain": g,
+            "validation_auc": {"white": 0.99 + g / 100, "lowsnr": 0.95},
+            "mean_auc": 0.97 + g / 200,
+            "operating_point": {"threshold": 0.3 + g / 10, "min_distance": 40, "f1": 0.9},
+            "empty_rate": 0.05,
+            "upright_rate": 0.95,
+            "inverted_rate": 0.1 + g / 10,
+        }
+        for g in (0.0, 0.5, 1.0)
+    ]
+    card["training"] = {"matched_path": {"gain": 0.5, "rule": "best mean validation AUC", "candidates": rows}}
+    (model_dir / "card.json").write_text(json.dumps(card))
+    main([str(model_dir), "--gallery", "1", "--signals", "6"])
+    sections = (*SECTIONS[:2], "matched", *SECTIONS[2:])
+    page, _ = check_page(model_dir, sections)
+    matched = page.split('<section id="matched">')[1].split("</section>")[0]
+    assert matched.count("<tr") == 4  # the header and three gains
+    assert '<tr style="font-weight:bold"><td>0.5</td>' in matched
+    assert "inverted detected" in matched and "<td>0.2000</td>" in matched  # gain 1's inverted rate
 
 
 def test_fewer_signals_are_a_prefix_of_the_cards_set() -> None:
