@@ -517,6 +517,14 @@ def main(argv: list[str] | None = None) -> Path:
 
     if a.center is not None and a.template is None:
         p.error("--center goes with --template")
+    if a.mean_window < 1 or a.mean_window % 2 == 0:
+        p.error(f"--mean-window {a.mean_window}: give an odd number of samples")
+    if a.matched_mean_window < 0 or (a.matched_mean_window and a.matched_mean_window % 2 == 0):
+        p.error(f"--matched-mean-window {a.matched_mean_window}: give an odd number of samples (0: no path)")
+    if not a.matched_clip > 0:
+        p.error(f"--matched-clip {a.matched_clip}: give a positive number of noise sigmas")
+    if not 0 <= a.inverted_budget <= 1:
+        p.error(f"--inverted-budget {a.inverted_budget}: give a share between 0 and 1")
     if not re.fullmatch(NAME_PATTERN, a.name):
         p.error(
             f"--name {a.name!r}: use 1-64 lower-case letters, digits, '-' or '_', "

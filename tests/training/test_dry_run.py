@@ -135,6 +135,10 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
         (["--scenario", "stretch=1.2,0.9"], "give LO,HI"),
         (["--budget", "0"], "give steps"),
         (["--budget", "ten"], "give steps"),
+        (["--mean-window", "30"], "--mean-window 30: give an odd number"),
+        (["--matched-mean-window", "128"], "--matched-mean-window 128: give an odd number"),
+        (["--matched-clip", "0"], "--matched-clip 0.0: give a positive"),
+        (["--inverted-budget", "1.5"], "--inverted-budget 1.5: give a share between 0 and 1"),
     ],
 )
 def test_bad_options_exit_with_a_message(
