@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from app.core.calibration import sigmoid
 from training.evaluate import choose_operating_point, roc_auc
 from training.model import DeepCNN
 from training.scenario import Dataset
@@ -52,18 +53,14 @@ def signal_parts(net: DeepCNN, signals: list[npt.NDArray[np.floating]]) -> Parts
     return out
 
 
-def _sigmoid(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
-    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64))))
-
-
 def fused_curves(parts: Parts, gain: float) -> list[npt.NDArray[np.float32]]:
     """Per-sample scores as the exported graph gives them: sigmoid(logit + gain * matched)."""
-    return [_sigmoid(logit + gain * m).astype(np.float32) for logit, m in parts]
+    return [sigmoid(logit + gain * m).astype(np.float32) for logit, m in parts]
 
 
-def fused_scores(parts: Parts, gain: float) -> npt.NDArray[np.float64]:
-    """Signal scores: the maximum over time of sigmoid(logit + gain * matched filter)."""
-    return np.array([float(c.max()) for c in fused_curves(parts, gain)])
+def maxima(curves: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float64]:
+    """Signal scores: each curve's maximum over time."""
+    return np.array([float(c.max()) for c in curves])
 
 
 def choose_matched_gain(
@@ -92,17 +89,18 @@ def choose_matched_gain(
     pooled_events = [e for d in val.values() for e in d.events]
     table = []
     for g in gains:
-        aucs = {s: roc_auc(fused_scores(p, g), labels[s]) for s, p in val_parts.items()}
+        curves = {s: fused_curves(p, g) for s, p in val_parts.items()}
+        aucs = {s: roc_auc(maxima(c), labels[s]) for s, c in curves.items()}
         row: dict[str, Any] = {"gain": g, "validation_auc": {s: round(v, 5) for s, v in aucs.items()}}
         row["mean_auc"] = float(np.mean(list(aucs.values())))
         if pol is not None:
-            pooled = [c for p in val_parts.values() for c in fused_curves(p, g)]
+            pooled = [c for cs in curves.values() for c in cs]
             # min_distance: chosen with the network alone, kept for the others (7 times faster)
             distances = {"distances": (table[0]["operating_point"]["min_distance"],)} if table else {}
             threshold, distance, f1 = choose_operating_point(pooled, pooled_events, **distances)
             row["operating_point"] = {"threshold": threshold, "min_distance": distance, "f1": round(f1, 4)}
             for k in ("empty", "upright", "inverted"):  # signals detected at that point
-                row[f"{k}_rate"] = round(float(np.mean(fused_scores(pol[k], g) >= threshold)), 4)
+                row[f"{k}_rate"] = round(float(np.mean(maxima(fused_curves(pol[k], g)) >= threshold)), 4)
         table.append(row)
     base = table[0]
     assert base["gain"] == 0.0, "the gains start with 0: the network alone"

@@ -353,11 +353,11 @@ def _ece_summary(e: dict[str, Any]) -> dict[str, Any]:
 def polarity_check(model_dir: Path, template: Template, polarity: bool, n: int, seed: int) -> dict[str, Any]:
     """Detection rates on white-suite signals holding one upright or one inverted event."""
     model = OnnxModel(model_dir, InferenceOptions())
-    base = replace(suites(template)["white"], p_empty=0.0, max_events=1)
-    rates = {}
-    for kind, tpl in (("upright", template), ("inverted", inverted_template(template))):
-        ds = make_dataset(replace(base, template=tpl), n, seed)
-        rates[kind] = float(np.mean([d.detected for d in model.detect(ds.signals)]))
+    upright, inverted = one_event_datasets(template, n, seed)
+    rates = {
+        kind: float(np.mean([d.detected for d in model.detect(ds.signals)]))
+        for kind, ds in (("upright", upright), ("inverted", inverted))
+    }
     return {
         "inverted_counts_as_event": polarity,
         "signals": n,
@@ -372,16 +372,19 @@ def inverted_template(template: Template) -> Template:
     return Template(-template.values, template.center, None if fn is None else lambda s: -fn(s))
 
 
+def one_event_datasets(template: Template, n: int, seed: int) -> tuple[Dataset, Dataset]:
+    """White-suite signals holding one upright event, and the same signals with it inverted."""
+    one = replace(suites(template)["white"], p_empty=0.0, max_events=1)
+    inverted = replace(one, template=inverted_template(template))
+    return make_dataset(one, n, seed), make_dataset(inverted, n, seed)
+
+
 def polarity_sets(template: Template, n: int, seed: int) -> PolaritySets:
     """Validation signals for the matched-filter gain: white-suite noise, one upright event,
     one inverted copy (seeds ``seed`` and ``seed`` + 1; not the polarity check's)."""
-    white = suites(template)["white"]
-    one = replace(white, p_empty=0.0, max_events=1)
-    return PolaritySets(
-        empty=make_dataset(replace(white, p_empty=1.0), n, seed),
-        upright=make_dataset(one, n, seed + 1),
-        inverted=make_dataset(replace(one, template=inverted_template(template)), n, seed + 1),
-    )
+    upright, inverted = one_event_datasets(template, n, seed + 1)
+    noise = make_dataset(replace(suites(template)["white"], p_empty=1.0), n, seed)
+    return PolaritySets(empty=noise, upright=upright, inverted=inverted)
 
 
 def parse_budget(text: str) -> tuple[int | None, float | None]:
