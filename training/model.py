@@ -35,6 +35,10 @@ class ModelConfig:
     matched_mean_window: int = 127  # its local mean window, odd; 0: no such path
     matched_clip: float = 3.0  # its limiter, in noise standard deviations
     matched_two_sided: bool = False  # |correlation|: when inverted copies count as events
+    # one-sided path: where an inverted copy fits better nearby (within the kernel's reach),
+    # the path drops by matched_veto times the excess over matched_veto_margin (noise sigmas)
+    matched_veto: float = 8.0  # 0: no veto
+    matched_veto_margin: float = 0.5
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -134,8 +138,16 @@ class DeepCNN(nn.Module):
     With ``matched_mean_window`` > 0 there is also a fixed matched-filter path: the signal
     less a wider local mean, in noise sigmas, clipped at +-``matched_clip`` (a limiter: a
     spike counts no more than a 3-sigma sample), correlated with the unit-norm template
-    (``init_from_template`` sets it; it never trains). The logit is the network's plus
-    ``matched_gain`` times that path. The gain is 0 while the network trains; afterwards
+    (``init_from_template`` sets it; it never trains). A matched filter also answers to an
+    inverted copy of an oscillating shape, a little shifted; so, unless inverted copies count
+    as events, the path is vetoed where the inverted template fits better nearby: with c the
+    correlation and M(t) the largest -c within the kernel's reach of t, the path is
+    c - ``matched_veto`` * relu(M - c - ``matched_veto_margin``). For an upright event c
+    beats M (by about a third of the event's SNR for `arrival`); for an inverted copy M beats c
+    by as much; in noise alone they are close, so the margin spares faint events. The logit is
+    (network + g * path) / (1 + g), g = ``matched_gain``: dividing by 1 + g keeps a large gain
+    from saturating float32 probabilities at 1 (the order of the scores is that of network +
+    g * path). The gain is 0 while the network trains; afterwards
     ``training.matched.choose_matched_gain`` sets it on validation data.
     """
 
@@ -173,10 +185,14 @@ class DeepCNN(nn.Module):
             self.register_buffer("matched_gain", torch.tensor(0.0))
             self.matched_clip = cfg.matched_clip
             self.matched_two_sided = cfg.matched_two_sided
+            self.matched_veto = 0.0 if cfg.matched_two_sided else cfg.matched_veto
+            self.matched_veto_margin = cfg.matched_veto_margin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T) -> logits (B, T)
         logit, matched = self.parts(x)
-        return logit if matched is None else logit + self.matched_gain * matched
+        if matched is None:
+            return logit
+        return (logit + self.matched_gain * matched) / (1.0 + self.matched_gain)
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The network's logit and the matched-filter path (None without one), each (B, T)."""
@@ -198,8 +214,21 @@ class DeepCNN(nn.Module):
         if self.matched is None:
             return logit, None
         limited = torch.clamp(zz[:, 1:] * SIGMA_PER_SCALE, -self.matched_clip, self.matched_clip)
-        matched = self.matched(limited).squeeze(1)
-        return logit, matched.abs() if self.matched_two_sided else matched
+        matched = self.matched(limited).squeeze(1)  # (B, T)
+        if self.matched_two_sided:
+            return logit, matched.abs()
+        if self.matched_veto:
+            r = self.matched.kernel_size[0] // 2
+            inverted = F.max_pool1d(-matched.unsqueeze(1), 2 * r + 1, 1, r).squeeze(1)  # (B, T)
+            matched = matched - self.matched_veto * F.relu(inverted - matched - self.matched_veto_margin)
+        return logit, matched
+
+    def path_radius(self) -> int:
+        """How far one input sample reaches into the matched-filter path (0 without one)."""
+        if self.matched is None:
+            return 0
+        r = self.matched.kernel_size[0] // 2
+        return self.norm.radius + r + (r if self.matched_veto else 0)
 
     def drop_matched_path(self) -> None:
         """Remove the matched-filter path (when its gain is 0): the graph is the network alone."""
@@ -292,7 +321,8 @@ def measure_radius(net: nn.Module, length: int = 2048, trials: int = 4) -> int:
 
     Measured in float64 by perturbing one input at every phase of the alignment, on copies
     of the network with fresh random weights (so that trained weights that happen to be
-    zero cannot hide a path) as well as on the network itself; the largest distance wins.
+    zero cannot hide a path) as well as on the network itself; the largest distance wins, or
+    the matched-filter path's reach if that is larger.
     """
     radius = 0
     for trial in range(trials + 1):
@@ -310,4 +340,6 @@ def measure_radius(net: nn.Module, length: int = 2048, trials: int = 4) -> int:
                 changed = torch.nonzero((probe(y) - base).abs()[0] > 0).flatten()
                 if changed.numel():
                     radius = max(radius, int((changed - pos).abs().max()))
-    return radius
+    # The matched-filter path's reach is known exactly; a probe can miss the veto's (a max
+    # over a window moves only where the maximum moves).
+    return max(radius, net.path_radius() if isinstance(net, DeepCNN) else 0)

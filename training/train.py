@@ -505,6 +505,18 @@ def main(argv: list[str] | None = None) -> Path:
         help="deep: the matched-filter path's limiter (noise sigmas)",
     )
     p.add_argument(
+        "--matched-veto",
+        type=float,
+        default=d.matched_veto,
+        help="deep: how hard the path is vetoed where an inverted copy fits better nearby (0: no veto)",
+    )
+    p.add_argument(
+        "--matched-veto-margin",
+        type=float,
+        default=d.matched_veto_margin,
+        help="deep: by how much (noise sigmas) the inverted copy must fit better before the veto acts",
+    )
+    p.add_argument(
         "--inverted-budget",
         type=float,
         default=INVERTED_BUDGET,
@@ -526,6 +538,11 @@ def main(argv: list[str] | None = None) -> Path:
         p.error(f"--matched-mean-window {a.matched_mean_window}: give an odd number of samples (0: no path)")
     if not a.matched_clip > 0:
         p.error(f"--matched-clip {a.matched_clip}: give a positive number of noise sigmas")
+    if not (a.matched_veto >= 0 and a.matched_veto_margin >= 0):
+        p.error(
+            f"--matched-veto {a.matched_veto} --matched-veto-margin {a.matched_veto_margin}: "
+            "give non-negative numbers (--matched-veto 0: no veto)"
+        )
     if not 0 <= a.inverted_budget <= 1:
         p.error(f"--inverted-budget {a.inverted_budget}: give a share between 0 and 1")
     if not re.fullmatch(NAME_PATTERN, a.name):
@@ -573,6 +590,8 @@ def main(argv: list[str] | None = None) -> Path:
             matched_mean_window=a.matched_mean_window if template is not None else 0,
             matched_clip=a.matched_clip,
             matched_two_sided=a.polarity,
+            matched_veto=a.matched_veto,
+            matched_veto_margin=a.matched_veto_margin,
             scale_window=a.scale_window,
             scale_stride=a.scale_stride,
             channels=a.channels,

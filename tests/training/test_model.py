@@ -85,10 +85,17 @@ def _moving_mean(x: np.ndarray, w: int) -> np.ndarray:
     return (c[hi] - c[lo]) / (hi - lo)
 
 
+def _veto(c: np.ndarray, reach: int, strength: float = 8.0, margin: float = 0.5) -> np.ndarray:
+    """c - strength * relu(M - c - margin), M[t] the largest -c within ``reach`` of t."""
+    m = np.array([(-c[max(t - reach, 0) : t + reach + 1]).max() for t in range(c.size)])
+    return c - strength * np.maximum(m - c - margin, 0.0)
+
+
 def test_matched_path_is_the_clipped_matched_filter() -> None:
     """With the network's own head silenced, the logit is the limiter + matched filter, computed
     here independently: (x - 127-sample mean) in noise sigmas, clipped at +-3, correlated with
-    the unit-norm template centred on its event, times the gain."""
+    the unit-norm template centred on its event, vetoed where the inverted template fits
+    better nearby, times g / (1 + g)."""
     from training.model import DeepCNN, init_from_template
     from training.scenario import Template
     from training.train import default_first_kernel
@@ -118,7 +125,9 @@ def test_matched_path_is_the_clipped_matched_filter() -> None:
     k = tpl.values / tpl.norm
     full = np.correlate(np.clip(z, -3.0, 3.0), k, mode="full")
     start = k.size - 1 - tpl.center
-    expected = 0.7 * full[start : start + x.size]
+    c = full[start : start + x.size]
+    expected = 0.7 / 1.7 * _veto(c, cfg.first_kernel // 2)
+    assert not np.allclose(expected, 0.7 / 1.7 * c, atol=1e-3)  # the veto acts somewhere
     np.testing.assert_allclose(got, expected, atol=1e-5)  # the kernel is set in float32
     assert abs(int(np.argmax(got)) - 300) <= 1  # the event, not the spike
 
@@ -134,3 +143,35 @@ def test_matched_path_can_be_turned_off() -> None:
         after = net(x)
     assert net.matched is None and net.norm.wide_mean is None
     torch.testing.assert_close(after, before)  # gain 0: dropping the path changes nothing
+
+
+def test_the_veto_rejects_an_inverted_copy_but_keeps_the_upright_one() -> None:
+    """An oscillating shape: the plain matched filter scores an inverted copy (a little
+    shifted) almost as high as the upright one; the vetoed path scores it below the noise,
+    and leaves the upright event's score as it was. With --polarity there is no veto."""
+    from training.model import DeepCNN, init_from_template
+    from training.scenario import Template
+    from training.train import default_first_kernel
+
+    s = np.arange(-8, 81, dtype=np.float64)
+    tpl = Template(np.where(s >= 0, np.sin(2 * np.pi * s / 16) * np.exp(-s / 20), 0.0), center=12)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(1200)
+    for start, sign in ((300 - 12, 1.0), (800 - 12, -1.0)):  # SNR 8, upright at 300, inverted at 800
+        x[start : start + tpl.values.size] += sign * 8.0 * tpl.values / tpl.norm
+
+    def path(**kw: object) -> np.ndarray:
+        net = DeepCNN(ModelConfig(first_kernel=default_first_kernel(tpl), **kw)).eval()  # type: ignore[arg-type]
+        init_from_template(net, tpl)
+        with torch.no_grad():
+            _, m = net.parts(torch.as_tensor(x, dtype=torch.float32)[None])
+        assert m is not None
+        return m[0].numpy()
+
+    plain, vetoed = path(matched_veto=0.0), path()
+    up, inv = slice(290, 311), slice(700, 900)
+    assert plain[inv].max() > 0.55 * plain[up].max() > 2.5  # the plain filter answers to both
+    assert vetoed[up].max() == pytest.approx(plain[up].max(), abs=1e-4)
+    assert vetoed[inv].max() < 1.0
+    two_sided = path(matched_two_sided=True)
+    assert two_sided[inv].max() > 0.9 * plain[up].max()  # --polarity: the inverted copy is an event
