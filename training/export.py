@@ -151,7 +151,17 @@ def _matched_path_line(training: dict[str, Any]) -> list[str]:
     if path["gain"] == 0:
         return [f"- Matched-filter path: none (gain 0 won; the rule: {path['rule']})."]
     gain, rule = path["gain"], path["rule"]
-    return [f"- Matched-filter path: logit + {gain} × limiter + matched filter; the gain: {rule}."]
+    arch = training.get("architecture", {})
+    if arch.get("matched_two_sided"):
+        kind = ", two-sided (|correlation|)"
+    elif arch.get("matched_veto"):
+        kind = ", vetoed where an inverted copy fits better"
+    else:
+        kind = ""
+    return [
+        f"- Matched-filter path: logit = (network + {gain} × path) / (1 + {gain}), the path the "
+        f"limiter + matched filter{kind}; the gain: {rule}."
+    ]
 
 
 def write_model_readme(model_dir: Path, card: Card) -> None:

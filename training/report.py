@@ -619,10 +619,16 @@ def matched_path_table(path: dict[str, Any]) -> str:
     """Every candidate gain with its validation numbers; the chosen one in bold."""
     rows = path["candidates"]
     suites = list(rows[0]["validation_auc"]) if rows else []
-    rates = [k for k in ("empty_rate", "upright_rate", "inverted_rate") if rows and k in rows[0]]
+    names = {
+        "empty_rate": "event-free detected",
+        "upright_rate": "upright detected",
+        "inverted_rate": "inverted detected",
+        "inverted_rate_at_equal_false_alarms": "inverted detected, the network's false-alarm rate",
+    }
+    rates = [k for k in names if rows and k in rows[0]]
     head = ["gain", "mean AUC", *(f"{s} AUC" for s in suites)]
     if rates:
-        head += ["threshold (raw)", "F1", "event-free detected", "upright detected", "inverted detected"]
+        head += ["threshold (raw)", "F1", *(names[k] for k in rates)]
     body = []
     for r in rows:
         aucs = [_fmt(r["validation_auc"][s]) for s in suites]
@@ -638,12 +644,15 @@ def matched_path_table(path: dict[str, Any]) -> str:
         + f"</tr></thead><tbody>{''.join(body)}</tbody></table>"
     )
     return (
-        f"<p>Gain {path['gain']:g} (in bold): the {html.escape(path['rule'])}. The logit is the "
-        "network's plus the gain times the limiter + matched filter; gain 0 removes the path.</p>"
+        f"<p>Gain {path['gain']:g} (in bold): the {html.escape(path['rule'])}. The logit is "
+        "(network + gain × path) / (1 + gain), the path the limiter + matched filter (vetoed where "
+        "an inverted copy fits better, unless inverted copies count as events); gain 0 removes "
+        "the path.</p>"
         + table
         + '<p class="note">Validation signals. Detection rates are read at each gain\'s own '
         "operating point, on event-free signals and on signals holding one upright or one inverted "
-        "copy of the shape.</p>"
+        "copy of the shape; the last column at the threshold that detects as many event-free "
+        "signals as the network alone does at its operating point.</p>"
     )
 
 

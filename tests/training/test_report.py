@@ -131,6 +131,7 @@ def test_the_matched_filter_gain_has_its_section(tiny_model_dir: Path, tmp_path:
             "empty_rate": 0.05,
             "upright_rate": 0.95,
             "inverted_rate": 0.1 + g / 10,
+            "inverted_rate_at_equal_false_alarms": 0.3 + g / 10,
         }
         for g in (0.0, 0.5, 1.0)
     ]
@@ -143,6 +144,7 @@ def test_the_matched_filter_gain_has_its_section(tiny_model_dir: Path, tmp_path:
     assert matched.count("<tr") == 4  # the header and three gains
     assert '<tr style="font-weight:bold"><td>0.5</td>' in matched
     assert "inverted detected" in matched and "<td>0.2000</td>" in matched  # gain 1's inverted rate
+    assert "false-alarm rate</th>" in matched and "<td>0.4000</td>" in matched  # and at equal false alarms
 
 
 def test_fewer_signals_are_a_prefix_of_the_cards_set() -> None:
