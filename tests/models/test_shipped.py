@@ -154,3 +154,21 @@ def test_model_accepts_any_length_from_min_length(trained: tuple[Path, Card]) ->
     for n in (card.min_length, card.min_length + 1, 100, 333, 4097):
         (curve,) = model.scores([rng.standard_normal(n)])
         assert curve.shape == (n,) and np.all((curve >= 0) & (curve <= 1))
+
+
+def test_windows_give_the_whole_signal_result(trained: tuple[Path, Card]) -> None:
+    """The card's receptive field covers the whole graph, the matched-filter path's veto (a
+    max over the kernel's reach) included: small windows reproduce the whole-signal scores."""
+    from app.core.windows import WindowPlan, score_pieces
+
+    path, card = trained
+    model = OnnxModel(path)
+    margin = WindowPlan.for_model(1 << 20, card.receptive_radius, card.alignment).margin
+    plan = WindowPlan.for_model(4 * margin, card.receptive_radius, card.alignment)
+    template = card_template(card)
+    assert template is not None
+    data = make_dataset(suites(template)["white"], 6, seed=778, length=4 * plan.window)
+    signals = [np.asarray(x, dtype=np.float32) for x in data.signals]
+    got = score_pieces(signals, plan, model.run, 1 << 20)
+    for x, curve in zip(signals, got, strict=True):
+        np.testing.assert_allclose(curve, model.run(x[None])[0], atol=1e-5, rtol=0)

@@ -27,6 +27,9 @@ def test_dry_run_end_to_end(tmp_path: Path) -> None:
     path = card.training["matched_path"]  # the matched-filter gain, chosen on validation data
     assert [r["gain"] for r in path["candidates"]] == list(GAINS) and path["gain"] in GAINS
     assert all(0 <= r["inverted_rate"] <= 1 for r in path["candidates"]) and "inverted" in path["rule"]
+    assert all(0 <= r["inverted_rate_at_equal_false_alarms"] <= 1 for r in path["candidates"])
+    arch = card.training["architecture"]
+    assert (arch["matched_veto"], arch["matched_veto_margin"]) == (8.0, 0.5)  # the path's veto, recorded
     window = card.training["architecture"]["matched_mean_window"]
     assert window == (0 if path["gain"] == 0 else 127)  # a dropped path is not in the graph
     (d,) = OnnxModel(model_dir).detect([np.zeros(300)])
@@ -139,6 +142,8 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
         (["--matched-mean-window", "128"], "--matched-mean-window 128: give an odd number"),
         (["--matched-clip", "0"], "--matched-clip 0.0: give a positive"),
         (["--inverted-budget", "1.5"], "--inverted-budget 1.5: give a share between 0 and 1"),
+        (["--matched-veto", "-1"], "--matched-veto -1.0 --matched-veto-margin 0.5: give non-negative"),
+        (["--matched-veto-margin", "nan"], "--matched-veto-margin nan: give non-negative"),
     ],
 )
 def test_bad_options_exit_with_a_message(
