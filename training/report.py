@@ -651,8 +651,14 @@ def matched_path_table(path: dict[str, Any]) -> str:
         + table
         + '<p class="note">Validation signals. Detection rates are read at each gain\'s own '
         "operating point, on event-free signals and on signals holding one upright or one inverted "
-        "copy of the shape; the last column at the threshold that detects as many event-free "
-        "signals as the network alone does at its operating point.</p>"
+        "copy of the shape"
+        + (
+            "; the last column at the threshold that detects as many event-free signals as the "
+            "network alone does at its operating point"
+            if "inverted_rate_at_equal_false_alarms" in rates
+            else ""
+        )
+        + ".</p>"
     )
 
 
