@@ -144,6 +144,16 @@ def render_readme(card: Card) -> str:
     return "\n".join(lines) + "\n"
 
 
+def matched_path_kind(training: dict[str, Any]) -> str:
+    """What the card's matched-filter path is, from its architecture (model README and report)."""
+    arch = training.get("architecture", {})
+    if arch.get("matched_two_sided"):
+        return "the limiter + matched filter, two-sided (|correlation|)"
+    if arch.get("matched_veto"):
+        return "the limiter + matched filter, vetoed where an inverted copy fits better"
+    return "the limiter + matched filter"
+
+
 def _matched_path_line(training: dict[str, Any]) -> list[str]:
     path = training.get("matched_path")
     if not path:
@@ -151,16 +161,9 @@ def _matched_path_line(training: dict[str, Any]) -> list[str]:
     if path["gain"] == 0:
         return [f"- Matched-filter path: none (gain 0 won; the rule: {path['rule']})."]
     gain, rule = path["gain"], path["rule"]
-    arch = training.get("architecture", {})
-    if arch.get("matched_two_sided"):
-        kind = ", two-sided (|correlation|)"
-    elif arch.get("matched_veto"):
-        kind = ", vetoed where an inverted copy fits better"
-    else:
-        kind = ""
     return [
-        f"- Matched-filter path: logit = (network + {gain} × path) / (1 + {gain}), the path the "
-        f"limiter + matched filter{kind}; the gain: {rule}."
+        f"- Matched-filter path: logit = (network + {gain} × path) / (1 + {gain}), the path "
+        f"{matched_path_kind(training)}; the gain: {rule}."
     ]
 
 

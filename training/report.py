@@ -40,6 +40,7 @@ from app.core.card import Card, CardError, load_card
 from app.core.model import InferenceOptions, OnnxModel
 from app.core.peaks import find_peaks
 from training import evaluate as ev
+from training.export import matched_path_kind
 from training.scenario import BUMP, EVAL_SEEDS, Dataset, Template, make_dataset, suites
 
 REPORT_FILE = "report.html"
@@ -615,8 +616,10 @@ def metrics_table(results: dict[str, SuiteResult], card: Card) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def matched_path_table(path: dict[str, Any]) -> str:
-    """Every candidate gain with its validation numbers; the chosen one in bold."""
+def matched_path_table(training: dict[str, Any]) -> str:
+    """Every candidate gain of the card's ``training.matched_path`` with its validation numbers;
+    the chosen one in bold."""
+    path = training["matched_path"]
     rows = path["candidates"]
     suites = list(rows[0]["validation_auc"]) if rows else []
     names = {
@@ -645,9 +648,8 @@ def matched_path_table(path: dict[str, Any]) -> str:
     )
     return (
         f"<p>Gain {path['gain']:g} (in bold): the {html.escape(path['rule'])}. The logit is "
-        "(network + gain × path) / (1 + gain), the path the limiter + matched filter (vetoed where "
-        "an inverted copy fits better, unless inverted copies count as events); gain 0 removes "
-        "the path.</p>"
+        f"(network + gain × path) / (1 + gain), the path {html.escape(matched_path_kind(training))}; "
+        "gain 0 removes the path.</p>"
         + table
         + '<p class="note">Validation signals. Detection rates are read at each gain\'s own '
         "operating point, on event-free signals and on signals holding one upright or one inverted "
@@ -777,8 +779,8 @@ def write_report(
     sections.append(("roc", "ROC curves: CNN against the matched filter", content))
 
     # The matched-filter path's gain.
-    if path := card.training.get("matched_path"):
-        sections.append(("matched", "Matched-filter path: the gain", matched_path_table(path)))
+    if card.training.get("matched_path"):
+        sections.append(("matched", "Matched-filter path: the gain", matched_path_table(card.training)))
 
     # Localisation.
     img = add("localisation.png", fig_localisation(results), "histogram of localisation errors")

@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> Path:
         type=float,
         default=INVERTED_BUDGET,
         help="deep: how much more often (0-1) the matched-filter path may let inverted copies "
-        "through than the network alone, at the operating point (0: no more often)",
+        "through than the network alone, at its operating point's false-alarm rate (0: no more often)",
     )
     p.add_argument("--scale-window", type=int, default=d.scale_window, help="normalisation: scale window")
     p.add_argument("--scale-stride", type=int, default=d.scale_stride, help="normalisation: scale blocks")

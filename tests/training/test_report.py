@@ -135,7 +135,10 @@ def test_the_matched_filter_gain_has_its_section(tiny_model_dir: Path, tmp_path:
         }
         for g in (0.0, 0.5, 1.0)
     ]
-    card["training"] = {"matched_path": {"gain": 0.5, "rule": "best mean validation AUC", "candidates": rows}}
+    card["training"] = {
+        "matched_path": {"gain": 0.5, "rule": "best mean validation AUC", "candidates": rows},
+        "architecture": {"matched_veto": 8.0, "matched_two_sided": False},
+    }
     (model_dir / "card.json").write_text(json.dumps(card))
     main([str(model_dir), "--gallery", "1", "--signals", "6"])
     sections = (*SECTIONS[:2], "matched", *SECTIONS[2:])
@@ -144,6 +147,7 @@ def test_the_matched_filter_gain_has_its_section(tiny_model_dir: Path, tmp_path:
     assert matched.count("<tr") == 4  # the header and three gains
     assert '<tr style="font-weight:bold"><td>0.5</td>' in matched
     assert "inverted detected" in matched and "<td>0.2000</td>" in matched  # gain 1's inverted rate
+    assert "vetoed where an inverted copy fits better" in matched  # the card's path, described
     assert "false-alarm rate</th>" in matched and "<td>0.4000</td>" in matched  # and at equal false alarms
 
 
