@@ -115,6 +115,7 @@ def render_readme(card: Card) -> str:
         f"- Cost: {_fmt(card.macs_per_sample)} multiply-accumulates per input sample.",
         f"- Parity torch vs onnxruntime: max abs error {_fmt(card.parity_max_abs_error)}.",
         *_matched_path_line(card.training),
+        *_polarity_line(card),
         f"- sha256 of model.onnx: `{card.sha256}`",
         "",
         "## Held-out metrics",
@@ -152,6 +153,25 @@ def matched_path_kind(training: dict[str, Any]) -> str:
     if arch.get("matched_veto"):
         return "the limiter + matched filter, vetoed where an inverted copy fits better"
     return "the limiter + matched filter"
+
+
+def _polarity_line(card: Card) -> list[str]:
+    check = card.training.get("polarity_check")
+    info = card.training.get("polarity")
+    if card.polarity:
+        return ["- Polarity: an inverted copy of the shape counts as an event."]
+    if not check and not info:
+        return []
+    line = "- Polarity: an inverted copy of the shape is not an event"
+    if check:
+        line += f"; the model detects {check['detection_rate_inverted']:.0%} of them (polarity check)"
+    if info and not info["identifiable"]:
+        line += (
+            f". An inverted copy fits an upright one stretched by {info['at_stretch']:.2f} and shifted "
+            f"at {info['inverted_match']:.2f} of its own match, so under the training stretches the "
+            "two polarities cannot be told apart: trained without inverted decoys"
+        )
+    return [line + "."]
 
 
 def _matched_path_line(training: dict[str, Any]) -> list[str]:

@@ -54,6 +54,39 @@ class Template:
 BUMP = Template(values=bump_template(), center=20, fn=bump)
 
 
+# Above this, an inverted copy of a template fits some shifted (and stretched) upright copy
+# about as well as the template itself: the two polarities cannot be told apart in noise.
+POLARITY_AMBIGUOUS = 0.9
+
+
+def inverted_match(template: Template, stretch: tuple[float, float] | None = None) -> tuple[float, float]:
+    """How well an inverted copy of ``template`` looks like an upright event.
+
+    The largest cosine similarity (means removed) between the inverted template and the
+    upright one shifted by any lag and stretched by any factor in ``stretch`` (1 if None), and
+    that factor. The reference bump gives 0.66: an inverted bump is clearly not a bump. A
+    linear chirp gives 0.98 at a stretch of 0.95: with stretched events allowed, its inverted
+    copy is a stretched upright one, and no detector can reject it without rejecting events.
+    """
+
+    def unit(v: FloatArray) -> FloatArray:
+        v = v - v.mean()
+        return v / max(float(np.linalg.norm(v)), 1e-12)
+
+    inverted = unit(-template.values)
+    factors = [1.0]
+    if stretch is not None:
+        lo, hi = stretch
+        factors += list(np.linspace(lo, hi, max(2, round((hi - lo) / 0.01) + 1)))
+    best, best_f = -1.0, 1.0
+    for f in factors:
+        upright = unit(template.stretched(float(f))[0])
+        c = float(np.correlate(np.pad(upright, inverted.size), inverted, mode="valid").max())
+        if c > best:
+            best, best_f = c, float(f)
+    return best, best_f
+
+
 @dataclass(frozen=True)
 class Scenario:
     """How signals are made. Each nuisance is applied independently with its probability."""

@@ -12,6 +12,7 @@ import copy
 import math
 import random
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -44,11 +45,13 @@ from training.report import write_report
 from training.scenario import (
     BUMP,
     EVAL_SEEDS,
+    POLARITY_AMBIGUOUS,
     TRAINING_SNR,
     VALIDATION_SEEDS,
     Dataset,
     Scenario,
     Template,
+    inverted_match,
     make_dataset,
     suites,
     training_scenario,
@@ -379,6 +382,19 @@ def one_event_datasets(template: Template, n: int, seed: int) -> tuple[Dataset, 
     return make_dataset(one, n, seed), make_dataset(inverted, n, seed)
 
 
+def polarity_identifiability(template: Template, scenario: Scenario) -> dict[str, Any]:
+    """Whether an inverted copy can be told from an event under ``scenario``'s stretches."""
+    stretch = scenario.stretch if scenario.stretch is not None and scenario.p_stretch > 0 else None
+    match, at = inverted_match(template, stretch)
+    return {
+        "inverted_match": round(match, 4),
+        "at_stretch": round(at, 3),
+        "threshold": POLARITY_AMBIGUOUS,
+        "identifiable": match < POLARITY_AMBIGUOUS,
+        "decoys": scenario.p_inverted > 0,
+    }
+
+
 def polarity_sets(template: Template, n: int, seed: int) -> PolaritySets:
     """Validation signals for the matched-filter gain: white-suite noise, one upright event,
     one inverted copy (seeds ``seed`` and ``seed`` + 1; not the polarity check's)."""
@@ -507,8 +523,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument(
         "--matched-veto",
         type=float,
-        default=d.matched_veto,
-        help="deep: how hard the path is vetoed where an inverted copy fits better nearby (0: no veto)",
+        default=None,
+        help="deep: how hard the path is vetoed where an inverted copy fits better nearby (0: no veto; "
+        f"default {d.matched_veto}, or 0 when the template's polarity cannot be told apart)",
     )
     p.add_argument(
         "--matched-veto-margin",
@@ -538,7 +555,7 @@ def main(argv: list[str] | None = None) -> Path:
         p.error(f"--matched-mean-window {a.matched_mean_window}: give an odd number of samples (0: no path)")
     if not a.matched_clip > 0:
         p.error(f"--matched-clip {a.matched_clip}: give a positive number of noise sigmas")
-    if not (a.matched_veto >= 0 and a.matched_veto_margin >= 0):
+    if not ((a.matched_veto is None or a.matched_veto >= 0) and a.matched_veto_margin >= 0):
         p.error(
             f"--matched-veto {a.matched_veto} --matched-veto-margin {a.matched_veto_margin}: "
             "give non-negative numbers (--matched-veto 0: no veto)"
@@ -563,6 +580,28 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         template = BUMP
     overrides = parse_overrides(a.scenario)
+    polarity_info: dict[str, Any] | None = None
+    if template is not None and user is None and not a.polarity:
+        polarity_info = polarity_identifiability(template, training_scenario(template, **overrides))
+        if not polarity_info["identifiable"]:
+            # Decoys that look like stretched events would teach the model to miss events, and
+            # the veto would reject them: both stay off unless the user asks for them.
+            overrides.setdefault("p_inverted", 0.0)
+            if a.matched_veto is None:
+                a.matched_veto = 0.0
+            polarity_info["decoys"] = overrides["p_inverted"] > 0
+            print(
+                f"training.train: warning: an inverted copy of this template fits an upright one "
+                f"stretched by {polarity_info['at_stretch']:.2f} and shifted at "
+                f"{polarity_info['inverted_match']:.2f} of its own match: in noise the two "
+                "polarities cannot be told apart, so the model will detect inverted copies too. "
+                "Training without inverted decoys or the path's veto. Use --polarity to count them "
+                "as events, or narrow the stretch (--scenario stretch=LO,HI or p_stretch=0) if "
+                "events are never stretched that much.",
+                file=sys.stderr,
+            )
+    if a.matched_veto is None:
+        a.matched_veto = ModelConfig().matched_veto
     steps, minutes = a.budget if a.budget is not None else (a.steps, None)
 
     cfg = TrainConfig(
@@ -649,7 +688,11 @@ def main(argv: list[str] | None = None) -> Path:
     matched_path = None
     if isinstance(net, DeepCNN) and net.matched is not None:
         assert template is not None
-        checks = None if user is not None or a.polarity else polarity_sets(template, cfg.val_signals, 4101)
+        checks = (
+            polarity_sets(template, cfg.val_signals, 4101)
+            if polarity_info is not None and polarity_info["identifiable"]
+            else None
+        )
         matched_path = choose_matched_gain(net, val, checks, inverted_budget=a.inverted_budget)
         if net.matched is None:
             cfg.model.matched_mean_window = 0  # the card's architecture: the path was dropped
@@ -698,6 +741,7 @@ def main(argv: list[str] | None = None) -> Path:
             "data": data_desc,
             "best_step": log["best_step"],
             **({"matched_path": matched_path} if matched_path is not None else {}),
+            **({"polarity": polarity_info} if polarity_info is not None else {}),
             "history": log["history"],
             "dry_run": a.dry_run,
             "training_loop_seconds": round(train_seconds, 1),

@@ -174,3 +174,34 @@ def test_a_budget_in_minutes_or_steps(tmp_path: Path) -> None:
     model_dir = main(["--dry-run", "--budget", "12", "--out", str(tmp_path), "--name", "steps"])
     cfg = load_card(model_dir).training["config"]
     assert cfg["schedule"] == "steps" and cfg["steps"] == 12
+
+
+def test_a_template_whose_polarity_cannot_be_told_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The chirp under the default stretches: a warning, no decoys, no veto, no inverted budget;
+    with stretches too small to turn it over, the usual decoys and veto."""
+    chirp = Path(__file__).parents[2] / "training" / "templates" / "chirp.npy"
+    args = ["--dry-run", "--template", str(chirp), "--name", "chirp", "--budget", "4"]
+    card = load_card(main([*args, "--out", str(tmp_path / "default")]))
+    assert "polarities cannot be told apart" in capsys.readouterr().err
+    info = card.training["polarity"]
+    assert info["identifiable"] is False and info["decoys"] is False and info["inverted_match"] > 0.97
+    assert card.training["data"]["training_scenario"]["p_inverted"] == 0.0
+    assert card.training["architecture"]["matched_veto"] == 0.0
+    assert "inverted" not in card.training["matched_path"]["rule"]
+    assert card.polarity is False  # inverted copies are still not events; the check measures them
+    assert "detection_rate_inverted" in card.training["polarity_check"]
+    readme = (tmp_path / "default" / "chirp" / "README.md").read_text()
+    assert "the two polarities cannot be told apart: trained without inverted decoys" in readme
+
+    card = load_card(main([*args, "--out", str(tmp_path / "narrow"), "--scenario", "p_stretch=0"]))
+    assert "cannot be told apart" not in capsys.readouterr().err
+    info = card.training["polarity"]
+    assert info["identifiable"] is True and info["decoys"] is True and info["at_stretch"] == 1.0
+    assert card.training["data"]["training_scenario"]["p_inverted"] > 0
+    assert card.training["architecture"]["matched_veto"] == 8.0
+    assert "inverted" in card.training["matched_path"]["rule"]
+    readme = (tmp_path / "narrow" / "chirp" / "README.md").read_text()
+    assert "- Polarity: an inverted copy of the shape is not an event; the model detects" in readme
+    assert "cannot be told apart" not in readme

@@ -1,9 +1,20 @@
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from training.scenario import BUMP, EVAL_SEEDS, VALIDATION_SEEDS, Template, make_dataset, suites
+from training.scenario import (
+    BUMP,
+    EVAL_SEEDS,
+    POLARITY_AMBIGUOUS,
+    VALIDATION_SEEDS,
+    Template,
+    inverted_match,
+    make_dataset,
+    suites,
+)
+from training.template import load_template
 
 
 def test_bump_template_is_the_reference() -> None:
@@ -128,3 +139,18 @@ def test_crowded_placement_falls_back_to_exact_draws() -> None:
         assert c.tolist() == [0, 100, 200]
     with pytest.raises(ValueError, match="cannot place 3 events"):
         place_centres(rng, 300, 3, 101, 0, 200)
+
+
+def test_inverted_match_tells_which_polarities_can_be_told_apart() -> None:
+    """An inverted bump is no bump; an inverted chirp is a stretched, shifted upright chirp."""
+    chirp = load_template(Path(__file__).parents[2] / "training" / "templates" / "chirp.npy")
+    bump_match, _ = inverted_match(BUMP, (0.75, 1.33))
+    assert 0.6 < bump_match < POLARITY_AMBIGUOUS
+    assert inverted_match(chirp)[0] < POLARITY_AMBIGUOUS  # unstretched, a shifted copy fits at 0.86
+    match, at = inverted_match(chirp, (0.75, 1.33))
+    assert match > 0.97 and 0.9 < at < 1.0
+    # the same computation by hand at that stretch: the largest cosine over all lags
+    up, inv = chirp.stretched(at)[0], -chirp.values
+    up, inv = up - up.mean(), inv - inv.mean()
+    lags = np.correlate(np.pad(up, inv.size), inv, mode="valid")
+    assert match == pytest.approx(lags.max() / np.linalg.norm(up) / np.linalg.norm(inv))
