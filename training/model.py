@@ -39,9 +39,6 @@ class ModelConfig:
     # the path drops by matched_veto times the excess over matched_veto_margin (noise sigmas)
     matched_veto: float = 8.0  # 0: no veto
     matched_veto_margin: float = 0.5
-    # the path's gain while the network trains (0: the network learns alone; > 0: it learns
-    # what to add to the path); the gain served is chosen after training either way
-    matched_train_gain: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -150,9 +147,8 @@ class DeepCNN(nn.Module):
     by as much; in noise alone they are close, so the margin spares faint events. The logit is
     (network + g * path) / (1 + g), g = ``matched_gain``: dividing by 1 + g keeps a large gain
     from saturating float32 probabilities at 1 (the order of the scores is that of network +
-    g * path). While the network trains the gain is ``matched_train_gain`` (by default 0: the
-    network learns alone); afterwards ``training.matched.choose_matched_gain`` sets it on
-    validation data.
+    g * path). The gain is 0 while the network trains; afterwards
+    ``training.matched.choose_matched_gain`` sets it on validation data.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -186,7 +182,7 @@ class DeepCNN(nn.Module):
             k = cfg.first_kernel
             self.matched = nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
             self.matched.weight.requires_grad_(False)
-            self.register_buffer("matched_gain", torch.tensor(float(cfg.matched_train_gain)))
+            self.register_buffer("matched_gain", torch.tensor(0.0))
             self.matched_clip = cfg.matched_clip
             self.matched_two_sided = cfg.matched_two_sided
             self.matched_veto = 0.0 if cfg.matched_two_sided else cfg.matched_veto

@@ -534,13 +534,6 @@ def main(argv: list[str] | None = None) -> Path:
         help="deep: by how much (noise sigmas) the inverted copy must fit better before the veto acts",
     )
     p.add_argument(
-        "--matched-train-gain",
-        type=float,
-        default=d.matched_train_gain,
-        help="deep: the path's gain while the network trains (0: the network learns alone; "
-        "the gain served is chosen on validation data after training either way)",
-    )
-    p.add_argument(
         "--inverted-budget",
         type=float,
         default=INVERTED_BUDGET,
@@ -562,8 +555,6 @@ def main(argv: list[str] | None = None) -> Path:
         p.error(f"--matched-mean-window {a.matched_mean_window}: give an odd number of samples (0: no path)")
     if not a.matched_clip > 0:
         p.error(f"--matched-clip {a.matched_clip}: give a positive number of noise sigmas")
-    if not a.matched_train_gain >= 0:
-        p.error(f"--matched-train-gain {a.matched_train_gain}: give a non-negative number")
     if not ((a.matched_veto is None or a.matched_veto >= 0) and a.matched_veto_margin >= 0):
         p.error(
             f"--matched-veto {a.matched_veto} --matched-veto-margin {a.matched_veto_margin}: "
@@ -640,7 +631,6 @@ def main(argv: list[str] | None = None) -> Path:
             matched_two_sided=a.polarity,
             matched_veto=a.matched_veto,
             matched_veto_margin=a.matched_veto_margin,
-            matched_train_gain=a.matched_train_gain,
             scale_window=a.scale_window,
             scale_stride=a.scale_stride,
             channels=a.channels,

@@ -30,7 +30,6 @@ def test_dry_run_end_to_end(tmp_path: Path) -> None:
     assert all(0 <= r["inverted_rate_at_equal_false_alarms"] <= 1 for r in path["candidates"])
     arch = card.training["architecture"]
     assert (arch["matched_veto"], arch["matched_veto_margin"]) == (8.0, 0.5)  # the path's veto, recorded
-    assert arch["matched_train_gain"] == 0.0  # by default the network trains alone
     window = card.training["architecture"]["matched_mean_window"]
     assert window == (0 if path["gain"] == 0 else 127)  # a dropped path is not in the graph
     (d,) = OnnxModel(model_dir).detect([np.zeros(300)])
@@ -145,7 +144,6 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
         (["--inverted-budget", "1.5"], "--inverted-budget 1.5: give a share between 0 and 1"),
         (["--matched-veto", "-1"], "--matched-veto -1.0 --matched-veto-margin 0.5: give non-negative"),
         (["--matched-veto-margin", "nan"], "--matched-veto-margin nan: give non-negative"),
-        (["--matched-train-gain", "-2"], "--matched-train-gain -2.0: give a non-negative number"),
     ],
 )
 def test_bad_options_exit_with_a_message(

@@ -132,25 +132,6 @@ def test_matched_path_is_the_clipped_matched_filter() -> None:
     assert abs(int(np.argmax(got)) - 300) <= 1  # the event, not the spike
 
 
-def test_the_network_can_train_beside_the_path() -> None:
-    """matched_train_gain: the logit during training is already (network + g * path) / (1 + g)."""
-    from training.model import DeepCNN, init_from_template
-    from training.scenario import BUMP
-
-    torch.manual_seed(0)
-    net = DeepCNN(ModelConfig(matched_train_gain=2.0)).eval()
-    init_from_template(net, BUMP)
-    assert float(net.matched_gain) == 2.0 and "matched_gain" not in dict(net.named_parameters())
-    x = torch.randn(2, 700)
-    with torch.no_grad():
-        logit, path = net.parts(x)
-        assert path is not None
-        torch.testing.assert_close(net(x), (logit + 2.0 * path) / 3.0)
-    net.train()
-    net(x).sum().backward()  # the network's weights learn through the fused logit; the path does not
-    assert net.head.weight.grad is not None and net.matched is not None and net.matched.weight.grad is None
-
-
 def test_matched_path_can_be_turned_off() -> None:
     net = build_model(ModelConfig(matched_mean_window=0))
     assert net.matched is None and not hasattr(net, "matched_gain")
