@@ -661,6 +661,19 @@ def matched_path_table(training: dict[str, Any]) -> str:
             else ""
         )
         + ".</p>"
+        + _polarity_note(training)
+    )
+
+
+def _polarity_note(training: dict[str, Any]) -> str:
+    info = training.get("polarity")
+    if not info or info["identifiable"]:
+        return ""
+    return (
+        f'<p class="note">No veto and no limit on inverted copies: an inverted copy of this shape '
+        f"fits an upright one stretched by {info['at_stretch']:.2f} and shifted at "
+        f"{info['inverted_match']:.2f} of its own match, so under the training stretches the two "
+        "polarities cannot be told apart.</p>"
     )
 
 

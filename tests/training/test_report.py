@@ -149,6 +149,17 @@ def test_the_matched_filter_gain_has_its_section(tiny_model_dir: Path, tmp_path:
     assert "inverted detected" in matched and "<td>0.2000</td>" in matched  # gain 1's inverted rate
     assert "vetoed where an inverted copy fits better" in matched  # the card's path, described
     assert "false-alarm rate</th>" in matched and "<td>0.4000</td>" in matched  # and at equal false alarms
+    assert "cannot be told apart" not in matched
+
+    # A shape whose inverted copy is a stretched upright one: no veto, and the section says why.
+    card["training"]["architecture"]["matched_veto"] = 0.0
+    card["training"]["polarity"] = {"inverted_match": 0.98, "at_stretch": 0.95, "identifiable": False}
+    (model_dir / "card.json").write_text(json.dumps(card))
+    main([str(model_dir), "--gallery", "1", "--signals", "6"])
+    page, _ = check_page(model_dir, sections)
+    matched = page.split('<section id="matched">')[1].split("</section>")[0]
+    assert "vetoed" not in matched
+    assert "stretched by 0.95 and shifted at 0.98 of its own match" in matched
 
 
 def test_fewer_signals_are_a_prefix_of_the_cards_set() -> None:
