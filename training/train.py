@@ -81,7 +81,10 @@ class TrainConfig:
     eval_every: int = 250
     val_signals: int = 500  # per suite, for validation and the operating point
     eval_signals: int = 2000  # per suite, held out
-    calibration_signals: int = 4000  # from the training distribution: to fit, and again held out
+    # From the training distribution: to fit the maps, and again held out to measure them. About
+    # 10 000 peaks are reported on 12 000 signals: a perfectly calibrated model then measures
+    # ECE 0.010 (median; 0.017 on 4000 signals), so the 0.02 goal is not decided by chance.
+    calibration_signals: int = 12000
     minutes: float | None = None  # a time budget for the training loop (then steps is an outcome)
     max_minutes: float | None = 18.0  # steps that would take longer switch to this time budget
     schedule: str = "steps"  # "steps" or "time": what the run's schedule followed
