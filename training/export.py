@@ -169,7 +169,8 @@ def _polarity_line(card: Card) -> list[str]:
         line += (
             f". An inverted copy fits an upright one stretched by {info['at_stretch']:.2f} and shifted "
             f"at {info['inverted_match']:.2f} of its own match, so under the training stretches the "
-            "two polarities cannot be told apart: trained without inverted decoys"
+            "two polarities cannot be told apart: trained "
+            + ("with inverted decoys, as asked" if info.get("decoys") else "without inverted decoys")
         )
     return [line + "."]
 
