@@ -8,8 +8,9 @@ import pytest
 from app.core.card import load_card
 from app.core.model import OnnxModel
 from training.matched import GAINS
-from training.scenario import EVAL_SEEDS, make_dataset, suites
-from training.train import main, parse_budget
+from training.scenario import BUMP, EVAL_SEEDS, make_dataset, signal_lengths, suites
+from training.template import load_template, template_from_values
+from training.train import calibration_count, main, parse_budget
 
 
 def test_dry_run_end_to_end(tmp_path: Path) -> None:
@@ -205,3 +206,15 @@ def test_a_template_whose_polarity_cannot_be_told_apart(
     readme = (tmp_path / "narrow" / "chirp" / "README.md").read_text()
     assert "- Polarity: an inverted copy of the shape is not an event; the model detects" in readme
     assert "cannot be told apart" not in readme
+
+
+def test_calibration_sets_hold_12000_signals_fewer_for_long_templates() -> None:
+    """Enough reported peaks to measure an ECE of 0.02, without minutes of scoring for long
+    templates: at most 24 M samples per set, but never fewer than 4000 signals."""
+    chirp = Path(__file__).parents[2] / "training" / "templates" / "chirp.npy"
+    assert calibration_count(BUMP) == calibration_count(load_template(chirp)) == 12000
+    medium = template_from_values(np.hanning(400))
+    lo, hi = signal_lengths(medium)
+    assert 4000 < calibration_count(medium) < 12000
+    assert calibration_count(medium) * (lo + hi) / 2 <= 24_000_000
+    assert calibration_count(template_from_values(np.hanning(1025))) == 4000
