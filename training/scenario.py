@@ -88,6 +88,23 @@ def inverted_match(template: Template, stretch: tuple[float, float] | None = Non
     return best, best_f
 
 
+def polarity_stretch_limit(template: Template, widest: float = 0.5) -> float | None:
+    """The largest d (in steps of 0.01, up to ``widest``) such that events stretched by any
+    factor in [1 - d, 1 + d] still tell the polarities apart (``inverted_match`` below
+    POLARITY_AMBIGUOUS); None if even unstretched events do not. The example chirp gives 0."""
+    worst = inverted_match(template)[0]
+    if worst >= POLARITY_AMBIGUOUS:
+        return None
+    d = 0.0
+    while d + 0.01 <= widest + 1e-9:
+        step = round(d + 0.01, 2)
+        worst = max(worst, *(inverted_match(template, (f, f))[0] for f in (1 - step, 1 + step)))
+        if worst >= POLARITY_AMBIGUOUS:
+            break
+        d = step
+    return d
+
+
 @dataclass(frozen=True)
 class Scenario:
     """How signals are made. Each nuisance is applied independently with its probability."""

@@ -53,6 +53,7 @@ from training.scenario import (
     Template,
     inverted_match,
     make_dataset,
+    polarity_stretch_limit,
     signal_lengths,
     suites,
     training_scenario,
@@ -616,14 +617,27 @@ def main(argv: list[str] | None = None) -> Path:
             if a.matched_veto is None:
                 a.matched_veto = 0.0
             polarity_info["decoys"] = overrides["p_inverted"] > 0
+            limit = polarity_stretch_limit(template)
+            polarity_info["stretch_limit"] = limit
+            if limit is None:
+                remedy = "Even unstretched events do not keep them apart."
+            elif limit == 0:
+                remedy = (
+                    "Only unstretched events keep them apart: if yours are never stretched, "
+                    "give --scenario p_stretch=0."
+                )
+            else:
+                remedy = (
+                    f"Events stretched by at most {limit:.0%} keep them apart: if yours never "
+                    f"stretch more, give --scenario stretch={1 - limit:g},{1 + limit:g}."
+                )
             print(
                 f"training.train: warning: an inverted copy of this template fits an upright one "
                 f"stretched by {polarity_info['at_stretch']:.2f} and shifted at "
                 f"{polarity_info['inverted_match']:.2f} of its own match: in noise the two "
                 "polarities cannot be told apart, so the model will detect inverted copies too. "
-                "Training without inverted decoys or the path's veto. Use --polarity to count them "
-                "as events, or narrow the stretch (--scenario stretch=LO,HI or p_stretch=0) if "
-                "events are never stretched that much.",
+                f"Training without inverted decoys or the path's veto. {remedy} If inverted "
+                "copies are events, give --polarity.",
                 file=sys.stderr,
             )
     if a.matched_veto is None:

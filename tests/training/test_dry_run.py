@@ -185,9 +185,11 @@ def test_a_template_whose_polarity_cannot_be_told_apart(
     chirp = Path(__file__).parents[2] / "training" / "templates" / "chirp.npy"
     args = ["--dry-run", "--template", str(chirp), "--name", "chirp", "--budget", "4"]
     card = load_card(main([*args, "--out", str(tmp_path / "default")]))
-    assert "polarities cannot be told apart" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "polarities cannot be told apart" in err and "give --scenario p_stretch=0" in err
     info = card.training["polarity"]
     assert info["identifiable"] is False and info["decoys"] is False and info["inverted_match"] > 0.97
+    assert info["stretch_limit"] == 0.0  # only unstretched chirps keep the polarities apart
     assert card.training["data"]["training_scenario"]["p_inverted"] == 0.0
     assert card.training["architecture"]["matched_veto"] == 0.0
     assert "inverted" not in card.training["matched_path"]["rule"]

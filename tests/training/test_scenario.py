@@ -12,9 +12,10 @@ from training.scenario import (
     Template,
     inverted_match,
     make_dataset,
+    polarity_stretch_limit,
     suites,
 )
-from training.template import load_template
+from training.template import load_template, template_from_values
 
 
 def test_bump_template_is_the_reference() -> None:
@@ -154,3 +155,13 @@ def test_inverted_match_tells_which_polarities_can_be_told_apart() -> None:
     up, inv = up - up.mean(), inv - inv.mean()
     lags = np.correlate(np.pad(up, inv.size), inv, mode="valid")
     assert match == pytest.approx(lags.max() / np.linalg.norm(up) / np.linalg.norm(inv))
+
+
+def test_the_widest_stretch_that_keeps_the_polarities_apart() -> None:
+    chirp = load_template(Path(__file__).parents[2] / "training" / "templates" / "chirp.npy")
+    assert polarity_stretch_limit(BUMP) == 0.5  # the widest asked: never ambiguous
+    assert polarity_stretch_limit(chirp) == 0.0  # 1 % is already too much
+    assert inverted_match(chirp, (0.99, 1.01))[0] >= POLARITY_AMBIGUOUS > inverted_match(chirp)[0]
+    s = np.arange(64)
+    ringing = template_from_values(np.sin(2 * np.pi * s * 8 / 64) * np.hanning(64))
+    assert polarity_stretch_limit(ringing) is None  # half a period away, its own inverted copy
