@@ -403,6 +403,32 @@ def polarity_identifiability(template: Template, scenario: Scenario) -> dict[str
     }
 
 
+def polarity_warning(info: dict[str, Any], veto: float) -> str:
+    """What training says when the polarities cannot be told apart, what it does about it (unless
+    the user asked for decoys or a veto), and what the user can do."""
+    limit = info["stretch_limit"]
+    if limit is None:
+        remedy = "Even unstretched events do not keep them apart."
+    elif limit == 0:
+        remedy = (
+            "Only unstretched events keep them apart: if yours are never stretched, "
+            "give --scenario p_stretch=0."
+        )
+    else:
+        remedy = (
+            f"Events stretched by at most {limit:.0%} keep them apart: if yours never stretch more, "
+            f"give --scenario stretch={1 - limit:g},{1 + limit:g}."
+        )
+    return (
+        f"an inverted copy of this template fits an upright one stretched by {info['at_stretch']:.2f} "
+        f"and shifted at {info['inverted_match']:.2f} of its own match: in noise the two polarities "
+        "cannot be told apart, so the model will detect inverted copies too. Training "
+        + ("with inverted decoys (as asked)" if info["decoys"] else "without inverted decoys")
+        + (" and with the path's veto (as asked). " if veto else " and without the path's veto. ")
+        + f"{remedy} If inverted copies are events, give --polarity."
+    )
+
+
 def polarity_sets(template: Template, n: int, seed: int) -> PolaritySets:
     """Validation signals for the matched-filter gain: white-suite noise, one upright event,
     one inverted copy (seeds ``seed`` and ``seed`` + 1; not the polarity check's)."""
@@ -617,28 +643,9 @@ def main(argv: list[str] | None = None) -> Path:
             if a.matched_veto is None:
                 a.matched_veto = 0.0
             polarity_info["decoys"] = overrides["p_inverted"] > 0
-            limit = polarity_stretch_limit(template)
-            polarity_info["stretch_limit"] = limit
-            if limit is None:
-                remedy = "Even unstretched events do not keep them apart."
-            elif limit == 0:
-                remedy = (
-                    "Only unstretched events keep them apart: if yours are never stretched, "
-                    "give --scenario p_stretch=0."
-                )
-            else:
-                remedy = (
-                    f"Events stretched by at most {limit:.0%} keep them apart: if yours never "
-                    f"stretch more, give --scenario stretch={1 - limit:g},{1 + limit:g}."
-                )
+            polarity_info["stretch_limit"] = polarity_stretch_limit(template)
             print(
-                f"training.train: warning: an inverted copy of this template fits an upright one "
-                f"stretched by {polarity_info['at_stretch']:.2f} and shifted at "
-                f"{polarity_info['inverted_match']:.2f} of its own match: in noise the two "
-                "polarities cannot be told apart, so the model will detect inverted copies too. "
-                f"Training without inverted decoys or the path's veto. {remedy} If inverted "
-                "copies are events, give --polarity.",
-                file=sys.stderr,
+                f"training.train: warning: {polarity_warning(polarity_info, a.matched_veto)}", file=sys.stderr
             )
     if a.matched_veto is None:
         a.matched_veto = ModelConfig().matched_veto

@@ -10,7 +10,7 @@ from app.core.model import OnnxModel
 from training.matched import GAINS
 from training.scenario import BUMP, EVAL_SEEDS, make_dataset, signal_lengths, suites
 from training.template import load_template, template_from_values
-from training.train import calibration_count, main, parse_budget
+from training.train import calibration_count, main, parse_budget, polarity_warning
 
 
 def test_dry_run_end_to_end(tmp_path: Path) -> None:
@@ -220,3 +220,14 @@ def test_calibration_sets_hold_12000_signals_fewer_for_long_templates() -> None:
     assert 4000 < calibration_count(medium) < 12000
     assert calibration_count(medium) * (lo + hi) / 2 <= 24_000_000
     assert calibration_count(template_from_values(np.hanning(1025))) == 4000
+
+
+def test_the_polarity_warning_says_what_training_does_and_what_to_do() -> None:
+    info = {"stretch_limit": 0.07, "at_stretch": 0.95, "inverted_match": 0.98, "decoys": False}
+    text = polarity_warning(info, veto=0.0)
+    assert "stretched by 0.95 and shifted at 0.98" in text
+    assert "without inverted decoys and without the path's veto" in text
+    assert "give --scenario stretch=0.93,1.07" in text and "give --polarity" in text
+    asked = polarity_warning({**info, "decoys": True, "stretch_limit": None}, veto=8.0)
+    assert "with inverted decoys (as asked) and with the path's veto (as asked)" in asked
+    assert "Even unstretched events do not keep them apart" in asked
