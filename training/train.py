@@ -613,6 +613,8 @@ def main(argv: list[str] | None = None) -> Path:
             f"--matched-veto {a.matched_veto} --matched-veto-margin {a.matched_veto_margin}: "
             "give non-negative numbers (--matched-veto 0: no veto)"
         )
+    if a.calibration_signals is not None and a.calibration_signals < 1:
+        p.error(f"--calibration-signals {a.calibration_signals}: give a positive number of signals")
     if not 0 <= a.inverted_budget <= 1:
         p.error(f"--inverted-budget {a.inverted_budget}: give a share between 0 and 1")
     if not re.fullmatch(NAME_PATTERN, a.name):
