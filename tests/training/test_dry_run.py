@@ -182,7 +182,7 @@ def test_a_template_whose_polarity_cannot_be_told_apart(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The chirp under the default stretches: a warning, no decoys, no veto, no inverted budget;
-    with stretches too small to turn it over, the usual decoys and veto."""
+    without stretched events (p_stretch=0), the usual decoys and veto."""
     chirp = Path(__file__).parents[2] / "training" / "templates" / "chirp.npy"
     args = ["--dry-run", "--template", str(chirp), "--name", "chirp", "--budget", "4"]
     card = load_card(main([*args, "--out", str(tmp_path / "default")]))
