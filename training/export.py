@@ -155,6 +155,16 @@ def matched_path_kind(training: dict[str, Any]) -> str:
     return "the limiter + matched filter"
 
 
+def polarity_ambiguity(info: dict[str, Any]) -> str:
+    """Why a card's polarities cannot be told apart, from its ``training.polarity`` (model
+    README, report and training's warning)."""
+    return (
+        f"an inverted copy of the shape fits an upright one stretched by {info['at_stretch']:.2f} "
+        f"and shifted at {info['inverted_match']:.2f} of its own match, so under the training "
+        "stretches the two polarities cannot be told apart"
+    )
+
+
 def _polarity_line(card: Card) -> list[str]:
     check = card.training.get("polarity_check")
     info = card.training.get("polarity")
@@ -166,11 +176,9 @@ def _polarity_line(card: Card) -> list[str]:
     if check:
         line += f"; the model detects {check['detection_rate_inverted']:.0%} of them (polarity check)"
     if info and not info["identifiable"]:
-        line += (
-            f". An inverted copy fits an upright one stretched by {info['at_stretch']:.2f} and shifted "
-            f"at {info['inverted_match']:.2f} of its own match, so under the training stretches the "
-            "two polarities cannot be told apart: trained "
-            + ("with inverted decoys, as asked" if info.get("decoys") else "without inverted decoys")
+        why = polarity_ambiguity(info)
+        line += f". {why[0].upper()}{why[1:]}: trained " + (
+            "with inverted decoys, as asked" if info.get("decoys") else "without inverted decoys"
         )
     return [line + "."]
 

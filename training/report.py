@@ -40,7 +40,7 @@ from app.core.card import Card, CardError, load_card
 from app.core.model import InferenceOptions, OnnxModel
 from app.core.peaks import find_peaks
 from training import evaluate as ev
-from training.export import matched_path_kind
+from training.export import matched_path_kind, polarity_ambiguity
 from training.scenario import BUMP, EVAL_SEEDS, Dataset, Template, make_dataset, suites
 
 REPORT_FILE = "report.html"
@@ -669,12 +669,9 @@ def _polarity_note(training: dict[str, Any]) -> str:
     info = training.get("polarity")
     if not info or info["identifiable"]:
         return ""
-    return (
-        f'<p class="note">No veto and no limit on inverted copies: an inverted copy of this shape '
-        f"fits an upright one stretched by {info['at_stretch']:.2f} and shifted at "
-        f"{info['inverted_match']:.2f} of its own match, so under the training stretches the two "
-        "polarities cannot be told apart.</p>"
-    )
+    veto = "" if training.get("architecture", {}).get("matched_veto") else "No veto and "
+    limit = "no limit" if veto else "No limit"
+    return f'<p class="note">{veto}{limit} on inverted copies: {html.escape(polarity_ambiguity(info))}.</p>'
 
 
 def render_html(card: Card, sections: list[tuple[str, str, str]], summary: str) -> str:

@@ -59,6 +59,19 @@ BUMP = Template(values=bump_template(), center=20, fn=bump)
 POLARITY_AMBIGUOUS = 0.9
 
 
+def _unit(v: FloatArray) -> FloatArray:
+    v = v - v.mean()
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def _inverted_fit(template: Template, f: float) -> float:
+    """The largest cosine similarity (means removed), over all lags, between the inverted
+    template and the upright one stretched by ``f``."""
+    inverted = _unit(-template.values)
+    upright = _unit(template.stretched(f)[0])
+    return float(np.correlate(np.pad(upright, inverted.size), inverted, mode="valid").max())
+
+
 def inverted_match(template: Template, stretch: tuple[float, float] | None = None) -> tuple[float, float]:
     """How well an inverted copy of ``template`` looks like an upright event.
 
@@ -69,37 +82,25 @@ def inverted_match(template: Template, stretch: tuple[float, float] | None = Non
     stretched events allowed, its inverted copy is a stretched upright one, and in noise no
     detector can reject the one without rejecting the other.
     """
-
-    def unit(v: FloatArray) -> FloatArray:
-        v = v - v.mean()
-        return v / max(float(np.linalg.norm(v)), 1e-12)
-
-    inverted = unit(-template.values)
     factors = [1.0]
     if stretch is not None:
         lo, hi = stretch
-        factors += list(np.linspace(lo, hi, max(2, round((hi - lo) / 0.01) + 1)))
-    best, best_f = -1.0, 1.0
-    for f in factors:
-        upright = unit(template.stretched(float(f))[0])
-        c = float(np.correlate(np.pad(upright, inverted.size), inverted, mode="valid").max())
-        if c > best:
-            best, best_f = c, float(f)
-    return best, best_f
+        factors += [float(f) for f in np.linspace(lo, hi, max(2, round((hi - lo) / 0.01) + 1))]
+    fits = [_inverted_fit(template, f) for f in factors]
+    best = int(np.argmax(fits))  # the first of equal fits, as before
+    return fits[best], factors[best]
 
 
 def polarity_stretch_limit(template: Template, widest: float = 0.5) -> float | None:
     """The largest d (in steps of 0.01, up to ``widest``) such that events stretched by any
     factor in [1 - d, 1 + d] still tell the polarities apart (``inverted_match`` below
     POLARITY_AMBIGUOUS); None if even unstretched events do not. The example chirp gives 0."""
-    worst = inverted_match(template)[0]
-    if worst >= POLARITY_AMBIGUOUS:
+    if _inverted_fit(template, 1.0) >= POLARITY_AMBIGUOUS:
         return None
     d = 0.0
     while d + 0.01 <= widest + 1e-9:
         step = round(d + 0.01, 2)
-        worst = max(worst, *(inverted_match(template, (f, f))[0] for f in (1 - step, 1 + step)))
-        if worst >= POLARITY_AMBIGUOUS:
+        if max(_inverted_fit(template, 1 - step), _inverted_fit(template, 1 + step)) >= POLARITY_AMBIGUOUS:
             break
         d = step
     return d

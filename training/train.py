@@ -31,7 +31,7 @@ from training import calibrate as cal
 from training import evaluate as ev
 from training.batches import CroppedBatches, SyntheticBatches, target_curve
 from training.data import UserData, load_user_data
-from training.export import export_onnx, make_card, parity_error, save_card
+from training.export import export_onnx, make_card, parity_error, polarity_ambiguity, save_card
 from training.matched import INVERTED_BUDGET, PolaritySets, choose_matched_gain
 from training.model import (
     DeepCNN,
@@ -420,9 +420,7 @@ def polarity_warning(info: dict[str, Any], veto: float) -> str:
             f"give --scenario stretch={1 - limit:g},{1 + limit:g}."
         )
     return (
-        f"an inverted copy of this template fits an upright one stretched by {info['at_stretch']:.2f} "
-        f"and shifted at {info['inverted_match']:.2f} of its own match: in noise the two polarities "
-        "cannot be told apart, so the model will detect inverted copies too. Training "
+        f"{polarity_ambiguity(info)}, so the model will detect inverted copies too. Training "
         + ("with inverted decoys (as asked)" if info["decoys"] else "without inverted decoys")
         + (" and with the path's veto (as asked). " if veto else " and without the path's veto. ")
         + f"{remedy} If inverted copies are events, give --polarity."
