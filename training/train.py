@@ -32,7 +32,7 @@ from training import evaluate as ev
 from training.batches import CroppedBatches, SyntheticBatches, target_curve
 from training.data import UserData, load_user_data
 from training.export import export_onnx, make_card, parity_error, polarity_ambiguity, save_card
-from training.matched import INVERTED_BUDGET, PolaritySets, choose_matched_gain
+from training.matched import GAIN_SIGNALS, INVERTED_BUDGET, PolaritySets, choose_matched_gain
 from training.model import (
     DeepCNN,
     ModelConfig,
@@ -87,6 +87,7 @@ class TrainConfig:
     eval_every: int = 250
     val_signals: int = 500  # per suite, for validation and the operating point
     eval_signals: int = 2000  # per suite, held out
+    gain_signals: int = GAIN_SIGNALS  # per suite, validation signals the matched-filter gain is chosen on
     # From the training distribution: to fit the maps, and again held out to measure them (the
     # command line's default: ``calibration_count``, fewer for long templates)
     calibration_signals: int = CALIBRATION_SIGNALS[1]
@@ -546,6 +547,12 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--eval-signals", type=int, default=TrainConfig.eval_signals)
     p.add_argument("--val-signals", type=int, default=TrainConfig.val_signals)
     p.add_argument(
+        "--gain-signals",
+        type=int,
+        default=TrainConfig.gain_signals,
+        help="deep: validation signals per suite (and per polarity set) to choose the matched-filter gain on",
+    )
+    p.add_argument(
         "--calibration-signals",
         type=int,
         default=None,
@@ -588,8 +595,8 @@ def main(argv: list[str] | None = None) -> Path:
         "--inverted-budget",
         type=float,
         default=INVERTED_BUDGET,
-        help="deep: how much more often (0-1) the matched-filter path may let inverted copies "
-        "through than the network alone, at its operating point's false-alarm rate (0: no more often)",
+        help="deep: how much more often (0-1; 0.01: one percentage point) the matched-filter path may "
+        "let inverted copies through than the network alone, at its operating point's false-alarm rate",
     )
     p.add_argument("--scale-window", type=int, default=d.scale_window, help="normalisation: scale window")
     p.add_argument("--scale-stride", type=int, default=d.scale_stride, help="normalisation: scale blocks")
@@ -613,6 +620,8 @@ def main(argv: list[str] | None = None) -> Path:
         )
     if a.calibration_signals is not None and a.calibration_signals < 1:
         p.error(f"--calibration-signals {a.calibration_signals}: give a positive number of signals")
+    if a.gain_signals < 1:
+        p.error(f"--gain-signals {a.gain_signals}: give a positive number of signals")
     if not 0 <= a.inverted_budget <= 1:
         p.error(f"--inverted-budget {a.inverted_budget}: give a share between 0 and 1")
     if not re.fullmatch(NAME_PATTERN, a.name):
@@ -666,6 +675,7 @@ def main(argv: list[str] | None = None) -> Path:
         lr=a.lr,
         eval_signals=a.eval_signals,
         val_signals=a.val_signals,
+        gain_signals=a.gain_signals,
         calibration_signals=a.calibration_signals or calibration_count(template),
         local_weight=a.local_weight,
         threads=a.threads,
@@ -687,6 +697,7 @@ def main(argv: list[str] | None = None) -> Path:
     if a.dry_run:
         cfg.batch_size, cfg.eval_every, cfg.warmup = 8, 10, 5
         cfg.val_signals, cfg.eval_signals, cfg.calibration_signals = 24, 40, 80
+        cfg.gain_signals = 24
         cfg.lengths = (cfg.lengths[0], cfg.lengths[0] + 128)
         cfg.max_minutes = None
         if a.budget is None:  # 20 steps, unless a budget says otherwise
@@ -736,11 +747,20 @@ def main(argv: list[str] | None = None) -> Path:
     if isinstance(net, DeepCNN) and net.matched is not None:
         assert template is not None
         checks = (
-            polarity_sets(template, cfg.val_signals, 4101)
+            polarity_sets(template, cfg.gain_signals, 4101)
             if polarity_info is not None and polarity_info["identifiable"]
             else None
         )
-        matched_path = choose_matched_gain(net, val, checks, inverted_budget=a.inverted_budget)
+        # Validation signals again, more of them (the first cfg.val_signals are the same ones)
+        gain_val = (
+            val
+            if user is not None
+            else {s: make_dataset(sc, cfg.gain_signals, VALIDATION_SEEDS[s]) for s, sc in ev_suites.items()}
+        )
+        matched_path = choose_matched_gain(net, gain_val, checks, inverted_budget=a.inverted_budget)
+        matched_path["signals"] = {s: len(d) for s, d in gain_val.items()}
+        if checks is not None:
+            matched_path["signals"]["polarity_sets"] = len(checks.empty)
         if net.matched is None:
             cfg.model.matched_mean_window = 0  # the card's architecture: the path was dropped
         print(f"matched-filter path: gain {matched_path['gain']}")

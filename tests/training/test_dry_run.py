@@ -29,6 +29,8 @@ def test_dry_run_end_to_end(tmp_path: Path) -> None:
     assert [r["gain"] for r in path["candidates"]] == list(GAINS) and path["gain"] in GAINS
     assert all(0 <= r["inverted_rate"] <= 1 for r in path["candidates"]) and "inverted" in path["rule"]
     assert all(0 <= r["inverted_rate_at_equal_false_alarms"] <= 1 for r in path["candidates"])
+    # chosen on more validation signals than the operating point (a dry run: 24 of each)
+    assert path["signals"] == dict.fromkeys(["white", "lowsnr", "jitter", "nuisance", "polarity_sets"], 24)
     arch = card.training["architecture"]
     assert (arch["matched_veto"], arch["matched_veto_margin"]) == (8.0, 0.5)  # the path's veto, recorded
     window = card.training["architecture"]["matched_mean_window"]
