@@ -1,0 +1,69 @@
+"""Training's evaluation helpers (training.evaluate) against direct computations."""
+
+import numpy as np
+import pytest
+
+from training import evaluate as ev
+
+
+def _brute_operating_point(
+    curves: list[np.ndarray],
+    events: list[np.ndarray],
+    thresholds: tuple[float, ...],
+    distances: tuple[int, ...],
+) -> tuple[float, int, float]:
+    """The definition: event_counts (find_peaks at each threshold) for every pair."""
+    best = (-1.0, 0.5, 20)
+    for d in distances:
+        for t in thresholds:
+            f1 = ev.event_counts(curves, events, float(t), int(d)).f1
+            if (f1, d, t) > (best[0], best[2], best[1]):
+                best = (f1, float(t), int(d))
+    return best[1], best[2], best[0]
+
+
+def _curves(rng: np.random.Generator, n: int, dtype: type) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Noisy curves with bumps near some events, plateaus, values exactly at thresholds and
+    peaks closer than the distances tried."""
+    curves, events = [], []
+    for _ in range(n):
+        t = int(rng.integers(40, 200))
+        x = rng.uniform(0, 0.6, t)
+        centres = np.sort(rng.choice(np.arange(5, t - 5), size=int(rng.integers(0, 4)), replace=False))
+        for c in centres:
+            if rng.random() < 0.8:  # most events get a peak, a few samples off
+                x[min(t - 1, c + int(rng.integers(-3, 4)))] = rng.uniform(0.3, 1.0)
+        for _ in range(int(rng.integers(0, 4))):  # false alarms, some next to each other
+            j = int(rng.integers(0, t - 1))
+            x[j] = x[j + 1] = rng.uniform(0.3, 1.0)
+        # exactly at a threshold: float32(0.35) is below 0.35, float32(0.3) above 0.3
+        x[int(rng.integers(0, t))] = 0.35 if rng.random() < 0.5 else 0.3
+        curves.append(x.astype(dtype))
+        events.append(centres.astype(np.int64))
+    return curves, events
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_operating_point_equals_event_counts_at_every_pair(dtype: type) -> None:
+    rng = np.random.default_rng(7)
+    curves, events = _curves(rng, 120, dtype)
+    thresholds = (0.2, 0.3, 0.35, 0.5, 0.65, 0.8, 0.95)
+    distances = (1, 3, 10)
+    fast = ev.choose_operating_point(curves, events, thresholds, distances)
+    assert fast == _brute_operating_point(curves, events, thresholds, distances)
+    # every pair, not only the best one: each single pair is an operating point of its own
+    for d in distances:
+        for t in thresholds:
+            expected = ev.event_counts(curves, events, t, d).f1
+            assert ev.choose_operating_point(curves, events, (t,), (d,)) == (t, d, expected)
+
+
+def test_operating_point_without_any_peak() -> None:
+    curves = [np.zeros(50, dtype=np.float32), np.full(30, 0.1, dtype=np.float32)]
+    events = [np.array([10]), np.array([], dtype=np.int64)]
+    assert ev.choose_operating_point(curves, events, (0.5, 0.9), (5,)) == (0.9, 5, 0.0)
+    assert ev.choose_operating_point(curves, [np.array([], dtype=np.int64)] * 2, (0.5,), (5,)) == (
+        0.5,
+        5,
+        1.0,
+    )
