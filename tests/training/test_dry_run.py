@@ -148,6 +148,7 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
         (["--matched-veto", "-1"], "--matched-veto -1.0 --matched-veto-margin 0.5: give non-negative"),
         (["--matched-veto-margin", "nan"], "--matched-veto-margin nan: give non-negative"),
         (["--calibration-signals", "0"], "--calibration-signals 0: give a positive number"),
+        (["--gain-signals", "0"], "--gain-signals 0: give a positive number"),
     ],
 )
 def test_bad_options_exit_with_a_message(
