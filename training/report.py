@@ -651,7 +651,8 @@ def matched_path_table(training: dict[str, Any]) -> str:
         f"(network + gain × path) / (1 + gain), the path {html.escape(matched_path_kind(training))}; "
         "gain 0 removes the path.</p>"
         + table
-        + '<p class="note">Validation signals. Detection rates are read at each gain\'s own '
+        + f'<p class="note">Validation signals{_gain_signals(path.get("signals"))}. Detection rates '
+        "are read at each gain's own "
         "operating point, on event-free signals and on signals holding one upright or one inverted "
         "copy of the shape"
         + (
@@ -663,6 +664,22 @@ def matched_path_table(training: dict[str, Any]) -> str:
         + ".</p>"
         + _polarity_note(training)
     )
+
+
+def _gain_signals(counts: dict[str, int] | None) -> str:
+    """How many validation signals the gain was chosen on, for example " (2000 per suite, 2000 in
+    each polarity set)"; "" for cards that do not say."""
+    if not counts:
+        return ""
+    suites = {k: v for k, v in counts.items() if k != "polarity_sets"}
+    text = (
+        f"{next(iter(suites.values()))} per suite"
+        if len(set(suites.values())) == 1
+        else ", ".join(f"{k} {v}" for k, v in suites.items())
+    )
+    if "polarity_sets" in counts:
+        text += f", {counts['polarity_sets']} in each polarity set"
+    return f" ({text})"
 
 
 def _polarity_note(training: dict[str, Any]) -> str:

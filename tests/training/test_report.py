@@ -150,6 +150,14 @@ def test_the_matched_filter_gain_has_its_section(tiny_model_dir: Path, tmp_path:
     assert "vetoed where an inverted copy fits better" in matched  # the card's path, described
     assert "false-alarm rate</th>" in matched and "<td>0.4000</td>" in matched  # and at equal false alarms
     assert "cannot be told apart" not in matched
+    assert "Validation signals." in matched  # a card that does not say how many
+
+    # How many signals the gain was chosen on, when the card says
+    card["training"]["matched_path"]["signals"] = {"white": 2000, "lowsnr": 2000, "polarity_sets": 1500}
+    (model_dir / "card.json").write_text(json.dumps(card))
+    main([str(model_dir), "--gallery", "1", "--signals", "6"])
+    page, _ = check_page(model_dir, sections)
+    assert "Validation signals (2000 per suite, 1500 in each polarity set)." in page
 
     # A shape whose inverted copy is a stretched upright one: no veto, and the section says why.
     card["training"]["architecture"]["matched_veto"] = 0.0
