@@ -212,13 +212,13 @@ def choose_operating_point(
             above = values[None, :] >= np.asarray(levels, dtype=values.dtype)[:, None]
             count = above.sum(axis=1)  # peaks >= each level (non-increasing along the levels)
             detections += count
-            if np.asarray(centres).size == 0:
+            true = np.asarray(centres, dtype=np.int64)
+            if true.size == 0:
                 continue
             k = 0
             while k < len(levels) and count[k]:
                 end = k + int(np.searchsorted(-count[k:], -count[k], side="right"))  # same set of peaks
-                keep = index[above[k]]
-                matched[k:end] += len(match_pairs(keep, np.asarray(centres, dtype=np.int64)))
+                matched[k:end] += len(match_pairs(index[above[k]], true))
                 k = end
         f1 = {
             t: (2.0 * tp / (det + n_events) if det + n_events else 1.0)

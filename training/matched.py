@@ -151,4 +151,7 @@ def choose_matched_gain(
             )
         ),
         "candidates": table,
+        # how many signals decided: per suite, and in each polarity set
+        "signals": {s: len(d.signals) for s, d in val.items()}
+        | ({} if polarity_sets is None else {"polarity_sets": len(polarity_sets.empty.signals)}),
     }

@@ -758,9 +758,6 @@ def main(argv: list[str] | None = None) -> Path:
             else {s: make_dataset(sc, cfg.gain_signals, VALIDATION_SEEDS[s]) for s, sc in ev_suites.items()}
         )
         matched_path = choose_matched_gain(net, gain_val, checks, inverted_budget=a.inverted_budget)
-        matched_path["signals"] = {s: len(d) for s, d in gain_val.items()}
-        if checks is not None:
-            matched_path["signals"]["polarity_sets"] = len(checks.empty)
         if net.matched is None:
             cfg.model.matched_mean_window = 0  # the card's architecture: the path was dropped
         print(f"matched-filter path: gain {matched_path['gain']}")
