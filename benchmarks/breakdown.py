@@ -84,7 +84,7 @@ class Probe:
         self.wrap(deps.Runner, "read_body", "read body")
         self.wrap(deps, "decode_request", "decode")
         self.wrap(OnnxModel, "run", "onnxruntime")
-        self.wrap(deps, "respond", "respond")
+        self.wrap(deps, "respond_many", "respond")
         self.wrap(deps.DetectCall, "__call__", "route")
         return self
 

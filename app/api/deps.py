@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends, Request
@@ -20,10 +19,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
-from app.core.batching import Finish
+from app.core.batching import Finish, Shared
 from app.core.errors import BodyTooLarge, MalformedBody, Overloaded, UnsupportedMediaType
 from app.core.model import OnnxModel
-from app.core.pipeline import Params, decode_request, media_type, respond
+from app.core.pipeline import Params, decode_request, media_type, respond_many
 from app.core.registry import Registry
 from app.core.signals import Body, Limits, Signal
 from app.core.timeouts import ClientClosedRequest, body_timeout, deadline_exceeded, time_limit
@@ -125,7 +124,7 @@ class Runner:
             return decode_request(model.card, content_type, body, query, self.limits)
 
         def finish(model: OnnxModel, decoded: Any) -> Finish:
-            return partial(respond, model.card, decoded)
+            return Shared(respond_many, model.card, decoded)
 
         limit = INLINE_NPY_BYTES if media_type(content_type) == "npy" else INLINE_DECODE_BYTES
         payload: bytes = await self.run(

@@ -24,6 +24,12 @@ signal does not hold up short ones.
 nothing waits: for a lone small request the two hand-offs between threads (each a wake-up
 of a sleeping CPU) cost more than its inference.
 
+Each request is finished (its curves turned into its answer) by its own ``finish``, in the
+worker. Requests whose finish is a ``Shared`` with the same function and context (the same
+model's JSON answers) are finished in one call: peak picking and calibration then run once
+over the curves of the whole batch instead of once per request. A failing shared call is
+retried request by request, so one bad request fails alone.
+
 A signal's result does not depend on its batch: windows are cut the same way whatever the
 company, and onnxruntime computes each row of a batch independently.
 """
@@ -50,6 +56,22 @@ Score = Callable[[Sequence[npt.NDArray[np.floating]]], list[Float32Array]]
 Finish = Callable[[list[Float32Array]], Any]
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """A request's finish that may share one call with other requests of its batch.
+
+    ``run(context, [(arg, curves), ...])`` returns one result per pair, in order. Called with
+    one request's curves, it finishes that request alone (so it is a ``Finish`` too).
+    """
+
+    run: Callable[[Any, list[tuple[Any, list[Float32Array]]]], list[Any]]
+    context: Any
+    arg: Any
+
+    def __call__(self, curves: list[Float32Array]) -> Any:
+        return self.run(self.context, [(self.arg, curves)])[0]
 
 
 @dataclass
@@ -309,11 +331,34 @@ class Batcher:
             self.stats.batches += 1
             self.stats.requests += len(batch)
             self.stats.signals += len(signals)
+        groups: dict[tuple[Any, int], list[tuple[_Job, list[Float32Array]]]] = {}
         start = 0
         for job in batch:
             mine = curves[start : start + len(job.signals)]
             start += len(job.signals)
+            f = job.finish
+            key = (f.run, id(f.context)) if isinstance(f, Shared) else (None, id(job))
+            groups.setdefault(key, []).append((job, mine))
+        for members in groups.values():
+            self._finish(members)
+
+    def _finish(self, members: list[tuple[_Job, list[Float32Array]]]) -> None:
+        """Set each job's future: one shared call for several, else the job's own finish."""
+        if len(members) > 1:
+            shared: Shared = members[0][0].finish  # type: ignore[assignment]
             try:
-                job.future.set_result(job.finish(mine))
-            except Exception as exc:
-                job.future.set_exception(exc)
+                results = shared.run(shared.context, [(job.finish.arg, mine) for job, mine in members])  # type: ignore[attr-defined]
+                if len(results) != len(members):
+                    raise RuntimeError(f"finished {len(results)} of {len(members)} requests")
+            except Exception:
+                for member in members:  # find the request that fails; the others must not suffer
+                    self._finish([member])
+                return
+            for (job, _), result in zip(members, results, strict=True):
+                job.future.set_result(result)
+            return
+        job, mine = members[0]
+        try:
+            job.future.set_result(job.finish(mine))
+        except Exception as exc:
+            job.future.set_exception(exc)

@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from app.core.calibration import IDENTITY, Calibrator
 from app.core.card import MODEL_FILE, Card, load_card
-from app.core.peaks import Peaks, find_peaks
+from app.core.peaks import Peaks, find_peaks_many
 from app.core.windows import Float32Array, Map, WindowPlan, score_pieces
 
 
@@ -130,7 +130,7 @@ def detections(
     raw_threshold = calibrator.peak.inverse_scalar(threshold)
     raw_max = [float(curve.max()) for curve in curves]
     probability = calibrator.signal(np.asarray(raw_max, dtype=np.float64)).tolist()
-    found = [find_peaks(curve, raw_threshold, min_distance) for curve in curves]
+    found = find_peaks_many(curves, raw_threshold, min_distance)
     if not calibrator.peak.identity and any(len(p) for p in found):
         mapped = calibrator.peak(np.concatenate([p.probability for p in found])).astype(np.float32)
         start, mapped_found = 0, []

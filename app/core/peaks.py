@@ -4,10 +4,14 @@ A peak is a local maximum of the per-sample probability curve at or above the th
 A flat top (plateau) counts once, at its middle sample (rounded down). Samples outside the
 signal count as -infinity, so the first and last samples can be peaks. When two peaks are
 closer than ``min_distance`` samples, the higher one wins (ties: the earlier one).
+
+``find_peaks_many`` finds the peaks of many curves in one vectorised pass (the batcher finishes
+a whole batch of requests at once); ``find_peaks`` is the same function for one curve.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,11 +69,19 @@ def select_by_distance(
     """Keep the highest peaks so that no two kept peaks are closer than ``min_distance``."""
     if min_distance < 1:
         raise ValueError(f"min_distance must be >= 1, got {min_distance}")
+    keep = _keep_by_distance(index, values, min_distance)
+    return index if keep is None else index[keep]
+
+
+def _keep_by_distance(
+    index: npt.NDArray[np.int64], values: npt.NDArray[np.floating], min_distance: int
+) -> npt.NDArray[np.bool_] | None:
+    """Which of the sorted peaks ``index`` ``select_by_distance`` keeps; None: all of them."""
     if index.size <= 1 or min_distance == 1:
-        return index
+        return None
     # Fast path: nothing to suppress.
     if np.all(np.diff(index) >= min_distance):
-        return index
+        return None
     # Greedy suppression, highest first; stable sort keeps the earlier of equal peaks first.
     order = np.argsort(-np.asarray(values, dtype=np.float64), kind="stable")
     keep = np.zeros(index.size, dtype=bool)
@@ -82,12 +94,54 @@ def select_by_distance(
         lo = np.searchsorted(index, pos - min_distance + 1, side="left")
         hi = np.searchsorted(index, pos + min_distance - 1, side="right")
         suppressed[lo:hi] = True
-    return index[keep]
+    return keep
 
 
 def find_peaks(scores: npt.NDArray[np.floating], threshold: float, min_distance: int) -> Peaks:
     """Peaks of a per-sample probability curve: the service's and the evaluation's definition."""
-    x = np.asarray(scores)
+    return find_peaks_many([scores], threshold, min_distance)[0]
+
+
+def find_peaks_many(
+    curves: Sequence[npt.NDArray[np.floating]], threshold: float, min_distance: int
+) -> list[Peaks]:
+    """``find_peaks`` of each curve, computed for all of them at once.
+
+    The curves are searched as one: laid end to end with one -inf sample between two curves,
+    so no run of samples above the threshold continues into the next curve and a curve's
+    first and last samples can still be peaks. For the suppression by distance, the curves
+    are set ``min_distance`` apart, so a peak never suppresses one of another curve, and
+    within a curve the order of the greedy pass (highest first, ties earlier) is unchanged.
+    A distance longer than the longest curve acts as that length: any two peaks of a curve
+    are closer than it either way.
+    """
+    if min_distance < 1:
+        raise ValueError(f"min_distance must be >= 1, got {min_distance}")
+    arrays = [np.asarray(c) for c in curves]
+    for a in arrays:
+        if a.ndim != 1:
+            raise ValueError(f"scores must be 1-D, got shape {a.shape}")
+    if len(arrays) == 1:  # the same steps, without the bookkeeping of several curves
+        x = arrays[0]
+        idx = local_maxima(x, threshold)
+        keep = _keep_by_distance(idx, x[idx], min_distance)
+        if keep is not None:
+            idx = idx[keep]
+        return [Peaks(index=idx, probability=x[idx].astype(np.float32))]
+    if not arrays:
+        return []
+    gap = np.full(1, -np.inf, dtype=np.result_type(*arrays, np.float32))
+    x = np.concatenate([part for a in arrays for part in (a, gap)][:-1])
     idx = local_maxima(x, threshold)
-    idx = select_by_distance(idx, x[idx], min_distance)
-    return Peaks(index=idx, probability=x[idx].astype(np.float32))
+    starts = np.cumsum([0] + [a.size + 1 for a in arrays[:-1]])
+    owner = np.searchsorted(starts, idx, side="right") - 1
+    spread = min(min_distance, max(a.size for a in arrays))
+    keep = _keep_by_distance(idx + owner * spread, x[idx], spread)
+    if keep is not None:
+        idx, owner = idx[keep], owner[keep]
+    probability = x[idx].astype(np.float32)
+    bounds = np.searchsorted(owner, np.arange(len(arrays) + 1), side="left").tolist()
+    return [
+        Peaks(index=idx[lo:hi] - start, probability=probability[lo:hi])
+        for start, lo, hi in zip(starts.tolist(), bounds[:-1], bounds[1:], strict=True)
+    ]

@@ -6,6 +6,7 @@ them; ``respond`` turns the scores into the JSON answer. Nothing here knows abou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ import orjson
 
 from app.core.card import Card
 from app.core.errors import InvalidInput, MalformedBody, UnsupportedMediaType
-from app.core.model import detections
+from app.core.model import Detection, detections
 from app.core.signals import Body, Limits, Signal, parse_npy, rows_from_json
 from app.core.windows import Float32Array
 
@@ -146,13 +147,31 @@ def decode_request(
 
 def respond(card: Card, request: Decoded, curves: list[Float32Array]) -> bytes:
     """Per-sample curves of a request's signals -> the JSON response body."""
-    results = detections(
-        curves,
-        request.threshold,
-        request.min_distance,
-        calibrator=card.calibrator,
-        return_scores=request.return_scores,
-    )
+    return respond_many(card, [(request, curves)])[0]
+
+
+def respond_many(card: Card, requests: Sequence[tuple[Decoded, list[Float32Array]]]) -> list[bytes]:
+    """``respond`` for several requests to one model: one ``detections`` pass over the curves of
+    all the requests that share their options (usually all: the card's defaults)."""
+    answers: list[bytes] = [b""] * len(requests)
+    by_options: dict[tuple[float, int, bool], list[int]] = {}
+    for i, (request, _) in enumerate(requests):
+        key = (request.threshold, request.min_distance, request.return_scores)
+        by_options.setdefault(key, []).append(i)
+    for (threshold, min_distance, return_scores), members in by_options.items():
+        curves = [curve for i in members for curve in requests[i][1]]
+        results = detections(
+            curves, threshold, min_distance, calibrator=card.calibrator, return_scores=return_scores
+        )
+        start = 0
+        for i in members:
+            request, mine = requests[i]
+            answers[i] = _answer(card, request, results[start : start + len(mine)])
+            start += len(mine)
+    return answers
+
+
+def _answer(card: Card, request: Decoded, results: list[Detection]) -> bytes:
     out = []
     for d in results:
         item: dict[str, Any] = {

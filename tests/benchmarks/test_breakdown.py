@@ -27,7 +27,7 @@ def test_breakdown_accounts_for_each_path(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_the_probe_restores_what_it_wrapped() -> None:
-    before = (breakdown.deps.decode_request, breakdown.deps.respond, breakdown.OnnxModel.run)
+    before = (breakdown.deps.decode_request, breakdown.deps.respond_many, breakdown.OnnxModel.run)
     with breakdown.Probe():
         assert breakdown.deps.decode_request is not before[0]
-    assert (breakdown.deps.decode_request, breakdown.deps.respond, breakdown.OnnxModel.run) == before
+    assert (breakdown.deps.decode_request, breakdown.deps.respond_many, breakdown.OnnxModel.run) == before

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.core.batching import Batcher
+from app.core.batching import Batcher, Shared
 from app.core.errors import Overloaded
 from app.core.model import InferenceOptions, OnnxModel
 from app.core.windows import score_pieces
@@ -75,6 +75,61 @@ def test_a_failing_request_does_not_fail_its_batch() -> None:
     with pytest.raises(ValueError, match="bad signal"):
         bad.result(5)
     assert good2.result(5) == [3.0, 2.0]
+    batcher.close()
+
+
+def gated_batcher() -> tuple[Batcher, threading.Event]:
+    """A batcher running a first request until ``gate`` is set: what is submitted meanwhile
+    shares the next batch."""
+    started, gate = threading.Event(), threading.Event()
+
+    def score(signals):  # type: ignore[no-untyped-def]
+        started.set()
+        gate.wait(5)
+        return [np.asarray(s, dtype=np.float32) for s in signals]
+
+    batcher = Batcher(score, max_batch_samples=1000, max_queue=10)
+    assert batcher.submit([np.zeros(1)], len) and started.wait(5)
+    return batcher, gate
+
+
+def test_shared_finishes_run_once_per_batch_and_context() -> None:
+    calls: list[tuple[str, list[float]]] = []
+
+    def totals(context, items):  # type: ignore[no-untyped-def]
+        calls.append((context, [arg for arg, _ in items]))
+        return [(context, arg, [float(c.sum()) for c in curves]) for arg, curves in items]
+
+    batcher, gate = gated_batcher()
+    a = batcher.submit([np.ones(2)], Shared(totals, "card-a", 1))
+    plain = batcher.submit([np.ones(7)], lambda c: float(c[0].sum()))
+    b = batcher.submit([np.ones(3), np.ones(4)], Shared(totals, "card-a", 2))
+    other = batcher.submit([np.ones(5)], Shared(totals, "card-b", 3))
+    gate.set()
+    assert a.result(5) == ("card-a", 1, [2.0])
+    assert b.result(5) == ("card-a", 2, [3.0, 4.0])
+    assert other.result(5) == ("card-b", 3, [5.0])
+    assert plain.result(5) == 7.0
+    batcher.close()
+    assert batcher.stats.batches == 2  # the first request, then the four others together
+    assert sorted(calls) == [("card-a", [1, 2]), ("card-b", [3])]
+
+
+def test_a_failing_shared_finish_fails_only_its_request() -> None:
+    def answers(context, items):  # type: ignore[no-untyped-def]
+        if any(arg == "bad" for arg, _ in items):
+            raise ValueError("bad request")
+        return [arg for arg, _ in items]
+
+    batcher, gate = gated_batcher()
+    futures = [batcher.submit([np.ones(2)], Shared(answers, None, arg)) for arg in ("x", "bad", "y")]
+    short = batcher.submit([np.ones(2)], Shared(lambda _, items: [], "other", "z"))
+    gate.set()
+    assert futures[0].result(5) == "x" and futures[2].result(5) == "y"
+    with pytest.raises(ValueError, match="bad request"):
+        futures[1].result(5)
+    with pytest.raises(IndexError):  # one request alone: the shared call's error is its own
+        short.result(5)
     batcher.close()
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from app.core.peaks import find_peaks, local_maxima, select_by_distance
+from app.core.peaks import find_peaks, find_peaks_many, local_maxima, select_by_distance
 
 
 def f32(values: list[float]) -> np.ndarray:
@@ -111,3 +111,23 @@ def test_memory_follows_the_samples_above_threshold() -> None:
         tracemalloc.stop()
     assert len(peaks) == 500
     assert peak_bytes < 20 * 2**20  # the curve itself is 40 MB; a bool mask is 10 MB
+
+
+def test_many_curves_are_kept_apart() -> None:
+    # A plateau across the end of one curve and the start of the next is two edge peaks, and
+    # a peak never suppresses one of another curve, however large min_distance is.
+    a, b = f32([0.1, 0.8, 0.8]), f32([0.8, 0.8, 0.1, 0.9])
+    got = find_peaks_many([a, b], 0.5, 1000)
+    assert [p.index.tolist() for p in got] == [[1], [3]]
+    assert [p.index.tolist() for p in find_peaks_many([a, b], 0.5, 1)] == [[1], [0, 3]]
+    assert got[1].probability.dtype == np.float32 and got[1].probability.tolist() == pytest.approx([0.9])
+
+
+def test_many_curves_in_float64_and_none() -> None:
+    x = np.array([0.2, 0.6, 0.2], dtype=np.float64)
+    assert [p.index.tolist() for p in find_peaks_many([x, x[:2], x], 0.5, 2)] == [[1], [1], [1]]
+    assert find_peaks_many([], 0.5, 3) == []
+    with pytest.raises(ValueError, match="min_distance"):
+        find_peaks_many([x], 0.5, 0)
+    with pytest.raises(ValueError, match="1-D"):
+        find_peaks_many([x, np.zeros((2, 2))], 0.5, 1)

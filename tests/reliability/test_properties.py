@@ -20,7 +20,7 @@ from hypothesis.extra import numpy as hnp
 from app.core.card import Card, load_card
 from app.core.errors import DetectorError, InvalidInput, MalformedBody
 from app.core.model import InferenceOptions, OnnxModel
-from app.core.peaks import find_peaks
+from app.core.peaks import find_peaks, find_peaks_many
 from app.core.pipeline import Params, decode_request
 from app.core.signals import FLOAT32_MAX, Limits, parse_npy, rows_from_json
 from app.core.windows import WindowPlan
@@ -261,6 +261,21 @@ def test_peaks_match_the_reference(x: np.ndarray, threshold: float, min_distance
     expected = reference_peaks(x, threshold, min_distance)
     assert peaks.index.tolist() == expected
     np.testing.assert_array_equal(peaks.probability, x[expected].astype(np.float32))
+
+
+@FAST
+@given(st.lists(curves, max_size=6), st.floats(0, 1), st.integers(1, 400))
+def test_peaks_of_many_curves_match_the_reference(
+    xs: list[np.ndarray], threshold: float, min_distance: int
+) -> None:
+    # Short curves of few levels: peaks and plateaus sit at the curves' ends, next to the
+    # next curve, and min_distance often exceeds a curve's length.
+    found = find_peaks_many(xs, threshold, min_distance)
+    assert len(found) == len(xs)
+    for x, peaks in zip(xs, found, strict=True):
+        expected = reference_peaks(x, threshold, min_distance)
+        assert peaks.index.tolist() == expected
+        np.testing.assert_array_equal(peaks.probability, x[expected].astype(np.float32))
 
 
 @FAST

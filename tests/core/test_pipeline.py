@@ -1,0 +1,53 @@
+"""Answers for several requests at once (as the batcher finishes a batch) equal one by one."""
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from app.core.model import InferenceOptions, OnnxModel
+from app.core.pipeline import Decoded, respond, respond_many
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["bump", "arrival"])  # shipped models: calibrated peaks and signals
+def test_respond_many_equals_respond_one_by_one(name: str) -> None:
+    model = OnnxModel(ROOT / "models" / name, InferenceOptions(intra_op_threads=1))
+    card = model.card
+    rng = np.random.default_rng(3)
+    template = 4 * np.asarray(card.template, dtype=np.float32)
+    requests = []
+    for k, (threshold, distance, scores) in enumerate(
+        [
+            (card.threshold, card.min_distance, False),
+            (card.threshold, card.min_distance, False),
+            (0.3, card.min_distance, False),
+            (card.threshold, 1000, False),  # one peak per signal
+            (card.threshold, card.min_distance, True),
+            (card.threshold, card.min_distance, False),
+        ]
+    ):
+        signals = [
+            rng.standard_normal(int(n)).astype(np.float32) for n in rng.integers(200, 900, size=1 + k % 3)
+        ]
+        for s in signals:  # events near both ends and in the middle
+            for start in (0, s.size // 2, s.size - template.size):
+                s[start : start + template.size] += template
+        decoded = Decoded(signals, threshold, distance, scores)
+        requests.append((decoded, model.scores(signals)))
+    together = respond_many(card, requests)
+    alone = [respond(card, decoded, curves) for decoded, curves in requests]
+    assert together == alone
+    docs = [orjson.loads(a) for a in together]
+    assert [len(d["results"]) for d in docs] == [len(d.signals) for d, _ in requests]
+    counts = [[len(r["peaks"]) for r in d["results"]] for d in docs]
+    assert all(c >= 3 for k in (0, 1, 4, 5) for c in counts[k]) and all(c == 1 for c in counts[3])
+    for (decoded, _), doc in zip(requests, docs, strict=True):  # each with its own options
+        want = model.detect(decoded.signals, decoded.threshold, decoded.min_distance)
+        assert [[p["index"] for p in r["peaks"]] for r in doc["results"]] == [
+            d.peaks.index.tolist() for d in want
+        ]
+        assert doc["threshold"] == decoded.threshold and doc["min_distance"] == decoded.min_distance
+        assert all(("scores" in r) == decoded.return_scores for r in doc["results"])
