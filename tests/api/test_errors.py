@@ -33,6 +33,11 @@ def detail(r) -> str:  # type: ignore[no-untyped-def]
             {"signals": [[1.0] * 100, [True] + [1.0] * 100]},
             "signal 1 has a non-numeric value (True) at index 0",
         ),
+        ({"signals": [[1.0] * 40 + [False] + [1.0] * 40]}, "non-numeric value (False) at index 40"),
+        (
+            {"signals": [[2.0] * 40 + [True]], "return_scores": False},
+            "non-numeric value (True) at index 40",
+        ),
         ({"signals": [[1.0] * 50 + [None] + [1.0] * 50]}, "non-numeric value (None) at index 50"),
         # A number written as a string is not a number (numpy would convert it silently).
         ({"signals": [[1.0] * 30 + ["1.5"] + [1.0] * 30]}, "non-numeric value ('1.5') at index 30"),
