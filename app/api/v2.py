@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine
-from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
@@ -23,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import LifecycleDep, RegistryDep, Runner, RunnerDep
 from app.core import oip
-from app.core.batching import Finish
+from app.core.batching import Finish, Shared
 from app.core.errors import BodyTooLarge, DetectorError, ModelNotReady, Overloaded
 from app.core.model import OnnxModel
 from app.core.registry import Registry
@@ -353,7 +352,7 @@ async def _infer(
         )
 
     def finish(model: OnnxModel, decoded: oip.InferRequest) -> Finish:
-        return partial(oip.encode_infer, model.card, decoded)
+        return Shared(oip.encode_infer_many, model.card, decoded)
 
     encoded: oip.Encoded = await runner.run(request, registry, name, body, decode, finish)
     headers = None if encoded.header_length is None else {oip.HEADER_LENGTH: str(encoded.header_length)}

@@ -145,3 +145,41 @@ def detections(
             scores = curve if calibrator.peak.identity else calibrator.peak(curve).astype(np.float32)
         results.append(Detection(probability=p, detected=top >= raw_threshold, peaks=peaks, scores=scores))
     return results
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """One request's detection options (``threshold`` on the calibrated peak scale)."""
+
+    threshold: float
+    min_distance: int
+    return_scores: bool = False
+
+
+def detections_per_request(
+    requests: Sequence[tuple[Options, Sequence[Float32Array]]], *, calibrator: Calibrator = IDENTITY
+) -> list[list[Detection]]:
+    """``detections`` of several requests' curves, each request with its own options.
+
+    Requests with the same options (usually all: the card's defaults) share one ``detections``
+    call over all their curves, so its fixed cost is paid once per batch, not per request.
+    """
+    answers: list[list[Detection]] = [[] for _ in requests]
+    by_options: dict[Options, list[int]] = {}
+    for i, (options, _) in enumerate(requests):
+        by_options.setdefault(options, []).append(i)
+    for options, members in by_options.items():
+        curves = [curve for i in members for curve in requests[i][1]]
+        results = detections(
+            curves,
+            options.threshold,
+            options.min_distance,
+            calibrator=calibrator,
+            return_scores=options.return_scores,
+        )
+        start = 0
+        for i in members:
+            count = len(requests[i][1])
+            answers[i] = results[start : start + count]
+            start += count
+    return answers

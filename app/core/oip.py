@@ -20,6 +20,7 @@ and the two headers in and sends ``Encoded`` out.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ import orjson
 
 from app.core.card import Card
 from app.core.errors import InvalidInput, MalformedBody, ModelNotFound
-from app.core.model import Detection, detections
+from app.core.model import Detection, Options, detections_per_request
 from app.core.pipeline import check_min_distance, check_threshold
 from app.core.signals import Body, Limits, Signal, check_counts, check_finite, rows_from_json
 from app.core.windows import Float32Array
@@ -105,6 +106,9 @@ class InferRequest:
     @property
     def samples(self) -> int:
         return int(sum(np.size(s) for s in self.signals))
+
+    def wants(self, output: str) -> bool:
+        return any(o.name == output for o in self.outputs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,10 +423,22 @@ def _short(v: Any) -> str:
 
 def encode_infer(card: Card, request: InferRequest, curves: list[Float32Array]) -> Encoded:
     """Per-sample curves of a request's signals -> the response (JSON, maybe binary data after)."""
-    want_scores = any(o.name == "scores" for o in request.outputs)
-    results = detections(
-        curves, request.threshold, request.min_distance, calibrator=card.calibrator, return_scores=want_scores
+    return encode_infer_many(card, [(request, curves)])[0]
+
+
+def encode_infer_many(
+    card: Card, requests: Sequence[tuple[InferRequest, list[Float32Array]]]
+) -> list[Encoded]:
+    """``encode_infer`` for several requests to one model (one batch), with one ``detections``
+    pass over the curves of all the requests that share their options."""
+    found = detections_per_request(
+        [(Options(r.threshold, r.min_distance, r.wants("scores")), curves) for r, curves in requests],
+        calibrator=card.calibrator,
     )
+    return [_encode(card, request, results) for (request, _), results in zip(requests, found, strict=True)]
+
+
+def _encode(card: Card, request: InferRequest, results: list[Detection]) -> Encoded:
     outputs: list[dict[str, Any]] = []
     blobs: list[memoryview] = []
     for requested in request.outputs:

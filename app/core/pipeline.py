@@ -15,7 +15,7 @@ import orjson
 
 from app.core.card import Card
 from app.core.errors import InvalidInput, MalformedBody, UnsupportedMediaType
-from app.core.model import Detection, detections
+from app.core.model import Detection, Options, detections_per_request
 from app.core.signals import Body, Limits, Signal, parse_npy, rows_from_json
 from app.core.windows import Float32Array
 
@@ -153,24 +153,13 @@ def respond(card: Card, request: Decoded, curves: list[Float32Array]) -> bytes:
 
 
 def respond_many(card: Card, requests: Sequence[tuple[Decoded, list[Float32Array]]]) -> list[bytes]:
-    """``respond`` for several requests to one model: one ``detections`` pass over the curves of
-    all the requests that share their options (usually all: the card's defaults)."""
-    answers: list[bytes] = [b""] * len(requests)
-    by_options: dict[tuple[float, int, bool], list[int]] = {}
-    for i, (request, _) in enumerate(requests):
-        key = (request.threshold, request.min_distance, request.return_scores)
-        by_options.setdefault(key, []).append(i)
-    for (threshold, min_distance, return_scores), members in by_options.items():
-        curves = [curve for i in members for curve in requests[i][1]]
-        results = detections(
-            curves, threshold, min_distance, calibrator=card.calibrator, return_scores=return_scores
-        )
-        start = 0
-        for i in members:
-            request, mine = requests[i]
-            answers[i] = _answer(card, request, results[start : start + len(mine)])
-            start += len(mine)
-    return answers
+    """``respond`` for several requests to one model, with one ``detections`` pass over the
+    curves of all the requests that share their options."""
+    found = detections_per_request(
+        [(Options(r.threshold, r.min_distance, r.return_scores), curves) for r, curves in requests],
+        calibrator=card.calibrator,
+    )
+    return [_answer(card, request, results) for (request, _), results in zip(requests, found, strict=True)]
 
 
 def _answer(card: Card, request: Decoded, results: list[Detection]) -> bytes:

@@ -555,7 +555,7 @@ def test_an_unexpected_error_is_500_in_the_protocol_format(
     def broken(*args: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(oip, "encode_infer", broken)
+    monkeypatch.setattr(oip, "encode_infer_many", broken)
     r = client.post(INFER, json={"inputs": [OK_INPUT]})
     assert r.status_code == 500 and r.json() == {"error": "internal error; the request id is in X-Request-ID"}
 

@@ -6,8 +6,10 @@ import numpy as np
 import orjson
 import pytest
 
+from app.core import oip
 from app.core.model import InferenceOptions, OnnxModel
 from app.core.pipeline import Decoded, respond, respond_many
+from app.core.signals import Limits
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,3 +53,36 @@ def test_respond_many_equals_respond_one_by_one(name: str) -> None:
         ]
         assert doc["threshold"] == decoded.threshold and doc["min_distance"] == decoded.min_distance
         assert all(("scores" in r) == decoded.return_scores for r in doc["results"])
+
+
+def test_encode_infer_many_equals_one_by_one() -> None:
+    model = OnnxModel(ROOT / "models" / "bump", InferenceOptions(intra_op_threads=1))
+    rng = np.random.default_rng(4)
+    template = 4 * np.asarray(model.card.template, dtype=np.float32)
+    requests = []
+    for parameters, outputs in [
+        ({}, None),
+        ({"threshold": 0.3}, None),
+        ({}, ["scores", "peak_index"]),
+        ({"min_distance": 1000}, ["peak_index", "peak_signal"]),
+        ({}, None),
+    ]:
+        x = rng.standard_normal((2, 600)).astype(np.float32)
+        x[:, 100 : 100 + template.size] += template
+        x[:, 400 : 400 + template.size] += template
+        doc: dict[str, object] = {
+            "inputs": [{"name": "signal", "shape": [2, 600], "datatype": "FP32", "data": x.ravel().tolist()}],
+            "parameters": parameters,
+        }
+        if outputs is not None:
+            doc["outputs"] = [{"name": name} for name in outputs]
+        decoded = oip.decode_infer(model.card, orjson.dumps(doc), Limits(1024, 10**7, 10**7))
+        requests.append((decoded, model.scores(decoded.signals)))
+    together = oip.encode_infer_many(model.card, requests)
+    assert together == [oip.encode_infer(model.card, r, c) for r, c in requests]
+    for (decoded, _), encoded in zip(requests, together, strict=True):  # each with its own options
+        out = {o["name"]: o["data"] for o in orjson.loads(encoded.body)["outputs"]}
+        want = model.detect(decoded.signals, decoded.threshold, decoded.min_distance)
+        assert out["peak_index"] == [i for d in want for i in d.peaks.index.tolist()]
+        assert ("scores" in out) == decoded.wants("scores")
+    assert len(orjson.loads(together[3].body)["outputs"][0]["data"]) == 2  # one peak per signal
