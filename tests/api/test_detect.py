@@ -143,3 +143,62 @@ def test_a_lone_small_request_runs_at_once_with_the_same_answer(
             assert all(r.status_code == 200 for r in answers[inline])
     assert ran_now == [True]  # the small one (800 samples <= 1000) at once; the large one queued, not tried
     assert [r.content for r in answers[0]] == [r.content for r in answers[1000]]
+
+
+def test_queued_requests_finished_together_equal_one_by_one(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests queued behind a busy worker share one batch and one finishing call (peaks,
+    calibration and encoding for all of them); each answer is the one it gets alone."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import app.api.deps as deps
+    from app.core.model import OnnxModel
+
+    gate, entered = threading.Event(), threading.Event()
+    original_run, original_respond = OnnxModel.run, deps.respond_many
+    finished_together: list[int] = []
+
+    def held_run(self: OnnxModel, batch: np.ndarray) -> np.ndarray:
+        if batch.shape[1] == 777:  # the request that keeps the worker busy
+            entered.set()
+            gate.wait(20)
+        return original_run(self, batch)
+
+    def counted_respond(card: Any, requests: Any) -> Any:
+        finished_together.append(len(requests))
+        return original_respond(card, requests)
+
+    monkeypatch.setattr(OnnxModel, "run", held_run)
+    monkeypatch.setattr(deps, "respond_many", counted_respond)
+    rng = np.random.default_rng(5)
+    bodies: list[dict[str, Any]] = [
+        {"signals": [rng.standard_normal(500).tolist()], "threshold": 0.05},
+        {"signals": [rng.standard_normal(300).tolist(), rng.standard_normal(640).tolist()], "threshold": 0.2},
+        {"signals": [rng.standard_normal(500).tolist()], "threshold": 0.05, "min_distance": 200},
+        {"signals": [rng.standard_normal(400).tolist()], "return_scores": True},
+        {"signals": [rng.standard_normal(800).tolist()], "threshold": 0.05},
+    ]
+    settings = load_settings(MODEL_DIR=models_dir, INFERENCE_WORKERS=1)
+    with TestClient(create_app(settings)) as c, ThreadPoolExecutor(len(bodies) + 1) as pool:
+        wait_ready(c)
+        held = pool.submit(c.post, "/v1/detect", json={"signals": [[0.0] * 777]})
+        assert entered.wait(10)
+        futures = [pool.submit(c.post, "/v1/detect", json=b) for b in bodies]
+        for _ in range(200):
+            if f'shape_detector_queue_depth{{model="bump"}} {len(bodies)}.0' in c.get("/metrics").text:
+                break
+            time.sleep(0.05)
+        gate.set()
+        together = [f.result(20) for f in futures]
+        assert held.result(20).status_code == 200
+        alone = [c.post("/v1/detect", json=b) for b in bodies]
+    assert len(bodies) in finished_together, finished_together  # one call finished all of them
+    assert [r.status_code for r in together] == [200] * len(bodies)
+    assert [r.content for r in together] == [r.content for r in alone]
+    docs = [r.json() for r in together]
+    assert sum(len(res["peaks"]) for d in docs for res in d["results"]) >= 5, "the test needs peaks"
+    assert [d["min_distance"] for d in docs] == [10, 10, 200, 10, 10]
+    assert "scores" in docs[3]["results"][0] and "scores" not in docs[0]["results"][0]
