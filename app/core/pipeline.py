@@ -1,7 +1,9 @@
 """One detection request, from body bytes to response bytes: decode, validate, detect, encode.
 
 ``decode_request`` turns a body into validated signals and options; the model's batcher scores
-them; ``respond`` turns the scores into the JSON answer. Nothing here knows about HTTP.
+them; ``respond`` turns the scores into the JSON answer (``respond_many``: the answers of a
+batch's requests, with peaks and calibration computed once for all). Nothing here knows about
+HTTP.
 """
 
 from __future__ import annotations
