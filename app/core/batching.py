@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -344,10 +344,11 @@ class Batcher:
 
     def _finish(self, members: list[tuple[_Job, list[Float32Array]]]) -> None:
         """Set each job's future: one shared call for several, else the job's own finish."""
-        if len(members) > 1:
-            shared: Shared = members[0][0].finish  # type: ignore[assignment]
+        if len(members) > 1:  # only Shared finishes are grouped
+            shares = [cast(Shared, job.finish) for job, _ in members]
             try:
-                results = shared.run(shared.context, [(job.finish.arg, mine) for job, mine in members])  # type: ignore[attr-defined]
+                items = [(s.arg, mine) for s, (_, mine) in zip(shares, members, strict=True)]
+                results = shares[0].run(shares[0].context, items)
                 if len(results) != len(members):
                     raise RuntimeError(f"finished {len(results)} of {len(members)} requests")
             except Exception:
