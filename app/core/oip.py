@@ -421,16 +421,12 @@ def _short(v: Any) -> str:
 # Responses
 
 
-def encode_infer(card: Card, request: InferRequest, curves: list[Float32Array]) -> Encoded:
-    """Per-sample curves of a request's signals -> the response (JSON, maybe binary data after)."""
-    return encode_infer_many(card, [(request, curves)])[0]
-
-
 def encode_infer_many(
     card: Card, requests: Sequence[tuple[InferRequest, list[Float32Array]]]
 ) -> list[Encoded]:
-    """``encode_infer`` for several requests to one model (one batch), with one ``detections``
-    pass over the curves of all the requests that share their options."""
+    """Per-sample curves of requests' signals -> their responses (JSON, maybe binary data after).
+    The requests go to one model (one batch, or one request); one ``detections`` pass covers
+    the curves of all the requests that share their options."""
     found = detections_per_request(
         [(Options(r.threshold, r.min_distance, r.wants("scores")), curves) for r, curves in requests],
         calibrator=card.calibrator,

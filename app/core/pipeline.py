@@ -1,9 +1,8 @@
 """One detection request, from body bytes to response bytes: decode, validate, detect, encode.
 
 ``decode_request`` turns a body into validated signals and options; the model's batcher scores
-them; ``respond`` turns the scores into the JSON answer (``respond_many``: the answers of a
-batch's requests, with peaks and calibration computed once for all). Nothing here knows about
-HTTP.
+them; ``respond_many`` turns the scores of a batch's requests into their JSON answers, with
+peaks and calibration computed once for all. Nothing here knows about HTTP.
 """
 
 from __future__ import annotations
@@ -149,14 +148,10 @@ def decode_request(
     )
 
 
-def respond(card: Card, request: Decoded, curves: list[Float32Array]) -> bytes:
-    """Per-sample curves of a request's signals -> the JSON response body."""
-    return respond_many(card, [(request, curves)])[0]
-
-
 def respond_many(card: Card, requests: Sequence[tuple[Decoded, list[Float32Array]]]) -> list[bytes]:
-    """``respond`` for several requests to one model, with one ``detections`` pass over the
-    curves of all the requests that share their options."""
+    """Per-sample curves of requests' signals -> their JSON response bodies. The requests go to
+    one model (one batch, or one request); one ``detections`` pass covers the curves of all the
+    requests that share their options."""
     found = detections_per_request(
         [(Options(r.threshold, r.min_distance, r.return_scores), curves) for r, curves in requests],
         calibrator=card.calibrator,

@@ -8,14 +8,14 @@ import pytest
 
 from app.core import oip
 from app.core.model import InferenceOptions, OnnxModel
-from app.core.pipeline import Decoded, respond, respond_many
+from app.core.pipeline import Decoded, respond_many
 from app.core.signals import Limits
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", ["bump", "arrival"])  # shipped models: calibrated peaks and signals
-def test_respond_many_equals_respond_one_by_one(name: str) -> None:
+def test_respond_many_equals_one_by_one(name: str) -> None:
     model = OnnxModel(ROOT / "models" / name, InferenceOptions(intra_op_threads=1))
     card = model.card
     rng = np.random.default_rng(3)
@@ -40,7 +40,7 @@ def test_respond_many_equals_respond_one_by_one(name: str) -> None:
         decoded = Decoded(signals, threshold, distance, scores)
         requests.append((decoded, model.scores(signals)))
     together = respond_many(card, requests)
-    alone = [respond(card, decoded, curves) for decoded, curves in requests]
+    alone = [respond_many(card, [request])[0] for request in requests]
     assert together == alone
     docs = [orjson.loads(a) for a in together]
     assert [len(d["results"]) for d in docs] == [len(d.signals) for d, _ in requests]
@@ -79,7 +79,7 @@ def test_encode_infer_many_equals_one_by_one() -> None:
         decoded = oip.decode_infer(model.card, orjson.dumps(doc), Limits(1024, 10**7, 10**7))
         requests.append((decoded, model.scores(decoded.signals)))
     together = oip.encode_infer_many(model.card, requests)
-    assert together == [oip.encode_infer(model.card, r, c) for r, c in requests]
+    assert together == [oip.encode_infer_many(model.card, [request])[0] for request in requests]
     for (decoded, _), encoded in zip(requests, together, strict=True):  # each with its own options
         out = {o["name"]: o["data"] for o in orjson.loads(encoded.body)["outputs"]}
         want = model.detect(decoded.signals, decoded.threshold, decoded.min_distance)
