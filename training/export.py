@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from app.core.card import MODEL_FILE, Card, TensorSpec, sha256_file, write_card
@@ -45,6 +46,30 @@ def export_onnx(net: nn.Module, path: Path) -> None:
         )
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
+
+
+def load_weights(net: nn.Module, onnx_path: Path) -> None:
+    """Set ``net``'s parameters and buffers from a ``model.onnx`` this package exported.
+
+    The export names each initializer after the tensor it holds (``net.<name>``). Values are
+    reshaped to ``net``'s shapes, so a network exported with 1-D convolutions loads into row
+    convolutions (``training.model.row_conv``): the same weights, another layout.
+    """
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(onnx_path)).graph.initializer}
+    state = net.state_dict()
+    missing = sorted(k for k in state if f"net.{k}" not in inits)
+    if missing:
+        raise ValueError(
+            f"{onnx_path} has no weights for {missing}: was it exported with another architecture?"
+        )
+    for key, value in state.items():
+        array = inits[f"net.{key}"]
+        if array.size != value.numel():
+            raise ValueError(
+                f"{onnx_path}: {key} holds {array.size} values, the network needs {value.numel()}"
+            )
+        state[key] = torch.as_tensor(array.copy(), dtype=value.dtype).reshape(value.shape)
+    net.load_state_dict(state)
 
 
 def parity_error(net: nn.Module, path: Path, seed: int = 0) -> float:

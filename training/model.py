@@ -44,6 +44,25 @@ class ModelConfig:
         return asdict(self)
 
 
+def centred_mean(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean of the ``window`` samples centred on each sample (odd ``window``), over the samples
+    that exist at the edges: ``AvgPool1d(window, 1, window // 2, count_include_pad=False)``.
+
+    Computed as the difference of a float64 running sum: onnxruntime's AveragePool adds up
+    every window anew (its cost grows with the window), a running sum costs the same for any
+    window. Float64 keeps the sum's rounding far below float32's: an output moves with a
+    sample outside its window by about 1e-16 of the running sum, and the result is cast back
+    to ``x``'s dtype. Shapes (..., T) -> (..., T).
+    """
+    T = x.shape[-1]
+    r = window // 2
+    total = F.pad(x.double(), (r + 1, r)).cumsum(-1)  # total[i]: the first i - r samples
+    sums = total[..., window:] - total[..., :T]  # samples t - r ... t + r
+    t = torch.arange(T, device=x.device)
+    count = torch.clamp(t + r, max=T - 1) - torch.clamp(t - r, min=0) + 1
+    return (sums / count).to(x.dtype)
+
+
 class LocalNorm(nn.Module):
     """z = (x - local mean) / local mean |x[t] - x[t-1]|: invariant to gain and offset.
 
@@ -68,13 +87,9 @@ class LocalNorm(nn.Module):
             raise ValueError(
                 "normalisation windows must be odd (the scale window an odd number of scale_stride blocks)"
             )
-        self.mean = nn.AvgPool1d(mean_window, 1, mean_window // 2, count_include_pad=False)
+        self.mean_window = mean_window
         # With a wide mean window: a second output channel, (x - wider local mean) / the same scale.
-        self.wide_mean = (
-            nn.AvgPool1d(wide_mean_window, 1, wide_mean_window // 2, count_include_pad=False)
-            if wide_mean_window
-            else None
-        )
+        self.wide_mean_window = wide_mean_window
         self.stride = scale_stride
         self.block = nn.AvgPool1d(scale_stride, scale_stride, ceil_mode=True, count_include_pad=False)
         self.scale = nn.AvgPool1d(blocks, 1, blocks // 2, count_include_pad=False)
@@ -83,9 +98,9 @@ class LocalNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1 or 2, T)
         T = x.shape[-1]
-        d = x - self.mean(x)
-        if self.wide_mean is not None:
-            d = torch.cat([d, x - self.wide_mean(x)], dim=1)  # (B, 2, T)
+        d = x - centred_mean(x, self.mean_window)
+        if self.wide_mean_window:
+            d = torch.cat([d, x - centred_mean(x, self.wide_mean_window)], dim=1)  # (B, 2, T)
         diff = torch.abs(x[..., 1:] - x[..., :-1])  # (B, 1, T-1)
         diff = torch.cat([diff[..., :1], diff], dim=-1)  # (B, 1, T): first sample repeats
         if self.stride == 1:
@@ -116,15 +131,22 @@ class SingleLayer(nn.Module):
         return self.out(F.relu(self.conv(z))).squeeze(1)
 
 
+def row_conv(c_in: int, c_out: int, k: int) -> nn.Conv2d:
+    """A 1-D convolution over time written as a 2-D one with a 1 x k kernel, on (B, C, 1, T).
+
+    The same weights and result as ``Conv1d(c_in, c_out, k)`` on (B, C, T); onnxruntime runs
+    2-D convolutions, their pooling and up-sampling in its channel-blocked layout (NCHWc),
+    which made the exported network 1.1-1.15 times faster on 1024-sample signals.
+    """
+    return nn.Conv2d(c_in, c_out, (1, k), padding=(0, k // 2))
+
+
 def conv_block(c_in: int, c_out: int, k: int, k_first: int | None = None) -> nn.Sequential:
     k1 = k_first or k
-    return nn.Sequential(
-        nn.Conv1d(c_in, c_out, k1, padding=k1 // 2),
-        nn.ReLU(),
-        nn.Conv1d(c_out, c_out, k, padding=k // 2),
-        nn.ReLU(),
-    )
+    return nn.Sequential(row_conv(c_in, c_out, k1), nn.ReLU(), row_conv(c_out, c_out, k), nn.ReLU())
 
+
+ROUNDING = 1e-9  # measure_radius: smaller moves of an output are rounding, not influence
 
 # For white noise, mean |x[t] - x[t-1]| = 2 sigma / sqrt(pi): LocalNorm's scale in noise sigmas.
 SIGMA_PER_SCALE = math.sqrt(math.pi) / 2
@@ -168,14 +190,9 @@ class DeepCNN(nn.Module):
         self.decoders = nn.ModuleList()
         for j, c in enumerate(cfg.decoder):
             skip = ch[len(ch) - 2 - j]
-            self.decoders.append(
-                nn.Sequential(
-                    nn.Conv1d(c_prev + skip, c, cfg.kernel_size, padding=cfg.kernel_size // 2),
-                    nn.ReLU(),
-                )
-            )
+            self.decoders.append(nn.Sequential(row_conv(c_prev + skip, c, cfg.kernel_size), nn.ReLU()))
             c_prev = c
-        self.head = nn.Conv1d(c_prev, 1, 1)
+        self.head = row_conv(c_prev, 1, 1)
         self.alignment = math.lcm(2 ** (len(ch) - 1), cfg.scale_stride)
         self.matched: nn.Conv1d | None = None
         if cfg.matched_mean_window:
@@ -200,17 +217,18 @@ class DeepCNN(nn.Module):
         zz = self.norm(x.unsqueeze(1))  # (B, 1 or 2, T)
         z = zz[:, :1]
         pad = (-T) % self.alignment
-        h = F.pad(z, (0, pad))  # (B, 1, T'), T' a multiple of the alignment
+        # (B, 1, 1, T'), T' a multiple of the alignment: the network runs on rows (see row_conv)
+        h = F.pad(z, (0, pad)).unsqueeze(2)
         skips = []
         for i, enc in enumerate(self.encoders):
             if i > 0:
-                h = F.max_pool1d(h, 2)  # (B, C, T' / 2^i)
+                h = F.max_pool2d(h, (1, 2))  # (B, C, 1, T' / 2^i)
             h = enc(h)
             skips.append(h)
         for j, dec in enumerate(self.decoders):
-            h = F.interpolate(h, scale_factor=2.0, mode="nearest")  # (B, C, 2 L)
+            h = F.interpolate(h, scale_factor=(1.0, 2.0), mode="nearest")  # (B, C, 1, 2 L)
             h = dec(torch.cat([h, skips[len(skips) - 2 - j]], dim=1))
-        logit = self.head(h).squeeze(1)[:, :T]  # (B, T)
+        logit = self.head(h).flatten(1)[:, :T]  # (B, T)
         if self.matched is None:
             return logit, None
         limited = torch.clamp(zz[:, 1:] * SIGMA_PER_SCALE, -self.matched_clip, self.matched_clip)
@@ -233,7 +251,7 @@ class DeepCNN(nn.Module):
     def drop_matched_path(self) -> None:
         """Remove the matched-filter path (when its gain is 0): the graph is the network alone."""
         self.matched = None
-        self.norm.wide_mean = None
+        self.norm.wide_mean_window = 0
         del self.matched_gain
 
 
@@ -249,15 +267,15 @@ def init_from_template(net: DeepCNN, template: Template) -> int:
     The matched-filter path, if any, gets +K for good. Returns the number of channels set.
     """
     conv = net.encoders[0][0]
-    assert isinstance(conv, nn.Conv1d)
-    k = conv.kernel_size[0]
+    assert isinstance(conv, nn.Conv2d)
+    k = conv.kernel_size[1]
     n = 0
     for f in TEMPLATE_STRETCHES:
         if n + 2 > conv.out_channels:
             break
         w = centred_kernel(template, f, k)
         for sign in (1.0, -1.0):
-            conv.weight[n, 0] = sign * w
+            conv.weight[n, 0, 0] = sign * w
             conv.bias[n] = 0.0
             n += 1
     if net.matched is not None:
@@ -302,12 +320,12 @@ def macs_per_sample(net: nn.Module, length: int = 4096) -> float:
 
     def hook(mod: nn.Module, _inp: object, out: torch.Tensor) -> None:
         nonlocal total
-        assert isinstance(mod, nn.Conv1d)
-        k = mod.kernel_size[0]
+        assert isinstance(mod, nn.Conv1d | nn.Conv2d)
+        k = math.prod(mod.kernel_size)
         total += out.numel() * (mod.in_channels // mod.groups) * k
 
     for m in net.modules():
-        if isinstance(m, nn.Conv1d):
+        if isinstance(m, nn.Conv1d | nn.Conv2d):
             hooks.append(m.register_forward_hook(hook))
     with torch.no_grad():
         net(torch.randn(1, length))
@@ -322,7 +340,9 @@ def measure_radius(net: nn.Module, length: int = 2048, trials: int = 4) -> int:
     Measured in float64 by perturbing one input at every phase of the alignment, on copies
     of the network with fresh random weights (so that trained weights that happen to be
     zero cannot hide a path) as well as on the network itself; the largest distance wins, or
-    the matched-filter path's reach if that is larger.
+    the matched-filter path's reach if that is larger. An output counts as moved when it
+    moves by more than 1e-9 of the largest output: the running sums of ``centred_mean`` move
+    every later output by rounding, about 1e-16 of the sum.
     """
     radius = 0
     for trial in range(trials + 1):
@@ -337,7 +357,8 @@ def measure_radius(net: nn.Module, length: int = 2048, trials: int = 4) -> int:
             for pos in range(length // 2, length // 2 + 8):
                 y = x.clone()
                 y[0, pos] += 0.5
-                changed = torch.nonzero((probe(y) - base).abs()[0] > 0).flatten()
+                moved = (probe(y) - base).abs()[0] > ROUNDING * float(base.abs().max())
+                changed = torch.nonzero(moved).flatten()
                 if changed.numel():
                     radius = max(radius, int((changed - pos).abs().max()))
     # The matched-filter path's reach is known exactly; a probe can miss the veto's (a max

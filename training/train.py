@@ -25,13 +25,20 @@ from torch import nn
 from tqdm import tqdm
 
 from app.core.calibration import MonotoneMap
-from app.core.card import NAME_PATTERN
+from app.core.card import MODEL_FILE, NAME_PATTERN, Card, CardError, load_card
 from app.core.model import InferenceOptions, OnnxModel, detections
 from training import calibrate as cal
 from training import evaluate as ev
 from training.batches import CroppedBatches, SyntheticBatches, target_curve
 from training.data import UserData, load_user_data
-from training.export import export_onnx, make_card, parity_error, polarity_ambiguity, save_card
+from training.export import (
+    export_onnx,
+    load_weights,
+    make_card,
+    parity_error,
+    polarity_ambiguity,
+    save_card,
+)
 from training.matched import GAIN_SIGNALS, INVERTED_BUDGET, PolaritySets, choose_matched_gain
 from training.model import (
     DeepCNN,
@@ -602,6 +609,14 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--scale-stride", type=int, default=d.scale_stride, help="normalisation: scale blocks")
     p.add_argument("--channels", type=int, nargs="+", default=d.channels, help="deep: channels per level")
     p.add_argument("--decoder", type=int, nargs="+", default=d.decoder, help="deep: decoder channels")
+    p.add_argument(
+        "--weights-from",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="skip training: take the network's weights from MODEL_DIR (a model this package "
+        "trained, with the same architecture and arguments), then choose the matched-filter gain, "
+        "export, evaluate and write the card and report as after training",
+    )
     p.add_argument("--dry-run", action="store_true", help="tiny end-to-end run: seconds, not minutes")
     a = p.parse_args(argv)
 
@@ -741,7 +756,14 @@ def main(argv: list[str] | None = None) -> Path:
     net = build_model(cfg.model)
     if template is not None and isinstance(net, DeepCNN):
         init_from_template(net, template)
-    log = fit(net, batches, val, cfg)
+    source: Card | None = None
+    if a.weights_from is not None:
+        source = weights_source(a.weights_from, cfg.model)
+        load_weights(net, a.weights_from / MODEL_FILE)
+        log = {"best_step": source.training["best_step"], "history": source.training["history"]}
+        print(f"weights from {source.name} {source.version} ({a.weights_from}): not training")
+    else:
+        log = fit(net, batches, val, cfg)
     net.eval()
     matched_path = None
     if isinstance(net, DeepCNN) and net.matched is not None:
@@ -811,6 +833,14 @@ def main(argv: list[str] | None = None) -> Path:
             "training_loop_seconds": round(train_seconds, 1),
         },
     )
+    if source is not None:
+        # The network is the source's: its training run's time and loop; this run re-exported it.
+        common["training"]["training_loop_seconds"] = source.training["training_loop_seconds"]
+        common["training"]["weights_from"] = {
+            "model": f"{source.name} {source.version}",
+            "sha256": source.sha256,
+            "why": "the same network re-exported by this version of the training code",
+        }
     # A provisional card lets the service's own loader run the exported file.
     save_card(
         model_dir,
@@ -830,6 +860,9 @@ def main(argv: list[str] | None = None) -> Path:
         n_check = min(1000, cfg.eval_signals)
         card.training["polarity_check"] = polarity_check(model_dir, template, a.polarity, n_check, 4001)
     card.training["seconds"] = round(time.time() - started, 1)
+    if source is not None:
+        card.training["weights_from"]["seconds"] = card.training["seconds"]
+        card.training["seconds"] = source.training["seconds"]  # the run that trained the network
     save_card(model_dir, card)
     print(
         f"wrote {model_dir} ({onnx_path.stat().st_size / 1e3:.0f} kB, "
@@ -853,6 +886,23 @@ def main(argv: list[str] | None = None) -> Path:
     # The report reuses this run's held-out sets; a dry run's are tiny, so it takes seconds.
     write_report(model_dir, data=test, gallery=4 if a.dry_run else 8)
     return model_dir
+
+
+def weights_source(model_dir: Path, arch: ModelConfig) -> Card:
+    """The card of the model ``--weights-from`` names; its architecture must be ``arch``."""
+    try:
+        card = load_card(model_dir)
+    except CardError as exc:
+        raise SystemExit(f"training.train: --weights-from {model_dir}: {exc}") from None
+    theirs, ours = card.training.get("architecture", {}), arch.to_dict()
+    differ = sorted(k for k in ours.keys() | theirs.keys() if theirs.get(k) != ours.get(k))
+    if differ:
+        diffs = ", ".join(f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
+        raise SystemExit(
+            f"training.train: --weights-from {model_dir}: another architecture ({diffs}); "
+            "give the arguments its network was trained with"
+        )
+    return card
 
 
 def _describe(scenario: Any) -> dict[str, Any]:

@@ -70,6 +70,35 @@ def test_training_is_reproducible(tmp_path: Path) -> None:
     assert c.sha256 != a.sha256
 
 
+def test_weights_from_reexports_the_same_network(tmp_path: Path) -> None:
+    """--weights-from skips training: the network is the source's, chosen, exported and
+    evaluated again; another architecture is refused."""
+    source = load_card(main(["--dry-run", "--out", str(tmp_path / "a"), "--name", "w", "--seed", "3"]))
+    again = main(
+        [
+            "--dry-run",
+            "--out",
+            str(tmp_path / "b"),
+            "--name",
+            "w",
+            "--weights-from",
+            str(tmp_path / "a" / "w"),
+        ]
+    )
+    card = load_card(again)
+    assert card.training["weights_from"]["model"] == f"w {source.version}"
+    assert card.training["weights_from"]["sha256"] == source.sha256
+    assert card.training["history"] == source.training["history"]
+    assert card.training["seconds"] == source.training["seconds"]
+    assert card.parity_max_abs_error is not None and card.parity_max_abs_error <= 1e-4
+    x = [np.random.default_rng(5).standard_normal(n) for n in (300, 1000)]
+    for a, b in zip(OnnxModel(tmp_path / "a" / "w").scores(x), OnnxModel(again).scores(x), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    other = ["--channels", "8", "16", "32", "--weights-from", str(tmp_path / "a" / "w")]
+    with pytest.raises(SystemExit, match=r"another architecture .*channels"):
+        main(["--dry-run", "--out", str(tmp_path / "c"), "--name", "w", *other])
+
+
 def test_dry_run_from_a_template(tmp_path: Path) -> None:
     """A user's template (CSV), polarity on, scenario defaults changed: the whole path."""
     s = np.arange(30.0)

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from training.model import LocalNorm, ModelConfig, build_model, macs_per_sample, measure_radius
+from training.model import (
+    ROUNDING,
+    LocalNorm,
+    ModelConfig,
+    build_model,
+    centred_mean,
+    macs_per_sample,
+    measure_radius,
+)
 
 
 @pytest.fixture(scope="module", params=["deep", "single"])
@@ -43,9 +51,27 @@ def test_receptive_radius_bounds_the_influence(net: torch.nn.Module) -> None:
     y[0, 600] += 5.0
     probe = net.double()
     with torch.no_grad():
-        diff = (probe(x) - probe(y)).abs()[0]
+        base = probe(x)
+        diff = (base - probe(y)).abs()[0]
     net.float()
-    assert diff[: 600 - r].max() == 0 and diff[600 + r + 1 :].max() == 0
+    assert diff[: 600 - r].max() == 0  # the running sums of the window means look back only
+    # Beyond the radius an output moves only by the running sums' rounding (ROUNDING bounds it).
+    assert diff[600 + r + 1 :].max() <= ROUNDING * float(base.abs().max())
+    assert diff[600 - r : 600 + r + 1].max() > 1e-3  # the probe moves the outputs it reaches
+
+
+@pytest.mark.parametrize("window", [1, 3, 31, 127])
+@pytest.mark.parametrize("length", [1, 2, 5, 40, 200])
+def test_centred_mean_is_the_average_pool(window: int, length: int) -> None:
+    """The running-sum mean equals AvgPool1d without padding in the counts, edges included,
+    windows longer than the signal too; in float32 even for a large offset (float64 sums)."""
+    pool = torch.nn.AvgPool1d(window, 1, window // 2, count_include_pad=False)
+    x = torch.randn(3, 1, length, dtype=torch.float64)
+    torch.testing.assert_close(centred_mean(x, window), pool(x), rtol=1e-12, atol=1e-12)
+    big = (x * 1e3 + 1e5).float()
+    got = centred_mean(big, window)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, pool(big.double()).float(), rtol=1e-7, atol=0)
 
 
 def test_macs_budget() -> None:
@@ -65,12 +91,12 @@ def test_first_layer_starts_from_the_matched_filter() -> None:
     assert k == 2 * 76 + 1  # the whole template fits, centred on sample 12
     net = DeepCNN(ModelConfig(first_kernel=k))
     assert init_from_template(net, tpl) == 6  # +-K at three stretches, of 8 channels
-    x = torch.zeros(1, 1, 600, dtype=torch.float32)
+    x = torch.zeros(1, 1, 1, 600, dtype=torch.float32)  # (B, C, 1, T): the network's rows
     c = 300
-    x[0, 0, c - 12 : c - 12 + tpl.values.size] = torch.as_tensor(tpl.values, dtype=torch.float32)
+    x[0, 0, 0, c - 12 : c - 12 + tpl.values.size] = torch.as_tensor(tpl.values, dtype=torch.float32)
     conv = net.encoders[0][0]
     with torch.no_grad():
-        out = conv(x)[0]
+        out = conv(x)[0, :, 0]
     assert int(out[0].argmax()) == c
     assert float(out[0, c]) == pytest.approx(tpl.norm, rel=1e-5)
     assert float(out[1, c]) == pytest.approx(-tpl.norm, rel=1e-5)
@@ -141,7 +167,7 @@ def test_matched_path_can_be_turned_off() -> None:
         before = net(x)
         net.drop_matched_path()
         after = net(x)
-    assert net.matched is None and net.norm.wide_mean is None
+    assert net.matched is None and net.norm.wide_mean_window == 0
     torch.testing.assert_close(after, before)  # gain 0: dropping the path changes nothing
 
 
