@@ -140,6 +140,7 @@ def render_readme(card: Card) -> str:
         f"- Cost: {_fmt(card.macs_per_sample)} multiply-accumulates per input sample.",
         f"- Parity torch vs onnxruntime: max abs error {_fmt(card.parity_max_abs_error)}.",
         *_matched_path_line(card.training),
+        *_weights_from_line(card.training),
         *_polarity_line(card),
         f"- sha256 of model.onnx: `{card.sha256}`",
         "",
@@ -218,6 +219,17 @@ def _matched_path_line(training: dict[str, Any]) -> list[str]:
     return [
         f"- Matched-filter path: logit = (network + {gain} × path) / (1 + {gain}), the path "
         f"{matched_path_kind(training)}; the gain: {rule}."
+    ]
+
+
+def _weights_from_line(training: dict[str, Any]) -> list[str]:
+    source = training.get("weights_from")
+    if not source:
+        return []
+    return [
+        f"- Network: the weights of {source['model']} (sha256 `{source['sha256']}`), not trained "
+        "again: this version exports the same network with the current training code's graph; "
+        "the training history and time below are that model's."
     ]
 
 

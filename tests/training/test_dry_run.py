@@ -90,6 +90,10 @@ def test_weights_from_reexports_the_same_network(tmp_path: Path) -> None:
     assert card.training["weights_from"]["sha256"] == source.sha256
     assert card.training["history"] == source.training["history"]
     assert card.training["seconds"] == source.training["seconds"]
+    assert (
+        f"- Network: the weights of w {source.version} (sha256 `{source.sha256}`)"
+        in (again / "README.md").read_text()
+    )
     assert card.parity_max_abs_error is not None and card.parity_max_abs_error <= 1e-4
     x = [np.random.default_rng(5).standard_normal(n) for n in (300, 1000)]
     for a, b in zip(OnnxModel(tmp_path / "a" / "w").scores(x), OnnxModel(again).scores(x), strict=True):
