@@ -146,8 +146,6 @@ def conv_block(c_in: int, c_out: int, k: int, k_first: int | None = None) -> nn.
     return nn.Sequential(row_conv(c_in, c_out, k1), nn.ReLU(), row_conv(c_out, c_out, k), nn.ReLU())
 
 
-ROUNDING = 1e-9  # measure_radius: smaller moves of an output are rounding, not influence
-
 # For white noise, mean |x[t] - x[t-1]| = 2 sigma / sqrt(pi): LocalNorm's scale in noise sigmas.
 SIGMA_PER_SCALE = math.sqrt(math.pi) / 2
 
@@ -332,6 +330,9 @@ def macs_per_sample(net: nn.Module, length: int = 4096) -> float:
     for h in hooks:
         h.remove()
     return total / length
+
+
+ROUNDING = 1e-9  # measure_radius: smaller moves of an output are rounding, not influence
 
 
 def measure_radius(net: nn.Module, length: int = 2048, trials: int = 4) -> int:

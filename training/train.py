@@ -759,7 +759,10 @@ def main(argv: list[str] | None = None) -> Path:
     source: Card | None = None
     if a.weights_from is not None:
         source = weights_source(a.weights_from, cfg.model)
-        load_weights(net, a.weights_from / MODEL_FILE)
+        try:
+            load_weights(net, a.weights_from / MODEL_FILE)
+        except ValueError as exc:
+            raise SystemExit(f"training.train: --weights-from {a.weights_from}: {exc}") from None
         log = {"best_step": source.training["best_step"], "history": source.training["history"]}
         print(f"weights from {source.name} {source.version} ({a.weights_from}): not training")
     else:

@@ -3,10 +3,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
+from onnx import numpy_helper
 
 from app.core.card import load_card
-from training.export import export_onnx, parity_error
+from training.export import export_onnx, load_weights, parity_error
 from training.model import Exported, ModelConfig, build_model
 
 
@@ -40,3 +42,28 @@ def test_card_written_beside_the_model(tiny_model_dir: Path) -> None:
     assert card.template is not None and card.template_center == 20
     assert {"torch", "onnx", "onnxruntime", "numpy"} <= set(card.versions)
     assert (tiny_model_dir / "README.md").read_text().startswith("# tiny 0.0.1")
+
+
+def test_load_weights_takes_back_an_exported_network(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The initializers named net.<name> set every weight, also from 1-D convolution shapes
+    (how networks before row convolutions were exported); other shapes are refused by name."""
+    cfg = ModelConfig(channels=[4, 6, 8], decoder=[6, 4], first_kernel=9, scale_window=127, scale_stride=1)
+    torch.manual_seed(0)
+    net = build_model(cfg).eval()  # the tiny model's configuration and seed: the same weights
+    net.matched_gain.fill_(0.5)  # as build_tiny_model sets it
+    other = build_model(cfg)
+    load_weights(other, tiny_model_dir / "model.onnx")
+    for (key, a), b in zip(net.state_dict().items(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    model = onnx.load(str(tiny_model_dir / "model.onnx"))
+    for t in model.graph.initializer:
+        if len(t.dims) == 4:  # a row convolution's (out, in, 1, k) -> a Conv1d's (out, in, k)
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t)[:, :, 0], t.name))
+    onnx.save(model, str(tmp_path / "one_d.onnx"))
+    again = build_model(cfg)
+    load_weights(again, tmp_path / "one_d.onnx")
+    for (key, a), b in zip(net.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    wider = build_model(ModelConfig(channels=[4, 6, 10], decoder=[6, 4], first_kernel=9))
+    with pytest.raises(ValueError, match=r"encoders\.2\.0\.weight holds 240 values, the network needs 300"):
+        load_weights(wider, tiny_model_dir / "model.onnx")
