@@ -372,6 +372,11 @@ def test_duplicate_keys_are_refused(hostile_client: TestClient) -> None:
         headers=JSON,
     )
     assert r.status_code == 422 and "appears more than once" in message(r)
+    # The only field, twice: the body's quotes outnumber the parsed object's names.
+    r = hostile_client.post(
+        "/v1/detect", content=b'{"signals": [[1.0]],"signals":[' + SIG.encode() + b"]}", headers=JSON
+    )
+    assert r.status_code == 422 and "field 'signals' appears more than once" in message(r)
     r = hostile_client.post(
         "/v1/detect", content=b'{"signals": [' + SIG.encode() + b'], "threshold": 0.3}', headers=JSON
     )
