@@ -27,8 +27,8 @@ class ModelConfig:
     scale_window: int = 1016  # local mean |first difference| (gain) window, samples
     scale_stride: int = 8  # the scale is averaged over blocks of this many samples first
     kernel: int = 41  # single: the learned template's length
-    channels: list[int] = field(default_factory=lambda: [16, 16, 16])  # deep: per level
-    decoder: list[int] = field(default_factory=lambda: [16, 16])  # deep: per up-sampling step
+    channels: list[int] = field(default_factory=lambda: [8, 16, 24])  # deep: per level
+    decoder: list[int] = field(default_factory=lambda: [16, 8])  # deep: per up-sampling step
     first_kernel: int = 41  # deep: the first convolution's length (a template's worth)
     kernel_size: int = 5  # deep: the other convolutions' length
     # deep: a fixed matched-filter path that can be added to the logit (see ``DeepCNN``)

@@ -69,7 +69,7 @@ F1_MARGIN = {"white": 0.01, "lowsnr": 0.02, "jitter": 0.01}
 # fails when a model misses a goal not listed here, and also when it meets one listed here,
 # so this table stays the truth.
 KNOWN_MISSES: dict[tuple[str, str], set[str]] = {
-    ("bump", "jitter"): {"auc"},  # -0.0011 against -0.001
+    ("bump", "jitter"): {"auc"},  # -0.0012 against -0.001
 }
 
 
