@@ -754,8 +754,6 @@ def main(argv: list[str] | None = None) -> Path:
         }
 
     net = build_model(cfg.model)
-    if template is not None and isinstance(net, DeepCNN):
-        init_from_template(net, template)
     source: Card | None = None
     if a.weights_from is not None:
         source = weights_source(a.weights_from, cfg.model)
@@ -766,6 +764,8 @@ def main(argv: list[str] | None = None) -> Path:
         log = {"best_step": source.training["best_step"], "history": source.training["history"]}
         print(f"weights from {source.name} {source.version} ({a.weights_from}): not training")
     else:
+        if template is not None and isinstance(net, DeepCNN):
+            init_from_template(net, template)
         log = fit(net, batches, val, cfg)
     net.eval()
     matched_path = None
