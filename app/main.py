@@ -122,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, **cors_options(origins))
     app.add_middleware(ObservabilityMiddleware, metrics=app_metrics)
     install_openapi(app, keys_enabled=keys.enabled, protect_metrics=settings.PROTECT_METRICS)
+    app.include_router(v1.detection)
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(health.router)

@@ -8,10 +8,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.api.deps import DetectDep, RegistryDep, SettingsDep, query_parameters_doc
+from app.api.routing import RequestOnlyRoute
 from app.api.schemas import ERRORS, DetectRequest, DetectResponse, ModelList, example_signal
 from app.core.card import Card
 
 router = APIRouter(prefix="/v1", tags=["v1"])
+# The detection routes, the hot path: their one dependency is called directly (see RequestOnlyRoute).
+detection = APIRouter(prefix="/v1", tags=["v1"], route_class=RequestOnlyRoute)
 
 _npy_example = "(binary: the bytes np.save writes; 1-D for one signal, 2-D for several)"
 DETECT_BODY: dict[str, Any] = {
@@ -51,13 +54,13 @@ DETECT_DOC = dict(
 )
 
 
-@router.post("/detect", summary="Detect events with the default model", **DETECT_DOC)  # type: ignore[arg-type]
+@detection.post("/detect", summary="Detect events with the default model", **DETECT_DOC)  # type: ignore[arg-type]
 async def detect(request: Request, call: DetectDep) -> Response:
     """Probability, decision and peak locations of each signal (JSON or .npy body)."""
     return await call(request)
 
 
-@router.post("/models/{name}/detect", summary="Detect events with a named model", **DETECT_DOC)  # type: ignore[arg-type]
+@detection.post("/models/{name}/detect", summary="Detect events with a named model", **DETECT_DOC)  # type: ignore[arg-type]
 async def detect_with(name: str, request: Request, call: DetectDep) -> Response:
     """Like /v1/detect, with the model named in the path."""
     return await call(request, name)

@@ -1,0 +1,217 @@
+"""RequestOnlyRoute: the dependencies called directly, the same answers as FastAPI's solver,
+and every route it cannot serve that way refused when it is built."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import fastapi.routing
+import pytest
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi.responses import Response
+from fastapi.testclient import TestClient
+
+from app.api.routing import RequestOnlyRoute
+
+
+async def who(request: Request) -> str:
+    return request.headers.get("x-who", "nobody")
+
+
+Who = Annotated[str, Depends(who)]
+
+
+def solver_forbidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make FastAPI's dependency solver fail, to show a route does not use it."""
+
+    async def fail(**_: Any) -> None:
+        raise AssertionError("FastAPI's dependency solver was called")
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", fail)
+
+
+def app_with(router: APIRouter, **include: Any) -> FastAPI:
+    app = FastAPI()
+    app.include_router(router, **include)
+    return app
+
+
+def echo_router() -> APIRouter:
+    router = APIRouter(prefix="/r", route_class=RequestOnlyRoute)
+
+    @router.post("/{name}/echo")
+    async def echo(name: str, request: Request, caller: Who) -> Response:
+        body = await request.body()
+        return Response(f"{name} {caller} {body.decode()}", media_type="text/plain")
+
+    return router
+
+
+def test_dependencies_are_called_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = TestClient(app_with(echo_router()))
+    solver_forbidden(monkeypatch)
+    r = client.post("/r/bump/echo", content=b"hello", headers={"x-who": "ada"})
+    assert (r.status_code, r.text) == (200, "bump ada hello")
+    assert client.post("/r/x/echo").text == "x nobody "
+
+
+def test_overrides_take_fastapis_own_handler() -> None:
+    app = app_with(echo_router())
+    client = TestClient(app)
+
+    async def someone_else() -> str:  # another signature: FastAPI solves it
+        return "override"
+
+    app.dependency_overrides[who] = someone_else
+    assert client.post("/r/a/echo", content=b"b").text == "a override b"
+    app.dependency_overrides.clear()
+    assert client.post("/r/a/echo", content=b"b").text == "a nobody b"
+
+
+def test_the_openapi_document_is_fastapis() -> None:
+    plain = APIRouter(prefix="/r")
+
+    @plain.post("/{name}/echo")
+    async def echo(name: str, request: Request, caller: Who) -> Response:
+        return Response()
+
+    assert app_with(echo_router()).openapi()["paths"] == app_with(plain).openapi()["paths"]
+
+
+async def with_yield(request: Request) -> AsyncIterator[str]:
+    yield "yielded"
+
+
+def sync_dependency(request: Request) -> str:
+    return "sync"
+
+
+async def nested(caller: Who) -> str:
+    return f"nested {caller}"
+
+
+async def with_query(request: Request, limit: int = 3) -> str:
+    return f"limit {limit}"
+
+
+def via_dependency(call: Any) -> APIRouter:
+    router = APIRouter(route_class=RequestOnlyRoute)
+
+    @router.get("/d")
+    async def d(value: Any = Depends(call)) -> Response:  # noqa: B008 (a closure's dependency)
+        return Response(str(value))
+
+    return router
+
+
+def query_param() -> APIRouter:
+    router = APIRouter(route_class=RequestOnlyRoute)
+
+    @router.get("/d")
+    async def d(limit: int = 1) -> Response:
+        return Response(f"limit {limit}")
+
+    return router
+
+
+def header_param() -> APIRouter:
+    router = APIRouter(route_class=RequestOnlyRoute)
+
+    @router.get("/d")
+    async def d(x_who: Annotated[str | None, Header()] = None) -> Response:
+        return Response(f"header {x_who}")
+
+    return router
+
+
+def int_path() -> APIRouter:
+    router = APIRouter(route_class=RequestOnlyRoute)
+
+    @router.get("/{n}")
+    async def d(n: int) -> Response:
+        return Response(f"int {n + 1}")
+
+    return router
+
+
+def sync_endpoint() -> APIRouter:
+    router = APIRouter(route_class=RequestOnlyRoute)
+
+    @router.get("/d")
+    def d(request: Request) -> Response:
+        return Response("sync endpoint")
+
+    return router
+
+
+def dict_endpoint() -> APIRouter:
+    router = APIRouter(route_class=RequestOnlyRoute)
+
+    @router.get("/d")
+    async def d(request: Request) -> dict[str, str]:
+        return {"serialised": "by FastAPI"}
+
+    return router
+
+
+@pytest.mark.parametrize(
+    ("router", "path", "answer", "invalid"),
+    [
+        (query_param, "/d?limit=7", "limit 7", "/d?limit=x"),
+        (header_param, "/d", "header ada", None),
+        (int_path, "/41", "int 42", "/x"),
+        (sync_endpoint, "/d", "sync endpoint", None),
+        (dict_endpoint, "/d", '{"serialised":"by FastAPI"}', None),
+        (lambda: via_dependency(with_yield), "/d", "yielded", None),
+        (lambda: via_dependency(sync_dependency), "/d", "sync", None),
+        (lambda: via_dependency(nested), "/d", "nested ada", None),
+        (lambda: via_dependency(with_query), "/d?limit=5", "limit 5", "/d?limit=x"),
+    ],
+)
+def test_what_it_cannot_call_directly_fastapi_solves(
+    router: Any, path: str, answer: str, invalid: str | None
+) -> None:
+    """Parsed, validated and serialised by FastAPI as for any route (422 for a bad value)."""
+    client = TestClient(app_with(router()))
+    assert client.get(path, headers={"x-who": "ada"}).text == answer
+    if invalid is not None:
+        assert client.get(invalid).status_code == 422
+
+
+def test_a_dependency_of_the_including_router_still_runs() -> None:
+    calls: list[str] = []
+
+    async def audit(request: Request) -> None:
+        calls.append(request.url.path)
+
+    client = TestClient(app_with(echo_router(), dependencies=[Depends(audit)]))
+    assert client.post("/r/a/echo", content=b"b").text == "a nobody b"
+    assert calls == ["/r/a/echo"]
+
+
+def test_the_detection_routes_are_called_directly(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's hot path takes the direct call and answers as FastAPI's solver does."""
+    body = {"signals": [[0.0] * 300, [1.0] * 256]}
+    requests = [
+        ("/v1/detect", body),
+        ("/v1/models/bump/detect?min_distance=5", body),
+        ("/v1/detect?threshold=2", body),  # 422, from the dependency
+        ("/v1/models/nope/detect", body),  # 404
+        ("/v1/detect", {"signals": "no"}),  # 422, from the route
+    ]
+
+    def answers() -> list[tuple[int, Any]]:
+        return [(r.status_code, r.json()) for r in (client.post(p, json=b) for p, b in requests)]
+
+    app: FastAPI = client.app  # type: ignore[assignment]
+    app.dependency_overrides[who] = who  # any override: every request takes FastAPI's handler
+    try:
+        by_fastapi = answers()
+    finally:
+        app.dependency_overrides.clear()
+    solver_forbidden(monkeypatch)
+    assert answers() == by_fastapi
+    assert [status for status, _ in by_fastapi] == [200, 200, 422, 404, 422]
