@@ -23,7 +23,7 @@ from app.core.model import InferenceOptions
 from app.core.registry import Registry
 from app.core.signals import Limits
 from app.lifecycle import DrainMiddleware, Lifecycle
-from app.observability import Metrics, ObservabilityMiddleware, configure_logging
+from app.observability import AccessLog, Metrics, ObservabilityMiddleware, configure_logging
 from app.security import (
     ApiKeyMiddleware,
     ApiKeys,
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.LOG_LEVEL)
     app_metrics = Metrics()
+    access = AccessLog()
     lifecycle = Lifecycle(
         timeout=settings.SHUTDOWN_TIMEOUT_S, delay=settings.SHUTDOWN_DELAY_S, registry=app_metrics.registry
     )
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lifecycle.uninstall_signal_handler()
             registry.close()
             executor.shutdown(wait=True, cancel_futures=True)
+            access.flush()
 
     app = FastAPI(
         title="Shape Detector",
@@ -120,7 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
     if origins := parse_origins(settings.CORS_ORIGINS):
         app.add_middleware(CORSMiddleware, **cors_options(origins))
-    app.add_middleware(ObservabilityMiddleware, metrics=app_metrics)
+    app.add_middleware(ObservabilityMiddleware, metrics=app_metrics, access=access)
     install_openapi(app, keys_enabled=keys.enabled, protect_metrics=settings.PROTECT_METRICS)
     app.include_router(v1.detection)
     app.include_router(v1.router)

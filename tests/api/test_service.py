@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,10 @@ def test_request_id_and_structured_log(client: TestClient) -> None:
         r = client.post(
             "/v1/detect", json={"signals": [[0.0] * 100] * 3}, headers={"X-Request-ID": "abc-123"}
         )
+        # The line is written at the end of the event loop's iteration that answered.
+        deadline = time.monotonic() + 10
+        while '"abc-123"' not in stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         access.removeHandler(handler)
     assert r.headers["x-request-id"] == "abc-123"
