@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from tests.deploy.processes import ROOT, Service, free_port, start_repo_service
+from tests.logs import json_lines
 
 pytestmark = pytest.mark.slow
 
@@ -149,7 +150,8 @@ def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 def served_ids(service: Service, prefix: str) -> set[str]:
     """Request ids of `prefix` the service logged (one JSON line per request)."""
-    return set(re.findall(rf'"request_id": "({prefix}-\d+)"', service.log()))
+    ids = (str(doc.get("request_id")) for doc in json_lines(service.log()))
+    return {i for i in ids if re.fullmatch(rf"{prefix}-\d+", i)}
 
 
 def test_spreads_requests_and_passes_request_ids(proxy: tuple[str, Path], backends: list[Service]) -> None:

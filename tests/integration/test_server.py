@@ -10,6 +10,7 @@ import numpy as np
 
 from tests.api.test_primer_figure import primer_signal
 from tests.integration.conftest import ROOT, start_server
+from tests.logs import json_lines
 
 
 def test_serve_detect_and_stop_cleanly(tmp_path: Path) -> None:
@@ -37,7 +38,7 @@ def test_serve_detect_and_stop_cleanly(tmp_path: Path) -> None:
         code = server.stop()
     assert code == 0, server.log()
     log = server.log()
-    assert '"request_id": "it-1"' in log and '"status": 200' in log
+    assert [doc["status"] for doc in json_lines(log) if doc.get("request_id") == "it-1"] == [200], log
 
 
 def test_invalid_setting_stops_startup_with_a_message() -> None:

@@ -25,6 +25,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.integration.conftest import Server, start_server
+from tests.logs import json_lines
 
 NPY = {"Content-Type": "application/x-npy"}
 JSON = {"Content-Type": "application/json"}
@@ -514,10 +515,10 @@ def test_a_client_that_leaves_mid_body_is_499_not_a_server_error(real_server: Se
         )
         time.sleep(0.3)
     for _ in range(100):  # the access log line is written once the server noticed
-        lines = [line for line in real_server.log().splitlines() if '"request_id": "leaves-early"' in line]
+        lines = [doc for doc in json_lines(real_server.log()) if doc.get("request_id") == "leaves-early"]
         if lines:
             break
         time.sleep(0.05)
-    assert lines and '"status": 499' in lines[0], lines
+    assert lines and lines[0]["status"] == 499, lines
     assert "unhandled error" not in real_server.log()
     ok_request(real_server)
