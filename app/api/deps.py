@@ -74,7 +74,7 @@ class Runner:
                 f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
             )
         try:
-            async with time_limit(self.body_timeout, body_timeout(self.body_timeout)):
+            async with time_limit(self.body_timeout, body_timeout):
                 return await self._read_body(request)
         except ClientDisconnect:
             raise ClientClosedRequest(
@@ -158,7 +158,7 @@ class Runner:
         other_client = self._note_client(request)
         self.in_flight += 1
         try:
-            async with time_limit(self.request_timeout, deadline_exceeded(self.request_timeout)):
+            async with time_limit(self.request_timeout, deadline_exceeded):
                 for _ in range(SWAP_RETRIES):
                     model = registry.get(name)
                     if here:  # cheaper than a hop to a thread and back
@@ -167,7 +167,8 @@ class Runner:
                         decoded = await loop.run_in_executor(self.executor, decode, model)
                     then = finish(model, decoded)
                     done, result = False, None
-                    if decoded.samples <= self.inline_max_samples and self._lone(other_client):
+                    samples = decoded.samples
+                    if samples <= self.inline_max_samples and self._lone(other_client):
                         done, result = registry.run_now(name, model, decoded.signals, then)
                     future = None if done else registry.submit(name, model, decoded.signals, then)
                     if done or future is not None:
@@ -175,15 +176,15 @@ class Runner:
                 else:
                     raise Overloaded(f"model {name!r} is being reloaded; retry shortly")
                 request.state.signals = len(decoded.signals)
-                request.state.samples = decoded.samples
+                request.state.samples = samples
                 if future is not None:
                     result = await asyncio.wrap_future(future)
         finally:
             self.in_flight -= 1
-        inference, signals, samples = self._model_metrics(name)
+        inference, signals, samples_total = self._model_metrics(name)
         inference.observe(time.perf_counter() - started)
         signals.inc(len(decoded.signals))
-        samples.inc(decoded.samples)
+        samples_total.inc(samples)
         return result
 
     def _note_client(self, request: Request) -> float:

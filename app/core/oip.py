@@ -105,7 +105,7 @@ class InferRequest:
 
     @property
     def samples(self) -> int:
-        return int(sum(np.size(s) for s in self.signals))
+        return sum(s.size for s in self.signals)
 
     def wants(self, output: str) -> bool:
         return any(o.name == output for o in self.outputs)

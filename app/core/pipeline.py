@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 
 from app.core.card import Card
@@ -132,7 +131,7 @@ class Decoded:
 
     @property
     def samples(self) -> int:
-        return int(sum(np.size(s) for s in self.signals))
+        return sum(s.size for s in self.signals)
 
 
 def decode_request(
