@@ -170,7 +170,9 @@ class Runner:
                     samples = decoded.samples
                     if samples <= self.inline_max_samples and self._lone(other_client):
                         done, result = registry.run_now(name, model, decoded.signals, then)
-                    future = None if done else registry.submit(name, model, decoded.signals, then)
+                    # The batcher sets the waiter: one call into this loop per batch, not per request.
+                    waiter: asyncio.Future[Any] = loop.create_future()
+                    future = None if done else registry.submit(name, model, decoded.signals, then, waiter)
                     if done or future is not None:
                         break
                 else:
@@ -178,7 +180,11 @@ class Runner:
                 request.state.signals = len(decoded.signals)
                 request.state.samples = samples
                 if future is not None:
-                    result = await asyncio.wrap_future(future)
+                    try:
+                        result = await waiter
+                    except asyncio.CancelledError:  # the deadline: a request still queued never runs
+                        future.cancel()
+                        raise
         finally:
             self.in_flight -= 1
         inference, signals, samples_total = self._model_metrics(name)

@@ -36,6 +36,8 @@ company, and onnxruntime computes each row of a batch independently.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
@@ -81,6 +83,21 @@ class _Job:
     samples: int
     arrived: float = field(default_factory=time.monotonic)
     future: Future[Any] = field(default_factory=Future)
+    waiter: asyncio.Future[Any] | None = None  # an event loop's copy of ``future``
+
+
+def _settle(jobs: list[_Job]) -> None:
+    """On the event loop: copy each finished job's outcome into its waiter (unless cancelled)."""
+    for job in jobs:
+        waiter, future = job.waiter, job.future
+        if waiter is None or waiter.done():
+            continue
+        if future.cancelled():
+            waiter.cancel()
+        elif (error := future.exception()) is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(future.result())
 
 
 @dataclass
@@ -150,9 +167,19 @@ class Batcher:
         """Every worker waits for work and nothing is queued."""
         return not (self._closed or self._jobs or self._splits) and self._waiting == len(self._threads)
 
-    def submit(self, signals: Sequence[npt.NDArray[np.floating]], finish: Finish) -> Future[Any]:
-        """Queue a request; its future gets ``finish(curves)`` or the error that stopped it."""
-        job = _Job(signals, finish, sum(s.size for s in signals))
+    def submit(
+        self,
+        signals: Sequence[npt.NDArray[np.floating]],
+        finish: Finish,
+        waiter: asyncio.Future[Any] | None = None,
+    ) -> Future[Any]:
+        """Queue a request; its future gets ``finish(curves)`` or the error that stopped it.
+
+        ``waiter``: an event loop's future that gets the same outcome. The waiters of one
+        batch are settled by one call into their loop, where ``asyncio.wrap_future`` makes one
+        per request. To drop a request still queued, cancel the returned future.
+        """
+        job = _Job(signals, finish, sum(s.size for s in signals), waiter=waiter)
         with self._cond:
             if self._closed:
                 raise Overloaded("the service is shutting down; retry on another instance")
@@ -315,6 +342,19 @@ class Batcher:
                 self._process(work)
 
     def _process(self, batch: list[_Job]) -> None:
+        """Score and finish a batch, then wake its requests' event loops (one call per loop)."""
+        try:
+            self._run_batch(batch)
+        finally:
+            waiting: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+            for job in batch:
+                if job.waiter is not None:
+                    waiting.setdefault(job.waiter.get_loop(), []).append(job)
+            for loop, jobs in waiting.items():
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                    loop.call_soon_threadsafe(_settle, jobs)
+
+    def _run_batch(self, batch: list[_Job]) -> None:
         signals = [s for job in batch for s in job.signals]
         try:
             curves = self.score(signals)
@@ -323,7 +363,7 @@ class Batcher:
         except Exception as exc:
             if len(batch) > 1:  # find the request that fails; the others must not suffer
                 for job in batch:
-                    self._process([job])
+                    self._run_batch([job])
             else:
                 batch[0].future.set_exception(exc)
             return

@@ -6,6 +6,7 @@ models still serve.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Sequence
@@ -126,14 +127,19 @@ class Registry:
                 status.batcher.close()
 
     def submit(
-        self, name: str, model: OnnxModel, signals: Sequence[npt.NDArray[np.floating]], finish: Finish
+        self,
+        name: str,
+        model: OnnxModel,
+        signals: Sequence[npt.NDArray[np.floating]],
+        finish: Finish,
+        waiter: asyncio.Future[Any] | None = None,
     ) -> Future[Any] | None:
         """Queue for ``name``'s batcher if ``model`` still serves it; None if it was swapped."""
         with self._lock:
             status = self.statuses[name]
             if status.model is not model or status.batcher is None:
                 return None
-            return status.batcher.submit(signals, finish)
+            return status.batcher.submit(signals, finish, waiter)
 
     def run_now(
         self, name: str, model: OnnxModel, signals: Sequence[npt.NDArray[np.floating]], finish: Finish

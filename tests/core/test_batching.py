@@ -1,5 +1,6 @@
 """Dynamic batching: same results as one by one, a bounded queue, errors kept to their request."""
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import app.core.batching as batching
 from app.core.batching import Batcher, Shared
 from app.core.errors import Overloaded
 from app.core.model import InferenceOptions, OnnxModel
@@ -322,3 +324,66 @@ def test_a_helper_takes_what_the_busy_first_worker_cannot(samples: int) -> None:
     release.set()
     assert first.result(5) == 1
     batcher.close()
+
+
+def test_waiters_of_a_batch_are_settled_by_one_call_into_their_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each request's event-loop future gets its own outcome (results and errors), and the
+    requests of one batch wake their loop once, not once each."""
+
+    settle_calls: list[int] = []
+    settle = batching._settle
+
+    def counting(jobs):  # type: ignore[no-untyped-def]
+        settle_calls.append(len(jobs))
+        settle(jobs)
+
+    monkeypatch.setattr(batching, "_settle", counting)
+    gate = threading.Event()
+
+    def score(signals):  # type: ignore[no-untyped-def]
+        gate.wait(5)
+        return [np.asarray(s, dtype=np.float32) for s in signals]
+
+    def finish(curves):  # type: ignore[no-untyped-def]
+        if curves[0][0] == 666:
+            raise ValueError("bad request")
+        return float(curves[0].sum())
+
+    batcher = Batcher(score, max_batch_samples=1000, max_queue=10)
+
+    async def main() -> list[object]:
+        loop = asyncio.get_running_loop()
+        blocker = loop.create_future()
+        batcher.submit([np.ones(2)], finish, blocker)  # runs alone, held by the gate
+        while batcher.queued:
+            await asyncio.sleep(0.001)
+        waiters = [loop.create_future() for _ in range(4)]
+        for value, waiter in zip((1.0, 2.0, 666.0, 3.0), waiters, strict=True):
+            batcher.submit([np.full(3, value)], finish, waiter)
+        gate.set()  # the four queued requests now run as one batch
+        outcomes = await asyncio.gather(blocker, *waiters, return_exceptions=True)
+        return list(outcomes)
+
+    outcomes = asyncio.run(main())
+    batcher.close()
+    assert outcomes[:3] == [2.0, 3.0, 6.0] and outcomes[4] == 9.0
+    assert isinstance(outcomes[3], ValueError) and "bad request" in str(outcomes[3])
+    assert settle_calls == [1, 4]
+
+
+def test_a_cancelled_request_is_dropped_and_a_closed_loop_is_no_error() -> None:
+    batcher, started, release = blocked_batcher(max_queue=5)
+    first = batcher.submit([np.zeros(10)], len)
+    assert started.wait(5)
+    loop = asyncio.new_event_loop()
+    waiter = loop.create_future()
+    queued = batcher.submit([np.zeros(10)], len, waiter)
+    gone = loop.create_future()
+    batcher.submit([np.zeros(10)], len, gone)
+    assert queued.cancel()  # what the deadline does to a request still queued
+    loop.close()  # the other request's loop is gone before its result
+    release.set()
+    assert first.result(5) == 1
+    batcher.close()
+    assert batcher.stats.dropped == 1 and batcher.stats.requests == 2
+    assert not waiter.done() and not gone.done()  # nobody settled them: their loop was closed
