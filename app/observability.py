@@ -6,6 +6,7 @@ A pure ASGI middleware: it adds little per request and sees every response, erro
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -91,7 +92,10 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         # orjson: 1 µs where the json module took 4 (anything it cannot encode becomes its str).
-        return orjson.dumps(doc, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        try:
+            return orjson.dumps(doc, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except orjson.JSONEncodeError:  # an integer beyond 64 bits, say: the json module has no limit
+            return json.dumps(doc, default=str)
 
 
 def configure_logging(level: str) -> None:

@@ -90,14 +90,14 @@ def _settle(jobs: list[_Job]) -> None:
     """On the event loop: copy each finished job's outcome into its waiter (unless cancelled)."""
     for job in jobs:
         waiter, future = job.waiter, job.future
-        if waiter is None or waiter.done():
+        if waiter is None or waiter.done() or not future.done():  # never block the loop
             continue
         if future.cancelled():
             waiter.cancel()
-        elif (error := future.exception()) is not None:
+        elif (error := future.exception(timeout=0)) is not None:
             waiter.set_exception(error)
         else:
-            waiter.set_result(future.result())
+            waiter.set_result(future.result(timeout=0))
 
 
 @dataclass
@@ -348,7 +348,7 @@ class Batcher:
         finally:
             waiting: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
             for job in batch:
-                if job.waiter is not None:
+                if job.waiter is not None and job.future.done():
                     waiting.setdefault(job.waiter.get_loop(), []).append(job)
             for loop, jobs in waiting.items():
                 with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more

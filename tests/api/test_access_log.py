@@ -122,3 +122,10 @@ def test_every_request_gets_its_line_in_order(
     finally:
         access.removeHandler(handler)
     assert [w for w in written if w in ids] == ids
+
+
+def test_a_log_line_is_json_whatever_its_fields() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m %s", ("arg",), None)
+    record.fields = {"big": 2**70, "path": Path("/tmp"), "n": 1.5}  # type: ignore[attr-defined]
+    doc = json.loads(JsonFormatter().format(record))
+    assert (doc["message"], doc["big"], doc["path"], doc["n"]) == ("m arg", 2**70, "/tmp", 1.5)
