@@ -170,9 +170,10 @@ class Runner:
                     samples = decoded.samples
                     if samples <= self.inline_max_samples and self._lone(other_client):
                         done, result = registry.run_now(name, model, decoded.signals, then)
-                    # The batcher sets the waiter: one call into this loop per batch, not per request.
-                    waiter: asyncio.Future[Any] = loop.create_future()
-                    future = None if done else registry.submit(name, model, decoded.signals, then, waiter)
+                    future = None
+                    if not done:  # the batcher settles the waiter: one call into this loop per batch
+                        waiter: asyncio.Future[Any] = loop.create_future()
+                        future = registry.submit(name, model, decoded.signals, then, waiter)
                     if done or future is not None:
                         break
                 else:

@@ -24,6 +24,9 @@ signal does not hold up short ones.
 nothing waits: for a lone small request the two hand-offs between threads (each a wake-up
 of a sleeping CPU) cost more than its inference.
 
+A request from an event loop comes with a waiter (an asyncio future of that loop): the worker
+settles the waiters of a whole batch with one call into their loop, not one per request.
+
 Each request is finished (its curves turned into its answer) by its own ``finish``, in the
 worker. Requests whose finish is a ``Shared`` with the same function and context (the same
 model's JSON answers) are finished in one call: peak picking and calibration then run once
