@@ -1,5 +1,5 @@
 """RequestOnlyRoute: the dependencies called directly, the same answers as FastAPI's solver,
-and every route it cannot serve that way refused when it is built."""
+and every route it cannot call that way served by FastAPI's own handler."""
 
 from __future__ import annotations
 
