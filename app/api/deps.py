@@ -148,7 +148,8 @@ class Runner:
 
         A lone request (see ``_lone``) of at most ``inline_max_samples`` samples, while the
         model's workers are all idle, is scored right here on the event loop: the hand-off to a
-        worker thread and back (two wake-ups of an idle CPU) costs more than its inference.
+        worker thread and back (mostly each thread waiting for the interpreter lock) costs about
+        as much as its inference.
 
         ``decode_here``: decode on the event loop (default: bodies up to INLINE_DECODE_BYTES),
         else in a decoding thread."""

@@ -21,8 +21,8 @@ every worker instead of one. A waiting request is always taken before such help:
 signal does not hold up short ones.
 
 ``run_now`` scores a request in the calling thread instead, if every worker is idle and
-nothing waits: for a lone small request the two hand-offs between threads (each a wake-up
-of a sleeping CPU) cost more than its inference.
+nothing waits: for a lone small request the two hand-offs between threads (mostly each
+thread waiting for the interpreter lock) cost about as much as its inference.
 
 A request from an event loop comes with a waiter (an asyncio future of that loop): the worker
 settles the waiters of a whole batch with one call into their loop, not one per request.
