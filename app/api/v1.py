@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
 from app.api.deps import DetectDep, RegistryDep, SettingsDep, query_parameters_doc
@@ -13,8 +13,6 @@ from app.api.schemas import ERRORS, DetectRequest, DetectResponse, ModelList, ex
 from app.core.card import Card
 
 router = APIRouter(prefix="/v1", tags=["v1"])
-# The detection routes, the hot path: their one dependency is called directly (see RequestOnlyRoute).
-detection = APIRouter(prefix="/v1", tags=["v1"], route_class=RequestOnlyRoute)
 
 _npy_example = "(binary: the bytes np.save writes; 1-D for one signal, 2-D for several)"
 DETECT_BODY: dict[str, Any] = {
@@ -54,16 +52,33 @@ DETECT_DOC = dict(
 )
 
 
-@detection.post("/detect", summary="Detect events with the default model", **DETECT_DOC)  # type: ignore[arg-type]
 async def detect(request: Request, call: DetectDep) -> Response:
     """Probability, decision and peak locations of each signal (JSON or .npy body)."""
     return await call(request)
 
 
-@detection.post("/models/{name}/detect", summary="Detect events with a named model", **DETECT_DOC)  # type: ignore[arg-type]
 async def detect_with(name: str, request: Request, call: DetectDep) -> Response:
     """Like /v1/detect, with the model named in the path."""
     return await call(request, name)
+
+
+def add_detection_routes(app: FastAPI) -> None:
+    """The detection routes, the hot path, on the app itself and ahead of the others: the app's
+    leading ``RequestOnlyRoute`` routes are served by ``DirectRoutes``. (Routes on the app's
+    own router also take ``app.dependency_overrides``, as routes of an included router do.)"""
+    for path, endpoint, summary in (
+        ("/v1/detect", detect, "Detect events with the default model"),
+        ("/v1/models/{name}/detect", detect_with, "Detect events with a named model"),
+    ):
+        app.router.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            summary=summary,
+            tags=["v1"],
+            route_class_override=RequestOnlyRoute,
+            **DETECT_DOC,  # type: ignore[arg-type]
+        )
 
 
 @router.get("/models", response_model=ModelList, summary="List the served models")

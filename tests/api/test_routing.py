@@ -1,5 +1,6 @@
 """RequestOnlyRoute: the dependencies called directly, the same answers as FastAPI's solver,
-and every route it cannot call that way served by FastAPI's own handler."""
+and every route it cannot call that way served by FastAPI's own handler. DirectRoutes: the
+app's leading such routes served before FastAPI's router, with the same answers and errors."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import Response
 from fastapi.testclient import TestClient
 
-from app.api.routing import RequestOnlyRoute
+from app.api.deps import detect_call
+from app.api.routing import DirectRoutes, RequestOnlyRoute
 
 
 async def who(request: Request) -> str:
@@ -213,5 +215,121 @@ def test_the_detection_routes_are_called_directly(
     finally:
         app.dependency_overrides.clear()
     solver_forbidden(monkeypatch)
+    routes_forbidden(monkeypatch)  # DirectRoutes serves them, before FastAPI's router
     assert answers() == by_fastapi
     assert [status for status, _ in by_fastapi] == [200, 200, 422, 404, 422]
+
+
+def routes_forbidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make FastAPI's route handling fail, to show DirectRoutes served a request."""
+
+    async def fail(*_: Any) -> None:
+        raise AssertionError("FastAPI's router handled the request")
+
+    monkeypatch.setattr(fastapi.routing.APIRoute, "handle", fail)
+
+
+class Teapot(Exception):
+    pass
+
+
+def direct_app(*, first: str | None = None) -> FastAPI:
+    """An app as the service builds it: RequestOnlyRoutes on the app itself, DirectRoutes."""
+    app = FastAPI()
+    if first is not None:  # a route ahead of the direct ones
+
+        @app.post(first)
+        async def earlier() -> str:
+            return "the earlier route"
+
+    app.router.route_class = RequestOnlyRoute
+
+    @app.post("/r/{name}/echo")
+    async def echo(name: str, request: Request, caller: Who) -> Response:
+        body = await request.body()
+        return Response(f"{name} {caller} {body.decode()}", media_type="text/plain")
+
+    @app.post("/r/{name}/fail")
+    async def fail(name: str, request: Request) -> Response:
+        if name == "teapot":
+            raise Teapot(name)
+        if name == "gone":
+            raise fastapi.HTTPException(410, "gone")
+        raise RuntimeError(name)
+
+    app.add_middleware(DirectRoutes, owner=app)
+
+    @app.exception_handler(Teapot)
+    async def teapot(request: Request, exc: Teapot) -> Response:
+        return Response(f"teapot {exc}", status_code=418)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        return Response(f"unexpected {exc}", status_code=500)
+
+    return app
+
+
+def test_direct_routes_serve_before_fastapis_router(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = TestClient(direct_app())
+    routes_forbidden(monkeypatch)
+    solver_forbidden(monkeypatch)
+    r = client.post("/r/bump/echo", content=b"hello", headers={"x-who": "ada"})
+    assert (r.status_code, r.text) == (200, "bump ada hello")
+
+
+def test_direct_routes_send_errors_to_the_apps_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same answers as through FastAPI's router: a handled error, an HTTPException, and an
+    unhandled one (the app's Exception handler, in Starlette's server-error middleware)."""
+
+    def answers() -> list[tuple[int, str]]:
+        client = TestClient(direct_app(), raise_server_exceptions=False)
+        return [
+            (r.status_code, r.text) for r in (client.post(f"/r/{n}/fail") for n in ("teapot", "gone", "boom"))
+        ]
+
+    monkeypatch.setattr(DirectRoutes, "_leading_routes", lambda self: [])  # FastAPI serves every request
+    by_fastapi = answers()
+    monkeypatch.undo()
+    routes_forbidden(monkeypatch)
+    assert answers() == by_fastapi
+    assert by_fastapi == [(418, "teapot teapot"), (410, '{"detail":"gone"}'), (500, "unexpected boom")]
+
+
+def test_an_earlier_route_that_matches_wins() -> None:
+    """As in FastAPI's router: the first route that fully matches serves the request."""
+    client = TestClient(direct_app(first="/r/first/echo"))
+    assert client.post("/r/first/echo").json() == "the earlier route"
+    assert client.post("/r/second/echo").text == "second nobody "
+
+
+def test_direct_routes_leave_the_rest_to_fastapi(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = direct_app()
+    client = TestClient(app)
+    assert client.get("/r/a/echo").status_code == 405  # the method: FastAPI's answer
+    assert client.post("/r/a/echo/", follow_redirects=False).status_code == 307  # FastAPI's redirect
+    assert client.post("/nowhere").status_code == 404
+
+    async def someone_else() -> str:
+        return "override"
+
+    app.dependency_overrides[who] = someone_else  # any override: FastAPI serves every request
+    assert client.post("/r/a/echo", content=b"b").text == "a override b"
+
+
+def test_overrides_apply_to_the_detection_routes(client: TestClient) -> None:
+    """The detection routes are on the app's own router: ``app.dependency_overrides`` reaches them."""
+
+    async def teapot(request: Request) -> Any:
+        async def call(request: Request, name: str | None = None) -> Response:
+            return Response(f"overridden for {name}", status_code=418)
+
+        return call
+
+    app: FastAPI = client.app  # type: ignore[assignment]
+    app.dependency_overrides[detect_call] = teapot
+    try:
+        r = client.post("/v1/models/bump/detect", json={"signals": [[0.0] * 300]})
+    finally:
+        app.dependency_overrides.clear()
+    assert (r.status_code, r.text) == (418, "overridden for bump")
