@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lifecycle.uninstall_signal_handler()
             registry.close()
             executor.shutdown(wait=True, cancel_futures=True)
-            access.flush()
+            access.close()
 
     app = FastAPI(
         title="Shape Detector",

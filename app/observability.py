@@ -5,12 +5,13 @@ A pure ASGI middleware: it adds little per request and sees every response, erro
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
+import threading
 import time
 import uuid
+from collections import deque
 from typing import Any
 
 import orjson
@@ -109,42 +110,64 @@ def configure_logging(level: str) -> None:
 
 
 class AccessLog:
-    """One line per request on the ``shape_detector.access`` logger, written at the end of the
-    event loop's current iteration together with the other lines of that iteration.
+    """One line per request on the ``shape_detector.access`` logger, written by a thread of its own.
 
-    The requests of one batch finish in one iteration of the loop. Making their log records one
-    after the other, rather than each between other work, cost the event loop much less: with
-    one line per request made at once, the access log took 48 µs per request (in process, one
-    1×1024 request at a time) where its own steps take 10 µs in a tight loop, and 1×1024 JSON at
-    concurrency 32 served 7 % fewer requests/s than with the lines made together.
-    Each record keeps the time its request ended; ``flush`` writes what is left at shutdown.
+    The event loop only notes each request's fields and end time; a writer thread makes and
+    writes the lines every ``interval`` seconds, in the order the requests ended, each record
+    with its request's end time. ``close`` (at shutdown) writes what is left and stops it.
+
+    Made on the event loop, even together at the end of its iteration, a line cost a request
+    at concurrency 1 about 50 µs of latency (1×1024 JSON over HTTP, median p50 of 5 rounds side
+    by side: 0.90 ms against 0.85 ms with this thread); at concurrency 32 the two are even. The
+    thread makes its lines while the loop waits for inference, and many at a time.
     """
 
-    def __init__(self, logger: logging.Logger = access_log) -> None:
+    def __init__(self, logger: logging.Logger = access_log, interval: float = 0.05) -> None:
         self.logger = logger
-        self._pending: list[tuple[float, dict[str, Any]]] = []
+        self.interval = interval
+        self._pending: deque[tuple[float, dict[str, Any]]] = deque()
+        self._lock = threading.Lock()  # one flush at a time: lines stay in order
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
 
     def add(self, fields: dict[str, Any]) -> None:
-        """Log ``fields`` (one request's) at the end of this iteration of the running loop."""
+        """Log ``fields`` (one request's) within ``interval`` seconds."""
         if not self.logger.isEnabledFor(logging.INFO):
             return
         self._pending.append((time.time(), fields))
-        if len(self._pending) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no event loop runs in this thread: write it now
-                self.flush()
+        if self._writer is None:
+            self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._writer is None and not self._stop.is_set():
+                self._writer = threading.Thread(target=self._run, name="access-log", daemon=True)
+                self._writer.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()
 
     def flush(self) -> None:
         """Hand every pending line to the logger, in the order the requests ended."""
-        pending, self._pending = self._pending, []
-        for ended, fields in pending:
-            record = self.logger.makeRecord(
-                self.logger.name, logging.INFO, __file__, 0, "request", (), None, extra={"fields": fields}
-            )
-            record.relativeCreated += (ended - record.created) * 1000
-            record.created, record.msecs = ended, int((ended - int(ended)) * 1000) + 0.0
-            self.logger.handle(record)
+        with self._lock:
+            pending = self._pending
+            while pending:
+                ended, fields = pending.popleft()
+                record = self.logger.makeRecord(
+                    self.logger.name, logging.INFO, __file__, 0, "request", (), None, extra={"fields": fields}
+                )
+                record.relativeCreated += (ended - record.created) * 1000
+                record.created, record.msecs = ended, int((ended - int(ended)) * 1000) + 0.0
+                self.logger.handle(record)
+
+    def close(self) -> None:
+        """Stop the writer thread and write what is left."""
+        self._stop.set()
+        writer = self._writer
+        if writer is not None:
+            writer.join()
+        self.flush()
 
 
 class ObservabilityMiddleware:

@@ -1,9 +1,8 @@
-"""The access log: one line per request, made at the end of the loop's iteration, in order,
-each with the time its request ended; nothing pending after shutdown."""
+"""The access log: one line per request, written by a thread of its own, in order, each with
+the time its request ended; nothing pending after shutdown."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -37,28 +36,28 @@ def lines(stream: io.StringIO) -> list[dict[str, object]]:
     return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
-def test_lines_of_one_iteration_are_written_together_in_order(
-    logger: tuple[logging.Logger, io.StringIO],
-) -> None:
+def test_the_writer_thread_writes_the_lines_in_order(logger: tuple[logging.Logger, io.StringIO]) -> None:
     log, stream = logger
-    access = AccessLog(log)
-    seen: list[int] = []
+    access = AccessLog(log, interval=0.01)
+    for n in range(1, 4):
+        access.add({"n": n})
+    deadline = time.monotonic() + 10  # written by the thread, not by close()
+    while len(lines(stream)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    written = lines(stream)
+    access.close()
+    assert [d["n"] for d in written] == [1, 2, 3]
+    assert all(d["message"] == "request" and d["logger"] == "test.access" for d in written)
 
-    async def main() -> None:
-        access.add({"n": 1})
-        await asyncio.sleep(0.002)  # a later iteration: the first line is written by then
-        seen.append(len(lines(stream)))
-        access.add({"n": 2})
-        access.add({"n": 3})
-        seen.append(len(lines(stream)))  # not yet: the end of this iteration
-        await asyncio.sleep(0)
-        seen.append(len(lines(stream)))
 
-    asyncio.run(main())
-    assert seen == [1, 1, 3]
-    docs = lines(stream)
-    assert [d["n"] for d in docs] == [1, 2, 3]
-    assert all(d["message"] == "request" and d["logger"] == "test.access" for d in docs)
+def test_close_writes_what_is_pending(logger: tuple[logging.Logger, io.StringIO]) -> None:
+    log, stream = logger
+    access = AccessLog(log, interval=3600)  # the thread would not write for an hour
+    for n in range(1, 4):
+        access.add({"n": n})
+    assert lines(stream) == []
+    access.close()
+    assert [d["n"] for d in lines(stream)] == [1, 2, 3]
 
 
 def test_a_record_keeps_the_time_its_request_ended(logger: tuple[logging.Logger, io.StringIO]) -> None:
@@ -70,29 +69,23 @@ def test_a_record_keeps_the_time_its_request_ended(logger: tuple[logging.Logger,
             records.append(record)
 
     log.addHandler(Keep())
-    access = AccessLog(log)
-
-    async def main() -> float:
-        ended = time.time()
-        access.add({"n": 1})
-        time.sleep(0.05)  # the loop is busy before the line is made
-        return ended
-
-    ended = asyncio.run(main())
+    access = AccessLog(log, interval=3600)
+    ended = time.time()
+    access.add({"n": 1})
+    time.sleep(0.05)  # the line is made later
+    access.close()
     (record,) = records
     assert abs(record.created - ended) < 0.02
     assert record.msecs == int((record.created - int(record.created)) * 1000)
 
 
-def test_without_a_loop_or_below_info(logger: tuple[logging.Logger, io.StringIO]) -> None:
+def test_below_info_nothing_is_kept(logger: tuple[logging.Logger, io.StringIO]) -> None:
     log, stream = logger
-    access = AccessLog(log)
-    access.add({"n": 1})  # no running loop: written at once
-    assert [d["n"] for d in lines(stream)] == [1]
     log.setLevel(logging.WARNING)
-    access.add({"n": 2})
-    access.flush()
-    assert [d["n"] for d in lines(stream)] == [1]
+    access = AccessLog(log)
+    access.add({"n": 1})
+    access.close()
+    assert lines(stream) == [] and access._writer is None
 
 
 @pytest.mark.parametrize("left_pending", [False, True])
