@@ -126,7 +126,7 @@ class AccessLog:
         self.logger = logger
         self.interval = interval
         self._pending: deque[tuple[float, dict[str, Any]]] = deque()
-        self._lock = threading.Lock()  # one flush at a time: lines stay in order
+        self._lock = threading.RLock()  # one flush at a time: lines stay in order
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
 
@@ -162,12 +162,16 @@ class AccessLog:
                 self.logger.handle(record)
 
     def close(self) -> None:
-        """Stop the writer thread and write what is left."""
+        """Stop the writer thread and write what is left. A later ``add`` (the app started
+        again) starts a new writer."""
         self._stop.set()
         writer = self._writer
         if writer is not None:
             writer.join()
-        self.flush()
+        with self._lock:
+            self.flush()
+            self._writer = None
+            self._stop.clear()
 
 
 class ObservabilityMiddleware:

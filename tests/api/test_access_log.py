@@ -60,6 +60,20 @@ def test_close_writes_what_is_pending(logger: tuple[logging.Logger, io.StringIO]
     assert [d["n"] for d in lines(stream)] == [1, 2, 3]
 
 
+def test_after_close_a_new_writer_starts(logger: tuple[logging.Logger, io.StringIO]) -> None:
+    """An app's lifespan may run more than once: each run gets its lines written."""
+    log, stream = logger
+    access = AccessLog(log, interval=0.01)
+    access.add({"n": 1})
+    access.close()
+    access.add({"n": 2})
+    deadline = time.monotonic() + 10  # written by the new thread, not by close()
+    while len(lines(stream)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [d["n"] for d in lines(stream)] == [1, 2]
+    access.close()
+
+
 def test_a_record_keeps_the_time_its_request_ended(logger: tuple[logging.Logger, io.StringIO]) -> None:
     log, _ = logger
     records: list[logging.LogRecord] = []
