@@ -333,3 +333,11 @@ def test_overrides_apply_to_the_detection_routes(client: TestClient) -> None:
     finally:
         app.dependency_overrides.clear()
     assert (r.status_code, r.text) == (418, "overridden for bump")
+
+
+def test_direct_routes_behind_a_root_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a root path (a proxy's prefix) the routes match as in FastAPI's router."""
+    client = TestClient(direct_app(), root_path="/api")
+    routes_forbidden(monkeypatch)
+    r = client.post("/r/bump/echo", content=b"hello")
+    assert (r.status_code, r.text) == (200, "bump nobody hello")
