@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         ),
     )
     LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
+    OPENTELEMETRY: bool = Field(
+        False,
+        description=(
+            "FastAPI's native OpenTelemetry (traces, metrics, logs of each request), active once an "
+            "OpenTelemetry provider is configured; off: not even looked for on each request."
+        ),
+    )
     # Reliability and security (see deploy/README-operations-section.md).
     API_KEYS: SecretStr = Field(
         SecretStr(""), description="Comma-separated API keys; any key set: model routes need one."

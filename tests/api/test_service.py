@@ -168,6 +168,23 @@ def test_switch_interval_is_set_while_serving_and_restored(models_dir: Path) -> 
     assert sys.getswitchinterval() == before
 
 
+@pytest.mark.parametrize("enabled", [False, True])
+def test_opentelemetry_is_looked_for_only_when_enabled(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    """Off (the default), FastAPI does not look for an OpenTelemetry provider on each request."""
+    from opentelemetry import trace
+
+    looked = []
+    real = trace.get_tracer_provider
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: looked.append(1) or real())
+    app = create_app(load_settings(MODEL_DIR=models_dir, OPENTELEMETRY=enabled))
+    with TestClient(app) as client:
+        before = len(looked)
+        assert client.get("/healthz").status_code == 200
+        assert (len(looked) > before) == enabled
+
+
 def test_every_setting_is_documented_in_the_readme() -> None:
     from app.settings import ENV_PREFIX, Settings
 
