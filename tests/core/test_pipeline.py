@@ -1,4 +1,5 @@
-"""Answers for several requests at once (as the batcher finishes a batch) equal one by one."""
+"""Answers for several requests at once (as the batcher finishes a batch) equal one by one; the
+body scan that decoding relies on."""
 
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 
 from app.core import oip
 from app.core.model import InferenceOptions, OnnxModel
-from app.core.pipeline import Decoded, respond_many
+from app.core.pipeline import Decoded, _quotes, respond_many
 from app.core.signals import Limits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,3 +87,11 @@ def test_encode_infer_many_equals_one_by_one() -> None:
         assert out["peak_index"] == [i for d in want for i in d.peaks.index.tolist()]
         assert ("scores" in out) == decoded.wants("scores")
     assert len(orjson.loads(together[3].body)["outputs"][0]["data"]) == 2  # one peak per signal
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b'"', b'""', b'"a""b"', b'{"signals":[[1]],"x":"y"}', bytearray(b'{"a":1}'), b"[1,2]"]
+)
+def test_quotes_counts_as_count_does_up_to_its_limit(body: bytes) -> None:
+    for most in range(6):
+        assert _quotes(body, most) == min(body.count(b'"'), most)
