@@ -101,6 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sys.setswitchinterval(previous_interval)
             lifecycle.uninstall_signal_handler()
             registry.close()
+            # A model still loading finishes (onnxruntime cannot be interrupted) and is not served;
+            # the process must not exit while the loader is inside onnxruntime (it would abort).
+            loader.join(settings.SHUTDOWN_TIMEOUT_S)
             executor.shutdown(wait=True, cancel_futures=True)
             access.close()
 

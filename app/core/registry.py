@@ -53,6 +53,7 @@ class Registry:
         self.max_wait = max_wait
         self.workers = workers
         self._lock = threading.Lock()
+        self._closed = False
         self.statuses: dict[str, ModelStatus] = {
             d.name: ModelStatus(d.name)
             for d in sorted(model_dir.iterdir())
@@ -60,9 +61,12 @@ class Registry:
         }
 
     def load_all(self) -> None:
-        """Load, verify and warm up every model; never raises for one bad model."""
+        """Load, verify and warm up every model; never raises for one bad model. Stops at the
+        next model once the registry is closed."""
         ort.disable_telemetry_events()  # nothing leaves the process or lands on disk for it
         for name, status in self.statuses.items():
+            if self._closed:
+                return
             try:
                 model = OnnxModel(self.model_dir / name, self.options)
                 model.warm_up()
@@ -72,7 +76,8 @@ class Registry:
                 log.error("model %s not served: %s", name, status.reason)
                 continue
             self.swap(name, model, self.new_batcher(name, model))
-            log.info("model %s %s ready", name, model.version)
+            if not self._closed:
+                log.info("model %s %s ready", name, model.version)
 
     def new_batcher(self, name: str, model: OnnxModel) -> Batcher:
         def score(signals: Sequence[npt.NDArray[np.floating]]) -> list[Float32Array]:
@@ -91,11 +96,19 @@ class Registry:
 
     def swap(self, name: str, model: OnnxModel, batcher: Batcher) -> Batcher | None:
         """Serve ``name`` with ``model`` and ``batcher`` from now on, atomically for ``submit``;
-        returns the batcher replaced (the caller closes it: it finishes its queue first)."""
+        returns the batcher replaced (the caller closes it: it finishes its queue first).
+
+        Once the registry is closed nothing is swapped in: ``batcher`` is closed here and None
+        returned."""
         with self._lock:
-            status = self.statuses[name]
-            old = status.batcher
-            status.state, status.model, status.batcher, status.reason = "ready", model, batcher, None
+            closed = self._closed
+            if not closed:
+                status = self.statuses[name]
+                old = status.batcher
+                status.state, status.model, status.batcher, status.reason = "ready", model, batcher, None
+        if closed:
+            batcher.close()
+            return None
         return old
 
     def redact_paths(self, text: str) -> str:
@@ -121,7 +134,9 @@ class Registry:
         return [s.model for s in self.statuses.values() if s.model is not None]
 
     def close(self) -> None:
-        """Let every batcher finish its queue, then stop."""
+        """Let every batcher finish its queue, then stop; no model is swapped in after this."""
+        with self._lock:
+            self._closed = True
         for status in self.statuses.values():
             if status.batcher is not None:
                 status.batcher.close()

@@ -180,6 +180,7 @@ def test_opentelemetry_is_looked_for_only_when_enabled(
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: looked.append(1) or real())
     app = create_app(load_settings(MODEL_DIR=models_dir, OPENTELEMETRY=enabled))
     with TestClient(app) as client:
+        wait_ready(client)
         before = len(looked)
         assert client.get("/healthz").status_code == 200
         assert (len(looked) > before) == enabled

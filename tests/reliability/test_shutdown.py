@@ -10,12 +10,16 @@ import json
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from app.core.model import InferenceOptions, OnnxModel
+from app.core.registry import Registry
 from tests.api.test_primer_figure import primer_signal
 from tests.integration.conftest import Server, start_server
 
@@ -141,3 +145,33 @@ def test_shutdown_delay_keeps_readiness_failing_before_the_port_closes(tmp_path:
             server.process.kill()
     assert code == 0, server.log()
     assert 1.5 <= stopped_in < 6, stopped_in
+
+
+def test_stopped_while_its_models_load_it_exits_cleanly() -> None:
+    """The app stopped right after it started, its models still loading: the loader finishes
+    the model it is loading and serves nothing more, and the process exits normally (it used
+    to abort: the loader thread was still inside onnxruntime when the interpreter ended)."""
+    script = (
+        "from fastapi.testclient import TestClient\n"
+        "from app.main import create_app\n"
+        "with TestClient(create_app()) as client:\n"
+        "    assert client.get('/readyz').status_code == 503  # still loading\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
+
+
+def test_a_closed_registry_swaps_nothing_in(models_dir: Path) -> None:
+    registry = Registry(models_dir, InferenceOptions(intra_op_threads=1))
+    registry.close()
+    registry.load_all()  # stops at once
+    assert all(s.state == "loading" and s.batcher is None for s in registry.statuses.values())
+    model = OnnxModel(models_dir / "bump", InferenceOptions(intra_op_threads=1))
+    batcher = registry.new_batcher("bump", model)
+    assert registry.swap("bump", model, batcher) is None
+    assert registry.statuses["bump"].batcher is None
+    assert not any(t.is_alive() for t in batcher._threads)  # closed by the swap
