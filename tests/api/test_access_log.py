@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.observability import AccessLog, JsonFormatter
+from app.observability import AccessLog, JsonFormatter, _direct_handler
 from app.settings import load_settings
 from tests.api.conftest import wait_ready
 
@@ -26,10 +26,12 @@ def logger() -> Iterator[tuple[logging.Logger, io.StringIO]]:
     handler.setFormatter(JsonFormatter())
     log = logging.getLogger("test.access")
     log.handlers[:] = [handler]
+    log.filters[:] = []
     log.setLevel(logging.INFO)
     log.propagate = False
     yield log, stream
     log.handlers[:] = []
+    log.filters[:] = []
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -136,3 +138,45 @@ def test_a_log_line_is_json_whatever_its_fields() -> None:
     record.fields = {"big": 2**70, "path": Path("/tmp"), "n": 1.5}  # type: ignore[attr-defined]
     doc = json.loads(JsonFormatter().format(record))
     assert (doc["message"], doc["big"], doc["path"], doc["n"]) == ("m arg", 2**70, "/tmp", 1.5)
+
+
+def test_lines_written_directly_equal_the_logging_modules(logger: tuple[logging.Logger, io.StringIO]) -> None:
+    """With the service's set-up (one StreamHandler, JsonFormatter, no filter) the lines go to the
+    stream in one write; any other set-up takes the logging module's path. Same lines either way."""
+    log, stream = logger
+    log.handlers[:] = log.handlers[:1]  # the fixture's handler alone (pytest adds its own)
+    fields = [{"n": n, "path": f"/v1/{n}", "big": 2**70 if n == 2 else n} for n in range(3)]
+
+    def written(access: AccessLog) -> str:
+        stream.seek(0)
+        stream.truncate()
+        for f in fields:
+            access.add(dict(f))
+        access._pending = type(access._pending)(
+            (1_700_000_000.25 + i, f) for i, (_, f) in enumerate(access._pending)
+        )
+        access.close()
+        return stream.getvalue()
+
+    assert _direct_handler(log) is not None
+    direct = written(AccessLog(log, interval=3600))
+    log.addFilter(lambda record: True)  # a filter: the logging module's path
+    assert _direct_handler(log) is None
+    assert written(AccessLog(log, interval=3600)) == direct
+    assert [d["n"] for d in lines(stream)] == [0, 1, 2] and lines(stream)[2]["big"] == 2**70
+    assert lines(stream)[0]["time"] == "2023-11-14T22:13:20.250Z"
+
+
+def test_the_direct_path_only_for_the_services_set_up(logger: tuple[logging.Logger, io.StringIO]) -> None:
+    log, _ = logger
+    handler = log.handlers[0]
+    log.handlers[:] = [handler]  # the fixture's handler alone (pytest adds its own)
+    assert _direct_handler(log) == (handler, handler.formatter)
+    handler.setLevel(logging.WARNING)
+    assert _direct_handler(log) is None
+    handler.setLevel(logging.NOTSET)
+    log.addHandler(logging.NullHandler())  # two handlers
+    assert _direct_handler(log) is None
+    log.handlers[:] = [handler]
+    handler.setFormatter(logging.Formatter())
+    assert _direct_handler(log) is None
