@@ -23,6 +23,8 @@ from app.core.windows import WindowPlan
 from benchmarks.loadgen import make_signals
 
 LONG = 1_000_000  # the long case's default length
+# Between two requests at concurrency 1 a server's inference thread waits about this long.
+PACED_PAUSE_S = 0.0005
 
 
 def window_batches(signal: np.ndarray, plan: WindowPlan, max_batch_samples: int) -> list[np.ndarray]:
@@ -51,12 +53,18 @@ def _rates(run: Callable[[], None], samples: int, duration: float, repeats: int)
     return rates
 
 
-def call_latencies_ms(model: OnnxModel, batch: np.ndarray, calls: int, warm_up: int = 1) -> np.ndarray:
-    """Milliseconds of each of ``calls`` back-to-back ``session.run`` calls on one batch."""
+def call_latencies_ms(
+    model: OnnxModel, batch: np.ndarray, calls: int, warm_up: int = 1, pause_s: float = 0.0
+) -> np.ndarray:
+    """Milliseconds of each of ``calls`` ``session.run`` calls on one batch: back to back, or
+    each after ``pause_s`` of sleep (the pace of a server's inference thread at concurrency 1,
+    which waits for the next request between calls)."""
     for _ in range(warm_up):
         model.session.run(["scores"], {"signal": batch})
     latencies = []
     for _ in range(calls):
+        if pause_s:
+            time.sleep(pause_s)
         t0 = time.perf_counter()
         model.session.run(["scores"], {"signal": batch})
         latencies.append(time.perf_counter() - t0)
@@ -102,6 +110,13 @@ def measure_raw(
         "calls": latency_calls,
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
+    }
+    paced = call_latencies_ms(model, cases["1x1024"][0], latency_calls, pause_s=PACED_PAUSE_S)
+    out["latency_1x1024_paced"] = {
+        "calls": latency_calls,
+        "pause_ms": PACED_PAUSE_S * 1000,
+        "p50_ms": float(np.percentile(paced, 50)),
+        "p99_ms": float(np.percentile(paced, 99)),
     }
     out["window"] = model.plan.window
     out["margin"] = model.plan.margin

@@ -126,6 +126,9 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     p50 = one.get("p50_ms")
     met = None if p50 is None else p50 <= raw_p50 + 0.5
     shown = f"{ms(p50)} ms (raw + {ms((p50 or 0) - raw_p50)} ms)"
+    floor = rows.get(("floor", "json", 1, 1024, 1), {}).get("p50_ms")
+    if p50 is not None and floor is not None:
+        shown = f"{ms(p50)} ms (raw + {ms(p50 - raw_p50)} ms; the HTTP floor alone {ms(floor)} ms)"
     add("1×1024 json, concurrency 1", f"p50 ≤ raw {raw_p50:.2f} + 0.5 ms", p50, met, shown)
     big = [r for r in result["rows"] if r.get("status") == "ok" and "peak_rss_growth_mib" in r]
     if big:
@@ -135,6 +138,53 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"1×{big[0]['length']:,} npy", "≥ 0.9 × raw, peak RSS growth ≤ 300 MB", v, met,
             f"{times(v)}, growth {growth:.0f} MiB")  # fmt: skip
     return out
+
+
+def concurrency_one(result: dict[str, Any]) -> list[str]:
+    """What a request at concurrency 1 costs on this machine before the service does any work."""
+    rows = {(r["server"], r["body"], r["rows"], r["length"], r["concurrency"]): r for r in result["rows"]}
+    floor = rows.get(("floor", "json", 1, 1024, 1), {})
+    service = rows.get(("service", "json", 1, 1024, 1), {})
+    raw = result["raw"]["latency_1x1024"]
+    paced = result["raw"].get("latency_1x1024_paced")
+    wake = result.get("wakeups")
+    if floor.get("status") != "ok" and paced is None and wake is None:
+        return []
+    lines = [
+        "",
+        "## Concurrency 1: what this machine charges before the service's own work",
+        "",
+        "| 1×1024 | p50 ms |",
+        "| --- | ---: |",
+        f"| raw onnxruntime call, back to back | {ms(raw['p50_ms'])} |",
+    ]
+    if paced is not None:
+        lines.append(
+            f"| raw onnxruntime call after a {paced['pause_ms']:.1f} ms pause (an inference thread's "
+            f"pace at concurrency 1) | {ms(paced['p50_ms'])} |"
+        )
+    if floor.get("status") == "ok":
+        lines.append(
+            f"| floor: uvicorn and a bare ASGI app that reads the JSON body and sends a fixed answer, "
+            f"concurrency 1 | {ms(floor['p50_ms'])} |"
+        )
+    if service.get("status") == "ok":
+        lines.append(f"| the service, concurrency 1 | {ms(service['p50_ms'])} |")
+        if floor.get("status") == "ok":
+            own = service["p50_ms"] - floor["p50_ms"] - raw["p50_ms"]
+            lines.append(f"| the service's own share: service − floor − raw back to back | {ms(own)} |")
+    if wake is not None:
+        two = wake.get("two_cpus_round_trip_us")
+        between = "" if two is None else f", {two:.1f} µs between two CPUs"
+        lines += [
+            "",
+            f"Waking a blocked thread (benchmarks/wakeup.py, {wake['trips']} round trips through pipes): "
+            f"a round trip takes {wake['same_cpu_round_trip_us']:.1f} µs between two threads on one CPU"
+            f"{between}. A request at concurrency 1 wakes a blocked thread four times: the event loop "
+            "(the request), the inference thread (the queued request), the event loop (the answer) and "
+            "the client (the response); the floor server's requests wake two.",
+        ]
+    return lines
 
 
 def rate(x: float | None) -> str:
@@ -261,6 +311,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{times(q['service_over_raw'])} | {times(q['service_over_naive'])} | "
             f"{times(q['service_over_litserve'])} |"
         )
+    lines += concurrency_one(result)
     lines += [
         "",
         "## Targets (issue #5)",

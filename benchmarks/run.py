@@ -4,14 +4,18 @@
     python -m benchmarks.run --quick    # about 1 minute  -> benchmarks/results/quick.{json,md}
 
 1. Raw onnxruntime (this process, the service's session) on 1x1024, 64x1024 and the windows of
-   a 1x1,000,000 signal; single-call latency of 1x1024.
+   a 1x1,000,000 signal; single-call latency of 1x1024, back to back and paced.
 2. Each server as a real process on a free loopback port, one at a time, loaded by a closed-loop
    client: wrk (benchmarks/wrkload.py, Debian's package; the default when installed) or an
    asyncio client in this process (--client python, benchmarks/loadgen.py). JSON and .npy
    bodies, 1x1024 and 64x1024, concurrency 1, 8 and 32; the service also with
    SHAPE_DETECTOR_WORKERS=2 on 1x1024 at concurrency 32 ("service-w2"), and a few
    1x10,000,000 .npy requests (Python client) with its peak RSS growth measured.
-3. Medians over repeats; ratios service / raw, service / naive and service / LitServe; issue
+3. The concurrency-1 floor of this machine: a bare ASGI app under uvicorn that reads the body
+   and sends a fixed answer ("floor", 1x1024 JSON at concurrency 1; benchmarks/floor_server.py),
+   the raw call paced as at concurrency 1 (a pause before each call), and the cost of waking a
+   thread on the same and on another CPU (benchmarks/wakeup.py).
+4. Medians over repeats; ratios service / raw, service / naive and service / LitServe; issue
    #5's targets, met or not.
 
 Timings never fail the run: it exits 1 only for errors (a server that does not start or dies,
@@ -35,12 +39,12 @@ from typing import Any
 
 from app.core.card import load_card
 from app.core.model import InferenceOptions
-from benchmarks import loadgen, report, servers, wrkload
+from benchmarks import loadgen, report, servers, wakeup, wrkload
 from benchmarks.loadgen import Payload, Phase
 from benchmarks.raw import measure_raw
 
 ROOT = servers.ROOT
-SERVERS = ("service", "naive", "litserve")
+SERVERS = ("service", "naive", "litserve", "floor")
 CLIENTS = ("wrk", "python")
 CHECKED_REQUESTS = 3  # per workload, before and after wrk's load, checked in full
 
@@ -102,6 +106,8 @@ def workloads(cfg: Config, name: str) -> list[tuple[str, int, int, int]]:
     bodies = ("json", "npy")
     if name == "litserve" and not cfg.litserve_all:
         return [("json", 1, 1024, 32)]
+    if name == "floor":  # the concurrency-1 target's workload only
+        return [("json", 1, 1024, 1)] if (1, 1024) in cfg.shapes and 1 in cfg.concurrency else []
     if name.startswith("service-w"):  # 1x1024 at the highest concurrency only
         return [(b, 1, 1024, max(cfg.concurrency)) for b in bodies if (1, 1024) in cfg.shapes]
     return [(b, r, n, c) for (r, n) in cfg.shapes for c in cfg.concurrency for b in bodies]
@@ -206,6 +212,8 @@ def spec_for(name: str, cfg: Config, port: int) -> servers.ServerSpec:
         return replace(spec, name=name)
     if name == "naive":
         return servers.naive_spec(cfg.model_dir, port, cfg.intra_op_threads)
+    if name == "floor":
+        return servers.floor_spec(port)
     return servers.litserve_spec(cfg.model_dir, port, cfg.intra_op_threads)
 
 
@@ -318,6 +326,8 @@ def measure(cfg: Config, log_dir: Path | None = None) -> dict[str, Any]:
         cfg.latency_calls,
         cfg.raw_long_length,
     )
+    log("thread wake-ups: one CPU, two CPUs")
+    result["wakeups"] = wakeup.measure()
     with tempfile.TemporaryDirectory(prefix="shape-bench-") as tmp:
         names = list(cfg.servers)
         if "service" in names:

@@ -89,6 +89,12 @@ def litserve_spec(model_dir: Path, port: int, intra_op_threads: int = 0) -> Serv
     return ServerSpec("litserve", cmd, {}, "/health", "/predict", False, settings)
 
 
+def floor_spec(port: int) -> ServerSpec:
+    """The HTTP floor: a bare ASGI app under uvicorn that reads the body and sends a fixed answer."""
+    cmd = [sys.executable, "-m", "benchmarks.floor_server", "--port", str(port)]
+    return ServerSpec("floor", cmd, {}, "/readyz", "/v1/detect", False, {"workers": 1})
+
+
 def _children() -> dict[int, list[int]]:
     tree: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):

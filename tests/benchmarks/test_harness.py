@@ -23,7 +23,7 @@ NUMBERS = ("requests_per_s", "samples_per_s", "p50_ms", "p99_ms", "server_peak_r
 
 def tiny_config() -> Config:
     return Config(
-        servers=("service", "naive"),
+        servers=("service", "naive", "floor"),
         shapes=((1, 1024),),
         concurrency=(1, 4),
         warmup_s=0.1,
@@ -43,6 +43,8 @@ def tiny_config() -> Config:
 def test_workloads_cover_bodies_shapes_and_concurrency() -> None:
     cfg = Config()
     assert len(workloads(cfg, "service")) == 2 * 2 * 3
+    assert workloads(cfg, "floor") == [("json", 1, 1024, 1)]
+    assert workloads(Config(concurrency=(8, 32)), "floor") == []
     assert ("json", 1, 1024, 32) in workloads(Config(litserve_all=False), "litserve")
     assert workloads(cfg, "service-w2") == [("json", 1, 1024, 32), ("npy", 1, 1024, 32)]
 
@@ -69,7 +71,14 @@ def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
             assert all(isinstance(row[k], float) and math.isfinite(row[k]) for k in NUMBERS)
     big = rows[("service", "npy", 1, 100_000, 1)]
     assert big["requests"] == 1 and len(big["latencies_ms"]) == 1 and "peak_rss_growth_mib" in big
-    assert set(result["servers"]) == {"service", "service-w2", "naive"}
+    assert set(result["servers"]) == {"service", "service-w2", "naive", "floor"}
+    floor = rows[("floor", "json", 1, 1024, 1)]  # the concurrency-1 workload only
+    assert floor["status"] == "ok" and floor["errors"] == 0 and floor["requests"] >= 1
+    assert [k for k in rows if k[0] == "floor"] == [("floor", "json", 1, 1024, 1)]
+    assert result["servers"]["floor"]["exit_code"] == 0
+    paced = raw["latency_1x1024_paced"]
+    assert paced["calls"] == 20 and paced["pause_ms"] > 0 and math.isfinite(paced["p50_ms"])
+    assert result["wakeups"]["same_cpu_round_trip_us"] > 0
     assert result["servers"]["service"]["exit_code"] == 0  # the service exits 0 on SIGTERM
     assert result["servers"]["service-w2"]["settings"]["WORKERS"] == 2
     w2 = rows[("service-w2", "json", 1, 1024, 4)]
@@ -88,6 +97,8 @@ def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
     text = paths[1].read_text()
     assert "| service | npy | 1×1,024 | 4 |" in text and "## Ratios" in text and "## Targets" in text
     assert "| naive | npy | 1×1,024 | 1 | n/a" in text
+    assert "## Concurrency 1: what this machine charges" in text and "| floor: uvicorn" in text
+    assert "the HTTP floor alone" in text  # in the concurrency-1 target's row
 
 
 def test_every_response_is_checked() -> None:
