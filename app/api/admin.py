@@ -31,6 +31,7 @@ class ReloadResult(BaseModel):
         404: {"model": Message, "description": "Unknown model."},
         409: {"model": Message, "description": "Another reload runs, or the models are still loading."},
         422: {"model": Message, "description": "The files do not load or verify; the old version serves on."},
+        503: {"model": Message, "description": "The service is shutting down."},
     },
 )
 async def reload(name: str, registry: RegistryDep, metrics: MetricsDep) -> ReloadResult:

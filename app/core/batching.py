@@ -52,7 +52,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
-from app.core.errors import Overloaded
+from app.core.errors import Overloaded, ShuttingDown
 from app.core.windows import Float32Array
 
 HELP_AFTER_S = 0.02  # a helper takes requests that waited this long for the busy first worker
@@ -185,7 +185,7 @@ class Batcher:
         job = _Job(signals, finish, sum(s.size for s in signals), waiter=waiter)
         with self._cond:
             if self._closed:
-                raise Overloaded("the service is shutting down; retry on another instance")
+                raise ShuttingDown("the service is shutting down; retry on another instance")
             if len(self._jobs) >= self.max_queue:
                 raise Overloaded(
                     f"{len(self._jobs)} requests are waiting for this model (the limit is "

@@ -43,6 +43,10 @@ class Overloaded(DetectorError):
     status = 503
 
 
+class ShuttingDown(Overloaded):
+    """The service is stopping: nothing new is queued or swapped in (503)."""
+
+
 class InvalidInput(DetectorError):
     """The body parsed but its content is unusable (422); ``loc`` points at the culprit."""
 

@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from app.core.batching import Batcher, Finish
 from app.core.card import CARD_FILE
-from app.core.errors import ModelNotFound, ModelNotReady
+from app.core.errors import ModelNotFound, ModelNotReady, ShuttingDown
 from app.core.model import InferenceOptions, OnnxModel
 from app.core.windows import Float32Array
 
@@ -75,9 +75,11 @@ class Registry:
                     status.state, status.reason = "failed", self.redact_paths(f"{type(exc).__name__}: {exc}")
                 log.error("model %s not served: %s", name, status.reason)
                 continue
-            self.swap(name, model, self.new_batcher(name, model))
-            if not self._closed:
-                log.info("model %s %s ready", name, model.version)
+            try:
+                self.swap(name, model, self.new_batcher(name, model))
+            except ShuttingDown:
+                return
+            log.info("model %s %s ready", name, model.version)
 
     def new_batcher(self, name: str, model: OnnxModel) -> Batcher:
         def score(signals: Sequence[npt.NDArray[np.floating]]) -> list[Float32Array]:
@@ -98,8 +100,8 @@ class Registry:
         """Serve ``name`` with ``model`` and ``batcher`` from now on, atomically for ``submit``;
         returns the batcher replaced (the caller closes it: it finishes its queue first).
 
-        Once the registry is closed nothing is swapped in: ``batcher`` is closed here and None
-        returned."""
+        Once the registry is closed nothing is swapped in: ``batcher`` is closed here and
+        ``ShuttingDown`` raised."""
         with self._lock:
             closed = self._closed
             if not closed:
@@ -108,8 +110,13 @@ class Registry:
                 status.state, status.model, status.batcher, status.reason = "ready", model, batcher, None
         if closed:
             batcher.close()
-            return None
+            raise ShuttingDown("the service is shutting down; retry on another instance")
         return old
+
+    @property
+    def closed(self) -> bool:
+        """``close`` was called: no model is swapped in any more."""
+        return self._closed
 
     def redact_paths(self, text: str) -> str:
         """A reason fit for a response: the model directory's absolute path becomes MODEL_DIR."""

@@ -6,7 +6,8 @@ batch too) while the old version keeps serving. Only then are model and batcher 
 one step under the registry's lock, so every request is decoded, queued and answered by one
 version, and its response names that version. The old batcher finishes the requests already
 in its queue and stops. A model that fails to load or verify is not swapped in: the old
-version keeps serving and the error says why. One reload at a time per registry.
+version keeps serving and the error says why. One reload at a time per registry. Once the
+service is shutting down nothing is swapped in (503).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 import weakref
 from dataclasses import dataclass
 
-from app.core.errors import DetectorError, ModelNotFound
+from app.core.errors import DetectorError, ModelNotFound, ShuttingDown
 from app.core.model import OnnxModel
 from app.core.registry import Registry
 
@@ -58,6 +59,8 @@ def reload_model(registry: Registry, name: str) -> Reloaded:
     if status is None:
         known = ", ".join(registry.statuses) or "none"
         raise ModelNotFound(f"no model named {name!r}; available models: {known}")
+    if registry.closed:
+        raise ShuttingDown("the service is shutting down; retry on another instance")
     if status.state == "loading":
         raise ReloadConflict(f"model {name!r} is still loading; retry when /readyz answers 200")
     lock = _lock_for(registry)
@@ -74,7 +77,11 @@ def reload_model(registry: Registry, name: str) -> Reloaded:
             log.error("model %s not reloaded: %s", name, reason)
             keeps = f"version {previous} keeps serving" if previous else "the model stays unavailable"
             raise ReloadFailed(f"model {name!r} was not reloaded ({keeps}): {reason}") from None
-        old = registry.swap(name, model, registry.new_batcher(name, model))
+        try:
+            old = registry.swap(name, model, registry.new_batcher(name, model))
+        except ShuttingDown:
+            log.warning("model %s not reloaded: the service is shutting down", name)
+            raise
         if old is not None:  # finishes the requests queued for the old version, then stops
             threading.Thread(target=old.close, name=f"drain-{name}-{previous}", daemon=True).start()
         seconds = time.perf_counter() - started

@@ -18,8 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.core.batching import Batcher
+from app.core.errors import ShuttingDown
 from app.core.model import InferenceOptions, OnnxModel
 from app.core.registry import Registry
+from app.core.reload import reload_model
 from tests.api.test_primer_figure import primer_signal
 from tests.integration.conftest import Server, start_server
 
@@ -172,6 +175,39 @@ def test_a_closed_registry_swaps_nothing_in(models_dir: Path) -> None:
     assert all(s.state == "loading" and s.batcher is None for s in registry.statuses.values())
     model = OnnxModel(models_dir / "bump", InferenceOptions(intra_op_threads=1))
     batcher = registry.new_batcher("bump", model)
-    assert registry.swap("bump", model, batcher) is None
+    with pytest.raises(ShuttingDown, match="shutting down"):
+        registry.swap("bump", model, batcher)
     assert registry.statuses["bump"].batcher is None
     assert not any(t.is_alive() for t in batcher._threads)  # closed by the swap
+
+
+def test_a_reload_refused_at_shutdown_says_so(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload asked once shutdown has begun is refused at once; one that finishes loading after
+    it is refused at the swap, closes what it built, and is never logged as reloaded."""
+    registry = Registry(models_dir, InferenceOptions(intra_op_threads=1))
+    registry.load_all()
+    serving = registry.statuses["bump"].model
+    warm_up = OnnxModel.warm_up
+
+    def warm_up_then_stop(model: OnnxModel) -> None:
+        warm_up(model)
+        registry.close()  # shutdown begins while the new version warms up
+
+    monkeypatch.setattr(OnnxModel, "warm_up", warm_up_then_stop)
+    built: list[Batcher] = []
+    new_batcher = registry.new_batcher
+    monkeypatch.setattr(registry, "new_batcher", lambda *a: built.append(new_batcher(*a)) or built[-1])
+    with caplog.at_level("INFO", logger="shape_detector.models"), pytest.raises(ShuttingDown) as refused:
+        reload_model(registry, "bump")
+    assert refused.value.status == 503
+    assert registry.statuses["bump"].model is serving  # nothing swapped in
+    assert len(built) == 1 and not any(t.is_alive() for t in built[0]._threads)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "model bump not reloaded: the service is shutting down" in messages
+    assert not any(m.startswith("model bump reloaded") for m in messages)
+
+    with pytest.raises(ShuttingDown):  # asked after shutdown began: refused before any loading
+        reload_model(registry, "other")
+    assert len(built) == 1
