@@ -6,15 +6,16 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.observability import AccessLog, JsonFormatter, _direct_handler
+from app.observability import IDLE_INTERVALS, AccessLog, JsonFormatter, _direct_handler
 from app.settings import load_settings
 from tests.api.conftest import wait_ready
 
@@ -73,6 +74,49 @@ def test_after_close_a_new_writer_starts(logger: tuple[logging.Logger, io.String
     while len(lines(stream)) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert [d["n"] for d in lines(stream)] == [1, 2]
+    access.close()
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_an_idle_writer_sleeps_until_the_next_line(logger: tuple[logging.Logger, io.StringIO]) -> None:
+    """With nothing to write for IDLE_INTERVALS intervals the thread stops waking every interval;
+    the next line wakes it and is written by it, and close() stops it while it sleeps."""
+    log, stream = logger
+    access = AccessLog(log, interval=0.005)
+    access.add({"n": 1})
+    assert wait_for(lambda: len(lines(stream)) == 1)
+    writer = access._writer
+    assert writer is not None
+    waits = 0
+    stop_wait = access._stop.wait
+
+    def counted(timeout: float | None = None) -> bool:
+        nonlocal waits
+        waits += 1
+        return stop_wait(timeout)
+
+    access._stop.wait = counted  # type: ignore[method-assign]
+    assert wait_for(lambda: access._asleep)
+    asleep_after = waits
+    time.sleep(IDLE_INTERVALS * 0.005 * 4)  # four times as long as it took to fall asleep
+    assert waits == asleep_after  # no wake-up while asleep
+    access.add({"n": 2})
+    assert wait_for(lambda: len(lines(stream)) == 2)  # written by the woken thread, not by close()
+    assert access._writer is writer
+    assert wait_for(lambda: access._asleep)  # and asleep again
+    closing = threading.Thread(target=access.close, daemon=True)
+    closing.start()
+    closing.join(10)
+    assert not closing.is_alive() and not writer.is_alive()
+    assert [d["n"] for d in lines(stream)] == [1, 2]
+    access.add({"n": 3})  # a new lifespan: a new writer, awake
+    assert wait_for(lambda: len(lines(stream)) == 3)
     access.close()
 
 
