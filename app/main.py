@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ObservabilityMiddleware, metrics=app_metrics, access=access)
     install_openapi(app, keys_enabled=keys.enabled, protect_metrics=settings.PROTECT_METRICS)
     v1.add_detection_routes(app)  # first: DirectRoutes serves them
+    v2.add_infer_routes(app)
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(health.router)

@@ -6,21 +6,26 @@ model's batcher exactly as /v1's does, so both APIs give the same results. Error
 model or version, 413 for a body over the size limit, 503 (with Retry-After) while a model is
 not ready or its queue is full. A ``/versions/{version}`` path must name the version the
 model serves (its card's); any other version is 404.
+
+The two inference routes are ``RequestOnlyRoute`` routes on the app itself, ahead of the
+others (``add_infer_routes``): ``DirectRoutes`` serves them as it serves /v1's detection
+routes, and their headers are read from the request, not solved by FastAPI.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 
-from app.api.deps import LifecycleDep, RegistryDep, Runner, RunnerDep
+from app.api.deps import LifecycleDep, RegistryDep, Runner, get_registry, get_runner
+from app.api.routing import Handler, RequestOnlyRoute, direct_handler
 from app.core import oip
 from app.core.batching import Finish, Shared
 from app.core.errors import BodyTooLarge, DetectorError, ModelNotReady, Overloaded
@@ -40,30 +45,43 @@ def error_response(exc: DetectorError) -> JSONResponse:
     return JSONResponse({"error": exc.detail}, status_code=status, headers=headers)
 
 
-class OipRoute(APIRoute):
-    """Answers errors as ``{"error": ...}`` for the /v2 routes only; /v1 keeps its handlers."""
+def answering_errors(handler: Handler) -> Handler:
+    """``handler`` with its errors answered in the protocol's format."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+    async def handle(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except DetectorError as exc:
+            return error_response(exc)
+        except RequestValidationError as exc:
+            msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            return JSONResponse({"error": msgs}, status_code=400)
+        except Exception:
+            log.exception(
+                "unhandled error",
+                extra={"fields": {"request_id": getattr(request.state, "request_id", None)}},
+            )
+            return JSONResponse(
+                {"error": "internal error; the request id is in X-Request-ID"}, status_code=500
+            )
 
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except DetectorError as exc:
-                return error_response(exc)
-            except RequestValidationError as exc:
-                msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                return JSONResponse({"error": msgs}, status_code=400)
-            except Exception:
-                log.exception(
-                    "unhandled error",
-                    extra={"fields": {"request_id": getattr(request.state, "request_id", None)}},
-                )
-                return JSONResponse(
-                    {"error": "internal error; the request id is in X-Request-ID"}, status_code=500
-                )
+    return handle
 
-        return handle
+
+class OipRoute(RequestOnlyRoute):
+    """Answers errors as ``{"error": ...}`` for the /v2 routes only; /v1 keeps its handlers.
+
+    A ``RequestOnlyRoute``: the inference routes, which read only the request, are called
+    directly (by ``DirectRoutes`` when they lead the app's routes), their errors answered the
+    same way."""
+
+    def get_route_handler(self) -> Handler:
+        return answering_errors(super().get_route_handler())
+
+    @cached_property
+    def direct(self) -> Handler | None:
+        handler = direct_handler(self.dependant, self.path)
+        return None if handler is None else answering_errors(handler)
 
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], route_class=OipRoute)
@@ -212,14 +230,19 @@ INFER_BODY: dict[str, Any] = {
         },
     }
 }
-HeaderLength = Annotated[
-    str | None,
-    Header(
-        alias=oip.HEADER_LENGTH,
-        description="Bytes of JSON at the start of the body (binary extension); 0: raw binary body.",
-    ),
+HEADER_PARAMETERS: list[dict[str, Any]] = [  # read from the request; documented as FastAPI would
+    {
+        "name": oip.HEADER_LENGTH,
+        "in": "header",
+        "required": False,
+        "schema": {
+            "anyOf": [{"type": "string"}, {"type": "null"}],
+            "description": "Bytes of JSON at the start of the body (binary extension); 0: raw binary body.",
+            "title": oip.HEADER_LENGTH,
+        },
+        "description": "Bytes of JSON at the start of the body (binary extension); 0: raw binary body.",
+    }
 ]
-ContentEncoding = Annotated[str | None, Header(alias="Content-Encoding", include_in_schema=False)]
 
 
 @router.get("", response_model=ServerMetadata, summary="Server metadata")
@@ -294,43 +317,55 @@ INFER = dict(
 )
 
 
-@router.post("/models/{name}/infer", summary="Inference", **INFER)  # type: ignore[arg-type]
-async def infer(
-    name: str,
-    request: Request,
-    registry: RegistryDep,
-    runner: RunnerDep,
-    header_length: HeaderLength = None,
-    content_encoding: ContentEncoding = None,
-) -> Response:
+async def infer(name: str, request: Request, call: OipDep) -> Response:
     """Probability, decision and peaks of each signal; the per-sample scores on request."""
-    return await _infer(request, registry, runner, name, None, header_length, content_encoding)
+    return await _infer(request, call.registry, call.runner, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference (one version)", **INFER)  # type: ignore[arg-type]
-async def infer_version(
-    name: str,
-    version: str,
-    request: Request,
-    registry: RegistryDep,
-    runner: RunnerDep,
-    header_length: HeaderLength = None,
-    content_encoding: ContentEncoding = None,
-) -> Response:
+async def infer_version(name: str, version: str, request: Request, call: OipDep) -> Response:
     """Like /v2/models/{name}/infer; the version must be the one served."""
-    return await _infer(request, registry, runner, name, version, header_length, content_encoding)
+    return await _infer(request, call.registry, call.runner, name, version)
+
+
+@dataclass(frozen=True, slots=True)
+class OipCall:
+    """What the inference routes need from the lifespan: one dependency, called directly."""
+
+    registry: Registry
+    runner: Runner
+
+
+async def oip_call(request: Request) -> OipCall:
+    return OipCall(await get_registry(request), await get_runner(request))
+
+
+OipDep = Annotated[OipCall, Depends(oip_call)]
+
+
+def add_infer_routes(app: FastAPI) -> None:
+    """The inference routes on the app itself, among its leading routes: ``DirectRoutes``
+    serves them, as it serves /v1's detection routes (see ``v1.add_detection_routes``)."""
+    for path, endpoint, summary in (
+        ("/v2/models/{name}/infer", infer, "Inference"),
+        ("/v2/models/{name}/versions/{version}/infer", infer_version, "Inference (one version)"),
+    ):
+        app.router.add_api_route(
+            path,
+            endpoint,
+            methods=["POST"],
+            summary=summary,
+            tags=list(router.tags),
+            route_class_override=OipRoute,
+            **{**INFER, "openapi_extra": {**INFER_BODY, "parameters": HEADER_PARAMETERS}},  # type: ignore[arg-type]
+        )
 
 
 async def _infer(
-    request: Request,
-    registry: Registry,
-    runner: Runner,
-    name: str,
-    version: str | None,
-    header_length: str | None,
-    content_encoding: str | None,
+    request: Request, registry: Registry, runner: Runner, name: str, version: str | None
 ) -> Response:
     """Read, decode, queue for the model's batcher (as /v1 does), encode."""
+    header_length = request.headers.get(oip.HEADER_LENGTH)
+    content_encoding = request.headers.get("content-encoding")
     oip.check_version(registry.get(name).card, version)  # 404 or 503 before reading the body
     try:
         body = await runner.read_body(request)

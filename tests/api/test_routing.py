@@ -4,10 +4,12 @@ app's leading such routes served before FastAPI's router, with the same answers 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import fastapi.routing
+import numpy as np
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import Response
@@ -341,3 +343,51 @@ def test_direct_routes_behind_a_root_path(monkeypatch: pytest.MonkeyPatch) -> No
     routes_forbidden(monkeypatch)
     r = client.post("/r/bump/echo", content=b"hello")
     assert (r.status_code, r.text) == (200, "bump nobody hello")
+
+
+def test_the_inference_routes_of_v2_are_called_directly(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/v2's inference routes take the direct call too, with the protocol's own error format,
+    and answer as FastAPI's solver does (headers read from the request, as its Header did)."""
+    doc = {"inputs": [{"name": "signal", "shape": [2, 300], "datatype": "FP32", "data": [0.5] * 600}]}
+    raw = np.linspace(0, 1, 300, dtype="<f4").tobytes()
+    binary_input = {
+        "name": "signal",
+        "shape": [1, 300],
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": 1200},
+    }
+    header_json = json.dumps({"inputs": [binary_input]}).encode()
+    length = "Inference-Header-Content-Length"
+    requests: list[tuple[str, bytes, dict[str, str]]] = [
+        ("/v2/models/bump/infer", json.dumps(doc).encode(), {}),
+        ("/v2/models/bump/versions/0.0.1/infer", json.dumps(doc).encode(), {}),  # the tiny model's
+        ("/v2/models/bump/versions/9/infer", json.dumps(doc).encode(), {}),  # 404
+        ("/v2/models/nope/infer", json.dumps(doc).encode(), {}),  # 404
+        ("/v2/models/bump/infer", raw, {length: "0"}),  # raw binary body
+        ("/v2/models/bump/infer", header_json + raw, {length: str(len(header_json))}),
+        ("/v2/models/bump/infer", raw, {length: "x"}),  # 400
+        ("/v2/models/bump/infer", json.dumps(doc).encode(), {"Content-Encoding": "gzip"}),  # 400
+        ("/v2/models/bump/infer", b"{", {}),  # 400
+    ]
+
+    def answers() -> list[tuple[int, bytes, str | None]]:
+        out = []
+        for path, body, headers in requests:
+            r = client.post(path, content=body, headers={"Content-Type": "application/json", **headers})
+            out.append((r.status_code, r.content, r.headers.get(length)))
+        return out
+
+    app: FastAPI = client.app  # type: ignore[assignment]
+    app.dependency_overrides[who] = who  # any override: every request takes FastAPI's handler
+    try:
+        by_fastapi = answers()
+    finally:
+        app.dependency_overrides.clear()
+    solver_forbidden(monkeypatch)
+    routes_forbidden(monkeypatch)  # DirectRoutes serves them, before FastAPI's router
+    assert answers() == by_fastapi
+    assert [status for status, _, _ in by_fastapi] == [200, 200, 404, 404, 200, 200, 400, 400, 400]
+    assert all(list(json.loads(body)) == ["error"] for status, body, _ in by_fastapi if status != 200)
+    assert by_fastapi[4][2] is not None  # binary outputs: the JSON's length in the header
