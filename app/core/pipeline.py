@@ -76,7 +76,7 @@ def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> t
         raise InvalidInput(f"body must be a JSON object with 'signals', got {type(doc).__name__}")
     # Every name in the body is a string: 2 quotes each, more with escaped quotes. Exactly 2 per
     # name of the parsed object: no name is repeated and the body holds no other string.
-    only_names = _quotes(body, 2 * len(doc) + 1) == 2 * len(doc)
+    only_names = count_byte(body, b'"', 2 * len(doc) + 1) == 2 * len(doc)
     if not only_names:
         for name in BODY_FIELDS & set(doc):
             # JSON leaves repeated names undefined and the parser keeps the last: refuse them.
@@ -120,14 +120,15 @@ def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> t
     return signals, params
 
 
-def _quotes(body: Body, most: int) -> int:
-    """How many '"' the body holds, counting no further than ``most``. Each step is a ``find``
-    (memchr, vectorised): a body of numbers is scanned past its few keys in about 1 µs where
-    ``count`` took 5.6 µs for a 20 kB body."""
-    n, i = 0, body.find(b'"')
+def count_byte(body: Body, byte: bytes, most: int, end: int | None = None) -> int:
+    """How many times ``byte`` occurs in ``body[:end]``, counting no further than ``most``. Each
+    step is a ``find`` (memchr, vectorised): a body of numbers is scanned past the few quotes of
+    its keys in about 1 µs where ``count`` took 5.6 µs for a 20 kB body."""
+    stop = len(body) if end is None else end
+    n, i = 0, body.find(byte, 0, stop)
     while i != -1 and n < most:
         n += 1
-        i = body.find(b'"', i + 1)
+        i = body.find(byte, i + 1, stop)
     return n
 
 

@@ -8,8 +8,9 @@ import orjson
 import pytest
 
 from app.core import oip
+from app.core.card import load_card
 from app.core.model import InferenceOptions, OnnxModel
-from app.core.pipeline import Decoded, _quotes, respond_many
+from app.core.pipeline import Decoded, count_byte, respond_many
 from app.core.signals import Limits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,4 +95,87 @@ def test_encode_infer_many_equals_one_by_one() -> None:
 )
 def test_quotes_counts_as_count_does_up_to_its_limit(body: bytes) -> None:
     for most in range(6):
-        assert _quotes(body, most) == min(body.count(b'"'), most)
+        assert count_byte(body, b'"', most) == min(body.count(b'"'), most)
+        for end in range(len(body) + 1):
+            assert count_byte(body, b'"', most, end) == min(body[:end].count(b'"'), most)
+
+
+ONLY_NUMBERS = {  # body -> whether the data list can hold only numbers (and null)
+    b'{"inputs": [{"name": "signal", "data": [1, 2.5, -3e-05, null]}]}': True,
+    b'{"id": "tft", "parameters": {"binary_data_output": true, "f": false}, "inputs": [{"data": [[1], [2]]}]}': True,
+    '{"id": "\u00e9t\u00e9", "inputs": [{"data": [1]}]}'.encode(): True,  # non-ASCII around a 't'
+    b'{"inputs": [{"data": [1, true]}]}': False,
+    b'{"inputs": [{"data": [false, 1]}]}': False,
+    b'{"inputs": [{"data": [1, "2"]}]}': False,
+    b'{"inputs": [{"data": [[1], ["t"]]}]}': False,
+    b'{"id": "\\u0074", "inputs": [{"data": [1, true]}]}': False,  # an escape hides a 't'
+    b'{"id": "\\"", "inputs": [{"data": [1]}]}': False,  # any escape: the per-value path
+}
+
+
+@pytest.mark.parametrize("body", ONLY_NUMBERS)
+def test_only_numbers_in_data_is_shown_from_the_text(body: bytes) -> None:
+    doc = orjson.loads(body)
+    data = doc["inputs"][0]["data"]
+    assert oip._only_numbers_in(body, len(body), doc, data) is ONLY_NUMBERS[body]
+    assert oip._only_numbers_in(bytearray(body), len(body), doc, data) is ONLY_NUMBERS[body]
+    truth = all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in _flat(data))
+    if ONLY_NUMBERS[body]:  # never claimed wrongly
+        assert truth
+
+
+def _flat(data: list[object]) -> list[object]:
+    return [v for row in data for v in (row if isinstance(row, list) else [row])]
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {
+            "inputs": [
+                {
+                    "name": "signal",
+                    "shape": [2, 300],
+                    "datatype": "FP32",
+                    "data": np.linspace(-1, 1, 600).tolist(),
+                }
+            ]
+        },
+        {
+            "inputs": [
+                {
+                    "name": "signal",
+                    "shape": [1, 300],
+                    "datatype": "FP64",
+                    "data": [[0.1 * i for i in range(300)]],
+                }
+            ]
+        },
+        {
+            "inputs": [{"name": "signal", "shape": [300], "datatype": "FP32", "data": list(range(300))}],
+            "id": "t",
+        },
+        {
+            "parameters": {"binary_data_output": True, "threshold": 0.4},
+            "inputs": [{"name": "signal", "shape": [1, 300], "datatype": "FP32", "data": [1e-7] * 300}],
+            "outputs": [{"name": "scores", "parameters": {"binary_data": False}}],
+        },
+    ],
+)
+def test_the_vectorised_data_path_decodes_as_the_per_value_path(
+    doc: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    card = load_card(ROOT / "models" / "bump")
+    limits = Limits(16, 200_000, 100_000)
+    body = orjson.dumps(doc)
+    fast = oip.decode_infer(card, body, limits)
+    monkeypatch.setattr(oip, "_only_numbers_in", lambda *args: False)
+    slow = oip.decode_infer(card, body, limits)
+    assert len(fast.signals) == len(slow.signals)
+    for a, b in zip(fast.signals, slow.signals, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert (fast.threshold, fast.min_distance, fast.outputs) == (
+        slow.threshold,
+        slow.min_distance,
+        slow.outputs,
+    )
