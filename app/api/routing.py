@@ -21,7 +21,7 @@ around it (see the class).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -137,6 +137,22 @@ class RequestOnlyRoute(APIRoute):
         """The handler ``DirectRoutes`` calls for this route (the route as it stands in its
         app's own list, without an including router's context); None if FastAPI must serve it."""
         return direct_handler(self.dependant, self.path)
+
+
+def add_leading_routes(
+    app: FastAPI,
+    routes: Sequence[tuple[str, Callable[..., Any], str]],
+    route_class: type[RequestOnlyRoute],
+    **options: Any,
+) -> None:
+    """POST routes ``(path, endpoint, summary)`` on the app's own router, to be among its
+    leading ``RequestOnlyRoute`` routes (add them before any other route): ``DirectRoutes``
+    serves them. Routes on the app's own router also take ``app.dependency_overrides``, as
+    routes of an included router do. ``options``: FastAPI's, for each route."""
+    for path, endpoint, summary in routes:
+        app.router.add_api_route(
+            path, endpoint, methods=["POST"], summary=summary, route_class_override=route_class, **options
+        )
 
 
 class DirectRoutes:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
 from app.api.deps import DetectDep, RegistryDep, SettingsDep, query_parameters_doc
-from app.api.routing import RequestOnlyRoute
+from app.api.routing import RequestOnlyRoute, add_leading_routes
 from app.api.schemas import ERRORS, DetectRequest, DetectResponse, ModelList, example_signal
 from app.core.card import Card
 
@@ -63,22 +64,13 @@ async def detect_with(name: str, request: Request, call: DetectDep) -> Response:
 
 
 def add_detection_routes(app: FastAPI) -> None:
-    """The detection routes, the hot path, on the app itself and ahead of the others: the app's
-    leading ``RequestOnlyRoute`` routes are served by ``DirectRoutes``. (Routes on the app's
-    own router also take ``app.dependency_overrides``, as routes of an included router do.)"""
-    for path, endpoint, summary in (
+    """The detection routes, the hot path, on the app itself and ahead of the others, served
+    by ``DirectRoutes`` (see ``add_leading_routes``)."""
+    routes: list[tuple[str, Callable[..., Any], str]] = [
         ("/v1/detect", detect, "Detect events with the default model"),
         ("/v1/models/{name}/detect", detect_with, "Detect events with a named model"),
-    ):
-        app.router.add_api_route(
-            path,
-            endpoint,
-            methods=["POST"],
-            summary=summary,
-            tags=["v1"],
-            route_class_override=RequestOnlyRoute,
-            **DETECT_DOC,  # type: ignore[arg-type]
-        )
+    ]
+    add_leading_routes(app, routes, RequestOnlyRoute, tags=["v1"], **DETECT_DOC)
 
 
 @router.get("/models", response_model=ModelList, summary="List the served models")

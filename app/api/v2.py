@@ -15,6 +15,7 @@ routes, and their headers are read from the request, not solved by FastAPI.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any
@@ -25,7 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from app.api.deps import LifecycleDep, RegistryDep, Runner, get_registry, get_runner
-from app.api.routing import Handler, RequestOnlyRoute, direct_handler
+from app.api.routing import Handler, RequestOnlyRoute, add_leading_routes, direct_handler
 from app.core import oip
 from app.core.batching import Finish, Shared
 from app.core.errors import BodyTooLarge, DetectorError, ModelNotReady, Overloaded
@@ -343,21 +344,14 @@ OipDep = Annotated[OipCall, Depends(oip_call)]
 
 
 def add_infer_routes(app: FastAPI) -> None:
-    """The inference routes on the app itself, among its leading routes: ``DirectRoutes``
-    serves them, as it serves /v1's detection routes (see ``v1.add_detection_routes``)."""
-    for path, endpoint, summary in (
+    """The inference routes on the app itself, among its leading routes, served by
+    ``DirectRoutes`` as /v1's detection routes are (see ``add_leading_routes``)."""
+    routes: list[tuple[str, Callable[..., Any], str]] = [
         ("/v2/models/{name}/infer", infer, "Inference"),
         ("/v2/models/{name}/versions/{version}/infer", infer_version, "Inference (one version)"),
-    ):
-        app.router.add_api_route(
-            path,
-            endpoint,
-            methods=["POST"],
-            summary=summary,
-            tags=list(router.tags),
-            route_class_override=OipRoute,
-            **{**INFER, "openapi_extra": {**INFER_BODY, "parameters": HEADER_PARAMETERS}},  # type: ignore[arg-type]
-        )
+    ]
+    doc = {**INFER, "openapi_extra": {**INFER_BODY, "parameters": HEADER_PARAMETERS}}
+    add_leading_routes(app, routes, OipRoute, tags=list(router.tags), **doc)
 
 
 async def _infer(

@@ -5,8 +5,8 @@ app's leading such routes served before FastAPI's router, with the same answers 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, TypeVar
 
 import fastapi.routing
 import numpy as np
@@ -24,6 +24,7 @@ async def who(request: Request) -> str:
 
 
 Who = Annotated[str, Depends(who)]
+T = TypeVar("T")
 
 
 def solver_forbidden(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,6 +211,15 @@ def test_the_detection_routes_are_called_directly(
     def answers() -> list[tuple[int, Any]]:
         return [(r.status_code, r.json()) for r in (client.post(p, json=b) for p, b in requests)]
 
+    by_fastapi = answered_alike_directly(client, monkeypatch, answers)
+    assert [status for status, _ in by_fastapi] == [200, 200, 422, 404, 422]
+
+
+def answered_alike_directly(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, answers: Callable[[], T]
+) -> T:
+    """``answers()`` from FastAPI's own handlers (an override set), then with FastAPI's solver
+    and router made to fail (DirectRoutes serves the requests): the two must be equal."""
     app: FastAPI = client.app  # type: ignore[assignment]
     app.dependency_overrides[who] = who  # any override: every request takes FastAPI's handler
     try:
@@ -219,7 +229,7 @@ def test_the_detection_routes_are_called_directly(
     solver_forbidden(monkeypatch)
     routes_forbidden(monkeypatch)  # DirectRoutes serves them, before FastAPI's router
     assert answers() == by_fastapi
-    assert [status for status, _ in by_fastapi] == [200, 200, 422, 404, 422]
+    return by_fastapi
 
 
 def routes_forbidden(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -379,15 +389,7 @@ def test_the_inference_routes_of_v2_are_called_directly(
             out.append((r.status_code, r.content, r.headers.get(length)))
         return out
 
-    app: FastAPI = client.app  # type: ignore[assignment]
-    app.dependency_overrides[who] = who  # any override: every request takes FastAPI's handler
-    try:
-        by_fastapi = answers()
-    finally:
-        app.dependency_overrides.clear()
-    solver_forbidden(monkeypatch)
-    routes_forbidden(monkeypatch)  # DirectRoutes serves them, before FastAPI's router
-    assert answers() == by_fastapi
+    by_fastapi = answered_alike_directly(client, monkeypatch, answers)
     assert [status for status, _, _ in by_fastapi] == [200, 200, 404, 404, 200, 200, 400, 400, 400]
     assert all(list(json.loads(body)) == ["error"] for status, body, _ in by_fastapi if status != 200)
     assert by_fastapi[4][2] is not None  # binary outputs: the JSON's length in the header
