@@ -31,7 +31,7 @@ import orjson
 from app.core.card import Card
 from app.core.errors import InvalidInput, MalformedBody, ModelNotFound
 from app.core.model import Detection, Options, detections_per_request
-from app.core.pipeline import check_min_distance, check_threshold, count_byte
+from app.core.pipeline import check_min_distance, check_threshold, only_numbers_in
 from app.core.signals import Body, Limits, Signal, check_counts, check_finite, rows_from_json
 from app.core.windows import Float32Array
 
@@ -222,7 +222,7 @@ def _decode_json(
     # Data that can hold only numbers (or null) is converted in one vectorised pass; otherwise
     # JSON booleans among the numbers need a per-value scan, skipped when there can be none.
     data = spec.get("data")
-    plain = isinstance(data, list) and _only_numbers_in(body, header_end, doc, data)
+    plain = isinstance(data, list) and only_numbers_in(body, header_end, doc, data)
     may_hold_bools = not plain and (
         body.find(b"true", 0, header_end) >= 0 or body.find(b"false", 0, header_end) >= 0
     )
@@ -233,43 +233,6 @@ def _decode_json(
         threshold=card.threshold if threshold is None else threshold,
         min_distance=card.min_distance if min_distance is None else min_distance,
         outputs=outputs,
-    )
-
-
-def _only_numbers_in(body: Body, end: int, doc: Any, data: list[Any]) -> bool:
-    """True if ``data``, a list in ``doc`` (parsed from ``body[:end]``), can hold nothing but
-    numbers and null: no string and no ``true`` or ``false`` among its values.
-
-    Shown by counting bytes of the text against the parsed document outside ``data``. With no
-    backslash in the text no string holds an escape, so each string's text is its value: two
-    '"' per string, and a 't' ('f') only in strings and ``true`` (``false``) tokens; numbers
-    and null hold neither. Equal counts leave none for ``data``. Any other text, escapes
-    included, answers False (the per-value path then checks every value)."""
-    if body.find(b"\\", 0, end) != -1:
-        return False
-    strings = ts = fs = 0
-    todo: list[Any] = [doc]
-    while todo:  # without recursion: a document may nest deeply
-        node = todo.pop()
-        if node is data:
-            continue
-        if isinstance(node, dict):
-            todo.extend(node)  # the keys: strings
-            todo.extend(node.values())
-        elif isinstance(node, list):
-            todo.extend(node)
-        elif isinstance(node, str):
-            strings += 1
-            ts += node.count("t")
-            fs += node.count("f")
-        elif node is True:
-            ts += 1
-        elif node is False:
-            fs += 1
-    return (
-        count_byte(body, b'"', 2 * strings + 1, end) == 2 * strings
-        and count_byte(body, b"t", ts + 1, end) == ts
-        and count_byte(body, b"f", fs + 1, end) == fs
     )
 
 

@@ -76,8 +76,7 @@ def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> t
         raise InvalidInput(f"body must be a JSON object with 'signals', got {type(doc).__name__}")
     # Every name in the body is a string: 2 quotes each, more with escaped quotes. Exactly 2 per
     # name of the parsed object: no name is repeated and the body holds no other string.
-    only_names = count_byte(body, b'"', 2 * len(doc) + 1) == 2 * len(doc)
-    if not only_names:
+    if count_byte(body, b'"', 2 * len(doc) + 1) != 2 * len(doc):
         for name in BODY_FIELDS & set(doc):
             # JSON leaves repeated names undefined and the parser keeps the last: refuse them.
             # Values hold no strings in a valid request, so a name's quoted form occurs once.
@@ -110,13 +109,13 @@ def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> t
         _merge(min_distance, query.min_distance, "min_distance"),
         _merge(return_scores, query.return_scores, "return_scores"),
     )
-    # A token can only occur where its letters do: one scan for a byte (memchr) is much cheaper
-    # than a search for the word, and a body of numbers has no 'u' and no 'f'.
-    may_hold_bools = (b"u" in body and b"true" in body) or (b"f" in body and b"false" in body)
-    # No true/false token and no string but the object's keys: the rows hold numbers (or null,
-    # which the vectorised pass turns into NaN and hands to the per-value check).
-    plain = not may_hold_bools and only_names
-    signals = rows_from_json(doc["signals"], limits, min_length, may_hold_bools=may_hold_bools, plain=plain)
+    rows = doc["signals"]
+    plain = isinstance(rows, list) and only_numbers_in(body, len(body), doc, rows)
+    # Otherwise booleans among the numbers need a per-value scan. A token can only occur where
+    # its letters do: one scan for a byte (memchr) is much cheaper than a search for the word,
+    # and a body of numbers has no 'u' and no 'f'.
+    may_hold_bools = not plain and ((b"u" in body and b"true" in body) or (b"f" in body and b"false" in body))
+    signals = rows_from_json(rows, limits, min_length, may_hold_bools=may_hold_bools, plain=plain)
     return signals, params
 
 
@@ -130,6 +129,44 @@ def count_byte(body: Body, byte: bytes, most: int, end: int | None = None) -> in
         n += 1
         i = body.find(byte, i + 1, stop)
     return n
+
+
+def only_numbers_in(body: Body, end: int, doc: Any, data: list[Any]) -> bool:
+    """True if ``data``, a list in ``doc`` (parsed from ``body[:end]``), can hold nothing but
+    numbers and null: no string and no ``true`` or ``false`` among its values. Then its rows are
+    converted in one vectorised pass (a null becomes NaN and goes to the per-value check).
+
+    Shown by counting bytes of the text against the parsed document outside ``data``. With no
+    backslash in the text no string holds an escape, so each string's text is its value: two
+    '"' per string, and a 't' ('f') only in strings and ``true`` (``false``) tokens; numbers
+    and null hold neither. Equal counts leave none for ``data``. Any other text, escapes
+    included, answers False (the per-value path then checks every value)."""
+    if body.find(b"\\", 0, end) != -1:
+        return False
+    strings = ts = fs = 0
+    todo: list[Any] = [doc]
+    while todo:  # without recursion: a document may nest deeply
+        node = todo.pop()
+        if node is data:
+            continue
+        if isinstance(node, dict):
+            todo.extend(node)  # the keys: strings
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+        elif isinstance(node, str):
+            strings += 1
+            ts += node.count("t")
+            fs += node.count("f")
+        elif node is True:
+            ts += 1
+        elif node is False:
+            fs += 1
+    return (
+        count_byte(body, b'"', 2 * strings + 1, end) == 2 * strings
+        and count_byte(body, b"t", ts + 1, end) == ts
+        and count_byte(body, b"f", fs + 1, end) == fs
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import pytest
 from app.core import oip
 from app.core.card import load_card
 from app.core.model import InferenceOptions, OnnxModel
-from app.core.pipeline import Decoded, count_byte, respond_many
+from app.core.pipeline import Decoded, count_byte, only_numbers_in, respond_many
 from app.core.signals import Limits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,8 +117,8 @@ ONLY_NUMBERS = {  # body -> whether the data list can hold only numbers (and nul
 def test_only_numbers_in_data_is_shown_from_the_text(body: bytes) -> None:
     doc = orjson.loads(body)
     data = doc["inputs"][0]["data"]
-    assert oip._only_numbers_in(body, len(body), doc, data) is ONLY_NUMBERS[body]
-    assert oip._only_numbers_in(bytearray(body), len(body), doc, data) is ONLY_NUMBERS[body]
+    assert only_numbers_in(body, len(body), doc, data) is ONLY_NUMBERS[body]
+    assert only_numbers_in(bytearray(body), len(body), doc, data) is ONLY_NUMBERS[body]
     truth = all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in _flat(data))
     if ONLY_NUMBERS[body]:  # never claimed wrongly
         assert truth
@@ -169,7 +169,7 @@ def test_the_vectorised_data_path_decodes_as_the_per_value_path(
     limits = Limits(16, 200_000, 100_000)
     body = orjson.dumps(doc)
     fast = oip.decode_infer(card, body, limits)
-    monkeypatch.setattr(oip, "_only_numbers_in", lambda *args: False)
+    monkeypatch.setattr(oip, "only_numbers_in", lambda *args: False)
     slow = oip.decode_infer(card, body, limits)
     assert len(fast.signals) == len(slow.signals)
     for a, b in zip(fast.signals, slow.signals, strict=True):
