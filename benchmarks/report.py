@@ -64,13 +64,18 @@ def _div(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per service workload: service / raw (samples/s), service / naive and / LitServe (requests/s)."""
-    ok = {
+def measured(result: dict[str, Any]) -> dict[tuple[str, str, int, int, int], dict[str, Any]]:
+    """The workloads measured ("ok"), by (server, body, rows, length, concurrency)."""
+    return {
         (r["server"], r["body"], r["rows"], r["length"], r["concurrency"]): r
         for r in result["rows"]
         if r.get("status") == "ok"
     }
+
+
+def ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per service workload: service / raw (samples/s), service / naive and / LitServe (requests/s)."""
+    ok = measured(result)
     out = []
     for (server, body, rows, length, conc), r in ok.items():
         if not server.startswith("service"):  # the service and its variants (service-w2: 2 workers)
@@ -91,11 +96,7 @@ def ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue #5's targets, each with the measured value and whether this run met it."""
-    rows = {
-        (r["server"], r["body"], r["rows"], r["length"], r["concurrency"]): r
-        for r in result["rows"]
-        if r.get("status") == "ok"
-    }
+    rows = measured(result)
     ratio = {
         (q.get("server", "service"), q["body"], q["rows"], q["length"], q["concurrency"]): q
         for q in result["ratios"]
@@ -142,13 +143,13 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def concurrency_one(result: dict[str, Any]) -> list[str]:
     """What a request at concurrency 1 costs on this machine before the service does any work."""
-    rows = {(r["server"], r["body"], r["rows"], r["length"], r["concurrency"]): r for r in result["rows"]}
+    rows = measured(result)
     floor = rows.get(("floor", "json", 1, 1024, 1), {})
     service = rows.get(("service", "json", 1, 1024, 1), {})
     raw = result["raw"]["latency_1x1024"]
     paced = result["raw"].get("latency_1x1024_paced")
     wake = result.get("wakeups")
-    if floor.get("status") != "ok" and paced is None and wake is None:
+    if not floor and paced is None and wake is None:
         return []
     lines = [
         "",
@@ -163,14 +164,14 @@ def concurrency_one(result: dict[str, Any]) -> list[str]:
             f"| raw onnxruntime call after a {paced['pause_ms']:.1f} ms pause (an inference thread's "
             f"pace at concurrency 1) | {ms(paced['p50_ms'])} |"
         )
-    if floor.get("status") == "ok":
+    if floor:
         lines.append(
             f"| floor: uvicorn and a bare ASGI app that reads the JSON body and sends a fixed answer, "
             f"concurrency 1 | {ms(floor['p50_ms'])} |"
         )
-    if service.get("status") == "ok":
+    if service:
         lines.append(f"| the service, concurrency 1 | {ms(service['p50_ms'])} |")
-        if floor.get("status") == "ok":
+        if floor:
             own = service["p50_ms"] - floor["p50_ms"] - raw["p50_ms"]
             lines.append(f"| the service's own share: service − floor − raw back to back | {ms(own)} |")
     if wake is not None:

@@ -26,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.core.card import MODEL_FILE, load_card
+from app.core.model import InferenceOptions, session_options
 from benchmarks.loadgen import make_signals
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,11 +40,9 @@ LEVELS = {
 
 
 def options(level: ort.GraphOptimizationLevel, save_to: Path | None = None) -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
+    """The service's session options (one thread per call, its default) at another level."""
+    so = session_options(InferenceOptions(intra_op_threads=1))
     so.graph_optimization_level = level
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if save_to is not None:
         so.optimized_model_filepath = str(save_to)
     return so

@@ -36,6 +36,18 @@ class InferenceOptions:
     spinning: bool = False  # onnxruntime's threads spin between calls: lower latency, busy cores
 
 
+def session_options(options: InferenceOptions) -> ort.SessionOptions:
+    """The onnxruntime session options the service runs a model with."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads keep a core busy after each call; in a server that core is needed by the
+    # event loop that parses the next request.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
+    return so
+
+
 class OnnxModel:
     """A model directory (``model.onnx`` + ``card.json``) loaded into one session."""
 
@@ -48,15 +60,10 @@ class OnnxModel:
     ) -> None:
         self.options = options or InferenceOptions()
         self.card: Card = load_card(model_dir, verify=verify)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.options.intra_op_threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning threads keep a core busy after each call; in a server that core is needed
-        # by the event loop that parses the next request.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.options.spinning else "0")
         self.session = ort.InferenceSession(
-            str(model_dir / MODEL_FILE), sess_options=so, providers=["CPUExecutionProvider"]
+            str(model_dir / MODEL_FILE),
+            sess_options=session_options(self.options),
+            providers=["CPUExecutionProvider"],
         )
         self.plan = WindowPlan.for_model(self.options.window, self.card.receptive_radius, self.card.alignment)
 
