@@ -231,6 +231,7 @@ INFER_BODY: dict[str, Any] = {
         },
     }
 }
+_HEADER_LENGTH_DOC = "Bytes of JSON at the start of the body (binary extension); 0: raw binary body."
 HEADER_PARAMETERS: list[dict[str, Any]] = [  # read from the request; documented as FastAPI would
     {
         "name": oip.HEADER_LENGTH,
@@ -238,10 +239,10 @@ HEADER_PARAMETERS: list[dict[str, Any]] = [  # read from the request; documented
         "required": False,
         "schema": {
             "anyOf": [{"type": "string"}, {"type": "null"}],
-            "description": "Bytes of JSON at the start of the body (binary extension); 0: raw binary body.",
+            "description": _HEADER_LENGTH_DOC,
             "title": oip.HEADER_LENGTH,
         },
-        "description": "Bytes of JSON at the start of the body (binary extension); 0: raw binary body.",
+        "description": _HEADER_LENGTH_DOC,
     }
 ]
 
