@@ -23,6 +23,7 @@ from app.core.errors import DetectorError, InvalidInput, Overloaded
 from app.core.model import InferenceOptions
 from app.core.registry import Registry
 from app.core.signals import Limits
+from app.cpu_latency import CpuLatencyRequest
 from app.lifecycle import DrainMiddleware, Lifecycle
 from app.observability import AccessLog, Metrics, ObservabilityMiddleware, configure_logging
 from app.security import (
@@ -60,6 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
+        cpu_latency = None
+        if settings.CPU_LATENCY_US is not None:  # first: a refused request stops the start at once
+            cpu_latency = CpuLatencyRequest(settings.CPU_LATENCY_US)
+            cpu_latency.open()
+            log.info("holding a CPU latency request of %d us", settings.CPU_LATENCY_US)
         options = InferenceOptions(
             window=settings.WINDOW,
             max_batch_samples=settings.MAX_BATCH_SAMPLES,
@@ -106,6 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loader.join(settings.SHUTDOWN_TIMEOUT_S)
             executor.shutdown(wait=True, cancel_futures=True)
             access.close()
+            if cpu_latency is not None:
+                cpu_latency.close()
 
     app = FastAPI(
         title="Shape Detector",
