@@ -71,6 +71,23 @@ def call_latencies_ms(
     return np.asarray(latencies) * 1000
 
 
+def latency_1x1024(model: OnnxModel, template: Sequence[float] | None, calls: int) -> dict[str, Any]:
+    """Single-call latency of the 1x1024 signal: back to back ("latency_1x1024") and each call
+    after a pause ("latency_1x1024_paced")."""
+    batch = make_signals(1, 1024, template)
+    out: dict[str, Any] = {}
+    for key, pause in (("latency_1x1024", 0.0), ("latency_1x1024_paced", PACED_PAUSE_S)):
+        ms = call_latencies_ms(model, batch, calls, pause_s=pause)
+        out[key] = {
+            "calls": calls,
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+        }
+        if pause:
+            out[key]["pause_ms"] = pause * 1000
+    return out
+
+
 def measure_raw(
     model_dir: Path,
     options: InferenceOptions,
@@ -105,19 +122,7 @@ def measure_raw(
             "window_samples_per_pass": int(sum(b.size for b in batches)),
             "batch_shapes": sorted({f"{b.shape[0]}x{b.shape[1]}" for b in batches}),
         }
-    ms = call_latencies_ms(model, cases["1x1024"][0], latency_calls)
-    out["latency_1x1024"] = {
-        "calls": latency_calls,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-    }
-    paced = call_latencies_ms(model, cases["1x1024"][0], latency_calls, pause_s=PACED_PAUSE_S)
-    out["latency_1x1024_paced"] = {
-        "calls": latency_calls,
-        "pause_ms": PACED_PAUSE_S * 1000,
-        "p50_ms": float(np.percentile(paced, 50)),
-        "p99_ms": float(np.percentile(paced, 99)),
-    }
+    out.update(latency_1x1024(model, template, latency_calls))
     out["window"] = model.plan.window
     out["margin"] = model.plan.margin
     out["max_batch_samples"] = options.max_batch_samples

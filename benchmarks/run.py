@@ -9,7 +9,9 @@
    client: wrk (benchmarks/wrkload.py, Debian's package; the default when installed) or an
    asyncio client in this process (--client python, benchmarks/loadgen.py). JSON and .npy
    bodies, 1x1024 and 64x1024, concurrency 1, 8 and 32; the service also with
-   SHAPE_DETECTOR_WORKERS=2 on 1x1024 at concurrency 32 ("service-w2"), and a few
+   SHAPE_DETECTOR_WORKERS=2 on 1x1024 at concurrency 32 ("service-w2"), the service holding a
+   CPU latency request of 0 µs (SHAPE_DETECTOR_CPU_LATENCY_US=0, "service-lat0") on 1x1024 JSON
+   at concurrency 1 and 32 with the raw call timed again while it holds it, and a few
    1x10,000,000 .npy requests (Python client) with its peak RSS growth measured.
 3. The concurrency-1 floor of this machine: a bare ASGI app under uvicorn that reads the body
    and sends a fixed answer ("floor", 1x1024 JSON at concurrency 1; benchmarks/floor_server.py),
@@ -38,10 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from app.core.card import load_card
-from app.core.model import InferenceOptions
+from app.core.model import InferenceOptions, OnnxModel
+from app.cpu_latency import DEVICE, current_limit
 from benchmarks import loadgen, report, servers, wakeup, wrkload
 from benchmarks.loadgen import Payload, Phase
-from benchmarks.raw import measure_raw
+from benchmarks.raw import latency_1x1024, measure_raw
 
 ROOT = servers.ROOT
 SERVERS = ("service", "naive", "litserve", "floor")
@@ -69,6 +72,10 @@ class Config:
     # The service again with these SHAPE_DETECTOR_WORKERS (processes), on the 1x1024 workloads at
     # the highest concurrency only: where one process's event loop is the bottleneck.
     more_workers: tuple[int, ...] = (2,)
+    # The service again with this SHAPE_DETECTOR_CPU_LATENCY_US ("service-lat<n>"), on 1x1024 JSON
+    # at concurrency 1 and the highest; None: not run. It needs write access to
+    # /dev/cpu_dma_latency (root on Linux); without it, it is listed as not run.
+    cpu_latency_us: int | None = 0
     # onnxruntime threads per call in every server and raw: 1, the service's own default
     # (SHAPE_DETECTOR_INTRA_OP_THREADS); 0: onnxruntime's default, one per core.
     intra_op_threads: int = 1
@@ -108,6 +115,10 @@ def workloads(cfg: Config, name: str) -> list[tuple[str, int, int, int]]:
         return [("json", 1, 1024, 32)]
     if name == "floor":  # the concurrency-1 target's workload only
         return [("json", 1, 1024, 1)] if (1, 1024) in cfg.shapes and 1 in cfg.concurrency else []
+    if name.startswith("service-lat"):  # 1x1024 JSON, concurrency 1 and the highest
+        if (1, 1024) not in cfg.shapes:
+            return []
+        return [("json", 1, 1024, c) for c in sorted({min(cfg.concurrency), max(cfg.concurrency)})]
     if name.startswith("service-w"):  # 1x1024 at the highest concurrency only
         return [(b, 1, 1024, max(cfg.concurrency)) for b in bodies if (1, 1024) in cfg.shapes]
     return [(b, r, n, c) for (r, n) in cfg.shapes for c in cfg.concurrency for b in bodies]
@@ -208,7 +219,10 @@ def service_workers(name: str, cfg: Config) -> int:
 
 def spec_for(name: str, cfg: Config, port: int) -> servers.ServerSpec:
     if name.startswith("service"):
-        spec = servers.service_spec(cfg.model_dir, port, service_workers(name, cfg), cfg.intra_op_threads)
+        latency = cfg.cpu_latency_us if name.startswith("service-lat") else None
+        spec = servers.service_spec(
+            cfg.model_dir, port, service_workers(name, cfg), cfg.intra_op_threads, latency
+        )
         return replace(spec, name=name)
     if name == "naive":
         return servers.naive_spec(cfg.model_dir, port, cfg.intra_op_threads)
@@ -245,6 +259,12 @@ def run_server(
     }
     result["servers"][name] = info
     try:
+        if name.startswith("service-lat"):
+            # The same machine state for both sides of the concurrency-1 target: the raw call
+            # timed again while the server holds its request.
+            info["cpu_latency_limit_us"] = current_limit()
+            model = OnnxModel(cfg.model_dir, raw_options(cfg))
+            info["raw"] = latency_1x1024(model, template, cfg.latency_calls)
         for body, rows, length, conc in workloads(cfg, name):
             base = {"server": name, "body": body, "rows": rows, "length": length, "concurrency": conc}
             if body == "npy" and not spec.accepts_npy:
@@ -291,6 +311,35 @@ def load_generator(client: str) -> dict[str, str]:
     }
 
 
+def raw_options(cfg: Config) -> InferenceOptions:
+    """Raw onnxruntime runs what the service would."""
+    settings = servers.service_settings(
+        cfg.model_dir, workers=cfg.workers, intra_op_threads=cfg.intra_op_threads
+    )
+    return InferenceOptions(
+        window=settings.WINDOW,
+        max_batch_samples=settings.MAX_BATCH_SAMPLES,
+        intra_op_threads=settings.INTRA_OP_THREADS,
+    )
+
+
+def service_names(cfg: Config, result: dict[str, Any]) -> list[str]:
+    """The servers to run, in order: the service's variants right after it. A variant that cannot
+    run here is recorded in ``result["not_run"]``."""
+    names = list(cfg.servers)
+    if "service" not in names:
+        return names
+    extra = [f"service-w{w}" for w in cfg.more_workers if w != cfg.workers]
+    if cfg.cpu_latency_us is not None:
+        name = f"service-lat{cfg.cpu_latency_us}"
+        if os.access(DEVICE, os.W_OK):
+            extra.append(name)
+        else:
+            result["not_run"].append(f"{name}: {DEVICE} is not writable here (it needs root on Linux)")
+    at = names.index("service") + 1
+    return names[:at] + extra + names[at:]
+
+
 def measure(cfg: Config, log_dir: Path | None = None) -> dict[str, Any]:
     """Run every measurement of ``cfg``; the result dict that report.py renders."""
     started = time.perf_counter()
@@ -307,15 +356,9 @@ def measure(cfg: Config, log_dir: Path | None = None) -> dict[str, Any]:
         "servers": {},
         "rows": [],
         "failures": [],
+        "not_run": [],
     }
-    settings = servers.service_settings(
-        cfg.model_dir, workers=cfg.workers, intra_op_threads=cfg.intra_op_threads
-    )
-    options = InferenceOptions(  # raw onnxruntime runs what the service would
-        window=settings.WINDOW,
-        max_batch_samples=settings.MAX_BATCH_SAMPLES,
-        intra_op_threads=settings.INTRA_OP_THREADS,
-    )
+    options = raw_options(cfg)
     log(f"raw onnxruntime (window {options.window}, max batch samples {options.max_batch_samples})")
     result["raw"] = measure_raw(
         cfg.model_dir,
@@ -329,11 +372,7 @@ def measure(cfg: Config, log_dir: Path | None = None) -> dict[str, Any]:
     log("thread wake-ups: one CPU, two CPUs")
     result["wakeups"] = wakeup.measure()
     with tempfile.TemporaryDirectory(prefix="shape-bench-") as tmp:
-        names = list(cfg.servers)
-        if "service" in names:
-            extra = [f"service-w{w}" for w in cfg.more_workers if w != cfg.workers]
-            names[names.index("service") + 1 : names.index("service") + 1] = extra
-        for name in names:
+        for name in service_names(cfg, result):
             run_server(name, cfg, template, log_dir or Path(tmp), started, result)
     result["load_average_end"] = list(os.getloadavg())
     result["elapsed_s"] = time.perf_counter() - started
@@ -362,6 +401,12 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency-32 workloads ('' for none)",
     )
     p.add_argument(
+        "--cpu-latency",
+        default="0",
+        help="SHAPE_DETECTOR_CPU_LATENCY_US of the service-lat<n> run on 1x1024 JSON at concurrency "
+        "1 and 32 ('' for none; needs write access to /dev/cpu_dma_latency)",
+    )
+    p.add_argument(
         "--intra-op-threads",
         type=int,
         default=Config.intra_op_threads,
@@ -378,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         servers=names,
         workers=a.workers,
         more_workers=tuple(int(w) for w in a.more_workers.split(",") if w),
+        cpu_latency_us=int(a.cpu_latency) if a.cpu_latency else None,
         intra_op_threads=a.intra_op_threads,
         model_dir=a.model_dir,
     )

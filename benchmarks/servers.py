@@ -46,7 +46,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def service_settings(model: Path, port: int = 8000, workers: int = 1, intra_op_threads: int = 0) -> Settings:
+def service_settings(
+    model: Path,
+    port: int = 8000,
+    workers: int = 1,
+    intra_op_threads: int = 0,
+    cpu_latency_us: int | None = None,
+) -> Settings:
     """The service's settings for serving ``model`` (its other settings from SHAPE_DETECTOR_* or defaults)."""
     return load_settings(
         HOST="127.0.0.1",
@@ -55,16 +61,19 @@ def service_settings(model: Path, port: int = 8000, workers: int = 1, intra_op_t
         MODEL_DIR=model.parent,
         DEFAULT_MODEL=model.name,
         INTRA_OP_THREADS=intra_op_threads,
+        CPU_LATENCY_US=cpu_latency_us,
     )
 
 
-def service_spec(model: Path, port: int, workers: int = 1, intra_op_threads: int = 0) -> ServerSpec:
+def service_spec(
+    model: Path, port: int, workers: int = 1, intra_op_threads: int = 0, cpu_latency_us: int | None = None
+) -> ServerSpec:
     """The real service, started like ``make serve`` (python -m app), serving the models beside ``model``."""
-    settings = service_settings(model, port, workers, intra_op_threads)
-    env = {
-        f"{ENV_PREFIX}{key}": str(getattr(settings, key))
-        for key in ("HOST", "PORT", "WORKERS", "MODEL_DIR", "DEFAULT_MODEL", "INTRA_OP_THREADS")
-    }
+    settings = service_settings(model, port, workers, intra_op_threads, cpu_latency_us)
+    keys = ["HOST", "PORT", "WORKERS", "MODEL_DIR", "DEFAULT_MODEL", "INTRA_OP_THREADS"]
+    if cpu_latency_us is not None:
+        keys.append("CPU_LATENCY_US")
+    env = {f"{ENV_PREFIX}{key}": str(getattr(settings, key)) for key in keys}
     effective = settings.model_dump(mode="json")
     return ServerSpec("service", [sys.executable, "-m", "app"], env, "/readyz", "/v1/detect", True, effective)
 

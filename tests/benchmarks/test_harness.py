@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from app.cpu_latency import DEVICE
 from benchmarks import report, servers, wrkload
 from benchmarks.loadgen import check_response
-from benchmarks.run import Config, measure, workloads
+from benchmarks.run import Config, measure, service_names, workloads
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +49,23 @@ def test_workloads_cover_bodies_shapes_and_concurrency() -> None:
     assert workloads(Config(concurrency=(8, 32)), "floor") == []
     assert ("json", 1, 1024, 32) in workloads(Config(litserve_all=False), "litserve")
     assert workloads(cfg, "service-w2") == [("json", 1, 1024, 32), ("npy", 1, 1024, 32)]
+    assert workloads(cfg, "service-lat0") == [("json", 1, 1024, 1), ("json", 1, 1024, 32)]
+
+
+def test_the_cpu_latency_run_is_listed_as_not_run_where_it_cannot_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cfg = Config(servers=("service", "naive"))
+    result: dict[str, list[str]] = {"not_run": []}
+    monkeypatch.setattr("benchmarks.run.os.access", lambda path, mode: False)
+    assert service_names(cfg, result) == ["service", "service-w2", "naive"]
+    assert result["not_run"] == [f"service-lat0: {DEVICE} is not writable here (it needs root on Linux)"]
+    monkeypatch.setattr("benchmarks.run.os.access", lambda path, mode: True)
+    assert service_names(cfg, {"not_run": []}) == ["service", "service-w2", "service-lat0", "naive"]
+    assert service_names(Config(servers=("service",), cpu_latency_us=None), {"not_run": []}) == [
+        "service",
+        "service-w2",
+    ]
 
 
 def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
@@ -71,7 +90,11 @@ def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
             assert all(isinstance(row[k], float) and math.isfinite(row[k]) for k in NUMBERS)
     big = rows[("service", "npy", 1, 100_000, 1)]
     assert big["requests"] == 1 and len(big["latencies_ms"]) == 1 and "peak_rss_growth_mib" in big
-    assert set(result["servers"]) == {"service", "service-w2", "naive", "floor"}
+    latency_run = os.access(DEVICE, os.W_OK)  # root on Linux: the service holding a CPU latency request
+    assert set(result["servers"]) == {"service", "service-w2", "naive", "floor"} | (
+        {"service-lat0"} if latency_run else set()
+    )
+    assert bool(result["not_run"]) != latency_run
     floor = rows[("floor", "json", 1, 1024, 1)]  # the concurrency-1 workload only
     assert floor["status"] == "ok" and floor["errors"] == 0 and floor["requests"] >= 1
     assert [k for k in rows if k[0] == "floor"] == [("floor", "json", 1, 1024, 1)]
@@ -84,6 +107,13 @@ def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
     w2 = rows[("service-w2", "json", 1, 1024, 4)]
     assert w2["status"] == "ok" and w2["errors"] == 0 and w2["server_processes"] >= 3  # parent + 2
     assert ("service-w2", "json", 1, 1024, 1) not in rows  # the highest concurrency only
+    if latency_run:
+        lat = result["servers"]["service-lat0"]
+        assert lat["settings"]["CPU_LATENCY_US"] == 0 and lat["exit_code"] == 0
+        assert lat["cpu_latency_limit_us"] == 0  # the kernel held the service's request
+        assert lat["raw"]["latency_1x1024"]["calls"] == 20  # the raw call timed while it held it
+        assert [k[4] for k in rows if k[0] == "service-lat0"] == [1, 4]
+        assert all(rows[("service-lat0", "json", 1, 1024, c)]["errors"] == 0 for c in (1, 4))
 
     ratios = {
         (q["body"], q["length"], q["concurrency"]): q for q in result["ratios"] if q["server"] == "service"
@@ -99,6 +129,11 @@ def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
     assert "| naive | npy | 1×1,024 | 1 | n/a" in text
     assert "## Concurrency 1: what this machine charges" in text and "| floor: uvicorn" in text
     assert "the HTTP floor alone" in text  # in the concurrency-1 target's row
+    if latency_run:
+        assert "| 1×1024 json, concurrency 1 (service-lat0: a CPU latency request of 0 µs" in text
+        assert "| service-lat0, concurrency 1 |" in text
+    else:
+        assert "## Not run" in text
 
 
 def test_every_response_is_checked() -> None:
