@@ -132,6 +132,7 @@ def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
     if latency_run:
         assert "| 1×1024 json, concurrency 1 (service-lat0: a CPU latency request of 0 µs" in text
         assert "| service-lat0, concurrency 1 |" in text
+        assert "concurrency 32 (service-lat0)" not in text  # no target row against servers holding none
     else:
         assert "## Not run" in text
 
