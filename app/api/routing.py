@@ -41,6 +41,7 @@ except ImportError:  # earlier versions copy the route when a router is included
     _context_var = None  # type: ignore[assignment]
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+TELEMETRY = "fastapi.telemetry"  # the scope key of a request FastAPI's telemetry observes
 Call = tuple[str, Callable[..., Any], str | None]  # parameter name, function, its Request parameter
 
 
@@ -173,8 +174,11 @@ class DirectRoutes:
     request goes on to FastAPI unchanged, and so does every request while
     ``app.dependency_overrides`` holds anything.
 
-    Not done for these routes: FastAPI's OpenTelemetry route hook and a router's form limits
-    (they take no form data). The routes are read at the first request.
+    A request that FastAPI's telemetry observes (``SHAPE_DETECTOR_OPENTELEMETRY`` on and an
+    OpenTelemetry provider configured) goes to FastAPI too: its router names the route in the
+    request's span and metrics (``http.route``) and traces the dependencies and the endpoint.
+    Not done for these routes: a router's form limits (they take no form data). The routes are
+    read at the first request.
     """
 
     def __init__(self, app: ASGIApp, owner: FastAPI) -> None:
@@ -190,7 +194,7 @@ class DirectRoutes:
         return routes[: last + 1]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.owner.dependency_overrides:
+        if scope["type"] != "http" or self.owner.dependency_overrides or scope.get(TELEMETRY) is not None:
             await self.app(scope, receive, send)
             return
         routes = self._routes

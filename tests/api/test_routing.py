@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import fastapi.routing
@@ -14,9 +15,13 @@ import pytest
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import Response
 from fastapi.testclient import TestClient
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, NoOpTracer, TracerProvider
 
 from app.api.deps import detect_call
 from app.api.routing import DirectRoutes, RequestOnlyRoute
+from app.main import create_app
+from app.settings import load_settings
+from tests.api.conftest import wait_ready
 
 
 async def who(request: Request) -> str:
@@ -393,3 +398,54 @@ def test_the_inference_routes_of_v2_are_called_directly(
     assert [status for status, _, _ in by_fastapi] == [200, 200, 404, 404, 200, 200, 400, 400, 400]
     assert all(list(json.loads(body)) == ["error"] for status, body, _ in by_fastapi if status != 200)
     assert by_fastapi[4][2] is not None  # binary outputs: the JSON's length in the header
+
+
+class RecordedSpan(NonRecordingSpan):
+    """A span that keeps its name and attributes (the API alone records nothing)."""
+
+    def __init__(self, name: str, attributes: Any) -> None:
+        super().__init__(INVALID_SPAN_CONTEXT)
+        self.name, self.attributes = name, dict(attributes or {})
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+    def update_name(self, name: str) -> None:
+        self.name = name
+
+
+class RecordingTracer(NoOpTracer):
+    def __init__(self) -> None:
+        self.spans: list[RecordedSpan] = []
+
+    def start_span(self, name: str, *args: Any, attributes: Any = None, **kwargs: Any) -> RecordedSpan:
+        self.spans.append(RecordedSpan(name, attributes))
+        return self.spans[-1]
+
+
+class RecordingProvider(TracerProvider):
+    def __init__(self) -> None:
+        self.tracer = RecordingTracer()
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> RecordingTracer:
+        return self.tracer
+
+
+def test_a_traced_request_names_its_route(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With FastAPI's OpenTelemetry on and a tracer configured, a detection request's span
+    names its route: such requests go through FastAPI's router, which reports it."""
+    from opentelemetry import trace
+
+    provider = RecordingProvider()
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    app = create_app(load_settings(MODEL_DIR=models_dir, OPENTELEMETRY=True))
+    with TestClient(app) as client:
+        wait_ready(client)
+        body = {"signals": [np.zeros(300).tolist()]}
+        assert client.post("/v1/detect", json=body).status_code == 200
+        assert client.post("/v1/models/bump/detect", json=body).status_code == 200
+    server = [s for s in provider.tracer.spans if s.name.startswith("POST")]
+    assert [(s.name, s.attributes.get("http.route")) for s in server] == [
+        ("POST /v1/detect", "/v1/detect"),
+        ("POST /v1/models/{name}/detect", "/v1/models/{name}/detect"),
+    ]
