@@ -2,13 +2,14 @@
 -- answers that arrive inside the measured window.
 --
 --   wrk -t1 -cN -d1h --timeout 120s -s load.lua URL -- BODY_FILE CONTENT_TYPE SIGNALS \
---       WINDOW_START WINDOW_END [EXPECTED_FILE]
+--       WINDOW_START WINDOW_END [EXPECTED_FILE [NEEDLE COUNT]]
 --
 -- WINDOW_START / WINDOW_END are CLOCK_MONOTONIC seconds (Python's time.monotonic()); the run is
 -- stopped by SIGINT after WINDOW_END, so every answer counted arrived in steady state and none
 -- in flight at the end is lost from the count. A response is correct if it is 200 and either
--- byte-identical to EXPECTED_FILE (an answer the harness checked in full) or holds one
--- "peaks" entry per signal sent. done() prints one line of JSON, then the first problem seen.
+-- byte-identical to EXPECTED_FILE (an answer the harness checked in full) or holds NEEDLE
+-- COUNT times (default: '"peaks"', once per signal sent). done() prints one line of JSON, then
+-- the first problem seen.
 
 local ffi = require("ffi")
 ffi.cdef [[
@@ -31,7 +32,7 @@ end
 
 -- Per-thread counters (globals: done() reads them with thread:get).
 ok, bad, identical, in_window, example = 0, 0, 0, 0, ""
-local signals, window_start, window_end, expected
+local signals, window_start, window_end, expected, needle, needed
 
 local function read(path)
   local f = assert(io.open(path, "rb"))
@@ -50,6 +51,8 @@ function init(args)
   if args[6] and args[6] ~= "" then
     expected = read(args[6])
   end
+  needle = args[7] or '"peaks"'
+  needed = tonumber(args[8]) or signals
 end
 
 local function count(body, needle)
@@ -71,9 +74,9 @@ function response(status, headers, body)
   elseif expected ~= nil and body == expected then
     identical = identical + 1
   else
-    local peaks = count(body, '"peaks"')
-    if peaks ~= signals then
-      problem = "HTTP 200 with " .. peaks .. " 'peaks' for " .. signals .. " signals: " .. string.sub(body, 1, 200)
+    local found = count(body, needle)
+    if found ~= needed then
+      problem = "HTTP 200 with " .. found .. " " .. needle .. " for " .. signals .. " signals: " .. string.sub(body, 1, 200)
     end
   end
   if problem then

@@ -37,11 +37,18 @@ MAX_EXAMPLES = 5
 class Payload:
     """One request body, sent unchanged by every worker."""
 
-    kind: str  # "json" | "npy"
+    kind: str  # "json" | "npy" (POST to the server's detection path) | "oip" (path below)
     body: bytes
     content_type: str
     signals: int
     samples: int
+    path: str | None = None  # the request's path, if not the server's detection path
+
+    @property
+    def needle(self) -> tuple[str, int]:
+        """What an answer holds once per signal (/v1: a "peaks" list; /v2: one "probability"
+        output for all of them), and how many times."""
+        return ('"probability"', 1) if self.kind == "oip" else ('"peaks"', self.signals)
 
 
 def make_signals(
@@ -69,20 +76,51 @@ def npy_payload(signals: np.ndarray) -> Payload:
     return Payload("npy", buf.getvalue(), "application/x-npy", signals.shape[0], signals.size)
 
 
-def check_response(status: int, body: bytes, signals: int) -> str | None:
-    """None if the response keeps the contract for ``signals`` signals; else what is wrong."""
+def oip_payload(signals: np.ndarray, model: str) -> Payload:
+    """The same signals as an Open Inference Protocol JSON request to ``/v2/models/<model>/infer``
+    (one FP32 input, its data flat, row-major)."""
+    request = {
+        "inputs": [
+            {"name": "signal", "shape": list(signals.shape), "datatype": "FP32", "data": signals.ravel()}
+        ]
+    }
+    body = orjson.dumps(request, option=orjson.OPT_SERIALIZE_NUMPY)
+    path = f"/v2/models/{model}/infer"
+    return Payload("oip", body, "application/json", signals.shape[0], signals.size, path)
+
+
+def check_response(status: int, body: bytes, signals: int, kind: str = "json") -> str | None:
+    """None if the response keeps the contract for ``signals`` signals (``kind`` "oip": the Open
+    Inference Protocol's); else what is wrong."""
     if status != 200:
         return f"HTTP {status}: {body[:200]!r}"
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return f"HTTP 200 with a body that is not JSON: {body[:200]!r}"
+    if kind == "oip":
+        return _check_oip(doc, signals)
     results = doc.get("results") if isinstance(doc, dict) else None
     if not isinstance(results, list) or len(results) != signals:
         got = len(results) if isinstance(results, list) else "no"
         return f"HTTP 200 with {got} results for {signals} signals"
     if not all(isinstance(r, dict) and isinstance(r.get("peaks"), list) for r in results):
         return "HTTP 200 with a result that has no 'peaks' list"
+    return None
+
+
+def _check_oip(doc: Any, signals: int) -> str | None:
+    outputs = doc.get("outputs") if isinstance(doc, dict) else None
+    if not isinstance(outputs, list):
+        return "HTTP 200 with no 'outputs' list"
+    by_name = {o.get("name"): o for o in outputs if isinstance(o, dict)}
+    for name in ("probability", "detected", "peak_signal", "peak_index", "peak_probability"):
+        if name not in by_name:
+            return f"HTTP 200 without the output {name!r}"
+    for name in ("probability", "detected"):
+        shape, data = by_name[name].get("shape"), by_name[name].get("data")
+        if shape != [signals] or not isinstance(data, list) or len(data) != signals:
+            return f"HTTP 200 with output {name!r} of shape {shape} for {signals} signals"
     return None
 
 
@@ -159,7 +197,7 @@ async def _phase(
             sent = time.perf_counter()
             try:
                 async with session.post(url, data=payload.body, headers=headers) as resp:
-                    problem = check_response(resp.status, await resp.read(), payload.signals)
+                    problem = check_response(resp.status, await resp.read(), payload.signals, payload.kind)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if problem is None:
@@ -213,7 +251,7 @@ def checked_requests(
                 connection.request("POST", parts.path, body=payload.body, headers=headers)
                 response = connection.getresponse()
                 body = response.read()
-                problem = check_response(response.status, body, payload.signals)
+                problem = check_response(response.status, body, payload.signals, payload.kind)
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
                 body, problem = b"", f"{type(exc).__name__}: {exc}"

@@ -11,7 +11,8 @@
    bodies, 1x1024 and 64x1024, concurrency 1, 8 and 32; the service also with
    SHAPE_DETECTOR_WORKERS=2 on 1x1024 at concurrency 32 ("service-w2"), the service holding a
    CPU latency request of 0 µs (SHAPE_DETECTOR_CPU_LATENCY_US=0, "service-lat0") on 1x1024 JSON
-   at concurrency 1 and 32 with the raw call timed again while it holds it, and a few
+   at concurrency 1 and 32 with the raw call timed again while it holds it, the service's /v2
+   route (Open Inference Protocol JSON, "oip") on 1x1024 at concurrency 1 and 32, and a few
    1x10,000,000 .npy requests (Python client) with its peak RSS growth measured.
 3. The concurrency-1 floor of this machine: a bare ASGI app under uvicorn that reads the body
    and sends a fixed answer ("floor", 1x1024 JSON at concurrency 1; benchmarks/floor_server.py),
@@ -76,6 +77,9 @@ class Config:
     # at concurrency 1 and the highest; None: not run. It needs write access to
     # /dev/cpu_dma_latency (root on Linux); without it, it is listed as not run.
     cpu_latency_us: int | None = 0
+    # The service's /v2 route (Open Inference Protocol JSON, body "oip") on 1x1024 at concurrency
+    # 1 and the highest; the other servers do not speak it.
+    oip: bool = True
     # onnxruntime threads per call in every server and raw: 1, the service's own default
     # (SHAPE_DETECTOR_INTRA_OP_THREADS); 0: onnxruntime's default, one per core.
     intra_op_threads: int = 1
@@ -121,7 +125,10 @@ def workloads(cfg: Config, name: str) -> list[tuple[str, int, int, int]]:
         return [("json", 1, 1024, c) for c in sorted({min(cfg.concurrency), max(cfg.concurrency)})]
     if name.startswith("service-w"):  # 1x1024 at the highest concurrency only
         return [(b, 1, 1024, max(cfg.concurrency)) for b in bodies if (1, 1024) in cfg.shapes]
-    return [(b, r, n, c) for (r, n) in cfg.shapes for c in cfg.concurrency for b in bodies]
+    rows = [(b, r, n, c) for (r, n) in cfg.shapes for c in cfg.concurrency for b in bodies]
+    if name == "service" and cfg.oip and (1, 1024) in cfg.shapes:  # /v2 (OIP JSON): 1x1024
+        rows += [("oip", 1, 1024, c) for c in sorted({min(cfg.concurrency), max(cfg.concurrency)})]
+    return rows
 
 
 def measure_workload(
@@ -140,8 +147,9 @@ def measure_workload(
     """
     checks: list[loadgen.PhaseResult] = []
     expected = None
+    url = server.url + payload.path if payload.path else server.detect_url
     if client == "wrk":
-        pre, expected = loadgen.checked_requests(server.detect_url, payload, CHECKED_REQUESTS, timeout)
+        pre, expected = loadgen.checked_requests(url, payload, CHECKED_REQUESTS, timeout)
         checks.append(pre)
     peak_reset = server.reset_peak()
     cpu0, (busy0, total0), client0 = server.cpu_s(), machine_busy(), loadgen.client_cpu_s()
@@ -149,9 +157,9 @@ def measure_workload(
     if client == "wrk":
         # One connection's answer takes about one request's latency per connection ahead of it.
         cycle = concurrency * statistics.median(pre.latencies_s) if pre.latencies_s else 0.0
-        results = wrkload.run_load(server.detect_url, payload, concurrency, phases, timeout, expected, cycle)
+        results = wrkload.run_load(url, payload, concurrency, phases, timeout, expected, cycle)
     else:
-        results = loadgen.run_load(server.detect_url, payload, concurrency, phases, timeout)
+        results = loadgen.run_load(url, payload, concurrency, phases, timeout)
     wall = time.perf_counter() - t0
     busy1, total1 = machine_busy()
     server_cores = (server.cpu_s() - cpu0) / wall
@@ -162,7 +170,7 @@ def measure_workload(
     busy_cores = (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
     requests_run = sum(r.responses if r.responses is not None else r.requests for r in results)
     if client == "wrk":
-        post, _ = loadgen.checked_requests(server.detect_url, payload, CHECKED_REQUESTS, timeout)
+        post, _ = loadgen.checked_requests(url, payload, CHECKED_REQUESTS, timeout)
         checks.append(post)
     row = loadgen.median_summary(results[1:], payload)
     row["errors"] += results[0].errors + sum(c.errors for c in checks)
@@ -267,7 +275,10 @@ def run_server(
                 result["rows"].append({**base, "status": "n/a"})
                 continue
             signals = loadgen.make_signals(rows, length, template)
-            payload = loadgen.json_payload(signals) if body == "json" else loadgen.npy_payload(signals)
+            if body == "oip":
+                payload = loadgen.oip_payload(signals, cfg.model_dir.name)
+            else:
+                payload = loadgen.json_payload(signals) if body == "json" else loadgen.npy_payload(signals)
             reduced = time.perf_counter() - started > cfg.budget_s
             phases = (
                 [Phase(min(cfg.warmup_s, 0.2)), Phase(min(cfg.duration_s, 0.5))]
@@ -401,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated SHAPE_DETECTOR_WORKERS to run the service with again on the 1x1024 "
         "concurrency-32 workloads ('' for none)",
     )
+    p.add_argument("--no-oip", action="store_true", help="skip the service's /v2 (OIP JSON) workloads")
     p.add_argument(
         "--cpu-latency",
         default="0",
@@ -425,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=a.workers,
         more_workers=tuple(int(w) for w in a.more_workers.split(",") if w),
         cpu_latency_us=int(a.cpu_latency) if a.cpu_latency else None,
+        oip=not a.no_oip,
         intra_op_threads=a.intra_op_threads,
         model_dir=a.model_dir,
     )

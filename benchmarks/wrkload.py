@@ -9,7 +9,8 @@ pipeline is full at both ends (no answer still in flight at the end is lost from
 latency percentiles are wrk's over the whole phase. Every response is checked in the Lua
 script: status 200, and byte-identical to an answer checked in full by the harness's Python
 client (``loadgen.checked_requests`` before and after each workload), or one ``"peaks"`` entry
-per signal sent. Client CPU is wrk's own (rusage of the reaped child).
+per signal sent (an Open Inference Protocol answer: one ``"probability"`` output). Client CPU
+is wrk's own (rusage of the reaped child).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def run_phase(
     command = [
         exe, "-t1", f"-c{concurrency}", "-d3600s", "--timeout", f"{max(1, round(timeout))}s",
         "-s", str(SCRIPT), url, "--", str(body_file), payload.content_type, str(payload.signals),
-        f"{window[0]:.6f}", f"{window[1]:.6f}", str(expected_file or ""),
+        f"{window[0]:.6f}", f"{window[1]:.6f}", str(expected_file or ""), *map(str, payload.needle),
     ]  # fmt: skip
     cpu0 = _children_cpu_s()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -11,11 +11,12 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.cpu_latency import DEVICE
 from benchmarks import report, servers, wrkload
-from benchmarks.loadgen import check_response
+from benchmarks.loadgen import check_response, oip_payload
 from benchmarks.run import Config, measure, service_names, workloads
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,9 @@ def tiny_config() -> Config:
 
 def test_workloads_cover_bodies_shapes_and_concurrency() -> None:
     cfg = Config()
-    assert len(workloads(cfg, "service")) == 2 * 2 * 3
+    assert len(workloads(cfg, "service")) == 2 * 2 * 3 + 2
+    assert workloads(cfg, "service")[-2:] == [("oip", 1, 1024, 1), ("oip", 1, 1024, 32)]  # /v2
+    assert not any(w[0] == "oip" for w in workloads(cfg, "naive") + workloads(Config(oip=False), "service"))
     assert workloads(cfg, "floor") == [("json", 1, 1024, 1)]
     assert workloads(Config(concurrency=(8, 32)), "floor") == []
     assert ("json", 1, 1024, 32) in workloads(Config(litserve_all=False), "litserve")
@@ -88,6 +91,9 @@ def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
             assert row["status"] == "ok" and row["errors"] == 0 and row["requests"] >= conc
             assert len(row["repeats"]) == 2
             assert all(isinstance(row[k], float) and math.isfinite(row[k]) for k in NUMBERS)
+    for conc in (1, 4):  # /v2, the Open Inference Protocol: every answer checked as wrk's (identical)
+        oip = rows[("service", "oip", 1, 1024, conc)]
+        assert oip["status"] == "ok" and oip["errors"] == 0 and oip["identical_responses"] >= conc
     big = rows[("service", "npy", 1, 100_000, 1)]
     assert big["requests"] == 1 and len(big["latencies_ms"]) == 1 and "peak_rss_growth_mib" in big
     latency_run = os.access(DEVICE, os.W_OK)  # root on Linux: the service holding a CPU latency request
@@ -144,6 +150,23 @@ def test_every_response_is_checked() -> None:
     assert "HTTP 503" in str(check_response(503, ok, 2))
     assert "not JSON" in str(check_response(200, b"<html>", 2))
     assert "'peaks'" in str(check_response(200, b'{"results": [{}, {}]}', 2))
+
+
+def test_every_oip_response_is_checked() -> None:
+    outputs = [
+        {"name": "probability", "datatype": "FP32", "shape": [2], "data": [0.1, 0.9]},
+        {"name": "detected", "datatype": "BOOL", "shape": [2], "data": [False, True]},
+        *({"name": n, "datatype": "INT64", "shape": [1], "data": [0]} for n in ("peak_signal", "peak_index")),
+        {"name": "peak_probability", "datatype": "FP32", "shape": [1], "data": [0.9]},
+    ]
+    ok = json.dumps({"model_name": "bump", "outputs": outputs}).encode()
+    assert check_response(200, ok, 2, "oip") is None
+    assert "shape [2] for 3 signals" in str(check_response(200, ok, 3, "oip"))
+    assert "'peak_index'" in str(check_response(200, ok.replace(b"peak_index", b"other"), 2, "oip"))
+    assert "no 'outputs'" in str(check_response(200, b"{}", 2, "oip"))
+    payload = oip_payload(np.zeros((2, 3), dtype=np.float32), "bump")
+    assert payload.path == "/v2/models/bump/infer" and payload.needle == ('"probability"', 1)
+    assert json.loads(payload.body)["inputs"][0]["shape"] == [2, 3]
 
 
 def test_a_server_that_does_not_start_is_an_error(tmp_path: Path) -> None:

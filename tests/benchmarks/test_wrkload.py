@@ -103,7 +103,7 @@ def test_wrk_counts_good_answers(url: str, payload: loadgen.Payload, tmp_path: P
     assert same.errors == 0 and same.responses and same.identical == 0
 
 
-@pytest.mark.parametrize(("path", "message"), [("/short", "1 'peaks' for 2 signals"), ("/error", "HTTP 503")])
+@pytest.mark.parametrize(("path", "message"), [("/short", '1 "peaks" for 2 signals'), ("/error", "HTTP 503")])
 @needs_wrk
 def test_wrk_counts_wrong_answers_as_errors(
     url: str, payload: loadgen.Payload, tmp_path: Path, path: str, message: str
