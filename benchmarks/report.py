@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -137,6 +138,16 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             shown = f"{ms(p50)} ms (raw + {ms(p50 - raw_p50)} ms; the HTTP floor alone {ms(floor)} ms)"
         label = "" if server == "service" else f" ({server}: {cpu_latency_label(result, server)})"
         add(f"1×1024 json, concurrency 1{label}", f"p50 ≤ raw {raw_p50:.2f} + 0.5 ms", p50, met, shown)
+    summary = side_by_side_summary(result)
+    if summary is not None:
+        n, lit, over = summary["over_naive"], summary["over_litserve"], summary["c1_over_raw_ms"]
+        label = f"side by side, median of {summary['rounds']} rounds"
+        met = None if n is None or lit is None else n >= 3 and lit >= 2
+        add(f"1×1024 json, concurrency {summary['concurrency']}, {label}", "≥ 3 × naive, ≥ 2 × LitServe",
+            n, met, f"{times(n)} naive, {times(lit)} LitServe")  # fmt: skip
+        shown = f"raw + {ms(over)} ms ({ms(summary['c1_ms'])} ms, raw {ms(summary['raw_ms'])} ms)"
+        add(f"1×1024 json, concurrency 1, {label}", "p50 ≤ raw + 0.5 ms (the round's raw call)", over,
+            over <= 0.5, shown)  # fmt: skip
     big = [r for r in result["rows"] if r.get("status") == "ok" and "peak_rss_growth_mib" in r]
     if big:
         q = ratio.get(("service", "npy", 1, big[0]["length"], 1), {})
@@ -145,6 +156,71 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"1×{big[0]['length']:,} npy", "≥ 0.9 × raw, peak RSS growth ≤ 300 MB", v, met,
             f"{times(v)}, growth {growth:.0f} MiB")  # fmt: skip
     return out
+
+
+def side_by_side_rounds(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per alternating round: each server's requests/s, the service's over naive's and LitServe's,
+    its concurrency-1 p50 and the raw call's right after."""
+    out = []
+    for row in result.get("side_by_side", {}).get("rounds", []):
+        rate = {name: row.get(name, {}).get("requests_per_s") for name in ("service", "naive", "litserve")}
+        c1, raw = row["service-c1"]["p50_ms"], row["raw"]["p50_ms"]
+        out.append({
+            **{f"{name}_requests_per_s": v for name, v in rate.items()},
+            "over_naive": _div(rate["service"], rate["naive"]),
+            "over_litserve": _div(rate["service"], rate["litserve"]),
+            "c1_ms": c1, "raw_ms": raw, "c1_over_raw_ms": c1 - raw,
+        })  # fmt: skip
+    return out
+
+
+def side_by_side_summary(result: dict[str, Any]) -> dict[str, Any] | None:
+    """Medians over the alternating rounds (of each round's ratios and differences)."""
+    rounds = side_by_side_rounds(result)
+    if not rounds:
+        return None
+
+    def median(key: str) -> float | None:
+        known = [r[key] for r in rounds if r[key] is not None]
+        return statistics.median(known) if known else None
+
+    keys = ("over_naive", "over_litserve", "c1_ms", "raw_ms", "c1_over_raw_ms")
+    return {
+        "rounds": len(rounds),
+        "concurrency": result["side_by_side"]["concurrency"],
+        **{k: median(k) for k in keys},
+    }
+
+
+def side_by_side_lines(result: dict[str, Any]) -> list[str]:
+    rounds, summary = side_by_side_rounds(result), side_by_side_summary(result)
+    if summary is None:
+        return []
+    conc = summary["concurrency"]
+    lines = [
+        "",
+        "## Side by side: alternating rounds",
+        "",
+        f"The service, the naive server and LitServe up at once; each round runs 1×1024 JSON at "
+        f"concurrency {conc} on each in turn, then the service at concurrency 1 and the raw call "
+        "(back to back). Ratios and differences are taken within each round, then the median.",
+        "",
+        "| round | service req/s | naive req/s | LitServe req/s | service / naive | service / LitServe "
+        "| service c1 p50 ms | raw p50 ms | service − raw ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for i, r in enumerate(rounds, 1):
+        lines.append(
+            f"| {i} | {rate(r['service_requests_per_s'])} | {rate(r['naive_requests_per_s'])} "
+            f"| {rate(r['litserve_requests_per_s'])} | {times(r['over_naive'])} "
+            f"| {times(r['over_litserve'])} | {ms(r['c1_ms'])} | {ms(r['raw_ms'])} "
+            f"| {ms(r['c1_over_raw_ms'])} |"
+        )
+    lines.append(
+        f"| median | | | | {times(summary['over_naive'])} | {times(summary['over_litserve'])} "
+        f"| {ms(summary['c1_ms'])} | {ms(summary['raw_ms'])} | {ms(summary['c1_over_raw_ms'])} |"
+    )
+    return lines
 
 
 def latency_servers(rows: dict[tuple[str, str, int, int, int], dict[str, Any]]) -> list[str]:
@@ -350,6 +426,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{times(q['service_over_litserve'])} |"
         )
     lines += concurrency_one(result)
+    lines += side_by_side_lines(result)
     lines += [
         "",
         "## Targets (issue #5)",

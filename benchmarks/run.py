@@ -18,7 +18,10 @@
    and sends a fixed answer ("floor", 1x1024 JSON at concurrency 1; benchmarks/floor_server.py),
    the raw call paced as at concurrency 1 (a pause before each call), and the cost of waking a
    thread on the same and on another CPU (benchmarks/wakeup.py).
-4. Medians over repeats; ratios service / raw, service / naive and service / LitServe; issue
+4. Side by side: the service, the naive server and LitServe up at once, in alternating rounds
+   of 1x1024 JSON at concurrency 32, each round ending with the service at concurrency 1 and
+   the raw call; ratios within each round (the VM's speed drifts over a run).
+5. Medians over repeats; ratios service / raw, service / naive and service / LitServe; issue
    #5's targets, met or not.
 
 Timings never fail the run: it exits 1 only for errors (a server that does not start or dies,
@@ -80,6 +83,11 @@ class Config:
     # The service's /v2 route (Open Inference Protocol JSON, body "oip") on 1x1024 at concurrency
     # 1 and the highest; the other servers do not speak it.
     oip: bool = True
+    # Issue #5's 1x1024 JSON targets again in alternating rounds, every server up at once: each
+    # round runs the service, the naive server and LitServe at the highest concurrency one after
+    # the other, then the service at concurrency 1 and the raw call. Ratios are taken within a
+    # round, so a change in the VM's speed between rounds moves both sides. 0: not run.
+    side_by_side_rounds: int = 3
     # onnxruntime threads per call in every server and raw: 1, the service's own default
     # (SHAPE_DETECTOR_INTRA_OP_THREADS); 0: onnxruntime's default, one per core.
     intra_op_threads: int = 1
@@ -323,6 +331,55 @@ def load_generator(client: str) -> dict[str, str]:
     }
 
 
+SIDE_BY_SIDE = ("service", "naive", "litserve")
+
+
+def side_by_side(
+    cfg: Config, template: list[float] | None, log_dir: Path, started: float, result: dict[str, Any]
+) -> None:
+    """``cfg.side_by_side_rounds`` alternating rounds of the 1x1024 JSON target workloads (see
+    ``Config``); per round: requests/s of each server at the highest concurrency, the service's
+    p50 at concurrency 1 and the raw call's p50 right after."""
+    names = [n for n in SIDE_BY_SIDE if n in cfg.servers]
+    if cfg.side_by_side_rounds < 1 or "service" not in names or (1, 1024) not in cfg.shapes:
+        return
+    conc = max(cfg.concurrency)
+    payload = loadgen.json_payload(loadgen.make_signals(1, 1024, template))
+    model = OnnxModel(cfg.model_dir, raw_options(cfg))
+    running: dict[str, servers.Server] = {}
+    rounds: list[dict[str, Any]] = []
+    try:
+        for name in names:
+            port = servers.free_port()
+            try:
+                running[name] = servers.start(spec_for(name, cfg, port), port, log_dir / "side-by-side")
+            except servers.ServerError as exc:
+                result["failures"].append(f"side by side, {name}: {exc}")
+                return
+        log(f"[{time.perf_counter() - started:6.1f}s] side by side: {', '.join(names)} up; "
+            f"{cfg.side_by_side_rounds} rounds")  # fmt: skip
+        for r in range(cfg.side_by_side_rounds):
+            warm = Phase(cfg.warmup_s if r == 0 else min(cfg.warmup_s, 0.5))
+            row: dict[str, Any] = {}
+            for name, server in [*running.items(), ("service-c1", running["service"])]:
+                c = 1 if name == "service-c1" else conc
+                phases = [warm, Phase(cfg.duration_s)]
+                m = measure_workload(server, payload, c, phases, cfg.timeout_s, cfg.client)
+                if m["errors"]:
+                    result["failures"].append(f"side by side, {name} round {r + 1}: {m['error_examples']}")
+                row[name] = {k: m[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "errors")}
+            row["raw"] = latency_1x1024(model, template, cfg.latency_calls)["latency_1x1024"]
+            rounds.append(row)
+            rates = ", ".join(f"{n} {row[n]['requests_per_s']:.0f} req/s" for n in running)
+            c1, raw = row["service-c1"]["p50_ms"], row["raw"]["p50_ms"]
+            at = time.perf_counter() - started
+            log(f"[{at:6.1f}s]   round {r + 1}: {rates}; c1 {c1:.3f} ms, raw {raw:.3f} ms")
+    finally:
+        for server in running.values():
+            server.stop()
+    result["side_by_side"] = {"concurrency": conc, "servers": names, "rounds": rounds}
+
+
 def raw_options(cfg: Config) -> InferenceOptions:
     """Raw onnxruntime runs what the service would."""
     settings = servers.service_settings(
@@ -386,6 +443,7 @@ def measure(cfg: Config, log_dir: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="shape-bench-") as tmp:
         for name in service_names(cfg, result):
             run_server(name, cfg, template, log_dir or Path(tmp), started, result)
+        side_by_side(cfg, template, log_dir or Path(tmp), started, result)
     result["load_average_end"] = list(os.getloadavg())
     result["elapsed_s"] = time.perf_counter() - started
     result["ratios"] = report.ratios(result)

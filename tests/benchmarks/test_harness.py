@@ -39,6 +39,7 @@ def tiny_config() -> Config:
         raw_long_length=100_000,
         latency_calls=20,
         budget_s=600.0,
+        side_by_side_rounds=2,
         client="wrk" if wrkload.executable() else "python",
     )
 
@@ -128,6 +129,17 @@ def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
     assert ratios[("npy", 1024, 4)]["service_over_naive"] is None  # the naive server takes JSON only
     assert ratios[("npy", 100_000, 1)]["raw_case"] == "1x100000"
 
+    sbs = result["side_by_side"]  # alternating rounds: the service and naive (no LitServe here)
+    assert sbs["servers"] == ["service", "naive"] and sbs["concurrency"] == 4 and len(sbs["rounds"]) == 2
+    for r in sbs["rounds"]:
+        assert set(r) == {"service", "naive", "service-c1", "raw"}
+        assert r["service"]["errors"] == r["naive"]["errors"] == r["service-c1"]["errors"] == 0
+        assert r["service"]["requests_per_s"] > 0 and r["raw"]["calls"] == 20
+    summary = report.side_by_side_summary(result)
+    assert summary is not None and summary["rounds"] == 2 and summary["over_litserve"] is None
+    rows_over_naive = [x["over_naive"] for x in report.side_by_side_rounds(result)]
+    assert summary["over_naive"] == pytest.approx(sum(rows_over_naive) / 2)  # the median of two
+
     paths = report.write(result, tmp_path, "smoke")
     assert json.loads(paths[0].read_text())["errors"] == 0
     text = paths[1].read_text()
@@ -135,6 +147,9 @@ def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
     assert "| naive | npy | 1×1,024 | 1 | n/a" in text
     assert "## Concurrency 1: what this machine charges" in text and "| floor: uvicorn" in text
     assert "the HTTP floor alone" in text  # in the concurrency-1 target's row
+    assert "## Side by side: alternating rounds" in text and "| median |" in text
+    assert "| 1×1024 json, concurrency 4, side by side, median of 2 rounds |" in text
+    assert "| 1×1024 json, concurrency 1, side by side, median of 2 rounds |" in text
     if latency_run:
         assert "| 1×1024 json, concurrency 1 (service-lat0: a CPU latency request of 0 µs" in text
         assert "| service-lat0, concurrency 1 |" in text
