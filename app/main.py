@@ -25,7 +25,13 @@ from app.core.registry import Registry
 from app.core.signals import Limits
 from app.cpu_latency import CpuLatencyRequest
 from app.lifecycle import DrainMiddleware, Lifecycle
-from app.observability import AccessLog, Metrics, ObservabilityMiddleware, configure_logging
+from app.observability import (
+    AccessLog,
+    BatcherCollector,
+    Metrics,
+    ObservabilityMiddleware,
+    configure_logging,
+)
 from app.security import (
     ApiKeyMiddleware,
     ApiKeys,
@@ -80,6 +86,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             workers=settings.INFERENCE_WORKERS,
         )
         # Load in the background: /healthz answers at once, /readyz once models are warm.
+        batches = BatcherCollector(
+            lambda: [(n, st.batcher) for n, st in list(registry.statuses.items()) if st.batcher is not None]
+        )
+        app_metrics.registry.register(batches)
         loader = threading.Thread(target=registry.load_all, name="model-loader", daemon=True)
         loader.start()
         executor = ThreadPoolExecutor(settings.DECODE_THREADS, thread_name_prefix="decode")
@@ -112,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loader.join(settings.SHUTDOWN_TIMEOUT_S)
             executor.shutdown(wait=True, cancel_futures=True)
             access.close()
+            app_metrics.registry.unregister(batches)
             if cpu_latency is not None:
                 cpu_latency.close()
 

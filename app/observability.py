@@ -12,10 +12,12 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("shape_detector.access")
@@ -64,6 +66,36 @@ class Metrics:
         self.model_ready = Gauge(
             "shape_detector_model_ready", "1 if the model serves, else 0.", ["model"], registry=r
         )
+
+
+class BatcherCollector:
+    """The models' batchers, counted at each scrape (nothing on the request path): batches run,
+    the requests they held (their ratio is the mean batch size) and requests dropped unrun once
+    their deadline passed. A reloaded model's counts start again from zero (a new batcher)."""
+
+    def __init__(self, batchers: Callable[[], list[tuple[str, Any]]]) -> None:
+        self._batchers = batchers  # (model name, Batcher) pairs
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            "batches": CounterMetricFamily(
+                "shape_detector_batches", "onnxruntime batches run, by model.", labels=["model"]
+            ),
+            "requests": CounterMetricFamily(
+                "shape_detector_batched_requests",
+                "Requests scored in those batches, by model (over batches: the mean batch size).",
+                labels=["model"],
+            ),
+            "dropped": CounterMetricFamily(
+                "shape_detector_dropped_requests",
+                "Requests dropped unrun: their deadline passed while they waited, by model.",
+                labels=["model"],
+            ),
+        }
+        for name, batcher in self._batchers():
+            for field, family in families.items():
+                family.add_metric([name], getattr(batcher.stats, field))
+        yield from families.values()
 
 
 class JsonFormatter(logging.Formatter):

@@ -18,7 +18,7 @@ router = APIRouter(tags=["metrics"])
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
 )
 def metrics(m: MetricsDep, registry: RegistryDep) -> Response:
-    """Requests by route and status, latencies, signals, samples, inference time, models."""
+    """Requests by route and status, latencies, signals, samples, inference time, batches, models."""
     for name, status in registry.statuses.items():
         m.model_ready.labels(name).set(1 if status.state == "ready" else 0)
         if status.model is not None:

@@ -35,6 +35,14 @@ def test_metrics(client: TestClient) -> None:
     assert 'shape_detector_signals_total{model="bump"}' in text
     assert "shape_detector_inference_seconds_count" in text
     assert 'shape_detector_model_info{model="other",version="0.0.1"} 1.0' in text
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    batches = float(values['shape_detector_batches_total{model="bump"}'])
+    batched = float(values['shape_detector_batched_requests_total{model="bump"}'])
+    assert batched >= batches >= 1  # the request above was scored in a batch
+    assert float(values['shape_detector_dropped_requests_total{model="bump"}']) == 0
+    client.post("/v1/detect", json={"signals": [[0.0] * 100]})
+    again = dict(line.rsplit(" ", 1) for line in client.get("/metrics").text.splitlines() if line[:1] != "#")
+    assert float(again['shape_detector_batched_requests_total{model="bump"}']) == batched + 1
 
 
 def test_request_id_and_structured_log(client: TestClient) -> None:
