@@ -197,13 +197,16 @@ def side_by_side_lines(result: dict[str, Any]) -> list[str]:
     if summary is None:
         return []
     conc = summary["concurrency"]
+    reduced = ""
+    if result["side_by_side"].get("reduced"):
+        reduced = " Reduced: past the time budget, one short round."
     lines = [
         "",
         "## Side by side: alternating rounds",
         "",
         f"The service, the naive server and LitServe up at once; each round runs 1×1024 JSON at "
         f"concurrency {conc} on each in turn, then the service at concurrency 1 and the raw call "
-        "(back to back). Ratios and differences are taken within each round, then the median.",
+        f"(back to back). Ratios and differences are taken within each round, then the median.{reduced}",
         "",
         "| round | service req/s | naive req/s | LitServe req/s | service / naive | service / LitServe "
         "| service c1 p50 ms | raw p50 ms | service − raw ms |",

@@ -339,11 +339,15 @@ def side_by_side(
 ) -> None:
     """``cfg.side_by_side_rounds`` alternating rounds of the 1x1024 JSON target workloads (see
     ``Config``); per round: requests/s of each server at the highest concurrency, the service's
-    p50 at concurrency 1 and the raw call's p50 right after."""
+    p50 at concurrency 1 and the raw call's p50 right after. Past ``cfg.budget_s``, one short
+    round ("reduced")."""
     names = [n for n in SIDE_BY_SIDE if n in cfg.servers]
     if cfg.side_by_side_rounds < 1 or "service" not in names or (1, 1024) not in cfg.shapes:
         return
     conc = max(cfg.concurrency)
+    reduced = time.perf_counter() - started > cfg.budget_s
+    count = 1 if reduced else cfg.side_by_side_rounds
+    duration = min(cfg.duration_s, 0.5) if reduced else cfg.duration_s
     payload = loadgen.json_payload(loadgen.make_signals(1, 1024, template))
     model = OnnxModel(cfg.model_dir, raw_options(cfg))
     running: dict[str, servers.Server] = {}
@@ -357,13 +361,14 @@ def side_by_side(
                 result["failures"].append(f"side by side, {name}: {exc}")
                 return
         log(f"[{time.perf_counter() - started:6.1f}s] side by side: {', '.join(names)} up; "
-            f"{cfg.side_by_side_rounds} rounds")  # fmt: skip
-        for r in range(cfg.side_by_side_rounds):
-            warm = Phase(cfg.warmup_s if r == 0 else min(cfg.warmup_s, 0.5))
+            f"{count} rounds" + (" (reduced)" if reduced else ""))  # fmt: skip
+        for r in range(count):
+            first_warm = min(cfg.warmup_s, 0.2) if reduced else cfg.warmup_s
+            warm = Phase(first_warm if r == 0 else min(cfg.warmup_s, 0.5))
             row: dict[str, Any] = {}
             for name, server in [*running.items(), ("service-c1", running["service"])]:
                 c = 1 if name == "service-c1" else conc
-                phases = [warm, Phase(cfg.duration_s)]
+                phases = [warm, Phase(duration)]
                 m = measure_workload(server, payload, c, phases, cfg.timeout_s, cfg.client)
                 if m["errors"]:
                     result["failures"].append(f"side by side, {name} round {r + 1}: {m['error_examples']}")
@@ -377,7 +382,7 @@ def side_by_side(
     finally:
         for server in running.values():
             server.stop()
-    result["side_by_side"] = {"concurrency": conc, "servers": names, "rounds": rounds}
+    result["side_by_side"] = {"concurrency": conc, "servers": names, "rounds": rounds, "reduced": reduced}
 
 
 def raw_options(cfg: Config) -> InferenceOptions:

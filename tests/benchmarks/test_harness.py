@@ -9,7 +9,10 @@ import json
 import math
 import os
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +20,7 @@ import pytest
 from app.cpu_latency import DEVICE
 from benchmarks import report, servers, wrkload
 from benchmarks.loadgen import check_response, oip_payload
-from benchmarks.run import Config, measure, service_names, workloads
+from benchmarks.run import Config, measure, service_names, side_by_side, workloads
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +57,16 @@ def test_workloads_cover_bodies_shapes_and_concurrency() -> None:
     assert ("json", 1, 1024, 32) in workloads(Config(litserve_all=False), "litserve")
     assert workloads(cfg, "service-w2") == [("json", 1, 1024, 32), ("npy", 1, 1024, 32)]
     assert workloads(cfg, "service-lat0") == [("json", 1, 1024, 1), ("json", 1, 1024, 32)]
+
+
+def test_side_by_side_past_the_budget_runs_one_short_round(tmp_path: Path) -> None:
+    cfg = replace(tiny_config(), servers=("service",), concurrency=(1, 2), budget_s=0.0)
+    result: dict[str, Any] = {"failures": []}
+    side_by_side(cfg, None, tmp_path, time.perf_counter() - 1.0, result)
+    sbs = result["side_by_side"]
+    assert result["failures"] == [] and sbs["reduced"] and len(sbs["rounds"]) == 1
+    assert sbs["servers"] == ["service"] and sbs["rounds"][0]["service-c1"]["errors"] == 0
+    assert "Reduced: past the time budget" in "\n".join(report.side_by_side_lines(result))
 
 
 def test_the_cpu_latency_run_is_listed_as_not_run_where_it_cannot_run(
