@@ -85,11 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_wait=settings.BATCH_WAIT_MS / 1000,
             workers=settings.INFERENCE_WORKERS,
         )
-        # Load in the background: /healthz answers at once, /readyz once models are warm.
-        batches = BatcherCollector(
+        batches = BatcherCollector(  # read at each scrape of /metrics
             lambda: [(n, st.batcher) for n, st in list(registry.statuses.items()) if st.batcher is not None]
         )
         app_metrics.registry.register(batches)
+        # Load in the background: /healthz answers at once, /readyz once models are warm.
         loader = threading.Thread(target=registry.load_all, name="model-loader", daemon=True)
         loader.start()
         executor = ThreadPoolExecutor(settings.DECODE_THREADS, thread_name_prefix="decode")
