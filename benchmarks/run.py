@@ -123,6 +123,7 @@ def machine_busy() -> tuple[float, float]:
 def workloads(cfg: Config, name: str) -> list[tuple[str, int, int, int]]:
     """(body, rows, length, concurrency) for one server, in the order they run."""
     bodies = ("json", "npy")
+    ends = sorted({min(cfg.concurrency), max(cfg.concurrency)})  # the lowest and highest concurrency
     if name == "litserve" and not cfg.litserve_all:
         return [("json", 1, 1024, 32)]
     if name == "floor":  # the concurrency-1 target's workload only
@@ -130,12 +131,12 @@ def workloads(cfg: Config, name: str) -> list[tuple[str, int, int, int]]:
     if name.startswith("service-lat"):  # 1x1024 JSON, concurrency 1 and the highest
         if (1, 1024) not in cfg.shapes:
             return []
-        return [("json", 1, 1024, c) for c in sorted({min(cfg.concurrency), max(cfg.concurrency)})]
+        return [("json", 1, 1024, c) for c in ends]
     if name.startswith("service-w"):  # 1x1024 at the highest concurrency only
         return [(b, 1, 1024, max(cfg.concurrency)) for b in bodies if (1, 1024) in cfg.shapes]
     rows = [(b, r, n, c) for (r, n) in cfg.shapes for c in cfg.concurrency for b in bodies]
     if name == "service" and cfg.oip and (1, 1024) in cfg.shapes:  # /v2 (OIP JSON): 1x1024
-        rows += [("oip", 1, 1024, c) for c in sorted({min(cfg.concurrency), max(cfg.concurrency)})]
+        rows += [("oip", 1, 1024, c) for c in ends]
     return rows
 
 
