@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from app.core.card import load_card
@@ -103,6 +104,19 @@ def test_weights_from_reexports_the_same_network(tmp_path: Path) -> None:
         main(["--dry-run", "--out", str(tmp_path / "c"), "--name", "w", *other])
 
 
+def test_kernel_size_sets_the_convolutions_after_the_first(tmp_path: Path) -> None:
+    model_dir = main(["--dry-run", "--out", str(tmp_path), "--kernel-size", "3", "--budget", "2"])
+    assert load_card(model_dir).training["architecture"]["kernel_size"] == 3
+    widths = sorted(
+        {
+            int(t.dims[-1])
+            for t in onnx.load(str(model_dir / "model.onnx")).graph.initializer
+            if t.name.startswith(("net.encoders", "net.decoders")) and t.name.endswith("weight")
+        }
+    )
+    assert widths == [3, 41]  # the first convolution keeps the template's length
+
+
 def test_dry_run_from_a_template(tmp_path: Path) -> None:
     """A user's template (CSV), polarity on, scenario defaults changed: the whole path."""
     s = np.arange(30.0)
@@ -174,6 +188,7 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
         (["--scenario", "stretch=1.2,0.9"], "give LO,HI"),
         (["--budget", "0"], "give steps"),
         (["--budget", "ten"], "give steps"),
+        (["--kernel-size", "4"], "--kernel-size 4: give an odd number"),
         (["--mean-window", "30"], "--mean-window 30: give an odd number"),
         (["--matched-mean-window", "128"], "--matched-mean-window 128: give an odd number"),
         (["--matched-clip", "0"], "--matched-clip 0.0: give a positive"),
