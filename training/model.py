@@ -31,6 +31,7 @@ class ModelConfig:
     decoder: list[int] = field(default_factory=lambda: [16, 8])  # deep: per up-sampling step
     first_kernel: int = 41  # deep: the first convolution's length (a template's worth)
     kernel_size: int = 5  # deep: the other convolutions' length
+    decoder_kernel: int | None = None  # deep: the decoder's convolutions' length (None: kernel_size)
     # deep: a fixed matched-filter path that can be added to the logit (see ``DeepCNN``)
     matched_mean_window: int = 127  # its local mean window, odd; 0: no such path
     matched_clip: float = 3.0  # its limiter, in noise standard deviations
@@ -186,9 +187,10 @@ class DeepCNN(nn.Module):
             self.encoders.append(conv_block(c_prev, c, cfg.kernel_size, first))
             c_prev = c
         self.decoders = nn.ModuleList()
+        k_dec = cfg.kernel_size if cfg.decoder_kernel is None else cfg.decoder_kernel
         for j, c in enumerate(cfg.decoder):
             skip = ch[len(ch) - 2 - j]
-            self.decoders.append(nn.Sequential(row_conv(c_prev + skip, c, cfg.kernel_size), nn.ReLU()))
+            self.decoders.append(nn.Sequential(row_conv(c_prev + skip, c, k_dec), nn.ReLU()))
             c_prev = c
         self.head = row_conv(c_prev, 1, 1)
         self.alignment = math.lcm(2 ** (len(ch) - 1), cfg.scale_stride)

@@ -578,6 +578,12 @@ def main(argv: list[str] | None = None) -> Path:
         default=d.kernel_size,
         help=f"deep: the other convolutions' length, odd (default {d.kernel_size})",
     )
+    p.add_argument(
+        "--decoder-kernel",
+        type=int,
+        default=d.decoder_kernel,
+        help="deep: the decoder's convolutions' length, odd (default: --kernel-size)",
+    )
     p.add_argument("--mean-window", type=int, default=d.mean_window, help="normalisation: mean window")
     p.add_argument(
         "--matched-mean-window",
@@ -628,8 +634,9 @@ def main(argv: list[str] | None = None) -> Path:
 
     if a.center is not None and a.template is None:
         p.error("--center goes with --template")
-    if a.kernel_size < 1 or a.kernel_size % 2 == 0:
-        p.error(f"--kernel-size {a.kernel_size}: give an odd number of samples")
+    for flag, k in (("--kernel-size", a.kernel_size), ("--decoder-kernel", a.decoder_kernel)):
+        if k is not None and (k < 1 or k % 2 == 0):
+            p.error(f"{flag} {k}: give an odd number of samples")
     if a.mean_window < 1 or a.mean_window % 2 == 0:
         p.error(f"--mean-window {a.mean_window}: give an odd number of samples")
     if a.matched_mean_window < 0 or (a.matched_mean_window and a.matched_mean_window % 2 == 0):
@@ -706,6 +713,7 @@ def main(argv: list[str] | None = None) -> Path:
             arch=a.arch,
             first_kernel=a.first_kernel or default_first_kernel(template),
             kernel_size=a.kernel_size,
+            decoder_kernel=a.decoder_kernel,
             mean_window=a.mean_window,
             matched_mean_window=a.matched_mean_window if template is not None else 0,
             matched_clip=a.matched_clip,

@@ -104,17 +104,21 @@ def test_weights_from_reexports_the_same_network(tmp_path: Path) -> None:
         main(["--dry-run", "--out", str(tmp_path / "c"), "--name", "w", *other])
 
 
-def test_kernel_size_sets_the_convolutions_after_the_first(tmp_path: Path) -> None:
-    model_dir = main(["--dry-run", "--out", str(tmp_path), "--kernel-size", "3", "--budget", "2"])
-    assert load_card(model_dir).training["architecture"]["kernel_size"] == 3
-    widths = sorted(
-        {
-            int(t.dims[-1])
-            for t in onnx.load(str(model_dir / "model.onnx")).graph.initializer
-            if t.name.startswith(("net.encoders", "net.decoders")) and t.name.endswith("weight")
-        }
-    )
-    assert widths == [3, 41]  # the first convolution keeps the template's length
+def test_kernel_lengths_reach_the_exported_convolutions(tmp_path: Path) -> None:
+    def widths(model_dir: Path, part: str) -> list[int]:
+        inits = onnx.load(str(model_dir / "model.onnx")).graph.initializer
+        return sorted(
+            {int(t.dims[-1]) for t in inits if t.name.startswith(f"net.{part}") and t.name.endswith("weight")}
+        )
+
+    default = main(["--dry-run", "--out", str(tmp_path / "a"), "--budget", "2"])
+    assert widths(default, "encoders") == [5, 41] and widths(default, "decoders") == [5]
+    args = ["--kernel-size", "3", "--decoder-kernel", "1", "--budget", "2"]
+    model_dir = main(["--dry-run", "--out", str(tmp_path / "b"), *args])
+    architecture = load_card(model_dir).training["architecture"]
+    assert architecture["kernel_size"] == 3 and architecture["decoder_kernel"] == 1
+    # the first convolution keeps the template's length
+    assert widths(model_dir, "encoders") == [3, 41] and widths(model_dir, "decoders") == [1]
 
 
 def test_dry_run_from_a_template(tmp_path: Path) -> None:
@@ -189,6 +193,7 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
         (["--budget", "0"], "give steps"),
         (["--budget", "ten"], "give steps"),
         (["--kernel-size", "4"], "--kernel-size 4: give an odd number"),
+        (["--decoder-kernel", "0"], "--decoder-kernel 0: give an odd number"),
         (["--mean-window", "30"], "--mean-window 30: give an odd number"),
         (["--matched-mean-window", "128"], "--matched-mean-window 128: give an odd number"),
         (["--matched-clip", "0"], "--matched-clip 0.0: give a positive"),
