@@ -32,34 +32,44 @@ class Peaks:
 def local_maxima(scores: npt.NDArray[np.floating], threshold: float) -> npt.NDArray[np.int64]:
     """Indices of local maxima (plateaus at their middle) with score >= threshold.
 
-    Only samples at or above the threshold can belong to a peak, and a sample below it is
-    lower than any of them: the search runs on those samples alone, with one -inf between
-    runs that are not adjacent. Memory follows the number of samples above the threshold,
-    not the signal's length.
+    Only samples at or above the threshold can belong to a peak, and a sample below it (or
+    NaN) is lower than any of them: the search looks at those samples and their two
+    neighbours alone, so memory follows the number of samples above the threshold, not the
+    signal's length. A plateau is a run of such samples of one value; one of them is the next
+    sample's neighbour exactly when their values are equal, so the samples whose left (right)
+    neighbour differs start (end) the plateaus, in order. A plateau is a peak when neither
+    outer neighbour is higher. A curve's small fixed cost matters as much as its length (a
+    request of one short signal): the steps are few whole-array operations, and fewer still
+    when no two neighbours above the threshold are equal (no plateau), the usual case.
     """
     x = np.asarray(scores)
     if x.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {x.shape}")
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)  # room for -inf below
     above = np.flatnonzero(x >= threshold)
     if above.size == 0:
         return np.empty(0, dtype=np.int64)
-    gap = np.flatnonzero(np.diff(above) > 1)  # a run of samples above ends after each gap
-    # y: the samples above threshold, in order, with -inf where samples below were left out.
-    where = np.arange(above.size) + np.searchsorted(gap, np.arange(above.size), side="left")
-    y = np.full(above.size + gap.size, -np.inf, dtype=x.dtype if x.dtype.kind == "f" else np.float64)
-    y[where] = x[above]
-    position = np.full(y.size, -1, dtype=np.int64)
-    position[where] = above
-    change = np.flatnonzero(y[1:] != y[:-1]) + 1
-    starts = np.concatenate(([0], change))
-    ends = np.concatenate((change, [y.size]))  # exclusive
-    values = y[starts]
-    left = np.concatenate(([-np.inf], values[:-1]))
-    right = np.concatenate((values[1:], [-np.inf]))
-    is_peak = (values > left) & (values > right) & (values >= threshold)
-    peak_starts = position[starts[is_peak]]
-    peak_ends = position[ends[is_peak] - 1]  # inclusive; a run above threshold is contiguous in x
-    middle: npt.NDArray[np.int64] = (peak_starts + (peak_ends - peak_starts) // 2).astype(np.int64)
+    value = x[above]
+    left = x[above - 1]  # a copy; outside the signal counts as -inf
+    if above[0] == 0:
+        left[0] = -np.inf
+    last = x.size - 1
+    if above[-1] == last:
+        right = x[np.minimum(above + 1, last)]
+        right[-1] = -np.inf
+    else:
+        right = x[above + 1]
+    higher_left, higher_right = left > value, right > value
+    starts = left != value
+    if starts.all():  # no plateau: every sample is its own
+        peaks: npt.NDArray[np.int64] = above[~(higher_left | higher_right)]
+        return peaks
+    first = np.flatnonzero(starts)
+    final = np.flatnonzero(right != value)
+    is_peak = ~(higher_left[first] | higher_right[final])
+    lo, hi = above[first[is_peak]], above[final[is_peak]]
+    middle: npt.NDArray[np.int64] = lo + (hi - lo) // 2
     return middle
 
 
