@@ -34,14 +34,26 @@ def logit(p: npt.ArrayLike) -> FloatArray:
 
 
 def sigmoid(z: npt.ArrayLike) -> FloatArray:
-    out: FloatArray = np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=np.float64)))
+    return _sigmoid_of_negated(-np.asarray(z, dtype=np.float64))
+
+
+def _sigmoid_of_negated(n: npt.ArrayLike) -> FloatArray:
+    """sigmoid(-n), computed stably."""
+    out: FloatArray = np.exp(-np.logaddexp(0.0, n))
     return out
 
 
-def _piecewise(z: FloatArray, xs: FloatArray, ys: FloatArray) -> FloatArray:
-    # Linear between the knots; slope 1 beyond them (the two corrections are 0 inside).
-    out: FloatArray = np.interp(z, xs, ys) + np.minimum(z - xs[0], 0.0) + np.maximum(z - xs[-1], 0.0)
-    return out
+def _mapped(p: npt.ArrayLike, xs: FloatArray, negated_ys: FloatArray) -> FloatArray:
+    """sigmoid(f(logit p)), f piecewise linear through (xs, ys), slope 1 beyond the knots.
+
+    f(z) = interp(c) + (z - c) with c = z clipped to the knots' range (the second term is 0
+    inside it). The curve is interpolated through the negated knots: -f(z) is what the
+    logistic function takes, and negating exact values is exact, so this is bit for bit
+    sigmoid(f(z)) in the fewest array operations (each costs about as much as a whole short
+    array's arithmetic)."""
+    z = logit(p)
+    c = np.clip(z, xs[0], xs[-1])
+    return _sigmoid_of_negated(np.interp(c, xs, negated_ys) + (c - z))
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ class MonotoneMap:
             raise ValueError("calibration knots must be strictly increasing in x and in y")
         object.__setattr__(self, "x", x)
         object.__setattr__(self, "y", y)
+        object.__setattr__(self, "_negated", (-x, -y))
         object.__setattr__(self, "_inverses", {})
 
     @property
@@ -70,12 +83,12 @@ class MonotoneMap:
     def __call__(self, p: npt.ArrayLike) -> FloatArray:
         if self.identity:
             return np.asarray(p, dtype=np.float64)
-        return sigmoid(_piecewise(np.atleast_1d(logit(p)), self.x, self.y)).reshape(np.shape(p))
+        return _mapped(p, self.x, self._negated[1])  # type: ignore[attr-defined]
 
     def inverse(self, q: npt.ArrayLike) -> FloatArray:
         if self.identity:
             return np.asarray(q, dtype=np.float64)
-        return sigmoid(_piecewise(np.atleast_1d(logit(q)), self.y, self.x)).reshape(np.shape(q))
+        return _mapped(q, self.y, self._negated[0])  # type: ignore[attr-defined]
 
     def inverse_scalar(self, q: float) -> float:
         """``inverse(q)`` for one value, remembered: a request's threshold is nearly always the
