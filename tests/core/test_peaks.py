@@ -40,6 +40,12 @@ def test_edges_can_be_peaks() -> None:
     assert local_maxima(f32([0.7, 0.7, 0.7]), 0.5).tolist() == [1]
 
 
+def test_nan_counts_as_below_the_threshold_and_integers_are_scores() -> None:
+    s = f32([0.9, float("nan"), 0.8, 0.8, float("nan"), 0.6, 0.7])
+    assert local_maxima(s, 0.5).tolist() == [0, 2, 6]
+    assert local_maxima(np.array([0, 3, 1, 3, 3]), 2).tolist() == [1, 3]
+
+
 def test_nothing_above_threshold() -> None:
     p = find_peaks(f32([0.1, 0.2, 0.1]), 0.5, 10)
     assert len(p) == 0 and p.index.dtype == np.int64
