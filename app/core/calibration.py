@@ -43,17 +43,17 @@ def _sigmoid_of_negated(n: npt.ArrayLike) -> FloatArray:
     return out
 
 
-def _mapped(p: npt.ArrayLike, xs: FloatArray, negated_ys: FloatArray) -> FloatArray:
-    """sigmoid(f(logit p)), f piecewise linear through (xs, ys), slope 1 beyond the knots.
+def _minus_f(z: FloatArray, xs: FloatArray, negated_ys: FloatArray) -> FloatArray:
+    """-f(z), f piecewise linear through (xs, ys) with slope 1 beyond the knots.
 
     f(z) = interp(c) + (z - c) with c = z clipped to the knots' range (the second term is 0
-    inside it). The curve is interpolated through the negated knots: -f(z) is what the
-    logistic function takes, and negating exact values is exact, so this is bit for bit
-    sigmoid(f(z)) in the fewest array operations (each costs about as much as a whole short
-    array's arithmetic)."""
-    z = logit(p)
+    inside it). Interpolated through the negated knots, it gives -f(z), which the logistic
+    function takes; negating exact values is exact, so sigmoid(f(z)) comes out bit for bit
+    in the fewest array operations (for a request's few values each costs more than its
+    arithmetic)."""
     c = np.clip(z, xs[0], xs[-1])
-    return _sigmoid_of_negated(np.interp(c, xs, negated_ys) + (c - z))
+    out: FloatArray = np.interp(c, xs, negated_ys) + (c - z)
+    return out
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,16 @@ class MonotoneMap:
     def __call__(self, p: npt.ArrayLike) -> FloatArray:
         if self.identity:
             return np.asarray(p, dtype=np.float64)
-        return _mapped(p, self.x, self._negated[1])  # type: ignore[attr-defined]
+        return _sigmoid_of_negated(self._minus_f(logit(p)))
 
     def inverse(self, q: npt.ArrayLike) -> FloatArray:
         if self.identity:
             return np.asarray(q, dtype=np.float64)
-        return _mapped(q, self.y, self._negated[0])  # type: ignore[attr-defined]
+        return _sigmoid_of_negated(_minus_f(logit(q), self.y, self._negated[0]))  # type: ignore[attr-defined]
+
+    def _minus_f(self, z: FloatArray) -> FloatArray:
+        """-f(z) on the logit scale: the map before the logistic function, negated."""
+        return _minus_f(z, self.x, self._negated[1])  # type: ignore[attr-defined]
 
     def inverse_scalar(self, q: float) -> float:
         """``inverse(q)`` for one value, remembered: a request's threshold is nearly always the
@@ -117,6 +121,19 @@ class Calibrator:
 
     signal: MonotoneMap = field(default_factory=MonotoneMap)
     peak: MonotoneMap = field(default_factory=MonotoneMap)
+
+    def both(
+        self, signal_values: npt.NDArray[np.floating], peak_values: npt.NDArray[np.floating]
+    ) -> tuple[FloatArray, FloatArray]:
+        """``(signal(signal_values), peak(peak_values))`` of two 1-D arrays, bit for bit, with
+        the logit and the logistic function taken once over both: a request has a few values
+        of each, and each array operation costs more than their arithmetic."""
+        if self.signal.identity or self.peak.identity:
+            return self.signal(signal_values), self.peak(peak_values)
+        k = len(signal_values)
+        z = logit(np.concatenate((signal_values, peak_values)))
+        out = _sigmoid_of_negated(np.concatenate((self.signal._minus_f(z[:k]), self.peak._minus_f(z[k:]))))
+        return out[:k], out[k:]
 
 
 IDENTITY = Calibrator()

@@ -131,15 +131,24 @@ def detections(
 
     ``threshold`` is on the calibrated peak scale. Peaks are found on the raw curve with the
     threshold mapped back (the map is strictly increasing, so the peaks are the same); the
-    signal's probability, the peaks' probabilities and the returned curve are mapped. Each map
-    is applied once to all the request's values (one numpy call, not one per signal).
+    signal's probability, the peaks' probabilities and the returned curve are mapped. The maps
+    are applied once to all the values (one pass over both, not one per signal).
     """
+    if not curves:
+        return []
     raw_threshold = calibrator.peak.inverse_scalar(threshold)
     raw_max = [float(curve.max()) for curve in curves]
-    probability = calibrator.signal(np.asarray(raw_max, dtype=np.float64)).tolist()
     found = find_peaks_many(curves, raw_threshold, min_distance)
-    if not calibrator.peak.identity and any(len(p) for p in found):
-        mapped = calibrator.peak(np.concatenate([p.probability for p in found])).astype(np.float32)
+    if calibrator.peak.identity:
+        probability = calibrator.signal(np.asarray(raw_max, dtype=np.float64)).tolist()
+    else:
+        raw_peaks = [p.probability for p in found]
+        signal_p, peak_p = calibrator.both(
+            np.asarray(raw_max, dtype=np.float64),
+            raw_peaks[0] if len(raw_peaks) == 1 else np.concatenate(raw_peaks),
+        )
+        probability = signal_p.tolist()
+        mapped = peak_p.astype(np.float32)
         start, mapped_found = 0, []
         for p in found:
             mapped_found.append(Peaks(p.index, mapped[start : start + len(p)]))

@@ -134,10 +134,11 @@ def find_peaks_many(
     if len(arrays) == 1:  # the same steps, without the bookkeeping of several curves
         x = arrays[0]
         idx = local_maxima(x, threshold)
-        keep = _keep_by_distance(idx, x[idx], min_distance)
+        values = x[idx]
+        keep = _keep_by_distance(idx, values, min_distance)
         if keep is not None:
-            idx = idx[keep]
-        return [Peaks(index=idx, probability=x[idx].astype(np.float32))]
+            idx, values = idx[keep], values[keep]
+        return [Peaks(index=idx, probability=values.astype(np.float32, copy=False))]
     if not arrays:
         return []
     gap = np.full(1, -np.inf, dtype=np.result_type(*arrays, np.float32))

@@ -40,6 +40,17 @@ def test_map_is_bit_for_bit_the_plain_formula() -> None:
     assert float(MAP(0.3)) == float(plain(np.array([0.3]), MAP.x, MAP.y)[0])
 
 
+def test_both_maps_at_once_are_each_map_bit_for_bit() -> None:
+    other = MonotoneMap(np.array([-2.0, 1.0]), np.array([-3.0, 2.0]))
+    rng = np.random.default_rng(3)
+    maxima = rng.uniform(0, 1, 4)
+    for peaks in (rng.uniform(0, 1, 7).astype(np.float32), np.empty(0, np.float32)):
+        for cal in (Calibrator(signal=other, peak=MAP), Calibrator(peak=MAP), Calibrator(signal=other)):
+            signal_p, peak_p = cal.both(maxima, peaks)
+            np.testing.assert_array_equal(signal_p, cal.signal(maxima))
+            np.testing.assert_array_equal(peak_p, cal.peak(peaks))
+
+
 def test_map_is_strictly_increasing_and_invertible() -> None:
     p = np.sort(np.random.default_rng(0).uniform(1e-6, 1 - 1e-6, 5000))
     q = MAP(p)
