@@ -28,7 +28,8 @@ FloatArray = npt.NDArray[np.float64]
 
 
 def logit(p: npt.ArrayLike) -> FloatArray:
-    q = np.clip(np.asarray(p, dtype=np.float64), EPS, 1.0 - EPS)
+    # np.clip's value; np.clip itself passes through three Python layers, costly for few values.
+    q = np.minimum(np.maximum(np.asarray(p, dtype=np.float64), EPS), 1.0 - EPS)
     out: FloatArray = np.log(q) - np.log1p(-q)
     return out
 
@@ -51,7 +52,7 @@ def _minus_f(z: FloatArray, xs: FloatArray, negated_ys: FloatArray) -> FloatArra
     function takes; negating exact values is exact, so sigmoid(f(z)) comes out bit for bit
     in the fewest array operations (for a request's few values each costs more than its
     arithmetic)."""
-    c = np.clip(z, xs[0], xs[-1])
+    c = np.minimum(np.maximum(z, xs[0]), xs[-1])
     out: FloatArray = np.interp(c, xs, negated_ys) + (c - z)
     return out
 

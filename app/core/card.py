@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.core.calibration import Calibrator, MonotoneMap
 
@@ -109,22 +110,18 @@ class Card(BaseModel):
     calibration: Calibration | None = Field(
         None, description="Maps applied to reported probabilities; none: raw scores are reported."
     )
-    _calibrator: Calibrator | None = PrivateAttr(default=None)
 
-    @property
+    @cached_property
     def calibrator(self) -> Calibrator:
-        """The card's calibration maps, ready to apply (built once)."""
-        if self._calibrator is None:
-            c = self.calibration
-            self._calibrator = (
-                Calibrator(
-                    signal=MonotoneMap.from_dict(c.signal.model_dump()),
-                    peak=MonotoneMap.from_dict(c.peak.model_dump()),
-                )
-                if c is not None
-                else Calibrator()
-            )
-        return self._calibrator
+        """The card's calibration maps, ready to apply (built on first use, then a plain
+        attribute: read on every request)."""
+        c = self.calibration
+        if c is None:
+            return Calibrator()
+        return Calibrator(
+            signal=MonotoneMap.from_dict(c.signal.model_dump()),
+            peak=MonotoneMap.from_dict(c.peak.model_dump()),
+        )
 
     @model_validator(mode="after")
     def _check_io(self) -> Card:

@@ -47,7 +47,7 @@ def local_maxima(scores: npt.NDArray[np.floating], threshold: float) -> npt.NDAr
         raise ValueError(f"scores must be 1-D, got shape {x.shape}")
     if x.dtype.kind != "f":
         x = x.astype(np.float64)  # room for -inf below
-    above = np.flatnonzero(x >= threshold)
+    above = (x >= threshold).nonzero()[0]
     if above.size == 0:
         return np.empty(0, dtype=np.int64)
     value = x[above]
@@ -65,8 +65,8 @@ def local_maxima(scores: npt.NDArray[np.floating], threshold: float) -> npt.NDAr
     if starts.all():  # no plateau: every sample is its own
         peaks: npt.NDArray[np.int64] = above[~(higher_left | higher_right)]
         return peaks
-    first = np.flatnonzero(starts)
-    final = np.flatnonzero(right != value)
+    first = starts.nonzero()[0]
+    final = (right != value).nonzero()[0]
     is_peak = ~(higher_left[first] | higher_right[final])
     lo, hi = above[first[is_peak]], above[final[is_peak]]
     middle: npt.NDArray[np.int64] = lo + (hi - lo) // 2
@@ -90,7 +90,7 @@ def _keep_by_distance(
     if index.size <= 1 or min_distance == 1:
         return None
     # Fast path: nothing to suppress.
-    if np.all(np.diff(index) >= min_distance):
+    if (index[1:] - index[:-1] >= min_distance).all():
         return None
     # Greedy suppression, highest first; stable sort keeps the earlier of equal peaks first.
     order = np.argsort(-np.asarray(values, dtype=np.float64), kind="stable")
