@@ -7,7 +7,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TypedDict
 
@@ -67,45 +67,58 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
-        cpu_latency = None
-        if settings.CPU_LATENCY_US is not None:  # first: a refused request stops the start at once
-            cpu_latency = CpuLatencyRequest(settings.CPU_LATENCY_US)
-            cpu_latency.open()
-            log.info("holding a CPU latency request of %d us", settings.CPU_LATENCY_US)
-        options = InferenceOptions(
-            window=settings.WINDOW,
-            max_batch_samples=settings.MAX_BATCH_SAMPLES,
-            intra_op_threads=settings.INTRA_OP_THREADS,
-            spinning=settings.ORT_SPINNING,
-        )
-        registry = Registry(
-            settings.MODEL_DIR,
-            options,
-            max_queue=settings.MAX_QUEUE,
-            max_wait=settings.BATCH_WAIT_MS / 1000,
-            workers=settings.INFERENCE_WORKERS,
-        )
-        batches = BatcherCollector(  # read at each scrape of /metrics
-            lambda: [(n, st.batcher) for n, st in list(registry.statuses.items()) if st.batcher is not None]
-        )
-        app_metrics.registry.register(batches)
-        # Load in the background: /healthz answers at once, /readyz once models are warm.
-        loader = threading.Thread(target=registry.load_all, name="model-loader", daemon=True)
-        loader.start()
-        executor = ThreadPoolExecutor(settings.DECODE_THREADS, thread_name_prefix="decode")
-        runner = Runner(
-            executor=executor,
-            limits=Limits(settings.MAX_SIGNALS, settings.MAX_SAMPLES, settings.MAX_SIGNAL_LENGTH),
-            max_body_bytes=settings.MAX_BODY_BYTES,
-            metrics=app_metrics,
-            body_timeout=settings.BODY_TIMEOUT_S,
-            request_timeout=settings.REQUEST_TIMEOUT_S,
-            inline_max_samples=settings.INLINE_MAX_SAMPLES,
-        )
-        lifecycle.install_signal_handler()  # SIGTERM drains first (only under a server, main thread)
-        previous_interval = sys.getswitchinterval()
-        sys.setswitchinterval(settings.SWITCH_INTERVAL_MS / 1000)
-        try:
+        # Each thing is undone as soon as it is done (in reverse order at the end), so a start
+        # that fails half way leaves nothing behind in the process: no CPU latency request held,
+        # no collector registered, no thread running.
+        with ExitStack() as undo:
+            undo.callback(access.close)
+            if settings.CPU_LATENCY_US is not None:  # first: a refused request stops the start at once
+                undo.enter_context(CpuLatencyRequest(settings.CPU_LATENCY_US))
+                log.info("holding a CPU latency request of %d us", settings.CPU_LATENCY_US)
+            options = InferenceOptions(
+                window=settings.WINDOW,
+                max_batch_samples=settings.MAX_BATCH_SAMPLES,
+                intra_op_threads=settings.INTRA_OP_THREADS,
+                spinning=settings.ORT_SPINNING,
+            )
+            registry = Registry(
+                settings.MODEL_DIR,
+                options,
+                max_queue=settings.MAX_QUEUE,
+                max_wait=settings.BATCH_WAIT_MS / 1000,
+                workers=settings.INFERENCE_WORKERS,
+            )
+            batches = BatcherCollector(  # read at each scrape of /metrics
+                lambda: [(n, s.batcher) for n, s in list(registry.statuses.items()) if s.batcher is not None]
+            )
+            app_metrics.registry.register(batches)
+            undo.callback(app_metrics.registry.unregister, batches)
+            # Load in the background: /healthz answers at once, /readyz once models are warm.
+            loader = threading.Thread(target=registry.load_all, name="model-loader", daemon=True)
+            loader.start()
+
+            def stop_models() -> None:
+                registry.close()
+                # A model still loading finishes (onnxruntime cannot be interrupted) and is not
+                # served; the process must not exit while the loader is inside onnxruntime.
+                loader.join(settings.SHUTDOWN_TIMEOUT_S)
+
+            undo.callback(stop_models)
+            executor = ThreadPoolExecutor(settings.DECODE_THREADS, thread_name_prefix="decode")
+            undo.callback(executor.shutdown, wait=True, cancel_futures=True)
+            runner = Runner(
+                executor=executor,
+                limits=Limits(settings.MAX_SIGNALS, settings.MAX_SAMPLES, settings.MAX_SIGNAL_LENGTH),
+                max_body_bytes=settings.MAX_BODY_BYTES,
+                metrics=app_metrics,
+                body_timeout=settings.BODY_TIMEOUT_S,
+                request_timeout=settings.REQUEST_TIMEOUT_S,
+                inline_max_samples=settings.INLINE_MAX_SAMPLES,
+            )
+            lifecycle.install_signal_handler()  # SIGTERM drains first (only under a server, main thread)
+            undo.callback(lifecycle.uninstall_signal_handler)
+            undo.callback(sys.setswitchinterval, sys.getswitchinterval())
+            sys.setswitchinterval(settings.SWITCH_INTERVAL_MS / 1000)
             yield {
                 "settings": settings,
                 "registry": registry,
@@ -113,18 +126,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "metrics": app_metrics,
                 "lifecycle": lifecycle,
             }
-        finally:
-            sys.setswitchinterval(previous_interval)
-            lifecycle.uninstall_signal_handler()
-            registry.close()
-            # A model still loading finishes (onnxruntime cannot be interrupted) and is not served;
-            # the process must not exit while the loader is inside onnxruntime (it would abort).
-            loader.join(settings.SHUTDOWN_TIMEOUT_S)
-            executor.shutdown(wait=True, cancel_futures=True)
-            access.close()
-            app_metrics.registry.unregister(batches)
-            if cpu_latency is not None:
-                cpu_latency.close()
 
     app = FastAPI(
         title="Shape Detector",

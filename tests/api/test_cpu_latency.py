@@ -4,13 +4,17 @@ process may write it (root on Linux); a regular file stands in for it otherwise.
 
 import os
 import struct
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 import app.cpu_latency as cpu_latency
+import app.main as main
 from app.cpu_latency import DEVICE, CpuLatencyError, CpuLatencyRequest, current_limit
+from app.lifecycle import Lifecycle
 from app.main import create_app
 from app.settings import load_settings
 from tests.api.conftest import wait_ready
@@ -71,6 +75,38 @@ def test_the_service_does_not_start_when_its_request_is_refused(
     app = create_app(load_settings(MODEL_DIR=models_dir, CPU_LATENCY_US=0))
     with pytest.raises(CpuLatencyError, match="cannot open"), TestClient(app):
         pass
+
+
+def test_a_start_that_fails_half_way_leaves_nothing_behind(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start fails after the request is held, the models' loader runs and the batch
+    collector is registered: all of it is undone, as at a normal stop."""
+    device = tmp_path / "cpu_dma_latency"
+    device.write_bytes(b"")
+    monkeypatch.setattr(cpu_latency, "DEVICE", device)
+    made: list[CpuLatencyRequest] = []
+
+    class Recorded(CpuLatencyRequest):
+        def open(self) -> None:
+            made.append(self)
+            super().open()
+
+    def refuse(self: Lifecycle) -> None:
+        raise RuntimeError("no signal handler here")
+
+    monkeypatch.setattr(main, "CpuLatencyRequest", Recorded)
+    monkeypatch.setattr(Lifecycle, "install_signal_handler", refuse)
+    interval, threads = sys.getswitchinterval(), set(threading.enumerate())
+    with (
+        pytest.raises(RuntimeError, match="no signal handler"),
+        TestClient(create_app(load_settings(MODEL_DIR=models_dir, CPU_LATENCY_US=0))),
+    ):
+        pass
+    assert len(made) == 1 and not made[0].held  # it was made (written), then let go
+    assert struct.unpack("=i", device.read_bytes()) == (0,)
+    assert [t.name for t in set(threading.enumerate()) - threads] == []  # loader and batchers stopped
+    assert sys.getswitchinterval() == interval
 
 
 def test_no_request_by_default(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
