@@ -45,21 +45,19 @@ def local_maxima(scores: npt.NDArray[np.floating], threshold: float) -> npt.NDAr
     x = np.asarray(scores)
     if x.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {x.shape}")
-    if x.dtype.kind != "f":
-        x = x.astype(np.float64)  # room for -inf below
     above = (x >= threshold).nonzero()[0]
     if above.size == 0:
         return np.empty(0, dtype=np.int64)
     value = x[above]
-    left = x[above - 1]  # a copy; outside the signal counts as -inf
+    last = x.size - 1
+    left = x[above - 1]  # copies; outside the signal counts as -inf
+    right = x[np.minimum(above + 1, last)] if above[-1] == last else x[above + 1]
+    if x.dtype.kind != "f":  # integer scores: room for -inf
+        left, right = left.astype(np.float64), right.astype(np.float64)
     if above[0] == 0:
         left[0] = -np.inf
-    last = x.size - 1
     if above[-1] == last:
-        right = x[np.minimum(above + 1, last)]
         right[-1] = -np.inf
-    else:
-        right = x[above + 1]
     higher_left, higher_right = left > value, right > value
     starts = left != value
     if starts.all():  # no plateau: every sample is its own
