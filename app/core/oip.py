@@ -426,7 +426,8 @@ def _rows_from_data(
                 f"input '{INPUT}' has shape [{rows}, {length}] ({rows * length} values) but its data "
                 f"holds {len(data)} values: make the shape match the data"
             )
-        row_lists = [data[i * length : (i + 1) * length] for i in range(rows)]
+        # One row is the data itself, not a copy of it.
+        row_lists = [data] if rows == 1 else [data[i * length : (i + 1) * length] for i in range(rows)]
     return rows_from_json(row_lists, limits, min_length, may_hold_bools=may_hold_bools, plain=plain)
 
 
