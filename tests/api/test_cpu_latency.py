@@ -80,8 +80,9 @@ def test_the_service_does_not_start_when_its_request_is_refused(
 def test_a_start_that_fails_half_way_leaves_nothing_behind(
     models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The start fails after the request is held, the models' loader runs and the batch
-    collector is registered: all of it is undone, as at a normal stop."""
+    """The start fails after the request is held and the models' loader has started: the
+    request is let go, the loader and batcher threads stop and the switch interval is back,
+    as at a normal stop."""
     device = tmp_path / "cpu_dma_latency"
     device.write_bytes(b"")
     monkeypatch.setattr(cpu_latency, "DEVICE", device)
