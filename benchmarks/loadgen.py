@@ -13,7 +13,6 @@ import asyncio
 import http.client
 import io
 import resource
-import statistics
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -23,6 +22,8 @@ from typing import Any
 import aiohttp
 import numpy as np
 import orjson
+
+from benchmarks.report import median_known
 
 try:
     import uvloop
@@ -270,16 +271,11 @@ def checked_requests(
     return out, first
 
 
-def _median(values: Sequence[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return statistics.median(known) if known else None
-
-
 def median_summary(results: Sequence[PhaseResult], payload: Payload) -> dict[str, Any]:
     """Medians over repeated phases; errors and requests are totals; each repeat kept as well."""
     runs = [r.summary(payload) for r in results]
     medians = {
-        k: _median([run[k] for run in runs])
+        k: median_known(run[k] for run in runs)
         for k in ("requests_per_s", "samples_per_s", "p50_ms", "p99_ms", "client_cpu_cores")
     }
     examples = [e for r in results for e in r.error_examples][:MAX_EXAMPLES]

@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import subprocess
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,12 @@ def raw_key(raw: dict[str, Any], rows: int, length: int) -> str | None:
     if f"{rows}x{length}" in ("1x1024", "64x1024"):
         return f"{rows}x{length}"
     return raw["long_case"] if rows == 1 and length > raw["window"] else None
+
+
+def median_known(values: Iterable[float | None]) -> float | None:
+    """The median of the values that are known (not None); None if none is."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def _div(a: float | None, b: float | None) -> float | None:
@@ -180,15 +187,11 @@ def side_by_side_summary(result: dict[str, Any]) -> dict[str, Any] | None:
     if not rounds:
         return None
 
-    def median(key: str) -> float | None:
-        known = [r[key] for r in rounds if r[key] is not None]
-        return statistics.median(known) if known else None
-
     keys = ("over_naive", "over_litserve", "c1_ms", "raw_ms", "c1_over_raw_ms")
     return {
         "rounds": len(rounds),
         "concurrency": result["side_by_side"]["concurrency"],
-        **{k: median(k) for k in keys},
+        **{k: median_known(r[k] for r in rounds) for k in keys},
     }
 
 
