@@ -27,8 +27,8 @@ from app.cpu_latency import CpuLatencyRequest
 from app.lifecycle import DrainMiddleware, Lifecycle
 from app.observability import (
     AccessLog,
-    BatcherCollector,
     Metrics,
+    ModelCollector,
     ObservabilityMiddleware,
     configure_logging,
 )
@@ -88,11 +88,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_wait=settings.BATCH_WAIT_MS / 1000,
                 workers=settings.INFERENCE_WORKERS,
             )
-            batches = BatcherCollector(  # read at each scrape of /metrics
-                lambda: [(n, s.batcher) for n, s in list(registry.statuses.items()) if s.batcher is not None]
-            )
-            app_metrics.registry.register(batches)
-            undo.callback(app_metrics.registry.unregister, batches)
+            models = ModelCollector(lambda: list(registry.statuses.values()))  # read at each scrape
+            app_metrics.registry.register(models)
+            undo.callback(app_metrics.registry.unregister, models)
             # Load in the background: /healthz answers at once, /readyz once models are warm.
             loader = threading.Thread(target=registry.load_all, name="model-loader", daemon=True)
             loader.start()

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("shape_detector.access")
@@ -54,30 +54,29 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.model_info = Gauge(
-            "shape_detector_model_info",
-            "Models loaded (1) with their version.",
-            ["model", "version"],
-            registry=r,
-        )
-        self.queue_depth = Gauge(
-            "shape_detector_queue_depth", "Requests waiting for the model's batcher.", ["model"], registry=r
-        )
-        self.model_ready = Gauge(
-            "shape_detector_model_ready", "1 if the model serves, else 0.", ["model"], registry=r
-        )
 
 
-class BatcherCollector:
-    """The models' batchers, counted at each scrape (nothing on the request path): batches run,
-    the requests they held (their ratio is the mean batch size) and requests dropped unrun once
-    their deadline passed. A reloaded model's counts start again from zero (a new batcher)."""
+class ModelCollector:
+    """The models' state, read at each scrape (nothing on the request path): whether each
+    serves, the version it serves, its queue, and its batcher's counts: batches run, the
+    requests they held (their ratio is the mean batch size) and requests dropped unrun once
+    their deadline passed. Read from the registry, never stored: a reloaded model shows its new
+    version only, and its counts start again from zero (a new batcher)."""
 
-    def __init__(self, batchers: Callable[[], list[tuple[str, Any]]]) -> None:
-        self._batchers = batchers  # (model name, Batcher) pairs
+    def __init__(self, statuses: Callable[[], list[Any]]) -> None:
+        self._statuses = statuses  # the registry's ModelStatus objects
 
     def collect(self) -> Iterator[Metric]:
-        families = {
+        ready = GaugeMetricFamily(
+            "shape_detector_model_ready", "1 if the model serves, else 0.", labels=["model"]
+        )
+        info = GaugeMetricFamily(
+            "shape_detector_model_info", "Models loaded (1) with their version.", labels=["model", "version"]
+        )
+        depth = GaugeMetricFamily(
+            "shape_detector_queue_depth", "Requests waiting for the model's batcher.", labels=["model"]
+        )
+        counts = {
             "batches": CounterMetricFamily(
                 "shape_detector_batches", "onnxruntime batches run, by model.", labels=["model"]
             ),
@@ -92,10 +91,16 @@ class BatcherCollector:
                 labels=["model"],
             ),
         }
-        for name, batcher in self._batchers():
-            for field, family in families.items():
-                family.add_metric([name], getattr(batcher.stats, field))
-        yield from families.values()
+        for status in self._statuses():
+            name, model, batcher = status.name, status.model, status.batcher
+            ready.add_metric([name], 1 if status.state == "ready" else 0)
+            if model is not None:
+                info.add_metric([name, model.version], 1)
+            if batcher is not None:
+                depth.add_metric([name], batcher.queued)
+                for field, family in counts.items():
+                    family.add_metric([name], getattr(batcher.stats, field))
+        yield from (ready, info, depth, *counts.values())
 
 
 class JsonFormatter(logging.Formatter):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from app.api.deps import MetricsDep, RegistryDep
+from app.api.deps import RegistryDep
 from app.api.schemas import Message
 from app.core.reload import reload_model
 
@@ -34,14 +33,11 @@ class ReloadResult(BaseModel):
         503: {"model": Message, "description": "The service is shutting down."},
     },
 )
-async def reload(name: str, registry: RegistryDep, metrics: MetricsDep) -> ReloadResult:
+async def reload(name: str, registry: RegistryDep) -> ReloadResult:
     """Load `MODEL_DIR/{name}/` again: verify the model file's SHA-256 against its card, load and
     warm it up while the current version serves, then swap. Requests already queued finish on
     the old version; every response names the version that computed it."""
     done = await asyncio.to_thread(reload_model, registry, name)
-    if done.previous_version is not None and done.previous_version != done.version:
-        with contextlib.suppress(KeyError):  # /metrics: only the version now serving
-            metrics.model_info.remove(name, done.previous_version)
     return ReloadResult(
         name=done.name,
         version=done.version,

@@ -119,6 +119,13 @@ def test_a_bad_model_is_not_served_but_the_others_are(models_dir: Path, tmp_path
         assert bad.status_code == 503 and "sha256" in bad.json()["detail"]
         assert bad.headers["retry-after"]
         assert [m["name"] for m in c.get("/v1/models").json()["models"]] == ["bump"]
+        metrics = c.get("/metrics").text.splitlines()
+        assert 'shape_detector_model_ready{model="bump"} 1.0' in metrics
+        assert 'shape_detector_model_ready{model="other"} 0.0' in metrics
+        assert [line for line in metrics if line.startswith("shape_detector_model_info{")] == [
+            'shape_detector_model_info{model="bump",version="0.0.1"} 1.0'
+        ]
+        assert 'shape_detector_queue_depth{model="other"}' not in c.get("/metrics").text
 
 
 @pytest.mark.parametrize(
