@@ -89,13 +89,29 @@ def parity_error(net: nn.Module, path: Path, seed: int = 0) -> float:
 
 
 def versions() -> dict[str, str]:
+    """The software that made the model, and the CPU: training is reproducible bit for bit on
+    one kind of CPU only (torch's kernels round differently on others)."""
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
         "numpy": np.__version__,
+        "cpu": cpu_name(),
     }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def make_card(model_dir: Path, **fields: Any) -> Card:

@@ -72,6 +72,10 @@ from training.template import TemplateError, load_template
 CALIBRATION_SEEDS = {"fit": 3001, "held_out": 3002}
 ECE_GOAL = 0.02
 MAX_FIRST_KERNEL = 1025
+# The reference bump's architecture where the defaults differ (`bump` 1.5.0, see README, "The
+# models"): 16 channels everywhere, decoder convolutions of 3. A template's or a user's data
+# keep the general defaults: `arrival` with 16 channels everywhere missed four of #2's goals.
+BUMP_ARCHITECTURE: dict[str, Any] = {"channels": [16, 16, 16], "decoder": [16, 16], "decoder_kernel": 3}
 
 
 CALIBRATION_SIGNALS = (4000, 12000)  # signals per calibration set: the fewest and the most
@@ -581,8 +585,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument(
         "--decoder-kernel",
         type=int,
-        default=d.decoder_kernel,
-        help="deep: the decoder's convolutions' length, odd (default: --kernel-size)",
+        help="deep: the decoder's convolutions' length, odd (default: --kernel-size; the reference "
+        f"bump: {BUMP_ARCHITECTURE['decoder_kernel']})",
     )
     p.add_argument("--mean-window", type=int, default=d.mean_window, help="normalisation: mean window")
     p.add_argument(
@@ -619,8 +623,20 @@ def main(argv: list[str] | None = None) -> Path:
     )
     p.add_argument("--scale-window", type=int, default=d.scale_window, help="normalisation: scale window")
     p.add_argument("--scale-stride", type=int, default=d.scale_stride, help="normalisation: scale blocks")
-    p.add_argument("--channels", type=int, nargs="+", default=d.channels, help="deep: channels per level")
-    p.add_argument("--decoder", type=int, nargs="+", default=d.decoder, help="deep: decoder channels")
+    p.add_argument(
+        "--channels",
+        type=int,
+        nargs="+",
+        help=f"deep: channels per level (default {_words(d.channels)}; the reference bump: "
+        f"{_words(BUMP_ARCHITECTURE['channels'])})",
+    )
+    p.add_argument(
+        "--decoder",
+        type=int,
+        nargs="+",
+        help=f"deep: decoder channels (default {_words(d.decoder)}; the reference bump: "
+        f"{_words(BUMP_ARCHITECTURE['decoder'])})",
+    )
     p.add_argument(
         "--weights-from",
         type=Path,
@@ -671,6 +687,13 @@ def main(argv: list[str] | None = None) -> Path:
             raise SystemExit(f"training.train: {exc}") from None
     else:
         template = BUMP
+        # The reference bump's own recipe: what `make train` runs reproduces the shipped model.
+        for key, value in BUMP_ARCHITECTURE.items():
+            if getattr(a, key) is None:
+                setattr(a, key, value)
+    for key in ("channels", "decoder", "decoder_kernel"):
+        if getattr(a, key) is None:
+            setattr(a, key, getattr(ModelConfig(), key))
     overrides = parse_overrides(a.scenario)
     polarity_info: dict[str, Any] | None = None
     if template is not None and user is None and not a.polarity:
@@ -908,13 +931,17 @@ def main(argv: list[str] | None = None) -> Path:
     return model_dir
 
 
+def _words(values: list[int]) -> str:
+    return " ".join(map(str, values))
+
+
 def weights_source(model_dir: Path, arch: ModelConfig) -> Card:
     """The card of the model ``--weights-from`` names; its architecture must be ``arch``."""
     try:
         card = load_card(model_dir)
     except CardError as exc:
         raise SystemExit(f"training.train: --weights-from {model_dir}: {exc}") from None
-    theirs, ours = card.training.get("architecture", {}), arch.to_dict()
+    theirs, ours = _effective(card.training.get("architecture", {})), _effective(arch.to_dict())
     differ = sorted(k for k in ours.keys() | theirs.keys() if theirs.get(k) != ours.get(k))
     if differ:
         diffs = ", ".join(f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
@@ -923,6 +950,14 @@ def weights_source(model_dir: Path, arch: ModelConfig) -> Card:
             "give the arguments its network was trained with"
         )
     return card
+
+
+def _effective(arch: dict[str, Any]) -> dict[str, Any]:
+    """An architecture as it computes: a decoder kernel of None (or absent, in cards written
+    before the option) is the other convolutions' length."""
+    if arch.get("decoder_kernel") is None and "kernel_size" in arch:
+        arch = {**arch, "decoder_kernel": arch["kernel_size"]}
+    return arch
 
 
 def _describe(scenario: Any) -> dict[str, Any]:

@@ -9,9 +9,10 @@ import pytest
 from app.core.card import load_card
 from app.core.model import OnnxModel
 from training.matched import GAINS
+from training.model import ModelConfig
 from training.scenario import BUMP, EVAL_SEEDS, make_dataset, signal_lengths, suites
 from training.template import load_template, template_from_values
-from training.train import calibration_count, main, parse_budget, polarity_warning
+from training.train import calibration_count, main, parse_budget, polarity_warning, weights_source
 
 
 def test_dry_run_end_to_end(tmp_path: Path) -> None:
@@ -104,6 +105,20 @@ def test_weights_from_reexports_the_same_network(tmp_path: Path) -> None:
         main(["--dry-run", "--out", str(tmp_path / "c"), "--name", "w", *other])
 
 
+def test_weights_from_a_card_older_than_the_decoder_kernel_option() -> None:
+    """``arrival``'s card has no decoder_kernel (its decoder ran the other convolutions'
+    length): its own arguments match it, a network with another decoder kernel does not."""
+    arrival = Path(__file__).resolve().parents[2] / "models" / "arrival"
+    card = load_card(arrival)
+    arch = dict(card.training["architecture"])
+    assert "decoder_kernel" not in arch
+    theirs = ModelConfig(**{**arch, "decoder_kernel": arch["kernel_size"]})
+    assert weights_source(arrival, theirs).sha256 == card.sha256
+    assert weights_source(arrival, ModelConfig(**{**arch, "decoder_kernel": None})).sha256 == card.sha256
+    with pytest.raises(SystemExit, match=r"another architecture \(decoder_kernel 5 there, 3 here\)"):
+        weights_source(arrival, ModelConfig(**{**arch, "decoder_kernel": 3}))
+
+
 def test_kernel_lengths_reach_the_exported_convolutions(tmp_path: Path) -> None:
     def widths(model_dir: Path, part: str) -> list[int]:
         inits = onnx.load(str(model_dir / "model.onnx")).graph.initializer
@@ -112,7 +127,10 @@ def test_kernel_lengths_reach_the_exported_convolutions(tmp_path: Path) -> None:
         )
 
     default = main(["--dry-run", "--out", str(tmp_path / "a"), "--budget", "2"])
-    assert widths(default, "encoders") == [5, 41] and widths(default, "decoders") == [5]
+    assert widths(default, "encoders") == [5, 41] and widths(default, "decoders") == [3]
+    # the reference bump's recipe: `bump` 1.5.0's architecture
+    shipped = load_card(Path(__file__).resolve().parents[2] / "models" / "bump").training["architecture"]
+    assert load_card(default).training["architecture"] == shipped
     args = ["--kernel-size", "3", "--decoder-kernel", "1", "--budget", "2"]
     model_dir = main(["--dry-run", "--out", str(tmp_path / "b"), *args])
     architecture = load_card(model_dir).training["architecture"]
@@ -147,7 +165,10 @@ def test_dry_run_from_a_template(tmp_path: Path) -> None:
     assert card.template == pytest.approx(np.round(values, 6).tolist())
     assert card.template_center == int(np.argmax(np.abs(np.round(values, 6))))
     c = card.template_center
-    assert card.training["architecture"]["first_kernel"] == 2 * max(c, 29 - c) + 1  # centred template
+    arch = card.training["architecture"]
+    assert arch["first_kernel"] == 2 * max(c, 29 - c) + 1  # centred template
+    # a template keeps the general defaults, not the reference bump's recipe
+    assert (arch["channels"], arch["decoder"], arch["decoder_kernel"]) == ([8, 16, 24], [16, 8], None)
     scenario = card.training["data"]["training_scenario"]
     assert scenario["p_spikes"] == 0.1 and scenario["stretch"] == [0.9, 1.1]
     assert scenario["polarity"] is True and scenario["p_inverted"] == 0.0

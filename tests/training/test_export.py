@@ -8,7 +8,7 @@ import torch
 from onnx import numpy_helper
 
 from app.core.card import load_card
-from training.export import export_onnx, load_weights, parity_error
+from training.export import cpu_name, export_onnx, load_weights, parity_error
 from training.model import Exported, ModelConfig, build_model
 
 
@@ -40,7 +40,8 @@ def test_card_written_beside_the_model(tiny_model_dir: Path) -> None:
     card = load_card(tiny_model_dir)
     assert card.opset >= 17
     assert card.template is not None and card.template_center == 20
-    assert {"torch", "onnx", "onnxruntime", "numpy"} <= set(card.versions)
+    assert {"torch", "onnx", "onnxruntime", "numpy", "cpu"} <= set(card.versions)
+    assert card.versions["cpu"] == cpu_name() and card.versions["cpu"] not in ("", "unknown")
     assert (tiny_model_dir / "README.md").read_text().startswith("# tiny 0.0.1")
 
 
