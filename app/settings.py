@@ -56,6 +56,16 @@ class Settings(BaseSettings):
             "back the interpreter; Python's own default is 5 ms."
         ),
     )
+    GC_THRESHOLD: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        description=(
+            "The cyclic garbage collector's first threshold while the service runs "
+            "(gc.set_threshold), with everything made at start-up frozen out of its collections "
+            "(gc.freeze). Python's own default is 700; 0 leaves the collector as Python set it."
+        ),
+    )
     CPU_LATENCY_US: int | None = Field(
         None,
         ge=0,

@@ -183,6 +183,23 @@ def test_switch_interval_is_set_while_serving_and_restored(models_dir: Path) -> 
     assert sys.getswitchinterval() == before
 
 
+@pytest.mark.parametrize("threshold", [0, 5000])
+def test_gc_is_tuned_while_serving_and_restored(models_dir: Path, threshold: int) -> None:
+    """Start-up's objects are frozen out of the collector and collections are rarer while the
+    service runs; all as before once it stops. 0 leaves the collector alone."""
+    import gc
+
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    assert frozen == 0 and before[0] != 5000
+    with TestClient(create_app(load_settings(MODEL_DIR=models_dir, GC_THRESHOLD=threshold))) as c:
+        wait_ready(c)
+        if threshold:
+            assert gc.get_threshold() == (threshold, *before[1:]) and gc.get_freeze_count() > 10_000
+        else:
+            assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
 @pytest.mark.parametrize("enabled", [False, True])
 def test_opentelemetry_is_looked_for_only_when_enabled(
     models_dir: Path, monkeypatch: pytest.MonkeyPatch, enabled: bool
