@@ -687,7 +687,7 @@ def main(argv: list[str] | None = None) -> Path:
             raise SystemExit(f"training.train: {exc}") from None
     else:
         template = BUMP
-        # The reference bump's own recipe: what `make train` runs reproduces the shipped model.
+        # The reference bump's own recipe: `make train` trains the shipped model's architecture.
         for key, value in BUMP_ARCHITECTURE.items():
             if getattr(a, key) is None:
                 setattr(a, key, value)
