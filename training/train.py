@@ -691,9 +691,9 @@ def main(argv: list[str] | None = None) -> Path:
         for key, value in BUMP_ARCHITECTURE.items():
             if getattr(a, key) is None:
                 setattr(a, key, value)
-    for key in ("channels", "decoder", "decoder_kernel"):
+    for key in BUMP_ARCHITECTURE:  # otherwise the general defaults
         if getattr(a, key) is None:
-            setattr(a, key, getattr(ModelConfig(), key))
+            setattr(a, key, getattr(d, key))
     overrides = parse_overrides(a.scenario)
     polarity_info: dict[str, Any] | None = None
     if template is not None and user is None and not a.polarity:
