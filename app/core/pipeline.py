@@ -7,21 +7,25 @@ peaks and calibration computed once for all. Nothing here knows about HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
+import simdjson
 
 from app.core.card import Card
 from app.core.errors import InvalidInput, MalformedBody, UnsupportedMediaType
 from app.core.model import Detection, Options, detections_per_request
-from app.core.signals import Body, Limits, Signal, parse_npy, rows_from_json
+from app.core.signals import Body, Limits, Signal, check_counts, parse_npy, rows_from_json
 from app.core.windows import Float32Array
 
 JSON_TYPES = ("application/json",)
 NPY_TYPES = ("application/x-npy",)
 BODY_FIELDS = {"signals", "threshold", "min_distance", "return_scores"}
+PLAIN_VALUES = (int, float, bool, type(None))  # the option values the plain path takes
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,11 @@ def _merge(body_value: Any, query_value: Any, name: str) -> Any:
 
 
 def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> tuple[list[Signal], Params]:
+    """A JSON body -> validated signals and options. A plain body (see ``decode_plain_json``)
+    takes the fast path; any other, and every error, the general one, which names the problem."""
+    fast = decode_plain_json(body, query, limits, min_length)
+    if fast is not None:
+        return fast
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -84,6 +93,19 @@ def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> t
                 raise InvalidInput(
                     f"field {name!r} appears more than once: send each field once", ("body", name)
                 )
+    params = _body_params(doc, query)
+    rows = doc["signals"]
+    plain = isinstance(rows, list) and only_numbers_in(body, len(body), doc, rows)
+    # Otherwise booleans among the numbers need a per-value scan. A token can only occur where
+    # its letters do: one scan for a byte (memchr) is much cheaper than a search for the word,
+    # and a body of numbers has no 'u' and no 'f'.
+    may_hold_bools = not plain and ((b"u" in body and b"true" in body) or (b"f" in body and b"false" in body))
+    signals = rows_from_json(rows, limits, min_length, may_hold_bools=may_hold_bools, plain=plain)
+    return signals, params
+
+
+def _body_params(doc: Mapping[str, Any], query: Params) -> Params:
+    """The body's fields checked (names, then options, in this order) and merged with the query's."""
     unknown = set(doc) - BODY_FIELDS
     if unknown:
         raise InvalidInput(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(BODY_FIELDS)}", ("body",))
@@ -104,18 +126,67 @@ def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> t
         raise InvalidInput(
             f"return_scores must be true or false, got {return_scores!r}", ("body", "return_scores")
         )
-    params = Params(
+    return Params(
         _merge(threshold, query.threshold, "threshold"),
         _merge(min_distance, query.min_distance, "min_distance"),
         _merge(return_scores, query.return_scores, "return_scores"),
     )
-    rows = doc["signals"]
-    plain = isinstance(rows, list) and only_numbers_in(body, len(body), doc, rows)
-    # Otherwise booleans among the numbers need a per-value scan. A token can only occur where
-    # its letters do: one scan for a byte (memchr) is much cheaper than a search for the word,
-    # and a body of numbers has no 'u' and no 'f'.
-    may_hold_bools = not plain and ((b"u" in body and b"true" in body) or (b"f" in body and b"false" in body))
-    signals = rows_from_json(rows, limits, min_length, may_hold_bools=may_hold_bools, plain=plain)
+
+
+def decode_plain_json(
+    body: Body, query: Params, limits: Limits, min_length: int
+) -> tuple[list[Signal], Params] | None:
+    """``decode_json`` of a plain body, or None for any other (the general path then decodes it).
+
+    Plain: an object of distinct names with no string among its values, the options (if any)
+    plain values, and ``signals`` a list of lists of numbers that are all finite in float32.
+    simdjson parses it and copies each row straight into a float64 buffer: no Python object per
+    number, where orjson makes one float each and numpy reads them back. ``decode_json`` of
+    1×1024 then takes 21 µs instead of 51, of 64×1024 1.4 ms instead of 3.3 (README, "JSON
+    without a Python float per number"). Both parsers round every number correctly: the float32
+    values are the same (tests/core/test_plain_json.py).
+
+    Errors of the names and options are raised here, by the same checks in the same order as on
+    the general path; any other problem returns None, and the general path names it.
+    """
+    if body[:3] == UTF8_BOM:  # simdjson skips a byte order mark; JSON (and orjson) does not allow it
+        return None
+    try:
+        doc = simdjson.Parser().parse(body)  # a parser per call: thread-safe, keeps no memory
+    except (ValueError, RuntimeError, TypeError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, simdjson.Object):
+        return None
+    names = list(doc.keys())
+    # 2 quotes per distinct name and none more: no repeated name, no string value.
+    if len(set(names)) != len(names) or count_byte(body, b'"', 2 * len(names) + 1) != 2 * len(names):
+        return None
+    fields: dict[str, Any] = {name: doc[name] for name in names}
+    rows = fields.get("signals")
+    if not isinstance(rows, simdjson.Array) or not all(
+        isinstance(v, PLAIN_VALUES) for name, v in fields.items() if name != "signals"
+    ):
+        return None
+    # No '[' but the list's and one per row: no list nested in a row (the option values are plain,
+    # and a name of BODY_FIELDS holds none).
+    if count_byte(body, b"[", len(rows) + 2) != len(rows) + 1:
+        return None
+    params = query if len(fields) == 1 else _body_params(fields, query)  # only 'signals': the query's
+    arrays = [row for row in rows if isinstance(row, simdjson.Array)]
+    if len(arrays) != len(rows):
+        return None
+    check_counts([len(row) for row in arrays], limits, min_length, ("body", "signals"))
+    signals: list[Signal] = []
+    for row in arrays:
+        try:  # raises for a value that is not a number: null, true, false, an object
+            values = np.frombuffer(row.as_buffer(of_type="d"), dtype=np.float64)
+        except (TypeError, ValueError, RuntimeError):
+            return None
+        with np.errstate(over="ignore"):
+            arr = values.astype(np.float32)  # beyond the float32 range: inf, refused below
+        if not np.isfinite(arr).all():
+            return None
+        signals.append(arr)
     return signals, params
 
 

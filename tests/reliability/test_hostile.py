@@ -1,8 +1,10 @@
 """Hostile input: each gets a 4xx quickly, with bounded memory, and never a 5xx.
 
-In-process (TestClient, tracemalloc sees every allocation, numpy's included) for malformed
-bodies; against a real server process for what needs real sockets: a slowly trickled body
-(slowloris), slow headers, and a declared Content-Length far beyond the limit.
+In-process for malformed bodies (TestClient; tracemalloc sees every Python and numpy
+allocation, not the C++ ones of the plain JSON path's simdjson parser, measured in
+tests/core/test_plain_json.py); against a real server process for what needs real sockets: a
+slowly trickled body (slowloris), slow headers, and a declared Content-Length far beyond the
+limit.
 """
 
 from __future__ import annotations
