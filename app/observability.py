@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import random
 import re
 import threading
 import time
@@ -348,7 +348,10 @@ class ObservabilityMiddleware:
                 if _VALID_ID.match(candidate):
                     request_id = candidate
                 break
-        request_id = request_id or os.urandom(16).hex()  # 32 hex digits as uuid4().hex: 0.4 µs, not 1.6
+        # 32 hex digits, as uuid4().hex, from the random module's generator (seeded from the OS,
+        # again in a forked child): os.urandom is a system call that lets the inference thread
+        # take the interpreter lock from the event loop (see pipeline.float32_holding_gil).
+        request_id = request_id or f"{random.getrandbits(128):032x}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
