@@ -8,6 +8,7 @@ import sys
 
 import uvicorn
 
+from app.server import IMPORT_PATH as HTTP_PROTOCOL
 from app.settings import SettingsError, load_settings
 
 
@@ -27,6 +28,7 @@ def main() -> int:
         host=settings.HOST,
         port=settings.PORT,
         workers=settings.WORKERS,
+        http=HTTP_PROTOCOL,  # uvicorn's httptools protocol, one write per response (app/server.py)
         access_log=False,  # the app logs one structured line per request itself
         log_level=settings.LOG_LEVEL,
         # The app drains first on SIGTERM (app/lifecycle.py); this bounds what is left after.

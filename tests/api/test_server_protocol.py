@@ -1,0 +1,163 @@
+"""``HeadWithBodyProtocol``: uvicorn's protocol with each response's head written with its body.
+
+Driven as uvicorn drives it (a parsed request in, writes out), with a transport that records its
+writes, and ASGI apps that answer in every way the protocol must handle."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from app.server import IMPORT_PATH, HeadWithBodyProtocol
+
+App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+GET = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
+
+
+class Transport(asyncio.Transport):
+    """Records what is written; closing is recorded in order with the writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[bytes | str] = []
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.events.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+        self.events.append("close")
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def serve(
+    app: App, request: bytes, protocol: type[HttpToolsProtocol] = HeadWithBodyProtocol
+) -> Transport:
+    config = Config(app=app, lifespan="off", log_level="warning")
+    config.load()
+    transport = Transport()
+    proto = protocol(config=config, server_state=ServerState(), app_state={})
+    proto.connection_made(transport)
+    proto.data_received(request)
+    for _ in range(50):  # the request's task, and what it awaits
+        await asyncio.sleep(0)
+    for handle in [proto.timeout_keep_alive_task]:
+        if handle is not None:
+            handle.cancel()
+    return transport
+
+
+def answer(*bodies: bytes, more_last: bool = False) -> App:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        length = sum(len(b) for b in bodies)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(length).encode())],
+            }
+        )
+        for i, body in enumerate(bodies):
+            await send(
+                {"type": "http.response.body", "body": body, "more_body": i < len(bodies) - 1 or more_last}
+            )
+
+    return app
+
+
+def test_head_and_body_go_out_in_one_write() -> None:
+    transport = asyncio.run(serve(answer(b'{"ok":true}'), GET))
+    assert len(transport.events) == 1
+    head, body = transport.events[0].split(b"\r\n\r\n", 1)  # type: ignore[union-attr]
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"content-length: 11" in head
+    assert body == b'{"ok":true}'
+
+
+def test_the_same_bytes_as_uvicorns_own_protocol() -> None:
+    ours = asyncio.run(serve(answer(b"abc", b"def"), GET))
+    theirs = asyncio.run(serve(answer(b"abc", b"def"), GET, HttpToolsProtocol))
+    assert len(theirs.events) == 3 and len(ours.events) == 2  # the head rides with "abc"
+    strip = [e for e in theirs.events if isinstance(e, bytes)]
+    assert b"".join(ours.events) == b"".join(strip)  # type: ignore[arg-type]
+    assert ours.events[1] == b"def"  # later chunks are written as they come
+
+
+def test_a_response_to_head_is_written_at_once() -> None:
+    request = b"HEAD / HTTP/1.1\r\nHost: test\r\n\r\n"
+    transport = asyncio.run(serve(answer(b"abc"), request))
+    assert len(transport.events) == 1 and transport.events[0].startswith(b"HTTP/1.1 200 OK")  # type: ignore[union-attr]
+    assert transport.events[0].endswith(b"\r\n\r\n")  # type: ignore[union-attr]
+
+
+def test_100_continue_is_not_held() -> None:
+    seen: list[bytes] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        message = await receive()  # asks for the body: the protocol sends 100 Continue first
+        seen.append(message["body"])
+        await answer(b"ok")(scope, receive, send)
+
+    request = b"POST / HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+
+    async def run() -> Transport:
+        config = Config(app=app, lifespan="off", log_level="warning")
+        config.load()
+        transport = Transport()
+        proto = HeadWithBodyProtocol(config=config, server_state=ServerState(), app_state={})
+        proto.connection_made(transport)
+        proto.data_received(request)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert transport.events == [b"HTTP/1.1 100 Continue\r\n\r\n"]  # before the body came
+        proto.data_received(b"hi")
+        for _ in range(50):
+            await asyncio.sleep(0)
+        if proto.timeout_keep_alive_task is not None:
+            proto.timeout_keep_alive_task.cancel()
+        return transport
+
+    transport = asyncio.run(run())
+    assert seen == [b"hi"] and len(transport.events) == 2
+    assert transport.events[1].startswith(b"HTTP/1.1 200 OK") and transport.events[1].endswith(b"ok")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("ending", ["raises", "returns"])
+def test_a_started_response_left_unfinished_writes_its_head_then_closes(ending: str) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"3")]})
+        if ending == "raises":
+            raise RuntimeError("the app failed after starting its response")
+
+    transport = asyncio.run(serve(app, GET))
+    assert [type(e) for e in transport.events] == [bytes, str] and transport.events[1] == "close"
+    assert transport.events[0].startswith(b"HTTP/1.1 200 OK") and transport.events[0].endswith(b"\r\n\r\n")  # type: ignore[union-attr]
+
+
+def test_pipelined_requests_each_get_their_own_single_write() -> None:
+    transport = asyncio.run(serve(answer(b"abc"), GET + GET))
+    assert len(transport.events) == 2
+    assert all(e.startswith(b"HTTP/1.1 200 OK") and e.endswith(b"abc") for e in transport.events)  # type: ignore[union-attr]
+
+
+def test_uvicorn_finds_the_protocol_by_its_import_path() -> None:
+    config = Config(app=answer(b""), http=IMPORT_PATH)
+    config.load()
+    assert config.http_protocol_class is HeadWithBodyProtocol
