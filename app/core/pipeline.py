@@ -73,7 +73,7 @@ def _merge(body_value: Any, query_value: Any, name: str) -> Any:
 
 def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> tuple[list[Signal], Params]:
     """A JSON body -> validated signals and options. A plain body (see ``decode_plain_json``)
-    takes the fast path; any other, and every error, the general one, which names the problem."""
+    takes the fast path; any other takes this general one, which names what is wrong."""
     fast = decode_plain_json(body, query, limits, min_length)
     if fast is not None:
         return fast
@@ -196,11 +196,12 @@ def float32_holding_gil(values: npt.NDArray[np.float64]) -> Float32Array | None:
 
     numpy lets other threads take the interpreter lock during any operation on more than
     NUMPY_GIL_FREE_ABOVE elements. On the event loop each such release hands the lock to an
-    inference thread waiting for it, and the loop then waits for its turn: a 1×1024 signal
-    converted and checked in one piece each (a cast, ``isfinite``, ``all``) cost one process a
-    tenth of its requests at concurrency 32 (README, "The event loop keeps the interpreter
-    lock"). So a short row is cast in steps that hold the lock, and the cast's own overflow flag
-    replaces the check. A long row (decoded in a thread) is cast in one step.
+    inference thread waiting for it, and the loop then waits for its turn. A 1×1024 row cast and
+    checked in one piece each (a cast, ``isfinite``, ``all``), with the request id's
+    ``os.urandom``, cost one process about a tenth of its requests at concurrency 32 (README,
+    "The event loop keeps the interpreter lock"). So a short row is cast in steps that hold the
+    lock, and the cast's own overflow flag replaces the check. A long row (decoded in a thread)
+    is cast in one step.
     """
     out = np.empty(values.size, dtype=np.float32)
     step = NUMPY_GIL_FREE_ABOVE if values.size <= 16 * NUMPY_GIL_FREE_ABOVE else max(values.size, 1)
