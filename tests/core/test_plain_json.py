@@ -1,5 +1,6 @@
 """The plain JSON path (simdjson) decodes exactly what the general one (orjson) does, and leaves
-every body it does not take, and every error but the names' and options', to it."""
+every body it does not take, and every error but the names' and options', to it; the cast that
+keeps the interpreter lock gives what one numpy cast gives."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 
 from app.core import pipeline
 from app.core.errors import DetectorError
-from app.core.pipeline import Params, decode_json, decode_plain_json
+from app.core.pipeline import Params, decode_json, decode_plain_json, float32_holding_gil
 from app.core.signals import FLOAT32_MAX, Limits
 
 LIMITS = Limits(max_signals=4, max_samples=400, max_signal_length=200)
@@ -226,3 +228,22 @@ def test_the_plain_path_takes_a_few_bytes_per_byte_of_body() -> None:
     # Measured here: 2.9 bytes per byte of text (the parser's document and indexes, and the float32
     # signals); the general path (orjson and a Python float per number) 5.9, the same way.
     assert per_byte < 6, per_byte
+
+
+# Keeping the interpreter lock: the same float32 values, in steps numpy does not release it for.
+
+
+@pytest.mark.parametrize("size", [1, 499, 500, 501, 1024, 8000, 8001, 20_000])
+def test_float32_holding_gil_casts_as_astype_and_refuses_overflow(size: int) -> None:
+    rng = np.random.default_rng(size)
+    values = rng.standard_normal(size) * 10.0 ** rng.integers(-40, 38, size)
+    out = float32_holding_gil(values)
+    assert out is not None and out.dtype == np.float32
+    np.testing.assert_array_equal(out, values.astype(np.float32))
+    for where in {0, size // 2, size - 1, min(500, size - 1)}:
+        bad = values.copy()
+        bad[where] = -3.5e38  # beyond float32: inf once cast
+        assert float32_holding_gil(bad) is None
+    edge = values.copy()
+    edge[-1] = 3.4028235e38  # above the largest float32, but rounds down to it: kept
+    assert float32_holding_gil(edge) is not None
