@@ -4,8 +4,8 @@ uvicorn writes a response's status line and headers to the socket when the app s
 ``http.response.start``, and the body in a second write when it sends ``http.response.body``:
 two system calls and two TCP segments per response, and the client wakes for the first only to
 wait for the second. ``HeadWithBodyProtocol`` holds the head until the first body chunk and
-writes both at once: one process served 1×1024 JSON at concurrency 32 about 6 % faster (README,
-"One write per response"). The ASGI specification asks this of a server: it "must not start
+writes both at once: one system call and one segment fewer per response (README, "One write
+per response", for what that measured). The ASGI specification asks this of a server: it "must not start
 sending the response to the client until it has received at least one Response Body event".
 Everything else is uvicorn's.
 
