@@ -48,20 +48,30 @@ class Transport(asyncio.Transport):
         pass
 
 
-async def serve(
-    app: App, request: bytes, protocol: type[HttpToolsProtocol] = HeadWithBodyProtocol
-) -> Transport:
+def connect(app: App, protocol: type[HttpToolsProtocol] = HeadWithBodyProtocol) -> tuple[Any, Transport]:
+    """A protocol as uvicorn makes one per connection, on a recording transport."""
     config = Config(app=app, lifespan="off", log_level="warning")
     config.load()
     transport = Transport()
     proto = protocol(config=config, server_state=ServerState(), app_state={})
     proto.connection_made(transport)
-    proto.data_received(request)
-    for _ in range(50):  # the request's task, and what it awaits
+    return proto, transport
+
+
+async def settle(proto: Any) -> None:
+    """Let the request's task, and what it awaits, run; then cancel the keep-alive timer."""
+    for _ in range(50):
         await asyncio.sleep(0)
-    for handle in [proto.timeout_keep_alive_task]:
-        if handle is not None:
-            handle.cancel()
+    if proto.timeout_keep_alive_task is not None:
+        proto.timeout_keep_alive_task.cancel()
+
+
+async def serve(
+    app: App, request: bytes, protocol: type[HttpToolsProtocol] = HeadWithBodyProtocol
+) -> Transport:
+    proto, transport = connect(app, protocol)
+    proto.data_received(request)
+    await settle(proto)
     return transport
 
 
@@ -118,20 +128,12 @@ def test_100_continue_is_not_held() -> None:
     request = b"POST / HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
 
     async def run() -> Transport:
-        config = Config(app=app, lifespan="off", log_level="warning")
-        config.load()
-        transport = Transport()
-        proto = HeadWithBodyProtocol(config=config, server_state=ServerState(), app_state={})
-        proto.connection_made(transport)
+        proto, transport = connect(app)
         proto.data_received(request)
-        for _ in range(20):
-            await asyncio.sleep(0)
+        await settle(proto)
         assert transport.events == [b"HTTP/1.1 100 Continue\r\n\r\n"]  # before the body came
         proto.data_received(b"hi")
-        for _ in range(50):
-            await asyncio.sleep(0)
-        if proto.timeout_keep_alive_task is not None:
-            proto.timeout_keep_alive_task.cancel()
+        await settle(proto)
         return transport
 
     transport = asyncio.run(run())
