@@ -12,7 +12,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("onnxruntime", "numpy", "fastapi", "uvicorn", "pydantic", "orjson", "pysimdjson", "litserve", "aiohttp")
+PACKAGES = (
+    "onnxruntime",
+    "numpy",
+    "fastapi",
+    "uvicorn",
+    "pydantic",
+    "orjson",
+    "pysimdjson",
+    "litserve",
+    "aiohttp",
+)
 
 
 def machine() -> dict[str, Any]:
