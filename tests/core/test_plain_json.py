@@ -53,7 +53,7 @@ def both(body: bytes, query: Params = NO_QUERY) -> tuple[Outcome, Outcome, bool]
     try:
         plain = decode_plain_json(body, query, LIMITS, MIN_LENGTH) is not None
     except DetectorError:
-        plain = True  # it raised: a names' or options' error, checked equal above
+        plain = True  # it raised: an error of the names, options or counts (callers compare outcomes)
     return taken, general, plain
 
 
