@@ -50,7 +50,7 @@ class Transport(asyncio.Transport):
 
 def connect(app: App, protocol: type[HttpToolsProtocol] = HeadWithBodyProtocol) -> tuple[Any, Transport]:
     """A protocol as uvicorn makes one per connection, on a recording transport."""
-    config = Config(app=app, lifespan="off", log_level="warning")
+    config = Config(app=app, lifespan="off", log_config=None)  # the process's logging untouched
     config.load()
     transport = Transport()
     proto = protocol(config=config, server_state=ServerState(), app_state={})
@@ -75,7 +75,7 @@ async def serve(
     return transport
 
 
-def answer(*bodies: bytes, more_last: bool = False) -> App:
+def answer(*bodies: bytes) -> App:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         length = sum(len(b) for b in bodies)
         await send(
@@ -86,9 +86,7 @@ def answer(*bodies: bytes, more_last: bool = False) -> App:
             }
         )
         for i, body in enumerate(bodies):
-            await send(
-                {"type": "http.response.body", "body": body, "more_body": i < len(bodies) - 1 or more_last}
-            )
+            await send({"type": "http.response.body", "body": body, "more_body": i < len(bodies) - 1})
 
     return app
 
@@ -160,6 +158,6 @@ def test_pipelined_requests_each_get_their_own_single_write() -> None:
 
 
 def test_uvicorn_finds_the_protocol_by_its_import_path() -> None:
-    config = Config(app=answer(b""), http=IMPORT_PATH)
+    config = Config(app=answer(b""), http=IMPORT_PATH, log_config=None)
     config.load()
     assert config.http_protocol_class is HeadWithBodyProtocol
