@@ -204,7 +204,7 @@ def float32_holding_gil(values: npt.NDArray[np.float64]) -> Float32Array | None:
     is cast in one step.
     """
     out = np.empty(values.size, dtype=np.float32)
-    step = NUMPY_GIL_FREE_ABOVE if values.size <= 16 * NUMPY_GIL_FREE_ABOVE else max(values.size, 1)
+    step = NUMPY_GIL_FREE_ABOVE if values.size <= 16 * NUMPY_GIL_FREE_ABOVE else values.size
     try:
         with np.errstate(over="raise"):
             for start in range(0, values.size, step):
