@@ -43,6 +43,15 @@ class Settings(BaseSettings):
             "that call); 0, the default: inference always runs in the worker threads."
         ),
     )
+    SAME_CPU_MAX_SAMPLES: int = Field(
+        16384,
+        ge=0,
+        description=(
+            "A lone request (nothing else in flight) up to this many samples is handed to its "
+            "inference thread and back on the event loop's CPU: both threads are pinned to that "
+            "CPU for the request (Linux), which spares two wakes across CPUs; 0: never pin."
+        ),
+    )
     BATCH_WAIT_MS: float = Field(
         0.0, ge=0, le=1000, description="Wait for more requests to batch, from the first arrival."
     )

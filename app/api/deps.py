@@ -19,6 +19,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
+from app.core.affinity import SameCpu
 from app.core.batching import Finish, Shared
 from app.core.errors import BodyTooLarge, MalformedBody, Overloaded, UnsupportedMediaType
 from app.core.model import OnnxModel
@@ -61,6 +62,8 @@ class Runner:
     body_timeout: float = 60.0
     request_timeout: float = 60.0
     inline_max_samples: int = 0  # a lone request up to this size runs on the event loop (0: never)
+    same_cpu_max_samples: int = 0  # a lone request up to this size is handed off on one CPU (0: never)
+    same_cpu: SameCpu = field(default_factory=lambda: SameCpu(enabled=False))
     in_flight: int = field(default=0, init=False)  # detection requests between decoding and result
     _last_client: Any = field(default=None, init=False, repr=False)
     _other_client_at: float = field(default=0.0, init=False, repr=False)
@@ -173,6 +176,7 @@ class Runner:
                         done, result = registry.run_now(name, model, decoded.signals, then)
                     future = None
                     if not done:  # the batcher settles the waiter: one call into this loop per batch
+                        self._place(registry, name, model, samples, other_client)
                         waiter: asyncio.Future[Any] = loop.create_future()
                         future = registry.submit(name, model, decoded.signals, then, waiter)
                     if done or future is not None:
@@ -194,6 +198,19 @@ class Runner:
         signals.inc(len(decoded.signals))
         samples_total.inc(samples)
         return result
+
+    def _place(
+        self, registry: Registry, name: str, model: OnnxModel, samples: int, other_client: float
+    ) -> None:
+        """A lone request up to ``same_cpu_max_samples`` samples: this thread and the model's idle
+        inference thread pinned to this thread's CPU (``SameCpu``); any other request: unpinned."""
+        if not self.same_cpu.enabled:
+            return
+        if samples <= self.same_cpu_max_samples and self._lone(other_client):
+            if (worker := registry.idle_worker(name, model)) is not None:
+                self.same_cpu.pin(worker)
+        else:
+            self.same_cpu.release()
 
     def _note_client(self, request: Request) -> float:
         """When a request last came from another connection than this one's (monotonic s)."""

@@ -170,6 +170,11 @@ class Batcher:
         """Every worker waits for work and nothing is queued."""
         return not (self._closed or self._jobs or self._splits) and self._waiting == len(self._threads)
 
+    @property
+    def first_worker(self) -> int | None:
+        """The native thread id of the first worker, which takes any waiting request."""
+        return self._threads[0].native_id
+
     def submit(
         self,
         signals: Sequence[npt.NDArray[np.floating]],

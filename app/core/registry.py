@@ -174,6 +174,14 @@ class Registry:
             return False, None
         return batcher.run_now(signals, finish)
 
+    def idle_worker(self, name: str, model: OnnxModel) -> int | None:
+        """The native thread id of the worker that would take a request for ``name`` now, if
+        ``model`` still serves it and every worker of its batcher is idle; else None."""
+        with self._lock:
+            status = self.statuses[name]
+            batcher = status.batcher if status.model is model else None
+        return batcher.first_worker if batcher is not None and batcher.idle else None
+
     def get(self, name: str) -> OnnxModel:
         status = self.statuses.get(name)
         if status is None:

@@ -1,5 +1,7 @@
 import io
 import itertools
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.schemas import DetectResponse
+from app.core.affinity import PROCESS_CPUS
 from app.core.batching import Batcher
 from app.main import create_app
 from app.settings import load_settings
@@ -151,7 +154,6 @@ def test_queued_requests_finished_together_equal_one_by_one(
     """Requests queued behind a busy worker share one batch and one finishing call (peaks,
     calibration and encoding for all of them); each answer is the one it gets alone."""
     import threading
-    import time
     from concurrent.futures import ThreadPoolExecutor
 
     import app.api.deps as deps
@@ -202,3 +204,57 @@ def test_queued_requests_finished_together_equal_one_by_one(
     assert sum(len(res["peaks"]) for d in docs for res in d["results"]) >= 5, "the test needs peaks"
     assert [d["min_distance"] for d in docs] == [10, 10, 200, 10, 10]
     assert "scores" in docs[3]["results"][0] and "scores" not in docs[0]["results"][0]
+
+
+@pytest.mark.skipif(
+    len(PROCESS_CPUS) < 2 or not hasattr(os, "sched_setaffinity"), reason="needs Linux and 2 CPUs"
+)
+def test_a_lone_small_request_is_scored_on_the_event_loops_cpu(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SAME_CPU_MAX_SAMPLES: the inference thread scores a lone small request pinned to the event
+    loop's CPU, with the event loop pinned there too; a larger request unpins both. The answers
+    are the ones given unpinned."""
+    import threading
+
+    from app.api.deps import Runner
+    from app.core.model import OnnxModel
+
+    loop_thread: list[int] = []
+    seen: list[tuple[set[int], set[int]]] = []  # (the scoring thread's CPUs, the event loop's)
+    place, scores = Runner._place, OnnxModel.scores
+
+    def place_spy(self: Runner, *args: Any) -> None:
+        loop_thread[:] = [threading.get_native_id()]
+        place(self, *args)
+
+    def scores_spy(self: OnnxModel, *args: Any, **kwargs: Any) -> Any:
+        seen.append((os.sched_getaffinity(0), os.sched_getaffinity(loop_thread[0])))
+        return scores(self, *args, **kwargs)
+
+    monkeypatch.setattr(Runner, "_place", place_spy)
+    monkeypatch.setattr(OnnxModel, "scores", scores_spy)
+    rng = np.random.default_rng(3)
+    small = {"signals": [rng.standard_normal(n).round(4).tolist() for n in (300, 500)], "return_scores": True}
+    large = {"signals": [rng.standard_normal(3000).round(4).tolist()]}
+    everywhere = set(PROCESS_CPUS)
+    answers = {}
+    for most in (0, 1000):
+        settings = load_settings(MODEL_DIR=models_dir, WINDOW=1024, SAME_CPU_MAX_SAMPLES=most)
+        with TestClient(create_app(settings)) as c:
+            wait_ready(c)
+            seen.clear()
+            for _ in range(200):  # lone: no other client for 0.1 s, and the workers idle
+                time.sleep(0.02)
+                first = c.post("/v1/detect", json=small)
+                if len(seen[-1][0]) == 1 or not most:
+                    break
+            pinned = seen[-1]
+            answers[most] = [first, c.post("/v1/detect", json=large)]
+            assert all(r.status_code == 200 for r in answers[most])
+            if most:
+                assert len(pinned[0]) == 1 and pinned[0] == pinned[1]  # one CPU, the loop's
+                assert seen[-1] == (everywhere, everywhere)  # 3000 samples > 1000: unpinned
+            else:
+                assert all(s == (everywhere, everywhere) for s in seen)
+    assert [r.content for r in answers[0]] == [r.content for r in answers[1000]]
