@@ -134,7 +134,12 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             times(v),
         )
     # Not the service holding a CPU latency request: the servers it is compared with hold none.
-    compared = {k[0] for k in ratio if k[0].startswith("service") and not k[0].startswith("service-lat")}
+    # Nor a variant measured at concurrency 1 only (service-unpinned).
+    compared = {
+        k[0]
+        for k in ratio
+        if k[0] == "service" or (k[0].startswith("service-w") and (k[0], "json", 1, 1024, 32) in ratio)
+    }
     for server in sorted(compared):
         q = ratio.get((server, "json", 1, 1024, 32), {})
         n, lit = q.get("service_over_naive"), q.get("service_over_litserve")
@@ -142,7 +147,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         label = "" if server == "service" else f" ({server})"
         add(f"1×1024 json, concurrency 32{label}", "≥ 3 × naive, ≥ 2 × LitServe", n, met,
             f"{times(n)} naive, {times(lit)} LitServe")  # fmt: skip
-    for server in ["service", *latency_servers(rows)]:
+    for server in ["service", *latency_servers(rows), *unpinned_servers(rows)]:
         one = rows.get((server, "json", 1, 1024, 1), {})
         # The stricter of the raw call timed while the server ran (the same machine state) and
         # the run's own.
@@ -153,7 +158,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         floor = rows.get(("floor", "json", 1, 1024, 1), {}).get("p50_ms")
         if p50 is not None and floor is not None and server == "service":
             shown = f"{ms(p50)} ms (raw + {ms(p50 - raw_p50)} ms; the HTTP floor alone {ms(floor)} ms)"
-        label = "" if server == "service" else f" ({server}: {cpu_latency_label(result, server)})"
+        label = "" if server == "service" else f" ({server}: {variant_label(result, server)})"
         add(f"1×1024 json, concurrency 1{label}", f"p50 ≤ raw {raw_p50:.2f} + 0.5 ms", p50, met, shown)
     summary = side_by_side_summary(result)
     if summary is not None:
@@ -182,11 +187,13 @@ def side_by_side_rounds(result: dict[str, Any]) -> list[dict[str, Any]]:
     for row in result.get("side_by_side", {}).get("rounds", []):
         rate = {name: row.get(name, {}).get("requests_per_s") for name in ("service", "naive", "litserve")}
         c1, raw = row["service-c1"]["p50_ms"], row["raw"]["p50_ms"]
+        unpinned = row.get("service-unpinned-c1", {}).get("p50_ms")
         out.append({
             **{f"{name}_requests_per_s": v for name, v in rate.items()},
             "over_naive": _div(rate["service"], rate["naive"]),
             "over_litserve": _div(rate["service"], rate["litserve"]),
             "c1_ms": c1, "raw_ms": raw, "c1_over_raw_ms": c1 - raw,
+            "c1_unpinned_ms": unpinned, "pinning_saved_ms": None if unpinned is None else unpinned - c1,
         })  # fmt: skip
     return out
 
@@ -198,6 +205,7 @@ def side_by_side_summary(result: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
     keys = ("over_naive", "over_litserve", "c1_ms", "raw_ms", "c1_over_raw_ms")
+    keys += ("c1_unpinned_ms", "pinning_saved_ms")
     return {
         "rounds": len(rounds),
         "concurrency": result["side_by_side"]["concurrency"],
@@ -210,6 +218,7 @@ def side_by_side_lines(result: dict[str, Any]) -> list[str]:
     if summary is None:
         return []
     conc = summary["concurrency"]
+    unpinned = summary["c1_unpinned_ms"] is not None
     reduced = ""
     if result["side_by_side"].get("reduced"):
         reduced = " Reduced: past the time budget, one short round."
@@ -218,25 +227,41 @@ def side_by_side_lines(result: dict[str, Any]) -> list[str]:
         "## Side by side: alternating rounds",
         "",
         f"The service, the naive server and LitServe up at once; each round runs 1×1024 JSON at "
-        f"concurrency {conc} on each in turn, then the service at concurrency 1 and the raw call "
-        f"(back to back). Ratios and differences are taken within each round, then the median.{reduced}",
+        f"concurrency {conc} on each in turn, then the service at concurrency 1"
+        + (" and the service with its same-CPU hand-off off (service-unpinned, up too)" if unpinned else "")
+        + f" and the raw call (back to back). Ratios and differences are taken within each round, then "
+        f"the median.{reduced}",
         "",
         "| round | service req/s | naive req/s | LitServe req/s | service / naive | service / LitServe "
-        "| service c1 p50 ms | raw p50 ms | service − raw ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| service c1 p50 ms | raw p50 ms | service − raw ms |"
+        + (" unpinned c1 p50 ms | unpinned − service ms |" if unpinned else ""),
+        "| --- " + "| ---: " * (10 if unpinned else 8) + "|",
     ]
     for i, r in enumerate(rounds, 1):
+        extra = f" {ms(r['c1_unpinned_ms'])} | {ms(r['pinning_saved_ms'])} |" if unpinned else ""
         lines.append(
             f"| {i} | {rate(r['service_requests_per_s'])} | {rate(r['naive_requests_per_s'])} "
             f"| {rate(r['litserve_requests_per_s'])} | {times(r['over_naive'])} "
             f"| {times(r['over_litserve'])} | {ms(r['c1_ms'])} | {ms(r['raw_ms'])} "
-            f"| {ms(r['c1_over_raw_ms'])} |"
+            f"| {ms(r['c1_over_raw_ms'])} |{extra}"
         )
+    extra = f" {ms(summary['c1_unpinned_ms'])} | {ms(summary['pinning_saved_ms'])} |" if unpinned else ""
     lines.append(
         f"| median | | | | {times(summary['over_naive'])} | {times(summary['over_litserve'])} "
-        f"| {ms(summary['c1_ms'])} | {ms(summary['raw_ms'])} | {ms(summary['c1_over_raw_ms'])} |"
+        f"| {ms(summary['c1_ms'])} | {ms(summary['raw_ms'])} | {ms(summary['c1_over_raw_ms'])} |{extra}"
     )
     return lines
+
+
+def unpinned_servers(rows: dict[tuple[str, str, int, int, int], dict[str, Any]]) -> list[str]:
+    """The service with its same-CPU hand-off off, if it was measured at concurrency 1."""
+    return sorted({k[0] for k in rows if k[0] == "service-unpinned" and k[4] == 1})
+
+
+def variant_label(result: dict[str, Any], server: str) -> str:
+    if server == "service-unpinned":
+        return "SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES=0, the same-CPU hand-off off"
+    return cpu_latency_label(result, server)
 
 
 def latency_servers(rows: dict[tuple[str, str, int, int, int], dict[str, Any]]) -> list[str]:
@@ -429,7 +454,9 @@ def markdown(result: dict[str, Any]) -> str:
         "on the same workload (they take JSON only). service-w<n> is the service with "
         "SHAPE_DETECTOR_WORKERS=<n> (n processes); service-lat<n> the service with "
         "SHAPE_DETECTOR_CPU_LATENCY_US=<n> (it holds a CPU latency request of n µs while it runs; "
-        "the naive server and LitServe hold none, so its ratios to them are not like for like).",
+        "the naive server and LitServe hold none, so its ratios to them are not like for like); "
+        "service-unpinned the service with SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES=0 (no thread pinned "
+        "to the event loop's CPU at low load).",
         "",
         "| service | body | shape | conc. | service / raw | service / naive | service / LitServe |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: |",

@@ -11,7 +11,9 @@
    bodies, 1x1024 and 64x1024, concurrency 1, 8 and 32; the service also with
    SHAPE_DETECTOR_WORKERS=2 on 1x1024 at concurrency 32 ("service-w2"), the service holding a
    CPU latency request of 0 µs (SHAPE_DETECTOR_CPU_LATENCY_US=0, "service-lat0") on 1x1024 JSON
-   at concurrency 1 and 32 with the raw call timed again while it holds it, the service's /v2
+   at concurrency 1 and 32 with the raw call timed again while it holds it, the service with its
+   same-CPU hand-off off (SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES=0, "service-unpinned") on 1x1024
+   JSON at concurrency 1, the service's /v2
    route (Open Inference Protocol JSON, "oip") on 1x1024 at concurrency 1 and 32, and a few
    1x10,000,000 .npy requests (Python client) with its peak RSS growth measured.
 3. The concurrency-1 floor of this machine: a bare ASGI app under uvicorn that reads the body
@@ -19,8 +21,9 @@
    the raw call paced as at concurrency 1 (a pause before each call), and the cost of waking a
    thread on the same and on another CPU (benchmarks/wakeup.py).
 4. Side by side: the service, the naive server and LitServe up at once, in alternating rounds
-   of 1x1024 JSON at concurrency 32, each round ending with the service at concurrency 1 and
-   the raw call; ratios within each round (the VM's speed drifts over a run).
+   of 1x1024 JSON at concurrency 32, each round ending with the service at concurrency 1 (and
+   service-unpinned, up too) and the raw call; ratios within each round (the VM's speed drifts
+   over a run).
 5. Medians over repeats; ratios service / raw, service / naive and service / LitServe; issue
    #5's targets, met or not.
 
@@ -80,6 +83,9 @@ class Config:
     # at concurrency 1 and the highest; None: not run. It needs write access to
     # /dev/cpu_dma_latency (root on Linux); without it, it is listed as not run.
     cpu_latency_us: int | None = 0
+    # The service again with SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES=0 ("service-unpinned"): its
+    # same-CPU hand-off off, on 1x1024 JSON at concurrency 1, and in each side-by-side round.
+    unpinned: bool = True
     # The service's /v2 route (Open Inference Protocol JSON, body "oip") on 1x1024 at concurrency
     # 1 and the highest; the other servers do not speak it.
     oip: bool = True
@@ -132,6 +138,8 @@ def workloads(cfg: Config, name: str) -> list[tuple[str, int, int, int]]:
         if (1, 1024) not in cfg.shapes:
             return []
         return [("json", 1, 1024, c) for c in ends]
+    if name == "service-unpinned":  # 1x1024 JSON at concurrency 1 only
+        return [("json", 1, 1024, 1)] if (1, 1024) in cfg.shapes and 1 in cfg.concurrency else []
     if name.startswith("service-w"):  # 1x1024 at the highest concurrency only
         return [(b, 1, 1024, max(cfg.concurrency)) for b in bodies if (1, 1024) in cfg.shapes]
     rows = [(b, r, n, c) for (r, n) in cfg.shapes for c in cfg.concurrency for b in bodies]
@@ -237,8 +245,9 @@ def service_workers(name: str, cfg: Config) -> int:
 def spec_for(name: str, cfg: Config, port: int) -> servers.ServerSpec:
     if name.startswith("service"):
         latency = cfg.cpu_latency_us if name.startswith("service-lat") else None
+        same_cpu = 0 if name == "service-unpinned" else None
         spec = servers.service_spec(
-            cfg.model_dir, port, service_workers(name, cfg), cfg.intra_op_threads, latency
+            cfg.model_dir, port, service_workers(name, cfg), cfg.intra_op_threads, latency, same_cpu
         )
         return replace(spec, name=name)
     if name == "naive":
@@ -345,6 +354,7 @@ def side_by_side(
     names = [n for n in SIDE_BY_SIDE if n in cfg.servers]
     if cfg.side_by_side_rounds < 1 or "service" not in names or (1, 1024) not in cfg.shapes:
         return
+    c1_names = ["service", *(["service-unpinned"] if cfg.unpinned else [])]
     conc = max(cfg.concurrency)
     reduced = time.perf_counter() - started > cfg.budget_s
     count = 1 if reduced else cfg.side_by_side_rounds
@@ -354,7 +364,7 @@ def side_by_side(
     running: dict[str, servers.Server] = {}
     rounds: list[dict[str, Any]] = []
     try:
-        for name in names:
+        for name in names + c1_names[1:]:
             port = servers.free_port()
             try:
                 running[name] = servers.start(spec_for(name, cfg, port), port, log_dir / "side-by-side")
@@ -367,8 +377,9 @@ def side_by_side(
             first_warm = min(cfg.warmup_s, 0.2) if reduced else cfg.warmup_s
             warm = Phase(first_warm if r == 0 else min(cfg.warmup_s, 0.5))
             row: dict[str, Any] = {}
-            for name, server in [*running.items(), ("service-c1", running["service"])]:
-                c = 1 if name == "service-c1" else conc
+            loads = [(name, running[name], conc) for name in names]
+            loads += [(f"{name}-c1", running[name], 1) for name in c1_names]
+            for name, server, c in loads:
                 phases = [warm, Phase(duration)]
                 m = measure_workload(server, payload, c, phases, cfg.timeout_s, cfg.client)
                 if m["errors"]:
@@ -376,10 +387,10 @@ def side_by_side(
                 row[name] = {k: m[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "errors")}
             row["raw"] = latency_1x1024(model, template, cfg.latency_calls)["latency_1x1024"]
             rounds.append(row)
-            rates = ", ".join(f"{n} {row[n]['requests_per_s']:.0f} req/s" for n in running)
-            c1, raw = row["service-c1"]["p50_ms"], row["raw"]["p50_ms"]
+            rates = ", ".join(f"{n} {row[n]['requests_per_s']:.0f} req/s" for n in names)
+            c1 = ", ".join(f"{n} {row[f'{n}-c1']['p50_ms']:.3f} ms" for n in c1_names)
             at = time.perf_counter() - started
-            log(f"[{at:6.1f}s]   round {r + 1}: {rates}; c1 {c1:.3f} ms, raw {raw:.3f} ms")
+            log(f"[{at:6.1f}s]   round {r + 1}: {rates}; c1 {c1}, raw {row['raw']['p50_ms']:.3f} ms")
     finally:
         for server in running.values():
             server.stop()
@@ -405,6 +416,8 @@ def service_names(cfg: Config, result: dict[str, Any]) -> list[str]:
     if "service" not in names:
         return names
     extra = [f"service-w{w}" for w in cfg.more_workers if w != cfg.workers]
+    if cfg.unpinned:
+        extra.append("service-unpinned")
     if cfg.cpu_latency_us is not None:
         name = f"service-lat{cfg.cpu_latency_us}"
         if os.access(DEVICE, os.W_OK):

@@ -52,6 +52,7 @@ def service_settings(
     workers: int = 1,
     intra_op_threads: int = 0,
     cpu_latency_us: int | None = None,
+    same_cpu_max_samples: int | None = None,
 ) -> Settings:
     """The service's settings for serving ``model`` (its other settings from SHAPE_DETECTOR_* or defaults)."""
     return load_settings(
@@ -62,17 +63,25 @@ def service_settings(
         DEFAULT_MODEL=model.name,
         INTRA_OP_THREADS=intra_op_threads,
         CPU_LATENCY_US=cpu_latency_us,
+        **({} if same_cpu_max_samples is None else {"SAME_CPU_MAX_SAMPLES": same_cpu_max_samples}),
     )
 
 
 def service_spec(
-    model: Path, port: int, workers: int = 1, intra_op_threads: int = 0, cpu_latency_us: int | None = None
+    model: Path,
+    port: int,
+    workers: int = 1,
+    intra_op_threads: int = 0,
+    cpu_latency_us: int | None = None,
+    same_cpu_max_samples: int | None = None,
 ) -> ServerSpec:
     """The real service, started like ``make serve`` (python -m app), serving the models beside ``model``."""
-    settings = service_settings(model, port, workers, intra_op_threads, cpu_latency_us)
+    settings = service_settings(model, port, workers, intra_op_threads, cpu_latency_us, same_cpu_max_samples)
     keys = ["HOST", "PORT", "WORKERS", "MODEL_DIR", "DEFAULT_MODEL", "INTRA_OP_THREADS"]
     if cpu_latency_us is not None:
         keys.append("CPU_LATENCY_US")
+    if same_cpu_max_samples is not None:
+        keys.append("SAME_CPU_MAX_SAMPLES")
     env = {f"{ENV_PREFIX}{key}": str(getattr(settings, key)) for key in keys}
     effective = settings.model_dump(mode="json")
     return ServerSpec("service", [sys.executable, "-m", "app"], env, "/readyz", "/v1/detect", True, effective)
