@@ -491,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-oip", action="store_true", help="skip the service's /v2 (OIP JSON) workloads")
     p.add_argument(
+        "--no-unpinned", action="store_true", help="skip service-unpinned (the same-CPU hand-off off)"
+    )
+    p.add_argument(
         "--cpu-latency",
         default="0",
         help="SHAPE_DETECTOR_CPU_LATENCY_US of the service-lat<n> run on 1x1024 JSON at concurrency "
@@ -515,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         more_workers=tuple(int(w) for w in a.more_workers.split(",") if w),
         cpu_latency_us=int(a.cpu_latency) if a.cpu_latency else None,
         oip=not a.no_oip,
+        unpinned=not a.no_unpinned,
         intra_op_threads=a.intra_op_threads,
         model_dir=a.model_dir,
     )
