@@ -48,8 +48,9 @@ class Settings(BaseSettings):
         ge=0,
         description=(
             "A lone request (nothing else in flight) up to this many samples is handed to its "
-            "inference thread and back on the event loop's CPU: both threads are pinned to that "
-            "CPU for the request (Linux), which spares two wakes across CPUs; 0: never pin."
+            "inference thread and back on the event loop's CPU: both threads stay pinned to that "
+            "CPU (Linux) while requests come one at a time, which spares two wakes across CPUs "
+            "per request; any other request unpins them. 0: never pin."
         ),
     )
     BATCH_WAIT_MS: float = Field(
