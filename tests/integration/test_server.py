@@ -1,13 +1,17 @@
 """The service as users run it: a real uvicorn process on a real port."""
 
 import io
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
+from app.core.affinity import PROCESS_CPUS
 from tests.api.test_primer_figure import primer_signal
 from tests.integration.conftest import ROOT, start_server
 from tests.logs import json_lines
@@ -95,3 +99,46 @@ def test_both_shipped_models_detect_their_own_shape(tmp_path: Path) -> None:
             assert not miss["detected"] and miss["peaks"] == [] and miss["probability"] < 0.5
     finally:
         assert server.stop() == 0, server.log()
+
+
+def _one_cpu_threads(pid: int) -> dict[int, set[int]]:
+    """The threads of process ``pid`` allowed a single CPU, with that CPU."""
+    out = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            cpus = os.sched_getaffinity(int(task))
+        except ProcessLookupError:
+            continue
+        if len(cpus) == 1:
+            out[int(task)] = cpus
+    return out
+
+
+@pytest.mark.skipif(
+    len(PROCESS_CPUS) < 2 or not hasattr(os, "sched_setaffinity"), reason="needs Linux and 2 CPUs"
+)
+def test_one_client_at_a_time_shares_a_cpu_and_a_second_client_ends_it(tmp_path: Path) -> None:
+    """SAME_CPU_MAX_SAMPLES (on by default): while one connection sends small requests one at a
+    time, the event loop (the main thread) and an inference thread are pinned to one CPU; a
+    request from another connection unpins every thread."""
+    server = start_server(tmp_path)
+    pid = server.process.pid
+    body = {"signals": [primer_signal(1).tolist()]}
+    try:
+        with httpx.Client(base_url=server.url) as one:
+            for _ in range(100):  # lone once no other connection sent a request for 0.1 s
+                assert one.post("/v1/detect", json=body).status_code == 200
+                if len(_one_cpu_threads(pid)) >= 2:
+                    break
+                time.sleep(0.02)
+            pinned = _one_cpu_threads(pid)
+            assert pid in pinned and len(pinned) >= 2, pinned  # the event loop and a worker
+            assert len({cpu for cpus in pinned.values() for cpu in cpus}) == 1  # the same CPU
+            with httpx.Client(base_url=server.url) as other:
+                assert other.post("/v1/detect", json=body).status_code == 200
+            assert _one_cpu_threads(pid) == {}
+            assert one.post("/v1/detect", json=body).status_code == 200  # other sent one < 0.1 s ago
+            assert _one_cpu_threads(pid) == {}
+    finally:
+        code = server.stop()
+    assert code == 0, server.log()
