@@ -44,13 +44,13 @@ class Settings(BaseSettings):
         ),
     )
     SAME_CPU_MAX_SAMPLES: int = Field(
-        16384,
+        0,
         ge=0,
         description=(
-            "A lone request (nothing else in flight) up to this many samples is handed to its "
-            "inference thread and back on the event loop's CPU: both threads stay pinned to that "
-            "CPU (Linux) while requests come one at a time, which spares two wakes across CPUs "
-            "per request; any other request unpins them. 0: never pin."
+            "Opt-in, Linux: a lone request (nothing else in flight) up to this many samples is "
+            "handed to its inference thread and back on the event loop's CPU: both threads stay "
+            "pinned to that CPU while requests come one at a time, which spares two wakes across "
+            "CPUs per request; any other request unpins them. 0, the default: never pin."
         ),
     )
     BATCH_WAIT_MS: float = Field(

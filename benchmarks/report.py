@@ -134,7 +134,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             times(v),
         )
     # Not the service holding a CPU latency request: the servers it is compared with hold none.
-    # Nor a variant measured at concurrency 1 only (service-unpinned).
+    # Nor a variant measured at concurrency 1 only (service-samecpu).
     compared = {
         k[0]
         for k in ratio
@@ -147,7 +147,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         label = "" if server == "service" else f" ({server})"
         add(f"1×1024 json, concurrency 32{label}", "≥ 3 × naive, ≥ 2 × LitServe", n, met,
             f"{times(n)} naive, {times(lit)} LitServe")  # fmt: skip
-    for server in ["service", *latency_servers(rows), *unpinned_servers(rows)]:
+    for server in ["service", *latency_servers(rows), *same_cpu_servers(rows)]:
         one = rows.get((server, "json", 1, 1024, 1), {})
         # The stricter of the raw call timed while the server ran (the same machine state) and
         # the run's own.
@@ -187,13 +187,13 @@ def side_by_side_rounds(result: dict[str, Any]) -> list[dict[str, Any]]:
     for row in result.get("side_by_side", {}).get("rounds", []):
         rate = {name: row.get(name, {}).get("requests_per_s") for name in ("service", "naive", "litserve")}
         c1, raw = row["service-c1"]["p50_ms"], row["raw"]["p50_ms"]
-        unpinned = row.get("service-unpinned-c1", {}).get("p50_ms")
+        same_cpu = row.get("service-samecpu-c1", {}).get("p50_ms")
         out.append({
             **{f"{name}_requests_per_s": v for name, v in rate.items()},
             "over_naive": _div(rate["service"], rate["naive"]),
             "over_litserve": _div(rate["service"], rate["litserve"]),
             "c1_ms": c1, "raw_ms": raw, "c1_over_raw_ms": c1 - raw,
-            "c1_unpinned_ms": unpinned, "pinning_saved_ms": None if unpinned is None else unpinned - c1,
+            "c1_same_cpu_ms": same_cpu, "same_cpu_saved_ms": None if same_cpu is None else c1 - same_cpu,
         })  # fmt: skip
     return out
 
@@ -205,7 +205,7 @@ def side_by_side_summary(result: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
     keys = ("over_naive", "over_litserve", "c1_ms", "raw_ms", "c1_over_raw_ms")
-    keys += ("c1_unpinned_ms", "pinning_saved_ms")
+    keys += ("c1_same_cpu_ms", "same_cpu_saved_ms")
     return {
         "rounds": len(rounds),
         "concurrency": result["side_by_side"]["concurrency"],
@@ -218,7 +218,7 @@ def side_by_side_lines(result: dict[str, Any]) -> list[str]:
     if summary is None:
         return []
     conc = summary["concurrency"]
-    unpinned = summary["c1_unpinned_ms"] is not None
+    same_cpu = summary["c1_same_cpu_ms"] is not None
     reduced = ""
     if result["side_by_side"].get("reduced"):
         reduced = " Reduced: past the time budget, one short round."
@@ -228,24 +228,24 @@ def side_by_side_lines(result: dict[str, Any]) -> list[str]:
         "",
         f"The service, the naive server and LitServe up at once; each round runs 1×1024 JSON at "
         f"concurrency {conc} on each in turn, then the service at concurrency 1"
-        + (" and the service with its same-CPU hand-off off (service-unpinned, up too)" if unpinned else "")
+        + (" and the service with the same-CPU hand-off (service-samecpu, up too)" if same_cpu else "")
         + f" and the raw call (back to back). Ratios and differences are taken within each round, then "
         f"the median.{reduced}",
         "",
         "| round | service req/s | naive req/s | LitServe req/s | service / naive | service / LitServe "
         "| service c1 p50 ms | raw p50 ms | service − raw ms |"
-        + (" unpinned c1 p50 ms | unpinned − service ms |" if unpinned else ""),
-        "| --- " + "| ---: " * (10 if unpinned else 8) + "|",
+        + (" same-CPU c1 p50 ms | service − same-CPU ms |" if same_cpu else ""),
+        "| --- " + "| ---: " * (10 if same_cpu else 8) + "|",
     ]
     for i, r in enumerate(rounds, 1):
-        extra = f" {ms(r['c1_unpinned_ms'])} | {ms(r['pinning_saved_ms'])} |" if unpinned else ""
+        extra = f" {ms(r['c1_same_cpu_ms'])} | {ms(r['same_cpu_saved_ms'])} |" if same_cpu else ""
         lines.append(
             f"| {i} | {rate(r['service_requests_per_s'])} | {rate(r['naive_requests_per_s'])} "
             f"| {rate(r['litserve_requests_per_s'])} | {times(r['over_naive'])} "
             f"| {times(r['over_litserve'])} | {ms(r['c1_ms'])} | {ms(r['raw_ms'])} "
             f"| {ms(r['c1_over_raw_ms'])} |{extra}"
         )
-    extra = f" {ms(summary['c1_unpinned_ms'])} | {ms(summary['pinning_saved_ms'])} |" if unpinned else ""
+    extra = f" {ms(summary['c1_same_cpu_ms'])} | {ms(summary['same_cpu_saved_ms'])} |" if same_cpu else ""
     lines.append(
         f"| median | | | | {times(summary['over_naive'])} | {times(summary['over_litserve'])} "
         f"| {ms(summary['c1_ms'])} | {ms(summary['raw_ms'])} | {ms(summary['c1_over_raw_ms'])} |{extra}"
@@ -253,14 +253,15 @@ def side_by_side_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def unpinned_servers(rows: dict[tuple[str, str, int, int, int], dict[str, Any]]) -> list[str]:
-    """The service with its same-CPU hand-off off, if it was measured at concurrency 1."""
-    return sorted({k[0] for k in rows if k[0] == "service-unpinned" and k[4] == 1})
+def same_cpu_servers(rows: dict[tuple[str, str, int, int, int], dict[str, Any]]) -> list[str]:
+    """The service with the same-CPU hand-off, if it was measured at concurrency 1."""
+    return sorted({k[0] for k in rows if k[0] == "service-samecpu" and k[4] == 1})
 
 
 def variant_label(result: dict[str, Any], server: str) -> str:
-    if server == "service-unpinned":
-        return "SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES=0, the same-CPU hand-off off"
+    if server == "service-samecpu":
+        n = result["servers"].get(server, {}).get("settings", {}).get("SAME_CPU_MAX_SAMPLES")
+        return f"SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES={n}, the same-CPU hand-off"
     return cpu_latency_label(result, server)
 
 
@@ -455,8 +456,8 @@ def markdown(result: dict[str, Any]) -> str:
         "SHAPE_DETECTOR_WORKERS=<n> (n processes); service-lat<n> the service with "
         "SHAPE_DETECTOR_CPU_LATENCY_US=<n> (it holds a CPU latency request of n µs while it runs; "
         "the naive server and LitServe hold none, so its ratios to them are not like for like); "
-        "service-unpinned the service with SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES=0 (no thread pinned "
-        "to the event loop's CPU at low load).",
+        "service-samecpu the service with SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES set (at low load its "
+        "event loop and inference thread pinned to one CPU).",
         "",
         "| service | body | shape | conc. | service / raw | service / naive | service / LitServe |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: |",

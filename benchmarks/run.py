@@ -11,9 +11,9 @@
    bodies, 1x1024 and 64x1024, concurrency 1, 8 and 32; the service also with
    SHAPE_DETECTOR_WORKERS=2 on 1x1024 at concurrency 32 ("service-w2"), the service holding a
    CPU latency request of 0 µs (SHAPE_DETECTOR_CPU_LATENCY_US=0, "service-lat0") on 1x1024 JSON
-   at concurrency 1 and 32 with the raw call timed again while it holds it, the service with its
-   same-CPU hand-off off (SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES=0, "service-unpinned") on 1x1024
-   JSON at concurrency 1, the service's /v2
+   at concurrency 1 and 32 with the raw call timed again while it holds it, the service with the
+   opt-in same-CPU hand-off (SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES=16384, "service-samecpu") on
+   1x1024 JSON at concurrency 1, the service's /v2
    route (Open Inference Protocol JSON, "oip") on 1x1024 at concurrency 1 and 32, and a few
    1x10,000,000 .npy requests (Python client) with its peak RSS growth measured.
 3. The concurrency-1 floor of this machine: a bare ASGI app under uvicorn that reads the body
@@ -22,7 +22,7 @@
    thread on the same and on another CPU (benchmarks/wakeup.py).
 4. Side by side: the service, the naive server and LitServe up at once, in alternating rounds
    of 1x1024 JSON at concurrency 32, each round ending with the service at concurrency 1 (and
-   service-unpinned, up too) and the raw call; ratios within each round (the VM's speed drifts
+   service-samecpu, up too) and the raw call; ratios within each round (the VM's speed drifts
    over a run).
 5. Medians over repeats; ratios service / raw, service / naive and service / LitServe; issue
    #5's targets, met or not.
@@ -83,9 +83,10 @@ class Config:
     # at concurrency 1 and the highest; None: not run. It needs write access to
     # /dev/cpu_dma_latency (root on Linux); without it, it is listed as not run.
     cpu_latency_us: int | None = 0
-    # The service again with SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES=0 ("service-unpinned"): its
-    # same-CPU hand-off off, on 1x1024 JSON at concurrency 1, and in each side-by-side round.
-    unpinned: bool = True
+    # The service again with this SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES ("service-samecpu", the
+    # opt-in same-CPU hand-off), on 1x1024 JSON at concurrency 1 and in each side-by-side round;
+    # None: not run.
+    same_cpu_max_samples: int | None = 16384
     # The service's /v2 route (Open Inference Protocol JSON, body "oip") on 1x1024 at concurrency
     # 1 and the highest; the other servers do not speak it.
     oip: bool = True
@@ -138,7 +139,7 @@ def workloads(cfg: Config, name: str) -> list[tuple[str, int, int, int]]:
         if (1, 1024) not in cfg.shapes:
             return []
         return [("json", 1, 1024, c) for c in ends]
-    if name == "service-unpinned":  # 1x1024 JSON at concurrency 1 only
+    if name == "service-samecpu":  # 1x1024 JSON at concurrency 1 only
         return [("json", 1, 1024, 1)] if (1, 1024) in cfg.shapes and 1 in cfg.concurrency else []
     if name.startswith("service-w"):  # 1x1024 at the highest concurrency only
         return [(b, 1, 1024, max(cfg.concurrency)) for b in bodies if (1, 1024) in cfg.shapes]
@@ -245,7 +246,7 @@ def service_workers(name: str, cfg: Config) -> int:
 def spec_for(name: str, cfg: Config, port: int) -> servers.ServerSpec:
     if name.startswith("service"):
         latency = cfg.cpu_latency_us if name.startswith("service-lat") else None
-        same_cpu = 0 if name == "service-unpinned" else None
+        same_cpu = cfg.same_cpu_max_samples if name == "service-samecpu" else None
         spec = servers.service_spec(
             cfg.model_dir, port, service_workers(name, cfg), cfg.intra_op_threads, latency, same_cpu
         )
@@ -354,7 +355,7 @@ def side_by_side(
     names = [n for n in SIDE_BY_SIDE if n in cfg.servers]
     if cfg.side_by_side_rounds < 1 or "service" not in names or (1, 1024) not in cfg.shapes:
         return
-    c1_names = ["service", *(["service-unpinned"] if cfg.unpinned else [])]
+    c1_names = ["service", *(["service-samecpu"] if cfg.same_cpu_max_samples is not None else [])]
     conc = max(cfg.concurrency)
     reduced = time.perf_counter() - started > cfg.budget_s
     count = 1 if reduced else cfg.side_by_side_rounds
@@ -416,8 +417,8 @@ def service_names(cfg: Config, result: dict[str, Any]) -> list[str]:
     if "service" not in names:
         return names
     extra = [f"service-w{w}" for w in cfg.more_workers if w != cfg.workers]
-    if cfg.unpinned:
-        extra.append("service-unpinned")
+    if cfg.same_cpu_max_samples is not None:
+        extra.append("service-samecpu")
     if cfg.cpu_latency_us is not None:
         name = f"service-lat{cfg.cpu_latency_us}"
         if os.access(DEVICE, os.W_OK):
@@ -491,7 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--no-oip", action="store_true", help="skip the service's /v2 (OIP JSON) workloads")
     p.add_argument(
-        "--no-unpinned", action="store_true", help="skip service-unpinned (the same-CPU hand-off off)"
+        "--same-cpu",
+        default="16384",
+        help="SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES of the service-samecpu run on 1x1024 JSON at "
+        "concurrency 1 and side by side ('' for none)",
     )
     p.add_argument(
         "--cpu-latency",
@@ -518,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         more_workers=tuple(int(w) for w in a.more_workers.split(",") if w),
         cpu_latency_us=int(a.cpu_latency) if a.cpu_latency else None,
         oip=not a.no_oip,
-        unpinned=not a.no_unpinned,
+        same_cpu_max_samples=int(a.same_cpu) if a.same_cpu else None,
         intra_op_threads=a.intra_op_threads,
         model_dir=a.model_dir,
     )

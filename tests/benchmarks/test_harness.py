@@ -57,8 +57,8 @@ def test_workloads_cover_bodies_shapes_and_concurrency() -> None:
     assert ("json", 1, 1024, 32) in workloads(Config(litserve_all=False), "litserve")
     assert workloads(cfg, "service-w2") == [("json", 1, 1024, 32), ("npy", 1, 1024, 32)]
     assert workloads(cfg, "service-lat0") == [("json", 1, 1024, 1), ("json", 1, 1024, 32)]
-    assert workloads(cfg, "service-unpinned") == [("json", 1, 1024, 1)]
-    assert workloads(Config(concurrency=(8, 32)), "service-unpinned") == []
+    assert workloads(cfg, "service-samecpu") == [("json", 1, 1024, 1)]
+    assert workloads(Config(concurrency=(8, 32)), "service-samecpu") == []
 
 
 def test_side_by_side_past_the_budget_runs_one_short_round(tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_side_by_side_past_the_budget_runs_one_short_round(tmp_path: Path) -> No
     sbs = result["side_by_side"]
     assert result["failures"] == [] and sbs["reduced"] and len(sbs["rounds"]) == 1
     assert sbs["servers"] == ["service"] and sbs["rounds"][0]["service-c1"]["errors"] == 0
-    assert sbs["rounds"][0]["service-unpinned-c1"]["errors"] == 0
+    assert sbs["rounds"][0]["service-samecpu-c1"]["errors"] == 0
     assert "Reduced: past the time budget" in "\n".join(report.side_by_side_lines(result))
 
 
@@ -78,18 +78,18 @@ def test_the_cpu_latency_run_is_listed_as_not_run_where_it_cannot_run(
     cfg = Config(servers=("service", "naive"))
     result: dict[str, list[str]] = {"not_run": []}
     monkeypatch.setattr("benchmarks.run.os.access", lambda path, mode: False)
-    assert service_names(cfg, result) == ["service", "service-w2", "service-unpinned", "naive"]
+    assert service_names(cfg, result) == ["service", "service-w2", "service-samecpu", "naive"]
     assert result["not_run"] == [f"service-lat0: {DEVICE} is not writable here (it needs root on Linux)"]
     monkeypatch.setattr("benchmarks.run.os.access", lambda path, mode: True)
     assert service_names(cfg, {"not_run": []}) == [
         "service",
         "service-w2",
-        "service-unpinned",
+        "service-samecpu",
         "service-lat0",
         "naive",
     ]
     assert service_names(
-        Config(servers=("service",), cpu_latency_us=None, unpinned=False), {"not_run": []}
+        Config(servers=("service",), cpu_latency_us=None, same_cpu_max_samples=None), {"not_run": []}
     ) == [
         "service",
         "service-w2",
@@ -122,7 +122,7 @@ def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
     big = rows[("service", "npy", 1, 100_000, 1)]
     assert big["requests"] == 1 and len(big["latencies_ms"]) == 1 and "peak_rss_growth_mib" in big
     latency_run = os.access(DEVICE, os.W_OK)  # root on Linux: the service holding a CPU latency request
-    assert set(result["servers"]) == {"service", "service-w2", "service-unpinned", "naive", "floor"} | (
+    assert set(result["servers"]) == {"service", "service-w2", "service-samecpu", "naive", "floor"} | (
         {"service-lat0"} if latency_run else set()
     )
     assert bool(result["not_run"]) != latency_run
@@ -138,10 +138,10 @@ def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
     w2 = rows[("service-w2", "json", 1, 1024, 4)]
     assert w2["status"] == "ok" and w2["errors"] == 0 and w2["server_processes"] >= 3  # parent + 2
     assert ("service-w2", "json", 1, 1024, 1) not in rows  # the highest concurrency only
-    assert result["servers"]["service-unpinned"]["settings"]["SAME_CPU_MAX_SAMPLES"] == 0
-    assert result["servers"]["service"]["settings"]["SAME_CPU_MAX_SAMPLES"] > 0
-    assert [k for k in rows if k[0] == "service-unpinned"] == [("service-unpinned", "json", 1, 1024, 1)]
-    assert rows[("service-unpinned", "json", 1, 1024, 1)]["errors"] == 0
+    assert result["servers"]["service-samecpu"]["settings"]["SAME_CPU_MAX_SAMPLES"] == 16384
+    assert result["servers"]["service"]["settings"]["SAME_CPU_MAX_SAMPLES"] == 0  # the default: off
+    assert [k for k in rows if k[0] == "service-samecpu"] == [("service-samecpu", "json", 1, 1024, 1)]
+    assert rows[("service-samecpu", "json", 1, 1024, 1)]["errors"] == 0
     if latency_run:
         lat = result["servers"]["service-lat0"]
         assert lat["settings"]["CPU_LATENCY_US"] == 0 and lat["exit_code"] == 0
@@ -160,9 +160,9 @@ def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
     sbs = result["side_by_side"]  # alternating rounds: the service and naive (no LitServe here)
     assert sbs["servers"] == ["service", "naive"] and sbs["concurrency"] == 4 and len(sbs["rounds"]) == 2
     for r in sbs["rounds"]:
-        assert set(r) == {"service", "naive", "service-c1", "service-unpinned-c1", "raw"}
+        assert set(r) == {"service", "naive", "service-c1", "service-samecpu-c1", "raw"}
         assert r["service"]["errors"] == r["naive"]["errors"] == r["service-c1"]["errors"] == 0
-        assert r["service-unpinned-c1"]["errors"] == 0
+        assert r["service-samecpu-c1"]["errors"] == 0
         assert r["service"]["requests_per_s"] > 0 and r["raw"]["calls"] == 20
     summary = report.side_by_side_summary(result)
     assert summary is not None and summary["rounds"] == 2 and summary["over_litserve"] is None
@@ -179,9 +179,9 @@ def test_tiny_run_gives_a_well_formed_result(tmp_path: Path) -> None:
     assert "## Side by side: alternating rounds" in text and "| median |" in text
     assert "| 1×1024 json, concurrency 4, side by side, median of 2 rounds |" in text
     assert "| 1×1024 json, concurrency 1, side by side, median of 2 rounds |" in text
-    assert "| unpinned c1 p50 ms | unpinned − service ms |" in text
-    assert "| 1×1024 json, concurrency 1 (service-unpinned: SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES=0" in text
-    assert "concurrency 4 (service-unpinned)" not in text  # measured at concurrency 1 only
+    assert "| same-CPU c1 p50 ms | service − same-CPU ms |" in text
+    assert "| 1×1024 json, concurrency 1 (service-samecpu: SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES=16384" in text
+    assert "concurrency 4 (service-samecpu)" not in text  # measured at concurrency 1 only
     if latency_run:
         assert "| 1×1024 json, concurrency 1 (service-lat0: a CPU latency request of 0 µs" in text
         assert "| service-lat0, concurrency 1 |" in text

@@ -118,13 +118,14 @@ def _one_cpu_threads(pid: int) -> dict[int, set[int]]:
     len(PROCESS_CPUS) < 2 or not hasattr(os, "sched_setaffinity"), reason="needs Linux and 2 CPUs"
 )
 def test_one_client_at_a_time_shares_a_cpu_and_a_second_client_ends_it(tmp_path: Path) -> None:
-    """SAME_CPU_MAX_SAMPLES (on by default): while one connection sends small requests one at a
-    time, the event loop (the main thread) and an inference thread are pinned to one CPU; a
-    request from another connection unpins every thread."""
-    server = start_server(tmp_path)
+    """SAME_CPU_MAX_SAMPLES (opt-in): while one connection sends small requests one at a time,
+    the event loop (the main thread) and an inference thread are pinned to one CPU; a request
+    from another connection unpins every thread."""
+    server = start_server(tmp_path, {"SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES": "16384"})
     pid = server.process.pid
     body = {"signals": [primer_signal(1).tolist()]}
     try:
+        assert _one_cpu_threads(pid) == {}  # started with every CPU: nothing pinned yet
         with httpx.Client(base_url=server.url) as one:
             for _ in range(100):  # lone once no other connection sent a request for 0.1 s
                 assert one.post("/v1/detect", json=body).status_code == 200
