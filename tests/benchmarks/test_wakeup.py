@@ -24,9 +24,13 @@ def test_round_trips_are_measured_and_affinity_restored() -> None:
 
 
 def test_one_usable_cpu_measures_the_same_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    only = min(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    only = min(before)
     real = os.sched_getaffinity
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {only} if pid == 0 else real(pid))
-    result = wakeup.measure(trips=50)
+    try:
+        result = wakeup.measure(trips=50)
+    finally:  # measure restores the CPUs it was told this thread had: {only}; later tests need all
+        os.sched_setaffinity(0, before)
     assert result["two_cpus_round_trip_us"] is None and result["two_cpus_wakeup_us"] is None
     assert result["same_cpu_round_trip_us"] > 0
