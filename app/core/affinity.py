@@ -22,8 +22,11 @@ A thread started while the event loop is pinned inherits its single CPU (Linux c
 creator's mask), so ``release`` gives every thread of the process still pinned to that CPU the
 process's CPU set again.
 
-Linux only (``sched_setaffinity`` and glibc's ``sched_getcpu``); elsewhere, with one CPU, or
-after any refusal (a seccomp profile, a CPU set changed under the process), pinning is off.
+Opt-in (``SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES``): a pinned thread cannot leave its CPU when
+something else takes it, and over HTTP with the access log on the gain was near the noise
+(see the README's Benchmarks). Linux only (``sched_setaffinity`` and glibc's
+``sched_getcpu``); elsewhere, with one CPU, or after any refusal (a seccomp profile, a CPU set
+changed under the process), pinning is off.
 """
 
 from __future__ import annotations
