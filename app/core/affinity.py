@@ -68,7 +68,7 @@ class SameCpu:
     ) -> None:
         can = hasattr(os, "sched_setaffinity")
         self.cpus = cpus  # what ``release`` gives back
-        self._getcpu = getcpu if getcpu is not None else _sched_getcpu()
+        self._getcpu = getcpu if getcpu is not None or not enabled else _sched_getcpu()
         self.enabled = enabled and can and len(self.cpus) > 1 and self._getcpu is not None
         self.cpu: int | None = None  # the CPU pinned to, while pinned
         self.workers: set[int] = set()  # the worker threads pinned with this thread
