@@ -104,7 +104,13 @@ def check_finite_rows(rows: npt.NDArray[np.floating], loc: tuple[str | int, ...]
 
 
 def rows_from_json(
-    signals: Any, limits: Limits, min_length: int, *, may_hold_bools: bool = True, plain: bool = False
+    signals: Any,
+    limits: Limits,
+    min_length: int,
+    *,
+    may_hold_bools: bool = True,
+    plain: bool = False,
+    loc: tuple[str | int, ...] = ("body", "signals"),
 ) -> list[Signal]:
     """``signals`` from a parsed JSON body -> float32 arrays (what the model computes in), validated.
 
@@ -112,9 +118,8 @@ def rows_from_json(
     row is then converted in one vectorised pass (a null becomes NaN and fails it). Otherwise,
     or if that pass fails, each value is checked and the first bad one named.
     ``may_hold_bools=False`` (the body has no ``true``/``false`` token) skips the per-value
-    scan that tells JSON booleans from numbers.
+    scan that tells JSON booleans from numbers. ``loc``: where the signals are in the request.
     """
-    loc: tuple[str | int, ...] = ("body", "signals")
     if not isinstance(signals, list):
         raise InvalidInput(f"'signals' must be a list of lists of numbers, got {type(signals).__name__}", loc)
     for i, row in enumerate(signals):
