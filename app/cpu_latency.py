@@ -4,7 +4,7 @@ Between two requests at low load the CPUs go idle, and an idle CPU takes time to
 network wakes the event loop, the event loop wakes an inference thread, which wakes the event
 loop again with the answer. On the 2-core VM of the benchmarks each such wake costs about
 30 µs, and code runs slower on a CPU just woken: at concurrency 1 a 1×1024 request took 0.15–0.22
-ms less with a request of 0 µs held, side by side (see the README's Benchmarks).
+ms less with a request of 0 µs held, side by side (see benchmarks/README.md).
 
 Linux lets a process bound that cost for as long as it holds ``/dev/cpu_dma_latency`` open
 with a 32-bit latency in microseconds written to it (the kernel's "CPU latency QoS"): no CPU

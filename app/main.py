@@ -66,7 +66,7 @@ def tune_gc(threshold: int, undo: ExitStack) -> None:
     framework, pydantic's schemas, numpy), 30 ms each with the interpreter lock held. Measured
     at concurrency 32 (1×1024 JSON, 10 s): 0.7–0.8 s of collections with Python's defaults, at
     most one collection of the youngest generation with start-up frozen and a threshold of
-    10 000 (README, Benchmarks).
+    10 000 (benchmarks/README.md).
     """
     old = gc.get_threshold()
     gc.collect()  # start-up's garbage goes now, not into the frozen generation

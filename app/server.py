@@ -4,9 +4,10 @@ uvicorn writes a response's status line and headers to the socket when the app s
 ``http.response.start``, and the body in a second write when it sends ``http.response.body``:
 two system calls and two TCP segments per response, and the client wakes for the first only to
 wait for the second. ``HeadWithBodyProtocol`` holds the head until the first body chunk and
-writes both at once: one system call and one segment fewer per response (README, "One write
-per response", for what that measured). The ASGI specification asks this of a server: it "must not start
-sending the response to the client until it has received at least one Response Body event".
+writes both at once: one system call and one segment fewer per response (benchmarks/README.md,
+"One write per response", for what that measured). The ASGI specification asks this of a
+server: it "must not start sending the response to the client until it has received at least
+one Response Body event".
 Everything else is uvicorn's.
 
 ``python -m app`` serves with it; with uvicorn's own command line, ``--http

@@ -94,7 +94,7 @@ class Settings(BaseSettings):
             "OpenTelemetry provider is configured; off: not even looked for on each request."
         ),
     )
-    # Reliability and security (see deploy/README-operations-section.md).
+    # Reliability and security (see the README's Operations).
     API_KEYS: SecretStr = Field(
         SecretStr(""), description="Comma-separated API keys; any key set: model routes need one."
     )

@@ -24,7 +24,7 @@ process's CPU set again.
 
 Opt-in (``SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES``): a pinned thread cannot leave its CPU when
 something else takes it, and over HTTP with the access log on the gain was near the noise
-(see the README's Benchmarks). Linux only (``sched_setaffinity`` and glibc's
+(see benchmarks/README.md). Linux only (``sched_setaffinity`` and glibc's
 ``sched_getcpu``); elsewhere, with one CPU, or after any refusal (a seccomp profile, a CPU set
 changed under the process), pinning is off.
 """

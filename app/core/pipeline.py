@@ -144,9 +144,9 @@ def decode_plain_json(
     plain values, and ``signals`` a list of lists of numbers that are all finite in float32.
     simdjson parses it and copies each row straight into a float64 buffer: no Python object per
     number, where orjson makes one float each and numpy reads them back. ``decode_json`` of
-    1×1024 then takes 21 µs instead of 51, of 64×1024 1.4 ms instead of 3.3 (README, "JSON
-    without a Python float per number"). Both parsers round every number correctly: the float32
-    values are the same (tests/core/test_plain_json.py).
+    1×1024 then takes 21 µs instead of 51, of 64×1024 1.4 ms instead of 3.3
+    (benchmarks/README.md, "JSON without a Python float per number"). Both parsers round every
+    number correctly: the float32 values are the same (tests/core/test_plain_json.py).
 
     Errors of the names and options are raised here, by the same checks in the same order as on
     the general path; any other problem returns None, and the general path names it.
@@ -198,10 +198,10 @@ def float32_holding_gil(values: npt.NDArray[np.float64]) -> Float32Array | None:
     NUMPY_GIL_FREE_ABOVE elements. On the event loop each such release hands the lock to an
     inference thread waiting for it, and the loop then waits for its turn. A 1×1024 row cast and
     checked in one piece each (a cast, ``isfinite``, ``all``), with the request id's
-    ``os.urandom``, cost one process about a tenth of its requests at concurrency 32 (README,
-    "The event loop keeps the interpreter lock"). So a short row is cast in steps that hold the
-    lock, and the cast's own overflow flag replaces the check. A long row (decoded in a thread)
-    is cast in one step.
+    ``os.urandom``, cost one process about a tenth of its requests at concurrency 32
+    (benchmarks/README.md, "The event loop keeps the interpreter lock"). So a short row is cast
+    in steps that hold the lock, and the cast's own overflow flag replaces the check. A long row
+    (decoded in a thread) is cast in one step.
     """
     out = np.empty(values.size, dtype=np.float32)
     step = NUMPY_GIL_FREE_ABOVE if values.size <= 16 * NUMPY_GIL_FREE_ABOVE else values.size
