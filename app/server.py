@@ -17,11 +17,15 @@ app.server:HeadWithBodyProtocol`` does the same.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, cast
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 IMPORT_PATH = "app.server:HeadWithBodyProtocol"
+
+log = logging.getLogger("shape_detector")
 
 
 class HeldHead:
@@ -67,13 +71,38 @@ class HeldHead:
         return getattr(self._transport, name)
 
 
+CYCLE_ATTRIBUTES = ("transport", "response_started", "scope")  # what ``HeldHead`` uses
+
+
+def fits(cycle: Any) -> bool:
+    """uvicorn's request cycle has what ``HeldHead`` uses (a later uvicorn may not)."""
+    return all(hasattr(cycle, name) for name in CYCLE_ATTRIBUTES) and isinstance(cycle.scope, dict)
+
+
 class HeadWithBodyProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol; each request's response is written through a ``HeldHead``."""
+    """uvicorn's httptools protocol; each request's response is written through a ``HeldHead``.
+
+    The first request's cycle is checked (``fits``): with a uvicorn whose cycle differs, every
+    response is written as uvicorn writes it, and a warning says so once."""
+
+    holds_heads: bool | None = None  # None until the first request's cycle is checked
 
     def on_headers_complete(self) -> None:
-        before = self.cycle
+        before = getattr(self, "cycle", None)
         super().on_headers_complete()
-        cycle = self.cycle
+        cycle = getattr(self, "cycle", None)
         # A new cycle: its task has not run yet (it starts at the loop's next turn at the soonest).
-        if cycle is not None and cycle is not before:
+        if cycle is None or cycle is before:
+            return
+        holds = HeadWithBodyProtocol.holds_heads
+        if holds is None:
+            holds = HeadWithBodyProtocol.holds_heads = fits(cycle)
+            if not holds:
+                log.warning(
+                    "uvicorn %s's request cycle lacks one of %s: responses are written as uvicorn "
+                    "writes them, head and body apart (app/server.py)",
+                    uvicorn.__version__,
+                    ", ".join(CYCLE_ATTRIBUTES),
+                )
+        if holds:
             cycle.transport = cast(asyncio.Transport, HeldHead(self.transport, cycle))

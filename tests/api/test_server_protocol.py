@@ -6,6 +6,7 @@ writes, and ASGI apps that answer in every way the protocol must handle."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,7 +15,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from app.server import IMPORT_PATH, HeadWithBodyProtocol
+from app import server
+from app.server import IMPORT_PATH, HeadWithBodyProtocol, HeldHead, fits
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 GET = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
@@ -161,3 +163,38 @@ def test_uvicorn_finds_the_protocol_by_its_import_path() -> None:
     config = Config(app=answer(b""), http=IMPORT_PATH, log_config=None)
     config.load()
     assert config.http_protocol_class is HeadWithBodyProtocol
+
+
+def test_the_cycle_of_this_uvicorn_fits() -> None:
+    seen: list[Any] = []
+
+    class Recording(HeadWithBodyProtocol):
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            seen.append(self.cycle)
+
+    asyncio.run(serve(answer(b"abc"), GET, Recording))
+    assert len(seen) == 1 and fits(seen[0]) and isinstance(seen[0].transport, HeldHead)
+
+
+def test_a_cycle_without_what_the_held_head_uses_does_not_fit() -> None:
+    class Cycle:
+        def __init__(self, **attributes: Any) -> None:
+            self.__dict__.update(attributes)
+
+    assert fits(Cycle(transport=None, response_started=False, scope={"method": "GET"}))
+    assert not fits(Cycle(transport=None, scope={"method": "GET"}))
+    assert not fits(Cycle(transport=None, response_started=False, scope=None))
+
+
+def test_with_a_uvicorn_whose_cycle_differs_responses_are_written_as_uvicorn_writes_them(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(HeadWithBodyProtocol, "holds_heads", None)
+    monkeypatch.setattr(server, "fits", lambda cycle: False)
+    with caplog.at_level(logging.WARNING, logger="shape_detector"):
+        ours = asyncio.run(serve(answer(b"abc"), GET + GET))
+    theirs = asyncio.run(serve(answer(b"abc"), GET + GET, HttpToolsProtocol))
+    assert len(ours.events) == 4 and ours.events == theirs.events  # head and body apart, twice
+    warnings = [r for r in caplog.records if "request cycle lacks" in r.getMessage()]
+    assert len(warnings) == 1  # once, not per request
