@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from app.core import oip
 from app.core.card import load_card
 from app.core.errors import DetectorError
-from app.core.signals import FLOAT32_MAX, Limits
+from app.core.signals import Limits
+from tests.core.json_strategies import json_values, numbers
 
 CARD = load_card(Path(__file__).parents[2] / "models" / "bump")
 LIMITS = Limits(max_signals=4, max_samples=400, max_signal_length=200)
@@ -173,13 +174,6 @@ def test_a_bytearray_body_decodes_as_bytes_do() -> None:
     assert decoded == both(body)[0]
 
 
-numbers = st.one_of(
-    st.floats(allow_nan=False, allow_infinity=False, width=64),
-    st.floats(min_value=-FLOAT32_MAX, max_value=FLOAT32_MAX, width=32),
-    st.integers(-(2**63), 2**64 - 1),
-)
-
-
 @CHECKS
 @given(st.lists(numbers, min_size=MIN, max_size=3 * MIN), st.booleans())
 def test_numbers_decode_bit_for_bit_as_on_the_general_path(values: list[Any], fp64: bool) -> None:
@@ -201,11 +195,6 @@ def test_numbers_decode_bit_for_bit_as_on_the_general_path(values: list[Any], fp
         assert plain
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=3),
-    lambda inner: st.lists(inner, max_size=20) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
-    max_leaves=100,
-)
 FIELDS = [
     "id",
     "parameters",

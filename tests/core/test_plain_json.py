@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from app.core import pipeline
 from app.core.errors import DetectorError
 from app.core.pipeline import Params, decode_json, decode_plain_json, float32_holding_gil
-from app.core.signals import FLOAT32_MAX, Limits
+from app.core.signals import Limits
+from tests.core.json_strategies import json_values, numbers
 
 LIMITS = Limits(max_signals=4, max_samples=400, max_signal_length=200)
 MIN_LENGTH = 3
@@ -154,13 +155,6 @@ def test_a_bytearray_body_decodes_as_bytes_do() -> None:
     assert outcome(lambda: decode_json(bytearray(body), Params(), LIMITS, MIN_LENGTH)) == both(body)[0]
 
 
-numbers = st.one_of(
-    st.floats(allow_nan=False, allow_infinity=False, width=64),
-    st.floats(min_value=-FLOAT32_MAX, max_value=FLOAT32_MAX, width=32),
-    st.integers(-(2**63), 2**64 - 1),
-)
-
-
 def number_text(draw: st.DrawFn) -> str:
     """A JSON number as a client may write it: Python's repr, fixed or exponent notation."""
     value = draw(numbers)
@@ -188,13 +182,6 @@ def test_numbers_in_any_notation_decode_bit_for_bit_as_on_the_general_path(body:
     assert taken == general
     if taken[0] == "ok":
         assert plain
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=3),
-    lambda inner: st.lists(inner, max_size=20) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
-    max_leaves=100,
-)
 
 
 @CHECKS
