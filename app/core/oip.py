@@ -536,8 +536,8 @@ def _rows_from_values(values: npt.NDArray[np.float64], rows: int, length: int) -
     signals: list[Signal] = []
     for i, row in enumerate(values.reshape(rows, length)):
         arr = float32_holding_gil(row)  # simdjson's numbers are finite: only float32 can overflow
-        if arr is None:
-            check_finite([row], DATA_LOC, first=i)  # names the value beyond the float32 range
+        if arr is None:  # a value that overflows float32 is beyond FLOAT32_MAX: this raises, naming it
+            check_finite([row], DATA_LOC, first=i)
         signals.append(cast(Signal, arr))
     return signals
 
