@@ -18,7 +18,7 @@ import yaml
 
 from tests.deploy.dockerfile import parse, stage
 from tests.deploy.processes import ROOT
-from tests.deploy.settings_env import assert_valid_settings
+from tests.deploy.settings_env import assert_one_call_per_cpu, assert_valid_settings
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
@@ -77,6 +77,11 @@ def test_api_healthcheck_is_the_images() -> None:
 
 def test_api_settings_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     assert_valid_settings({k: str(v) for k, v in API["environment"].items()}, monkeypatch)
+
+
+def test_an_inference_worker_per_cpu_of_the_limit() -> None:
+    env = {k: str(v) for k, v in API["environment"].items()}
+    assert_one_call_per_cpu(env, API["deploy"]["resources"]["limits"]["cpus"])
 
 
 def test_train_profile_writes_where_the_api_reads() -> None:

@@ -14,7 +14,7 @@ from kubernetes_validate import SchemaNotFoundError, latest_version
 
 from tests.deploy.dockerfile import parse, stage
 from tests.deploy.processes import ROOT
-from tests.deploy.settings_env import assert_valid_settings
+from tests.deploy.settings_env import assert_one_call_per_cpu, assert_valid_settings
 
 K8S = ROOT / "deploy" / "k8s"
 FILES = sorted(K8S.glob("*.yaml"))
@@ -121,6 +121,10 @@ def test_configmap_settings_are_valid_and_match_the_pod(monkeypatch: pytest.Monk
     assert settings["SHAPE_DETECTOR_MODEL_DIR"] == image_env["SHAPE_DETECTOR_MODEL_DIR"], (
         "models not where the image has them"
     )
+
+
+def test_an_inference_worker_per_cpu_of_the_limit() -> None:
+    assert_one_call_per_cpu(CONFIGMAP["data"], CONTAINER["resources"]["limits"]["cpu"])
 
 
 def test_image_tag_is_the_project_version() -> None:

@@ -20,7 +20,7 @@ from app.main import create_app
 from app.settings import ENV_PREFIX, load_settings
 from tests.deploy.dockerfile import parse, stage
 from tests.deploy.processes import ROOT
-from tests.deploy.settings_env import assert_valid_settings
+from tests.deploy.settings_env import assert_one_call_per_cpu, assert_valid_settings
 
 K8S = ROOT / "deploy" / "k8s"
 PATH = K8S / "kserve" / "inferenceservice.yaml"
@@ -87,6 +87,11 @@ def test_image_port_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings["SHAPE_DETECTOR_HOST"] == "0.0.0.0"
     image_env = stage(parse(ROOT / "Dockerfile"), "runtime").env()
     assert settings["SHAPE_DETECTOR_MODEL_DIR"] == image_env["SHAPE_DETECTOR_MODEL_DIR"]
+
+
+def test_an_inference_worker_per_cpu_of_the_limit() -> None:
+    settings = {k: v for k, v in ENV.items() if k.startswith(ENV_PREFIX)}
+    assert_one_call_per_cpu(settings, CONTAINER["resources"]["limits"]["cpu"])
 
 
 def test_probes_use_the_v2_health_endpoints() -> None:
