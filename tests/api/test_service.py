@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -232,3 +233,30 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [f for f in Settings.model_fields if f"| `{ENV_PREFIX}{f}` |" not in readme]
     assert not missing, f"settings without a row in a README table: {missing}"
+
+
+def test_the_readme_gives_each_settings_default() -> None:
+    from app.settings import ENV_PREFIX, Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented: dict[str, str] = {}
+    for name, default in re.findall(rf"^\| `{ENV_PREFIX}(\w+)` \| ([^|]*) \|", readme, re.MULTILINE):
+        documented.setdefault(name, default.strip())  # the first table that names it: Settings'
+    wrong = {}
+    for name, field in Settings.model_fields.items():
+        value = field.default
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        if value is None:
+            expected = "unset"
+        elif value == "":
+            expected = "empty"
+        elif isinstance(value, bool):
+            expected = f"`{str(value).lower()}`"
+        elif isinstance(value, float) and value.is_integer():
+            expected = f"`{int(value)}`"
+        else:
+            expected = f"`{value}`"
+        if not documented.get(name, "").startswith(expected):
+            wrong[name] = (documented.get(name), expected)
+    assert not wrong, f"README default differs from the code's (README, code): {wrong}"
