@@ -266,9 +266,10 @@ def _plain_request(body: Body, header_end: int) -> dict[str, Any] | None:
     Plain: an object with one input whose ``data`` is a flat list of numbers, and no name
     repeated in any object. simdjson parses it and copies ``data`` straight into a float64
     buffer: no Python float per number (as ``decode_plain_json`` does for ``/v1``). 1×1024
-    FP32 then decodes in about 60 % of the time, 64×1024 in about 40 % (benchmarks/README.md,
-    "The same for /v2"). The rest of the request (names, shape, parameters, outputs) is made of
-    the same Python values orjson gives, so the same checks run on it in the same order.
+    then decodes in about half the time, 64×1024 in under 40 % (``python -m benchmarks.decode``;
+    benchmarks/README.md, "The same for /v2"). The rest of the request (names, shape,
+    parameters, outputs) is made of the same Python values orjson gives, so the same checks run
+    on it in the same order.
     """
     if body[:3] == UTF8_BOM:  # simdjson skips a byte order mark; JSON (and orjson) does not allow it
         return None
