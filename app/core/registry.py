@@ -167,9 +167,7 @@ class Registry:
         self, name: str, model: OnnxModel, signals: Sequence[npt.NDArray[np.floating]], finish: Finish
     ) -> tuple[bool, Any]:
         """``Batcher.run_now`` on ``name``'s batcher if ``model`` still serves it, else ``(False, None)``."""
-        with self._lock:
-            status = self.statuses[name]
-            batcher = status.batcher if status.model is model else None
+        batcher = self._batcher(name, model)
         if batcher is None:
             return False, None
         return batcher.run_now(signals, finish)
@@ -177,10 +175,14 @@ class Registry:
     def idle_worker(self, name: str, model: OnnxModel) -> int | None:
         """The native thread id of the worker that would take a request for ``name`` now, if
         ``model`` still serves it and every worker of its batcher is idle; else None."""
+        batcher = self._batcher(name, model)
+        return batcher.first_worker if batcher is not None and batcher.idle else None
+
+    def _batcher(self, name: str, model: OnnxModel) -> Batcher | None:
+        """``name``'s batcher if ``model`` still serves it, else None."""
         with self._lock:
             status = self.statuses[name]
-            batcher = status.batcher if status.model is model else None
-        return batcher.first_worker if batcher is not None and batcher.idle else None
+            return status.batcher if status.model is model else None
 
     def get(self, name: str) -> OnnxModel:
         status = self.statuses.get(name)
