@@ -500,13 +500,12 @@ def _rows_from_data(
 ) -> list[Signal]:
     """JSON 'data', flat (row-major) or nested as the shape, -> validated float32 rows
     (``plain``: see ``rows_from_json``). An array is flat data parsed by ``_plain_request``."""
-    if isinstance(data, np.ndarray):
-        return _rows_from_values(data, rows, length)
-    if not isinstance(data, list):
+    parsed = isinstance(data, np.ndarray)
+    if not parsed and not isinstance(data, list):
         raise InvalidInput(
             f"input '{INPUT}' data must be a list of numbers (row-major), got {type(data).__name__}"
         )
-    nested = bool(data) and isinstance(data[0], list)
+    nested = not parsed and bool(data) and isinstance(data[0], list)
     if nested:
         if len(data) != rows or not all(isinstance(r, list) and len(r) == length for r in data):
             raise InvalidInput(
@@ -520,6 +519,8 @@ def _rows_from_data(
                 f"input '{INPUT}' has shape [{rows}, {length}] ({rows * length} values) but its data "
                 f"holds {len(data)} values: make the shape match the data"
             )
+        if parsed:
+            return _rows_from_values(data, rows, length)
         # One row is the data itself, not a copy of it.
         row_lists = [data] if rows == 1 else [data[i * length : (i + 1) * length] for i in range(rows)]
     return rows_from_json(
@@ -528,12 +529,7 @@ def _rows_from_data(
 
 
 def _rows_from_values(values: npt.NDArray[np.float64], rows: int, length: int) -> list[Signal]:
-    """Flat float64 data -> float32 rows, with ``_rows_from_data``'s checks and errors."""
-    if values.size != rows * length:
-        raise InvalidInput(
-            f"input '{INPUT}' has shape [{rows}, {length}] ({rows * length} values) but its data "
-            f"holds {values.size} values: make the shape match the data"
-        )
+    """Flat float64 data of the shape's size -> float32 rows, with ``rows_from_json``'s errors."""
     signals: list[Signal] = []
     for i, row in enumerate(values.reshape(rows, length)):
         arr = float32_holding_gil(row)  # simdjson's numbers are finite: only float32 can overflow
