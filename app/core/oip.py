@@ -40,7 +40,7 @@ from app.core.pipeline import (
     float32_holding_gil,
     only_numbers_in,
 )
-from app.core.signals import Body, Limits, Signal, check_counts, check_finite, rows_from_json
+from app.core.signals import Body, Limits, Signal, check_count, check_counts, check_finite, rows_from_json
 from app.core.windows import Float32Array
 
 PLATFORM = "onnxruntime_onnx"
@@ -426,8 +426,7 @@ def _shape(value: Any, limits: Limits, min_length: int) -> tuple[int, int]:
         )
     rows, length = (1, value[0]) if len(value) == 1 else (value[0], value[1])
     loc: tuple[str | int, ...] = ("inputs", 0)
-    if rows > limits.max_signals:  # say so without building a list of `rows` lengths
-        check_counts([length] * (limits.max_signals + 1), limits, min_length, loc)
+    check_count(rows, limits, loc)  # before a list of `rows` lengths is built
     check_counts([length] * rows, limits, min_length, loc)
     return rows, length
 

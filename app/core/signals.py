@@ -35,16 +35,21 @@ class Limits:
     max_signal_length: int
 
 
-def check_counts(lengths: list[int], limits: Limits, min_length: int, loc: tuple[str | int, ...]) -> None:
-    """Number of signals, each length, and the total, against the limits and the model."""
-    if not lengths:
+def check_count(count: int, limits: Limits, loc: tuple[str | int, ...]) -> None:
+    """The number of signals against the limit (before a list of that many lengths is built)."""
+    if count == 0:
         raise InvalidInput("no signals: send at least one signal", loc)
-    if len(lengths) > limits.max_signals:
+    if count > limits.max_signals:
         raise InvalidInput(
-            f"{len(lengths)} signals in one request; the limit is {limits.max_signals}: "
+            f"{count} signals in one request; the limit is {limits.max_signals}: "
             "split them over several requests",
             loc,
         )
+
+
+def check_counts(lengths: list[int], limits: Limits, min_length: int, loc: tuple[str | int, ...]) -> None:
+    """Number of signals, each length, and the total, against the limits and the model."""
+    check_count(len(lengths), limits, loc)
     for i, n in enumerate(lengths):
         where = (*loc, i)
         if n == 0:
@@ -235,8 +240,7 @@ def parse_npy(body: Body, limits: Limits, min_length: int) -> list[Signal]:
             loc,
         )
     rows, length = (1, shape[0]) if len(shape) == 1 else shape
-    if rows > limits.max_signals:
-        check_counts([length] * min(rows, limits.max_signals + 1), limits, min_length, loc)
+    check_count(rows, limits, loc)
     check_counts([length] * rows, limits, min_length, loc)
     data = memoryview(body)[start + header_len :]
     expected = rows * length * dtype.itemsize

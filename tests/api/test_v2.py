@@ -394,7 +394,11 @@ ERROR_CASES: dict[str, tuple[tuple[bytes, dict[str, str | bytes]], int, str]] = 
     "beyond fp32": (js(data_input([1, 16], [0.0] * 15 + [1e39], "FP64")), 400, "outside the float32 range"),
     # Limits (16 signals, 100 000 samples per signal, 200 000 per request), before any allocation
     "too many signals": (js(data_input([17, 100], [])), 400, "17 signals in one request; the limit is 16"),
-    "absurd row count": (js(data_input([10**15, 100], [])), 400, "the limit is 16"),
+    "absurd row count": (
+        js(data_input([10**15, 100], [])),
+        400,
+        "1000000000000000 signals in one request; the limit is 16",
+    ),
     "signal too long": (bin_input([1, 100_001], 400_004, b""), 400, "the limit is 100000"),
     "too many samples": (
         js(data_input([16, 20_000], [])),
