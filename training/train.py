@@ -574,7 +574,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--snr", type=float, nargs=2, default=TRAINING_SNR, help="training SNR range")
     d = ModelConfig()
     p.add_argument(
-        "--first-kernel", type=int, help="deep: first conv length (default: the template's length, odd)"
+        "--first-kernel",
+        type=int,
+        help="deep: first conv length (default: spans the template centred on its event, odd)",
     )
     p.add_argument(
         "--kernel-size",
