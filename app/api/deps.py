@@ -23,7 +23,7 @@ from app.core.affinity import SameCpu
 from app.core.batching import Finish, Shared
 from app.core.errors import BodyTooLarge, MalformedBody, Overloaded, UnsupportedMediaType
 from app.core.model import OnnxModel
-from app.core.pipeline import Params, decode_request, media_type, respond_many
+from app.core.pipeline import MAX_MIN_DISTANCE, Params, decode_request, media_type, respond_many
 from app.core.registry import Registry
 from app.core.signals import Body, Limits, Signal
 from app.core.timeouts import ClientClosedRequest, body_timeout, deadline_exceeded, time_limit
@@ -271,7 +271,7 @@ class DetectQuery(BaseModel):
         None, gt=0, lt=1, description="Detection threshold (default: the card's)."
     )
     min_distance: int | None = Field(
-        None, ge=1, description="Least spacing of two peaks (default: the card's)."
+        None, ge=1, le=MAX_MIN_DISTANCE, description="Least spacing of two peaks (default: the card's)."
     )
     return_scores: bool | None = Field(None, description="Include per-sample probabilities.")
 

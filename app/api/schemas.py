@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.card import Card
+from app.core.pipeline import MAX_MIN_DISTANCE
 
 
 class DetectRequest(BaseModel):
@@ -22,7 +23,10 @@ class DetectRequest(BaseModel):
         description="Least peak probability to report a peak (calibrated scale); default: the model card's.",
     )
     min_distance: int | None = Field(
-        None, ge=1, description="Least spacing of two peaks, samples; default: the card's."
+        None,
+        ge=1,
+        le=MAX_MIN_DISTANCE,
+        description="Least spacing of two peaks, samples; default: the card's.",
     )
     return_scores: bool = Field(
         False, description="Include the per-sample curve (on the calibrated peak-probability scale)."

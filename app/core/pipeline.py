@@ -57,9 +57,22 @@ def check_threshold(v: Any, loc: tuple[str | int, ...]) -> float:
     return float(v)
 
 
+MAX_MIN_DISTANCE = (
+    2**63 - 1
+)  # answers echo it as a 64-bit integer; any distance past a signal's length acts alike
+
+
 def check_min_distance(v: Any, loc: tuple[str | int, ...]) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise InvalidInput(f"min_distance must be an integer >= 1, got {v!r}", loc)
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_MIN_DISTANCE:
+        raise InvalidInput(
+            f"min_distance must be an integer from 1 to {MAX_MIN_DISTANCE}, got {v!r}"
+            + (
+                " (a number this large is read as a float: send a smaller one)"
+                if isinstance(v, float)
+                else ""
+            ),
+            loc,
+        )
     return int(v)
 
 

@@ -50,7 +50,8 @@ def detail(r) -> str:  # type: ignore[no-untyped-def]
         ({"signals": [[1.0] * 100], "threshold": 1.0}, "threshold must be a number strictly between 0 and 1"),
         ({"signals": [[1.0] * 100], "threshold": 0}, "threshold"),
         ({"signals": [[1.0] * 100], "threshold": "high"}, "threshold"),
-        ({"signals": [[1.0] * 100], "min_distance": 0}, "min_distance must be an integer >= 1"),
+        ({"signals": [[1.0] * 100], "min_distance": 0}, "min_distance must be an integer from 1 to"),
+        ({"signals": [[1.0] * 100], "min_distance": 2**63}, "min_distance must be an integer from 1 to"),
         ({"signals": [[1.0] * 100], "min_distance": 2.5}, "min_distance"),
         ({"signals": [[1.0] * 100], "return_scores": "yes"}, "return_scores"),
         ({"signals": [[1.0] * 100], "extra": 1}, "unknown field"),
@@ -183,6 +184,15 @@ def test_query_parameters_are_validated(client: TestClient) -> None:
     for q in ("threshold=0", "threshold=1.5", "threshold=abc", "min_distance=0", "return_scores=maybe"):
         r = client.post(f"/v1/detect?{q}", content=body, headers=NPY)
         assert r.status_code == 422, q
+    # Past the 64-bit range answers would echo: refused before inference, not a 500 after it.
+    for body_kind in ("npy", "json"):
+        kw: dict = (
+            {"content": body, "headers": NPY} if body_kind == "npy" else {"json": {"signals": [[0.0] * 100]}}
+        )
+        r = client.post(f"/v1/detect?min_distance={2**64}", **kw)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "min_distance"], r.text
+    r = client.post(f"/v1/detect?min_distance={2**63 - 1}", content=body, headers=NPY)
+    assert r.status_code == 200 and r.json()["min_distance"] == 2**63 - 1
     r = client.post("/v1/detect?threshold=0.3", json={"signals": [[0.0] * 100], "threshold": 0.4})
     assert r.status_code == 422 and "give it once" in detail(r)
     r = client.post("/v1/detect?threshold=0.3", json={"signals": [[0.0] * 100]})

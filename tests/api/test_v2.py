@@ -488,7 +488,12 @@ ERROR_CASES: dict[str, tuple[tuple[bytes, dict[str, str | bytes]], int, str]] = 
     "min_distance zero": (
         js({"inputs": [OK_INPUT], "parameters": {"min_distance": 0}}),
         400,
-        "min_distance must be an integer >= 1",
+        "min_distance must be an integer from 1 to",
+    ),
+    "min_distance past 64 bits": (
+        js({"inputs": [OK_INPUT], "parameters": {"min_distance": 2**63}}),
+        400,
+        "min_distance must be an integer from 1 to 9223372036854775807, got 9223372036854775808",
     ),
     "min_distance float": (
         js({"inputs": [OK_INPUT], "parameters": {"min_distance": 2.5}}),
