@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def listed(names: set[str] | list[str], most: int = 5) -> str:
+    """Names for a message: sorted, at most ``most`` of them (a body may hold any number)."""
+    ordered = sorted(names)
+    shown = ", ".join(repr(name[:40]) for name in ordered[:most])
+    return f"[{shown}]" if len(ordered) <= most else f"[{shown}, … {len(ordered) - most} more]"
+
+
 class DetectorError(Exception):
     """Base class: ``detail`` is safe to show to the client and says how to fix the call."""
 

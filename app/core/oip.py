@@ -30,11 +30,13 @@ import orjson
 import simdjson
 
 from app.core.card import Card
-from app.core.errors import InvalidInput, MalformedBody, ModelNotFound
+from app.core.errors import InvalidInput, MalformedBody, ModelNotFound, listed
 from app.core.model import Detection, Options, detections_per_request
 from app.core.pipeline import (
+    MAX_NAMES,
     UTF8_BOM,
     check_min_distance,
+    check_names_once,
     check_threshold,
     count_byte,
     float32_holding_gil,
@@ -202,6 +204,11 @@ def _decode_json(
     doc = _plain_request(body, header_end)
     if doc is None:
         doc = _general_request(view[:header_end], len(binary))
+        # 2 quotes per string of the parsed request and no more in the text: no name is repeated.
+        # (It holds more with a repeated name, an escaped quote or a string in a list of numbers.)
+        strings = _strings(doc)
+        if count_byte(body, b'"', 2 * strings + 1, header_end) != 2 * strings:
+            check_names_once(view[:header_end], ())
     if not isinstance(doc, dict):
         raise MalformedBody(
             f"the inference request must be a JSON object with 'inputs', got {type(doc).__name__}"
@@ -288,7 +295,7 @@ def _plain_request(body: Body, header_end: int) -> dict[str, Any] | None:
             return None
         # Raises for a value that is not a number; flattens nested lists (refused below).
         values = np.frombuffer(data.as_buffer(of_type="d"), dtype=np.float64)
-        brackets = [2]  # the '[' of 'inputs' and of 'data'
+        brackets = [2, 0]  # the '[' of 'inputs' and of 'data'; none in strings yet
         request = {
             key: [{k: values if k == "data" else _python(spec[k], brackets) for k in _keys(spec, brackets)}]
             if key == "inputs"
@@ -298,20 +305,24 @@ def _plain_request(body: Body, header_end: int) -> dict[str, Any] | None:
     except (_NotPlain, ValueError, RuntimeError, TypeError, KeyError, UnicodeDecodeError):
         return None  # RecursionError is a RuntimeError
     # Every '[' of the text is an array of the document or inside a string: none is left for a
-    # list nested in 'data'.
-    if count_byte(body, b"[", brackets[0] + 1, header_end) != brackets[0]:
+    # list nested in 'data'. A string's '[' is in its text too, unless written as an escape.
+    if count_byte(body, b"[", brackets[0] + 1, header_end) != brackets[0] or (
+        brackets[1] > 0 and body.find(b"\\", 0, header_end) != -1
+    ):
         return None
     return request
 
 
 def _keys(obj: Any, brackets: list[int]) -> list[str]:
     """A simdjson object's names (its values are looked up by name: ``items`` would convert them
-    all, ``data`` included); a repeated name (orjson keeps its last value) is not plain, and a
-    name simdjson cannot look up (the empty one) raises KeyError."""
+    all, ``data`` included). Not plain: a repeated name (orjson keeps its last value; the general
+    path refuses it), more than ``MAX_NAMES`` names (a lookup scans the names: the general path
+    refuses the unknown ones in linear time). ``brackets`` counts the '[' of the names. A name
+    simdjson cannot look up (the empty one) raises KeyError."""
     keys = list(obj.keys())
-    if len(set(keys)) != len(keys):
+    if len(keys) > MAX_NAMES or len(set(keys)) != len(keys):
         raise _NotPlain
-    brackets[0] += sum(key.count("[") for key in keys)
+    _count_in_strings(brackets, sum(key.count("[") for key in keys))
     return keys
 
 
@@ -324,14 +335,38 @@ def _python(value: Any, brackets: list[int]) -> Any:
         brackets[0] += 1
         return [_python(item, brackets) for item in value]
     if isinstance(value, str):
-        brackets[0] += value.count("[")
+        _count_in_strings(brackets, value.count("["))
     return value
+
+
+def _count_in_strings(brackets: list[int], count: int) -> None:
+    """``brackets``: [every '[', the '[' in strings]."""
+    brackets[0] += count
+    brackets[1] += count
+
+
+def _strings(doc: Any) -> int:
+    """The strings of a parsed request: names and string values, but none in a list that starts
+    with a number (``data``: checked value by value later)."""
+    count = 0
+    todo = [doc]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            count += len(node)
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            if node and not isinstance(node[0], int | float):
+                todo.extend(node)
+        elif isinstance(node, str):
+            count += 1
+    return count
 
 
 def _check_fields(obj: dict[str, Any], allowed: set[str], what: str) -> None:
     unknown = set(obj) - allowed
     if unknown:
-        raise InvalidInput(f"{what} has unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise InvalidInput(f"{what} has unknown field(s) {listed(unknown)}; allowed: {sorted(allowed)}")
 
 
 def _parameters(value: Any, what: str) -> dict[str, Any]:
@@ -353,7 +388,7 @@ def _request_parameters(value: Any) -> tuple[float | None, int | None, bool]:
     unknown = set(params) - REQUEST_PARAMETERS - IGNORED_PARAMETERS
     if unknown:
         raise InvalidInput(
-            f"unknown request parameter(s) {sorted(unknown)}; this model takes {sorted(REQUEST_PARAMETERS)}"
+            f"unknown request parameter(s) {listed(unknown)}; this model takes {sorted(REQUEST_PARAMETERS)}"
         )
     threshold = params.get("threshold")
     if threshold is not None:
@@ -406,7 +441,7 @@ def _requested_outputs(value: Any, binary_default: bool) -> tuple[RequestedOutpu
         unknown = set(params) - {"binary_data"}
         if unknown:
             raise InvalidInput(
-                f"unknown parameter(s) {sorted(unknown)} for output '{name}'; the only one is 'binary_data'"
+                f"unknown parameter(s) {listed(unknown)} for output '{name}'; the only one is 'binary_data'"
             )
         binary = params.get("binary_data")
         out.append(RequestedOutput(name, binary_default if binary is None else _flag(binary, "binary_data")))
@@ -450,7 +485,7 @@ def _input_signals(
     unknown = set(params) - {"binary_data_size"}
     if unknown:
         raise InvalidInput(
-            f"unknown parameter(s) {sorted(unknown)} for input '{INPUT}'; the only one is "
+            f"unknown parameter(s) {listed(unknown)} for input '{INPUT}'; the only one is "
             "'binary_data_size' (shared memory is not supported)"
         )
     expected = rows * length * dtype.itemsize

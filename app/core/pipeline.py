@@ -7,6 +7,7 @@ peaks and calibration computed once for all. Nothing here knows about HTTP.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ import orjson
 import simdjson
 
 from app.core.card import Card
-from app.core.errors import InvalidInput, MalformedBody, UnsupportedMediaType
+from app.core.errors import InvalidInput, MalformedBody, UnsupportedMediaType, listed
 from app.core.model import Detection, Options, detections_per_request
 from app.core.signals import Body, Limits, Signal, check_counts, parse_npy, rows_from_json
 from app.core.windows import Float32Array
@@ -27,6 +28,8 @@ NPY_TYPES = ("application/x-npy",)
 BODY_FIELDS = {"signals", "threshold", "min_distance", "return_scores"}
 PLAIN_VALUES = (int, float, bool, type(None))  # the option values the plain path takes
 UTF8_BOM = b"\xef\xbb\xbf"
+MAX_NAMES = 8  # no object of a valid request (/v1 or /v2) has more names
+CONTAINERS = (simdjson.Object, simdjson.Array)
 NUMPY_GIL_FREE_ABOVE = 500  # numpy releases the interpreter lock for longer operations
 
 
@@ -101,13 +104,7 @@ def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> t
     # Every name in the body is a string: 2 quotes each, more with escaped quotes. Exactly 2 per
     # name of the parsed object: no name is repeated and the body holds no other string.
     if count_byte(body, b'"', 2 * len(doc) + 1) != 2 * len(doc):
-        for name in BODY_FIELDS & set(doc):
-            # JSON leaves repeated names undefined and the parser keeps the last: refuse them.
-            # Values hold no strings in a valid request, so a name's quoted form occurs once.
-            if body.count(b'"' + name.encode() + b'"') > 1:
-                raise InvalidInput(
-                    f"field {name!r} appears more than once: send each field once", ("body", name)
-                )
+        check_names_once(body, ("body",))
     params = _body_params(doc, query)
     rows = doc["signals"]
     plain = isinstance(rows, list) and only_numbers_in(body, len(body), doc, rows)
@@ -123,7 +120,7 @@ def _body_params(doc: Mapping[str, Any], query: Params) -> Params:
     """The body's fields checked (names, then options, in this order) and merged with the query's."""
     unknown = set(doc) - BODY_FIELDS
     if unknown:
-        raise InvalidInput(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(BODY_FIELDS)}", ("body",))
+        raise InvalidInput(f"unknown field(s) {listed(unknown)}; allowed: {sorted(BODY_FIELDS)}", ("body",))
     if "signals" not in doc:
         raise InvalidInput(
             "field 'signals' is required: a list of signals (lists of numbers)",
@@ -173,8 +170,13 @@ def decode_plain_json(
     if not isinstance(doc, simdjson.Object):
         return None
     names = list(doc.keys())
-    # 2 quotes per distinct name and none more: no repeated name, no string value.
-    if len(set(names)) != len(names) or count_byte(body, b'"', 2 * len(names) + 1) != 2 * len(names):
+    # 2 quotes per distinct name and none more: no repeated name, no string value. Few names: a
+    # simdjson object finds a name's value by a scan of its names.
+    if (
+        len(names) > len(BODY_FIELDS)
+        or len(set(names)) != len(names)
+        or count_byte(body, b'"', 2 * len(names) + 1) != 2 * len(names)
+    ):
         return None
     fields: dict[str, Any] = {name: doc[name] for name in names}
     rows = fields.get("signals")
@@ -225,6 +227,39 @@ def float32_holding_gil(values: npt.NDArray[np.float64]) -> Float32Array | None:
     except FloatingPointError:
         return None
     return out
+
+
+def check_names_once(text: Body | memoryview, loc: tuple[str | int, ...]) -> None:
+    """Refuse a JSON text that gives a name twice in one object: JSON leaves its meaning
+    undefined and the parsers keep the last value, so a request would silently lose one.
+
+    simdjson keeps every name, decoded (``"sign\\u0061ls"`` is ``signals``). An object with more
+    than ``MAX_NAMES`` names is checked but not searched further (it is refused for its unknown
+    names anyway): a simdjson object finds a name's value by a scan of its names, and the
+    search stays linear in the text. Text simdjson cannot parse is left to the parser's error.
+    """
+    try:
+        doc = simdjson.Parser().parse(text)
+    except (ValueError, RuntimeError, TypeError, UnicodeDecodeError):
+        return
+    todo: list[tuple[tuple[str | int, ...], Any]] = [((), doc)]  # an array of numbers holds no name
+    while todo:  # without recursion: a document may nest deeply
+        path, node = todo.pop()
+        if isinstance(node, simdjson.Object):
+            names = list(node.keys())
+            seen: set[str] = set()
+            for name in names:
+                if name in seen:
+                    where = ".".join(str(part) for part in (*path, name))
+                    raise InvalidInput(
+                        f"field {where!r} appears more than once: send each field once", (*loc, *path, name)
+                    )
+                seen.add(name)
+            if len(names) <= MAX_NAMES:
+                with contextlib.suppress(KeyError):  # simdjson cannot look up the empty name
+                    todo.extend(((*path, name), node[name]) for name in names)
+        elif isinstance(node, simdjson.Array) and len(node) and isinstance(node[0], CONTAINERS):
+            todo.extend(((*path, i), item) for i, item in enumerate(node))
 
 
 def count_byte(body: Body, byte: bytes, most: int, end: int | None = None) -> int:

@@ -105,6 +105,9 @@ GENERAL = {
     "truncated": request(ROW)[:-5],
     "invalid UTF-8": request(ROW)[:-1] + b', "\xff": 1}',
     "an escaped bracket in a string": request(ROW, id='"\\u005b"'),
+    # The escape is one '[' in the parsed id and none in the text, where the nested row has one.
+    "an escaped bracket in a string, nested data": request("[" + TWO + "]", f"[2, {MIN}]", id='"\\u005b"'),
+    "more names than a request has": request(ROW, **{f"n{i}": "0" for i in range(oip.MAX_NAMES)}),
 }
 # Raised with the general path's message by the checks both paths share.
 RAISED = {
@@ -256,3 +259,37 @@ def test_the_plain_path_takes_a_few_bytes_per_byte_of_request() -> None:
     assert run.returncode == 0, run.stderr
     per_byte = float(run.stdout)
     assert per_byte < 4.5, per_byte
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (GENERAL["repeated name"], "inputs.0.shape"),
+        (GENERAL["repeated name in parameters"], "parameters.threshold"),
+        (request(ROW, parameters='{"threshold": 0.2, "thr\\u0065shold": 0.3}'), "parameters.threshold"),
+        (request(ROW, id='"a"', **{"i\\u0064": '"b"'}), "id"),
+        (request(ROW)[:-1] + b', "inputs": []}', "inputs"),
+    ],
+)
+def test_a_name_given_twice_is_refused_in_any_object(body: bytes, where: str) -> None:
+    taken, general, plain = both(body)
+    assert not plain and taken == general
+    assert taken[0] == "error" and taken[3] == f"field {where!r} appears more than once: send each field once"
+
+
+def test_a_name_given_twice_before_binary_data_is_refused() -> None:
+    values = np.arange(MIN, dtype="<f4")
+    header = request("0").replace(
+        b', "data": 0', f', "parameters": {{"binary_data_size": {values.nbytes}}}'.encode()
+    )
+    header = header[:-1] + b', "id": "a", "id": "b"}'
+    taken, general, plain = both(header + values.tobytes(), str(len(header)))
+    assert not plain and taken == general
+    assert taken[0] == "error" and "field 'id' appears more than once" in taken[3]
+
+
+def test_many_unknown_names_are_listed_in_a_few() -> None:
+    names = "".join(f', "n{i:05}": 0' for i in range(50_000))
+    taken, general, plain = both(request(ROW)[:-1] + names.encode() + b"}")
+    assert not plain and taken == general
+    assert "unknown field(s) ['n00000', 'n00001', 'n00002', 'n00003', 'n00004', … 49995 more]" in taken[3]

@@ -74,6 +74,10 @@ TAKEN = {
 GENERAL = {
     "byte order mark": "\ufeff" + TAKEN["floats and integers"],
     "repeated name": f'{{"signals": [{ROW}], "signals": [{ROW}]}}',
+    "repeated name, one escaped": f'{{"signals": [{ROW}], "sig\\u006eals": [{ROW}]}}',
+    "more names than a request has": f'{{"signals": [{ROW}]'
+    + "".join(f', "n{i}": {i}' for i in range(len(pipeline.BODY_FIELDS)))
+    + "}",
     "string value": '{"signals": [[1, "2", 3]]}',
     "string option": f'{{"signals": [{ROW}], "threshold": "0.5"}}',
     "nested list": '{"signals": [[1, [2], 3, 4]]}',
@@ -234,3 +238,29 @@ def test_float32_holding_gil_casts_as_astype_and_refuses_overflow(size: int) -> 
     edge = values.copy()
     edge[-1] = 3.4028235e38  # above the largest float32, but rounds down to it: kept
     assert float32_holding_gil(edge) is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "name"),
+    [
+        (f'{{"signals": [{ROW}], "signals": [{ROW}]}}', "signals"),
+        (f'{{"signals": [{ROW}], "sig\\u006eals": [{ROW}]}}', "signals"),
+        (f'{{"signals": [{ROW}], "threshold": 0.2, "thr\\u0065shold": 0.9}}', "threshold"),
+        (f'{{"signals": [{ROW}], "x": 1, "x": 2}}', "x"),
+    ],
+)
+def test_a_name_given_twice_is_refused_however_it_is_written(body: str, name: str) -> None:
+    taken, general, _ = both(body.encode())
+    assert taken == general
+    assert taken[0] == "error" and taken[3] == f"field {name!r} appears more than once: send each field once"
+    assert taken[4] == ("body", name)
+
+
+def test_many_unknown_names_are_listed_in_a_few() -> None:
+    body = (f'{{"signals": [{ROW}]' + "".join(f', "n{i:05}": 0' for i in range(50_000)) + "}").encode()
+    taken, general, plain = both(body)
+    assert not plain and taken == general
+    assert taken[3] == (
+        "unknown field(s) ['n00000', 'n00001', 'n00002', 'n00003', 'n00004', … 49995 more]; "
+        "allowed: ['min_distance', 'return_scores', 'signals', 'threshold']"
+    )
