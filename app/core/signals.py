@@ -223,8 +223,12 @@ def parse_npy(body: Body, limits: Limits, min_length: int) -> list[Signal]:
         else:
             header = ast.literal_eval(text)
             descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
-        if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
-            raise ValueError("bad shape")
+        # bool is an int in Python, and reshape refuses it: (True, 64) is not a shape.
+        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
+            raise MalformedBody(
+                ".npy header cannot be read: 'shape' must be a tuple of non-negative integers, "
+                f"got {_short(shape)}: send np.save output"
+            )
         dtype = np.dtype(descr)
     except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError) as exc:
         raise MalformedBody(f".npy header cannot be read: {type(exc).__name__}") from None

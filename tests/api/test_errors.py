@@ -15,6 +15,13 @@ def npy(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def npy_with_header(header: str, data: bytes = np.zeros(64, dtype=np.float32).tobytes()) -> bytes:
+    """A version 1.0 .npy body with this header text (padded as np.save pads it)."""
+    raw = header.encode("latin1")
+    raw += b" " * (63 - (len(raw) + 10) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(raw).to_bytes(2, "little") + raw + data
+
+
 def detail(r) -> str:  # type: ignore[no-untyped-def]
     d = r.json()["detail"]
     return d if isinstance(d, str) else " ".join(e["msg"] for e in d)
@@ -137,6 +144,14 @@ def test_npy_object_array_is_refused_without_unpickling(client: TestClient) -> N
         (npy(np.zeros(100))[:-8], "truncated or has trailing data"),
         (npy(np.zeros(100)) + b"\0" * 8, "trailing data"),
         (b"\x93NUMPY\x01\x00\x0f\x00{'descr': <f8,}", "header cannot be read"),
+        # A bool is an int to Python, not a dimension: a malformed header, not a count of True.
+        *(
+            (
+                npy_with_header(f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"),
+                f"'shape' must be a tuple of non-negative integers, got {shape}",
+            )
+            for shape in ("(True, 64)", "(True,)", "(1, True)", "(False, 64)")
+        ),
     ],
 )
 def test_npy_400(client: TestClient, body: bytes, message: str) -> None:
