@@ -71,21 +71,33 @@ def check_counts(lengths: list[int], limits: Limits, min_length: int, loc: tuple
         )
 
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4028234663852886e+38; as float32, 3.4028235e+38
+# One float32 range for every body and path (the model computes in float32): a value is taken if
+# and only if its float32 cast is finite. The cast rounds to nearest, so a value less than half a
+# step (2**103) above FLOAT32_MAX becomes FLOAT32_MAX (3.4028235e38, float32's maximum as numpy
+# prints it, among them); from half a step above (the tie rounds to even, 2**128) it becomes inf.
+# What casts (JSON rows, ``pipeline.float32_holding_gil``) applies the rule as the cast's result;
+# float64 arrays compare with FLOAT32_ROUNDS_TO_INF, the least float64 whose cast is inf: one
+# comparison per value.
+FLOAT32_ROUNDS_TO_INF = FLOAT32_MAX + 2.0**103  # 2**128 - 2**103 = 3.4028235677973366e+38, exact
+_FLOAT32_MAX_TEXT = str(np.finfo(np.float32).max)
 
 
 def _usable(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
-    """Finite and within float32 range, elementwise (the model computes in float32)."""
+    """Finite in float32, elementwise: the float32 range rule above."""
     # One pass: NaN fails the comparison too. float16/float32 values are always in range.
     ok: npt.NDArray[np.bool_] = (
-        np.isfinite(values) if values.dtype.itemsize <= 4 else np.abs(values) <= FLOAT32_MAX
+        np.isfinite(values) if values.dtype.itemsize <= 4 else np.abs(values) < FLOAT32_ROUNDS_TO_INF
     )
     return ok
 
 
 def _unusable(i: int, s: Signal, j: int, loc: tuple[str | int, ...]) -> InvalidInput:
     if np.isfinite(s[j]):
-        why = f"is outside the float32 range (±{FLOAT32_MAX:.3g}): rescale the signal"
+        why = (
+            f"is outside the float32 range (±{_FLOAT32_MAX_TEXT}; in float32 it would be infinite): "
+            "rescale the signal"
+        )
     else:
         why = "is not finite: send finite numbers only (no NaN or Infinity)"
     return InvalidInput(f"signal {i} has a value ({s[j]}) at index {j} that {why}", (*loc, i, j))
