@@ -71,21 +71,33 @@ def check_counts(lengths: list[int], limits: Limits, min_length: int, loc: tuple
         )
 
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4028234663852886e+38; as float32, 3.4028235e+38
+# One float32 range for every body and path (the model computes in float32): a value is taken if
+# and only if its float32 cast is finite. The cast rounds to nearest, so a value less than half a
+# step (2**103) above FLOAT32_MAX becomes FLOAT32_MAX (3.4028235e38, float32's maximum as numpy
+# prints it, among them); from half a step above (the tie rounds to even, 2**128) it becomes inf.
+# What casts (JSON rows, ``pipeline.float32_holding_gil``) applies the rule as the cast's result;
+# float64 arrays compare with FLOAT32_ROUNDS_TO_INF, the least float64 whose cast is inf: one
+# comparison per value.
+FLOAT32_ROUNDS_TO_INF = FLOAT32_MAX + 2.0**103  # 2**128 - 2**103 = 3.4028235677973366e+38, exact
+_FLOAT32_MAX_TEXT = str(np.finfo(np.float32).max)
 
 
 def _usable(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
-    """Finite and within float32 range, elementwise (the model computes in float32)."""
+    """Finite in float32, elementwise: the float32 range rule above."""
     # One pass: NaN fails the comparison too. float16/float32 values are always in range.
     ok: npt.NDArray[np.bool_] = (
-        np.isfinite(values) if values.dtype.itemsize <= 4 else np.abs(values) <= FLOAT32_MAX
+        np.isfinite(values) if values.dtype.itemsize <= 4 else np.abs(values) < FLOAT32_ROUNDS_TO_INF
     )
     return ok
 
 
 def _unusable(i: int, s: Signal, j: int, loc: tuple[str | int, ...]) -> InvalidInput:
     if np.isfinite(s[j]):
-        why = f"is outside the float32 range (±{FLOAT32_MAX:.3g}): rescale the signal"
+        why = (
+            f"is outside the float32 range (±{_FLOAT32_MAX_TEXT}; in float32 it would be infinite): "
+            "rescale the signal"
+        )
     else:
         why = "is not finite: send finite numbers only (no NaN or Infinity)"
     return InvalidInput(f"signal {i} has a value ({s[j]}) at index {j} that {why}", (*loc, i, j))
@@ -189,8 +201,68 @@ def _exact_row(i: int, row: list[Any], loc: tuple[str | int, ...], may_hold_bool
 
 
 def _short(v: Any) -> str:
-    text = repr(v)
+    try:
+        text = repr(v)
+    except (ValueError, RecursionError):  # an integer of more than 4300 digits, a deep nesting
+        return f"a {type(v).__name__} too large to show"
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+# A dimension NumPy can hold (intp) has at most 19 digits. Longer numbers are refused before
+# ast.literal_eval parses them: beyond 4300 digits Python refuses to (int_max_str_digits).
+MAX_DIMENSION = 2**63 - 1
+_DIMENSION_DIGITS = len(str(MAX_DIMENSION))
+_LONG_NUMBER = re.compile(f"[0-9](?:_?[0-9]){{{_DIMENSION_DIGITS}}}")  # Python allows 1_000
+_HEADER_KEYS = ("descr", "fortran_order", "shape")
+_EXAMPLE_HEADER = "{'descr': '<f4', 'fortran_order': False, 'shape': (64,)}"
+
+
+def _bad_header(why: str) -> MalformedBody:
+    return MalformedBody(f".npy header cannot be read: {why}: send np.save output")
+
+
+def _npy_header(text: str) -> tuple[np.dtype[Any], bool, tuple[int, ...]]:
+    """A .npy header's dtype, Fortran order and shape; raises MalformedBody saying what is wrong.
+
+    np.save's own header is read with a regular expression; any other with ast.literal_eval
+    (literals only: nothing is called or imported), after numbers too long for a dimension are
+    refused, and checked as numpy checks it.
+    """
+    if standard := _NPY_HEADER.fullmatch(text):  # np.save's own header: no parser needed
+        shape = tuple(int(n) for n in (standard["rows"], standard["length"]) if n is not None)
+        return _npy_dtype(standard["descr"]), standard["fortran"] == "True", shape
+    if _LONG_NUMBER.search(text):
+        raise _bad_header(
+            f"a number in it has more than {_DIMENSION_DIGITS} digits; a dimension is at most 2**63 - 1"
+        )
+    try:
+        header = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise _bad_header(f"it is not a Python literal like {_EXAMPLE_HEADER}") from None
+    if not isinstance(header, dict):
+        raise _bad_header(f"it is a {type(header).__name__}, not a dict like {_EXAMPLE_HEADER}")
+    missing = [key for key in _HEADER_KEYS if key not in header]
+    if missing:
+        raise _bad_header(f"it lacks {' and '.join(map(repr, missing))}")
+    shape, fortran = header["shape"], header["fortran_order"]
+    # bool is an int in Python, and np.reshape refuses it: (True, 64) is not a shape.
+    if not (isinstance(shape, tuple) and all(type(n) is int for n in shape)):
+        raise _bad_header(f"'shape' must be a tuple of non-negative integers, got {_short(shape)}")
+    if any(n > MAX_DIMENSION for n in shape):  # a hexadecimal literal: not printed, it may be huge
+        raise _bad_header("'shape' has a dimension above 2**63 - 1, the most NumPy allows")
+    if any(n < 0 for n in shape):
+        raise _bad_header(f"'shape' must be a tuple of non-negative integers, got {_short(shape)}")
+    if not isinstance(fortran, bool):  # numpy refuses any other value too
+        raise _bad_header(f"'fortran_order' must be True or False, got {_short(fortran)}")
+    return _npy_dtype(header["descr"]), fortran, shape
+
+
+def _npy_dtype(descr: Any) -> np.dtype[Any]:
+    try:
+        dtype: np.dtype[Any] = np.dtype(descr)
+    except (TypeError, ValueError, OverflowError, MemoryError):
+        raise _bad_header(f"'descr' {_short(descr)} is not a NumPy dtype (float32 is '<f4')") from None
+    return dtype
 
 
 def parse_npy(body: Body, limits: Limits, min_length: int) -> list[Signal]:
@@ -215,19 +287,7 @@ def parse_npy(body: Body, limits: Limits, min_length: int) -> list[Signal]:
         raise MalformedBody(f".npy format version {major} is not supported (use 1, 2 or 3)")
     if header_len > 65536 or start + header_len > len(body):
         raise MalformedBody(".npy header is truncated or too long")
-    text = body[start : start + header_len].decode("latin1")
-    try:
-        if standard := _NPY_HEADER.fullmatch(text):  # np.save's own header: no parser needed
-            descr, fortran = standard["descr"], standard["fortran"] == "True"
-            shape = tuple(int(n) for n in (standard["rows"], standard["length"]) if n is not None)
-        else:
-            header = ast.literal_eval(text)
-            descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
-        if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
-            raise ValueError("bad shape")
-        dtype = np.dtype(descr)
-    except (ValueError, SyntaxError, KeyError, TypeError, MemoryError, RecursionError) as exc:
-        raise MalformedBody(f".npy header cannot be read: {type(exc).__name__}") from None
+    dtype, fortran, shape = _npy_header(body[start : start + header_len].decode("latin1"))
     if dtype.hasobject or dtype.kind not in "iuf" or dtype.names is not None or dtype.subdtype:
         raise InvalidInput(
             f".npy array has dtype {dtype}; send a float32 or float64 array (no objects, no pickle)",

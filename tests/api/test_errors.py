@@ -15,6 +15,13 @@ def npy(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def npy_with_header(header: str, data: bytes = np.zeros(64, dtype=np.float32).tobytes()) -> bytes:
+    """A version 1.0 .npy body with this header text (padded as np.save pads it)."""
+    raw = header.encode("latin1")
+    raw += b" " * (63 - (len(raw) + 10) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(raw).to_bytes(2, "little") + raw + data
+
+
 def detail(r) -> str:  # type: ignore[no-untyped-def]
     d = r.json()["detail"]
     return d if isinstance(d, str) else " ".join(e["msg"] for e in d)
@@ -136,7 +143,62 @@ def test_npy_object_array_is_refused_without_unpickling(client: TestClient) -> N
         (npy(np.zeros(100))[:60], "truncated"),
         (npy(np.zeros(100))[:-8], "truncated or has trailing data"),
         (npy(np.zeros(100)) + b"\0" * 8, "trailing data"),
-        (b"\x93NUMPY\x01\x00\x0f\x00{'descr': <f8,}", "header cannot be read"),
+        (b"\x93NUMPY\x01\x00\x0f\x00{'descr': <f8,}", "header cannot be read: it is not a Python literal"),
+        # A bool is an int to Python, not a dimension: a malformed header, not a count of True.
+        *(
+            (
+                npy_with_header(f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"),
+                f"'shape' must be a tuple of non-negative integers, got {shape}",
+            )
+            for shape in ("(True, 64)", "(True,)", "(1, True)", "(False, 64)")
+        ),
+        # Each malformed header says what is wrong in it, not which Python exception reading it raised.
+        *(
+            (
+                npy_with_header(f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"),
+                f"'shape' must be a tuple of non-negative integers, got {shape}: send np.save output",
+            )
+            for shape in ("(-5,)", "(1, -64)", "(64.0,)", "[2, 32]", "64", "None")
+        ),
+        (
+            npy_with_header("{'descr': '<f4', 'shape': (64,), }"),
+            "header cannot be read: it lacks 'fortran_order': send np.save output",
+        ),
+        (npy_with_header("{'fortran_order': False}"), "it lacks 'descr' and 'shape'"),
+        (
+            npy_with_header("{'descr': 'zz', 'fortran_order': False, 'shape': (64,), }"),
+            "'descr' 'zz' is not a NumPy dtype (float32 is '<f4'): send np.save output",
+        ),
+        (  # np.save's own layout (the regular expression's path), a type numpy does not have
+            npy_with_header("{'descr': '<f1', 'fortran_order': False, 'shape': (64,), }"),
+            "'descr' '<f1' is not a NumPy dtype",
+        ),
+        (npy_with_header("{'descr': 5, 'fortran_order': False, 'shape': (64,), }"), "'descr' 5 is not"),
+        (npy_with_header("[1, 2]"), "header cannot be read: it is a list, not a dict like {'descr'"),
+        (npy_with_header("'<f4'"), "it is a str, not a dict"),
+        (npy_with_header("__import__('os').getcwd()"), "it is not a Python literal"),
+        (
+            npy_with_header("{'descr': '<f4', 'fortran_order': 'no', 'shape': (2, 32), }"),
+            "'fortran_order' must be True or False, got 'no'",
+        ),
+        (
+            npy_with_header("{'descr': '<f4', 'fortran_order': 0, 'shape': (64,), }"),
+            "'fortran_order' must be True or False, got 0",
+        ),
+        *(
+            (
+                npy_with_header(f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({n},), }}"),
+                "a number in it has more than 19 digits; a dimension is at most 2**63 - 1",
+            )
+            for n in ("9" * 5000, "1" + "0" * 19, "1_000" * 6)
+        ),
+        *(  # beyond what NumPy can hold, but short enough to read: a hexadecimal one may be huge
+            (
+                npy_with_header(f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({n},), }}"),
+                "'shape' has a dimension above 2**63 - 1, the most NumPy allows",
+            )
+            for n in ("9" * 19, "0x8000000000000000", "0x" + "f" * 5000, "1, 0x" + "F" * 20)
+        ),
     ],
 )
 def test_npy_400(client: TestClient, body: bytes, message: str) -> None:

@@ -6,6 +6,7 @@ results for the same signals, and every error case: a 4xx with {"error": ...}, n
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -533,6 +534,52 @@ def test_errors(
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json"
     assert list(r.json()) == ["error"] and message in r.json()["error"], r.json()
+
+
+# The float32 range: one rule on every path, a value is taken iff its float32 cast is finite.
+FLOAT32_EDGES = [
+    3.4028235e38,  # float32's maximum as numpy prints it: rounds down to it
+    -3.4028235e38,
+    float(np.finfo(np.float32).max),
+    3.4028235677973362e38,  # the largest float64 that rounds to a finite float32
+    3.4028235677973366e38,  # half a step above float32's maximum: the tie rounds to inf
+    -3.4028235677973366e38,
+    3.5e38,
+    -1e39,
+]
+
+
+@pytest.mark.parametrize("value", FLOAT32_EDGES)
+def test_float32_range_is_the_same_on_every_path(client: TestClient, value: float) -> None:
+    with np.errstate(over="ignore"):
+        taken = bool(np.isfinite(np.float32(value)))
+    x = np.zeros((2, 100))
+    x[1, 20] = value
+    npy = io.BytesIO()
+    np.save(npy, x)  # float64
+    v1 = {
+        "JSON": client.post("/v1/detect", json={"signals": x.tolist()}),
+        ".npy float64": client.post(
+            "/v1/detect", content=npy.getvalue(), headers={"Content-Type": "application/x-npy"}
+        ),
+    }
+    v2 = {
+        f"JSON {datatype}": client.post(INFER, json={"inputs": [tensor(x, datatype, data=data)]})
+        for datatype in ("FP64", "FP32")
+        for data in (x.ravel().tolist(), x.tolist())  # flat, nested
+    }
+    body, headers = binary_request(x, "FP64")
+    v2["binary FP64"] = client.post(INFER, content=body, headers=headers)
+    message = (
+        f"signal 1 has a value ({value!r}) at index 20 that is outside the float32 range "
+        "(±3.4028235e+38; in float32 it would be infinite): rescale the signal"
+    )
+    for path, r in {**v1, **v2}.items():
+        if taken:
+            assert r.status_code == 200, (path, r.text)
+        else:
+            assert r.status_code == (422 if path in v1 else 400), (path, r.text)
+            assert message in r.text, (path, r.text)
 
 
 def test_scheduling_hints_are_accepted(client: TestClient) -> None:
