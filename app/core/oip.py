@@ -40,6 +40,7 @@ from app.core.pipeline import (
     check_threshold,
     count_byte,
     float32_holding_gil,
+    json_error_hint,
     only_numbers_in,
 )
 from app.core.signals import Body, Limits, Signal, check_count, check_counts, check_finite, rows_from_json
@@ -257,7 +258,7 @@ def _general_request(header: memoryview, binary_bytes: int) -> Any:
             else f"; check that {HEADER_LENGTH} is the JSON's length in bytes"
         )
         raise MalformedBody(
-            f"the inference request is not valid JSON ({exc}){hint}; NaN and Infinity are not JSON"
+            f"the inference request is not valid JSON ({exc}){hint}{json_error_hint(header, exc)}"
         ) from None
 
 

@@ -43,8 +43,14 @@ class Params:
 
 
 def media_type(content_type: str | None) -> str:
-    base = (content_type or "").split(";", 1)[0].strip().lower()
+    base, _, params = (content_type or "").partition(";")
+    base = base.strip().lower()
     if base in JSON_TYPES:
+        if params and (charset := _charset(params)) not in (None, "utf-8", "utf8"):
+            raise UnsupportedMediaType(
+                f"Content-Type {content_type!r}: JSON is read as UTF-8 only, not {charset}: "
+                "send UTF-8 (charset=utf-8, or no charset)"
+            )
         return "json"
     if base in NPY_TYPES:
         return "npy"
@@ -52,6 +58,24 @@ def media_type(content_type: str | None) -> str:
         f"Content-Type {content_type or '(none)'!r} is not supported: send "
         "'application/json' or 'application/x-npy'"
     )
+
+
+def _charset(params: str) -> str | None:
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
+def json_error_hint(body: Body | memoryview, exc: Exception) -> str:
+    """What to do about a JSON text orjson refused, for the cases that are not typos."""
+    if "UTF-8" in str(exc):
+        return "; send the JSON as UTF-8 text (not compressed, not another encoding)"
+    text = bytes(body) if isinstance(body, memoryview) else body  # an error's path: a copy is fine
+    if any(token in text for token in (b"NaN", b"Infinity")):
+        return "; NaN and Infinity are not JSON: send finite numbers"
+    return ""
 
 
 def check_threshold(v: Any, loc: tuple[str | int, ...]) -> float:
@@ -96,9 +120,7 @@ def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> t
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise MalformedBody(
-            f"body is not valid JSON ({exc}); NaN and Infinity are not JSON: send finite numbers"
-        ) from None
+        raise MalformedBody(f"body is not valid JSON ({exc}){json_error_hint(body, exc)}") from None
     if not isinstance(doc, dict):
         raise InvalidInput(f"body must be a JSON object with 'signals', got {type(doc).__name__}")
     # Every name in the body is a string: 2 quotes each, more with escaped quotes. Exactly 2 per

@@ -142,6 +142,12 @@ def rows_from_json(
     for i, row in enumerate(signals):
         if not isinstance(row, list):
             raise InvalidInput(f"signal {i} must be a list of numbers, got {type(row).__name__}", (*loc, i))
+        if row and isinstance(row[0], list):  # said before its length, which counts lists
+            raise InvalidInput(
+                f"signal {i} is a list of lists: each signal is one flat list of numbers "
+                "(send [[...], [...]] for several signals, not [[[...]]])",
+                (*loc, i),
+            )
     check_counts([len(r) for r in signals], limits, min_length, loc)
     out: list[Signal] = []
     for i, row in enumerate(signals):

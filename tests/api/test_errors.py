@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.core.errors import UnsupportedMediaType
+from app.core.pipeline import media_type
+
 NPY = {"Content-Type": "application/x-npy"}
 
 
@@ -49,7 +52,8 @@ def detail(r) -> str:  # type: ignore[no-untyped-def]
         # A number written as a string is not a number (numpy would convert it silently).
         ({"signals": [[1.0] * 30 + ["1.5"] + [1.0] * 30]}, "non-numeric value ('1.5') at index 30"),
         ({"signals": [[1.0] * 30 + [[2.0]] + [1.0] * 30]}, "non-numeric value ([2.0]) at index 30"),
-        ({"signals": [[[1.0]] * 100]}, "signal 0 has a non-numeric value"),
+        ({"signals": [[[1.0]] * 100]}, "signal 0 is a list of lists"),
+        ({"signals": [[[1.0] * 64]]}, "signal 0 is a list of lists: each signal is one flat list of numbers"),
         ({"signals": [[1.0] * 10]}, "signal 0 has 10 samples; this model needs at least 16"),
         ({"signals": [[1.0] * 100_001]}, "the limit is 100000"),
         ({"signals": [[1.0] * 100] * 17}, "17 signals in one request; the limit is 16"),
@@ -264,3 +268,41 @@ def test_query_parameters_are_validated(client: TestClient) -> None:
 def test_unknown_model(client: TestClient) -> None:
     r = client.post("/v1/models/nope/detect", json={"signals": [[0.0] * 100]})
     assert r.status_code == 404 and "available models: bump, other" in detail(r)
+
+
+@pytest.mark.parametrize(
+    ("body", "says", "does_not_say"),
+    [
+        (b'{"signals": [[1, 2', "not valid JSON", "NaN"),
+        (b"", "not valid JSON", "NaN"),
+        (b'{"signals": [[1, NaN, 3]]}', "NaN and Infinity are not JSON: send finite numbers", None),
+        ('{"signals": [[1, 2]], "é": 1}'.encode("latin-1"), "send the JSON as UTF-8 text", "NaN"),
+    ],
+)
+def test_a_json_syntax_error_says_what_to_do_about_it(
+    client: TestClient, body: bytes, says: str, does_not_say: str | None
+) -> None:
+    r = client.post("/v1/detect", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and says in detail(r)
+    assert does_not_say is None or does_not_say not in detail(r)
+
+
+def test_json_in_another_charset_is_refused() -> None:
+    for content_type in ("application/json; charset=latin-1", 'application/json; charset="UTF-16"'):
+        with pytest.raises(UnsupportedMediaType, match="JSON is read as UTF-8 only"):
+            media_type(content_type)
+    for content_type in (
+        "application/json; charset=utf-8",
+        "application/json;charset=UTF-8",
+        "application/json",
+    ):
+        assert media_type(content_type) == "json"
+
+
+def test_a_latin1_body_declared_as_such_is_415(client: TestClient) -> None:
+    r = client.post(
+        "/v1/detect",
+        content=b'{"signals": [[1, 2]]}',
+        headers={"Content-Type": "application/json; charset=latin-1"},
+    )
+    assert r.status_code == 415 and "send UTF-8" in detail(r)
