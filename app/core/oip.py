@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -568,9 +568,10 @@ def _rows_from_values(values: npt.NDArray[np.float64], rows: int, length: int) -
     signals: list[Signal] = []
     for i, row in enumerate(values.reshape(rows, length)):
         arr = float32_holding_gil(row)  # simdjson's numbers are finite: only float32 can overflow
-        if arr is None:  # a value that overflows float32 is beyond FLOAT32_MAX: this raises, naming it
+        if arr is None:  # the float32 range rule (signals.FLOAT32_ROUNDS_TO_INF): this raises, naming it
             check_finite([row], DATA_LOC, first=i)
-        signals.append(cast(Signal, arr))
+            raise AssertionError("check_finite passed a row whose float32 cast overflows")
+        signals.append(arr)
     return signals
 
 
