@@ -64,6 +64,23 @@ def centred_mean(x: torch.Tensor, window: int) -> torch.Tensor:
     return (sums / count).to(x.dtype)
 
 
+def power_of_two_scale(x: torch.Tensor) -> torch.Tensor:
+    """Per row, 2**floor(log2(largest |x|)), the exponent within float32's normal ones (-126 ...
+    127; 2**-126 for a row of zeros). Shapes (B, C, T) -> (B, 1, 1).
+
+    Dividing by it brings every row to |x| < 4 (log2 may round across an integer) without
+    changing a bit of its normalised values:
+    a power of two scales a float exactly, and the normalisation is a ratio of two quantities
+    that scale alike. The ratio itself needs it: a first difference of two samples near
+    float32's largest value overflows to inf (and inf / inf is NaN), the scale's block sums
+    overflow from about 1e37, and below about 1e-30 the ``eps`` of the division flattens a
+    signal. Scaled first, any finite float32 signal is normalised as one of ordinary size.
+    """
+    peak = x.abs().amax(dim=(-2, -1), keepdim=True)
+    exponent = torch.clamp(torch.floor(torch.log2(peak)), -126.0, 127.0)  # log2(0) = -inf: -126
+    return torch.pow(2.0, exponent)
+
+
 class LocalNorm(nn.Module):
     """z = (x - local mean) / local mean |x[t] - x[t-1]|: invariant to gain and offset.
 
@@ -99,6 +116,7 @@ class LocalNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, T) -> (B, 1 or 2, T)
         T = x.shape[-1]
+        x = x / power_of_two_scale(x)
         d = x - centred_mean(x, self.mean_window)
         if self.wide_mean_window:
             d = torch.cat([d, x - centred_mean(x, self.wide_mean_window)], dim=1)  # (B, 2, T)

@@ -260,3 +260,26 @@ def test_a_lone_small_request_is_scored_on_the_event_loops_cpu(
             else:
                 assert all(s == (everywhere, everywhere) for s in seen)
     assert [r.content for r in answers[0]] == [r.content for r in answers[1000]]
+
+
+def test_any_float32_amplitude_is_answered_as_an_ordinary_one(client: TestClient) -> None:
+    """Every finite float32 signal the service takes gets numbers, never null, and a signal
+    scaled by a power of two gets the same answer (the graph normalises, exactly)."""
+    big = np.float32(np.finfo(np.float32).max)
+    alternating = np.resize(np.array([big, -big], np.float32), 256)
+    r = client.post(
+        "/v1/detect?return_scores=true",
+        content=npy(alternating),
+        headers={"Content-Type": "application/x-npy"},
+    )
+    assert r.status_code == 200, r.text
+    result = r.json()["results"][0]
+    assert isinstance(result["probability"], float) and all(isinstance(v, float) for v in result["scores"])
+    x = np.random.default_rng(3).standard_normal((2, 300)).astype(np.float32)
+    answers = [
+        client.post(
+            "/v1/detect", content=npy(x * np.float32(2.0**e)), headers={"Content-Type": "application/x-npy"}
+        ).json()["results"]
+        for e in (0, 100, -100)
+    ]
+    assert answers[1] == answers[0] and answers[2] == answers[0]

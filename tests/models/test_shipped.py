@@ -171,3 +171,23 @@ def test_windows_give_the_whole_signal_result(trained: tuple[Path, Card]) -> Non
     got = score_pieces(signals, plan, model.run, 1 << 20)
     for x, curve in zip(signals, got, strict=True):
         np.testing.assert_allclose(curve, model.run(x[None])[0], atol=1e-5, rtol=0)
+
+
+def test_any_float32_amplitude_gives_the_same_answer(trained: tuple[Path, Card]) -> None:
+    """The graph's normalisation scales each window by a power of two first (exact), so a
+    signal at any float32 amplitude scores as at its ordinary one, bit for bit; before, a
+    signal of ±3e38 scored NaN and one of 1e-33 or 6e36 scored as flat."""
+    path, card = trained
+    model = OnnxModel(path)
+    template = card_template(card)
+    assert template is not None
+    data = make_dataset(suites(template)["white"], 8, seed=778)
+    signals = [np.asarray(s, np.float32) / np.abs(s).max() for s in data.signals]  # |x| <= 1
+    reference = model.scores(signals)
+    for exponent in (-100, -60, 60, 120):
+        scaled = model.scores([s * np.float32(2.0**exponent) for s in signals])
+        for got, want in zip(scaled, reference, strict=True):
+            np.testing.assert_array_equal(got, want)
+    big = np.float32(np.finfo(np.float32).max)
+    for extreme in (np.resize(np.array([big, -big], np.float32), 1024), np.full(1024, 1e-44, np.float32)):
+        assert np.isfinite(model.scores([extreme])[0]).all()

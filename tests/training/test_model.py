@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from training import model as model_module
 from training.model import (
     ROUNDING,
     LocalNorm,
@@ -10,6 +11,7 @@ from training.model import (
     centred_mean,
     macs_per_sample,
     measure_radius,
+    power_of_two_scale,
 )
 
 
@@ -201,3 +203,46 @@ def test_the_veto_rejects_an_inverted_copy_but_keeps_the_upright_one() -> None:
     assert vetoed[inv].max() < 1.0
     two_sided = path(matched_two_sided=True)
     assert two_sided[inv].max() > 0.9 * plain[up].max()  # --polarity: the inverted copy is an event
+
+
+def typical_rows(n: int = 16, length: int = 1024) -> torch.Tensor:
+    """Noise with the training scenario's gains (1e-3 ... 1e3) and offsets (-100 ... 100)."""
+    torch.manual_seed(1)
+    gains = torch.logspace(-3, 3, n).view(n, 1, 1)
+    offsets = torch.linspace(-100, 100, n).view(n, 1, 1)
+    return (gains * torch.randn(n, 1, length) + offsets).float()
+
+
+def test_scaling_by_a_power_of_two_first_changes_no_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    norm = LocalNorm(31, 1016, 8, wide_mean_window=127)
+    x = typical_rows()
+    scaled = norm(x)
+    monkeypatch.setattr(model_module, "power_of_two_scale", lambda x: torch.ones_like(x[..., :1, :1]))
+    assert torch.equal(scaled, norm(x))
+
+
+@pytest.mark.parametrize("exponent", [-100, -60, -20, 20, 60, 100, 110])
+def test_any_float32_amplitude_normalises_as_an_ordinary_one(exponent: int) -> None:
+    """Gain invariance over float32's whole range, bit for bit: before the power-of-two scale
+    a first difference near 3e38 overflowed to inf, the scale's block sums from about 1e37,
+    and below about 1e-30 the eps of the division flattened the signal."""
+    norm = LocalNorm(31, 1016, 8, wide_mean_window=127)
+    x = typical_rows()
+    assert torch.equal(norm(x * 2.0**exponent), norm(x))
+
+
+def test_extreme_finite_signals_normalise_to_finite_values() -> None:
+    norm = LocalNorm(31, 1016, 8, wide_mean_window=127)
+    big = float(np.finfo(np.float32).max)
+    alternating = torch.tensor([big, -big] * 512).view(1, 1, -1)  # differences beyond float32
+    subnormal = torch.full((1, 1, 1024), 1e-44)  # below float32's normal numbers
+    zeros = torch.zeros(1, 1, 1024)
+    for x in (alternating, subnormal, zeros):
+        assert torch.isfinite(norm(x)).all()
+    assert norm(alternating).abs().max() > 0.1
+
+
+def test_power_of_two_scale_is_a_power_of_two_within_floats_normal_range() -> None:
+    rows = torch.tensor([[3.0e38], [1.0], [3.0], [1e-30], [1e-44], [0.0]]).view(6, 1, 1)
+    exponents = torch.log2(power_of_two_scale(rows)).flatten().tolist()
+    assert exponents == [127.0, 0.0, 1.0, -100.0, -126.0, -126.0]
