@@ -58,6 +58,20 @@ def test_invalid_setting_stops_startup_with_a_message() -> None:
     assert "SHAPE_DETECTOR_MAX_SIGNALS='-5'" in r.stderr
 
 
+def test_a_window_the_models_cannot_run_in_stops_startup_naming_the_least() -> None:
+    env = {
+        "SHAPE_DETECTOR_WINDOW": "256",
+        "SHAPE_DETECTOR_MODEL_DIR": str(ROOT / "models"),
+        "PATH": "/usr/bin:/bin",
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2, r.stderr
+    assert "SHAPE_DETECTOR_WINDOW: 256 samples is too short" in r.stderr
+    assert "set at least 2681 (arrival needs 2681, bump needs 2265;" in r.stderr
+
+
 def test_both_shipped_models_detect_their_own_shape(tmp_path: Path) -> None:
     """/v1/models lists the two shipped models; each finds its own shape where it is.
 
