@@ -1,0 +1,111 @@
+"""An unexpected error (500), answered with every response's headers on a connection that
+stays usable."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.deps import Runner
+from app.core.registry import Registry
+from app.main import create_app
+from app.observability import JsonFormatter
+from app.security import ApiKeys
+from app.settings import load_settings
+from tests.api.conftest import wait_ready
+
+INTERNAL = "internal error; the request id is in X-Request-ID"
+
+
+# An unexpected error: a bug injected where a route calls into the service.
+
+
+@pytest.fixture(scope="module")
+def lenient(models_dir: Path) -> Iterator[TestClient]:
+    """The service, its unexpected errors answered rather than raised into the test."""
+    settings = load_settings(MODEL_DIR=models_dir, WINDOW=1024)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        wait_ready(c)
+        yield c
+
+
+@pytest.fixture
+def error_log() -> Iterator[io.StringIO]:
+    """The service's log lines (attached after ``create_app``, which sets the logger up)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("shape_detector")
+    logger.addHandler(handler)
+    yield stream
+    logger.removeHandler(handler)
+
+
+def broken(*_: Any) -> Any:
+    raise RuntimeError("injected bug")
+
+
+async def broken_async(*_: Any) -> Any:
+    raise RuntimeError("injected bug")
+
+
+BUGS = {
+    # the hot path, served by DirectRoutes
+    "detect": ("POST", "/v1/detect", Runner, "detect", broken_async),
+    # a route FastAPI serves
+    "models": ("GET", "/v1/models", Registry, "models", broken),
+}
+
+
+@pytest.mark.parametrize(("method", "path", "owner", "name", "bug"), BUGS.values(), ids=BUGS.keys())
+def test_an_unexpected_error_is_500_with_every_responses_headers(
+    lenient: TestClient,
+    error_log: io.StringIO,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    path: str,
+    owner: type,
+    name: str,
+    bug: Any,
+) -> None:
+    monkeypatch.setattr(owner, name, bug)
+    body = {"signals": [[0.0] * 100]} if method == "POST" else None
+    r = lenient.request(method, path, json=body, headers={"X-Request-ID": f"bug-{method}"})
+    assert r.status_code == 500
+    if method != "HEAD":
+        assert r.json() == {"detail": INTERNAL}
+    assert r.headers["x-request-id"] == f"bug-{method}"
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["referrer-policy"] == "no-referrer"
+    assert "connection" not in r.headers  # answered inside the app: the connection stays open
+    lines = [json.loads(line) for line in error_log.getvalue().splitlines()]
+    (line,) = [doc for doc in lines if doc["message"] == "unhandled error"]
+    assert line["request_id"] == f"bug-{method}" and "RuntimeError: injected bug" in line["exc"]
+    monkeypatch.undo()
+    assert lenient.request(method, path, json=body).status_code == 200
+
+
+@pytest.fixture
+def keyed_app(models_dir: Path) -> Any:
+    return create_app(load_settings(MODEL_DIR=models_dir, API_KEYS="k" * 20))
+
+
+def test_an_unexpected_error_in_a_middleware_closes_the_connection_and_says_so(
+    keyed_app: Any, error_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error outside the routes (here in the key check) reaches Starlette's server-error
+    middleware, outside every layer: its answer carries their headers itself, and says the
+    server closes the connection."""
+    app = keyed_app
+    monkeypatch.setattr(ApiKeys, "check", broken)
+    r = TestClient(app, raise_server_exceptions=False).get("/v1/models", headers={"X-Request-ID": "mw"})
+    assert (r.status_code, r.json()) == (500, {"detail": INTERNAL})
+    assert r.headers["x-request-id"] == "mw" and r.headers["connection"] == "close"
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["referrer-policy"] == "no-referrer"
+    assert "RuntimeError: injected bug" in error_log.getvalue()
