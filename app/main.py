@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import TypedDict
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import admin, demo, docs, health, metrics, v1, v2
 from app.api.deps import Runner
@@ -42,6 +44,7 @@ from app.security import (
     cors_options,
     error_body,
     install_openapi,
+    is_oip_path,
     load_api_keys,
     parse_origins,
 )
@@ -218,6 +221,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if exc.status == 408:  # the rest of a slow body is not awaited: close the connection
             headers = {"Connection": "close"}
         return JSONResponse(body, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Starlette's own errors, mostly its router's: 404 for no route, 405 for a method the
+        route does not take. Under /v2 in the protocol's format, saying what to do; elsewhere
+        as FastAPI answers them."""
+        headers = dict(exc.headers or {})
+        path = request.scope["path"]
+        if is_oip_path(path):
+            allowed = headers.get("Allow")
+            message = v2.routing_error(request.method, path, exc.status_code, exc.detail, allowed)
+            return JSONResponse({"error": message}, status_code=exc.status_code, headers=headers or None)
+        return await http_exception_handler(
+            request, StarletteHTTPException(exc.status_code, exc.detail, headers or None)
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -46,6 +46,22 @@ def error_response(exc: DetectorError) -> JSONResponse:
     return JSONResponse({"error": exc.detail}, status_code=status, headers=headers)
 
 
+ROUTES = (
+    "GET /v2, GET /v2/health/live, GET /v2/health/ready, GET /v2/models/{name}[/versions/{version}], "
+    "GET /v2/models/{name}[/versions/{version}]/ready and POST /v2/models/{name}[/versions/{version}]/infer"
+)
+
+
+def routing_error(method: str, path: str, status: int, detail: str, allow: str | None) -> str:
+    """The message of a routing error under /v2 (no route, or not this method), which
+    Starlette's router raises before any route runs."""
+    if status == 404:
+        return f"no route {method} {path}: the Open Inference Protocol's routes are {ROUTES}"
+    if status == 405 and allow:
+        return f"{method} is not allowed on {path}: use {allow}"
+    return detail
+
+
 def answering_errors(handler: Handler) -> Handler:
     """``handler`` with its errors answered in the protocol's format."""
 

@@ -1,5 +1,6 @@
-"""An unexpected error (500), answered with every response's headers on a connection that
-stays usable."""
+"""HTTP the framework leaves to the app: routing errors (404, 405) in each API's format, and
+an unexpected error (500) answered with every response's headers on a connection that stays
+usable."""
 
 from __future__ import annotations
 
@@ -22,6 +23,29 @@ from app.settings import load_settings
 from tests.api.conftest import wait_ready
 
 INTERNAL = "internal error; the request id is in X-Request-ID"
+
+
+def test_v2_routing_errors_are_in_the_protocols_format(client: TestClient) -> None:
+    for path in ("/v2/nothing", "/v2/models/bump/nothing", "/v2/models/bump/infer/more"):
+        r = client.get(path)
+        assert r.status_code == 404 and list(r.json()) == ["error"], path
+        message = r.json()["error"]
+        assert message.startswith(f"no route GET {path}: "), message
+        assert "POST /v2/models/{name}[/versions/{version}]/infer" in message
+    r = client.get("/v2/models/bump/infer")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.json() == {"error": "GET is not allowed on /v2/models/bump/infer: use POST"}
+    r = client.put("/v2/health/ready")
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
+    assert r.json() == {"error": "PUT is not allowed on /v2/health/ready: use GET"}
+
+
+def test_other_routing_errors_keep_fastapis_format(client: TestClient) -> None:
+    for path in ("/v1/nothing", "/nothing", "/v2x", "/static/nothing.css"):
+        r = client.get(path)
+        assert (r.status_code, r.json()) == (404, {"detail": "Not Found"}), path
+    r = client.get("/v1/detect")
+    assert (r.status_code, r.json(), r.headers["allow"]) == (405, {"detail": "Method Not Allowed"}, "POST")
 
 
 # An unexpected error: a bug injected where a route calls into the service.
