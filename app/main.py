@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import admin, demo, docs, health, metrics, v1, v2
 from app.api.deps import Runner
-from app.api.routing import DirectRoutes, ServerErrors
+from app.api.routing import DirectRoutes, HeadAsGet, ServerErrors
 from app.core.affinity import SameCpu
 from app.core.errors import DetectorError, InvalidInput, Overloaded
 from app.core.model import InferenceOptions
@@ -187,8 +187,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: observability sees every response, CORS answers preflights without a key,
     # draining refuses new requests before any other work, keys are checked before the body is read,
     # and the detection routes are served right inside all of them (DirectRoutes). The other
-    # requests go on to FastAPI through ServerErrors, which the hot path skips.
+    # requests go on to FastAPI through HeadAsGet and ServerErrors, which the hot path skips.
     app.add_middleware(ServerErrors, unexpected=internal_error)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(DirectRoutes, owner=app, unexpected=internal_error)
     if keys.enabled:  # no keys, no check: one layer less on every request
         app.add_middleware(ApiKeyMiddleware, keys=keys, protect_metrics=settings.PROTECT_METRICS)
@@ -225,9 +226,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         """Starlette's own errors, mostly its router's: 404 for no route, 405 for a method the
-        route does not take. Under /v2 in the protocol's format, saying what to do; elsewhere
-        as FastAPI answers them."""
+        route does not take. HEAD is taken wherever GET is (HeadAsGet): Allow says so. Under
+        /v2 in the protocol's format, saying what to do; elsewhere as FastAPI answers them."""
         headers = dict(exc.headers or {})
+        allow = headers.get("Allow")
+        if allow is not None:
+            methods = [m.strip() for m in allow.split(",")]
+            if "GET" in methods and "HEAD" not in methods:
+                headers["Allow"] = ", ".join([*methods, "HEAD"])
         path = request.scope["path"]
         if is_oip_path(path):
             allowed = headers.get("Allow")

@@ -15,9 +15,9 @@ router. So are all requests while ``app.dependency_overrides`` holds anything.
 
 ``DirectRoutes``, a middleware, goes one step further for the routes at the head of the app's
 own route list: it calls their direct handlers itself, before FastAPI's router and the layers
-around it (see the class). The requests it leaves to FastAPI pass one more layer, which the
-hot path does not: ``ServerErrors`` (an unexpected error answered 500 inside the app's
-middleware, as ``DirectRoutes`` answers its own).
+around it (see the class). The requests it leaves to FastAPI pass two more layers, which the
+hot path does not: ``HeadAsGet`` (HEAD wherever GET is served) and ``ServerErrors`` (an
+unexpected error answered 500 inside the app's middleware, as ``DirectRoutes`` answers its own).
 """
 
 from __future__ import annotations
@@ -242,6 +242,31 @@ class DirectRoutes:
             if cls in handlers:
                 return handlers[cls]
         return None
+
+
+class HeadAsGet:
+    """ASGI middleware: a HEAD request is served as the GET of the same URL, wherever GET is.
+
+    Starlette's routes take HEAD wherever they take GET, FastAPI's do not (its ``APIRoute``
+    never adds HEAD to its methods: fastapi/fastapi#1773), so every GET route answered HEAD
+    with 405. The route sees GET; the server, whose scope still says HEAD, sends the response's
+    status and headers (``Content-Length`` included: the GET's) without its body, as it does
+    for Starlette's routes. A route that does not take GET answers HEAD as it answers GET.
+    Nothing changes in the OpenAPI document (HEAD is implied by GET)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        as_get = {**scope, "method": "GET"}  # a copy: the server's own scope keeps HEAD
+        try:
+            await self.app(as_get, receive, send)
+        finally:
+            if "route" in as_get:  # for the layers outside: the metrics name the route
+                scope["route"] = as_get["route"]
 
 
 class ServerErrors:

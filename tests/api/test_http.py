@@ -1,6 +1,6 @@
-"""HTTP the framework leaves to the app: routing errors (404, 405) in each API's format, and
-an unexpected error (500) answered with every response's headers on a connection that stays
-usable."""
+"""HTTP the framework leaves to the app: HEAD wherever GET is, routing errors (404, 405) in
+each API's format, and an unexpected error (500) answered with every response's headers on a
+connection that stays usable."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -23,6 +24,68 @@ from app.settings import load_settings
 from tests.api.conftest import wait_ready
 
 INTERNAL = "internal error; the request id is in X-Request-ID"
+GET_PATHS = [
+    "/healthz",
+    "/readyz",
+    "/v1/models",
+    "/v1/models/bump",
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2/models/bump",
+    "/v2/models/bump/ready",
+    "/v2/models/bump/versions/0.0.1",
+    "/v2/models/bump/versions/0.0.1/ready",
+    "/openapi.json",
+    "/docs",
+    "/redoc",
+    "/",
+    "/static/demo/demo.css",
+]
+
+
+def same_headers(r: httpx.Response) -> dict[str, str]:
+    """The headers a HEAD must share with its GET (the request id differs by request)."""
+    return {k: v for k, v in r.headers.items() if k != "x-request-id"}
+
+
+@pytest.mark.parametrize("path", GET_PATHS)
+def test_head_answers_as_get_without_a_body(client: TestClient, path: str) -> None:
+    get, head = client.get(path), client.head(path)
+    assert get.status_code == 200, get.text
+    assert head.status_code == 200 and head.content == b""
+    assert same_headers(head) == same_headers(get)
+    assert "nosniff" in head.headers["x-content-type-options"]
+
+
+def test_head_answers_every_status_as_get_does(client: TestClient) -> None:
+    for path in ("/v1/models/nope", "/v2/models/nope", "/v2/nothing", "/nothing"):
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code == 404 and head.content == b"", path
+        assert same_headers(head) == same_headers(get), path
+    # A route that takes POST only answers HEAD as it answers GET.
+    for path in ("/v1/detect", "/v2/models/bump/infer"):
+        head = client.head(path)
+        assert (head.status_code, head.headers["allow"]) == (405, "POST"), path
+
+
+def test_metrics_answer_head(client: TestClient) -> None:
+    head = client.head("/metrics")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"].startswith("text/plain")
+    text = client.get("/metrics").text
+    assert 'shape_detector_requests_total{method="HEAD",route="/healthz",status="200"}' in text
+
+
+def test_allow_names_head_where_get_is_taken(client: TestClient) -> None:
+    for path in ("/healthz", "/v1/models", "/v2/health/live"):
+        r = client.post(path)
+        assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD", path
+
+
+def test_openapi_documents_no_head_operations(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert not [p for p, ops in paths.items() if "head" in ops]
 
 
 def test_v2_routing_errors_are_in_the_protocols_format(client: TestClient) -> None:
@@ -36,8 +99,8 @@ def test_v2_routing_errors_are_in_the_protocols_format(client: TestClient) -> No
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     assert r.json() == {"error": "GET is not allowed on /v2/models/bump/infer: use POST"}
     r = client.put("/v2/health/ready")
-    assert r.status_code == 405 and r.headers["allow"] == "GET"
-    assert r.json() == {"error": "PUT is not allowed on /v2/health/ready: use GET"}
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    assert r.json() == {"error": "PUT is not allowed on /v2/health/ready: use GET, HEAD"}
 
 
 def test_other_routing_errors_keep_fastapis_format(client: TestClient) -> None:
@@ -85,6 +148,8 @@ BUGS = {
     "detect": ("POST", "/v1/detect", Runner, "detect", broken_async),
     # a route FastAPI serves
     "models": ("GET", "/v1/models", Registry, "models", broken),
+    # the same route, asked with HEAD
+    "models-head": ("HEAD", "/v1/models", Registry, "models", broken),
 }
 
 

@@ -4,6 +4,7 @@ app's leading such routes served before FastAPI's router, with the same answers 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from fastapi.testclient import TestClient
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, NoOpTracer, TracerProvider
 
 from app.api.deps import detect_call
-from app.api.routing import DirectRoutes, RequestOnlyRoute, ServerErrors
+from app.api.routing import DirectRoutes, HeadAsGet, RequestOnlyRoute, ServerErrors
 from app.main import create_app
 from app.settings import load_settings
 from tests.api.conftest import wait_ready
@@ -356,6 +357,29 @@ def test_server_errors_answer_before_the_response_starts_and_never_after() -> No
     with pytest.raises(RuntimeError, match="midway"):
         client.get("/midway")
     assert seen == ["before", "after"]
+
+
+def test_head_is_served_as_get_on_a_copy_of_the_scope() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["method"])
+        scope["route"] = "the route"
+        await Response("hello")(scope, receive, send)
+
+    outer = {"type": "http", "method": "HEAD", "path": "/", "headers": [], "query_string": b""}
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    asyncio.run(HeadAsGet(app)(outer, receive, send))
+    assert seen == ["GET"] and outer["method"] == "HEAD"  # the server's scope still says HEAD
+    assert outer["route"] == "the route"  # for the metrics outside
+    assert sent[0]["status"] == 200 and (b"content-length", b"5") in sent[0]["headers"]
 
 
 def test_an_earlier_route_that_matches_wins() -> None:

@@ -86,10 +86,11 @@ def exchange(
     return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
 
 
-def test_a_500_leaves_the_connection_usable(tmp_path: Path) -> None:
+def test_a_500_and_head_leave_the_connection_usable(tmp_path: Path) -> None:
     """One keep-alive connection, as a client's pool reuses it: an unexpected error answers 500
     with the headers of every response and the connection serves the next request (it was
-    closed without a word, and the next request on it was reset)."""
+    closed without a word, and the next request on it was reset); HEAD answers GET's status and
+    headers with no body on the wire."""
     server = start_server(tmp_path, factory="tests.integration.faulty:app_from_env")
     conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
     detect = json.dumps({"signals": [primer_signal(1).tolist()]}).encode()
@@ -115,6 +116,14 @@ def test_a_500_leaves_the_connection_usable(tmp_path: Path) -> None:
             status, _, content = exchange(conn, "POST", "/v1/detect", detect, **JSON)
             assert status == 200 and json.loads(content)["results"], content
             assert conn.sock is sock, "the connection was closed"
+        for path in ("/healthz", "/readyz", "/v2/models/bump", "/v1/models/bump", "/docs", "/"):
+            got = exchange(conn, "GET", path)
+            head = exchange(conn, "HEAD", path)
+            assert (head[0], head[2]) == (got[0], b"") == (200, b""), path
+            assert head[1]["content-length"] == got[1]["content-length"], path
+            assert head[1]["content-type"] == got[1]["content-type"], path
+        assert exchange(conn, "GET", "/healthz")[2] == b'{"status":"ok"}'  # nothing left on the wire
+        assert conn.sock is sock, "the connection was closed"
     finally:
         conn.close()
         server.stop()
