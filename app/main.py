@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import TypedDict
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import admin, demo, docs, health, metrics, v1, v2
 from app.api.deps import Runner
-from app.api.routing import DirectRoutes
+from app.api.routing import DirectRoutes, HeadAsGet, ServerErrors
 from app.core.affinity import SameCpu
 from app.core.errors import DetectorError, InvalidInput, Overloaded
 from app.core.model import InferenceOptions
@@ -35,17 +37,21 @@ from app.observability import (
     configure_logging,
 )
 from app.security import (
+    COMMON_HEADERS,
     ApiKeyMiddleware,
     ApiKeys,
     SecurityHeadersMiddleware,
     cors_options,
+    error_body,
     install_openapi,
+    is_oip_path,
     load_api_keys,
     parse_origins,
 )
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("shape_detector")
+INTERNAL_ERROR = "internal error; the request id is in X-Request-ID"
 STATIC = Path(__file__).parent / "static"
 
 
@@ -167,10 +173,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # one process's small-request throughput).
         telemetry=None if settings.OPENTELEMETRY else {"tracing": False, "metrics": False, "logs": False},
     )
+
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        """An unexpected error, logged with its traceback and answered 500 inside every layer
+        (DirectRoutes, ServerErrors): the answer gets their headers (X-Request-ID among them)."""
+        log.error(
+            "unhandled error",
+            exc_info=exc,
+            extra={"fields": {"request_id": getattr(request.state, "request_id", None)}},
+        )
+        return JSONResponse(error_body(request.scope["path"], INTERNAL_ERROR), status_code=500)
+
     # Outermost last: observability sees every response, CORS answers preflights without a key,
     # draining refuses new requests before any other work, keys are checked before the body is read,
-    # and the detection routes are served right inside all of them (DirectRoutes).
-    app.add_middleware(DirectRoutes, owner=app)
+    # and the detection routes are served right inside all of them (DirectRoutes). The other
+    # requests go on to FastAPI through HeadAsGet and ServerErrors, which the hot path skips.
+    app.add_middleware(ServerErrors, unexpected=internal_error)
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(DirectRoutes, owner=app, unexpected=internal_error)
     if keys.enabled:  # no keys, no check: one layer less on every request
         app.add_middleware(ApiKeyMiddleware, keys=keys, protect_metrics=settings.PROTECT_METRICS)
     app.add_middleware(SecurityHeadersMiddleware)
@@ -203,18 +223,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers = {"Connection": "close"}
         return JSONResponse(body, status_code=exc.status, headers=headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Starlette's own errors, mostly its router's: 404 for no route, 405 for a method the
+        route does not take. HEAD is taken wherever GET is (HeadAsGet): Allow says so. Under
+        /v2 in the protocol's format, saying what to do; elsewhere as FastAPI answers them."""
+        headers = dict(exc.headers or {})
+        allow = headers.get("Allow")
+        if allow is not None:
+            methods = [m.strip() for m in allow.split(",")]
+            if "GET" in methods and "HEAD" not in methods:
+                headers["Allow"] = ", ".join([*methods, "HEAD"])
+        path = request.scope["path"]
+        if is_oip_path(path):
+            allowed = headers.get("Allow")
+            message = v2.routing_error(request.method, path, exc.status_code, exc.detail, allowed)
+            return JSONResponse({"error": message}, status_code=exc.status_code, headers=headers or None)
+        return await http_exception_handler(
+            request, StarletteHTTPException(exc.status_code, exc.detail, headers or None)
+        )
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception(
-            "unhandled error", extra={"fields": {"request_id": getattr(request.state, "request_id", None)}}
-        )
-        # Sent by Starlette's outermost error middleware, outside ObservabilityMiddleware: add the id here.
+        """An error in a middleware itself, the one case ServerErrors and DirectRoutes do not
+        see: Starlette's server-error middleware, outside every layer, sends this answer and
+        raises the error on to the server, which closes the connection. So it carries what the
+        layers would have added (the request id, the security headers) and says the connection
+        closes."""
+        response = await internal_error(request, exc)
         request_id = getattr(request.state, "request_id", None)
-        return JSONResponse(
-            {"detail": "internal error; the request id is in X-Request-ID"},
-            status_code=500,
-            headers={"X-Request-ID": request_id} if request_id else None,
-        )
+        response.raw_headers.extend(COMMON_HEADERS)
+        response.raw_headers.append((b"connection", b"close"))
+        if request_id:
+            response.raw_headers.append((b"x-request-id", request_id.encode("latin1")))
+        return response
 
     return app
 

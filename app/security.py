@@ -151,9 +151,14 @@ def json_response(status: int, body: dict[str, Any], headers: list[tuple[bytes, 
     ]
 
 
+def is_oip_path(path: str) -> bool:
+    """A path under /v2, the Open Inference Protocol's, whose errors are ``{"error": ...}``."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def error_body(path: str, message: str) -> dict[str, Any]:
     """``{"error": ...}`` on the Open Inference Protocol's /v2 routes, ``{"detail": ...}`` elsewhere."""
-    return {"error": message} if path == "/v2" or path.startswith("/v2/") else {"detail": message}
+    return {"error": message} if is_oip_path(path) else {"detail": message}
 
 
 class ApiKeyMiddleware:
@@ -301,7 +306,7 @@ DEADLINE_DOC = "No result within SHAPE_DETECTOR_REQUEST_TIMEOUT_S; retry later."
 
 
 def _add_response(op: dict[str, Any], path: str, status: str, text: str) -> None:
-    name = "error" if path == "/v2" or path.startswith("/v2/") else "detail"
+    name = "error" if is_oip_path(path) else "detail"
     schema = {"type": "object", "properties": {name: {"type": "string"}}, "required": [name]}
     op["responses"].setdefault(
         status, {"description": text, "content": {"application/json": {"schema": schema}}}

@@ -28,7 +28,14 @@ class Settings(BaseSettings):
     MAX_SIGNALS: int = Field(1024, ge=1, description="Most signals in one request.")
     MAX_SAMPLES: int = Field(20_000_000, ge=1, description="Most samples in one request.")
     MAX_BODY_BYTES: int = Field(268_435_456, ge=1024, description="Largest request body.")
-    WINDOW: int = Field(65536, ge=256, description="Window length for long signals, samples.")
+    WINDOW: int = Field(
+        65536,
+        ge=256,
+        description=(
+            "Window length for long signals, samples; at least what every model under MODEL_DIR "
+            "needs (about twice its receptive field; checked against the cards at start-up)."
+        ),
+    )
     MAX_BATCH_SAMPLES: int = Field(131_072, ge=1024, description="Samples per onnxruntime call.")
     INTRA_OP_THREADS: int = Field(1, ge=0, description="onnxruntime threads per call; 0: its default.")
     INFERENCE_WORKERS: int = Field(2, ge=1, le=64, description="onnxruntime calls run at once per model.")
@@ -126,6 +133,7 @@ class Settings(BaseSettings):
                 f"MAX_SIGNAL_LENGTH: {self.MAX_SIGNAL_LENGTH} exceeds MAX_SAMPLES "
                 f"{self.MAX_SAMPLES}; raise MAX_SAMPLES or lower MAX_SIGNAL_LENGTH"
             )
+        self._check_window()
         if self.API_KEYS_FILE is not None and not self.API_KEYS_FILE.is_file():
             raise ValueError(f"API_KEYS_FILE: {str(self.API_KEYS_FILE)!r} is not a file")
         from app.security import check_origins, load_api_keys  # imported late: it imports Starlette
@@ -133,6 +141,30 @@ class Settings(BaseSettings):
         load_api_keys(self)  # raises ValueError naming the bad key's position, never the key
         check_origins(self.CORS_ORIGINS)
         return self
+
+    def _check_window(self) -> None:
+        """WINDOW holds every model's receptive field (``least_window``), read from the cards:
+        a model that cannot run in the window would never load, and /readyz stay 503. A card
+        that does not read is left to the model's load, which reports it (the others serve)."""
+        from app.core.card import CARD_FILE, CardError, load_card  # imported late: numpy
+        from app.core.windows import least_window
+
+        needs: dict[str, int] = {}
+        for model in sorted(self.MODEL_DIR.iterdir()):
+            if (model / CARD_FILE).is_file():
+                try:
+                    card = load_card(model, verify=False)
+                except CardError:
+                    continue
+                needs[model.name] = least_window(card.receptive_radius, card.alignment)
+        least = max(needs.values(), default=0)
+        if least > self.WINDOW:
+            short = ", ".join(f"{name} needs {value}" for name, value in needs.items() if value > self.WINDOW)
+            raise ValueError(
+                f"WINDOW: {self.WINDOW} samples is too short for the models under "
+                f"{str(self.MODEL_DIR)!r}: set at least {least} ({short}; a model needs about "
+                "twice its receptive field)"
+            )
 
 
 def load_settings(**overrides: object) -> Settings:

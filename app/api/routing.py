@@ -15,7 +15,9 @@ router. So are all requests while ``app.dependency_overrides`` holds anything.
 
 ``DirectRoutes``, a middleware, goes one step further for the routes at the head of the app's
 own route list: it calls their direct handlers itself, before FastAPI's router and the layers
-around it (see the class).
+around it (see the class). The requests it leaves to FastAPI pass two more layers, which the
+hot path does not: ``HeadAsGet`` (HEAD wherever GET is served) and ``ServerErrors`` (an
+unexpected error answered 500 inside the app's middleware, as ``DirectRoutes`` answers its own).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 try:  # FastAPI >= 0.137 builds an included route's handler for the including router's context
     from fastapi.routing import _effective_route_context_var as _context_var
@@ -41,6 +43,7 @@ except ImportError:  # earlier versions copy the route when a router is included
     _context_var = None  # type: ignore[assignment]
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+Unexpected = Callable[[Request, Exception], Coroutine[Any, Any, Response]]  # logs, answers 500
 TELEMETRY = "fastapi.telemetry"  # the scope key of a request FastAPI's telemetry observes
 Call = tuple[str, Callable[..., Any], str | None]  # parameter name, function, its Request parameter
 
@@ -169,9 +172,11 @@ class DirectRoutes:
     ``matches``, against the app's routes up to its last ``RequestOnlyRoute`` that can be
     called directly: the first route that fully matches wins, as in the router. If it is one of
     those routes, its handler is called here and its errors go to the app's exception handlers
-    (as FastAPI's exception middleware would send them; an error without a handler, or
-    ``Exception``'s, goes on to Starlette's server-error middleware, as it would). Every other
-    request goes on to FastAPI unchanged, and so does every request while
+    (as FastAPI's exception middleware would send them). An error without a handler, or
+    ``Exception``'s, goes to ``unexpected`` when one is given, as ``ServerErrors`` sends
+    FastAPI's, so the 500 passes the app's other middleware (their headers) and the connection
+    stays open; without it, on to Starlette's server-error middleware, as FastAPI would. Every
+    other request goes on to FastAPI unchanged, and so does every request while
     ``app.dependency_overrides`` holds anything.
 
     A request that FastAPI's telemetry observes (``SHAPE_DETECTOR_OPENTELEMETRY`` on and an
@@ -181,9 +186,10 @@ class DirectRoutes:
     read at the first request.
     """
 
-    def __init__(self, app: ASGIApp, owner: FastAPI) -> None:
+    def __init__(self, app: ASGIApp, owner: FastAPI, unexpected: Unexpected | None = None) -> None:
         self.app = app
         self.owner = owner
+        self.unexpected = unexpected
         self._routes: list[tuple[BaseRoute, Handler | None]] | None = None
 
     def _leading_routes(self) -> list[tuple[BaseRoute, Handler | None]]:
@@ -216,7 +222,7 @@ class DirectRoutes:
         try:
             response = await handler(request)
         except Exception as exc:
-            on_error = self._exception_handler(exc)
+            on_error: Callable[..., Any] | None = self._exception_handler(exc) or self.unexpected
             if on_error is None:
                 raise
             if inspect.iscoroutinefunction(on_error):
@@ -236,3 +242,71 @@ class DirectRoutes:
             if cls in handlers:
                 return handlers[cls]
         return None
+
+
+class HeadAsGet:
+    """ASGI middleware: a HEAD request is served as the GET of the same URL, wherever GET is.
+
+    Starlette's routes take HEAD wherever they take GET, FastAPI's do not (its ``APIRoute``
+    never adds HEAD to its methods: fastapi/fastapi#1773), so every GET route answered HEAD
+    with 405. The route sees GET; the server, whose scope still says HEAD, sends the response's
+    status and headers (``Content-Length`` included: the GET's) without its body, as it does
+    for Starlette's routes. A route that does not take GET answers HEAD as it answers GET.
+    Nothing changes in the OpenAPI document (HEAD is implied by GET)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        as_get = {**scope, "method": "GET"}  # a copy: the server's own scope keeps HEAD
+        try:
+            await self.app(as_get, receive, send)
+        finally:
+            if "route" in as_get:  # for the layers outside: the metrics name the route
+                scope["route"] = as_get["route"]
+
+
+class ServerErrors:
+    """ASGI middleware, inside the app's others: an unexpected error (an exception FastAPI has
+    no handler for) is answered by ``unexpected`` here, not by Starlette's server-error
+    middleware outside every layer.
+
+    There the 500 lacked what the other layers add to every response (the security headers,
+    CORS, ``Connection: close`` while draining), and the error went on to the server, which
+    closed the keep-alive connection after the answer without saying so: a client that reused
+    it got a reset. Here the answer passes those layers and the connection stays usable.
+
+    If the response had started but not finished, nothing can be answered: the error goes on,
+    and the server closes the connection (the only way to tell the client the body is cut). If
+    it had finished, the error is still handed to ``unexpected`` (which logs it), its answer
+    dropped."""
+
+    def __init__(self, app: ASGIApp, unexpected: Unexpected) -> None:
+        self.app = app
+        self.unexpected = unexpected
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = finished = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started, finished
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started and not finished:
+                raise
+            response = await self.unexpected(Request(scope, receive, send), exc)
+            if not started:
+                await response(scope, receive, send)

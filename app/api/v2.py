@@ -29,7 +29,7 @@ from app.api.deps import LifecycleDep, RegistryDep, Runner, get_registry, get_ru
 from app.api.routing import Handler, RequestOnlyRoute, add_leading_routes, direct_handler
 from app.core import oip
 from app.core.batching import Finish, Shared
-from app.core.errors import BodyTooLarge, DetectorError, ModelNotReady, Overloaded
+from app.core.errors import BodyTooLarge, DetectorError, InvalidInput, ModelNotReady, Overloaded
 from app.core.model import OnnxModel
 from app.core.registry import Registry
 
@@ -44,6 +44,22 @@ def error_response(exc: DetectorError) -> JSONResponse:
     if status == 408:  # the rest of a slow body is not awaited: close the connection
         headers = {"Connection": "close"}
     return JSONResponse({"error": exc.detail}, status_code=status, headers=headers)
+
+
+ROUTES = (
+    "GET /v2, GET /v2/health/live, GET /v2/health/ready, GET /v2/models/{name}[/versions/{version}], "
+    "GET /v2/models/{name}[/versions/{version}]/ready and POST /v2/models/{name}[/versions/{version}]/infer"
+)
+
+
+def routing_error(method: str, path: str, status: int, detail: str, allow: str | None) -> str:
+    """The message of a routing error under /v2 (no route, or not this method), which
+    Starlette's router raises before any route runs."""
+    if status == 404:
+        return f"no route {method} {path}: the Open Inference Protocol's routes are {ROUTES}"
+    if status == 405 and allow:
+        return f"{method} is not allowed on {path}: use {allow}"
+    return detail
 
 
 def answering_errors(handler: Handler) -> Handler:
@@ -355,10 +371,21 @@ def add_infer_routes(app: FastAPI) -> None:
     add_leading_routes(app, routes, OipRoute, tags=list(router.tags), **doc)
 
 
+def query_not_read(request: Request) -> str:
+    names = ", ".join(repr(name) for name in dict.fromkeys(request.query_params.keys())) or "''"
+    return (
+        f"this route reads no query parameters (the query gives {names}): give threshold and "
+        'min_distance in the request\'s "parameters", as in {"parameters": {"threshold": 0.5}, '
+        '"inputs": [...]} (with binary tensor data too, in its JSON part)'
+    )
+
+
 async def _infer(
     request: Request, registry: Registry, runner: Runner, name: str, version: str | None
 ) -> Response:
     """Read, decode, queue for the model's batcher (as /v1 does), encode."""
+    if request.scope.get("query_string"):  # an option here would be ignored: say where it goes
+        raise InvalidInput(query_not_read(request))
     header_length = request.headers.get(oip.HEADER_LENGTH)
     content_encoding = request.headers.get("content-encoding")
     oip.check_version(registry.get(name).card, version)  # 404 or 503 before reading the body

@@ -40,6 +40,15 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def least_window(radius: int, alignment: int) -> int:
+    """The shortest window length a model with this receptive radius and alignment can run
+    in: rounded up to the alignment, it must hold four margins (a margin is the radius rounded
+    up to the alignment), so that what a window keeps, its length less a margin on each side,
+    is at least two margins long."""
+    margin = round_up(max(radius, 1), alignment)
+    return 4 * margin - alignment + 1
+
+
 @dataclass(frozen=True, slots=True)
 class WindowPlan:
     """Window length and overlap for a model with the given radius and alignment."""
@@ -51,13 +60,12 @@ class WindowPlan:
     @classmethod
     def for_model(cls, window: int, radius: int, alignment: int) -> WindowPlan:
         margin = round_up(max(radius, 1), alignment)
-        window = round_up(window, alignment)
-        if window < 4 * margin:
+        if window < least_window(radius, alignment):
             raise ValueError(
-                f"window length {window} is too short for a model whose receptive radius is "
-                f"{radius} samples: use at least {4 * margin}"
+                f"window length {window} (SHAPE_DETECTOR_WINDOW) is too short for a model whose "
+                f"receptive radius is {radius} samples: use at least {least_window(radius, alignment)}"
             )
-        return cls(window=window, margin=margin, alignment=alignment)
+        return cls(window=round_up(window, alignment), margin=margin, alignment=alignment)
 
     def split(self, signal: int, length: int) -> list[Piece]:
         """Pieces covering ``[0, length)``; their kept parts tile the signal exactly once."""

@@ -265,6 +265,34 @@ def test_query_parameters_are_validated(client: TestClient) -> None:
     assert r.status_code == 200 and r.json()["threshold"] == 0.3
 
 
+@pytest.mark.parametrize("path", ["/v1/detect", "/v1/models/other/detect"])
+def test_unknown_or_repeated_query_parameters_are_refused(client: TestClient, path: str) -> None:
+    """A misspelt option would be ignored and a repeated one decided by its last value: both
+    are refused, as a misspelt or repeated field of a JSON body is."""
+    body = npy(np.zeros(100))
+    r = client.post(f"{path}?treshold=0.9", content=body, headers=NPY)
+    assert r.status_code == 422, r.text
+    assert [(e["loc"], e["msg"]) for e in r.json()["detail"]] == [
+        (
+            ["query", "treshold"],
+            "unknown query parameter 'treshold'; the detection routes take threshold, min_distance, return_scores",
+        )
+    ]
+    r = client.post(f"{path}?threshold=0.5&threshold=0.99", content=body, headers=NPY)
+    assert r.status_code == 422, r.text
+    assert [(e["loc"], e["msg"]) for e in r.json()["detail"]] == [
+        (["query", "threshold"], "query parameter 'threshold' is given 2 times: give it once")
+    ]
+    r = client.post(
+        f"{path}?min_distance=5&return_scores=true&minimum=1&return_scores=false",
+        json={"signals": [[0.0] * 100]},
+    )
+    assert r.status_code == 422
+    assert [e["loc"] for e in r.json()["detail"]] == [["query", "return_scores"], ["query", "minimum"]]
+    r = client.post(f"{path}?threshold=0.4&min_distance=5&return_scores=false", content=body, headers=NPY)
+    assert r.status_code == 200 and (r.json()["threshold"], r.json()["min_distance"]) == (0.4, 5)
+
+
 def test_unknown_model(client: TestClient) -> None:
     r = client.post("/v1/models/nope/detect", json={"signals": [[0.0] * 100]})
     assert r.status_code == 404 and "available models: bump, other" in detail(r)

@@ -4,6 +4,7 @@ app's leading such routes served before FastAPI's router, with the same answers 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from fastapi.testclient import TestClient
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, NoOpTracer, TracerProvider
 
 from app.api.deps import detect_call
-from app.api.routing import DirectRoutes, RequestOnlyRoute
+from app.api.routing import DirectRoutes, HeadAsGet, RequestOnlyRoute, ServerErrors
 from app.main import create_app
 from app.settings import load_settings
 from tests.api.conftest import wait_ready
@@ -250,7 +251,7 @@ class Teapot(Exception):
     pass
 
 
-def direct_app(*, first: str | None = None) -> FastAPI:
+def direct_app(*, first: str | None = None, unexpected: Any = None) -> FastAPI:
     """An app as the service builds it: RequestOnlyRoutes on the app itself, DirectRoutes."""
     app = FastAPI()
     if first is not None:  # a route ahead of the direct ones
@@ -274,7 +275,7 @@ def direct_app(*, first: str | None = None) -> FastAPI:
             raise fastapi.HTTPException(410, "gone")
         raise RuntimeError(name)
 
-    app.add_middleware(DirectRoutes, owner=app)
+    app.add_middleware(DirectRoutes, owner=app, unexpected=unexpected)
 
     @app.exception_handler(Teapot)
     async def teapot(request: Request, exc: Teapot) -> Response:
@@ -311,6 +312,74 @@ def test_direct_routes_send_errors_to_the_apps_handlers(monkeypatch: pytest.Monk
     routes_forbidden(monkeypatch)
     assert answers() == by_fastapi
     assert by_fastapi == [(418, "teapot teapot"), (410, '{"detail":"gone"}'), (500, "unexpected boom")]
+
+
+def test_direct_routes_answer_unexpected_errors_with_the_given_handler() -> None:
+    """With ``unexpected`` (as the service sets it), an error without a handler is answered
+    here, inside the app's middleware, not raised on to Starlette's server-error middleware."""
+    seen: list[str] = []
+
+    async def inner(request: Request, exc: Exception) -> Response:
+        seen.append(str(exc))
+        return Response(f"inner {exc}", status_code=500)
+
+    client = TestClient(direct_app(unexpected=inner))  # an error raised past it fails the request
+    r = client.post("/r/boom/fail")
+    assert (r.status_code, r.text, seen) == (500, "inner boom", ["boom"])
+    assert client.post("/r/teapot/fail").status_code == 418  # a handled error: its handler
+
+
+def test_server_errors_answer_before_the_response_starts_and_never_after() -> None:
+    """ServerErrors answers an error raised before the response started; after it finished,
+    the error goes to the handler (which logs) and the answer stands; midway through, nothing
+    can be answered and the error goes on (the server closes the connection)."""
+    seen: list[str] = []
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        seen.append(str(exc))
+        return Response(f"500 {exc}", status_code=500)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/before":
+            raise RuntimeError("before")
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"o", "more_body": True})
+        if scope["path"] == "/midway":
+            raise RuntimeError("midway")
+        await send({"type": "http.response.body", "body": b"k"})
+        raise RuntimeError("after")
+
+    client = TestClient(ServerErrors(app, unexpected))
+    r = client.get("/before")
+    assert (r.status_code, r.text) == (500, "500 before")
+    r = client.get("/after")
+    assert (r.status_code, r.text) == (200, "ok")
+    with pytest.raises(RuntimeError, match="midway"):
+        client.get("/midway")
+    assert seen == ["before", "after"]
+
+
+def test_head_is_served_as_get_on_a_copy_of_the_scope() -> None:
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["method"])
+        scope["route"] = "the route"
+        await Response("hello")(scope, receive, send)
+
+    outer = {"type": "http", "method": "HEAD", "path": "/", "headers": [], "query_string": b""}
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    asyncio.run(HeadAsGet(app)(outer, receive, send))
+    assert seen == ["GET"] and outer["method"] == "HEAD"  # the server's scope still says HEAD
+    assert outer["route"] == "the route"  # for the metrics outside
+    assert sent[0]["status"] == 200 and (b"content-length", b"5") in sent[0]["headers"]
 
 
 def test_an_earlier_route_that_matches_wins() -> None:

@@ -138,6 +138,9 @@ def test_a_bad_model_is_not_served_but_the_others_are(models_dir: Path, tmp_path
         ({"SHAPE_DETECTOR_DEFAULT_MODEL": "nope"}, "DEFAULT_MODEL: 'nope' is not a model directory"),
         ({"SHAPE_DETECTOR_LOG_LEVEL": "loud"}, "SHAPE_DETECTOR_LOG_LEVEL='loud'"),
         ({"SHAPE_DETECTOR_PORT": "70000"}, "SHAPE_DETECTOR_PORT='70000'"),
+        # The tiny test models need 413 samples (WindowPlan), more than the least value 256.
+        ({"SHAPE_DETECTOR_WINDOW": "256"}, "SHAPE_DETECTOR_WINDOW: 256 samples is too short"),
+        ({"SHAPE_DETECTOR_WINDOW": "412"}, "set at least 413 (bump needs 413, other needs 413;"),
     ],
 )
 def test_invalid_settings_name_the_variable(
@@ -149,6 +152,35 @@ def test_invalid_settings_name_the_variable(
     with pytest.raises(SettingsError) as err:
         load_settings()
     assert message in str(err.value)
+
+
+def test_the_window_must_hold_the_shipped_models() -> None:
+    """A window a model cannot run in stops the start, naming the least value, instead of
+    every model failing to load and readiness staying 503."""
+    shipped = Path(__file__).resolve().parents[2] / "models"
+    with pytest.raises(SettingsError) as err:
+        load_settings(MODEL_DIR=shipped, WINDOW=2680)
+    assert "SHAPE_DETECTOR_WINDOW: 2680 samples is too short for the models under" in str(err.value)
+    assert "set at least 2681 (arrival needs 2681;" in str(err.value)
+    assert load_settings(MODEL_DIR=shipped, WINDOW=2681).WINDOW == 2681
+
+
+def test_the_window_is_served_and_an_unreadable_card_is_left_to_its_load(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(models_dir, root)
+    (root / "other" / "card.json").write_text("{")
+    settings = load_settings(MODEL_DIR=root, WINDOW=413)  # the least the tiny model can run in
+    with TestClient(create_app(settings)) as c:
+        for _ in range(200):
+            if "loading" not in c.get("/readyz").json()["models"].values():
+                break
+            time.sleep(0.05)
+        assert c.get("/readyz").json()["models"] == {"bump": "ready", "other": "failed"}
+        assert "cannot read the model card" in c.get("/readyz").json()["reasons"][0]
+        r = c.post("/v1/detect", json={"signals": [[0.0] * 3000]})
+        assert r.status_code == 200 and len(r.json()["results"]) == 1
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, models_dir: Path) -> None:

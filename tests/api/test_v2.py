@@ -582,6 +582,22 @@ def test_float32_range_is_the_same_on_every_path(client: TestClient, value: floa
             assert message in r.text, (path, r.text)
 
 
+@pytest.mark.parametrize(
+    "query", ["threshold=0.99", "min_distance=3&threshold=0.5", "x", "threshold=0.5&threshold=0.9"]
+)
+def test_query_parameters_are_refused(client: TestClient, query: str) -> None:
+    """The protocol's options go in the request's "parameters"; one in the query would be
+    ignored silently."""
+    x = signals(1, 500)
+    for path in (INFER, "/v2/models/bump/versions/0.0.1/infer"):
+        for body, headers in (raw(x[0].tobytes(), "0"), binary_request(x), js(json_request(x))):
+            r = client.post(f"{path}?{query}", content=body, headers=headers)
+            assert r.status_code == 400 and list(r.json()) == ["error"], r.text
+            message = r.json()["error"]
+            assert message.startswith("this route reads no query parameters (the query gives "), message
+            assert 'give threshold and min_distance in the request\'s "parameters"' in message
+
+
 def test_scheduling_hints_are_accepted(client: TestClient) -> None:
     r = client.post(INFER, json={"inputs": [OK_INPUT], "parameters": {"priority": 1, "timeout": 1000}})
     assert r.status_code == 200, r.text

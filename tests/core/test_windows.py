@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.core.model import InferenceOptions, OnnxModel
-from app.core.windows import WindowPlan
+from app.core.windows import WindowPlan, least_window
 
 
 def test_plan_tiles_the_signal_exactly() -> None:
@@ -30,6 +30,15 @@ def test_plan_tiles_the_signal_exactly() -> None:
 def test_window_too_short_for_the_model() -> None:
     with pytest.raises(ValueError, match="too short"):
         WindowPlan.for_model(window=100, radius=30, alignment=4)
+
+
+@pytest.mark.parametrize(("radius", "alignment"), [(30, 4), (563, 8), (665, 8), (0, 1), (103, 4), (7, 16)])
+def test_least_window_is_the_least_a_plan_takes(radius: int, alignment: int) -> None:
+    least = least_window(radius, alignment)
+    plan = WindowPlan.for_model(window=least, radius=radius, alignment=alignment)
+    assert plan.window >= 4 * plan.margin and plan.window % alignment == 0
+    with pytest.raises(ValueError, match=f"SHAPE_DETECTOR_WINDOW.*use at least {least}$"):
+        WindowPlan.for_model(window=least - 1, radius=radius, alignment=alignment)
 
 
 @pytest.mark.parametrize("strided", [False, True])

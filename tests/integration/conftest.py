@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.server import IMPORT_PATH as HTTP_PROTOCOL
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -39,7 +41,11 @@ class Server:
         return self.process.wait(timeout=timeout)
 
 
-def start_server(tmp_path: Path, env: dict[str, str] | None = None, timeout: float = 60.0) -> Server:
+def start_server(
+    tmp_path: Path, env: dict[str, str] | None = None, timeout: float = 60.0, factory: str | None = None
+) -> Server:
+    """``python -m app``; with ``factory`` (``module:function``, an app factory), uvicorn serving
+    that app instead, with the service's HTTP protocol (as ``python -m app`` serves it)."""
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
     full_env = {
@@ -49,10 +55,12 @@ def start_server(tmp_path: Path, env: dict[str, str] | None = None, timeout: flo
         "SHAPE_DETECTOR_MODEL_DIR": str(ROOT / "models"),
         **(env or {}),
     }
+    command = [sys.executable, "-m", "app"]
+    if factory is not None:
+        command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1"]
+        command += ["--port", str(port), "--http", HTTP_PROTOCOL, "--no-access-log"]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app"], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

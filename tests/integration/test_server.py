@@ -1,6 +1,8 @@
 """The service as users run it: a real uvicorn process on a real port."""
 
+import http.client
 import io
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pytest
 from app.core.affinity import PROCESS_CPUS
 from tests.api.test_primer_figure import primer_signal
 from tests.integration.conftest import ROOT, start_server
+from tests.integration.faulty import BUGGY
 from tests.logs import json_lines
 
 
@@ -56,6 +59,79 @@ def test_invalid_setting_stops_startup_with_a_message() -> None:
     )
     assert r.returncode == 2
     assert "SHAPE_DETECTOR_MAX_SIGNALS='-5'" in r.stderr
+
+
+def test_a_window_the_models_cannot_run_in_stops_startup_naming_the_least() -> None:
+    env = {
+        "SHAPE_DETECTOR_WINDOW": "256",
+        "SHAPE_DETECTOR_MODEL_DIR": str(ROOT / "models"),
+        "PATH": "/usr/bin:/bin",
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2, r.stderr
+    assert "SHAPE_DETECTOR_WINDOW: 256 samples is too short" in r.stderr
+    assert "set at least 2681 (arrival needs 2681, bump needs 2265;" in r.stderr
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def exchange(
+    conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None, **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    conn.request(method, path, body=body, headers=headers)
+    r = conn.getresponse()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+
+
+def test_a_500_and_head_leave_the_connection_usable(tmp_path: Path) -> None:
+    """One keep-alive connection, as a client's pool reuses it: an unexpected error answers 500
+    with the headers of every response and the connection serves the next request (it was
+    closed without a word, and the next request on it was reset); HEAD answers GET's status and
+    headers with no body on the wire."""
+    server = start_server(tmp_path, factory="tests.integration.faulty:app_from_env")
+    conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
+    detect = json.dumps({"signals": [primer_signal(1).tolist()]}).encode()
+    try:
+        assert exchange(conn, "GET", "/healthz")[0] == 200
+        sock = conn.sock
+        for method, path, body in (
+            ("POST", f"/v1/models/{BUGGY}/detect", detect),  # DirectRoutes
+            ("GET", f"/v1/models/{BUGGY}", None),  # FastAPI's router
+        ):
+            request_id = f"it-{method}"
+            status, headers, content = exchange(
+                conn, method, path, body, **JSON, **{"X-Request-ID": request_id}
+            )
+            assert status == 500, content
+            assert json.loads(content) == {"detail": "internal error; the request id is in X-Request-ID"}
+            assert headers["x-request-id"] == request_id
+            assert (headers["x-content-type-options"], headers["referrer-policy"]) == (
+                "nosniff",
+                "no-referrer",
+            )
+            assert "close" not in headers.get("connection", "")
+            status, _, content = exchange(conn, "POST", "/v1/detect", detect, **JSON)
+            assert status == 200 and json.loads(content)["results"], content
+            assert conn.sock is sock, "the connection was closed"
+        for path in ("/healthz", "/readyz", "/v2/models/bump", "/v1/models/bump", "/docs", "/"):
+            got = exchange(conn, "GET", path)
+            head = exchange(conn, "HEAD", path)
+            assert (head[0], head[2]) == (got[0], b"") == (200, b""), path
+            assert head[1]["content-length"] == got[1]["content-length"], path
+            assert head[1]["content-type"] == got[1]["content-type"], path
+        assert exchange(conn, "GET", "/healthz")[2] == b'{"status":"ok"}'  # nothing left on the wire
+        assert conn.sock is sock, "the connection was closed"
+    finally:
+        conn.close()
+        server.stop()
+    log = server.log()
+    errors = [doc for doc in json_lines(log) if doc.get("message") == "unhandled error"]
+    assert [doc["request_id"] for doc in errors] == ["it-POST", "it-GET"], log
+    assert all("RuntimeError: a bug injected into the lookup" in doc["exc"] for doc in errors), log
+    assert "Exception in ASGI application" not in log  # answered by the app, not raised to the server
 
 
 def test_both_shipped_models_detect_their_own_shape(tmp_path: Path) -> None:
