@@ -1,5 +1,7 @@
 """The whole training pipeline, tiny: train, export, evaluate the ONNX file, write the card."""
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -105,10 +107,15 @@ def test_weights_from_reexports_the_same_network(tmp_path: Path) -> None:
         main(["--dry-run", "--out", str(tmp_path / "c"), "--name", "w", *other])
 
 
-def test_weights_from_a_card_older_than_the_decoder_kernel_option() -> None:
-    """``arrival``'s card has no decoder_kernel (its decoder ran the other convolutions'
-    length): its own arguments match it, a network with another decoder kernel does not."""
-    arrival = Path(__file__).resolve().parents[2] / "models" / "arrival"
+def test_weights_from_a_card_older_than_the_decoder_kernel_option(tmp_path: Path) -> None:
+    """A card written before the decoder_kernel option (``arrival`` 1.3.0's) has none: its
+    decoder ran the other convolutions' length. Its own arguments match it, a network with
+    another decoder kernel does not."""
+    arrival = tmp_path / "arrival"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "arrival", arrival)
+    doc = json.loads((arrival / "card.json").read_text())
+    assert doc["training"]["architecture"].pop("decoder_kernel") is None  # the default: kernel_size
+    (arrival / "card.json").write_text(json.dumps(doc))
     card = load_card(arrival)
     arch = dict(card.training["architecture"])
     assert "decoder_kernel" not in arch
@@ -128,7 +135,7 @@ def test_kernel_lengths_reach_the_exported_convolutions(tmp_path: Path) -> None:
 
     default = main(["--dry-run", "--out", str(tmp_path / "a"), "--budget", "2"])
     assert widths(default, "encoders") == [5, 41] and widths(default, "decoders") == [3]
-    # the reference bump's recipe: `bump` 1.5.0's architecture
+    # the reference bump's recipe: the shipped `bump`'s architecture
     shipped = load_card(Path(__file__).resolve().parents[2] / "models" / "bump").training["architecture"]
     assert load_card(default).training["architecture"] == shipped
     args = ["--kernel-size", "3", "--decoder-kernel", "1", "--budget", "2"]
