@@ -28,10 +28,8 @@ CSP = "; ".join(
         "frame-ancestors 'none'",
     ]
 )
-HEADERS = {
+HEADERS = {  # beside nosniff and no-referrer, which SecurityHeadersMiddleware adds to every response
     "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-cache",
 }

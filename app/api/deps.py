@@ -268,7 +268,7 @@ class DetectQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")  # ``query_name_errors`` names the culprit first
 
     threshold: float | None = Field(
-        None, gt=0, lt=1, description="Detection threshold (default: the card's)."
+        None, gt=0, lt=1, allow_inf_nan=False, description="Detection threshold (default: the card's)."
     )
     min_distance: int | None = Field(
         None, ge=1, le=MAX_MIN_DISTANCE, description="Least spacing of two peaks (default: the card's)."

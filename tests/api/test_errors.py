@@ -250,6 +250,9 @@ def test_query_parameters_are_validated(client: TestClient) -> None:
     for q in ("threshold=0", "threshold=1.5", "threshold=abc", "min_distance=0", "return_scores=maybe"):
         r = client.post(f"/v1/detect?{q}", content=body, headers=NPY)
         assert r.status_code == 422, q
+    for q in ("threshold=nan", "threshold=inf"):
+        r = client.post(f"/v1/detect?{q}", content=body, headers=NPY)
+        assert r.status_code == 422 and "finite number" in detail(r), r.text
     # Past the 64-bit range answers would echo: refused before inference, not a 500 after it.
     for body_kind in ("npy", "json"):
         kw: dict = (
