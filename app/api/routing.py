@@ -296,11 +296,11 @@ class ServerErrors:
 
         async def watch(message: Message) -> None:
             nonlocal started, finished
+            await send(message)  # first: a send that fails (the client gone) has sent nothing
             if message["type"] == "http.response.start":
                 started = True
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 finished = True
-            await send(message)
 
         try:
             await self.app(scope, receive, watch)

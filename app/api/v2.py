@@ -14,7 +14,6 @@ routes, and their headers are read from the request, not solved by FastAPI.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -33,7 +32,6 @@ from app.core.errors import BodyTooLarge, DetectorError, InvalidInput, ModelNotR
 from app.core.model import OnnxModel
 from app.core.registry import Registry
 
-log = logging.getLogger("shape_detector")
 SERVER_NAME = "shape-detector"
 
 
@@ -73,14 +71,8 @@ def answering_errors(handler: Handler) -> Handler:
         except RequestValidationError as exc:
             msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             return JSONResponse({"error": msgs}, status_code=400)
-        except Exception:
-            log.exception(
-                "unhandled error",
-                extra={"fields": {"request_id": getattr(request.state, "request_id", None)}},
-            )
-            return JSONResponse(
-                {"error": "internal error; the request id is in X-Request-ID"}, status_code=500
-            )
+        # Any other error is a bug: the app's handler of unexpected errors logs it and answers
+        # 500 in the protocol's format (main.internal_error, through DirectRoutes or ServerErrors).
 
     return handle
 

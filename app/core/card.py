@@ -161,7 +161,7 @@ def load_card(model_dir: Path, *, verify: bool = True) -> Card:
         raw = json.loads(card_path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise CardError(f"{card_path}: no model card (expected {CARD_FILE} beside the model)") from exc
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8, a number too long
         raise CardError(f"{card_path}: cannot read the model card: {exc}") from exc
     try:
         card = Card.model_validate(raw)

@@ -43,7 +43,16 @@ from app.core.pipeline import (
     json_error_hint,
     only_numbers_in,
 )
-from app.core.signals import Body, Limits, Signal, check_count, check_counts, check_finite, rows_from_json
+from app.core.signals import (
+    Body,
+    Limits,
+    Signal,
+    check_count,
+    check_counts,
+    check_finite,
+    rows_from_json,
+    short_repr,
+)
 from app.core.windows import Float32Array
 
 PLATFORM = "onnxruntime_onnx"
@@ -217,12 +226,12 @@ def _decode_json(
     _check_fields(doc, REQUEST_FIELDS, "the inference request")
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInput(f"'id' must be a string, got {_short(request_id)}")
+        raise InvalidInput(f"'id' must be a string, got {short_repr(request_id)}")
     for key, expected in (("model_name", model_name), ("model_version", card.version)):
         value = doc.get(key)
         if value is not None and expected is not None and value != expected:
             raise InvalidInput(
-                f"'{key}' is {_short(value)} but the request is for {expected!r}: "
+                f"'{key}' is {short_repr(value)} but the request is for {expected!r}: "
                 f"drop '{key}' or make it match the URL"
             )
     threshold, min_distance, binary_output = _request_parameters(doc.get("parameters"))
@@ -380,7 +389,7 @@ def _parameters(value: Any, what: str) -> dict[str, Any]:
 
 def _flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
-        raise InvalidInput(f"parameter '{name}' must be true or false, got {_short(value)}")
+        raise InvalidInput(f"parameter '{name}' must be true or false, got {short_repr(value)}")
     return value
 
 
@@ -411,7 +420,8 @@ def _single_input(value: Any) -> dict[str, Any]:
         name = spec.get("name")
         if name != INPUT:
             raise InvalidInput(
-                f"unknown input {_short(name)} at inputs[{i}]: this model takes one input, {INPUT_SHAPE_HINT}"
+                f"unknown input {short_repr(name)} at inputs[{i}]: "
+                f"this model takes one input, {INPUT_SHAPE_HINT}"
             )
         names.append(name)
     if len(names) > 1:
@@ -433,7 +443,7 @@ def _requested_outputs(value: Any, binary_default: bool) -> tuple[RequestedOutpu
         name = spec.get("name")
         if not isinstance(name, str) or name not in OUTPUTS:
             raise InvalidInput(
-                f"unknown output {_short(name)} at outputs[{i}]; this model gives {list(OUTPUTS)}"
+                f"unknown output {short_repr(name)} at outputs[{i}]; this model gives {list(OUTPUTS)}"
             )
         if any(o.name == name for o in out):
             raise InvalidInput(f"output '{name}' is requested twice: request it once")
@@ -457,7 +467,7 @@ def _shape(value: Any, limits: Limits, min_length: int) -> tuple[int, int]:
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
     ):
         raise InvalidInput(
-            f"input '{INPUT}' has shape {_short(value)}; give [n, length] for n signals of one length "
+            f"input '{INPUT}' has shape {short_repr(value)}; give [n, length] for n signals of one length "
             "or [length] for one signal (non-negative integers; no -1 in a request)"
         )
     rows, length = (1, value[0]) if len(value) == 1 else (value[0], value[1])
@@ -478,7 +488,7 @@ def _input_signals(
     datatype = spec.get("datatype")
     if datatype not in INPUT_DATATYPES:
         raise InvalidInput(
-            f"input '{INPUT}' has datatype {_short(datatype)}; send FP32 (the model's type) or FP64"
+            f"input '{INPUT}' has datatype {short_repr(datatype)}; send FP32 (the model's type) or FP64"
         )
     rows, length = _shape(spec.get("shape"), limits, min_length)
     dtype = INPUT_DATATYPES[datatype]
@@ -493,7 +503,9 @@ def _input_signals(
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise InvalidInput(f"binary_data_size must be a byte count (integer >= 0), got {_short(size)}")
+            raise InvalidInput(
+                f"binary_data_size must be a byte count (integer >= 0), got {short_repr(size)}"
+            )
         if "data" in spec:
             raise InvalidInput(f"input '{INPUT}' has both 'data' and binary_data_size: send the data one way")
         if size != expected:
@@ -573,11 +585,6 @@ def _rows_from_values(values: npt.NDArray[np.float64], rows: int, length: int) -
             raise AssertionError("check_finite passed a row whose float32 cast overflows")
         signals.append(arr)
     return signals
-
-
-def _short(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # Responses

@@ -87,6 +87,9 @@ def _keep_by_distance(
     """Which of the sorted peaks ``index`` ``select_by_distance`` keeps; None: all of them."""
     if index.size <= 1 or min_distance == 1:
         return None
+    # Any distance past the peaks' span acts as the span + 1 (every two are closer than it); so
+    # capped, positions plus the distance stay far from int64's end (min_distance may be 2**63 - 1).
+    min_distance = min(min_distance, int(index[-1] - index[0]) + 1)
     # Fast path: nothing to suppress.
     if (index[1:] - index[:-1] >= min_distance).all():
         return None

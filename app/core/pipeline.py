@@ -8,6 +8,7 @@ peaks and calibration computed once for all. Nothing here knows about HTTP.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ BODY_FIELDS = {"signals", "threshold", "min_distance", "return_scores"}
 PLAIN_VALUES = (int, float, bool, type(None))  # the option values the plain path takes
 UTF8_BOM = b"\xef\xbb\xbf"
 MAX_NAMES = 8  # no object of a valid request (/v1 or /v2) has more names
-CONTAINERS = (simdjson.Object, simdjson.Array)
+MAX_SEARCHED = 10_000  # objects and lists of objects a repeated name is searched in; a request has a few
 NUMPY_GIL_FREE_ABOVE = 500  # numpy releases the interpreter lock for longer operations
 
 
@@ -43,14 +44,10 @@ class Params:
 
 
 def media_type(content_type: str | None) -> str:
-    base, _, params = (content_type or "").partition(";")
-    base = base.strip().lower()
+    """``json`` or ``npy``. A charset parameter is not read: JSON is UTF-8 (RFC 8259 gives the
+    parameter no meaning), and a body that is not says so in its 400."""
+    base = (content_type or "").split(";", 1)[0].strip().lower()
     if base in JSON_TYPES:
-        if params and (charset := _charset(params)) not in (None, "utf-8", "utf8"):
-            raise UnsupportedMediaType(
-                f"Content-Type {content_type!r}: JSON is read as UTF-8 only, not {charset}: "
-                "send UTF-8 (charset=utf-8, or no charset)"
-            )
         return "json"
     if base in NPY_TYPES:
         return "npy"
@@ -60,20 +57,15 @@ def media_type(content_type: str | None) -> str:
     )
 
 
-def _charset(params: str) -> str | None:
-    for param in params.split(";"):
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset":
-            return value.strip().strip('"').lower()
-    return None
-
-
 def json_error_hint(body: Body | memoryview, exc: Exception) -> str:
     """What to do about a JSON text orjson refused, for the cases that are not typos."""
     if "UTF-8" in str(exc):
-        return "; send the JSON as UTF-8 text (not compressed, not another encoding)"
-    text = bytes(body) if isinstance(body, memoryview) else body  # an error's path: a copy is fine
-    if any(token in text for token in (b"NaN", b"Infinity")):
+        return "; JSON is UTF-8: send the text as UTF-8 (not compressed, not another charset)"
+    # Where the parser stopped (a character offset: the byte offset in ASCII text, a little
+    # before it after other characters).
+    pos = getattr(exc, "pos", None)
+    near = bytes(body[max(0, pos - 1) : pos + 64]) if isinstance(pos, int) else b""
+    if b"NaN" in near or b"Infinity" in near:
         return "; NaN and Infinity are not JSON: send finite numbers"
     return ""
 
@@ -94,8 +86,8 @@ def check_min_distance(v: Any, loc: tuple[str | int, ...]) -> int:
         raise InvalidInput(
             f"min_distance must be an integer from 1 to {MAX_MIN_DISTANCE}, got {v!r}"
             + (
-                " (a number this large is read as a float: send a smaller one)"
-                if isinstance(v, float)
+                " (an integer this large is read as a float)"
+                if isinstance(v, float) and v > MAX_MIN_DISTANCE
                 else ""
             ),
             loc,
@@ -255,33 +247,89 @@ def check_names_once(text: Body | memoryview, loc: tuple[str | int, ...]) -> Non
     """Refuse a JSON text that gives a name twice in one object: JSON leaves its meaning
     undefined and the parsers keep the last value, so a request would silently lose one.
 
-    simdjson keeps every name, decoded (``"sign\\u0061ls"`` is ``signals``). An object with more
-    than ``MAX_NAMES`` names is checked but not searched further (it is refused for its unknown
-    names anyway): a simdjson object finds a name's value by a scan of its names, and the
-    search stays linear in the text. Text simdjson cannot parse is left to the parser's error.
+    simdjson keeps every name, decoded (``"sign\\u0061ls"`` is ``signals``). The search visits
+    objects and lists of objects only (a list of numbers or of lists holds no name in a valid
+    request, which is refused for them anyway), and not the values of an object with more than
+    ``MAX_NAMES`` names or the items of a list of more than ``MAX_NAMES`` (refused for their
+    unknown names or their count). Each value waiting to be searched holds a link to its
+    parent's, not a copy of its path. A valid request has a few such objects and lists: more
+    than ``MAX_SEARCHED`` are refused, so the search costs little whatever the text.
+    A text simdjson refuses but orjson took (an integer beyond 64 bits) is searched by the
+    standard library's parser instead.
     """
     try:
         doc = simdjson.Parser().parse(text)
     except (ValueError, RuntimeError, TypeError, UnicodeDecodeError):
+        _check_names_once_slowly(text, loc)
         return
-    todo: list[tuple[tuple[str | int, ...], Any]] = [((), doc)]  # an array of numbers holds no name
+    todo: list[tuple[Any, Any]] = [(None, doc)]  # (link, value); a link: (the parent's link, name or index)
+    searched = 0
     while todo:  # without recursion: a document may nest deeply
-        path, node = todo.pop()
+        link, node = todo.pop()
+        searched += 1
+        if searched > MAX_SEARCHED:
+            raise _too_many_containers(loc)
         if isinstance(node, simdjson.Object):
             names = list(node.keys())
             seen: set[str] = set()
             for name in names:
                 if name in seen:
-                    where = ".".join(str(part) for part in (*path, name))
-                    raise InvalidInput(
-                        f"field {where!r} appears more than once: send each field once", (*loc, *path, name)
-                    )
+                    raise _repeated(_path((link, name)), loc)
                 seen.add(name)
             if len(names) <= MAX_NAMES:
                 with contextlib.suppress(KeyError):  # simdjson cannot look up the empty name
-                    todo.extend(((*path, name), node[name]) for name in names)
-        elif isinstance(node, simdjson.Array) and len(node) and isinstance(node[0], CONTAINERS):
-            todo.extend(((*path, i), item) for i, item in enumerate(node))
+                    todo.extend(((link, name), node[name]) for name in names if _searched(node[name]))
+        elif isinstance(node, simdjson.Array) and len(node) <= MAX_NAMES:
+            todo.extend(((link, i), item) for i, item in enumerate(node) if isinstance(item, simdjson.Object))
+
+
+def _searched(value: Any) -> bool:
+    """An object, or a list that starts with one: where a repeated name may hide."""
+    return isinstance(value, simdjson.Object) or (
+        isinstance(value, simdjson.Array) and len(value) > 0 and isinstance(value[0], simdjson.Object)
+    )
+
+
+def _path(link: Any) -> tuple[str | int, ...]:
+    parts: list[str | int] = []
+    while link is not None:
+        link, part = link
+        parts.append(part)
+    return tuple(reversed(parts))
+
+
+def _repeated(path: tuple[str | int, ...], loc: tuple[str | int, ...]) -> InvalidInput:
+    where = ".".join(str(part) for part in path)
+    return InvalidInput(f"field {where!r} appears more than once: send each field once", (*loc, *path))
+
+
+def _too_many_containers(loc: tuple[str | int, ...]) -> InvalidInput:
+    return InvalidInput(
+        f"the JSON holds more than {MAX_SEARCHED} objects (and lists of them): a request has a few",
+        loc,
+    )
+
+
+def _check_names_once_slowly(text: Body | memoryview, loc: tuple[str | int, ...]) -> None:
+    """``check_names_once`` by the standard library's parser (numbers are not converted); it
+    names the repeated field, not the object that holds it."""
+    objects = 0
+
+    def once(pairs: list[tuple[str, Any]]) -> None:
+        nonlocal objects
+        objects += 1
+        if objects > MAX_SEARCHED:
+            raise _too_many_containers(loc)
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _repeated((name,), loc)
+            seen.add(name)
+
+    try:
+        json.loads(bytes(text), object_pairs_hook=once, parse_int=lambda _: 0, parse_float=lambda _: 0)
+    except (ValueError, RecursionError):  # not JSON (orjson names it), or nested too deep to check
+        return
 
 
 def count_byte(body: Body, byte: bytes, most: int, end: int | None = None) -> int:

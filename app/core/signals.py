@@ -198,7 +198,7 @@ def _exact_row(i: int, row: list[Any], loc: tuple[str | int, ...], may_hold_bool
             (0, row[0]),
         )
         raise InvalidInput(
-            f"signal {i} has a non-numeric value ({_short(v)}) at index {j}: send numbers only",
+            f"signal {i} has a non-numeric value ({short_repr(v)}) at index {j}: send numbers only",
             (*loc, i, j),
             "float_type",
         )
@@ -206,7 +206,8 @@ def _exact_row(i: int, row: list[Any], loc: tuple[str | int, ...], may_hold_bool
     return exact
 
 
-def _short(v: Any) -> str:
+def short_repr(v: Any) -> str:
+    """``repr(v)`` cut to 40 characters, for a message (any value a client may send)."""
     try:
         text = repr(v)
     except (ValueError, RecursionError):  # an integer of more than 4300 digits, a deep nesting
@@ -232,7 +233,8 @@ def _npy_header(text: str) -> tuple[np.dtype[Any], bool, tuple[int, ...]]:
 
     np.save's own header is read with a regular expression; any other with ast.literal_eval
     (literals only: nothing is called or imported), after numbers too long for a dimension are
-    refused, and checked as numpy checks it.
+    refused; its shape and Fortran order are then checked as numpy checks them (extra keys are
+    ignored, and 'descr' is whatever ``np.dtype`` makes of it).
     """
     if standard := _NPY_HEADER.fullmatch(text):  # np.save's own header: no parser needed
         shape = tuple(int(n) for n in (standard["rows"], standard["length"]) if n is not None)
@@ -253,13 +255,13 @@ def _npy_header(text: str) -> tuple[np.dtype[Any], bool, tuple[int, ...]]:
     shape, fortran = header["shape"], header["fortran_order"]
     # bool is an int in Python, and np.reshape refuses it: (True, 64) is not a shape.
     if not (isinstance(shape, tuple) and all(type(n) is int for n in shape)):
-        raise _bad_header(f"'shape' must be a tuple of non-negative integers, got {_short(shape)}")
+        raise _bad_header(f"'shape' must be a tuple of non-negative integers, got {short_repr(shape)}")
     if any(n > MAX_DIMENSION for n in shape):  # a hexadecimal literal: not printed, it may be huge
         raise _bad_header("'shape' has a dimension above 2**63 - 1, the most NumPy allows")
     if any(n < 0 for n in shape):
-        raise _bad_header(f"'shape' must be a tuple of non-negative integers, got {_short(shape)}")
+        raise _bad_header(f"'shape' must be a tuple of non-negative integers, got {short_repr(shape)}")
     if not isinstance(fortran, bool):  # numpy refuses any other value too
-        raise _bad_header(f"'fortran_order' must be True or False, got {_short(fortran)}")
+        raise _bad_header(f"'fortran_order' must be True or False, got {short_repr(fortran)}")
     return _npy_dtype(header["descr"]), fortran, shape
 
 
@@ -267,7 +269,7 @@ def _npy_dtype(descr: Any) -> np.dtype[Any]:
     try:
         dtype: np.dtype[Any] = np.dtype(descr)
     except (TypeError, ValueError, OverflowError, MemoryError):
-        raise _bad_header(f"'descr' {_short(descr)} is not a NumPy dtype (float32 is '<f4')") from None
+        raise _bad_header(f"'descr' {short_repr(descr)} is not a NumPy dtype (float32 is '<f4')") from None
     return dtype
 
 

@@ -40,6 +40,9 @@ def test_missing_and_malformed_cards(tiny_model_dir: Path, tmp_path: Path) -> No
     (d / "card.json").write_text("{not json")
     with pytest.raises(CardError, match="cannot read"):
         load_card(d)
+    (d / "card.json").write_bytes(b'{"name": "\xff"}')  # not UTF-8
+    with pytest.raises(CardError, match="cannot read"):
+        load_card(d)
     (d / "card.json").unlink()
     with pytest.raises(CardError, match="no model card"):
         load_card(d)

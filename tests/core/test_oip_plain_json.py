@@ -293,3 +293,14 @@ def test_many_unknown_names_are_listed_in_a_few() -> None:
     taken, general, plain = both(request(ROW)[:-1] + names.encode() + b"}")
     assert not plain and taken == general
     assert "unknown field(s) ['n00000', 'n00001', 'n00002', 'n00003', 'n00004', … 49995 more]" in taken[3]
+
+
+def test_a_repeated_name_is_found_when_simdjson_refuses_the_text() -> None:
+    body = request(
+        ROW.replace("-7", "100000000000000000000"), parameters='{"threshold": 0.2, "threshold": 0.3}'
+    )
+    taken, general, plain = both(body)
+    assert not plain and taken == general
+    assert (
+        taken[0] == "error" and taken[3] == "field 'threshold' appears more than once: send each field once"
+    )

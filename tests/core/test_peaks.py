@@ -137,3 +137,15 @@ def test_many_curves_in_float64_and_none() -> None:
         find_peaks_many([x], 0.5, 0)
     with pytest.raises(ValueError, match="1-D"):
         find_peaks_many([x, np.zeros((2, 2))], 0.5, 1)
+
+
+def test_a_distance_up_to_int64s_end_acts_as_one_past_the_signal() -> None:
+    """The API takes min_distance up to 2**63 - 1: positions plus it must not overflow."""
+    x = np.zeros(2000, dtype=np.float32)
+    x[[300, 1000, 1700]] = [0.9, 0.8, 0.95]
+    for distance in (2**63 - 1, 2**40, 2001):
+        assert find_peaks(x, 0.5, distance).index.tolist() == [1700]
+        assert [p.index.tolist() for p in find_peaks_many([x, x[:1200]], 0.5, distance)] == [[1700], [300]]
+        assert select_by_distance(
+            np.array([300, 1000, 1700]), np.array([0.9, 0.8, 0.95]), distance
+        ).tolist() == [1700]

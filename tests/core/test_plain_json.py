@@ -264,3 +264,33 @@ def test_many_unknown_names_are_listed_in_a_few() -> None:
         "unknown field(s) ['n00000', 'n00001', 'n00002', 'n00003', 'n00004', … 49995 more]; "
         "allowed: ['min_distance', 'return_scores', 'signals', 'threshold']"
     )
+
+
+def test_a_repeated_name_is_found_when_simdjson_refuses_the_text() -> None:
+    """An integer beyond 64 bits: orjson reads it as a float, simdjson refuses the text; the
+    search for a repeated name then takes the standard library's parser."""
+    body = f'{{"threshold": 0.9, "signals": [{ROW[:-1]}, 100000000000000000000]], "threshold": 0.1}}'
+    taken, general, _ = both(body.encode())
+    assert taken == general
+    assert taken[3] == "field 'threshold' appears more than once: send each field once"
+
+
+def tree(depth: int, fan_out: int) -> Any:
+    return {"a": 1} if depth == 0 else {"o": [tree(depth - 1, fan_out) for _ in range(fan_out)]}
+
+
+def test_the_search_for_repeated_names_stops_at_a_requests_worth_of_objects() -> None:
+    """A text with a string (so the quotes do not add up) and 8**5 small objects: searched no
+    further than pipeline.MAX_SEARCHED objects, it is refused for them."""
+    body = orjson.dumps({"signals": [[1.0, 2.0, 3.0]], "x": "y", "t": tree(5, 8)})
+    taken, general, _ = both(body)
+    assert taken == general
+    assert taken[3] == "the JSON holds more than 10000 objects (and lists of them): a request has a few"
+    with_big_integer = body.replace(b"[[1.0", b"[[100000000000000000000")
+    assert both(with_big_integer)[0][3] == taken[3]  # the standard library's parser stops there too
+
+
+def test_lists_nested_deep_in_a_text_with_a_string_are_not_searched() -> None:
+    body = b'{"x": "y", "signals": ' + b"[" * 1000 + b"[]," * 20_000 + b"[]" + b"]" * 1000 + b"}"
+    taken, general, _ = both(body)
+    assert taken == general and taken[3].startswith("unknown field(s) ['x']")
