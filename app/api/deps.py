@@ -72,10 +72,13 @@ class Runner:
     async def read_body(self, request: Request) -> bytes | bytearray:
         """The whole body, within MAX_BODY_BYTES and BODY_TIMEOUT_S; uncompressed only."""
         encoding = request.headers.get("content-encoding")
-        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
-            raise UnsupportedMediaType(
-                f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
-            )
+        if encoding is not None:
+            # Every value of every Content-Encoding header: "identity" then "gzip" is gzip.
+            given = ", ".join(request.headers.getlist("content-encoding"))
+            if any(coding.strip().lower() not in ("", "identity") for coding in given.split(",")):
+                raise UnsupportedMediaType(
+                    f"Content-Encoding {given!r} is not supported: send the body uncompressed"
+                )
         try:
             async with time_limit(self.body_timeout, body_timeout):
                 return await self._read_body(request)
@@ -87,20 +90,21 @@ class Runner:
     async def _read_body(self, request: Request) -> bytes | bytearray:
         declared = request.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            text = declared.strip(" \t")  # whitespace around a field value is not part of it
+            if not (text.isascii() and text.isdigit()):
                 raise MalformedBody(f"Content-Length {declared!r} is not a number")
-            if int(declared) > self.max_body_bytes:
+            length = int(text)
+            if length > self.max_body_bytes:
                 raise BodyTooLarge(self._too_large())
-            # One buffer of the declared size: no second copy of a large body.
-            buffer = bytearray(int(declared))
-            size = 0
+            # One buffer that grows with what arrives (a large one by remapping its pages, not
+            # copying them): memory follows the bytes received, not the bytes claimed.
+            buffer = bytearray()
             async for chunk in request.stream():
-                if size + len(chunk) > len(buffer):
-                    raise MalformedBody(f"body is longer than its Content-Length {declared}")
-                buffer[size : size + len(chunk)] = chunk
-                size += len(chunk)
-            if size != len(buffer):
-                raise MalformedBody(f"body has {size} bytes but its Content-Length is {declared}")
+                if len(buffer) + len(chunk) > length:
+                    raise MalformedBody(f"body is longer than its Content-Length {length}")
+                buffer += chunk
+            if len(buffer) != length:
+                raise MalformedBody(f"body has {len(buffer)} bytes but its Content-Length is {length}")
             return buffer
         chunks: list[bytes] = []
         size = 0
@@ -120,6 +124,7 @@ class Runner:
     async def detect(self, request: Request, registry: Registry, name: str, query: Params) -> Response:
         """Read, decode, queue for the model's batcher, and answer with its JSON."""
         registry.get(name)  # 404 or 503 before reading the body
+        registry.check_room(name)
         body = await self.read_body(request)
         content_type = request.headers.get("content-type")
 

@@ -381,6 +381,7 @@ async def _infer(
     header_length = request.headers.get(oip.HEADER_LENGTH)
     content_encoding = request.headers.get("content-encoding")
     oip.check_version(registry.get(name).card, version)  # 404 or 503 before reading the body
+    registry.check_room(name)
     try:
         body = await runner.read_body(request)
     except BodyTooLarge:  # /v1's message suggests .npy; say what helps here

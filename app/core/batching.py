@@ -175,6 +175,16 @@ class Batcher:
         """The native thread id of the first worker, which takes any waiting request."""
         return self._threads[0].native_id
 
+    def check_room(self) -> None:
+        """Raise ``Overloaded`` if ``max_queue`` requests wait. Read without the lock it tells a
+        request early, before its body is read; ``submit`` decides under the lock."""
+        waiting = len(self._jobs)
+        if waiting >= self.max_queue:
+            raise Overloaded(
+                f"{waiting} requests are waiting for this model (the limit is {self.max_queue}); "
+                "retry shortly"
+            )
+
     def submit(
         self,
         signals: Sequence[npt.NDArray[np.floating]],
@@ -191,11 +201,7 @@ class Batcher:
         with self._cond:
             if self._closed:
                 raise ShuttingDown("the service is shutting down; retry on another instance")
-            if len(self._jobs) >= self.max_queue:
-                raise Overloaded(
-                    f"{len(self._jobs)} requests are waiting for this model (the limit is "
-                    f"{self.max_queue}); retry shortly"
-                )
+            self.check_room()
             self._jobs.append(job)
             self._queued_samples += job.samples
             self._cond.notify()  # the first worker, if it waits

@@ -184,6 +184,13 @@ class Registry:
             status = self.statuses[name]
             return status.batcher if status.model is model else None
 
+    def check_room(self, name: str) -> None:
+        """``Batcher.check_room`` for ``name``'s batcher: a full queue answers 503 before the
+        request's body is read (and held) at all."""
+        status = self.statuses.get(name)
+        if status is not None and status.batcher is not None:
+            status.batcher.check_room()
+
     def get(self, name: str) -> OnnxModel:
         status = self.statuses.get(name)
         if status is None:

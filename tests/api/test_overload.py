@@ -3,6 +3,7 @@
 import re
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,6 +45,17 @@ def test_full_queue_gives_503_then_recovers(models_dir: Path, monkeypatch: pytes
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
         assert "the limit is 1" in refused.json()["detail"]
+        # Refused before its body is read: a full queue holds no more bodies in memory.
+        read: list[str] = []
+
+        def chunks(route: str) -> Iterator[bytes]:
+            read.append(route)
+            yield b'{"signals": [[' + b"0," * 776 + b"0]]}"
+
+        for route in ("/v1/detect", "/v2/models/bump/infer"):
+            early = c.post(route, content=chunks(route), headers={"Content-Type": "application/json"})
+            assert early.status_code == 503 and early.headers["retry-after"] == "1", early.text
+        assert read == []
         gate.set()
         assert running.result(20).status_code == 200 and queued.result(20).status_code == 200
         assert c.post("/v1/detect", json=body).status_code == 200
