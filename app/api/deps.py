@@ -37,6 +37,7 @@ INLINE_DECODE_BYTES = 64 * 1024  # smaller bodies are decoded on the event loop
 INLINE_NPY_BYTES = 1024 * 1024
 LONE_AFTER_S = 0.1  # lone: no other connection sent a request for this long, none in flight
 SWAP_RETRIES = 3  # a model reloaded between decoding and queueing: decode again for the new one
+WATCH_CLIENT_SAMPLES = 1 << 17  # requests this big are dropped from the queue when their client leaves
 
 
 class DecodedRequest(Protocol):
@@ -192,9 +193,12 @@ class Runner:
                 request.state.samples = samples
                 if future is not None:
                     try:
-                        result = await waiter
-                    except asyncio.CancelledError:  # the deadline: a request still queued never runs
-                        future.cancel()
+                        if samples >= WATCH_CLIENT_SAMPLES:
+                            result = await self._unless_client_left(request, waiter)
+                        else:
+                            result = await waiter
+                    except (asyncio.CancelledError, ClientClosedRequest):
+                        future.cancel()  # the deadline, or the client gone: still queued, it never runs
                         raise
         finally:
             self.in_flight -= 1
@@ -203,6 +207,25 @@ class Runner:
         signals.inc(len(decoded.signals))
         samples_total.inc(samples)
         return result
+
+    @staticmethod
+    async def _unless_client_left(request: Request, waiter: asyncio.Future[Any]) -> Any:
+        """``waiter``'s result, or ``ClientClosedRequest`` as soon as the client disconnects.
+
+        The body is read, so the next message the server has for the request is its disconnect.
+        Watching costs a task (tens of µs): only requests of WATCH_CLIENT_SAMPLES or more,
+        whose inference takes far longer, are watched."""
+        watch = asyncio.ensure_future(request.receive())
+        try:
+            await asyncio.wait((waiter, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not watch.done():
+                watch.cancel()
+        if waiter.done():
+            return waiter.result()
+        if watch.result()["type"] == "http.disconnect":
+            raise ClientClosedRequest("the client closed the connection before its answer")
+        return await waiter  # another message (none is expected): wait as usual
 
     def _place(
         self, registry: Registry, name: str, model: OnnxModel, samples: int, other_client: float

@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from app.api.deps import Runner
 from app.core.errors import MalformedBody, UnsupportedMediaType
+from app.core.timeouts import ClientClosedRequest
 
 
 def request(headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> Request:
@@ -62,3 +63,29 @@ def test_every_content_encoding_header_is_read() -> None:
     headers = [(b"content-encoding", b"identity"), (b"content-encoding", b"gzip")]
     with pytest.raises(UnsupportedMediaType, match="'identity, gzip' is not supported"):
         asyncio.run(runner.read_body(request(headers, [b"{}"])))
+
+
+def test_a_watched_request_ends_when_its_client_leaves() -> None:
+    async def scenario() -> None:
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()  # never settled
+        left = request([(b"content-length", b"2")], [b"{}"])
+        await left.receive()  # the body, read
+        with pytest.raises(ClientClosedRequest, match="before its answer"):
+            await Runner._unless_client_left(left, waiter)
+
+        async def answer_soon(w: asyncio.Future[Any]) -> None:
+            await asyncio.sleep(0)
+            w.set_result("answer")
+
+        stays = asyncio.get_running_loop().create_future()
+        pending = asyncio.get_running_loop().create_future()  # a client that stays: receive waits
+
+        async def receive() -> dict[str, Any]:
+            return await pending
+
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}
+        task = asyncio.ensure_future(answer_soon(stays))
+        assert await Runner._unless_client_left(Request(scope, receive), stays) == "answer"
+        await task
+
+    asyncio.run(scenario())
