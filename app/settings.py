@@ -105,7 +105,9 @@ class Settings(BaseSettings):
     API_KEYS: SecretStr = Field(
         SecretStr(""), description="Comma-separated API keys; any key set: model routes need one."
     )
-    API_KEYS_FILE: Path | None = Field(None, description="File of API keys, one per line (# comments).")
+    API_KEYS_FILE: Path | None = Field(
+        None, description="File of API keys, one per line (# comments); if set, it must hold a key."
+    )
     PROTECT_METRICS: bool = Field(False, description="With keys set, /metrics needs a key too.")
     CORS_ORIGINS: str = Field("", description="Comma-separated origins allowed by CORS; empty: CORS off.")
     REQUEST_TIMEOUT_S: float = Field(
