@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from app.core.batching import Batcher
 from app.core.model import OnnxModel
+from app.main import create_app
 from app.settings import load_settings
 from tests.integration.conftest import ROOT, start_server
 from tests.reliability.conftest import KEY_A, app_client
@@ -93,6 +94,50 @@ def test_a_model_that_does_not_verify_is_not_swapped_in(client: TestClient, own_
     assert str(own_models) not in r.text  # no absolute paths in responses
     assert version_of(client.post("/v1/detect", json=SIGNAL)) == "0.0.1"
     assert client.get("/readyz").status_code == 200
+
+
+def set_min_length(model_dir: Path, min_length: int) -> None:
+    path = model_dir / "card.json"
+    card = json.loads(path.read_text())
+    card["min_length"] = min_length
+    path.write_text(json.dumps(card, indent=2) + "\n")
+
+
+TOO_LONG = "min_length 3000000 is above SHAPE_DETECTOR_MAX_SIGNAL_LENGTH (100000)"
+
+
+def test_a_model_no_request_could_reach_is_not_reloaded(own_models: Path) -> None:
+    """A card whose shortest signal is longer than the longest a request may send would turn
+    every request away (422) behind a ready /readyz: the reload is refused, saying why."""
+    with app_client(own_models, MAX_SIGNAL_LENGTH=100_000) as c:
+        set_min_length(own_models / "bump", 3_000_000)
+        set_version(own_models / "bump", "0.0.2")
+        r = c.post("/admin/models/bump/reload")
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert TOO_LONG in detail and "version 0.0.1 keeps serving" in detail, detail
+        assert version_of(c.post("/v1/detect", json=SIGNAL)) == "0.0.1"
+        assert c.get("/readyz").status_code == 200
+
+
+def test_a_model_no_request_could_reach_does_not_load(own_models: Path) -> None:
+    """At start-up the model fails to load, with the reason in /readyz; the others serve."""
+    set_min_length(own_models / "other", 3_000_000)
+    settings = load_settings(MODEL_DIR=own_models, WINDOW=1024, MAX_SIGNAL_LENGTH=100_000)
+    with TestClient(create_app(settings)) as c:
+        for _ in range(400):
+            if "loading" not in c.get("/readyz").json()["models"].values():
+                break
+            time.sleep(0.025)
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["models"] == {"bump": "ready", "other": "failed"}
+        (reason,) = r.json()["reasons"]
+        assert (
+            reason.startswith("other: failed (CardError: MODEL_DIR/other/card.json: ") and TOO_LONG in reason
+        )
+        bad = c.post("/v1/models/other/detect", json=SIGNAL)
+        assert bad.status_code == 503 and TOO_LONG in bad.json()["detail"]
+        assert version_of(c.post("/v1/detect", json=SIGNAL)) == "0.0.1"
 
 
 def test_unknown_model_is_404(client: TestClient) -> None:
