@@ -99,10 +99,13 @@ class OnnxModel:
         """Inference on a short input and on the largest batch the service will run.
 
         The largest batch makes onnxruntime allocate its working memory now, at start-up,
-        not on the first long signal. Raises if the model gives unusable scores.
+        not on the first long signal. No call is larger than a request's largest: at most
+        ``max_batch_samples`` samples, or one window where a window is longer (a card's long
+        ``min_length`` is run in windows too). Raises if the model gives unusable scores.
         """
         rows = max(1, self.options.max_batch_samples // self.plan.window)
-        for shape in ((1, max(self.card.min_length, 256)), (rows, self.plan.window)):
+        short = min(max(self.card.min_length, 256), self.plan.window)
+        for shape in ((1, short), (rows, self.plan.window)):
             scores = self.run(np.zeros(shape, dtype=np.float32))
             if scores.shape != shape or not np.all(np.isfinite(scores)):
                 raise RuntimeError(f"model {self.name}: warm-up gave unusable scores")
