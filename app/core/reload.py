@@ -75,6 +75,7 @@ def reload_model(registry: Registry, name: str) -> Reloaded:
         except Exception as exc:
             reason = registry.redact_paths(f"{type(exc).__name__}: {exc}")
             log.error("model %s not reloaded: %s", name, reason)
+            registry.failed(name, reason)
             keeps = f"version {previous} keeps serving" if previous else "the model stays unavailable"
             raise ReloadFailed(f"model {name!r} was not reloaded ({keeps}): {reason}") from None
         try:

@@ -140,6 +140,30 @@ def test_a_model_no_request_could_reach_does_not_load(own_models: Path) -> None:
         assert version_of(c.post("/v1/detect", json=SIGNAL)) == "0.0.1"
 
 
+def test_readiness_shows_the_latest_failure(own_models: Path) -> None:
+    """A model that failed at start-up and then fails a reload for another reason: /readyz
+    (and the model's 503) give the reload's reason, not the start-up's."""
+    with (own_models / "other" / "model.onnx").open("ab") as fh:
+        fh.write(b"tampered")
+    with TestClient(create_app(load_settings(MODEL_DIR=own_models, WINDOW=1024))) as c:
+        for _ in range(400):
+            if "loading" not in c.get("/readyz").json()["models"].values():
+                break
+            time.sleep(0.025)
+        assert "sha256" in c.get("/readyz").json()["reasons"][0]
+        (own_models / "other" / "card.json").write_text("{not json")
+        r = c.post("/admin/models/other/reload")
+        assert r.status_code == 422 and "cannot read the model card" in r.json()["detail"], r.text
+        ready = c.get("/readyz")
+        assert ready.status_code == 503
+        (reason,) = ready.json()["reasons"]
+        assert reason.startswith("other: failed (CardError: MODEL_DIR/other/card.json: cannot read"), reason
+        assert "sha256" not in reason
+        assert "cannot read the model card" in c.post("/v1/models/other/detect", json=SIGNAL).json()["detail"]
+        v2 = c.get("/v2/health/ready")
+        assert v2.status_code == 503 and "cannot read the model card" in v2.text, v2.text
+
+
 def test_unknown_model_is_404(client: TestClient) -> None:
     r = client.post("/admin/models/nope/reload")
     assert r.status_code == 404 and "available models: bump, other" in r.json()["detail"]
