@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +20,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core.batching import Batcher
-from app.core.model import OnnxModel
+from app.core.model import InferenceOptions, OnnxModel
+from app.core.registry import Registry
+from app.core.reload import reload_model
 from app.main import create_app
 from app.settings import load_settings
 from tests.integration.conftest import ROOT, start_server
@@ -162,6 +166,30 @@ def test_readiness_shows_the_latest_failure(own_models: Path) -> None:
         assert "cannot read the model card" in c.post("/v1/models/other/detect", json=SIGNAL).json()["detail"]
         v2 = c.get("/v2/health/ready")
         assert v2.status_code == 503 and "cannot read the model card" in v2.text, v2.text
+
+
+def join_retired(name: str) -> None:
+    """Wait for the threads that retire ``name``'s old versions."""
+    for thread in threading.enumerate():
+        if thread.name.startswith(f"drain-{name}-"):
+            thread.join(60)
+            assert not thread.is_alive(), thread.name
+
+
+def test_a_reload_frees_the_old_version(models_dir: Path) -> None:
+    """The old version is freed as its batcher stops, not at the cyclic collector's next full
+    pass: every old session (and its memory) stayed until then."""
+    registry = Registry(models_dir, InferenceOptions(window=1024))
+    registry.load_all()
+    serving = weakref.ref(registry.statuses["bump"].model)  # type: ignore[arg-type]
+    gc.disable()  # what is freed is freed by reference counting
+    try:
+        reload_model(registry, "bump")
+        join_retired("bump")
+        assert serving() is None
+    finally:
+        gc.enable()
+        registry.close()
 
 
 def test_unknown_model_is_404(client: TestClient) -> None:
