@@ -108,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_batch_samples=settings.MAX_BATCH_SAMPLES,
                 intra_op_threads=settings.INTRA_OP_THREADS,
                 spinning=settings.ORT_SPINNING,
+                max_signal_length=settings.MAX_SIGNAL_LENGTH,
             )
             registry = Registry(
                 settings.MODEL_DIR,

@@ -23,6 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 access_log = logging.getLogger("shape_detector.access")
 REQUEST_ID = "x-request-id"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# The methods a metric's ``method`` label names; any other (uvicorn parses PROPFIND, MKCOL,
+# PURGE, ...) is "other", so a client cannot add series (each with its histogram buckets) at will.
+METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -373,7 +376,7 @@ class ObservabilityMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            self._record(method, template, status, duration)
+            self._record(method if method in METRIC_METHODS else "other", template, status, duration)
             self.access.add(
                 {
                     "request_id": request_id,

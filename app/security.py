@@ -48,7 +48,8 @@ AUTH_HELP = "send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 def load_api_keys(settings: Settings) -> tuple[str, ...]:
     """The configured keys, from the variable (commas) and the file (lines); raises ValueError.
 
-    Messages say where a bad key is (its position), never the key itself.
+    Messages say where a bad key is (its position), never the key itself. A keys file that is
+    set but holds no key is an error: the file was meant to turn keys on.
     """
     found: list[tuple[str, str]] = []
     for i, raw in enumerate(settings.API_KEYS.get_secret_value().split(","), start=1):
@@ -59,10 +60,17 @@ def load_api_keys(settings: Settings) -> tuple[str, ...]:
             text = settings.API_KEYS_FILE.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"API_KEYS_FILE: cannot read it ({type(exc).__name__})") from None
+        in_file = len(found)
         for n, line in enumerate(text.splitlines(), start=1):
             key = line.strip()
             if key and not key.startswith("#"):
                 found.append((f"API_KEYS_FILE: the key on line {n}", key))
+        if len(found) == in_file:  # an empty Secret must not turn authentication off
+            raise ValueError(
+                f"API_KEYS_FILE: {str(settings.API_KEYS_FILE)!r} holds no key (only blank lines "
+                "and # comments): put one key per line in it, or unset SHAPE_DETECTOR_API_KEYS_FILE "
+                "to run without it"
+            )
     for where, key in found:
         if not _KEY.match(key):
             raise ValueError(f"{where} has characters other than visible ASCII (no spaces)")

@@ -24,7 +24,11 @@ class Settings(BaseSettings):
     WORKERS: int = Field(1, ge=1, le=64, description="Server processes (python -m app).")
     MODEL_DIR: Path = Field(Path("models"), description="Directory holding one sub-directory per model.")
     DEFAULT_MODEL: str = Field("bump", description="Model used by POST /v1/detect.")
-    MAX_SIGNAL_LENGTH: int = Field(10_000_000, ge=1, description="Longest signal accepted.")
+    MAX_SIGNAL_LENGTH: int = Field(
+        10_000_000,
+        ge=1,
+        description="Longest signal accepted; a model whose min_length is above it is not loaded.",
+    )
     MAX_SIGNALS: int = Field(1024, ge=1, description="Most signals in one request.")
     MAX_SAMPLES: int = Field(20_000_000, ge=1, description="Most samples in one request.")
     MAX_BODY_BYTES: int = Field(268_435_456, ge=1024, description="Largest request body.")
@@ -105,7 +109,9 @@ class Settings(BaseSettings):
     API_KEYS: SecretStr = Field(
         SecretStr(""), description="Comma-separated API keys; any key set: model routes need one."
     )
-    API_KEYS_FILE: Path | None = Field(None, description="File of API keys, one per line (# comments).")
+    API_KEYS_FILE: Path | None = Field(
+        None, description="File of API keys, one per line (# comments); if set, it must hold a key."
+    )
     PROTECT_METRICS: bool = Field(False, description="With keys set, /metrics needs a key too.")
     CORS_ORIGINS: str = Field("", description="Comma-separated origins allowed by CORS; empty: CORS off.")
     REQUEST_TIMEOUT_S: float = Field(

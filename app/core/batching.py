@@ -63,6 +63,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def _closed(signals: Sequence[npt.NDArray[np.floating]]) -> list[Float32Array]:
+    """The scoring function of a closed batcher."""
+    raise ShuttingDown("the service is shutting down; retry on another instance")
+
+
 @dataclass(frozen=True, slots=True)
 class Shared:
     """A request's finish that may share one call with other requests of its batch.
@@ -221,19 +226,26 @@ class Batcher:
             if not self.idle:
                 return False, None
             self.stats.now += 1
-        curves = self.score(signals)
+            score = self.score  # read before ``close`` may let go of it
+        curves = score(signals)
         if len(curves) != len(signals):
             raise RuntimeError(f"model returned {len(curves)} results for {len(signals)} signals")
         return True, finish(curves)
 
     def close(self, timeout: float | None = None) -> None:
-        """Finish what is queued, then stop the thread."""
+        """Finish what is queued, then stop the threads. Once they have stopped the batcher lets
+        go of ``score``: a scoring function that refers back to the batcher (to ``map``) and
+        holds a model is then freed with the batcher as soon as nothing else refers to it, not
+        at the cyclic collector's next full pass (a model's memory, reload after reload)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
             self._help.notify_all()
         for thread in self._threads:
             thread.join(timeout)
+        if not any(thread.is_alive() for thread in self._threads):
+            with self._cond:
+                self.score = _closed
 
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """``[fn(x) for x in items]``, run by the calling thread and any idle worker at once.

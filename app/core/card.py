@@ -22,7 +22,7 @@ MODEL_FILE = "model.onnx"
 
 
 class CardError(ValueError):
-    """A model card is missing, malformed, or disagrees with its model file."""
+    """A model card is missing, malformed, or disagrees with its model file or the service's settings."""
 
 
 class TensorSpec(BaseModel):

@@ -11,7 +11,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from app.core.calibration import IDENTITY, Calibrator
-from app.core.card import MODEL_FILE, Card, load_card
+from app.core.card import CARD_FILE, MODEL_FILE, Card, CardError, load_card
 from app.core.peaks import Peaks, find_peaks_many
 from app.core.windows import Float32Array, Map, WindowPlan, score_pieces
 
@@ -34,6 +34,7 @@ class InferenceOptions:
     max_batch_samples: int = 131072  # samples per onnxruntime call (bounds memory)
     intra_op_threads: int = 0  # 0: onnxruntime's default
     spinning: bool = False  # onnxruntime's threads spin between calls: lower latency, busy cores
+    max_signal_length: int | None = None  # longest signal a request may send; None: no limit
 
 
 def session_options(options: InferenceOptions) -> ort.SessionOptions:
@@ -48,6 +49,19 @@ def session_options(options: InferenceOptions) -> ort.SessionOptions:
     return so
 
 
+def check_servable(card: Card, model_dir: Path, options: InferenceOptions) -> None:
+    """Raises ``CardError`` if no request the settings allow could reach the model: its
+    shortest signal (the card's ``min_length``) is longer than the longest a request may send."""
+    limit = options.max_signal_length
+    if limit is not None and card.min_length > limit:
+        raise CardError(
+            f"{model_dir / CARD_FILE}: min_length {card.min_length} is above "
+            f"SHAPE_DETECTOR_MAX_SIGNAL_LENGTH ({limit}): every request would be refused, too short "
+            "for the model or too long for the service; lower the card's min_length or raise "
+            "SHAPE_DETECTOR_MAX_SIGNAL_LENGTH (and SHAPE_DETECTOR_MAX_SAMPLES with it)"
+        )
+
+
 class OnnxModel:
     """A model directory (``model.onnx`` + ``card.json``) loaded into one session."""
 
@@ -60,6 +74,7 @@ class OnnxModel:
     ) -> None:
         self.options = options or InferenceOptions()
         self.card: Card = load_card(model_dir, verify=verify)
+        check_servable(self.card, model_dir, self.options)
         self.session = ort.InferenceSession(
             str(model_dir / MODEL_FILE),
             sess_options=session_options(self.options),
@@ -84,10 +99,13 @@ class OnnxModel:
         """Inference on a short input and on the largest batch the service will run.
 
         The largest batch makes onnxruntime allocate its working memory now, at start-up,
-        not on the first long signal. Raises if the model gives unusable scores.
+        not on the first long signal. No call is larger than a request's largest: at most
+        ``max_batch_samples`` samples, or one window where a window is longer (a card's long
+        ``min_length`` is run in windows too). Raises if the model gives unusable scores.
         """
         rows = max(1, self.options.max_batch_samples // self.plan.window)
-        for shape in ((1, max(self.card.min_length, 256)), (rows, self.plan.window)):
+        short = min(max(self.card.min_length, 256), self.plan.window)
+        for shape in ((1, short), (rows, self.plan.window)):
             scores = self.run(np.zeros(shape, dtype=np.float32))
             if scores.shape != shape or not np.all(np.isfinite(scores)):
                 raise RuntimeError(f"model {self.name}: warm-up gave unusable scores")

@@ -113,6 +113,14 @@ class Registry:
             raise ShuttingDown("the service is shutting down; retry on another instance")
         return old
 
+    def failed(self, name: str, reason: str) -> None:
+        """A reload of ``name`` failed for ``reason``: if no version serves it, that is now why
+        (readiness shows the latest failure); a version that serves keeps serving, ready."""
+        with self._lock:
+            status = self.statuses[name]
+            if status.model is None and status.state == "failed":
+                status.reason = reason
+
     @property
     def closed(self) -> bool:
         """``close`` was called: no model is swapped in any more."""

@@ -5,9 +5,10 @@ sha256 checked against it (``load_card``), the session is created and warmed up 
 batch too) while the old version keeps serving. Only then are model and batcher swapped, in
 one step under the registry's lock, so every request is decoded, queued and answered by one
 version, and its response names that version. The old batcher finishes the requests already
-in its queue and stops. A model that fails to load or verify is not swapped in: the old
-version keeps serving and the error says why. One reload at a time per registry. Once the
-service is shutting down nothing is swapped in (503).
+in its queue and stops; once the old version is freed the heap is trimmed (``heap.trim``), so
+the process does not grow with reloads. A model that fails to load or verify is not swapped
+in: the old version keeps serving and the error says why. One reload at a time per registry.
+Once the service is shutting down nothing is swapped in (503).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 import weakref
 from dataclasses import dataclass
 
+from app.core import heap
+from app.core.batching import Batcher
 from app.core.errors import DetectorError, ModelNotFound, ShuttingDown
 from app.core.model import OnnxModel
 from app.core.registry import Registry
@@ -48,6 +51,25 @@ class Reloaded:
     seconds: float
 
 
+RELEASE_WAIT_S = 120.0  # the longest a retired version waits for requests that still hold it
+
+
+def _retire(retiring: list[Batcher], released: threading.Event) -> None:
+    """Off the event loop: let the old version's batcher finish its queue and stop, wait until
+    its model is freed, then give the freed heap back to the operating system (``heap.trim``).
+
+    The C library keeps what a freed onnxruntime session and its warm-up used, in holes among
+    what is still in use: without the trim the process grew with every reload. The model is
+    freed here, as the batcher goes, unless a request still holds it (its answer being made):
+    then by that request, which sets ``released``; after ``RELEASE_WAIT_S`` the heap is trimmed
+    whatever holds it."""
+    batcher = retiring.pop()
+    batcher.close()
+    del batcher
+    released.wait(RELEASE_WAIT_S)
+    heap.trim()
+
+
 def _lock_for(registry: Registry) -> threading.Lock:
     with _locks_guard:
         return _locks.setdefault(registry, threading.Lock())
@@ -68,13 +90,15 @@ def reload_model(registry: Registry, name: str) -> Reloaded:
         raise ReloadConflict("another model reload is running; retry when it has finished")
     try:
         started = time.perf_counter()
-        previous = status.model.version if status.model is not None else None
+        serving = status.model
+        previous = serving.version if serving is not None else None
         try:
             model = OnnxModel(registry.model_dir / name, registry.options)
             model.warm_up()
         except Exception as exc:
             reason = registry.redact_paths(f"{type(exc).__name__}: {exc}")
             log.error("model %s not reloaded: %s", name, reason)
+            registry.failed(name, reason)
             keeps = f"version {previous} keeps serving" if previous else "the model stays unavailable"
             raise ReloadFailed(f"model {name!r} was not reloaded ({keeps}): {reason}") from None
         try:
@@ -83,7 +107,16 @@ def reload_model(registry: Registry, name: str) -> Reloaded:
             log.warning("model %s not reloaded: the service is shutting down", name)
             raise
         if old is not None:  # finishes the requests queued for the old version, then stops
-            threading.Thread(target=old.close, name=f"drain-{name}-{previous}", daemon=True).start()
+            released = threading.Event()
+            if serving is None:  # never: a batcher goes with the model it served
+                released.set()
+            else:
+                weakref.finalize(serving, released.set).atexit = False
+            retiring = [old]
+            del old, serving  # the thread holds the old version; it is freed as that finishes
+            threading.Thread(
+                target=_retire, args=(retiring, released), name=f"drain-{name}-{previous}", daemon=True
+            ).start()
         seconds = time.perf_counter() - started
         log.info("model %s reloaded: %s -> %s in %.2f s", name, previous, model.version, seconds)
         return Reloaded(name, model.version, previous, model.card.sha256, seconds)

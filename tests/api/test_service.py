@@ -46,6 +46,22 @@ def test_metrics(client: TestClient) -> None:
     assert float(again['shape_detector_batched_requests_total{model="bump"}']) == batched + 1
 
 
+def test_metrics_name_only_the_common_methods(client: TestClient) -> None:
+    """Each method uvicorn parses would add series (with their buckets) to every route: any
+    but GET, HEAD, POST, PUT, DELETE, OPTIONS and PATCH is counted as "other"."""
+    for method in ("PROPFIND", "MKCOL", "PURGE", "LOCK", "SEARCH"):
+        for path in ("/v1/detect", "/healthz", "/nothing"):
+            client.request(method, path)
+    for method in ("PUT", "DELETE", "OPTIONS", "PATCH"):
+        client.request(method, "/healthz")
+    text = client.get("/metrics").text
+    methods = set(re.findall(r'^shape_detector_request[^{]*\{.*?method="([^"]*)"', text, re.MULTILINE))
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "other"}, methods
+    assert {"other", "PUT", "DELETE", "OPTIONS", "PATCH"} <= methods
+    assert 'shape_detector_requests_total{method="other",route="/v1/detect",status="405"} 5.0' in text
+    assert 'shape_detector_requests_total{method="other",route="unmatched",status="404"} 5.0' in text
+
+
 def test_request_id_and_structured_log(client: TestClient) -> None:
     from app.observability import JsonFormatter
 

@@ -75,6 +75,22 @@ def test_a_window_the_models_cannot_run_in_stops_startup_naming_the_least() -> N
     assert "set at least 2681 (arrival needs 2681, bump needs 2265;" in r.stderr
 
 
+def test_a_keys_file_without_a_key_stops_startup(tmp_path: Path) -> None:
+    """Not a server without authentication: an empty (or comments-only) keys file exits 2."""
+    keys = tmp_path / "keys"
+    keys.write_text("# one key per line\n\n")
+    env = {
+        "SHAPE_DETECTOR_API_KEYS_FILE": str(keys),
+        "SHAPE_DETECTOR_MODEL_DIR": str(ROOT / "models"),
+        "PATH": "/usr/bin:/bin",
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2, r.stderr
+    assert f"SHAPE_DETECTOR_API_KEYS_FILE: '{keys}' holds no key" in r.stderr
+
+
 JSON = {"Content-Type": "application/json"}
 
 

@@ -178,6 +178,17 @@ def test_a_bad_key_in_the_file_is_named_by_line(models_dir: Path, tmp_path: Path
     assert "the key on line 3 is shorter" in str(err.value) and "too-short" not in str(err.value)
 
 
+@pytest.mark.parametrize("text", ["", "\n\n", "# the keys\n  # go here\n\n"])
+def test_a_keys_file_without_a_key_is_refused(models_dir: Path, tmp_path: Path, text: str) -> None:
+    """A keys file that is set but holds no key would leave every route open: the start stops."""
+    path = tmp_path / "keys"
+    path.write_text(text)
+    for overrides in ({}, {"API_KEYS": KEY_A}):  # whatever else is set: the file is wrong
+        with pytest.raises(SettingsError) as err:
+            load_settings(MODEL_DIR=models_dir, API_KEYS_FILE=path, **overrides)
+        assert f"SHAPE_DETECTOR_API_KEYS_FILE: '{path}' holds no key" in str(err.value)
+
+
 def test_keys_are_not_shown_by_the_settings(models_dir: Path) -> None:
     s = load_settings(MODEL_DIR=models_dir, API_KEYS=KEY_A)
     assert KEY_A not in repr(s) and KEY_A not in str(s.model_dump())
