@@ -48,47 +48,32 @@ def test_serve_detect_and_stop_cleanly(tmp_path: Path) -> None:
     assert [doc["status"] for doc in json_lines(log) if doc.get("request_id") == "it-1"] == [200], log
 
 
-def test_invalid_setting_stops_startup_with_a_message() -> None:
-    env = {
-        "SHAPE_DETECTOR_MAX_SIGNALS": "-5",
-        "SHAPE_DETECTOR_MODEL_DIR": str(ROOT / "models"),
-        "PATH": "/usr/bin:/bin",
-    }
-    r = subprocess.run(
-        [sys.executable, "-m", "app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert r.returncode == 2
-    assert "SHAPE_DETECTOR_MAX_SIGNALS='-5'" in r.stderr
-
-
-def test_a_window_the_models_cannot_run_in_stops_startup_naming_the_least() -> None:
-    env = {
-        "SHAPE_DETECTOR_WINDOW": "256",
-        "SHAPE_DETECTOR_MODEL_DIR": str(ROOT / "models"),
-        "PATH": "/usr/bin:/bin",
-    }
+def refused_start(**env: str) -> str:
+    """``python -m app`` with these settings: it must exit 2 before serving; its stderr."""
+    env = {"SHAPE_DETECTOR_MODEL_DIR": str(ROOT / "models"), "PATH": "/usr/bin:/bin", **env}
     r = subprocess.run(
         [sys.executable, "-m", "app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 2, r.stderr
-    assert "SHAPE_DETECTOR_WINDOW: 256 samples is too short" in r.stderr
-    assert "set at least 2681 (arrival needs 2681, bump needs 2265;" in r.stderr
+    return r.stderr
+
+
+def test_invalid_setting_stops_startup_with_a_message() -> None:
+    assert "SHAPE_DETECTOR_MAX_SIGNALS='-5'" in refused_start(SHAPE_DETECTOR_MAX_SIGNALS="-5")
+
+
+def test_a_window_the_models_cannot_run_in_stops_startup_naming_the_least() -> None:
+    stderr = refused_start(SHAPE_DETECTOR_WINDOW="256")
+    assert "SHAPE_DETECTOR_WINDOW: 256 samples is too short" in stderr
+    assert "set at least 2681 (arrival needs 2681, bump needs 2265;" in stderr
 
 
 def test_a_keys_file_without_a_key_stops_startup(tmp_path: Path) -> None:
     """Not a server without authentication: an empty (or comments-only) keys file exits 2."""
     keys = tmp_path / "keys"
     keys.write_text("# one key per line\n\n")
-    env = {
-        "SHAPE_DETECTOR_API_KEYS_FILE": str(keys),
-        "SHAPE_DETECTOR_MODEL_DIR": str(ROOT / "models"),
-        "PATH": "/usr/bin:/bin",
-    }
-    r = subprocess.run(
-        [sys.executable, "-m", "app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert r.returncode == 2, r.stderr
-    assert f"SHAPE_DETECTOR_API_KEYS_FILE: '{keys}' holds no key" in r.stderr
+    stderr = refused_start(SHAPE_DETECTOR_API_KEYS_FILE=str(keys))
+    assert f"SHAPE_DETECTOR_API_KEYS_FILE: '{keys}' holds no key" in stderr
 
 
 JSON = {"Content-Type": "application/json"}
