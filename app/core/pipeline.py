@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,9 +76,8 @@ def check_threshold(v: Any, loc: tuple[str | int, ...]) -> float:
     return float(v)
 
 
-MAX_MIN_DISTANCE = (
-    2**63 - 1
-)  # answers echo it as a 64-bit integer; any distance past a signal's length acts alike
+# Answers echo min_distance as a 64-bit integer; any distance past a signal's length acts alike.
+MAX_MIN_DISTANCE = 2**63 - 1
 
 
 def check_min_distance(v: Any, loc: tuple[str | int, ...]) -> int:
@@ -271,16 +270,26 @@ def check_names_once(text: Body | memoryview, loc: tuple[str | int, ...]) -> Non
             raise _too_many_containers(loc)
         if isinstance(node, simdjson.Object):
             names = list(node.keys())
-            seen: set[str] = set()
-            for name in names:
-                if name in seen:
-                    raise _repeated(_path((link, name)), loc)
-                seen.add(name)
+            if (name := _first_repeated(names)) is not None:
+                raise _repeated(_path((link, name)), loc)
             if len(names) <= MAX_NAMES:
                 with contextlib.suppress(KeyError):  # simdjson cannot look up the empty name
-                    todo.extend(((link, name), node[name]) for name in names if _searched(node[name]))
+                    for name in names:
+                        value = node[name]  # one lookup: a scan of the object's names
+                        if _searched(value):
+                            todo.append(((link, name), value))
         elif isinstance(node, simdjson.Array) and len(node) <= MAX_NAMES:
             todo.extend(((link, i), item) for i, item in enumerate(node) if isinstance(item, simdjson.Object))
+
+
+def _first_repeated(names: Iterable[str]) -> str | None:
+    """The first name that occurs a second time, or None."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 def _searched(value: Any) -> bool:
@@ -320,11 +329,8 @@ def _check_names_once_slowly(text: Body | memoryview, loc: tuple[str | int, ...]
         objects += 1
         if objects > MAX_SEARCHED:
             raise _too_many_containers(loc)
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name in seen:
-                raise _repeated((name,), loc)
-            seen.add(name)
+        if (name := _first_repeated(name for name, _ in pairs)) is not None:
+            raise _repeated((name,), loc)
 
     try:
         json.loads(bytes(text), object_pairs_hook=once, parse_int=lambda _: 0, parse_float=lambda _: 0)
