@@ -8,6 +8,7 @@ import sys
 
 import uvicorn
 
+from app.observability import server_log_config
 from app.server import IMPORT_PATH as HTTP_PROTOCOL
 from app.settings import SettingsError, load_settings
 
@@ -30,6 +31,7 @@ def main() -> int:
         workers=settings.WORKERS,
         http=HTTP_PROTOCOL,  # uvicorn's httptools protocol, one write per response (app/server.py)
         access_log=False,  # the app logs one structured line per request itself
+        log_config=server_log_config(settings.LOG_LEVEL),  # uvicorn's own lines as JSON too
         log_level=settings.LOG_LEVEL,
         # The app drains first on SIGTERM (app/lifecycle.py); this bounds what is left after.
         timeout_graceful_shutdown=math.ceil(settings.SHUTDOWN_TIMEOUT_S),

@@ -168,6 +168,26 @@ def configure_logging(level: str) -> None:
     logging.Formatter.converter = time.gmtime
 
 
+def server_log_config(level: str) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for the server around the app (``python -m app`` hands it to
+    uvicorn): uvicorn's own lines (start, stop, malformed requests, errors outside the app) and
+    any other library's warnings are JSON lines on stderr too, as the service's own are."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn.error": {"level": level.upper()},
+            "uvicorn.access": {"level": level.upper()},
+        },
+        "root": {"handlers": ["stderr"], "level": "WARNING"},
+    }
+
+
 def _direct_handler(logger: logging.Logger) -> tuple[logging.StreamHandler[Any], JsonFormatter] | None:
     """The one handler of ``logger``'s INFO records, with its formatter, when writing a line to its
     stream directly gives what the logging module would (the set-up of ``configure_logging``):

@@ -8,7 +8,10 @@ writes both at once: one system call and one segment fewer per response (benchma
 "One write per response", for what that measured). The ASGI specification asks this of a
 server: it "must not start sending the response to the client until it has received at least
 one Response Body event".
-Everything else is uvicorn's.
+It also answers a request uvicorn's parser refuses (a malformed request line, header, length
+or chunk) as the app answers its errors: JSON naming the parser's reason, with the security
+headers, and an access-log line (the app never sees such a request). Everything else is
+uvicorn's.
 
 ``python -m app`` serves with it; with uvicorn's own command line, ``--http
 app.server:HeadWithBodyProtocol`` does the same.
@@ -18,14 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any, cast
 
+import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from app.security import COMMON_HEADERS, error_body
 
 IMPORT_PATH = "app.server:HeadWithBodyProtocol"
 
 log = logging.getLogger("shape_detector")
+access_log = logging.getLogger("shape_detector.access")
 
 
 class HeldHead:
@@ -106,3 +114,42 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
                 )
         if holds:
             cycle.transport = cast(asyncio.Transport, HeldHead(self.transport, cycle))
+
+    def send_400_response(self, msg: str) -> None:
+        """What uvicorn's parser refused, answered as JSON and logged (uvicorn: plain text).
+
+        uvicorn calls this while handling the parser's error, so that error is the one being
+        handled: its message (``Duplicate Content-Length``, ``Invalid header token``, ...) is
+        the reason given."""
+        error = sys.exc_info()[1]
+        reason = str(error) if error is not None and str(error) else msg
+        scope = getattr(self, "scope", None) or {}
+        path = scope.get("path")
+        if not isinstance(path, str):  # refused before the headers' end: the target as it came
+            target = bytes(getattr(self, "url", b"") or b"").partition(b"?")[0]
+            path = target.decode("latin1") if target else None
+        message = f"malformed HTTP request: {reason}; send a well-formed HTTP/1.1 request"
+        payload = orjson.dumps(error_body(path or "/", message))
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in [
+            *self.server_state.default_headers,
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode("ascii")),
+            (b"connection", b"close"),
+            *COMMON_HEADERS,
+        ]:
+            head.extend([name, b": ", value, b"\r\n"])
+        self.transport.write(b"".join([*head, b"\r\n", payload]))
+        self.transport.close()
+        access_log.info(
+            "request",
+            extra={
+                "fields": {
+                    "method": scope.get("method"),
+                    "path": path,
+                    "status": 400,
+                    "error": reason,
+                    "client": self.client[0] if self.client else None,
+                }
+            },
+        )

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import pytest
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -198,3 +199,54 @@ def test_with_a_uvicorn_whose_cycle_differs_responses_are_written_as_uvicorn_wri
     assert len(ours.events) == 4 and ours.events == theirs.events  # head and body apart, twice
     warnings = [r for r in caplog.records if "request cycle lacks" in r.getMessage()]
     assert len(warnings) == 1  # once, not per request
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "reason", "key", "path"),
+    [
+        (b"FOO / HTTP/1.1\r\nHost: test\r\n\r\n", "Invalid method encountered", "detail", None),
+        (
+            b"POST /v2/models/bump/infer HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            "Duplicate Content-Length",
+            "error",  # the Open Inference Protocol's error format, read from the request line
+            "/v2/models/bump/infer",
+        ),
+        (b"GET /healthz HTTP/1.1\r\nHo st: test\r\n\r\n", "Invalid header token", "detail", "/healthz"),
+    ],
+)
+def test_a_request_the_parser_refuses_gets_a_json_400_naming_why(
+    request_bytes: bytes, reason: str, key: str, path: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def never(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise AssertionError("the app must not see a malformed request")
+
+    async def refused() -> Transport:
+        proto, transport = connect(never)
+        proto.data_received(request_bytes)
+        await settle(proto)
+        return transport
+
+    with caplog.at_level(logging.INFO, logger="shape_detector.access"):
+        transport = asyncio.run(refused())
+    assert transport.events[-1] == "close" and len(transport.events) == 2  # one write, then closed
+    response = transport.events[0]
+    assert isinstance(response, bytes)
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 400 Bad Request"
+    headers = dict(line.split(b": ", 1) for line in lines[1:])
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"content-length"] == str(len(body)).encode()
+    assert headers[b"connection"] == b"close"
+    assert headers[b"x-content-type-options"] == b"nosniff"
+    assert orjson.loads(body) == {
+        key: f"malformed HTTP request: {reason}; send a well-formed HTTP/1.1 request"
+    }
+    (record,) = [r for r in caplog.records if r.name == "shape_detector.access"]
+    assert record.fields == {  # type: ignore[attr-defined]
+        "method": None,  # refused before the headers' end: the method is not known yet
+        "path": path,
+        "status": 400,
+        "error": reason,
+        "client": "127.0.0.1",
+    }

@@ -4,6 +4,7 @@ import http.client
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -41,11 +42,26 @@ def test_serve_detect_and_stop_cleanly(tmp_path: Path) -> None:
         )
         assert r.status_code == 200 and len(r.json()["results"]) == 2
         assert "shape_detector_requests_total" in httpx.get(f"{server.url}/metrics").text
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:  # refused by the parser
+            sock.sendall(
+                b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}"
+            )
+            malformed = sock.recv(65536)
     finally:
         code = server.stop()
     assert code == 0, server.log()
     log = server.log()
     assert [doc["status"] for doc in json_lines(log) if doc.get("request_id") == "it-1"] == [200], log
+    head, _, body = malformed.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head
+    assert "Duplicate Content-Length" in json.loads(body)["detail"]
+    # Every line is JSON, uvicorn's own included (start, the malformed request, stop).
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert len(json_lines(log)) == len(lines), log
+    loggers = {doc["logger"] for doc in json_lines(log)}
+    assert {"uvicorn.error", "shape_detector.access"} <= loggers, loggers
+    assert any(doc.get("error") == "Duplicate Content-Length" for doc in json_lines(log)), log
 
 
 def refused_start(**env: str) -> str:
