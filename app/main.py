@@ -198,7 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
     if origins := parse_origins(settings.CORS_ORIGINS):
         app.add_middleware(CORSMiddleware, **cors_options(origins))
-    app.add_middleware(ObservabilityMiddleware, metrics=app_metrics, access=access)
+    app.add_middleware(ObservabilityMiddleware, metrics=app_metrics, access=access, owner=app)
     install_openapi(app, keys_enabled=keys.enabled, protect_metrics=settings.PROTECT_METRICS)
     v1.add_detection_routes(app)  # first: DirectRoutes serves them
     v2.add_infer_routes(app)

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_log = logging.getLogger("shape_detector.access")
@@ -337,10 +338,18 @@ class AccessLog:
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, access: AccessLog | None = None) -> None:
+    """``owner``, the application, names the templates of its plain Starlette routes and mounts
+    (``/openapi.json``, ``/static``) in the metrics: FastAPI puts only its own routes in a
+    request's scope."""
+
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, access: AccessLog | None = None, owner: Any = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.access = access or AccessLog()
+        self.owner = owner
+        self._templates: dict[Any, str] | None = None  # endpoint -> template, made at first use
         # The labelled children, looked up once per (method, route, status): ``labels()`` takes a
         # lock and builds its key on every call.
         self._counters: dict[tuple[str, str, int], Any] = {}
@@ -359,6 +368,23 @@ class ObservabilityMiddleware:
             )
         counter.inc()
         histogram.observe(duration)
+
+    def _template(self, scope: Scope) -> str:
+        """The matched route's template; ``unmatched`` for a path no route takes."""
+        route = scope.get("route")
+        template = getattr(route, "path", None)
+        if template:
+            return str(template)
+        endpoint = scope.get("endpoint")  # set by a plain Starlette route or mount that matched
+        if endpoint is None or self.owner is None:
+            return "unmatched"
+        if self._templates is None:
+            self._templates = {
+                (r.endpoint if isinstance(r, Route) else r.app): r.path
+                for r in self.owner.routes
+                if type(r) in (Route, Mount)  # FastAPI's own routes name themselves in the scope
+            }
+        return self._templates.get(endpoint, "unmatched")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -393,9 +419,8 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             duration = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
+            template = self._template(scope)
             self._record(method if method in METRIC_METHODS else "other", template, status, duration)
             self.access.add(
                 {

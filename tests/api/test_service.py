@@ -62,6 +62,27 @@ def test_metrics_name_only_the_common_methods(client: TestClient) -> None:
     assert 'shape_detector_requests_total{method="other",route="unmatched",status="404"} 5.0' in text
 
 
+def test_metrics_name_the_docs_schema_and_static_files_by_their_templates(client: TestClient) -> None:
+    """``/openapi.json`` and ``/static`` are plain Starlette routes, which FastAPI does not name in
+    the request's scope: they are labelled by their templates, not as paths no route takes."""
+    series = (
+        'shape_detector_requests_total{method="GET",route="/openapi.json",status="200"}',
+        'shape_detector_requests_total{method="GET",route="/static",status="404"}',
+        'shape_detector_requests_total{method="GET",route="unmatched",status="404"}',
+    )
+
+    def counts() -> list[float]:
+        lines = client.get("/metrics").text.splitlines()
+        values = dict(line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))
+        return [float(values.get(name, 0)) for name in series]
+
+    before = counts()
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/static/demo/nothing.js").status_code == 404
+    assert client.get("/nowhere").status_code == 404
+    assert [after - earlier for after, earlier in zip(counts(), before, strict=True)] == [1, 1, 1]
+
+
 def test_request_id_and_structured_log(client: TestClient) -> None:
     from app.observability import JsonFormatter
 
