@@ -40,6 +40,15 @@ SWAP_RETRIES = 3  # a model reloaded between decoding and queueing: decode again
 WATCH_CLIENT_SAMPLES = 1 << 17  # requests this big are dropped from the queue when their client leaves
 
 
+def one_header(request: Request, name: str) -> str | None:
+    """The value of a header a request may carry once (``Content-Type``, ``Inference-Header-
+    Content-Length``), or None; given twice it is ambiguous: 400 (RFC 9110, section 5.3)."""
+    values = request.headers.getlist(name)
+    if len(values) > 1:
+        raise MalformedBody(f"the {name} header is given {len(values)} times; send it once")
+    return values[0] if values else None
+
+
 class DecodedRequest(Protocol):
     @property
     def signals(self) -> list[Signal]: ...
@@ -124,10 +133,10 @@ class Runner:
 
     async def detect(self, request: Request, registry: Registry, name: str, query: Params) -> Response:
         """Read, decode, queue for the model's batcher, and answer with its JSON."""
+        content_type = one_header(request, "Content-Type")
         registry.get(name)  # 404 or 503 before reading the body
         registry.check_room(name)
         body = await self.read_body(request)
-        content_type = request.headers.get("content-type")
 
         def decode(model: OnnxModel) -> Any:
             return decode_request(model.card, content_type, body, query, self.limits)

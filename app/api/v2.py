@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from app.api.deps import LifecycleDep, RegistryDep, Runner, get_registry, get_runner
+from app.api.deps import LifecycleDep, RegistryDep, Runner, get_registry, get_runner, one_header
 from app.api.routing import Handler, RequestOnlyRoute, add_leading_routes, direct_handler
 from app.core import oip
 from app.core.batching import Finish, Shared
@@ -378,7 +378,7 @@ async def _infer(
     """Read, decode, queue for the model's batcher (as /v1 does), encode."""
     if request.scope.get("query_string"):  # an option here would be ignored: say where it goes
         raise InvalidInput(query_not_read(request))
-    header_length = request.headers.get(oip.HEADER_LENGTH)
+    header_length = one_header(request, oip.HEADER_LENGTH)
     content_encoding = request.headers.get("content-encoding")
     oip.check_version(registry.get(name).card, version)  # 404 or 503 before reading the body
     registry.check_room(name)

@@ -88,6 +88,25 @@ def test_openapi_documents_no_head_operations(client: TestClient) -> None:
     assert not [p for p, ops in paths.items() if "head" in ops]
 
 
+def test_a_header_that_may_come_once_given_twice_is_400(client: TestClient) -> None:
+    """Two Content-Types (or two Inference-Header-Content-Lengths) leave the body's framing
+    ambiguous: the request is refused, saying so, before its body is read."""
+    body = json.dumps({"signals": [[0.0] * 300]}).encode()
+    twice = [("Content-Type", "application/json"), ("Content-Type", "application/x-npy")]
+    r = client.post("/v1/detect", content=body, headers=twice)
+    assert r.status_code == 400, r.text
+    assert r.json() == {"detail": "the Content-Type header is given 2 times; send it once"}
+    assert client.post("/v1/detect", content=body, headers=twice[:1]).status_code == 200
+    infer = json.dumps(
+        {"inputs": [{"name": "signal", "shape": [1, 300], "datatype": "FP32", "data": [0.0] * 300}]}
+    )
+    twice = [("Inference-Header-Content-Length", str(len(infer)))] * 2
+    r = client.post("/v2/models/bump/infer", content=infer.encode(), headers=twice)
+    assert r.status_code == 400, r.text
+    assert r.json() == {"error": "the Inference-Header-Content-Length header is given 2 times; send it once"}
+    assert client.post("/v2/models/bump/infer", content=infer.encode(), headers=twice[:1]).status_code == 200
+
+
 def test_v2_routing_errors_are_in_the_protocols_format(client: TestClient) -> None:
     for path in ("/v2/nothing", "/v2/models/bump/nothing", "/v2/models/bump/infer/more"):
         r = client.get(path)
