@@ -27,6 +27,7 @@ _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # The methods a metric's ``method`` label names; any other (uvicorn parses PROPFIND, MKCOL,
 # PURGE, ...) is "other", so a client cannot add series (each with its histogram buckets) at will.
 METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+MALFORMED_ROUTE = "malformed"  # the route label of a request the HTTP parser refused (app/server.py)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 

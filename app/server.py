@@ -10,8 +10,8 @@ server: it "must not start sending the response to the client until it has recei
 one Response Body event".
 It also answers a request uvicorn's parser refuses (a malformed request line, header, length
 or chunk) as the app answers its errors: JSON naming the parser's reason, with the security
-headers, and an access-log line (the app never sees such a request). Everything else is
-uvicorn's.
+headers, an access-log line and a count in the app's metrics (route ``malformed``): the
+app never sees such a request. Everything else is uvicorn's.
 
 ``python -m app`` serves with it; with uvicorn's own command line, ``--http
 app.server:HeadWithBodyProtocol`` does the same.
@@ -28,6 +28,7 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.observability import MALFORMED_ROUTE, METRIC_METHODS, Metrics
 from app.security import COMMON_HEADERS, error_body
 
 IMPORT_PATH = "app.server:HeadWithBodyProtocol"
@@ -141,6 +142,12 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
             head.extend([name, b": ", value, b"\r\n"])
         self.transport.write(b"".join([*head, b"\r\n", payload]))
         self.transport.close()
+        # The app's metrics, from the state its lifespan shares with requests (uvicorn keeps it).
+        metrics = (getattr(self, "app_state", None) or {}).get("metrics")
+        if isinstance(metrics, Metrics):
+            method = scope.get("method")
+            label = method if method in METRIC_METHODS else "other"
+            metrics.requests.labels(label, MALFORMED_ROUTE, "400").inc()
         access_log.info(
             "request",
             extra={

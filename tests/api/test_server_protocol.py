@@ -17,6 +17,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from app import server
+from app.observability import Metrics
 from app.server import IMPORT_PATH, HeadWithBodyProtocol, HeldHead, fits
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -51,12 +52,17 @@ class Transport(asyncio.Transport):
         pass
 
 
-def connect(app: App, protocol: type[HttpToolsProtocol] = HeadWithBodyProtocol) -> tuple[Any, Transport]:
-    """A protocol as uvicorn makes one per connection, on a recording transport."""
+def connect(
+    app: App,
+    protocol: type[HttpToolsProtocol] = HeadWithBodyProtocol,
+    app_state: dict[str, Any] | None = None,
+) -> tuple[Any, Transport]:
+    """A protocol as uvicorn makes one per connection, on a recording transport; ``app_state``:
+    the state the app's lifespan shares with requests."""
     config = Config(app=app, lifespan="off", log_config=None)  # the process's logging untouched
     config.load()
     transport = Transport()
-    proto = protocol(config=config, server_state=ServerState(), app_state={})
+    proto = protocol(config=config, server_state=ServerState(), app_state=app_state or {})
     proto.connection_made(transport)
     return proto, transport
 
@@ -220,8 +226,10 @@ def test_a_request_the_parser_refuses_gets_a_json_400_naming_why(
     async def never(scope: dict[str, Any], receive: Any, send: Any) -> None:
         raise AssertionError("the app must not see a malformed request")
 
+    metrics = Metrics()
+
     async def refused() -> Transport:
-        proto, transport = connect(never)
+        proto, transport = connect(never, app_state={"metrics": metrics})
         proto.data_received(request_bytes)
         await settle(proto)
         return transport
@@ -242,6 +250,10 @@ def test_a_request_the_parser_refuses_gets_a_json_400_naming_why(
     assert orjson.loads(body) == {
         key: f"malformed HTTP request: {reason}; send a well-formed HTTP/1.1 request"
     }
+    counted = metrics.registry.get_sample_value(
+        "shape_detector_requests_total", {"method": "other", "route": "malformed", "status": "400"}
+    )
+    assert counted == 1
     (record,) = [r for r in caplog.records if r.name == "shape_detector.access"]
     assert record.fields == {  # type: ignore[attr-defined]
         "method": None,  # refused before the headers' end: the method is not known yet

@@ -48,6 +48,8 @@ def test_serve_detect_and_stop_cleanly(tmp_path: Path) -> None:
                 b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}"
             )
             malformed = sock.recv(65536)
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'shape_detector_requests_total{method="other",route="malformed",status="400"} 1.0' in metrics
     finally:
         code = server.stop()
     assert code == 0, server.log()
