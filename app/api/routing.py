@@ -265,8 +265,9 @@ class HeadAsGet:
         try:
             await self.app(as_get, receive, send)
         finally:
-            if "route" in as_get:  # for the layers outside: the metrics name the route
-                scope["route"] = as_get["route"]
+            for key in ("route", "endpoint"):  # for the layers outside: the metrics name the route
+                if key in as_get:
+                    scope[key] = as_get[key]
 
 
 class ServerErrors:

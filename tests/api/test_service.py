@@ -69,6 +69,7 @@ def test_metrics_name_the_docs_schema_and_static_files_by_their_templates(client
         'shape_detector_requests_total{method="GET",route="/openapi.json",status="200"}',
         'shape_detector_requests_total{method="GET",route="/static",status="404"}',
         'shape_detector_requests_total{method="GET",route="unmatched",status="404"}',
+        'shape_detector_requests_total{method="HEAD",route="/openapi.json",status="200"}',
     )
 
     def counts() -> list[float]:
@@ -80,7 +81,8 @@ def test_metrics_name_the_docs_schema_and_static_files_by_their_templates(client
     assert client.get("/openapi.json").status_code == 200
     assert client.get("/static/demo/nothing.js").status_code == 404
     assert client.get("/nowhere").status_code == 404
-    assert [after - earlier for after, earlier in zip(counts(), before, strict=True)] == [1, 1, 1]
+    assert client.head("/openapi.json").status_code == 200
+    assert [after - earlier for after, earlier in zip(counts(), before, strict=True)] == [1, 1, 1, 1]
 
 
 def test_request_id_and_structured_log(client: TestClient) -> None:
