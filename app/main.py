@@ -185,7 +185,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         return JSONResponse(error_body(request.scope["path"], INTERNAL_ERROR), status_code=500)
 
-    # Outermost last: observability sees every response, CORS answers preflights without a key,
+    # Outermost last: observability sees every response, the security headers go on every answer
+    # (CORS preflights and draining 503s included), CORS answers preflights without a key,
     # draining refuses new requests before any other work, keys are checked before the body is read,
     # and the detection routes are served right inside all of them (DirectRoutes). The other
     # requests go on to FastAPI through HeadAsGet and ServerErrors, which the hot path skips.
@@ -194,10 +195,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(DirectRoutes, owner=app, unexpected=internal_error)
     if keys.enabled:  # no keys, no check: one layer less on every request
         app.add_middleware(ApiKeyMiddleware, keys=keys, protect_metrics=settings.PROTECT_METRICS)
-    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
     if origins := parse_origins(settings.CORS_ORIGINS):
         app.add_middleware(CORSMiddleware, **cors_options(origins))
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(ObservabilityMiddleware, metrics=app_metrics, access=access, owner=app)
     install_openapi(app, keys_enabled=keys.enabled, protect_metrics=settings.PROTECT_METRICS)
     v1.add_detection_routes(app)  # first: DirectRoutes serves them

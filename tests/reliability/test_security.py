@@ -237,6 +237,24 @@ def test_cors_allow_list(models_dir: Path) -> None:
         assert pre.status_code == 400 and "access-control-allow-origin" not in pre.headers
 
 
+def test_cors_and_draining_answers_have_the_security_headers(models_dir: Path) -> None:
+    """CORS answers preflights, and draining refuses requests, before the app's routes: their
+    answers carry nosniff and no-referrer as every other does."""
+    allowed = "https://app.example.com"
+    with app_client(models_dir, CORS_ORIGINS=allowed) as c:
+        answers = [
+            c.options("/v1/detect", headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
+            for origin in (allowed, "https://evil.example.com")
+        ]
+        assert [r.status_code for r in answers] == [200, 400]
+        c.app_state["lifecycle"].begin_drain()
+        answers.append(c.post("/v1/detect", json=SIGNAL))
+        assert answers[-1].status_code == 503
+    for r in answers:
+        assert r.headers["x-content-type-options"] == "nosniff", r.headers
+        assert r.headers["referrer-policy"] == "no-referrer", r.headers
+
+
 # Security headers
 
 
