@@ -12,13 +12,28 @@ SIGTERM starts a *draining* phase instead:
    stop (its handler for the signal is called): it closes the port and the connections, runs
    the lifespan's shutdown and the process exits 0.
 
-At most ``SHUTDOWN_TIMEOUT_S`` after SIGTERM the process stops waiting: uvicorn is told to
-stop without waiting for the requests still running (they are cut off and logged). A second
-SIGTERM, or SIGINT (Ctrl-C), stops at once as uvicorn does.
+At most ``SHUTDOWN_TIMEOUT_S`` after SIGTERM the process stops waiting and ends the requests
+still running itself (``Lifecycle.cut_off``): it cancels each one's task, and
+``DrainMiddleware`` turns that cancellation, and no other, into an answer: 503 with
+``CUT_OFF_MESSAGE``, ``Retry-After`` and ``Connection: close``, logged and counted as any
+response is (a request whose response had already begun cannot be answered: it is left
+unfinished and the server closes its connection). Then uvicorn is told to stop as after a
+drain: the lifespan's shutdown runs (the batchers close, the access log is written to its last
+line) and the process exits 0. Should a request not end within ``CUT_OFF_GRACE_S`` of its
+cancellation, uvicorn is told to stop without waiting (a second signal: its "force exit", which
+skips the lifespan's shutdown), with a warning.
+
+The app ends its requests rather than leave it to uvicorn's ``timeout_graceful_shutdown``: that
+is unset under ``uvicorn --factory``, uvicorn runs the lifespan's shutdown without waiting for
+the requests it cancelled to end, and logs a ``CancelledError`` escaping the app as an error
+with its traceback. Nothing of uvicorn is used but its signal handler.
+
+A second SIGTERM, or SIGINT (Ctrl-C), stops at once as uvicorn does.
 
 The handler is installed by the application's lifespan, on top of the one uvicorn installs, so
 it works with ``python -m app``, ``uvicorn --factory app.main:app_from_env`` and several
-workers alike; it is installed only in the main thread (never under a TestClient).
+workers alike (each worker drains and ends its own requests); it is installed only in the main
+thread (never under a TestClient).
 """
 
 from __future__ import annotations
@@ -40,6 +55,10 @@ from app.security import error_body, json_response
 log = logging.getLogger("shape_detector")
 PROBES = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics"})
 DRAINING_MESSAGE = "the server is shutting down: retry on another instance"
+CUT_OFF_MESSAGE = (
+    "the server stopped at its shutdown timeout before answering this request: retry on another instance"
+)
+CUT_OFF_GRACE_S = 1.0  # for the requests cut off to end: they need one turn of the event loop
 Handler = Callable[[int, FrameType | None], Any]
 
 
@@ -54,6 +73,9 @@ class Lifecycle:
         self.draining = False
         self.drain_started: float | None = None
         self.in_flight = 0
+        self.requests: set[asyncio.Task[Any]] = set()  # the tasks of the requests in flight
+        self.cut_off_requests: set[asyncio.Task[Any]] = set()  # those ``cut_off`` cancelled
+        self.cut_off_grace = CUT_OFF_GRACE_S
         self._restore: Callable[[], None] | None = None
         if registry is not None:
             Gauge(
@@ -77,6 +99,18 @@ class Lifecycle:
                 return True
             await asyncio.sleep(0.05)
         return self.in_flight == 0
+
+    async def cut_off(self) -> bool:
+        """End the requests in flight: cancel their tasks, which ``DrainMiddleware`` answers 503,
+        and wait up to ``cut_off_grace`` seconds for them to end. True if they all did."""
+        tasks = set(self.requests)
+        if not tasks:
+            return True
+        self.cut_off_requests |= tasks  # before the cancellations arrive: each knows it was cut off
+        for task in tasks:
+            task.cancel("cut off at the shutdown timeout")
+        _, pending = await asyncio.wait(tasks, timeout=self.cut_off_grace)
+        return not pending
 
     def install_signal_handler(self) -> bool:
         """Drain on SIGTERM, then call the handler that was there (uvicorn's); True if installed."""
@@ -113,21 +147,32 @@ class Lifecycle:
             "SIGTERM: draining (readiness 503, new requests 503)",
             extra={"fields": {"in_flight": self.in_flight, "timeout_s": self.timeout}},
         )
-        finished = await self.drained()
-        if finished:
+        if await self.drained():
             log.info("drained: stopping")
             previous(sig, None)
-        else:
-            log.error(
-                "shutdown timeout: stopping with requests in flight",
-                extra={"fields": {"in_flight": self.in_flight, "timeout_s": self.timeout}},
-            )
+            return
+        log.error(
+            "shutdown timeout: stopping with requests in flight",
+            extra={"fields": {"in_flight": self.in_flight, "timeout_s": self.timeout}},
+        )
+        if await self.cut_off():
+            # Each has ended (answered 503, or left unfinished) and its connection closes:
+            # uvicorn stops as after a drain, with nothing to wait for, and runs the lifespan's
+            # shutdown.
             previous(sig, None)
-            previous(signal.SIGINT, None)  # uvicorn: a second signal means do not wait
+            return
+        log.warning(
+            "requests cut off at the shutdown timeout did not end: stopping without the "
+            "lifespan's shutdown (the last access log lines may be lost)",
+            extra={"fields": {"in_flight": self.in_flight, "grace_s": self.cut_off_grace}},
+        )
+        previous(sig, None)
+        previous(signal.SIGINT, None)  # uvicorn: a second signal means do not wait
 
 
 class DrainMiddleware:
-    """Counts requests in flight; while draining, refuses new ones and closes connections."""
+    """Counts requests in flight; while draining, refuses new ones and closes connections; answers
+    503 to those ``Lifecycle.cut_off`` ends at the shutdown timeout."""
 
     def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
         self.app = app
@@ -144,13 +189,39 @@ class DrainMiddleware:
                 await send(message)
             return
 
+        started = False  # the response's start has gone to the server
+
         async def close_when_draining(message: Message) -> None:
-            if message["type"] == "http.response.start" and lifecycle.draining:
-                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            nonlocal started
+            if message["type"] == "http.response.start":
+                if lifecycle.draining:
+                    headers = [*message.get("headers", []), (b"connection", b"close")]
+                    message = {**message, "headers": headers}
+                await send(message)
+                started = True
+                return
             await send(message)
 
+        task = asyncio.current_task()
         lifecycle.in_flight += 1
+        if task is not None:
+            lifecycle.requests.add(task)
         try:
             await self.app(scope, receive, close_when_draining)
+        except asyncio.CancelledError:
+            if task is None or task not in lifecycle.cut_off_requests:
+                raise  # not ours to end (the server's own, say): as it came
+            # Cut off at the shutdown timeout: the request ends here, with an answer (uvicorn
+            # would log a CancelledError escaping the app as an error, with its traceback).
+            task.uncancel()
+            if not started:
+                headers = [(b"retry-after", b"1"), (b"connection", b"close")]
+                for message in json_response(503, error_body(scope["path"], CUT_OFF_MESSAGE), headers):
+                    await send(message)
+            # Else its response had begun and cannot be answered: it stays unfinished, and the
+            # server closes the connection (uvicorn says so in one line, without a traceback).
         finally:
             lifecycle.in_flight -= 1
+            if task is not None:
+                lifecycle.requests.discard(task)
+                lifecycle.cut_off_requests.discard(task)

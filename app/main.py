@@ -99,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # that fails half way leaves nothing behind in the process: no CPU latency request held,
         # no collector registered, no thread running.
         with ExitStack() as undo:
+            # Last, once everything else is undone: the batchers have finished, every line is written.
+            undo.callback(log.info, "shut down: models closed, access log flushed")
             undo.callback(access.close)
             if settings.CPU_LATENCY_US is not None:  # first: a refused request stops the start at once
                 undo.enter_context(CpuLatencyRequest(settings.CPU_LATENCY_US))

@@ -1,60 +1,94 @@
 """Graceful shutdown of a real server process (python -m app) on SIGTERM.
 
 Requests are held in flight deterministically: their headers and half their body are sent
-before SIGTERM, the rest after, so they are certainly running when the signal arrives.
+before SIGTERM, the rest after, so they are certainly running when the signal arrives. What
+happens at the shutdown timeout is also tested on the drain layer alone, with no server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.batching import Batcher
 from app.core.errors import ShuttingDown
 from app.core.model import InferenceOptions, OnnxModel
 from app.core.registry import Registry
 from app.core.reload import reload_model
+from app.lifecycle import DrainMiddleware, Lifecycle
+from app.observability import AccessLog, Metrics, ObservabilityMiddleware
 from tests.api.test_primer_figure import primer_signal
 from tests.integration.conftest import Server, start_server
+from tests.logs import json_lines
 
 pytestmark = pytest.mark.slow
 
 
 class HeldRequest:
-    """POST /v1/detect over a raw socket: headers and half the body now, the rest on ``finish``."""
+    """POST /v1/detect over a raw socket: headers and half the body now, the rest on ``finish``.
 
-    def __init__(self, server: Server, seed: int) -> None:
+    ``confirmed``: the headers ask for ``100 Continue``, which the server sends once the app
+    starts reading the body; half the body goes only after it. The request is then certainly in
+    flight, in the body read, whichever worker process took it (``/metrics`` may be answered by
+    another one)."""
+
+    def __init__(self, server: Server, seed: int, *, confirmed: bool = False) -> None:
         host, port = server.url.removeprefix("http://").split(":")
         self.body = json.dumps({"signals": [primer_signal(seed).tolist()]}).encode()
         self.sock = socket.create_connection((host, int(port)), timeout=30)
-        self.sock.sendall(
+        head = (
             b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(self.body)}\r\n\r\n".encode()
-            + self.body[: len(self.body) // 2]
+            + f"Content-Length: {len(self.body)}\r\n".encode()
+            + (b"Expect: 100-continue\r\n" if confirmed else b"")
+            + b"\r\n"
         )
+        if confirmed:
+            self.sock.sendall(head)
+            interim = bytearray()
+            while not interim.endswith(b"\r\n\r\n"):
+                interim.extend(self.sock.recv(1))  # byte by byte: nothing after it is consumed
+            assert interim.startswith(b"HTTP/1.1 100 "), bytes(interim)
+            head = b""
+        self.sock.sendall(head + self.body[: len(self.body) // 2])
 
     def finish(self) -> tuple[int, dict[str, str], dict[str, object]]:
         self.sock.sendall(self.body[len(self.body) // 2 :])
+        answer = self.response()
+        self.sock.close()
+        return answer
+
+    def response(self) -> tuple[int, dict[str, str], dict[str, object]]:
+        """The response's status, headers and JSON body (the socket is left open)."""
         data = bytearray()
         while b"\r\n\r\n" not in data:
-            data.extend(self.sock.recv(65536))
+            data.extend(self._recv())
         head, _, rest = bytes(data).partition(b"\r\n\r\n")
         lines = head.decode("latin1").split("\r\n")
         headers = dict(line.lower().split(": ", 1) for line in lines[1:])
         body = bytearray(rest)
         while len(body) < int(headers["content-length"]):
-            body.extend(self.sock.recv(65536))
-        self.sock.close()
+            body.extend(self._recv())
         return int(lines[0].split()[1]), headers, json.loads(body)
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise AssertionError("the server closed the connection without a complete response")
+        return chunk
 
 
 def in_flight(server: Server) -> float:
@@ -131,6 +165,191 @@ def test_shutdown_timeout_bounds_the_wait(tmp_path: Path) -> None:
     assert code == 0, server.log()
     assert 1.5 < stopped_in < 5, stopped_in
     assert "shutdown timeout: stopping with requests in flight" in server.log()
+
+
+# How the service is started: extra environment, uvicorn's app factory (None: python -m app), and
+# the exit code of a clean stop (uvicorn's own command line re-raises the signal once stopped).
+LAUNCHES = {
+    "python -m app": ({}, None, 0),
+    "uvicorn --factory": ({}, "app.main:app_from_env", -signal.SIGTERM),
+    "two workers": ({"SHAPE_DETECTOR_WORKERS": "2"}, None, 0),
+}
+
+
+@pytest.mark.parametrize("launch", list(LAUNCHES))
+def test_at_the_shutdown_timeout_requests_still_running_get_503_and_the_lifespan_shuts_down(
+    tmp_path: Path, launch: str
+) -> None:
+    """A request still running at SHUTDOWN_TIMEOUT_S (here still receiving its body) is answered
+    503, JSON, with Connection: close, and logged with that status; then the lifespan's shutdown
+    runs (so no access log line is lost), nothing is logged as a traceback, the stop stays
+    bounded and clean."""
+    env, factory, clean_exit = LAUNCHES[launch]
+    workers = int(env.get("SHAPE_DETECTOR_WORKERS", "1"))
+    server = start_server(tmp_path, env={"SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S": "2", **env}, factory=factory)
+    try:
+        # Every worker serves the default model (the server is ready once one of them does).
+        wait_until(lambda: len(re.findall(r'"model bump \S+ ready"', server.log())) == workers, 60)
+        stuck = HeldRequest(server, 0, confirmed=True)  # its second half never comes
+        sigterm_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        status, headers, body = stuck.response()
+        closed = stuck.sock.recv(1) == b""
+        stuck.sock.close()
+        code = server.process.wait(timeout=15)
+        stopped_in = time.monotonic() - sigterm_at
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    log = server.log()
+    assert status == 503, body
+    assert headers["content-type"] == "application/json" and headers["retry-after"] == "1"
+    assert headers["connection"] == "close" and closed
+    assert "shutdown timeout" in str(body["detail"]) and "retry" in str(body["detail"])
+    assert code == clean_exit, log
+    assert 1.5 < stopped_in < 5, stopped_in
+    # The access log has the request's line, with its status.
+    lines = [d for d in json_lines(log) if d.get("request_id") == headers["x-request-id"]]
+    assert [(d["logger"], d["path"], d["status"]) for d in lines] == [
+        ("shape_detector.access", "/v1/detect", 503)
+    ]
+    assert "shutdown timeout: stopping with requests in flight" in log
+    # The lifespan's shutdown ran to its end: once per worker process.
+    assert log.count("shut down: models closed, access log flushed") == workers, log
+    assert log.count("Application shutdown complete") == workers, log
+    for sign in ("Traceback", "CancelledError", "Exception in ASGI application", "without completing"):
+        assert sign not in log, log
+
+
+class RecordedAccessLog(AccessLog):
+    """The access log's lines, kept as their fields."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[dict[str, Any]] = []
+
+    def add(self, fields: dict[str, Any]) -> None:
+        self.lines.append(fields)
+
+
+def served(lifecycle: Lifecycle, handler: ASGIApp) -> tuple[ASGIApp, Metrics, RecordedAccessLog]:
+    """``handler`` inside the drain and observability layers, stacked as create_app stacks them."""
+    metrics, access = Metrics(), RecordedAccessLog()
+    return ObservabilityMiddleware(DrainMiddleware(handler, lifecycle), metrics, access), metrics, access
+
+
+async def post(app: ASGIApp, path: str, sent: list[Message]) -> None:
+    scope = {"type": "http", "method": "POST", "path": path, "headers": []}
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(100):  # turns of the event loop: nothing here waits for time
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not met")
+
+
+def test_cut_off_answers_503_to_the_requests_it_ends_and_to_no_other() -> None:
+    """Past their body, in their handler (as in inference): ``cut_off`` ends the requests in
+    flight, each answered 503 in its path's error format (logged and counted as any answer), or
+    left unfinished when its response had begun; a cancellation from elsewhere (the server's
+    own) goes through the drain layer as it came."""
+
+    async def main() -> None:
+        lifecycle = Lifecycle(timeout=0)
+        release = asyncio.Event()
+
+        async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["path"] == "/stream":
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+            else:
+                await receive()
+            await release.wait()
+
+        app, metrics, access = served(lifecycle, handler)
+        other: list[Message] = []
+        task = asyncio.create_task(post(app, "/v1/detect", other))
+        await until(lambda: lifecycle.in_flight == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert other == [] and lifecycle.in_flight == 0
+
+        sent: dict[str, list[Message]] = {"/v1/detect": [], "/v2/models/bump/infer": [], "/stream": []}
+        tasks = [asyncio.create_task(post(app, path, messages)) for path, messages in sent.items()]
+        await until(lambda: lifecycle.in_flight == 3)
+        lifecycle.begin_drain()
+        assert await lifecycle.cut_off()
+        for task in tasks:  # ended without an error, and no cancellation left pending
+            assert task.done() and task.exception() is None and task.cancelling() == 0
+        for path, key in (("/v1/detect", "detail"), ("/v2/models/bump/infer", "error")):
+            start, body = sent[path]
+            assert start["status"] == 503
+            assert {(b"connection", b"close"), (b"retry-after", b"1")} <= set(start["headers"])
+            message = json.loads(body["body"])[key]
+            assert "shutdown timeout" in message and "retry" in message
+        assert [m["type"] for m in sent["/stream"]] == ["http.response.start"]  # nothing more
+        assert {(line["path"], line["status"]) for line in access.lines[1:]} == {
+            ("/v1/detect", 503),
+            ("/v2/models/bump/infer", 503),
+            ("/stream", 200),
+        }
+        labels = {"method": "POST", "route": "unmatched", "status": "503"}
+        assert metrics.registry.get_sample_value("shape_detector_requests_total", labels) == 2
+        assert lifecycle.in_flight == 0 and not lifecycle.requests and not lifecycle.cut_off_requests
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("ends", [True, False], ids=["requests end", "a request does not end"])
+def test_at_the_timeout_the_server_is_told_to_stop_once_or_else_forced(
+    ends: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At the timeout, once the requests cut off have ended, the server's handler is called once
+    (uvicorn then stops as after a drain and runs the lifespan's shutdown). A request that does
+    not end when cancelled falls back to the forced stop (the handler again with SIGINT: uvicorn's
+    "force exit"), with one warning."""
+
+    async def main() -> list[int]:
+        lifecycle = Lifecycle(timeout=0.1)
+        lifecycle.cut_off_grace = 0.2
+        release = asyncio.Event()
+
+        async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    if ends:
+                        raise  # a stubborn request swallows it and waits on
+
+        app, _, _ = served(lifecycle, handler)
+        task = asyncio.create_task(post(app, "/v1/detect", []))
+        await until(lambda: lifecycle.in_flight == 1)
+        calls: list[int] = []
+        lifecycle.begin_drain()
+        await lifecycle._drain_then_stop(lambda sig, frame: calls.append(sig), signal.SIGTERM)
+        release.set()
+        await task
+        return calls
+
+    with caplog.at_level(logging.WARNING, logger="shape_detector"):
+        calls = asyncio.run(main())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if ends:
+        assert calls == [signal.SIGTERM] and warnings == []
+    else:
+        assert calls == [signal.SIGTERM, signal.SIGINT]
+        assert len(warnings) == 1 and "did not end" in warnings[0]
 
 
 def test_shutdown_delay_keeps_readiness_failing_before_the_port_closes(tmp_path: Path) -> None:
