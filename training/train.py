@@ -30,7 +30,7 @@ from app.core.model import InferenceOptions, OnnxModel, detections
 from training import calibrate as cal
 from training import evaluate as ev
 from training.batches import CroppedBatches, SyntheticBatches, target_curve
-from training.data import UserData, load_user_data
+from training.data import DataError, UserData, load_user_data
 from training.export import (
     export_onnx,
     load_weights,
@@ -680,7 +680,10 @@ def main(argv: list[str] | None = None) -> Path:
     template: Template | None
     user: UserData | None = None
     if a.data is not None:
-        user = load_user_data(a.data, seed=a.seed)
+        try:
+            user = load_user_data(a.data, seed=a.seed)
+        except DataError as exc:
+            raise SystemExit(f"training.train: {exc}") from None
         template = user.template
     elif a.template is not None:
         try:

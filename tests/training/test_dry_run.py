@@ -246,6 +246,14 @@ def test_a_bad_template_exits_with_its_problem(tmp_path: Path) -> None:
         main(["--dry-run", "--template", str(tmp_path / "flat.csv"), "--out", str(tmp_path)])
 
 
+def test_a_bad_data_set_exits_with_its_problem(tmp_path: Path) -> None:
+    """As a bad template does: the problem in one line, not at the end of a traceback."""
+    np.savez(tmp_path / "few.npz", signals=np.zeros((5, 600), np.float32), events=np.zeros((5, 1)))
+    with pytest.raises(SystemExit) as exc:
+        main(["--dry-run", "--data", str(tmp_path / "few.npz"), "--out", str(tmp_path)])
+    assert isinstance(exc.value.code, str) and exc.value.code.startswith("training.train: "), exc.value.code
+
+
 def test_budget_parsing() -> None:
     assert parse_budget("3000") == (3000, None)
     assert parse_budget("10m") == (None, 10.0) and parse_budget("2.5min") == (None, 2.5)
