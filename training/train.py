@@ -297,7 +297,8 @@ def evaluate_exported(
         "min_distance": min_distance,
         "threshold_selection": (
             f"maximises pooled event F1 (±{ev.MATCH_TOLERANCE} samples) over raw thresholds "
-            f"0.05-0.999 on {n_val} validation signals ({', '.join(val)}; seeds disjoint from "
+            f"0.05-0.999 on {n_val} validation signals ({', '.join(val)}; "
+            f"{'a split of the data set apart' if 'user' in val else 'seeds disjoint'} from "
             f"training and test), validation F1 {val_f1:.4f} at raw score {raw_threshold:g}; "
             "expressed on the calibrated peak-probability scale"
         ),

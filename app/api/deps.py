@@ -105,7 +105,7 @@ class Runner:
                 raise MalformedBody(f"Content-Length {declared!r} is not a number")
             length = int(text)
             if length > self.max_body_bytes:
-                raise BodyTooLarge(self._too_large())
+                raise BodyTooLarge(self._too_large(request))
             # One buffer that grows with what arrives (a large one by remapping its pages, not
             # copying them): memory follows the bytes received, not the bytes claimed.
             buffer = bytearray()
@@ -121,14 +121,16 @@ class Runner:
         async for chunk in request.stream():
             size += len(chunk)
             if size > self.max_body_bytes:
-                raise BodyTooLarge(self._too_large())
+                raise BodyTooLarge(self._too_large(request))
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _too_large(self) -> str:
+    def _too_large(self, request: Request) -> str:
+        npy = media_type(request.headers.get("content-type")) == "npy"
         return (
             f"body larger than {self.max_body_bytes} bytes (SHAPE_DETECTOR_MAX_BODY_BYTES): "
-            "send fewer signals per request or use the more compact application/x-npy"
+            "send fewer signals per request"
+            + ("" if npy else " or use the more compact application/x-npy (4 bytes per sample)")
         )
 
     async def detect(self, request: Request, registry: Registry, name: str, query: Params) -> Response:

@@ -186,8 +186,8 @@ class Batcher:
         waiting = len(self._jobs)
         if waiting >= self.max_queue:
             raise Overloaded(
-                f"{waiting} requests are waiting for this model (the limit is {self.max_queue}); "
-                "retry shortly"
+                f"{waiting} request{'s are' if waiting != 1 else ' is'} waiting for this model "
+                f"(the limit is {self.max_queue}); retry shortly"
             )
 
     def submit(

@@ -235,6 +235,11 @@ def test_body_too_large(client: TestClient) -> None:
         "/v1/detect", content=b"[" + b"1.0," * 1_500_000 + b"1]", headers={"Content-Type": "application/json"}
     )
     assert r.status_code == 413 and "SHAPE_DETECTOR_MAX_BODY_BYTES" in detail(r)
+    assert detail(r).endswith("or use the more compact application/x-npy (4 bytes per sample)")
+    npy = client.post(
+        "/v1/detect", content=b"\x93NUMPY" + bytes(5_000_000), headers={"Content-Type": "application/x-npy"}
+    )
+    assert npy.status_code == 413 and detail(npy).endswith("send fewer signals per request"), detail(npy)
 
     def chunks():  # type: ignore[no-untyped-def]
         for _ in range(100):
