@@ -126,7 +126,10 @@ class Runner:
         return b"".join(chunks)
 
     def _too_large(self, request: Request) -> str:
-        npy = media_type(request.headers.get("content-type")) == "npy"
+        try:
+            npy = media_type(request.headers.get("content-type")) == "npy"
+        except UnsupportedMediaType:  # /v2, or a type refused once the body is read
+            npy = False
         return (
             f"body larger than {self.max_body_bytes} bytes (SHAPE_DETECTOR_MAX_BODY_BYTES): "
             "send fewer signals per request"

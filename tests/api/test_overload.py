@@ -44,7 +44,9 @@ def test_full_queue_gives_503_then_recovers(models_dir: Path, monkeypatch: pytes
         refused = c.post("/v1/detect", json=body)
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
-        assert refused.json()["detail"] == "1 request is waiting for this model (the limit is 1); retry shortly"
+        assert (
+            refused.json()["detail"] == "1 request is waiting for this model (the limit is 1); retry shortly"
+        )
         # Refused before its body is read: a full queue holds no more bodies in memory.
         read: list[str] = []
 
