@@ -143,14 +143,20 @@ def test_runtime_install_and_run_like_the_image(tmp_path: Path) -> None:
     )
     probe = healthcheck.exec_form()
 
-    def healthcheck_exit_code() -> int:
-        return subprocess.run(probe, env=env, capture_output=True, timeout=10).returncode
+    def healthcheck_exit_code(**extra_env: str) -> int:
+        return subprocess.run(probe, env={**env, **extra_env}, capture_output=True, timeout=10).returncode
 
     before = files_outside_tmp(image.root)
     service = start_service(command, cwd=workdir, env=env, log_path=tmp_path / "service.log")
     try:
         service.wait_ready()
         assert healthcheck_exit_code() == 0, "HEALTHCHECK fails on a ready service"
+        # A proxy in the container's environment (the Docker client's proxy configuration puts
+        # one in every container) must not take the probe away from the service.
+        proxy = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        assert healthcheck_exit_code(http_proxy=proxy, HTTP_PROXY=proxy) == 0, (
+            "HEALTHCHECK goes through HTTP_PROXY instead of asking the service"
+        )
         r = httpx.post(f"{service.url}/v1/detect", json={"signals": [primer_signal(1).tolist()]}, timeout=30)
         assert r.status_code == 200, r.text
         peaks = [p["index"] for p in r.json()["results"][0]["peaks"]]
@@ -162,6 +168,12 @@ def test_runtime_install_and_run_like_the_image(tmp_path: Path) -> None:
         code = service.stop()
     assert code == 0, f"exit code {code} after SIGTERM:\n{service.log()}"
     assert healthcheck_exit_code() != 0, "HEALTHCHECK passes with no service running"
+    # Without SHAPE_DETECTOR_PORT the service listens on its default port: so does the probe.
+    no_port = {k: v for k, v in env.items() if k != "SHAPE_DETECTOR_PORT"}
+    unset = subprocess.run(probe, env=no_port, capture_output=True, text=True, timeout=10)
+    assert "Error: 'SHAPE_DETECTOR_PORT'" not in unset.stderr, (
+        f"HEALTHCHECK needs the variable:\n{unset.stderr}"
+    )
     # As on a read-only root filesystem: the service wrote nothing into the image but /tmp.
     written = files_outside_tmp(image.root).items() ^ before.items()
     assert not written, f"the service wrote outside /tmp: {sorted(dict(written))}"
