@@ -13,19 +13,24 @@ FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY app/ app/
-# Every `serve` dependency ships manylinux wheels for CPython 3.11, so no compiler is
-# needed; what pip builds here (the project's own wheel, with app/static) is installed
-# non-editable into the venv, the only thing the runtime stage takes.
+# The dependencies first, each pinned in requirements-serve.txt (`make lock-serve`): a rebuild
+# gets the same packages, and this layer is rebuilt only when that file changes, not at every
+# change of the code or the README. Every one ships manylinux wheels for CPython 3.11, so no
+# compiler is needed.
 # --without-pip: the base image's pip installs into the venv, and the venv ships no installer.
 # The cache mount keeps pip's downloads out of the layer and reuses them across builds.
-# DL3013 (pin versions) misreads ".[serve]", this project with an extra, as an index package:
-# the dependencies' version ranges live in pyproject.toml.
-# hadolint ignore=DL3013
+COPY requirements-serve.txt ./
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m venv --without-pip "$VIRTUAL_ENV" \
-    && pip --python "$VIRTUAL_ENV/bin/python" install ".[serve]"
+    && pip --python "$VIRTUAL_ENV/bin/python" install --no-deps -r requirements-serve.txt
+# Then the project: its own wheel (with app/static), non-editable, into the venv, the only
+# thing the runtime stage takes. --no-deps: nothing unpinned; `pip check` fails the build if
+# the pins no longer satisfy the `serve` extra of pyproject.toml.
+COPY pyproject.toml README.md ./
+COPY app/ app/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip --python "$VIRTUAL_ENV/bin/python" install --no-deps . \
+    && pip --python "$VIRTUAL_ENV/bin/python" check
 
 # ---- train: `docker compose --profile train run --rm train` -----------------------------
 # Trains and exports models/<name>/ into /models, which is meant to be a mounted directory.

@@ -10,7 +10,7 @@ TEMPLATE ?=
 ARGS   ?=
 SOAK_SECONDS ?= 60
 
-.PHONY: help install install-serve browser nginx wrk test soak audit train train-dry serve bench bench-quick clean
+.PHONY: help install install-serve lock-serve browser nginx wrk test soak audit train train-dry serve bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -31,6 +31,19 @@ $(VENV)/.installed-serve: pyproject.toml | $(PY)
 
 install: $(VENV)/.installed-all  ## install everything into .venv
 install-serve: $(VENV)/.installed-serve  ## install the serving runtime only (no torch)
+
+LOCK_VENV := /tmp/shape-detector-lock-serve
+
+# The image's serving packages (Dockerfile): re-pinned from a fresh resolve of the serve extra.
+lock-serve:  ## re-pin requirements-serve.txt, the image's packages, to what `.[serve]` resolves to now
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+		print('\n'.join(p['dependencies'] + p['optional-dependencies']['serve']))" > $(LOCK_VENV)/serve.in
+	$(LOCK_VENV)/bin/pip install --quiet -r $(LOCK_VENV)/serve.in
+	{ grep '^#' requirements-serve.txt; $(LOCK_VENV)/bin/pip freeze; } > requirements-serve.txt.new
+	mv requirements-serve.txt.new requirements-serve.txt
+	rm -rf $(LOCK_VENV)
 
 browser:  ## Debian's Chromium for the browser tests (never Playwright's download)
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)

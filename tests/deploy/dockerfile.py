@@ -1,4 +1,5 @@
-"""Just enough of a Dockerfile parser for the tests: stages and their instructions."""
+"""Just enough of a Dockerfile parser for the tests: stages and their instructions; and the
+serving packages the builder stage installs (requirements-serve.txt)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 
 @dataclass
@@ -89,3 +93,15 @@ def stage(stages: list[Stage], name: str) -> Stage:
     by_name = {s.name: s for s in stages}
     assert name in by_name, f"no stage {name!r} in the Dockerfile (stages: {list(by_name)})"
     return by_name[name]
+
+
+def serve_pins() -> dict[str, str]:
+    """requirements-serve.txt: name -> version, every line an exact pin."""
+    pins = {}
+    for line in (Path(__file__).resolve().parents[2] / "requirements-serve.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            specs = list(req.specifier)
+            assert len(specs) == 1 and specs[0].operator == "==" and not req.marker, f"not a pin: {line}"
+            pins[canonicalize_name(req.name)] = specs[0].version
+    return pins

@@ -7,12 +7,15 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from app.settings import ENV_PREFIX
-from tests.deploy.dockerfile import parse, stage
+from tests.deploy.dockerfile import parse, serve_pins, stage
 from tests.deploy.processes import ROOT
 from tests.deploy.settings_env import assert_valid_settings
 
@@ -72,7 +75,31 @@ def test_runtime_stage_takes_only_the_venv_and_the_models() -> None:
     for ins in RUNTIME.all("RUN"):
         assert not re.search(r"\b(pip|apt-get|apt)\b", ins.args), f"runtime stage installs: {ins.args}"
     for ins in stage(STAGES, "builder").all("RUN"):
-        assert "torch" not in ins.args and ".[serve]" in ins.args, f"builder RUN: {ins.args}"
+        assert "torch" not in ins.args and "install --no-deps " in ins.args, f"builder RUN: {ins.args}"
+
+
+def test_serving_packages_are_pinned_and_satisfy_the_project() -> None:
+    pins = serve_pins()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for line in project["dependencies"] + project["optional-dependencies"]["serve"]:
+        req = Requirement(line)
+        if req.marker and not req.marker.evaluate({"sys_platform": "linux", "platform_system": "Linux"}):
+            continue
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not pinned in requirements-serve.txt: run `make lock-serve`"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"requirements-serve.txt pins {req.name}=={pins[name]}, pyproject.toml wants {req}: `make lock-serve`"
+        )
+
+
+def test_builder_installs_the_pinned_packages_before_copying_the_sources() -> None:
+    """The dependencies' layer is cached until requirements-serve.txt changes: before the RUN
+    that installs them, nothing else is copied (a change of the code or README would rebuild it)."""
+    instructions = [i for i in stage(STAGES, "builder").instructions if i.keyword in {"COPY", "RUN"}]
+    first_run = next(n for n, i in enumerate(instructions) if i.keyword == "RUN")
+    copied = [source for i in instructions[:first_run] for source in i.args.split()[:-1]]
+    assert copied == ["requirements-serve.txt"], f"copied before the dependencies are installed: {copied}"
+    assert "install --no-deps -r requirements-serve.txt" in instructions[first_run].args
 
 
 def test_train_stage_installs_the_cpu_torch_and_writes_to_models() -> None:

@@ -14,13 +14,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
+from packaging.utils import canonicalize_name
 
 from tests.api.test_primer_figure import primer_signal
-from tests.deploy.dockerfile import Instruction, parse, stage
+from tests.deploy.dockerfile import Instruction, parse, serve_pins, stage
 from tests.deploy.processes import ROOT, clean_environ, free_port, start_service
 
 pytestmark = pytest.mark.slow
@@ -126,6 +128,16 @@ def test_runtime_install_and_run_like_the_image(tmp_path: Path) -> None:
     assert no_torch.returncode != 0, "torch is importable in the runtime virtualenv"
     assert "No module named 'torch'" in no_torch.stderr, no_torch.stderr
     assert not image.path("/opt/venv/bin/pip").exists(), "the runtime virtualenv ships pip"
+    listing = "import importlib.metadata as m; print('\\n'.join(d.name + '==' + d.version for d in m.distributions()))"
+    installed = subprocess.run([venv_python, "-c", listing], capture_output=True, text=True, check=True)
+    versions = {canonicalize_name(n): v for n, v in (line.split("==") for line in installed.stdout.split())}
+    assert (
+        versions.pop("shape-detector")
+        == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    )
+    assert versions == serve_pins(), (
+        "the runtime virtualenv holds other packages than requirements-serve.txt pins"
+    )
 
     image_env, workdir, healthcheck, cmd = assemble_runtime(image)
     assert image_env["SHAPE_DETECTOR_HOST"] == "0.0.0.0"
