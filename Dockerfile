@@ -41,19 +41,22 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH \
     HOME=/tmp
 WORKDIR /src
-COPY pyproject.toml README.md constraints.txt ./
-COPY app/ app/
-COPY training/ training/
 # torch comes alone from PyTorch's CPU index: PyPI's Linux wheel of torch is the CUDA build,
 # which pulls gigabytes of nvidia-* wheels. constraints.txt pins it in both steps (its
 # `torch==2.13.0` matches the index's `2.13.0+cpu`), so the second step, which reads PyPI
-# only, finds torch already satisfied and never replaces it.
+# only, finds torch already satisfied and never replaces it. Its layer comes before the
+# sources are copied: a change of the code or README does not install torch again.
+COPY constraints.txt ./
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m venv "$VIRTUAL_ENV" \
+    && pip install --index-url https://download.pytorch.org/whl/cpu -c constraints.txt torch
+COPY pyproject.toml README.md ./
+COPY app/ app/
+COPY training/ training/
 # `serve` too: training writes model cards with app.core (pydantic), which the `train`
 # extra alone does not install.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -m venv "$VIRTUAL_ENV" \
-    && pip install --index-url https://download.pytorch.org/whl/cpu -c constraints.txt torch \
-    && pip install -c constraints.txt ".[serve,train]"
+    pip install -c constraints.txt ".[serve,train]"
 # Not root. With a bind-mounted /models, run it as the owner of the host directory instead
 # (compose's train service does: SHAPE_DETECTOR_UID / SHAPE_DETECTOR_GID).
 USER 10001:10001

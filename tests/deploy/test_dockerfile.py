@@ -104,18 +104,25 @@ def test_builder_installs_the_pinned_packages_before_copying_the_sources() -> No
 
 def test_train_stage_installs_the_cpu_torch_and_writes_to_models() -> None:
     train = stage(STAGES, "train")
-    (run,) = train.all("RUN")
-    torch_step = next(step for step in run.args.split("&&") if " torch" in step)
+    runs = " && ".join(run.args for run in train.all("RUN"))
+    torch_step = next(step for step in runs.split("&&") if " torch" in step)
     assert "--index-url https://download.pytorch.org/whl/cpu" in torch_step, torch_step
     assert "-c constraints.txt" in torch_step, "torch must be pinned by constraints.txt"
-    assert re.search(r'"\.\[[\w,]*\btrain\b[\w,]*\]"', run.args), (
-        f"the project with its train extra: {run.args}"
-    )
-    assert run.args.count("-c constraints.txt") == 2, f"both installs must honour constraints.txt: {run.args}"
+    assert re.search(r'"\.\[[\w,]*\btrain\b[\w,]*\]"', runs), f"the project with its train extra: {runs}"
+    assert runs.count("-c constraints.txt") == 2, f"both installs must honour constraints.txt: {runs}"
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text()
     entrypoint = train.one("ENTRYPOINT").exec_form()
     assert entrypoint[:3] == ["python", "-m", "training.train"] and entrypoint[-2:] == ["--out", "/models"]
     assert not train.all("USER")[-1].args.startswith(("0", "root")), "train stage runs as root"
+
+
+def test_train_stage_installs_torch_before_copying_the_sources() -> None:
+    """torch (hundreds of MB) stays in a cached layer: before the RUN that installs it, only
+    constraints.txt, which pins it, is copied."""
+    instructions = [i for i in stage(STAGES, "train").instructions if i.keyword in {"COPY", "RUN"}]
+    torch_run = next(n for n, i in enumerate(instructions) if i.keyword == "RUN" and " torch" in i.args)
+    copied = [source for i in instructions[:torch_run] for source in i.args.split()[:-1]]
+    assert copied == ["constraints.txt"], f"copied before torch is installed: {copied}"
 
 
 def dockerignore_patterns() -> list[str]:
