@@ -17,7 +17,9 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -247,3 +249,65 @@ def test_post_retried_after_a_backend_dropped_it(tmp_path: Path) -> None:
         f"no POST reached the crashing backend: {crashing.requests}"
     )
     assert statuses == [200] * 4, f"a POST dropped by one backend was not retried on the other: {statuses}"
+
+
+class FullForAMomentBackend:
+    """A replica whose queue is full for a moment: its first request waits until every replica
+    has one (a burst), then gets 503 with Retry-After, as a full queue answers; then 200."""
+
+    def __init__(self, burst: threading.Barrier) -> None:
+        self.requests = 0
+        backend, lock = self, threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    backend.requests += 1
+                    first = backend.requests == 1
+                if first:
+                    with suppress(threading.BrokenBarrierError):
+                        burst.wait(timeout=10)
+                status, body = (503, b'{"detail":"queue full"}') if first else (200, b"{}")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Retry-After", "1")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_moment_of_full_queues_takes_no_replica_out(tmp_path: Path) -> None:
+    # Every replica answers one 503 at the same moment (a burst filled their queues), and has
+    # room again right after. A 503 that took a replica out of rotation (max_fails) would leave
+    # nginx with no replica at all: 502 "no live upstreams" to everyone for fail_timeout.
+    burst = threading.Barrier(2)
+    backends = [FullForAMomentBackend(burst) for _ in range(2)]
+    try:
+        with running_nginx(tmp_path, [b.port for b in backends]) as (url, _):
+
+            def post(_: int) -> int:
+                return httpx.post(f"{url}/v1/detect", json=SIGNAL, timeout=30).status_code
+
+            with ThreadPoolExecutor(2) as pool:
+                during = list(pool.map(post, range(2)))
+            after = [post(i) for i in range(4)]
+    finally:
+        for b in backends:
+            b.close()
+    assert not burst.broken, "the two requests of the burst did not reach both replicas at once"
+    assert after == [200] * 4, f"after a moment of full queues, nginx refused the replicas: {after}"
+    assert during == [200] * 2, f"the burst's requests were not retried on the other replica: {during}"
