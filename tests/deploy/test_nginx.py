@@ -177,6 +177,20 @@ def test_spreads_requests_and_passes_request_ids(proxy: tuple[str, Path], backen
         assert served_ids(s, "spread"), f"backend {s.url} got none of the requests"
 
 
+def test_an_id_the_api_would_not_take_is_replaced_by_one_of_nginx(proxy: tuple[str, Path]) -> None:
+    # The api keeps an X-Request-ID of 1-128 letters, digits and ._:- only, and makes its own
+    # for any other: nginx must pass and log that same id, or its log and the api's disagree.
+    url, access_log = proxy
+    for sent in ["two words", "x" * 129, "a;b"]:
+        r = httpx.post(f"{url}/v1/detect", json=SIGNAL, headers={"X-Request-ID": sent}, timeout=30)
+        assert r.status_code == 200, r.text
+        used = r.headers["x-request-id"]
+        assert re.fullmatch(r"[0-9a-f]{32}", used), f"sent {sent!r}, the api used {used!r}"
+        assert eventually(lambda used=used: f"request_id={used} " in access_log.read_text()), (
+            f"sent {sent!r}: nginx logged another id than the api used ({used})"
+        )
+
+
 def test_no_request_lost_when_a_backend_stops(proxy: tuple[str, Path], backends: list[Service]) -> None:
     url, access_log = proxy
     statuses: dict[int, int] = {}
