@@ -325,3 +325,17 @@ def test_a_moment_of_full_queues_takes_no_replica_out(tmp_path: Path) -> None:
     assert not burst.broken, "the two requests of the burst did not reach both replicas at once"
     assert after == [200] * 4, f"after a moment of full queues, nginx refused the replicas: {after}"
     assert during == [200] * 2, f"the burst's requests were not retried on the other replica: {during}"
+
+
+def test_admin_routes_are_not_served_to_the_outside(tmp_path: Path) -> None:
+    # A hot reload through the entry point would reach one replica of several, and without API
+    # keys anyone who reaches the port could start reloads: nginx answers 403 itself.
+    recorder = CrashingBackend()  # records every request that reaches it
+    try:
+        with running_nginx(tmp_path, [recorder.port]) as (url, _):
+            paths = ["/admin/models/bump/reload", "//admin/models/bump/reload", "/%61dmin/models/bump/reload"]
+            statuses = [httpx.post(f"{url}{path}", timeout=10).status_code for path in paths]
+    finally:
+        recorder.close()
+    assert statuses == [403] * len(paths), statuses
+    assert not recorder.requests, f"admin requests reached the api: {recorder.requests}"
