@@ -339,3 +339,10 @@ def test_admin_routes_are_not_served_to_the_outside(tmp_path: Path) -> None:
         recorder.close()
     assert statuses == [403] * len(paths), statuses
     assert not recorder.requests, f"admin requests reached the api: {recorder.requests}"
+
+
+def test_nginx_does_not_tell_its_version(tmp_path: Path) -> None:
+    with running_nginx(tmp_path, [free_port()]) as (url, _):  # no replica: nginx answers 502
+        r = httpx.get(f"{url}/readyz", timeout=10)
+    assert r.status_code == 502, r.text
+    assert r.headers["server"] == "nginx" and "nginx/" not in r.text, (r.headers["server"], r.text)
