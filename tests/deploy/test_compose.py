@@ -120,3 +120,27 @@ def test_nginx_body_limit_matches_the_api() -> None:
     size = int(in_nginx_conf(r"client_max_body_size (\d+)m;")) * 2**20
     api = int(API["environment"]["SHAPE_DETECTOR_MAX_BODY_BYTES"])
     assert size == api, f"nginx accepts bodies up to {size} bytes, the api up to {api}"
+
+
+def compose_bytes(value: str) -> int:
+    """A Compose byte value: 64m, 1g, 128mb, 512k, 1024."""
+    m = re.fullmatch(r"(\d+)([kmg]?)b?", value.strip().lower())
+    assert m, f"not a byte value: {value!r}"
+    return int(m[1]) * 1024 ** " kmg".index(m[2] or " ")
+
+
+def test_nginx_buffers_request_bodies_outside_its_memory_limit() -> None:
+    # nginx writes each request body larger than 16 KiB (up to client_max_body_size) to a file
+    # under /var/cache/nginx before passing it on, so that it can retry it on another replica.
+    # A tmpfs there is memory charged to the container: a few large uploads at once would
+    # exceed the limit and the kernel would kill nginx, and with it every connection.
+    limit = compose_bytes(NGINX["deploy"]["resources"]["limits"]["memory"])
+    tmpfs = {entry.split(":")[0]: entry for entry in NGINX.get("tmpfs", [])}
+    if "/var/cache/nginx" in tmpfs:
+        size = re.search(r"size=(\w+)", tmpfs["/var/cache/nginx"])
+        assert size, "an unbounded tmpfs for nginx's request bodies"
+        assert compose_bytes(size[1]) + 64 * 2**20 <= limit, (
+            "nginx's tmpfs for bodies can fill its memory limit"
+        )
+    else:
+        assert "/var/cache/nginx" in mounts(NGINX), "nginx cannot write its request bodies (read-only root)"
