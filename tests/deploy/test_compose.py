@@ -144,3 +144,17 @@ def test_nginx_buffers_request_bodies_outside_its_memory_limit() -> None:
         )
     else:
         assert "/var/cache/nginx" in mounts(NGINX), "nginx cannot write its request bodies (read-only root)"
+
+
+def seconds(duration: str) -> float:
+    """A Compose duration: 40s, 1m30s, 500ms."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_nginx_lets_requests_in_flight_finish_when_it_stops() -> None:
+    # The nginx image stops on SIGQUIT, gracefully: it finishes the requests in flight, which
+    # last as long as they do on the api. Docker kills it after 10 s unless told otherwise.
+    assert seconds(NGINX.get("stop_grace_period", "10s")) >= seconds(API["stop_grace_period"])
