@@ -131,3 +131,12 @@ def test_image_tag_is_the_project_version() -> None:
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     assert CONTAINER["image"] == compose["services"]["api"]["image"] == f"shape-detector:{version}"
+
+
+def test_the_autoscaler_alone_sets_the_replica_count() -> None:
+    # A Deployment's spec.replicas is applied as written: with it in the manifest, each
+    # `kubectl apply -f deploy/k8s/` (a ConfigMap change, a new image) would set a fleet the
+    # HorizontalPodAutoscaler had scaled up under load back to that count at once.
+    target = BY_KIND["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
+    assert target["name"] == DEPLOYMENT["metadata"]["name"]
+    assert "replicas" not in DEPLOYMENT["spec"], "spec.replicas fights the HorizontalPodAutoscaler"
