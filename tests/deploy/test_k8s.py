@@ -12,6 +12,7 @@ import pytest
 import yaml
 from kubernetes_validate import SchemaNotFoundError, latest_version
 
+from app.settings import ENV_PREFIX, SettingsError, load_settings
 from tests.deploy.dockerfile import parse, stage
 from tests.deploy.processes import ROOT
 from tests.deploy.settings_env import assert_one_call_per_cpu, assert_valid_settings
@@ -140,3 +141,32 @@ def test_the_autoscaler_alone_sets_the_replica_count() -> None:
     target = BY_KIND["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
     assert target["name"] == DEPLOYMENT["metadata"]["name"]
     assert "replicas" not in DEPLOYMENT["spec"], "spec.replicas fights the HorizontalPodAutoscaler"
+
+
+def service_link_variables(service: dict[str, Any]) -> set[str]:
+    """The variables Kubernetes puts into every pod of the namespace for a Service (unless the
+    pod sets enableServiceLinks: false), e.g. SHAPE_DETECTOR_PORT=tcp://10.0.0.1:80."""
+    prefix = service["metadata"]["name"].upper().replace("-", "_")
+    names = {f"{prefix}_SERVICE_HOST", f"{prefix}_SERVICE_PORT", f"{prefix}_PORT"}
+    for port in service["spec"]["ports"]:
+        proto, number = port.get("protocol", "TCP"), port["port"]
+        base = f"{prefix}_PORT_{number}_{proto}"
+        names |= {base, f"{base}_PROTO", f"{base}_PORT", f"{base}_ADDR"}
+        if "name" in port:
+            names.add(f"{prefix}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}")
+    return names
+
+
+def test_no_service_link_variables_among_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The Service shape-detector gives every pod SHAPE_DETECTOR_PORT=tcp://<ip>:80 and more
+    # SHAPE_DETECTOR_* variables: the settings' namespace. The ConfigMap's own PORT wins today,
+    # but without it the service would not start, and only on pods created after the Service.
+    colliding = {v for v in service_link_variables(SERVICE) if v.startswith(ENV_PREFIX)}
+    monkeypatch.setenv("SHAPE_DETECTOR_PORT", "tcp://10.0.0.1:80")
+    with pytest.raises(SettingsError):
+        load_settings(MODEL_DIR=ROOT / "models")
+    if colliding:
+        assert POD["spec"].get("enableServiceLinks") is False, (
+            f"the Service's link variables {sorted(colliding)} fall among the settings: "
+            "set enableServiceLinks: false"
+        )

@@ -125,3 +125,9 @@ def test_plain_service_does_not_select_these_pods() -> None:
     selector = yaml.safe_load((K8S / "service.yaml").read_text())["spec"]["selector"]
     labels = {**ISVC["metadata"].get("labels", {}), **PREDICTOR.get("labels", {})}
     assert not selector.items() <= labels.items()
+
+
+def test_no_service_link_variables_among_the_settings() -> None:
+    # KServe's Service (shape-detector-predictor) and the plain one, if in the same namespace,
+    # would put SHAPE_DETECTOR_* variables into the pod: see tests/deploy/test_k8s.py.
+    assert PREDICTOR.get("enableServiceLinks") is False
