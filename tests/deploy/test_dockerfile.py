@@ -153,6 +153,8 @@ def test_dockerignore_keeps_local_state_out_and_copied_sources_in() -> None:
         ".pytest_cache",
         ".mypy_cache",
         ".ruff_cache",
+        ".hypothesis/examples",
+        ".env",
         "app/__pycache__",
         "shape_detector.egg-info",
         "benchmarks/results/x.tmp",
