@@ -25,7 +25,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     && pip --python "$VIRTUAL_ENV/bin/python" install --no-deps -r requirements-serve.txt
 # Then the project: its own wheel (with app/static), non-editable, into the venv, the only
 # thing the runtime stage takes. --no-deps: nothing unpinned; `pip check` fails the build if
-# the pins no longer satisfy the `serve` extra of pyproject.toml.
+# a pinned package or the project lacks a requirement (pip check does not read extras:
+# tests/deploy checks the pins against the `serve` extra of pyproject.toml).
 COPY pyproject.toml README.md ./
 COPY app/ app/
 RUN --mount=type=cache,target=/root/.cache/pip \
