@@ -70,6 +70,10 @@ from training.template import TemplateError, load_template
 # Seeds of the calibration sets drawn from the training distribution: one to fit the maps,
 # one held out to measure them. Disjoint from the suites' seeds and from training.
 CALIBRATION_SEEDS = {"fit": 3001, "held_out": 3002}
+# Seeds of the polarity check (one set, upright and inverted) and of the polarity sets the
+# matched-filter gain is chosen on (event-free signals; the next seed: one event each).
+POLARITY_CHECK_SEED = 4001
+POLARITY_SETS_SEED = 4101
 ECE_GOAL = 0.02
 MAX_FIRST_KERNEL = 1025
 # The reference bump's architecture where the defaults differ (`bump` 1.5.0, see README, "The
@@ -448,6 +452,21 @@ def polarity_sets(template: Template, n: int, seed: int) -> PolaritySets:
     return PolaritySets(empty=noise, upright=upright, inverted=inverted)
 
 
+def held_out_seeds() -> dict[int, str]:
+    """The seeds of the generated sets that are not training data, and what each one draws.
+
+    Training draws its signals from ``default_rng(--seed)``: with one of these seeds it would
+    draw the same noise as that set, and the set would no longer be held out.
+    """
+    seeds = {seed: f"the held-out {suite} suite" for suite, seed in EVAL_SEEDS.items()}
+    seeds |= {seed: f"the {suite} validation suite" for suite, seed in VALIDATION_SEEDS.items()}
+    seeds |= {seed: f"the calibration set ({use})" for use, seed in CALIBRATION_SEEDS.items()}
+    seeds[POLARITY_CHECK_SEED] = "the polarity check"
+    seeds[POLARITY_SETS_SEED] = "the polarity sets (event-free signals)"
+    seeds[POLARITY_SETS_SEED + 1] = "the polarity sets (one event each)"
+    return seeds
+
+
 def parse_budget(text: str) -> tuple[int | None, float | None]:
     """'3000' -> 3000 steps; '10m' or '10min' -> 10 minutes."""
     t = text.strip().lower()
@@ -678,6 +697,11 @@ def main(argv: list[str] | None = None) -> Path:
             f"--name {a.name!r}: use 1-64 lower-case letters, digits, '-' or '_', "
             "starting with a letter or digit"
         )
+    if a.data is None and a.seed in held_out_seeds():
+        p.error(
+            f"--seed {a.seed} is the seed of {held_out_seeds()[a.seed]}: the training signals would "
+            "share its noise; give another seed"
+        )
     template: Template | None
     user: UserData | None = None
     if a.data is not None:
@@ -818,7 +842,7 @@ def main(argv: list[str] | None = None) -> Path:
     if isinstance(net, DeepCNN) and net.matched is not None:
         assert template is not None
         checks = (
-            polarity_sets(template, cfg.gain_signals, 4101)
+            polarity_sets(template, cfg.gain_signals, POLARITY_SETS_SEED)
             if polarity_info is not None and polarity_info["identifiable"]
             else None
         )
@@ -907,7 +931,7 @@ def main(argv: list[str] | None = None) -> Path:
     save_card(model_dir, card)
     if user is None and template is not None:
         n_check = min(1000, cfg.eval_signals)
-        card.training["polarity_check"] = polarity_check(model_dir, template, a.polarity, n_check, 4001)
+        card.training["polarity_check"] = polarity_check(model_dir, template, a.polarity, n_check, POLARITY_CHECK_SEED)
     card.training["seconds"] = round(time.time() - started, 1)
     if source is not None:
         card.training["weights_from"]["seconds"] = card.training["seconds"]

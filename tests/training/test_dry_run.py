@@ -324,3 +324,19 @@ def test_the_polarity_warning_says_what_training_does_and_what_to_do() -> None:
     asked = polarity_warning({**info, "decoys": True, "stretch_limit": None}, veto=8.0)
     assert "with inverted decoys (as asked) and with the path's veto (as asked)" in asked
     assert "Even unstretched events do not keep them apart" in asked
+
+
+@pytest.mark.parametrize(
+    ("seed", "what"),
+    [(1001, "the held-out white suite"), (2004, "the nuisance validation suite"), (3002, "calibration")],
+)
+def test_a_seed_of_a_held_out_set_is_refused(
+    seed: int, what: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Generated training signals come from ``default_rng(--seed)``: with a held-out set's seed
+    they would share that set's noise (the first training signal correlates 0.93 with the
+    first test signal of the white suite at --seed 1001)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--dry-run", "--budget", "2", "--out", str(tmp_path), "--seed", str(seed)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"--seed {seed} is the seed of" in err and what in err
