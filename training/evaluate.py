@@ -229,3 +229,17 @@ def choose_operating_point(
             if (f1[float(t)], d, t) > (best[0], best[2], best[1]):
                 best = (f1[float(t)], float(t), int(d))
     return best[1], best[2], best[0]
+
+
+def best_f1_threshold(
+    curves: Curves, events: Sequence[npt.NDArray[np.int64]], min_distance: int, levels: int = 200
+) -> float:
+    """The threshold with the best pooled event F1 at ``min_distance`` (``choose_operating_point``
+    over ``levels`` quantiles of the curves' peak values): for scores on any scale, such as the
+    matched filter's."""
+    values = np.concatenate([find_peaks(c, -np.inf, min_distance).probability for c in curves])
+    if values.size == 0:
+        raise ValueError("need peaks to choose a threshold")
+    grid = np.unique(np.quantile(values.astype(np.float64), np.linspace(0.0, 1.0, levels)))
+    threshold, _, _ = choose_operating_point(curves, events, tuple(float(t) for t in grid), (min_distance,))
+    return threshold

@@ -239,10 +239,12 @@ def fit(net: nn.Module, batches: Any, val: dict[str, Dataset], cfg: TrainConfig)
             history.append({"step": step, "train_loss": running, **v})
             if v["loss"] < best_loss:
                 best_loss, best_state, best_step = v["loss"], copy.deepcopy(net.state_dict()), step
+            # A validation set without event-free signals (or without events) has no AUC.
+            aucs = [x for k, x in v.items() if k.startswith("auc") and math.isfinite(x)]
             bar.set_postfix(
                 loss=f"{running:.4f}",
                 val=f"{v['loss']:.4f}",
-                auc=f"{np.nanmean([x for k, x in v.items() if k.startswith('auc')]):.4f}",
+                auc=f"{np.mean(aucs):.4f}" if aucs else "-",
             )
         elif step % 20 == 0:
             bar.set_postfix(loss=f"{running:.4f}")
@@ -345,12 +347,21 @@ def evaluate_exported(
         per_suite[suite] = _ece_summary(ece(ds, raw))
         if template is not None:
             # The baseline's threshold: the model's false-alarm rate on this suite's
-            # event-free validation signals.
-            rate = ev.false_alarm_rate(raw_val[suite], val[suite].events, raw_threshold)
+            # event-free validation signals; without any (a user's recordings may all hold
+            # events), the best validation event F1, as the model's threshold.
             mf_val = ev.matched_filter_curves(val[suite], template, polarity)
-            mf_threshold = ev.threshold_for_rate(mf_val, val[suite].events, rate)
+            how: dict[str, str] = {}
+            if any(e.size == 0 for e in val[suite].events):
+                rate = ev.false_alarm_rate(raw_val[suite], val[suite].events, raw_threshold)
+                mf_threshold = ev.threshold_for_rate(mf_val, val[suite].events, rate)
+            else:
+                mf_threshold = ev.best_f1_threshold(mf_val, val[suite].events, min_distance)
+                how["threshold_selection"] = (
+                    f"best validation event F1 at min_distance {min_distance} (the validation "
+                    "signals all hold events: no false-alarm rate to match)"
+                )
             mf = ev.matched_filter_curves(ds, template, polarity)
-            results[suite]["matched_filter"] = ev.metrics(mf, ds.events, mf_threshold, min_distance)
+            results[suite]["matched_filter"] = {**ev.metrics(mf, ds.events, mf_threshold, min_distance), **how}
     held = ece(held_set, ev.model_curves(model, held_set))
     calibration_card["ece"] = {
         "bins": cal.BINS,

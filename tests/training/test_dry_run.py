@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,18 @@ def test_dry_run_on_user_data(tmp_path: Path) -> None:
     assert set(card.metrics) == {"user"}
     assert set(card.metrics["user"]) == {"model", "matched_filter"}
     assert card.training["data"]["split"]["test"]["signals"] == 6
+
+
+def test_dry_run_on_user_data_where_every_signal_holds_events(tmp_path: Path) -> None:
+    """Recordings chosen because they hold events leave no event-free validation signal to match
+    the matched filter's false-alarm rate on: its threshold is then chosen as the model's is,
+    for the best validation event F1, and the card says so (it used to end in a traceback)."""
+    data = make_dataset(replace(suites()["white"], p_empty=0.0), 40, seed=9, length=512)
+    events = np.array([(i, c) for i, e in enumerate(data.events) for c in e]).reshape(-1, 2)
+    np.savez(tmp_path / "busy.npz", signals=np.stack(data.signals), events=events)
+    model_dir = main(["--dry-run", "--data", str(tmp_path / "busy.npz"), "--out", str(tmp_path), "--name", "busy"])
+    mf = load_card(model_dir).metrics["user"]["matched_filter"].model_dump()
+    assert "best validation event F1" in mf["threshold_selection"] and mf["threshold"] > 0
 
 
 def test_single_layer_dry_run(tmp_path: Path) -> None:

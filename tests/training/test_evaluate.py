@@ -67,3 +67,14 @@ def test_operating_point_without_any_peak() -> None:
         5,
         1.0,
     )
+
+
+def test_best_f1_threshold_is_the_best_of_the_peak_values() -> None:
+    """For scores on any scale (the matched filter's): no peak value as threshold does better."""
+    rng = np.random.default_rng(4)
+    curves, events = _curves(rng, 30, np.float32)
+    curves = [c * 7.0 - 2.0 for c in curves]  # not probabilities
+    t = ev.best_f1_threshold(curves, events, 10, levels=10_000)
+    best = ev.event_counts(curves, events, t, 10).f1
+    values = np.unique(np.concatenate([ev.find_peaks(c, -np.inf, 10).probability for c in curves]))
+    assert all(ev.event_counts(curves, events, float(v), 10).f1 <= best + 1e-12 for v in values[::7])
