@@ -8,9 +8,13 @@ File format: one ``.npz`` (NumPy's ``np.savez``; read without pickle) holding
 - optional ``template``: float 1-D, the shape, for the matched-filter baseline, with optional
   ``template_center`` (int; default the largest absolute value); without it the baseline uses
   the mean of the training events' neighbourhoods (``TEMPLATE_HALF_WIDTH`` each side);
-- optional ``label``: a string naming the shape (default "event").
+- optional ``label``: a string naming the shape (default "event");
+- optional ``groups``: int ``(n,)``, the recording each signal was cut from: signals of one
+  group stay on one side of the split (windows of one recording, overlapping or not, are
+  near duplicates; split by signal they would land in training and test alike).
 
-Signals are shuffled with the seed and split 70 / 15 / 15 into training, validation and test.
+Signals (or, with ``groups``, the groups) are shuffled with the seed and split 70 / 15 / 15
+into training, validation and test.
 """
 
 from __future__ import annotations
@@ -42,14 +46,20 @@ class UserData:
     template: Template
     template_source: str
     label: str
+    groups: dict[str, int] | None = None  # groups per split, when the file gives them
 
     def describe(self) -> dict[str, Any]:
+        parts = (("train", self.train), ("val", self.val), ("test", self.test))
         return {
             "label": self.label,
             "template": self.template_source,
             "split": {
-                name: {"signals": len(d), "events": d.n_events}
-                for name, d in (("train", self.train), ("val", self.val), ("test", self.test))
+                name: {
+                    "signals": len(d),
+                    "events": d.n_events,
+                    **({"groups": self.groups[name]} if self.groups is not None else {}),
+                }
+                for name, d in parts
             },
         }
 
@@ -109,6 +119,40 @@ def _events(f: Any, path: Path, signals: list[np.ndarray]) -> list[np.ndarray]:
     return [np.unique(np.asarray(p, dtype=np.int64)) for p in per]
 
 
+def _groups(f: Any, path: Path, n: int) -> np.ndarray | None:
+    if "groups" not in f:
+        return None
+    g = f["groups"]
+    if g.shape != (n,) or not np.issubdtype(g.dtype, np.integer):
+        raise DataError(
+            f"{path}: 'groups' must be an integer array with one per signal ({n}), the recording "
+            f"each signal was cut from; got {g.dtype} {g.shape}"
+        )
+    return np.asarray(g, dtype=np.int64)
+
+
+def _split(n: int, seed: int, groups: np.ndarray | None, path: Path) -> tuple[np.ndarray, ...]:
+    """Signal indices of training, validation and test: 70 / 15 / 15 of the signals, shuffled
+    with ``seed``; with ``groups``, whole groups, cut where the signals reach 70 and 85 %."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        order = rng.permutation(n)
+        n_train = round(0.7 * n)
+        n_val = max(1, round(0.15 * n))
+        return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
+    ids = rng.permutation(np.unique(groups))
+    if ids.size < 3:
+        raise DataError(
+            f"{path}: 'groups' names {ids.size} recording(s); give at least 3, one each for "
+            "training, validation and test"
+        )
+    sizes = np.array([np.count_nonzero(groups == i) for i in ids])
+    start = np.cumsum(sizes) - sizes  # signals before each group
+    t = min(max(int(np.searchsorted(start, 0.7 * n)), 1), ids.size - 2)
+    v = min(max(int(np.searchsorted(start, 0.85 * n)), t + 1), ids.size - 1)
+    return tuple(np.flatnonzero(np.isin(groups, part)) for part in (ids[:t], ids[t:v], ids[v:]))
+
+
 def _template(f: Any, path: Path, train: Dataset) -> tuple[Template, str]:
     if "template" in f:
         tpl = np.asarray(f["template"], dtype=np.float64)
@@ -151,13 +195,16 @@ def load_user_data(path: Path, seed: int = 0) -> UserData:
                 ) from exc
         signals = _signals(f, path)
         events = _events(f, path, signals)
-        order = np.random.default_rng(seed).permutation(len(signals))
-        n_train = round(0.7 * len(signals))
-        n_val = max(1, round(0.15 * len(signals)))
-        parts = (order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
+        groups = _groups(f, path, len(signals))
+        parts = _split(len(signals), seed, groups, path)
         train, val, test = (Dataset([signals[i] for i in p], [events[i] for i in p]) for p in parts)
         template, source = _template(f, path, train)
         label = str(f["label"]) if "label" in f else "event"
     if train.n_events == 0:
         raise DataError(f"{path}: the training split has no events; annotate more signals")
-    return UserData(train, val, test, template, source, label)
+    per_split = None
+    if groups is not None:
+        per_split = {
+            name: int(np.unique(groups[p]).size) for name, p in zip(("train", "val", "test"), parts, strict=True)
+        }
+    return UserData(train, val, test, template, source, label, per_split)

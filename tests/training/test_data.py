@@ -86,3 +86,36 @@ def test_not_an_npz(tmp_path: Path) -> None:
     np.savez(tmp_path / "pickled.npz", signals=obj, events=np.zeros((0, 2), dtype=int))
     with pytest.raises(DataError, match="pickle"):
         load_user_data(tmp_path / "pickled.npz")
+
+
+def test_groups_keep_the_windows_of_one_recording_on_one_side(tmp_path: Path) -> None:
+    """Signals cut from one recording (overlapping windows, near duplicates) stay together:
+    split by signal, windows of one recording would land in training and in test alike."""
+    rng = np.random.default_rng(0)
+    recordings = [rng.standard_normal(1200) for _ in range(8)]
+    windows = [(r, a) for r in range(8) for a in range(0, 1200 - 400 + 1, 100)]  # 9 per recording
+    x = np.stack([recordings[r][a : a + 400] for r, a in windows])
+    groups = np.array([r for r, _ in windows])
+    ev = np.array([(i, 200) for i in range(len(x))])
+    user = load_user_data(write_npz(tmp_path / "d.npz", signals=x, events=ev, groups=groups), seed=3)
+    seen = [
+        {int(groups[int(np.flatnonzero((x == s).all(axis=1))[0])]) for s in part.signals}
+        for part in (user.train, user.val, user.test)
+    ]
+    assert all(seen) and not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    assert len(user.train) + len(user.val) + len(user.test) == len(x)
+    assert user.describe()["split"]["test"]["groups"] == len(seen[2])
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        (np.zeros(29, dtype=int), "one per signal"),
+        (np.linspace(0, 1, 30), "integer"),
+        (np.repeat([0, 1], 15), "at least 3"),
+    ],
+)
+def test_malformed_groups(tmp_path: Path, groups: np.ndarray, message: str) -> None:
+    x, ev = generated()
+    with pytest.raises(DataError, match=message):
+        load_user_data(write_npz(tmp_path / "g.npz", signals=x, events=ev, groups=groups))
