@@ -28,6 +28,7 @@ import numpy as np
 
 from training.evaluate import robust_normalise
 from training.scenario import Dataset, Template
+from training.template import TemplateError, template_from_values
 
 MIN_SIGNALS = 10
 MIN_LENGTH = 64
@@ -155,13 +156,24 @@ def _split(n: int, seed: int, groups: np.ndarray | None, path: Path) -> tuple[np
 
 def _template(f: Any, path: Path, train: Dataset) -> tuple[Template, str]:
     if "template" in f:
-        tpl = np.asarray(f["template"], dtype=np.float64)
-        if tpl.ndim != 1 or tpl.size < 3 or not np.all(np.isfinite(tpl)) or np.ptp(tpl) == 0:
-            raise DataError(f"{path}: 'template' must be a finite, non-constant 1-D array of >= 3 values")
-        centre = int(f["template_center"]) if "template_center" in f else int(np.argmax(np.abs(tpl)))
-        if not 0 <= centre < tpl.size:
-            raise DataError(f"{path}: template_center {centre} is outside the template (0..{tpl.size - 1})")
-        return Template(tpl, centre), "given in the data file"
+        tpl = f["template"]
+        if tpl.ndim != 1 or tpl.dtype.kind not in "iuf":
+            raise DataError(f"{path}: 'template' must be a 1-D array of real numbers, got {tpl.dtype} {tpl.shape}")
+        centre = None
+        if "template_center" in f:
+            c = f["template_center"]
+            if c.ndim != 0 or c.dtype.kind not in "iu":
+                raise DataError(
+                    f"{path}: 'template_center' must be one integer (the event's sample in the "
+                    f"template), got {c.dtype} {c.shape}"
+                )
+            centre = int(c)
+        try:  # the checks of --template: 5-1025 finite values, not constant, the centre inside
+            return template_from_values(tpl, centre, f"{path}: 'template'"), "given in the data file"
+        except TemplateError as exc:
+            raise DataError(str(exc)) from None
+    if "template_center" in f:
+        raise DataError(f"{path}: 'template_center' goes with 'template'; add the template or drop it")
     w = TEMPLATE_HALF_WIDTH
     segments = [
         robust_normalise(x)[c - w : c + w + 1]
@@ -172,6 +184,15 @@ def _template(f: Any, path: Path, train: Dataset) -> tuple[Template, str]:
     if not segments:
         raise DataError(f"{path}: no training events to estimate a template from; add 'template'")
     return Template(np.mean(segments, axis=0), w), f"mean of {len(segments)} training events (±{w})"
+
+
+def _label(f: Any, path: Path) -> str:
+    if "label" not in f:
+        return "event"
+    label = f["label"]
+    if label.ndim != 0 or label.dtype.kind != "U" or not str(label).strip():
+        raise DataError(f"{path}: 'label' must be one string naming the shape, got {label.dtype} {label.shape}")
+    return str(label)
 
 
 def load_user_data(path: Path, seed: int = 0) -> UserData:
@@ -199,7 +220,7 @@ def load_user_data(path: Path, seed: int = 0) -> UserData:
         parts = _split(len(signals), seed, groups, path)
         train, val, test = (Dataset([signals[i] for i in p], [events[i] for i in p]) for p in parts)
         template, source = _template(f, path, train)
-        label = str(f["label"]) if "label" in f else "event"
+        label = _label(f, path)
     if train.n_events == 0:
         raise DataError(f"{path}: the training split has no events; annotate more signals")
     per_split = None

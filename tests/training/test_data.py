@@ -36,7 +36,7 @@ def test_concatenated_signals_with_lengths_and_template(tmp_path: Path) -> None:
             signals=x.ravel(),
             lengths=lengths,
             events=ev,
-            template=np.array([0.0, 1.0, 0.5, -0.2]),
+            template=np.array([0.0, 1.0, 0.5, -0.2, 0.0]),
         )
     )
     assert user.template.center == 1 and user.template_source == "given in the data file"
@@ -63,7 +63,25 @@ def test_concatenated_signals_with_lengths_and_template(tmp_path: Path) -> None:
         (lambda x, ev: {"events": ev}, "no 'signals'"),
         (lambda x, ev: {"signals": x}, "no 'events'"),
         (lambda x, ev: {"signals": x.astype(str), "events": ev}, "real numbers"),
-        (lambda x, ev: {"signals": x, "events": ev, "template": np.ones(5)}, "non-constant"),
+        (lambda x, ev: {"signals": x, "events": ev, "template": np.ones(5)}, "constant"),
+        # the template in the file is checked as --template's is
+        (lambda x, ev: {"signals": x, "events": ev, "template": np.array([0.0, 1, 0])}, "at least 5"),
+        (lambda x, ev: {"signals": x, "events": ev, "template": np.hanning(1100)}, "more than 1025"),
+        (
+            lambda x, ev: {"signals": x, "events": ev, "template": np.hanning(9), "template_center": [1, 2]},
+            "'template_center' must be one integer",
+        ),
+        (
+            lambda x, ev: {"signals": x, "events": ev, "template": np.hanning(9), "template_center": 2.7},
+            "'template_center' must be one integer",
+        ),
+        (
+            lambda x, ev: {"signals": x, "events": ev, "template": np.hanning(9), "template_center": 9},
+            "outside the template",
+        ),
+        (lambda x, ev: {"signals": x, "events": ev, "template_center": 3}, "goes with 'template'"),
+        (lambda x, ev: {"signals": x, "events": ev, "label": np.arange(3)}, "'label' must be one string"),
+        (lambda x, ev: {"signals": x, "events": ev, "label": ""}, "'label' must be one string"),
     ],
 )
 def test_malformed_files(tmp_path: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
