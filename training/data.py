@@ -158,7 +158,9 @@ def _template(f: Any, path: Path, train: Dataset) -> tuple[Template, str]:
     if "template" in f:
         tpl = f["template"]
         if tpl.ndim != 1 or tpl.dtype.kind not in "iuf":
-            raise DataError(f"{path}: 'template' must be a 1-D array of real numbers, got {tpl.dtype} {tpl.shape}")
+            raise DataError(
+                f"{path}: 'template' must be a 1-D array of real numbers, got {tpl.dtype} {tpl.shape}"
+            )
         centre = None
         if "template_center" in f:
             c = f["template_center"]
@@ -191,7 +193,9 @@ def _label(f: Any, path: Path) -> str:
         return "event"
     label = f["label"]
     if label.ndim != 0 or label.dtype.kind != "U" or not str(label).strip():
-        raise DataError(f"{path}: 'label' must be one string naming the shape, got {label.dtype} {label.shape}")
+        raise DataError(
+            f"{path}: 'label' must be one string naming the shape, got {label.dtype} {label.shape}"
+        )
     return str(label)
 
 
@@ -226,6 +230,7 @@ def load_user_data(path: Path, seed: int = 0) -> UserData:
     per_split = None
     if groups is not None:
         per_split = {
-            name: int(np.unique(groups[p]).size) for name, p in zip(("train", "val", "test"), parts, strict=True)
+            name: int(np.unique(groups[p]).size)
+            for name, p in zip(("train", "val", "test"), parts, strict=True)
         }
     return UserData(train, val, test, template, source, label, per_split)

@@ -95,7 +95,7 @@ def test_files_that_are_not_templates(tmp_path: Path) -> None:
     (tmp_path / "binary.csv").write_bytes((tmp_path / "k.npy").read_bytes())
     (tmp_path / "utf16.csv").write_text("\n".join(map(str, SHAPE)), encoding="utf-16")
     for name in ("binary.csv", "utf16.csv"):
-        with pytest.raises(TemplateError, match="not UTF-8 text.*save it as a UTF-8 CSV"):
+        with pytest.raises(TemplateError, match=r"not UTF-8 text.*save it as a UTF-8 CSV"):
             load_template(tmp_path / name)
     np.savez(tmp_path / "k.npz", k=np.array(SHAPE))
     (tmp_path / "archive.npy").write_bytes((tmp_path / "k.npz").read_bytes())
