@@ -361,7 +361,10 @@ def evaluate_exported(
                     "signals all hold events: no false-alarm rate to match)"
                 )
             mf = ev.matched_filter_curves(ds, template, polarity)
-            results[suite]["matched_filter"] = {**ev.metrics(mf, ds.events, mf_threshold, min_distance), **how}
+            results[suite]["matched_filter"] = {
+                **ev.metrics(mf, ds.events, mf_threshold, min_distance),
+                **how,
+            }
     held = ece(held_set, ev.model_curves(model, held_set))
     calibration_card["ece"] = {
         "bins": cal.BINS,
@@ -500,9 +503,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
+        if key == "polarity":
+            raise SystemExit(f"--scenario {item!r}: give --polarity instead")
         if not sep or key not in defaults:
             raise SystemExit(
-                f"--scenario {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(defaults))}"
+                f"--scenario {item!r}: expected KEY=VALUE with KEY one of "
+                f"{', '.join(sorted(k for k in defaults if k != 'polarity'))}"
             )
         default = defaults[key]
         try:
@@ -519,7 +525,44 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
                 out[key] = float(value)
         except ValueError as exc:
             raise SystemExit(f"--scenario {item!r}: {exc}") from None
+        problem = scenario_value_problem(key, out[key])
+        if problem:
+            raise SystemExit(f"--scenario {item!r}: {problem}")
     return out
+
+
+def scenario_value_problem(key: str, value: Any) -> str | None:
+    """What is wrong with a scenario value (None: nothing), for ``--scenario KEY=VALUE``."""
+    values = value if isinstance(value, tuple) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        return "give finite numbers"
+    if key.startswith("p_") and not 0 <= value <= 1:
+        return "give a share between 0 and 1"
+    if key in ("max_events", "spike_every") and not value > 0:
+        return "give a positive number"
+    if key in ("length", "stretch", "drift_period") and not min(values) > 0:
+        return "give positive numbers"
+    if (
+        key in ("snr", "noise", "min_spacing", "inverted_snr", "spike_magnitude", "drift_amplitude")
+        and min(values) < 0
+    ):
+        return "give non-negative numbers"
+    return None
+
+
+def scenario_room_problem(scenario: Scenario, crops: tuple[int, int]) -> str | None:
+    """Whether the shortest signal (or training crop) holds ``max_events`` events, ``spacing``
+    apart, of the whole template (None: it does)."""
+    size = scenario.template.values.size
+    need = size + (scenario.max_events - 1) * scenario.spacing
+    shortest = min(scenario.length[0], crops[0])
+    if shortest >= need:
+        return None
+    return (
+        f"signals of {shortest} samples are too short for {scenario.max_events} events of the "
+        f"{size}-sample template, {scenario.spacing} apart ({need} samples); give "
+        "--scenario length=LO,HI with a longer LO, or fewer max_events"
+    )
 
 
 def default_first_kernel(template: Template | None) -> int:
@@ -703,6 +746,35 @@ def main(argv: list[str] | None = None) -> Path:
         p.error(f"--gain-signals {a.gain_signals}: give a positive number of signals")
     if not 0 <= a.inverted_budget <= 1:
         p.error(f"--inverted-budget {a.inverted_budget}: give a share between 0 and 1")
+    for flag, n in (
+        ("--batch-size", a.batch_size),
+        ("--steps", a.steps),
+        ("--eval-signals", a.eval_signals),
+        ("--val-signals", a.val_signals),
+    ):
+        if n < 1:
+            p.error(f"{flag} {n}: give a positive number")
+    if not (a.lr > 0 and math.isfinite(a.lr)):
+        p.error(f"--lr {a.lr}: give a positive learning rate")
+    if not (a.local_weight >= 0 and math.isfinite(a.local_weight)):
+        p.error(f"--local-weight {a.local_weight}: give a non-negative weight (0: the signal loss alone)")
+    if a.threads < 0:
+        p.error(f"--threads {a.threads}: give a number of threads (0: all cores)")
+    if a.first_kernel is not None and (a.first_kernel < 1 or a.first_kernel % 2 == 0):
+        p.error(f"--first-kernel {a.first_kernel}: give an odd number of samples")
+    for flag, sizes in (("--channels", a.channels), ("--decoder", a.decoder)):
+        if sizes is not None and min(sizes) < 1:
+            p.error(f"{flag} {_words(sizes)}: give positive numbers of channels")
+    stride, window = a.scale_stride, a.scale_window
+    if stride < 1 or window < 1 or window % stride or (window // stride) % 2 == 0:
+        p.error(
+            f"--scale-window {window} --scale-stride {stride}: give a scale window of an odd number "
+            "of scale-stride blocks (1016 = 127 x 8)"
+        )
+    if not (0 <= a.snr[0] <= a.snr[1] and math.isfinite(a.snr[1])):
+        p.error(f"--snr {a.snr[0]} {a.snr[1]}: give 0 <= LOW <= HIGH")
+    if a.data is not None and a.scenario:
+        p.error("--scenario goes with generated data (--template, or the reference bump), not --data")
     if not re.fullmatch(NAME_PATTERN, a.name):
         p.error(
             f"--name {a.name!r}: use 1-64 lower-case letters, digits, '-' or '_', "
@@ -735,7 +807,18 @@ def main(argv: list[str] | None = None) -> Path:
     for key in BUMP_ARCHITECTURE:  # otherwise the general defaults
         if getattr(a, key) is None:
             setattr(a, key, getattr(d, key))
+    if a.arch == "deep" and len(a.decoder) != len(a.channels) - 1:
+        p.error(
+            f"--channels {_words(a.channels)} --decoder {_words(a.decoder)}: give one --decoder "
+            "entry fewer than --channels (one per up-sampling step)"
+        )
     overrides = parse_overrides(a.scenario)
+    if "snr" in overrides:  # --scenario snr=LO,HI is --snr LO HIGH
+        a.snr = list(overrides.pop("snr"))
+    if template is not None and user is None:
+        room = scenario_room_problem(training_scenario(template, **overrides), crop_lengths(template))
+        if room:
+            p.error(f"--scenario: {room}")
     polarity_info: dict[str, Any] | None = None
     if template is not None and user is None and not a.polarity:
         polarity_info = polarity_identifiability(template, training_scenario(template, **overrides))
@@ -942,7 +1025,9 @@ def main(argv: list[str] | None = None) -> Path:
     save_card(model_dir, card)
     if user is None and template is not None:
         n_check = min(1000, cfg.eval_signals)
-        card.training["polarity_check"] = polarity_check(model_dir, template, a.polarity, n_check, POLARITY_CHECK_SEED)
+        card.training["polarity_check"] = polarity_check(
+            model_dir, template, a.polarity, n_check, POLARITY_CHECK_SEED
+        )
     card.training["seconds"] = round(time.time() - started, 1)
     if source is not None:
         card.training["weights_from"]["seconds"] = card.training["seconds"]
