@@ -341,9 +341,9 @@ def evaluate_exported(
     results: dict[str, Any] = {}
     per_suite: dict[str, Any] = {}
     for suite, ds in test.items():
-        raw = ev.model_curves(model, ds)
-        curves = ev.calibrated_curves(model, raw)
-        results[suite] = {"model": ev.metrics(curves, ds.events, threshold, min_distance)}
+        # What the service answers: app.core.model.detections on the exported file's curves.
+        shipped, raw = ev.shipped_metrics(model, ds, threshold, min_distance)
+        results[suite] = {"model": shipped}
         per_suite[suite] = _ece_summary(ece(ds, raw))
         if template is not None:
             # The baseline's threshold: the model's false-alarm rate on this suite's
