@@ -185,7 +185,13 @@ def _template(f: Any, path: Path, train: Dataset) -> tuple[Template, str]:
     ]
     if not segments:
         raise DataError(f"{path}: no training events to estimate a template from; add 'template'")
-    return Template(np.mean(segments, axis=0), w), f"mean of {len(segments)} training events (±{w})"
+    mean = np.mean(segments, axis=0)
+    if np.ptp(mean) == 0:
+        raise DataError(
+            f"{path}: the {len(segments)} training events average to a constant shape (flat signals "
+            "where they are marked?); add 'template'"
+        )
+    return Template(mean, w), f"mean of {len(segments)} training events (±{w})"
 
 
 def _label(f: Any, path: Path) -> str:

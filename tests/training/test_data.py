@@ -137,3 +137,13 @@ def test_malformed_groups(tmp_path: Path, groups: np.ndarray, message: str) -> N
     x, ev = generated()
     with pytest.raises(DataError, match=message):
         load_user_data(write_npz(tmp_path / "g.npz", signals=x, events=ev, groups=groups))
+
+
+def test_a_flat_estimated_template_is_refused(tmp_path: Path) -> None:
+    """Events annotated where the signals are flat average to a constant shape: a first
+    convolution started from it (unit norm) would be NaN."""
+    x = np.zeros((20, 400))
+    x[:, 300:] = np.random.default_rng(0).standard_normal((20, 100))
+    ev = np.array([(i, 100) for i in range(20)])
+    with pytest.raises(DataError, match=r"constant.*add 'template'"):
+        load_user_data(write_npz(tmp_path / "flat.npz", signals=x, events=ev))
