@@ -8,9 +8,13 @@ File format: one ``.npz`` (NumPy's ``np.savez``; read without pickle) holding
 - optional ``template``: float 1-D, the shape, for the matched-filter baseline, with optional
   ``template_center`` (int; default the largest absolute value); without it the baseline uses
   the mean of the training events' neighbourhoods (``TEMPLATE_HALF_WIDTH`` each side);
-- optional ``label``: a string naming the shape (default "event").
+- optional ``label``: a string naming the shape (default "event");
+- optional ``groups``: int ``(n,)``, the recording each signal was cut from: signals of one
+  group stay on one side of the split (windows of one recording, overlapping or not, are
+  near duplicates; split by signal they would land in training and test alike).
 
-Signals are shuffled with the seed and split 70 / 15 / 15 into training, validation and test.
+Signals (or, with ``groups``, the groups) are shuffled with the seed and split 70 / 15 / 15
+into training, validation and test.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 
 from training.evaluate import robust_normalise
 from training.scenario import Dataset, Template
+from training.template import TemplateError, template_from_values
 
 MIN_SIGNALS = 10
 MIN_LENGTH = 64
@@ -42,14 +47,20 @@ class UserData:
     template: Template
     template_source: str
     label: str
+    groups: dict[str, int] | None = None  # groups per split, when the file gives them
 
     def describe(self) -> dict[str, Any]:
+        parts = (("train", self.train), ("val", self.val), ("test", self.test))
         return {
             "label": self.label,
             "template": self.template_source,
             "split": {
-                name: {"signals": len(d), "events": d.n_events}
-                for name, d in (("train", self.train), ("val", self.val), ("test", self.test))
+                name: {
+                    "signals": len(d),
+                    "events": d.n_events,
+                    **({"groups": self.groups[name]} if self.groups is not None else {}),
+                }
+                for name, d in parts
             },
         }
 
@@ -109,15 +120,62 @@ def _events(f: Any, path: Path, signals: list[np.ndarray]) -> list[np.ndarray]:
     return [np.unique(np.asarray(p, dtype=np.int64)) for p in per]
 
 
+def _groups(f: Any, path: Path, n: int) -> np.ndarray | None:
+    if "groups" not in f:
+        return None
+    g = f["groups"]
+    if g.shape != (n,) or not np.issubdtype(g.dtype, np.integer):
+        raise DataError(
+            f"{path}: 'groups' must be an integer array with one per signal ({n}), the recording "
+            f"each signal was cut from; got {g.dtype} {g.shape}"
+        )
+    return np.asarray(g, dtype=np.int64)
+
+
+def _split(n: int, seed: int, groups: np.ndarray | None, path: Path) -> tuple[np.ndarray, ...]:
+    """Signal indices of training, validation and test: 70 / 15 / 15 of the signals, shuffled
+    with ``seed``; with ``groups``, whole groups, cut where the signals reach 70 and 85 %."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        order = rng.permutation(n)
+        n_train = round(0.7 * n)
+        n_val = max(1, round(0.15 * n))
+        return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
+    ids = rng.permutation(np.unique(groups))
+    if ids.size < 3:
+        raise DataError(
+            f"{path}: 'groups' names {ids.size} recording(s); give at least 3, one each for "
+            "training, validation and test"
+        )
+    sizes = np.array([np.count_nonzero(groups == i) for i in ids])
+    start = np.cumsum(sizes) - sizes  # signals before each group
+    t = min(max(int(np.searchsorted(start, 0.7 * n)), 1), ids.size - 2)
+    v = min(max(int(np.searchsorted(start, 0.85 * n)), t + 1), ids.size - 1)
+    return tuple(np.flatnonzero(np.isin(groups, part)) for part in (ids[:t], ids[t:v], ids[v:]))
+
+
 def _template(f: Any, path: Path, train: Dataset) -> tuple[Template, str]:
     if "template" in f:
-        tpl = np.asarray(f["template"], dtype=np.float64)
-        if tpl.ndim != 1 or tpl.size < 3 or not np.all(np.isfinite(tpl)) or np.ptp(tpl) == 0:
-            raise DataError(f"{path}: 'template' must be a finite, non-constant 1-D array of >= 3 values")
-        centre = int(f["template_center"]) if "template_center" in f else int(np.argmax(np.abs(tpl)))
-        if not 0 <= centre < tpl.size:
-            raise DataError(f"{path}: template_center {centre} is outside the template (0..{tpl.size - 1})")
-        return Template(tpl, centre), "given in the data file"
+        tpl = f["template"]
+        if tpl.ndim != 1 or tpl.dtype.kind not in "iuf":
+            raise DataError(
+                f"{path}: 'template' must be a 1-D array of real numbers, got {tpl.dtype} {tpl.shape}"
+            )
+        centre = None
+        if "template_center" in f:
+            c = f["template_center"]
+            if c.ndim != 0 or c.dtype.kind not in "iu":
+                raise DataError(
+                    f"{path}: 'template_center' must be one integer (the event's sample in the "
+                    f"template), got {c.dtype} {c.shape}"
+                )
+            centre = int(c)
+        try:  # the checks of --template: 5-1025 finite values, not constant, the centre inside
+            return template_from_values(tpl, centre, f"{path}: 'template'"), "given in the data file"
+        except TemplateError as exc:
+            raise DataError(str(exc)) from None
+    if "template_center" in f:
+        raise DataError(f"{path}: 'template_center' goes with 'template'; add the template or drop it")
     w = TEMPLATE_HALF_WIDTH
     segments = [
         robust_normalise(x)[c - w : c + w + 1]
@@ -127,7 +185,24 @@ def _template(f: Any, path: Path, train: Dataset) -> tuple[Template, str]:
     ]
     if not segments:
         raise DataError(f"{path}: no training events to estimate a template from; add 'template'")
-    return Template(np.mean(segments, axis=0), w), f"mean of {len(segments)} training events (±{w})"
+    mean = np.mean(segments, axis=0)
+    if np.ptp(mean) == 0:
+        raise DataError(
+            f"{path}: the {len(segments)} training events average to a constant shape (flat signals "
+            "where they are marked?); add 'template'"
+        )
+    return Template(mean, w), f"mean of {len(segments)} training events (±{w})"
+
+
+def _label(f: Any, path: Path) -> str:
+    if "label" not in f:
+        return "event"
+    label = f["label"]
+    if label.ndim != 0 or label.dtype.kind != "U" or not str(label).strip():
+        raise DataError(
+            f"{path}: 'label' must be one string naming the shape, got {label.dtype} {label.shape}"
+        )
+    return str(label)
 
 
 def load_user_data(path: Path, seed: int = 0) -> UserData:
@@ -151,13 +226,17 @@ def load_user_data(path: Path, seed: int = 0) -> UserData:
                 ) from exc
         signals = _signals(f, path)
         events = _events(f, path, signals)
-        order = np.random.default_rng(seed).permutation(len(signals))
-        n_train = round(0.7 * len(signals))
-        n_val = max(1, round(0.15 * len(signals)))
-        parts = (order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
+        groups = _groups(f, path, len(signals))
+        parts = _split(len(signals), seed, groups, path)
         train, val, test = (Dataset([signals[i] for i in p], [events[i] for i in p]) for p in parts)
         template, source = _template(f, path, train)
-        label = str(f["label"]) if "label" in f else "event"
+        label = _label(f, path)
     if train.n_events == 0:
         raise DataError(f"{path}: the training split has no events; annotate more signals")
-    return UserData(train, val, test, template, source, label)
+    per_split = None
+    if groups is not None:
+        per_split = {
+            name: int(np.unique(groups[p]).size)
+            for name, p in zip(("train", "val", "test"), parts, strict=True)
+        }
+    return UserData(train, val, test, template, source, label, per_split)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from app.core.model import OnnxModel
+from app.core.model import OnnxModel, detections
 from app.core.peaks import find_peaks
 from training.scenario import Dataset, Template
 
@@ -138,23 +138,53 @@ def event_counts(
 def metrics(
     curves: Curves, events: Sequence[npt.NDArray[np.int64]], threshold: float, min_distance: int
 ) -> dict[str, float | int | None]:
-    """The card's per-suite metrics for one detector."""
+    """The card's per-suite metrics for one detector's score curves (the matched filter's)."""
     maxima = np.array([float(c.max()) for c in curves])
-    labels = np.array([e.size > 0 for e in events])
     counts = event_counts(curves, events, threshold, min_distance)
+    return _summary(maxima, maxima >= threshold, events, counts, threshold)
+
+
+def shipped_metrics(
+    model: OnnxModel, data: Dataset, threshold: float, min_distance: int
+) -> tuple[dict[str, float | int | None], Curves]:
+    """The card's per-suite metrics of the model as the service answers, and its raw curves.
+
+    The service's own detection function (``app.core.model.detections``) on the exported
+    file's curves: its peaks (found on the raw curve at the threshold mapped back), its
+    decisions and its signal probabilities, not peaks found again on calibrated float32 curves.
+    """
+    raw = model_curves(model, data)
+    found = detections(raw, threshold, min_distance, calibrator=model.card.calibrator)
+    errors = [match_events(d.peaks.index, c) for d, c in zip(found, data.events, strict=True)]
+    counts = EventCounts(
+        sum(len(d.peaks) for d in found), data.n_events, np.concatenate(errors or [np.empty(0, np.int64)])
+    )
+    scores = np.array([d.probability for d in found])
+    detected = np.array([d.detected for d in found], dtype=bool)
+    return _summary(scores, detected, data.events, counts, threshold), raw
+
+
+def _summary(
+    scores: npt.NDArray[np.float64],
+    detected: npt.NDArray[np.bool_],
+    events: Sequence[npt.NDArray[np.int64]],
+    counts: EventCounts,
+    threshold: float,
+) -> dict[str, float | int | None]:
+    labels = np.array([e.size > 0 for e in events], dtype=bool)
     tp = counts.errors.size
     empty = ~labels
     return {
-        "signals": len(curves),
+        "signals": len(events),
         "events": counts.events,
-        "auc": roc_auc(maxima, labels),
+        "auc": roc_auc(scores, labels),
         "threshold": float(threshold),
         "precision": tp / counts.detections if counts.detections else 0.0,
         "recall": tp / counts.events if counts.events else 1.0,
         "f1": counts.f1,
         "loc_error_median": float(np.median(counts.errors)) if tp else None,
         "loc_error_p95": float(np.percentile(counts.errors, 95)) if tp else None,
-        "false_alarm_rate": float((maxima[empty] >= threshold).mean()) if empty.any() else 0.0,
+        "false_alarm_rate": float(detected[empty].mean()) if empty.any() else 0.0,
     }
 
 
@@ -229,3 +259,17 @@ def choose_operating_point(
             if (f1[float(t)], d, t) > (best[0], best[2], best[1]):
                 best = (f1[float(t)], float(t), int(d))
     return best[1], best[2], best[0]
+
+
+def best_f1_threshold(
+    curves: Curves, events: Sequence[npt.NDArray[np.int64]], min_distance: int, levels: int = 200
+) -> float:
+    """The threshold with the best pooled event F1 at ``min_distance`` (``choose_operating_point``
+    over ``levels`` quantiles of the curves' peak values): for scores on any scale, such as the
+    matched filter's."""
+    values = np.concatenate([find_peaks(c, -np.inf, min_distance).probability for c in curves])
+    if values.size == 0:
+        raise ValueError("need peaks to choose a threshold")
+    grid = np.unique(np.quantile(values.astype(np.float64), np.linspace(0.0, 1.0, levels)))
+    threshold, _, _ = choose_operating_point(curves, events, tuple(float(t) for t in grid), (min_distance,))
+    return threshold

@@ -363,8 +363,21 @@ def measure_radius(net: nn.Module, length: int = 2048, trials: int = 4) -> int:
     zero cannot hide a path) as well as on the network itself; the largest distance wins, or
     the matched-filter path's reach if that is larger. An output counts as moved when it
     moves by more than 1e-9 of the largest output: the running sums of ``centred_mean`` move
-    every later output by rounding, about 1e-16 of the sum.
+    every later output by rounding, about 1e-16 of the sum. A probe sees at most about half
+    its ``length`` to each side: a radius near that is measured again on a probe twice as long.
     """
+    while True:
+        radius = _probe_radius(net, length, trials)
+        if radius + 16 < length // 2:  # the probe positions' farthest visible output, with room
+            break
+        length *= 2
+    # The matched-filter path's reach is known exactly; a probe can miss the veto's (a max
+    # over a window moves only where the maximum moves).
+    return max(radius, net.path_radius() if isinstance(net, DeepCNN) else 0)
+
+
+def _probe_radius(net: nn.Module, length: int, trials: int) -> int:
+    """``measure_radius`` on one probe length: the farthest output a perturbation moves."""
     radius = 0
     for trial in range(trials + 1):
         probe = copy.deepcopy(net).double().eval()
@@ -382,6 +395,4 @@ def measure_radius(net: nn.Module, length: int = 2048, trials: int = 4) -> int:
                 changed = torch.nonzero(moved).flatten()
                 if changed.numel():
                     radius = max(radius, int((changed - pos).abs().max()))
-    # The matched-filter path's reach is known exactly; a probe can miss the veto's (a max
-    # over a window moves only where the maximum moves).
-    return max(radius, net.path_radius() if isinstance(net, DeepCNN) else 0)
+    return radius

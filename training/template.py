@@ -30,7 +30,13 @@ class TemplateError(ValueError):
 
 def _read_csv(path: Path) -> np.ndarray:
     values: list[float] = []
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise TemplateError(
+            f"{path}: not UTF-8 text (a binary file, or text in another encoding); save it as a "
+            "UTF-8 CSV, or give a .npy file (np.save)"
+        ) from None
     seen_numbers = False
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -67,6 +73,9 @@ def _read_npy(path: Path) -> np.ndarray:
         raise TemplateError(f"{path}: not a plain numeric .npy file ({exc}); save it with np.save") from None
     except OSError as exc:
         raise TemplateError(f"{path}: cannot read it as .npy ({exc})") from None
+    if isinstance(a, np.lib.npyio.NpzFile):
+        a.close()
+        raise TemplateError(f"{path}: an .npz archive, not one array; save the template with np.save")
     if not isinstance(a, np.ndarray) or a.dtype.kind not in "iuf":
         raise TemplateError(
             f"{path}: the template must be real numbers, got dtype {getattr(a, 'dtype', '?')}"

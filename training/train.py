@@ -70,6 +70,10 @@ from training.template import TemplateError, load_template
 # Seeds of the calibration sets drawn from the training distribution: one to fit the maps,
 # one held out to measure them. Disjoint from the suites' seeds and from training.
 CALIBRATION_SEEDS = {"fit": 3001, "held_out": 3002}
+# Seeds of the polarity check (one set, upright and inverted) and of the polarity sets the
+# matched-filter gain is chosen on (event-free signals; the next seed: one event each).
+POLARITY_CHECK_SEED = 4001
+POLARITY_SETS_SEED = 4101
 ECE_GOAL = 0.02
 MAX_FIRST_KERNEL = 1025
 # The reference bump's architecture where the defaults differ (`bump` 1.5.0, see README, "The
@@ -235,10 +239,12 @@ def fit(net: nn.Module, batches: Any, val: dict[str, Dataset], cfg: TrainConfig)
             history.append({"step": step, "train_loss": running, **v})
             if v["loss"] < best_loss:
                 best_loss, best_state, best_step = v["loss"], copy.deepcopy(net.state_dict()), step
+            # A validation set without event-free signals (or without events) has no AUC.
+            aucs = [x for k, x in v.items() if k.startswith("auc") and math.isfinite(x)]
             bar.set_postfix(
                 loss=f"{running:.4f}",
                 val=f"{v['loss']:.4f}",
-                auc=f"{np.nanmean([x for k, x in v.items() if k.startswith('auc')]):.4f}",
+                auc=f"{np.mean(aucs):.4f}" if aucs else "-",
             )
         elif step % 20 == 0:
             bar.set_postfix(loss=f"{running:.4f}")
@@ -335,18 +341,30 @@ def evaluate_exported(
     results: dict[str, Any] = {}
     per_suite: dict[str, Any] = {}
     for suite, ds in test.items():
-        raw = ev.model_curves(model, ds)
-        curves = ev.calibrated_curves(model, raw)
-        results[suite] = {"model": ev.metrics(curves, ds.events, threshold, min_distance)}
+        # What the service answers: app.core.model.detections on the exported file's curves.
+        shipped, raw = ev.shipped_metrics(model, ds, threshold, min_distance)
+        results[suite] = {"model": shipped}
         per_suite[suite] = _ece_summary(ece(ds, raw))
         if template is not None:
             # The baseline's threshold: the model's false-alarm rate on this suite's
-            # event-free validation signals.
-            rate = ev.false_alarm_rate(raw_val[suite], val[suite].events, raw_threshold)
+            # event-free validation signals; without any (a user's recordings may all hold
+            # events), the best validation event F1, as the model's threshold.
             mf_val = ev.matched_filter_curves(val[suite], template, polarity)
-            mf_threshold = ev.threshold_for_rate(mf_val, val[suite].events, rate)
+            how: dict[str, str] = {}
+            if any(e.size == 0 for e in val[suite].events):
+                rate = ev.false_alarm_rate(raw_val[suite], val[suite].events, raw_threshold)
+                mf_threshold = ev.threshold_for_rate(mf_val, val[suite].events, rate)
+            else:
+                mf_threshold = ev.best_f1_threshold(mf_val, val[suite].events, min_distance)
+                how["threshold_selection"] = (
+                    f"best validation event F1 at min_distance {min_distance} (the validation "
+                    "signals all hold events: no false-alarm rate to match)"
+                )
             mf = ev.matched_filter_curves(ds, template, polarity)
-            results[suite]["matched_filter"] = ev.metrics(mf, ds.events, mf_threshold, min_distance)
+            results[suite]["matched_filter"] = {
+                **ev.metrics(mf, ds.events, mf_threshold, min_distance),
+                **how,
+            }
     held = ece(held_set, ev.model_curves(model, held_set))
     calibration_card["ece"] = {
         "bins": cal.BINS,
@@ -448,6 +466,21 @@ def polarity_sets(template: Template, n: int, seed: int) -> PolaritySets:
     return PolaritySets(empty=noise, upright=upright, inverted=inverted)
 
 
+def held_out_seeds() -> dict[int, str]:
+    """The seeds of the generated sets that are not training data, and what each one draws.
+
+    Training draws its signals from ``default_rng(--seed)``: with one of these seeds it would
+    draw the same noise as that set, and the set would no longer be held out.
+    """
+    seeds = {seed: f"the held-out {suite} suite" for suite, seed in EVAL_SEEDS.items()}
+    seeds |= {seed: f"the {suite} validation suite" for suite, seed in VALIDATION_SEEDS.items()}
+    seeds |= {seed: f"the calibration set ({use})" for use, seed in CALIBRATION_SEEDS.items()}
+    seeds[POLARITY_CHECK_SEED] = "the polarity check"
+    seeds[POLARITY_SETS_SEED] = "the polarity sets (event-free signals)"
+    seeds[POLARITY_SETS_SEED + 1] = "the polarity sets (one event each)"
+    return seeds
+
+
 def parse_budget(text: str) -> tuple[int | None, float | None]:
     """'3000' -> 3000 steps; '10m' or '10min' -> 10 minutes."""
     t = text.strip().lower()
@@ -470,9 +503,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
+        if key == "polarity":
+            raise SystemExit(f"--scenario {item!r}: give --polarity instead")
         if not sep or key not in defaults:
             raise SystemExit(
-                f"--scenario {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(defaults))}"
+                f"--scenario {item!r}: expected KEY=VALUE with KEY one of "
+                f"{', '.join(sorted(k for k in defaults if k != 'polarity'))}"
             )
         default = defaults[key]
         try:
@@ -489,7 +525,44 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
                 out[key] = float(value)
         except ValueError as exc:
             raise SystemExit(f"--scenario {item!r}: {exc}") from None
+        problem = scenario_value_problem(key, out[key])
+        if problem:
+            raise SystemExit(f"--scenario {item!r}: {problem}")
     return out
+
+
+def scenario_value_problem(key: str, value: Any) -> str | None:
+    """What is wrong with a scenario value (None: nothing), for ``--scenario KEY=VALUE``."""
+    values = value if isinstance(value, tuple) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        return "give finite numbers"
+    if key.startswith("p_") and not 0 <= value <= 1:
+        return "give a share between 0 and 1"
+    if key in ("max_events", "spike_every") and not value > 0:
+        return "give a positive number"
+    if key in ("length", "stretch", "drift_period") and not min(values) > 0:
+        return "give positive numbers"
+    if (
+        key in ("snr", "noise", "min_spacing", "inverted_snr", "spike_magnitude", "drift_amplitude")
+        and min(values) < 0
+    ):
+        return "give non-negative numbers"
+    return None
+
+
+def scenario_room_problem(scenario: Scenario, crops: tuple[int, int]) -> str | None:
+    """Whether the shortest signal (or training crop) holds ``max_events`` events, ``spacing``
+    apart, of the whole template (None: it does)."""
+    size = scenario.template.values.size
+    need = size + (scenario.max_events - 1) * scenario.spacing
+    shortest = min(scenario.length[0], crops[0])
+    if shortest >= need:
+        return None
+    return (
+        f"signals of {shortest} samples are too short for {scenario.max_events} events of the "
+        f"{size}-sample template, {scenario.spacing} apart ({need} samples); give "
+        "--scenario length=LO,HI with a longer LO, or fewer max_events"
+    )
 
 
 def default_first_kernel(template: Template | None) -> int:
@@ -673,10 +746,44 @@ def main(argv: list[str] | None = None) -> Path:
         p.error(f"--gain-signals {a.gain_signals}: give a positive number of signals")
     if not 0 <= a.inverted_budget <= 1:
         p.error(f"--inverted-budget {a.inverted_budget}: give a share between 0 and 1")
+    for flag, n in (
+        ("--batch-size", a.batch_size),
+        ("--steps", a.steps),
+        ("--eval-signals", a.eval_signals),
+        ("--val-signals", a.val_signals),
+    ):
+        if n < 1:
+            p.error(f"{flag} {n}: give a positive number")
+    if not (a.lr > 0 and math.isfinite(a.lr)):
+        p.error(f"--lr {a.lr}: give a positive learning rate")
+    if not (a.local_weight >= 0 and math.isfinite(a.local_weight)):
+        p.error(f"--local-weight {a.local_weight}: give a non-negative weight (0: the signal loss alone)")
+    if a.threads < 0:
+        p.error(f"--threads {a.threads}: give a number of threads (0: all cores)")
+    if a.first_kernel is not None and (a.first_kernel < 1 or a.first_kernel % 2 == 0):
+        p.error(f"--first-kernel {a.first_kernel}: give an odd number of samples")
+    for flag, sizes in (("--channels", a.channels), ("--decoder", a.decoder)):
+        if sizes is not None and min(sizes) < 1:
+            p.error(f"{flag} {_words(sizes)}: give positive numbers of channels")
+    stride, window = a.scale_stride, a.scale_window
+    if stride < 1 or window < 1 or window % stride or (window // stride) % 2 == 0:
+        p.error(
+            f"--scale-window {window} --scale-stride {stride}: give a scale window of an odd number "
+            "of scale-stride blocks (1016 = 127 x 8)"
+        )
+    if not (0 <= a.snr[0] <= a.snr[1] and math.isfinite(a.snr[1])):
+        p.error(f"--snr {a.snr[0]} {a.snr[1]}: give 0 <= LOW <= HIGH")
+    if a.data is not None and a.scenario:
+        p.error("--scenario goes with generated data (--template, or the reference bump), not --data")
     if not re.fullmatch(NAME_PATTERN, a.name):
         p.error(
             f"--name {a.name!r}: use 1-64 lower-case letters, digits, '-' or '_', "
             "starting with a letter or digit"
+        )
+    if a.data is None and a.seed in held_out_seeds():
+        p.error(
+            f"--seed {a.seed} is the seed of {held_out_seeds()[a.seed]}: the training signals would "
+            "share its noise; give another seed"
         )
     template: Template | None
     user: UserData | None = None
@@ -700,7 +807,18 @@ def main(argv: list[str] | None = None) -> Path:
     for key in BUMP_ARCHITECTURE:  # otherwise the general defaults
         if getattr(a, key) is None:
             setattr(a, key, getattr(d, key))
+    if a.arch == "deep" and len(a.decoder) != len(a.channels) - 1:
+        p.error(
+            f"--channels {_words(a.channels)} --decoder {_words(a.decoder)}: give one --decoder "
+            "entry fewer than --channels (one per up-sampling step)"
+        )
     overrides = parse_overrides(a.scenario)
+    if "snr" in overrides:  # --scenario snr=LO,HI is --snr LO HIGH
+        a.snr = list(overrides.pop("snr"))
+    if template is not None and user is None:
+        room = scenario_room_problem(training_scenario(template, **overrides), crop_lengths(template))
+        if room:
+            p.error(f"--scenario: {room}")
     polarity_info: dict[str, Any] | None = None
     if template is not None and user is None and not a.polarity:
         polarity_info = polarity_identifiability(template, training_scenario(template, **overrides))
@@ -818,7 +936,7 @@ def main(argv: list[str] | None = None) -> Path:
     if isinstance(net, DeepCNN) and net.matched is not None:
         assert template is not None
         checks = (
-            polarity_sets(template, cfg.gain_signals, 4101)
+            polarity_sets(template, cfg.gain_signals, POLARITY_SETS_SEED)
             if polarity_info is not None and polarity_info["identifiable"]
             else None
         )
@@ -907,7 +1025,9 @@ def main(argv: list[str] | None = None) -> Path:
     save_card(model_dir, card)
     if user is None and template is not None:
         n_check = min(1000, cfg.eval_signals)
-        card.training["polarity_check"] = polarity_check(model_dir, template, a.polarity, n_check, 4001)
+        card.training["polarity_check"] = polarity_check(
+            model_dir, template, a.polarity, n_check, POLARITY_CHECK_SEED
+        )
     card.training["seconds"] = round(time.time() - started, 1)
     if source is not None:
         card.training["weights_from"]["seconds"] = card.training["seconds"]

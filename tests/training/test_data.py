@@ -36,7 +36,7 @@ def test_concatenated_signals_with_lengths_and_template(tmp_path: Path) -> None:
             signals=x.ravel(),
             lengths=lengths,
             events=ev,
-            template=np.array([0.0, 1.0, 0.5, -0.2]),
+            template=np.array([0.0, 1.0, 0.5, -0.2, 0.0]),
         )
     )
     assert user.template.center == 1 and user.template_source == "given in the data file"
@@ -63,7 +63,25 @@ def test_concatenated_signals_with_lengths_and_template(tmp_path: Path) -> None:
         (lambda x, ev: {"events": ev}, "no 'signals'"),
         (lambda x, ev: {"signals": x}, "no 'events'"),
         (lambda x, ev: {"signals": x.astype(str), "events": ev}, "real numbers"),
-        (lambda x, ev: {"signals": x, "events": ev, "template": np.ones(5)}, "non-constant"),
+        (lambda x, ev: {"signals": x, "events": ev, "template": np.ones(5)}, "constant"),
+        # the template in the file is checked as --template's is
+        (lambda x, ev: {"signals": x, "events": ev, "template": np.array([0.0, 1, 0])}, "at least 5"),
+        (lambda x, ev: {"signals": x, "events": ev, "template": np.hanning(1100)}, "more than 1025"),
+        (
+            lambda x, ev: {"signals": x, "events": ev, "template": np.hanning(9), "template_center": [1, 2]},
+            "'template_center' must be one integer",
+        ),
+        (
+            lambda x, ev: {"signals": x, "events": ev, "template": np.hanning(9), "template_center": 2.7},
+            "'template_center' must be one integer",
+        ),
+        (
+            lambda x, ev: {"signals": x, "events": ev, "template": np.hanning(9), "template_center": 9},
+            "outside the template",
+        ),
+        (lambda x, ev: {"signals": x, "events": ev, "template_center": 3}, "goes with 'template'"),
+        (lambda x, ev: {"signals": x, "events": ev, "label": np.arange(3)}, "'label' must be one string"),
+        (lambda x, ev: {"signals": x, "events": ev, "label": ""}, "'label' must be one string"),
     ],
 )
 def test_malformed_files(tmp_path: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -86,3 +104,46 @@ def test_not_an_npz(tmp_path: Path) -> None:
     np.savez(tmp_path / "pickled.npz", signals=obj, events=np.zeros((0, 2), dtype=int))
     with pytest.raises(DataError, match="pickle"):
         load_user_data(tmp_path / "pickled.npz")
+
+
+def test_groups_keep_the_windows_of_one_recording_on_one_side(tmp_path: Path) -> None:
+    """Signals cut from one recording (overlapping windows, near duplicates) stay together:
+    split by signal, windows of one recording would land in training and in test alike."""
+    rng = np.random.default_rng(0)
+    recordings = [rng.standard_normal(1200) for _ in range(8)]
+    windows = [(r, a) for r in range(8) for a in range(0, 1200 - 400 + 1, 100)]  # 9 per recording
+    x = np.stack([recordings[r][a : a + 400] for r, a in windows])
+    groups = np.array([r for r, _ in windows])
+    ev = np.array([(i, 200) for i in range(len(x))])
+    user = load_user_data(write_npz(tmp_path / "d.npz", signals=x, events=ev, groups=groups), seed=3)
+    seen = [
+        {int(groups[int(np.flatnonzero((x == s).all(axis=1))[0])]) for s in part.signals}
+        for part in (user.train, user.val, user.test)
+    ]
+    assert all(seen) and not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    assert len(user.train) + len(user.val) + len(user.test) == len(x)
+    assert user.describe()["split"]["test"]["groups"] == len(seen[2])
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        (np.zeros(29, dtype=int), "one per signal"),
+        (np.linspace(0, 1, 30), "integer"),
+        (np.repeat([0, 1], 15), "at least 3"),
+    ],
+)
+def test_malformed_groups(tmp_path: Path, groups: np.ndarray, message: str) -> None:
+    x, ev = generated()
+    with pytest.raises(DataError, match=message):
+        load_user_data(write_npz(tmp_path / "g.npz", signals=x, events=ev, groups=groups))
+
+
+def test_a_flat_estimated_template_is_refused(tmp_path: Path) -> None:
+    """Events annotated where the signals are flat average to a constant shape: a first
+    convolution started from it (unit norm) would be NaN."""
+    x = np.zeros((20, 400))
+    x[:, 300:] = np.random.default_rng(0).standard_normal((20, 100))
+    ev = np.array([(i, 100) for i in range(20)])
+    with pytest.raises(DataError, match=r"constant.*add 'template'"):
+        load_user_data(write_npz(tmp_path / "flat.npz", signals=x, events=ev))

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,20 @@ def test_dry_run_on_user_data(tmp_path: Path) -> None:
     assert set(card.metrics) == {"user"}
     assert set(card.metrics["user"]) == {"model", "matched_filter"}
     assert card.training["data"]["split"]["test"]["signals"] == 6
+
+
+def test_dry_run_on_user_data_where_every_signal_holds_events(tmp_path: Path) -> None:
+    """Recordings chosen because they hold events leave no event-free validation signal to match
+    the matched filter's false-alarm rate on: its threshold is then chosen as the model's is,
+    for the best validation event F1, and the card says so (it used to end in a traceback)."""
+    data = make_dataset(replace(suites()["white"], p_empty=0.0), 40, seed=9, length=512)
+    events = np.array([(i, c) for i, e in enumerate(data.events) for c in e]).reshape(-1, 2)
+    np.savez(tmp_path / "busy.npz", signals=np.stack(data.signals), events=events)
+    model_dir = main(
+        ["--dry-run", "--data", str(tmp_path / "busy.npz"), "--out", str(tmp_path), "--name", "busy"]
+    )
+    mf = load_card(model_dir).metrics["user"]["matched_filter"].model_dump()
+    assert "best validation event F1" in mf["threshold_selection"] and mf["threshold"] > 0
 
 
 def test_single_layer_dry_run(tmp_path: Path) -> None:
@@ -165,6 +180,8 @@ def test_dry_run_from_a_template(tmp_path: Path) -> None:
             "p_spikes=0.1",
             "--scenario",
             "stretch=0.9,1.1",
+            "--scenario",
+            "snr=3,9",
         ]
     )
     card = load_card(model_dir)
@@ -178,6 +195,7 @@ def test_dry_run_from_a_template(tmp_path: Path) -> None:
     assert (arch["channels"], arch["decoder"], arch["decoder_kernel"]) == ([8, 16, 24], [16, 8], None)
     scenario = card.training["data"]["training_scenario"]
     assert scenario["p_spikes"] == 0.1 and scenario["stretch"] == [0.9, 1.1]
+    assert scenario["snr"] == [3.0, 9.0]  # --scenario snr=LO,HI is --snr (it was a TypeError)
     assert scenario["polarity"] is True and scenario["p_inverted"] == 0.0
     assert set(card.metrics) == {"white", "lowsnr", "jitter", "nuisance"}
     assert card.training["polarity_check"]["inverted_counts_as_event"] is True
@@ -203,9 +221,9 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
     model = OnnxModel(model_dir)
     data = make_dataset(suites()["white"], 40, seed=EVAL_SEEDS["white"])
     shipped = model.detect(data.signals)
-    curves = ev.calibrated_curves(model, ev.model_curves(model, data))
-    m = ev.metrics(curves, data.events, card.threshold, card.min_distance)
+    m, _ = ev.shipped_metrics(model, data, card.threshold, card.min_distance)
     assert m == pytest.approx(card.metrics["white"]["model"].model_dump(), nan_ok=True)
+    curves = ev.calibrated_curves(model, ev.model_curves(model, data))
     n_detected = sum(len(d.peaks) for d in shipped)
     counts = ev.event_counts(curves, data.events, card.threshold, card.min_distance)
     assert n_detected == counts.detections
@@ -230,6 +248,29 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
         (["--matched-veto-margin", "nan"], "--matched-veto-margin nan: give non-negative"),
         (["--calibration-signals", "0"], "--calibration-signals 0: give a positive number"),
         (["--gain-signals", "0"], "--gain-signals 0: give a positive number"),
+        # each used to end in a traceback, or to train on nothing
+        (["--batch-size", "0"], "--batch-size 0: give a positive number"),
+        (["--steps", "0"], "--steps 0: give a positive number"),
+        (["--eval-signals", "0"], "--eval-signals 0: give a positive number"),
+        (["--val-signals", "-1"], "--val-signals -1: give a positive number"),
+        (["--lr", "0"], "--lr 0.0: give a positive learning rate"),
+        (["--local-weight", "-1"], "--local-weight -1.0: give a non-negative weight"),
+        (["--threads", "-2"], "--threads -2: give a number of threads (0: all cores)"),
+        (["--first-kernel", "40"], "--first-kernel 40: give an odd number"),
+        (["--channels", "8", "16"], "give one --decoder entry fewer than --channels"),
+        (["--decoder", "16"], "give one --decoder entry fewer than --channels"),
+        (["--channels", "0", "16", "24"], "--channels 0 16 24: give positive numbers"),
+        (["--scale-stride", "0"], "--scale-window 1016 --scale-stride 0: give a scale window of an odd"),
+        (["--scale-stride", "7"], "--scale-window 1016 --scale-stride 7: give a scale window of an odd"),
+        (["--snr", "10", "2"], "--snr 10.0 2.0: give 0 <= LOW <= HIGH"),
+        (["--scenario", "snr=-1,3"], "--scenario 'snr=-1,3': give non-negative numbers"),
+        (["--scenario", "polarity=1"], "--scenario 'polarity=1': give --polarity"),
+        (["--scenario", "p_empty=1.5"], "--scenario 'p_empty=1.5': give a share between 0 and 1"),
+        (["--scenario", "max_events=0"], "--scenario 'max_events=0': give a positive number"),
+        (["--scenario", "spike_every=0"], "--scenario 'spike_every=0': give a positive number"),
+        (["--scenario", "drift_period=0,1"], "--scenario 'drift_period=0,1': give positive numbers"),
+        (["--scenario", "length=10,20"], "too short for 3 events of the 41-sample template"),
+        (["--scenario", "max_events=20"], "too short for 20 events of the 41-sample template"),
     ],
 )
 def test_bad_options_exit_with_a_message(
@@ -238,6 +279,24 @@ def test_bad_options_exit_with_a_message(
     with pytest.raises(SystemExit) as exc:
         main(["--dry-run", "--out", str(tmp_path), *args])
     assert message in str(exc.value.code) + capsys.readouterr().err
+
+
+def test_scenario_options_go_with_generated_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--scenario changes the generated data: with --data it was silently ignored."""
+    np.savez(tmp_path / "d.npz", signals=np.zeros((20, 600)), events=np.array([(0, 300)]))
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "--dry-run",
+                "--data",
+                str(tmp_path / "d.npz"),
+                "--out",
+                str(tmp_path),
+                "--scenario",
+                "p_spikes=0",
+            ]
+        )
+    assert "--scenario goes with generated data" in capsys.readouterr().err
 
 
 def test_a_bad_template_exits_with_its_problem(tmp_path: Path) -> None:
@@ -324,3 +383,19 @@ def test_the_polarity_warning_says_what_training_does_and_what_to_do() -> None:
     asked = polarity_warning({**info, "decoys": True, "stretch_limit": None}, veto=8.0)
     assert "with inverted decoys (as asked) and with the path's veto (as asked)" in asked
     assert "Even unstretched events do not keep them apart" in asked
+
+
+@pytest.mark.parametrize(
+    ("seed", "what"),
+    [(1001, "the held-out white suite"), (2004, "the nuisance validation suite"), (3002, "calibration")],
+)
+def test_a_seed_of_a_held_out_set_is_refused(
+    seed: int, what: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Generated training signals come from ``default_rng(--seed)``: with a held-out set's seed
+    they would share that set's noise (the first training signal correlates 0.93 with the
+    first test signal of the white suite at --seed 1001)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--dry-run", "--budget", "2", "--out", str(tmp_path), "--seed", str(seed)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"--seed {seed} is the seed of" in err and what in err

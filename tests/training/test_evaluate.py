@@ -1,9 +1,15 @@
 """Training's evaluation helpers (training.evaluate) against direct computations."""
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from app.core.model import OnnxModel
 from training import evaluate as ev
+from training.scenario import make_dataset, suites
 
 
 def _brute_operating_point(
@@ -66,4 +72,42 @@ def test_operating_point_without_any_peak() -> None:
         0.5,
         5,
         1.0,
+    )
+
+
+def test_best_f1_threshold_is_the_best_of_the_peak_values() -> None:
+    """For scores on any scale (the matched filter's): no peak value as threshold does better."""
+    rng = np.random.default_rng(4)
+    curves, events = _curves(rng, 30, np.float32)
+    curves = [c * 7.0 - 2.0 for c in curves]  # not probabilities
+    t = ev.best_f1_threshold(curves, events, 10, levels=10_000)
+    best = ev.event_counts(curves, events, t, 10).f1
+    values = np.unique(np.concatenate([ev.find_peaks(c, -np.inf, 10).probability for c in curves]))
+    assert all(ev.event_counts(curves, events, float(v), 10).f1 <= best + 1e-12 for v in values[::7])
+
+
+def test_card_metrics_are_those_of_the_service_detections(tmp_path: Path) -> None:
+    """A peak map that lifts high scores past float32's 1.0: found on calibrated float32 curves,
+    neighbouring peak values merge into plateaus and peaks move; the service finds them on
+    the raw curve (app.core.model.detections). The card's metrics must be the service's."""
+    model_dir = tmp_path / "bump"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "bump", model_dir)
+    card = json.loads((model_dir / "card.json").read_text())
+    card["calibration"]["peak"] = {"x": [-6.0, -2.0, 0.0], "y": [-6.0, 12.0, 16.0]}
+    (model_dir / "card.json").write_text(json.dumps(card))
+    model = OnnxModel(model_dir)
+    data = make_dataset(suites()["white"], 200, seed=5)
+    got, raw = ev.shipped_metrics(model, data, model.card.threshold, model.card.min_distance)
+    assert len(raw) == len(data)
+    shipped = model.detect(data.signals)
+    errors = np.concatenate(
+        [ev.match_events(d.peaks.index, c) for d, c in zip(shipped, data.events, strict=True)]
+    )
+    detections = sum(len(d.peaks) for d in shipped)
+    labels = np.array([e.size > 0 for e in data.events])
+    assert got["f1"] == 2 * errors.size / (detections + data.n_events)
+    assert got["loc_error_median"] == np.median(errors) and got["loc_error_p95"] == np.percentile(errors, 95)
+    assert got["auc"] == ev.roc_auc(np.array([d.probability for d in shipped]), labels)
+    assert got["false_alarm_rate"] == np.mean(
+        [d.detected for d, h in zip(shipped, labels, strict=True) if not h]
     )

@@ -246,3 +246,12 @@ def test_power_of_two_scale_is_a_power_of_two_within_floats_normal_range() -> No
     rows = torch.tensor([[3.0e38], [1.0], [3.0], [1e-30], [1e-44], [0.0]]).view(6, 1, 1)
     exponents = torch.log2(power_of_two_scale(rows)).flatten().tolist()
     assert exponents == [127.0, 0.0, 1.0, -100.0, -126.0, -126.0]
+
+
+def test_measured_radius_is_not_cut_off_by_the_probe_length() -> None:
+    """A 1025-sample first convolution (the longest template) without the matched-filter path
+    (gain 0 drops it): the network reaches farther than half the 2048-sample probe, and the
+    radius measured on it was 1031 instead of 1057, so windows of long signals were too narrow."""
+    net = build_model(ModelConfig(first_kernel=1025, matched_mean_window=0))
+    longer = measure_radius(net, length=8192, trials=1)
+    assert longer >= 1057 and longer <= measure_radius(net, trials=1) <= longer + 8

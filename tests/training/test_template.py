@@ -87,3 +87,17 @@ def test_shipped_example_templates() -> None:
     assert np.all(arrival.values[:8] == 0)  # quiet before the onset
     chirp = load_template(root / "chirp.npy")
     assert chirp.values.size == 201 and chirp.center == 102
+
+
+def test_files_that_are_not_templates(tmp_path: Path) -> None:
+    """A binary file or UTF-16 text named .csv, an .npz named .npy: one line saying what to do."""
+    np.save(tmp_path / "k.npy", np.array(SHAPE))
+    (tmp_path / "binary.csv").write_bytes((tmp_path / "k.npy").read_bytes())
+    (tmp_path / "utf16.csv").write_text("\n".join(map(str, SHAPE)), encoding="utf-16")
+    for name in ("binary.csv", "utf16.csv"):
+        with pytest.raises(TemplateError, match=r"not UTF-8 text.*save it as a UTF-8 CSV"):
+            load_template(tmp_path / name)
+    np.savez(tmp_path / "k.npz", k=np.array(SHAPE))
+    (tmp_path / "archive.npy").write_bytes((tmp_path / "k.npz").read_bytes())
+    with pytest.raises(TemplateError, match=r"an \.npz archive.*np\.save"):
+        load_template(tmp_path / "archive.npy")
