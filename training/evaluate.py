@@ -174,10 +174,11 @@ def _summary(
     labels = np.array([e.size > 0 for e in events], dtype=bool)
     tp = counts.errors.size
     empty = ~labels
+    auc = roc_auc(scores, labels)
     return {
         "signals": len(events),
         "events": counts.events,
-        "auc": roc_auc(scores, labels),
+        "auc": auc if np.isfinite(auc) else None,  # undefined without both kinds of signal
         "threshold": float(threshold),
         "precision": tp / counts.detections if counts.detections else 0.0,
         "recall": tp / counts.events if counts.events else 1.0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ class SuiteMetrics(BaseModel):
 
     signals: int
     events: int
-    auc: float = Field(description="Signal-level ROC AUC.")
+    auc: float | None = Field(
+        description="Signal-level ROC AUC; null when the suite lacks signals with events, or without."
+    )
     threshold: float
     precision: float
     recall: float
@@ -183,6 +186,19 @@ def load_card(model_dir: Path, *, verify: bool = True) -> Card:
 
 
 def write_card(model_dir: Path, card: Card) -> Path:
+    """``card.json``, strict JSON: a value that is not a finite number (an undefined metric in
+    the training record, say) is written as null, never as ``NaN``, which JSON does not have."""
     path = model_dir / CARD_FILE
-    path.write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(_finite_or_null(card.model_dump(mode="json")), indent=2, allow_nan=False)
+    path.write_text(text + "\n", encoding="utf-8")
     return path
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    return value

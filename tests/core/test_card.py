@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from app.core.card import CardError, load_card
+from app.core.card import CardError, SuiteMetrics, load_card, write_card
 
 
 def copy_model(src: Path, dst: Path) -> Path:
@@ -73,3 +73,26 @@ def test_card_name_must_match_directory(tiny_model_dir: Path, tmp_path: Path) ->
     d = copy_model(tiny_model_dir, tmp_path / "other")
     with pytest.raises(CardError, match="differs from its directory"):
         load_card(d)
+
+
+def test_a_card_is_written_as_strict_json(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """An undefined metric (a suite without event-free signals has no AUC) or a NaN in the
+    training record is written as null: JSON has no NaN, and the card reads back."""
+    d = copy_model(tiny_model_dir, tmp_path / "tiny")
+    card = load_card(d)
+    metrics = SuiteMetrics(
+        signals=4, events=4, auc=None, threshold=0.5, precision=1.0, recall=1.0, f1=1.0,
+        loc_error_median=0.0, loc_error_p95=1.0, false_alarm_rate=0.0,
+    )  # fmt: skip
+    card = card.model_copy(
+        update={"metrics": {"user": {"model": metrics}}, "training": {"val_auc": [0.9, float("nan")]}}
+    )
+    text = write_card(d, card).read_text()
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} in the card")
+
+    doc = json.loads(text, parse_constant=refuse)
+    assert doc["metrics"]["user"]["model"]["auc"] is None
+    assert doc["training"]["val_auc"] == [0.9, None]
+    assert load_card(d).metrics["user"]["model"].auc is None

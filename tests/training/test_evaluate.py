@@ -111,3 +111,16 @@ def test_card_metrics_are_those_of_the_service_detections(tmp_path: Path) -> Non
     assert got["false_alarm_rate"] == np.mean(
         [d.detected for d, h in zip(shipped, labels, strict=True) if not h]
     )
+
+
+def test_a_suite_without_event_free_signals_has_no_auc() -> None:
+    """AUC needs signals of both kinds: without event-free ones it is null in the card, not
+    NaN (which JSON does not have)."""
+    curves = [np.zeros(100, np.float32) for _ in range(3)]
+    for curve, centre in zip(curves, (20, 50, 80), strict=True):
+        curve[centre] = 0.9
+    events = [np.array([c], np.int64) for c in (20, 50, 80)]
+    m = ev.metrics(curves, events, 0.5, 10)
+    assert m["auc"] is None and m["f1"] == 1.0
+    m = ev.metrics([*curves, np.zeros(100, np.float32)], [*events, np.empty(0, np.int64)], 0.5, 10)
+    assert m["auc"] == 1.0
