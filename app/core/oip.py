@@ -50,6 +50,7 @@ from app.core.signals import (
     check_count,
     check_counts,
     check_finite,
+    check_json_values,
     rows_from_json,
     short_repr,
 )
@@ -211,6 +212,7 @@ def _decode_json(
     """The JSON request in ``body[:header_end]``; binary tensor data, if any, after it."""
     view = memoryview(body)
     binary = view[header_end:]
+    check_json_values(body, header_end, limits, ())
     doc = _plain_request(body, header_end)
     if doc is None:
         doc = _general_request(view[:header_end], len(binary))

@@ -21,7 +21,7 @@ import simdjson
 from app.core.card import Card
 from app.core.errors import InvalidInput, MalformedBody, UnsupportedMediaType, listed
 from app.core.model import Detection, Options, detections_per_request
-from app.core.signals import Body, Limits, Signal, check_counts, parse_npy, rows_from_json
+from app.core.signals import Body, Limits, Signal, check_counts, check_json_values, parse_npy, rows_from_json
 from app.core.windows import Float32Array
 
 JSON_TYPES = ("application/json",)
@@ -105,6 +105,7 @@ def _merge(body_value: Any, query_value: Any, name: str) -> Any:
 def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> tuple[list[Signal], Params]:
     """A JSON body -> validated signals and options. A plain body (see ``decode_plain_json``)
     takes the fast path; any other takes this general one, which names what is wrong."""
+    check_json_values(body, len(body), limits, ("body",))
     fast = decode_plain_json(body, query, limits, min_length)
     if fast is not None:
         return fast

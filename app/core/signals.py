@@ -35,6 +35,35 @@ class Limits:
     max_signal_length: int
 
 
+# Commas a JSON request within the limits may hold beyond those between its numbers and rows:
+# between names and options, in a shape, the protocol's fields, a /v2 request's free-text id.
+COMMA_SLACK = 65536
+
+
+def check_json_values(text: Body, end: int, limits: Limits, loc: tuple[str | int, ...]) -> None:
+    """Refuse, before it is parsed, a JSON text (``text[:end]``) with more values than a request
+    may hold.
+
+    Parsing costs memory per value, not per byte: simdjson about 24 bytes per number (its tape
+    entry and structural index), 13 bytes per byte of a text of numbers as short as ``0,``;
+    orjson more (a Python float each). A request within the limits holds at most
+    ``max_samples`` numbers in ``max_signals`` rows, so at most that many commas plus
+    ``COMMA_SLACK``; a text with more is refused unparsed, and a refused request costs no more
+    memory than one the limits allow. Only a text at least twice that long can hold so many
+    commas: a shorter one is not scanned."""
+    most = limits.max_samples + limits.max_signals + COMMA_SLACK
+    if end <= 2 * most:
+        return
+    commas = text.count(b",", 0, end)
+    if commas > most:
+        raise InvalidInput(
+            f"the body has {commas} commas: more values than a request may hold (at most "
+            f"{limits.max_samples} samples in {limits.max_signals} signals); split them over "
+            "several requests",
+            loc,
+        )
+
+
 def check_count(count: int, limits: Limits, loc: tuple[str | int, ...]) -> None:
     """The number of signals against the limit (before a list of that many lengths is built)."""
     if count == 0:

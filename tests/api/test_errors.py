@@ -230,6 +230,26 @@ def test_unsupported_content_type(client: TestClient) -> None:
         assert r.status_code == 415 and "application/json" in detail(r)
 
 
+def test_more_commas_than_a_request_may_hold_is_refused_before_parsing(client: TestClient) -> None:
+    """A text of numbers as short as "0," costs the parser about 13 bytes per byte: more commas
+    than samples and signals allowed (200 000 and 16 here, plus 65 536) are refused unparsed.
+    The body is not even valid JSON: the parser never saw it."""
+    zeros = b'{"signals": [[' + b"0," * 300_000  # unfinished
+    r = client.post("/v1/detect", content=zeros, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body"]
+    assert detail(r) == (
+        "the body has 300000 commas: more values than a request may hold (at most 200000 samples "
+        "in 16 signals); split them over several requests"
+    )
+    r = client.post("/v2/models/bump/infer", content=zeros, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"].startswith("the body has 300000 commas"), r.text
+    # As many commas as a request within the limits can hold: parsed, and refused for its content.
+    within = b'{"signals": [' + b",".join([b"[" + b"0," * 12_499 + b"0]"] * 16) + b"]" + b" " * 400_000
+    r = client.post("/v1/detect", content=within + b"}", headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+
+
 def test_body_too_large(client: TestClient) -> None:
     r = client.post(
         "/v1/detect", content=b"[" + b"1.0," * 1_500_000 + b"1]", headers={"Content-Type": "application/json"}
