@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -72,7 +72,6 @@ class Lifecycle:
         self.delay = delay
         self.draining = False
         self.drain_started: float | None = None
-        self.in_flight = 0
         self.requests: set[asyncio.Task[Any]] = set()  # the tasks of the requests in flight
         self.cut_off_requests: set[asyncio.Task[Any]] = set()  # those ``cut_off`` cancelled
         self.cut_off_grace = CUT_OFF_GRACE_S
@@ -84,6 +83,10 @@ class Lifecycle:
             Gauge(
                 "shape_detector_draining", "1 once SIGTERM has arrived (shutting down).", registry=registry
             ).set_function(lambda: 1 if self.draining else 0)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.requests)
 
     def begin_drain(self) -> None:
         if not self.draining:
@@ -184,44 +187,41 @@ class DrainMiddleware:
             return
         lifecycle = self.lifecycle
         if lifecycle.draining and scope["path"] not in PROBES:
-            headers = [(b"retry-after", b"1"), (b"connection", b"close")]
-            for message in json_response(503, error_body(scope["path"], DRAINING_MESSAGE), headers):
-                await send(message)
+            await _unavailable(send, scope["path"], DRAINING_MESSAGE)
             return
 
         started = False  # the response's start has gone to the server
 
         async def close_when_draining(message: Message) -> None:
             nonlocal started
-            if message["type"] == "http.response.start":
-                if lifecycle.draining:
-                    headers = [*message.get("headers", []), (b"connection", b"close")]
-                    message = {**message, "headers": headers}
-                await send(message)
-                started = True
-                return
+            start = message["type"] == "http.response.start"
+            if start and lifecycle.draining:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
+            started = started or start
 
-        task = asyncio.current_task()
-        lifecycle.in_flight += 1
-        if task is not None:
-            lifecycle.requests.add(task)
+        # An ASGI app under asyncio always runs in a task: the request is counted by it.
+        task = cast("asyncio.Task[Any]", asyncio.current_task())
+        lifecycle.requests.add(task)
         try:
             await self.app(scope, receive, close_when_draining)
         except asyncio.CancelledError:
-            if task is None or task not in lifecycle.cut_off_requests:
+            if task not in lifecycle.cut_off_requests:
                 raise  # not ours to end (the server's own, say): as it came
             # Cut off at the shutdown timeout: the request ends here, with an answer (uvicorn
             # would log a CancelledError escaping the app as an error, with its traceback).
             task.uncancel()
             if not started:
-                headers = [(b"retry-after", b"1"), (b"connection", b"close")]
-                for message in json_response(503, error_body(scope["path"], CUT_OFF_MESSAGE), headers):
-                    await send(message)
+                await _unavailable(send, scope["path"], CUT_OFF_MESSAGE)
             # Else its response had begun and cannot be answered: it stays unfinished, and the
             # server closes the connection (uvicorn says so in one line, without a traceback).
         finally:
-            lifecycle.in_flight -= 1
-            if task is not None:
-                lifecycle.requests.discard(task)
-                lifecycle.cut_off_requests.discard(task)
+            lifecycle.requests.discard(task)
+            lifecycle.cut_off_requests.discard(task)
+
+
+async def _unavailable(send: Send, path: str, message: str) -> None:
+    """503 in the path's error format, to retry elsewhere; the connection closes after it."""
+    headers = [(b"retry-after", b"1"), (b"connection", b"close")]
+    for part in json_response(503, error_body(path, message), headers):
+        await send(part)
