@@ -54,7 +54,7 @@ def check_json_values(text: Body, end: int, limits: Limits, loc: tuple[str | int
     most = limits.max_samples + limits.max_signals + COMMA_SLACK
     if end <= 2 * most:
         return
-    commas = text.count(b",", 0, end)
+    commas = text.count(b",", 0, end)  # one pass in C (pipeline.count_byte steps per occurrence)
     if commas > most:
         raise InvalidInput(
             f"the body has {commas} commas: more values than a request may hold (at most "
