@@ -64,9 +64,10 @@ class Metrics:
 class ModelCollector:
     """The models' state, read at each scrape (nothing on the request path): whether each
     serves, the version it serves, its queue, and its batcher's counts: batches run, the
-    requests they held (their ratio is the mean batch size) and requests dropped unrun once
-    their deadline passed. Read from the registry, never stored: a reloaded model shows its new
-    version only, and its counts start again from zero (a new batcher)."""
+    requests they held (their ratio is the mean batch size), requests dropped unrun and
+    requests stopped while they ran once their caller gave up (deadline, client gone). Read
+    from the registry, never stored: a reloaded model shows its new version only, and its
+    counts start again from zero (a new batcher)."""
 
     def __init__(self, statuses: Callable[[], list[Any]]) -> None:
         self._statuses = statuses  # the registry's ModelStatus objects
@@ -92,7 +93,14 @@ class ModelCollector:
             ),
             "dropped": CounterMetricFamily(
                 "shape_detector_dropped_requests",
-                "Requests dropped unrun: their deadline passed while they waited, by model.",
+                "Requests dropped unrun: their deadline passed or their client left while they "
+                "waited, by model.",
+                labels=["model"],
+            ),
+            "abandoned": CounterMetricFamily(
+                "shape_detector_abandoned_requests",
+                "Requests stopped while they ran, their remaining onnxruntime calls skipped: their "
+                "deadline passed or their client left, by model.",
                 labels=["model"],
             ),
         }

@@ -167,7 +167,8 @@ class Runner:
         decode_here: bool | None = None,
     ) -> Any:
         """Decode for the model now serving ``name``, queue for its batcher, await the result,
-        all within REQUEST_TIMEOUT_S (504 after; a request still queued is dropped unrun).
+        all within REQUEST_TIMEOUT_S (504 after; a request still queued is dropped unrun, one
+        running stops before its next onnxruntime call unless it shares its batch).
 
         A lone request (see ``_lone``) of at most ``inline_max_samples`` samples, while the
         model's workers are all idle, is scored right here on the event loop: the hand-off to a
@@ -212,7 +213,7 @@ class Runner:
                         else:
                             result = await waiter
                     except (asyncio.CancelledError, ClientClosedRequest):
-                        future.cancel()  # the deadline, or the client gone: still queued, it never runs
+                        future.give_up()  # the deadline, or the client gone: nothing more runs for it
                         raise
         finally:
             self.in_flight -= 1

@@ -20,6 +20,11 @@ several calls; ``Batcher.map`` lets idle workers take some of them, so one long 
 every worker instead of one. A waiting request is always taken before such help: a long
 signal does not hold up short ones.
 
+A caller that no longer wants a result (its deadline passed, its client left) calls
+``give_up`` on the request's future: still queued, the request never runs; running, the
+onnxruntime calls of its long signal not yet started are skipped, once every request of its
+batch was given up (a batch still wanted by one request runs to its end).
+
 ``run_now`` scores a request in the calling thread instead, if every worker is idle and
 nothing waits: for a lone small request the two hand-offs between threads (mostly each
 thread waiting for the interpreter lock) cost about as much as its inference.
@@ -63,6 +68,27 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class Abandoned(Exception):
+    """Every request of a batch was given up while it ran: its calls not yet started were
+    skipped. Nobody waits for it; it only ends the batch early."""
+
+
+class JobFuture(Future[Any]):
+    """A queued request's future; ``give_up`` when its result is no longer wanted."""
+
+    abandoned = False  # given up while it ran (set on the instance)
+
+    def give_up(self) -> None:
+        """Still queued: cancelled, it never runs. Running: its onnxruntime calls not yet
+        started are skipped if every request of its batch was given up."""
+        if not self.cancel():
+            self.abandoned = True
+
+
+def _given_up(jobs: Sequence[_Job]) -> bool:
+    return all(job.future.abandoned for job in jobs)
+
+
 def _closed(signals: Sequence[npt.NDArray[np.floating]]) -> list[Float32Array]:
     """The scoring function of a closed batcher."""
     raise ShuttingDown("the service is shutting down; retry on another instance")
@@ -90,7 +116,7 @@ class _Job:
     finish: Finish
     samples: int
     arrived: float = field(default_factory=time.monotonic)
-    future: Future[Any] = field(default_factory=Future)
+    future: JobFuture = field(default_factory=JobFuture)
     waiter: asyncio.Future[Any] | None = None  # an event loop's copy of ``future``
 
 
@@ -119,6 +145,7 @@ class _Split:
     unfinished: int = 0  # tasks not finished (or never to run, after an error)
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    owners: Sequence[_Job] = ()  # the batch whose scoring made this call (none: run_now's)
 
 
 @dataclass
@@ -126,7 +153,8 @@ class BatchStats:
     batches: int = 0
     requests: int = 0
     signals: int = 0
-    dropped: int = 0  # requests whose caller gave up (deadline) before they ran
+    dropped: int = 0  # requests whose caller gave up (deadline, client gone) before they ran
+    abandoned: int = 0  # requests given up while they ran, their remaining calls skipped
     helped: int = 0  # map tasks run by a worker other than the caller
     now: int = 0  # requests run by run_now in the caller's thread
 
@@ -158,6 +186,7 @@ class Batcher:
         self._cond = threading.Condition(lock)  # the first worker waits here (and close/submit use it)
         self._help = threading.Condition(lock)  # the helpers wait here
         self._closed = False
+        self._local = threading.local()  # ``owners``: the batch a worker is scoring
         # Several workers run batches side by side (each onnxruntime call on its own core).
         self._threads = [
             threading.Thread(target=self._loop, args=(i,), name=f"batcher-{name}-{i}", daemon=True)
@@ -195,12 +224,12 @@ class Batcher:
         signals: Sequence[npt.NDArray[np.floating]],
         finish: Finish,
         waiter: asyncio.Future[Any] | None = None,
-    ) -> Future[Any]:
+    ) -> JobFuture:
         """Queue a request; its future gets ``finish(curves)`` or the error that stopped it.
 
         ``waiter``: an event loop's future that gets the same outcome. The waiters of one
         batch are settled by one call into their loop, where ``asyncio.wrap_future`` makes one
-        per request. To drop a request still queued, cancel the returned future.
+        per request. A caller that no longer wants the result calls the future's ``give_up``.
         """
         job = _Job(signals, finish, sum(s.size for s in signals), waiter=waiter)
         with self._cond:
@@ -253,10 +282,19 @@ class Batcher:
         For the independent onnxruntime calls of one big request (called from ``score``, in a
         worker). The caller runs tasks until none is left to start, then waits for those other
         workers took; the first error is raised once every task started has finished.
+
+        Called while a worker scores a batch, no task starts once every request of the batch
+        was given up (``JobFuture.give_up``): ``Abandoned`` is raised instead.
         """
+        owners: Sequence[_Job] = getattr(self._local, "owners", ())
         if len(items) < 2 or len(self._threads) < 2:
-            return [fn(x) for x in items]
-        split = _Split(fn, list(items), [None] * len(items), unfinished=len(items))
+            results = []
+            for x in items:
+                if owners and _given_up(owners):
+                    raise Abandoned
+                results.append(fn(x))
+            return results
+        split = _Split(fn, list(items), [None] * len(items), unfinished=len(items), owners=owners)
         with self._cond:
             self._splits.append(split)
             helpers = min(len(items), len(self._threads)) - 1  # idle workers, to help
@@ -274,6 +312,13 @@ class Batcher:
             return self._claim_locked(split)
 
     def _claim_locked(self, split: _Split) -> int | None:
+        if split.claimed < len(split.items) and split.owners and _given_up(split.owners):
+            # Nothing more starts: the tasks never run count as finished.
+            split.error = split.error or Abandoned()
+            split.unfinished -= len(split.items) - split.claimed
+            split.claimed = len(split.items)
+            if split.unfinished == 0:
+                split.done.set()
         if split.claimed >= len(split.items):
             if split in self._splits:
                 self._splits.remove(split)
@@ -382,10 +427,17 @@ class Batcher:
 
     def _run_batch(self, batch: list[_Job]) -> None:
         signals = [s for job in batch for s in job.signals]
+        self._local.owners = batch
         try:
             curves = self.score(signals)
             if len(curves) != len(signals):
                 raise RuntimeError(f"model returned {len(curves)} results for {len(signals)} signals")
+        except Abandoned as exc:  # every request of the batch was given up: none is retried
+            with self._cond:
+                self.stats.abandoned += len(batch)
+            for job in batch:
+                job.future.set_exception(exc)
+            return
         except Exception as exc:
             if len(batch) > 1:  # find the request that fails; the others must not suffer
                 for job in batch:
@@ -393,6 +445,8 @@ class Batcher:
             else:
                 batch[0].future.set_exception(exc)
             return
+        finally:
+            self._local.owners = ()
         with self._cond:
             self.stats.batches += 1
             self.stats.requests += len(batch)

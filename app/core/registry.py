@@ -10,7 +10,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from app.core.batching import Batcher, Finish
+from app.core.batching import Batcher, Finish, JobFuture
 from app.core.card import CARD_FILE
 from app.core.errors import ModelNotFound, ModelNotReady, ShuttingDown
 from app.core.model import InferenceOptions, OnnxModel
@@ -163,7 +162,7 @@ class Registry:
         signals: Sequence[npt.NDArray[np.floating]],
         finish: Finish,
         waiter: asyncio.Future[Any] | None = None,
-    ) -> Future[Any] | None:
+    ) -> JobFuture | None:
         """Queue for ``name``'s batcher if ``model`` still serves it; None if it was swapped."""
         with self._lock:
             status = self.statuses[name]

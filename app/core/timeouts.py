@@ -23,8 +23,9 @@ class ClientClosedRequest(DetectorError):
 
 
 class DeadlineExceeded(DetectorError):
-    """No result in time (504). Work already running finishes in the background; a request
-    still waiting in the model's queue is dropped from it and never runs."""
+    """No result in time (504). A request still waiting in the model's queue is dropped from
+    it and never runs; one running stops before its next onnxruntime call, unless it shares
+    its batch with requests still waited for (``JobFuture.give_up``)."""
 
     status = 504
 

@@ -387,3 +387,90 @@ def test_a_cancelled_request_is_dropped_and_a_closed_loop_is_no_error() -> None:
     batcher.close()
     assert batcher.stats.dropped == 1 and batcher.stats.requests == 2
     assert not waiter.done() and not gone.done()  # nobody settled them: their loop was closed
+
+
+class LongScoring:
+    """A scoring function whose every request is ``calls`` map tasks; each task records its
+    index and waits for ``go_on``, so every worker holds at most one task while the test acts."""
+
+    def __init__(self, calls: int, running: int = 1) -> None:
+        self.calls, self.running_at = calls, running
+        self.ran: list[int] = []
+        self.running, self.go_on = threading.Event(), threading.Event()
+        self.batcher: Batcher | None = None
+
+    def task(self, i: int) -> int:
+        self.ran.append(i)
+        if len(self.ran) >= self.running_at:
+            self.running.set()  # that many calls have started
+        assert self.go_on.wait(10)
+        return i
+
+    def __call__(self, signals):  # type: ignore[no-untyped-def]
+        assert self.batcher is not None
+        self.batcher.map(self.task, list(range(self.calls)))
+        return [np.zeros(len(s), dtype=np.float32) for s in signals]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_a_request_given_up_while_it_runs_skips_its_calls_not_yet_started(workers: int) -> None:
+    scoring = LongScoring(calls=50)
+    batcher = scoring.batcher = Batcher(scoring, max_batch_samples=1000, max_queue=4, workers=workers)
+    future = batcher.submit([np.zeros(10)], len)
+    assert scoring.running.wait(10)
+    future.give_up()  # what the deadline, or a client gone, does to a running request
+    assert not future.cancelled() and future.abandoned
+    scoring.go_on.set()
+    with pytest.raises(batching.Abandoned):
+        future.result(10)
+    # Each worker had started at most one call when it was given up; none started after.
+    assert 1 <= len(scoring.ran) <= workers, scoring.ran
+    assert batcher.stats.abandoned == 1 and batcher.stats.batches == 0
+    scoring.ran.clear()
+    assert batcher.submit([np.zeros(10)], len).result(10) == 1  # still serving: every call runs
+    assert sorted(scoring.ran) == list(range(50))
+    batcher.close()
+
+
+def test_a_batch_still_wanted_by_one_request_runs_to_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batching, "HELP_AFTER_S", 600.0)  # only the first worker takes requests
+    scoring = LongScoring(calls=20, running=2)  # the first worker's call and a helper's
+    blocker_started, release = threading.Event(), threading.Event()
+
+    def score(signals):  # type: ignore[no-untyped-def]
+        if len(signals) == 1 and signals[0].size == 7:  # the blocker: holds the worker
+            blocker_started.set()
+            assert release.wait(10)
+            return [np.zeros(7, dtype=np.float32)]
+        return scoring(signals)
+
+    batcher = scoring.batcher = Batcher(score, max_batch_samples=1000, max_queue=4, workers=2)
+    def size(curves: list[np.ndarray]) -> int:
+        return curves[0].size
+
+    blocker = batcher.submit([np.zeros(7)], size)
+    assert blocker_started.wait(10)
+    wanted = batcher.submit([np.zeros(10)], size)
+    given_up = batcher.submit([np.zeros(11)], size)
+    release.set()  # the two queued requests are now taken as one batch
+    assert scoring.running.wait(10)
+    given_up.give_up()
+    scoring.go_on.set()
+    assert blocker.result(10) == 7 and wanted.result(10) == 10 and given_up.result(10) == 11
+    assert sorted(scoring.ran) == list(range(20))
+    assert batcher.stats.abandoned == 0 and batcher.stats.requests == 3 and batcher.stats.batches == 2
+    assert batcher.stats.helped >= 1  # the second worker helped with the batch's calls
+    batcher.close()
+
+
+def test_give_up_drops_a_queued_request_unrun() -> None:
+    batcher, started, release = blocked_batcher(max_queue=5)
+    first = batcher.submit([np.zeros(10)], len)
+    assert started.wait(5)
+    queued = batcher.submit([np.zeros(10)], len)
+    queued.give_up()
+    assert queued.cancelled() and not queued.abandoned
+    release.set()
+    assert first.result(5) == 1
+    batcher.close()
+    assert batcher.stats.dropped == 1 and batcher.stats.abandoned == 0 and batcher.stats.requests == 1

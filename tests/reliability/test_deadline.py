@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.model import OnnxModel
+from app.core.model import InferenceOptions, OnnxModel
 from app.settings import load_settings
 from tests.reliability.conftest import app_client
 
@@ -113,6 +113,45 @@ def test_the_deadline_leaves_the_batcher_usable(models_dir: Path, gate: Gate) ->
         results = [pool.submit(c.post, "/v1/detect", json=signal(LATER)) for _ in range(8)]
         assert [f.result(10).status_code for f in results] == [200] * 8
         assert QUEUED not in widths
+
+
+def test_a_long_request_past_its_deadline_stops_before_its_next_call(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long signal runs in many onnxruntime calls; once its deadline passes (504) the calls
+    not yet started are skipped: the CPU goes to requests someone still waits for."""
+    window = OnnxModel(models_dir / "bump", InferenceOptions(window=1024)).plan.window
+    gate, entered = threading.Event(), threading.Semaphore(0)
+    widths: list[int] = []
+    original = OnnxModel.run
+
+    def held_run(self: OnnxModel, batch: np.ndarray) -> np.ndarray:
+        widths.append(batch.shape[1])
+        if batch.shape[1] == window and not gate.is_set():
+            entered.release()
+            gate.wait(20)
+        return original(self, batch)
+
+    # One window per call: a 40 000-sample signal is about 50 calls.
+    settings = {"REQUEST_TIMEOUT_S": 0.3, "INLINE_MAX_SAMPLES": 0, "MAX_BATCH_SAMPLES": window}
+    n = batcher_threads(models_dir)
+    with app_client(models_dir, **settings) as c:
+        monkeypatch.setattr(OnnxModel, "run", held_run)  # after the models' warm-up calls
+        try:
+            late = c.post("/v1/detect", json=signal(40_000))
+            assert late.status_code == 504, late.text
+            assert entered.acquire(timeout=0)  # its first call was held when its time ran out
+        finally:
+            gate.set()
+        # FIFO: once this answer is back, the long request's worker is past it.
+        assert c.post("/v1/detect", json=signal(LATER)).status_code == 200
+        calls = widths.count(window)
+        assert 1 <= calls <= n, f"{calls} calls ran for a request given up (at most {n} were running)"
+        metrics = c.get("/metrics").text
+        assert 'shape_detector_abandoned_requests_total{model="bump"} 1.0' in metrics
+        # The same request, waited for, runs every call.
+        assert c.post("/v1/detect", json=signal(40_000)).status_code == 200
+        assert widths.count(window) - calls > 30
 
 
 def test_default_deadline_is_generous(models_dir: Path) -> None:
