@@ -214,6 +214,7 @@ class Runner:
                             result = await waiter
                     except (asyncio.CancelledError, ClientClosedRequest):
                         future.give_up()  # the deadline, or the client gone: nothing more runs for it
+                        waiter.cancel()  # nobody reads its outcome (asyncio.wait leaves it pending)
                         raise
         finally:
             self.in_flight -= 1

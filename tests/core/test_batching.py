@@ -445,6 +445,7 @@ def test_a_batch_still_wanted_by_one_request_runs_to_its_end(monkeypatch: pytest
         return scoring(signals)
 
     batcher = scoring.batcher = Batcher(score, max_batch_samples=1000, max_queue=4, workers=2)
+
     def size(curves: list[np.ndarray]) -> int:
         return curves[0].size
 
