@@ -386,8 +386,11 @@ class HoldingBackend:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 256  # socketserver's 5 would drop some of a burst of connections
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -501,3 +504,52 @@ def test_nginx_needs_each_of_those_capabilities() -> None:
             assert refused, f"nginx started without {missing}: drop it from cap_add\n{errors}"
     finally:
         backend.close()
+
+
+def per_address_limit(conf: str) -> int:
+    """default.conf's limit of requests in flight at once from one client address."""
+    zone = re.search(r"^\s*limit_conn_zone \$binary_remote_addr zone=(\w+):\d+[km];", conf, re.MULTILINE)
+    assert zone, "default.conf has no limit_conn_zone keyed by the client's address"
+    limit = re.search(rf"^\s*limit_conn {zone[1]} (\d+);", conf, re.MULTILINE)
+    assert limit, f"default.conf does not apply the zone {zone[1]} with limit_conn"
+    return int(limit[1])
+
+
+def test_an_address_beyond_its_limit_of_requests_in_flight_gets_429(tmp_path: Path) -> None:
+    # One address holds `limit` requests in flight (the backend holds them): its next one gets
+    # nginx's 429 at once, in the api's JSON error format; another address is still served.
+    limit = per_address_limit(CONF.read_text())
+    backend = HoldingBackend()
+    held: list[socket.socket] = []
+    try:
+        with running_nginx(tmp_path, [backend.port]) as (url, _):
+            port = int(url.rsplit(":", 1)[1])
+            for _ in range(limit):
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+                held[-1].sendall(b"GET /held HTTP/1.1\r\nHost: shape-detector\r\n\r\n")
+            assert eventually(lambda: backend.held == limit, 10), (
+                f"{backend.held} of {limit} reached the backend"
+            )
+            over = httpx.post(f"{url}/v1/detect", json=SIGNAL, timeout=10)
+            over_v2 = httpx.post(f"{url}/v2/models/bump/infer", json={"inputs": []}, timeout=10)
+            # 127.0.0.2 is loopback too, and another client address.
+            with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10) as other:
+                elsewhere = other.post(f"{url}/v1/detect", json=SIGNAL)
+            backend.release()
+            answered = [s.makefile("rb").readline() for s in held]
+            after = httpx.post(f"{url}/v1/detect", json=SIGNAL, timeout=10)
+    finally:
+        for s in held:
+            s.close()
+        backend.close()
+    assert over.status_code == 429, f"request {limit + 1} from one address: {over.status_code} {over.text}"
+    assert over.headers["content-type"] == "application/json", over.headers
+    assert over.headers["retry-after"] == "1"
+    assert list(over.json()) == ["detail"] and str(limit) in over.json()["detail"], over.text
+    assert over_v2.status_code == 429, over_v2.text
+    assert list(over_v2.json()) == ["error"] and str(limit) in over_v2.json()["error"], (
+        over_v2.text
+    )  # /v2's format
+    assert elsewhere.status_code == 200, "another address was refused too"
+    assert answered == [b"HTTP/1.1 200 OK\r\n"] * limit, set(answered)
+    assert after.status_code == 200, "the address stays refused after its requests finished"
