@@ -170,3 +170,16 @@ def test_no_service_link_variables_among_the_settings(monkeypatch: pytest.Monkey
             f"the Service's link variables {sorted(colliding)} fall among the settings: "
             "set enableServiceLinks: false"
         )
+
+
+def test_pods_spread_over_nodes_where_they_can() -> None:
+    # One node down takes as few pods as it can; a cluster of one node still runs them all.
+    constraints = POD["spec"].get("topologySpreadConstraints", [])
+    by_node = [c for c in constraints if c["topologyKey"] == "kubernetes.io/hostname"]
+    assert len(by_node) == 1, f"pods not spread over nodes: {constraints}"
+    (spread,) = by_node
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway", "DoNotSchedule leaves pods pending on one node"
+    assert spread["maxSkew"] == 1
+    assert spread["labelSelector"]["matchLabels"].items() <= POD["metadata"]["labels"].items(), (
+        "the spread counts other pods than the Deployment's"
+    )
