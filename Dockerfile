@@ -92,10 +92,13 @@ USER 10001:10001
 EXPOSE 8000
 # Ready, not just alive: /readyz answers 200 once every model is loaded and warm. The image
 # has no curl. http.client, not urllib: urllib would send the probe through an HTTP_PROXY set
-# in the container's environment. A refused connection raises, any status but 200 exits 1;
-# the port is the service's (8000 when SHAPE_DETECTOR_PORT is unset, as the service reads it).
+# in the container's environment. A refused connection raises, any status but 200 exits 1.
+# It asks where the service listens, as the service reads its settings (127.0.0.1 and 8000
+# when SHAPE_DETECTOR_HOST and SHAPE_DETECTOR_PORT are unset): the configured address when it
+# is one (a pod's IP), 127.0.0.1 for every IPv4 address (0.0.0.0, or an empty host: all
+# interfaces), ::1 for every IPv6 address (::, where one worker listens on IPv6 only).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import http.client, os; c = http.client.HTTPConnection('127.0.0.1', int(os.environ.get('SHAPE_DETECTOR_PORT') or 8000), timeout=2); c.request('GET', '/readyz'); raise SystemExit(c.getresponse().status != 200)"]
+    CMD ["python", "-c", "import http.client, os; h = os.environ.get('SHAPE_DETECTOR_HOST', '127.0.0.1'); c = http.client.HTTPConnection({'': '127.0.0.1', '0.0.0.0': '127.0.0.1', '::': '::1'}.get(h, h), int(os.environ.get('SHAPE_DETECTOR_PORT') or 8000), timeout=2); c.request('GET', '/readyz'); raise SystemExit(c.getresponse().status != 200)"]
 # python -m app reads every SHAPE_DETECTOR_* variable, SHAPE_DETECTOR_WORKERS included, and
 # runs uvicorn; exec form, so SIGTERM reaches it and it stops gracefully with exit code 0.
 CMD ["python", "-m", "app"]

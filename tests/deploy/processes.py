@@ -63,15 +63,16 @@ def start_service(command: list[str], *, cwd: Path, env: dict[str, str], log_pat
     """Start `command` (it reads SHAPE_DETECTOR_HOST/PORT from `env`); does not wait."""
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://{env['SHAPE_DETECTOR_HOST']}:{env['SHAPE_DETECTOR_PORT']}"
+    host = env["SHAPE_DETECTOR_HOST"]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{env['SHAPE_DETECTOR_PORT']}"
     return Service(process, url, log_path)
 
 
-def start_repo_service(tmp_path: Path, name: str) -> Service:
-    """`python -m app` from the repository, serving its models/, on a free loopback port."""
+def start_repo_service(tmp_path: Path, name: str, host: str = "127.0.0.1") -> Service:
+    """`python -m app` from the repository, serving its models/, on a free port of `host`."""
     env = {
         **clean_environ(),
-        "SHAPE_DETECTOR_HOST": "127.0.0.1",
+        "SHAPE_DETECTOR_HOST": host,
         "SHAPE_DETECTOR_PORT": str(free_port()),
         "SHAPE_DETECTOR_MODEL_DIR": str(ROOT / "models"),
     }

@@ -63,7 +63,8 @@ def test_api_is_hardened_and_reached_through_nginx_only() -> None:
     assert "ports" not in API, "api publishes a port: a scaled api would collide, and nginx is the entry"
     assert API["read_only"] is True
     assert any(t.split(":")[0] == "/tmp" for t in API["tmpfs"]), "read-only api without a /tmp tmpfs"
-    assert API["cap_drop"] == ["ALL"]
+    assert API["cap_drop"] == ["ALL"] and "cap_add" not in API
+    assert "no-new-privileges:true" in API["security_opt"]
     assert API["restart"] in {"always", "unless-stopped", "on-failure"}
     limits = API["deploy"]["resources"]["limits"]
     assert limits.get("cpus") and limits.get("memory"), f"api limits: {limits}"
@@ -114,6 +115,20 @@ def test_nginx_fronts_the_api() -> None:
     assert NGINX["depends_on"]["api"]["condition"] == "service_healthy"
     upstream_port = in_nginx_conf(r"server api:(\d+) ")
     assert API["expose"] == [upstream_port], f"nginx's upstream port {upstream_port} is not the api's"
+
+
+def test_nginx_runs_with_only_the_capabilities_it_needs() -> None:
+    # The image starts nginx as root: it creates its temporary directories and hands them to
+    # the worker user (CHOWN), then starts the workers as that user (SETGID, SETUID).
+    # test_nginx.py runs nginx with exactly this set, and shows each one is needed.
+    assert NGINX["cap_drop"] == ["ALL"]
+    needed = {"CHOWN", "SETGID", "SETUID"}
+    if int(in_nginx_conf(r"^\s*listen (\d+);")) < 1024:
+        needed.add("NET_BIND_SERVICE")
+    assert sorted(NGINX["cap_add"]) == sorted(needed), f"nginx's capabilities: {NGINX['cap_add']}"
+    assert "no-new-privileges:true" in NGINX["security_opt"]
+    assert NGINX["read_only"] is True
+    assert NGINX["deploy"]["resources"]["limits"].get("memory"), "nginx without a memory limit"
 
 
 def test_nginx_body_limit_matches_the_api() -> None:

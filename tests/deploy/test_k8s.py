@@ -13,7 +13,7 @@ import yaml
 from kubernetes_validate import SchemaNotFoundError, latest_version
 
 from app.settings import ENV_PREFIX, SettingsError, load_settings
-from tests.deploy.dockerfile import parse, stage
+from tests.deploy.dockerfile import parse, serve_pins, stage
 from tests.deploy.processes import ROOT
 from tests.deploy.settings_env import assert_one_call_per_cpu, assert_valid_settings
 
@@ -62,6 +62,7 @@ def test_every_piece_is_there() -> None:
         ("v1", "Service"),
         ("autoscaling/v2", "HorizontalPodAutoscaler"),
         ("policy/v1", "PodDisruptionBudget"),
+        ("networking.k8s.io/v1", "NetworkPolicy"),
     }
 
 
@@ -169,4 +170,52 @@ def test_no_service_link_variables_among_the_settings(monkeypatch: pytest.Monkey
         assert POD["spec"].get("enableServiceLinks") is False, (
             f"the Service's link variables {sorted(colliding)} fall among the settings: "
             "set enableServiceLinks: false"
+        )
+
+
+def test_pods_spread_over_nodes_where_they_can() -> None:
+    # One node down takes as few pods as it can; a cluster of one node still runs them all.
+    constraints = POD["spec"].get("topologySpreadConstraints", [])
+    by_node = [c for c in constraints if c["topologyKey"] == "kubernetes.io/hostname"]
+    assert len(by_node) == 1, f"pods not spread over nodes: {constraints}"
+    (spread,) = by_node
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway", "DoNotSchedule leaves pods pending on one node"
+    assert spread["maxSkew"] == 1
+    assert spread["labelSelector"]["matchLabels"].items() <= POD["metadata"]["labels"].items(), (
+        "the spread counts other pods than the Deployment's"
+    )
+
+
+def test_network_policy_lets_in_the_pods_port_only() -> None:
+    policy = BY_KIND["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= POD["metadata"]["labels"].items(), (
+        "the NetworkPolicy selects no pod"
+    )
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    # The pod serves on one port: the API, the probes and /metrics alike, the Service's target.
+    assert [p["name"] for p in CONTAINER["ports"]] == ["http"]
+    assert SERVICE["spec"]["ports"][0]["targetPort"] == "http"
+    assert policy["ingress"], "no ingress rule: nothing could reach the pods"
+    for rule in policy["ingress"]:
+        assert rule["ports"] == [{"port": "http", "protocol": "TCP"}], rule["ports"]
+        # Pods of the namespace by default (a bare podSelector); other sources are named.
+        assert rule.get("from"), "an ingress rule without `from` lets in every address"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer, f"addresses let in by range: {peer}"
+
+
+def test_network_policy_lets_out_dns_only() -> None:
+    # The service connects to nothing: it reads its models from the image or a volume, and the
+    # image holds no OpenTelemetry SDK or exporter (only the API, which sends nothing).
+    exporters = sorted(
+        name for name in serve_pins() if name.startswith("opentelemetry-") and name != "opentelemetry-api"
+    )
+    assert not exporters, (
+        f"the image holds {exporters}: let the pods reach the collector in networkpolicy.yaml, then update this test"
+    )
+    (rule,) = BY_KIND["NetworkPolicy"]["spec"]["egress"]
+    assert sorted((p["protocol"], p["port"]) for p in rule["ports"]) == [("TCP", 53), ("UDP", 53)]
+    for peer in rule["to"]:
+        assert peer["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}, (
+            f"DNS to other than the cluster's: {peer}"
         )

@@ -125,6 +125,9 @@ def test_plain_service_does_not_select_these_pods() -> None:
     selector = yaml.safe_load((K8S / "service.yaml").read_text())["spec"]["selector"]
     labels = {**ISVC["metadata"].get("labels", {}), **PREDICTOR.get("labels", {})}
     assert not selector.items() <= labels.items()
+    # Nor does the plain NetworkPolicy: KServe's own traffic is not the plain pods'.
+    policy = yaml.safe_load((K8S / "networkpolicy.yaml").read_text())["spec"]["podSelector"]["matchLabels"]
+    assert not policy.items() <= labels.items()
 
 
 def test_no_service_link_variables_among_the_settings() -> None:

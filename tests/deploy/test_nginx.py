@@ -10,10 +10,14 @@ predates `resolve`). Everything else (retries, timeouts, X-Request-ID, keep-aliv
 from __future__ import annotations
 
 import getpass
+import grp
+import os
+import pwd
 import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.deploy.processes import ROOT, Service, free_port, start_repo_service
 from tests.logs import json_lines
@@ -46,10 +51,12 @@ def render_for_loopback(conf: str, listen_port: int, backend_ports: list[int]) -
     )
 
 
-def main_conf(prefix: Path, server_conf: Path) -> str:
-    """What the nginx image's /etc/nginx/nginx.conf provides, with every path in `prefix`."""
+def main_conf(prefix: Path, server_conf: Path, *, user: str | None = None, temp: Path | None = None) -> str:
+    """What the nginx image's /etc/nginx/nginx.conf provides, with every path in `prefix`: the
+    workers run as `user` (default: this process's), their temporary files under `temp`."""
+    temp = temp or prefix
     return f"""
-user {getpass.getuser()};
+user {user or getpass.getuser()};
 daemon off;
 worker_processes 1;
 pid {prefix}/nginx.pid;
@@ -57,11 +64,11 @@ error_log {prefix}/error.log info;
 events {{ worker_connections 256; }}
 http {{
     access_log {prefix}/access-default.log;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
+    client_body_temp_path {temp}/client_body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
     include {server_conf};
 }}
 """
@@ -71,13 +78,15 @@ def assert_nginx_installed() -> None:
     assert Path(NGINX).exists(), "nginx is not installed: run `make nginx` (Debian's nginx)"
 
 
-def nginx_config(tmp_path: Path, backend_ports: list[int]) -> tuple[Path, int]:
+def nginx_config(
+    tmp_path: Path, backend_ports: list[int], *, user: str | None = None, temp: Path | None = None
+) -> tuple[Path, int]:
     assert_nginx_installed()
     port = free_port()
     server_conf = tmp_path / "default.conf"
     server_conf.write_text(render_for_loopback(CONF.read_text(), port, backend_ports))
     conf = tmp_path / "nginx.conf"
-    conf.write_text(main_conf(tmp_path, server_conf))
+    conf.write_text(main_conf(tmp_path, server_conf, user=user, temp=temp))
     return conf, port
 
 
@@ -346,3 +355,201 @@ def test_nginx_does_not_tell_its_version(tmp_path: Path) -> None:
         r = httpx.get(f"{url}/readyz", timeout=10)
     assert r.status_code == 502, r.text
     assert r.headers["server"] == "nginx" and "nginx/" not in r.text, (r.headers["server"], r.text)
+
+
+class HoldingBackend:
+    """A replica that answers 200 `{}` to every request, except that a request for a path under
+    /held waits until `release()`: requests in flight for as long as a test needs them."""
+
+    def __init__(self) -> None:
+        self.held = 0  # requests under /held that arrived
+        self.released = threading.Event()
+        backend, lock = self, threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def answer(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path.startswith("/held"):
+                    with lock:
+                        backend.held += 1
+                    backend.released.wait(timeout=30)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_GET = do_POST = answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 256  # socketserver's 5 would drop some of a burst of connections
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def close(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+COMPOSE_NGINX = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["nginx"]
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="starts nginx as root with a chosen capability set: needs root and setpriv (util-linux)",
+)
+
+
+def compose_capabilities() -> list[str]:
+    """What docker-compose.yml leaves nginx (cap_drop: [ALL], then cap_add), as setpriv names them."""
+    assert COMPOSE_NGINX.get("cap_drop") == ["ALL"], (
+        "compose's nginx keeps all of Docker's default capabilities"
+    )
+    return [c.lower().removeprefix("cap_") for c in COMPOSE_NGINX.get("cap_add", [])]
+
+
+def nobody() -> tuple[str, int]:
+    """`nobody` and its group, as nginx's `user` takes them, and its uid: the workers' user here,
+    as `nginx` (uid 101) is in the image."""
+    user = pwd.getpwnam("nobody")
+    return f"{user.pw_name} {grp.getgrgid(user.pw_gid).gr_name}", user.pw_uid
+
+
+@contextmanager
+def nginx_as_root(
+    backend_port: int, capabilities: list[str]
+) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """nginx started by root with only `capabilities` and no new privileges, as compose's
+    cap_drop, cap_add and security_opt leave the image's nginx; the workers run as `nobody`.
+    Yields the master process, its port and its directory, where cache/ stands for the image's
+    /var/cache/nginx (root's, 0755), in which nginx makes the workers' temporary directories."""
+    # Not pytest's tmp_path: it is root's alone, and the workers must reach their files.
+    prefix = Path(tempfile.mkdtemp(prefix="shape-detector-nginx-"))
+    try:
+        prefix.chmod(0o755)
+        (prefix / "cache").mkdir(mode=0o755)
+        user, _ = nobody()
+        conf, port = nginx_config(prefix, [backend_port], user=user, temp=prefix / "cache")
+        bounding = ",".join(["-all", *(f"+{c}" for c in capabilities)])
+        command = ["setpriv", "--no-new-privs", "--inh-caps=-all", f"--bounding-set={bounding}"]
+        command += [NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+        with (prefix / "access.log").open("wb") as out:
+            nginx = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield nginx, port, prefix
+        finally:
+            nginx.terminate()
+            nginx.wait(timeout=10)
+    finally:
+        shutil.rmtree(prefix)
+
+
+def text_of(path: Path) -> str:
+    """A log's text so far; empty until nginx has created it."""
+    return path.read_text() if path.exists() else ""
+
+
+def user_ids(pid: int) -> set[int]:
+    """The real, effective, saved and filesystem uids of a process."""
+    uids = re.search(r"^Uid:\s+(.*)$", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    assert uids, f"no Uid line for process {pid}"
+    return {int(uid) for uid in uids[1].split()}
+
+
+@needs_root
+def test_nginx_serves_with_only_the_capabilities_compose_gives_it() -> None:
+    capabilities = compose_capabilities()
+    backend = HoldingBackend()
+    try:
+        with nginx_as_root(backend.port, capabilities) as (nginx, port, prefix):
+            assert eventually(lambda: "start worker process" in text_of(prefix / "error.log"), 10)
+            # Larger than client_body_buffer_size: the worker writes it to a temporary file first.
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/detect", content=b"0" * 65536, timeout=10)
+            workers = Path(f"/proc/{nginx.pid}/task/{nginx.pid}/children").read_text().split()
+            worker_ids = [user_ids(int(pid)) for pid in workers]
+            temp_owner = (prefix / "cache" / "client_body").stat().st_uid
+            errors = (prefix / "error.log").read_text()
+    finally:
+        backend.close()
+    assert r.status_code == 200, (r.status_code, r.text, errors)
+    assert "not permitted" not in errors, errors
+    _, uid = nobody()
+    assert workers and worker_ids == [{uid}] * len(workers), f"workers' uids: {worker_ids}"
+    assert temp_owner == uid, "the workers' temporary directory was not handed to them"
+
+
+@needs_root
+def test_nginx_needs_each_of_those_capabilities() -> None:
+    # Each capability that compose adds is needed: without it nginx stops, or its workers do.
+    capabilities = compose_capabilities()
+    assert capabilities, "compose adds no capability to nginx"
+    backend = HoldingBackend()
+    try:
+        for missing in capabilities:
+            rest = [c for c in capabilities if c != missing]
+            with nginx_as_root(backend.port, rest) as (_, _, prefix):
+                log = prefix / "error.log"
+                refused = eventually(lambda log=log: "(1: Operation not permitted)" in text_of(log), 10)
+                errors = text_of(log)
+            assert refused, f"nginx started without {missing}: drop it from cap_add\n{errors}"
+    finally:
+        backend.close()
+
+
+def per_address_limit(conf: str) -> int:
+    """default.conf's limit of requests in flight at once from one client address."""
+    zone = re.search(r"^\s*limit_conn_zone \$binary_remote_addr zone=(\w+):\d+[km];", conf, re.MULTILINE)
+    assert zone, "default.conf has no limit_conn_zone keyed by the client's address"
+    limit = re.search(rf"^\s*limit_conn {zone[1]} (\d+);", conf, re.MULTILINE)
+    assert limit, f"default.conf does not apply the zone {zone[1]} with limit_conn"
+    return int(limit[1])
+
+
+def test_an_address_beyond_its_limit_of_requests_in_flight_gets_429(tmp_path: Path) -> None:
+    # One address holds `limit` requests in flight (the backend holds them): its next one gets
+    # nginx's 429 at once, in the api's JSON error format; another address is still served.
+    limit = per_address_limit(CONF.read_text())
+    backend = HoldingBackend()
+    held: list[socket.socket] = []
+    try:
+        with running_nginx(tmp_path, [backend.port]) as (url, _):
+            port = int(url.rsplit(":", 1)[1])
+            for _ in range(limit):
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+                held[-1].sendall(b"GET /held HTTP/1.1\r\nHost: shape-detector\r\n\r\n")
+            assert eventually(lambda: backend.held == limit, 10), (
+                f"{backend.held} of {limit} reached the backend"
+            )
+            over = httpx.post(f"{url}/v1/detect", json=SIGNAL, timeout=10)
+            over_v2 = httpx.post(f"{url}/v2/models/bump/infer", json={"inputs": []}, timeout=10)
+            # 127.0.0.2 is loopback too, and another client address.
+            with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10) as other:
+                elsewhere = other.post(f"{url}/v1/detect", json=SIGNAL)
+            backend.release()
+            answered = [s.makefile("rb").readline() for s in held]
+            after = httpx.post(f"{url}/v1/detect", json=SIGNAL, timeout=10)
+    finally:
+        for s in held:
+            s.close()
+        backend.close()
+    assert over.status_code == 429, f"request {limit + 1} from one address: {over.status_code} {over.text}"
+    assert over.headers["content-type"] == "application/json", over.headers
+    assert over.headers["retry-after"] == "1"
+    assert list(over.json()) == ["detail"] and str(limit) in over.json()["detail"], over.text
+    assert over_v2.status_code == 429, over_v2.text
+    assert list(over_v2.json()) == ["error"] and str(limit) in over_v2.json()["error"], (
+        over_v2.text
+    )  # /v2's format
+    assert elsewhere.status_code == 200, "another address was refused too"
+    assert answered == [b"HTTP/1.1 200 OK\r\n"] * limit, set(answered)
+    assert after.status_code == 200, "the address stays refused after its requests finished"

@@ -7,11 +7,13 @@ HEALTHCHECK is run against it. Image paths map into that directory: /opt/venv be
 <tmp>/root/opt/venv. Only the base image's own `python` and `pip` differ: this Python 3.11
 and the pip of the test environment (with this machine's pip configuration and cache) stand
 in for them. As on a read-only root filesystem, the service may write under /tmp only.
+The HEALTHCHECK is also run against the repository's service listening on other addresses.
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 import tomllib
@@ -23,7 +25,7 @@ from packaging.utils import canonicalize_name
 
 from tests.api.test_primer_figure import primer_signal
 from tests.deploy.dockerfile import Instruction, parse, serve_pins, stage
-from tests.deploy.processes import ROOT, clean_environ, free_port, start_service
+from tests.deploy.processes import ROOT, clean_environ, free_port, start_repo_service, start_service
 
 pytestmark = pytest.mark.slow
 
@@ -163,6 +165,12 @@ def test_runtime_install_and_run_like_the_image(tmp_path: Path) -> None:
     try:
         service.wait_ready()
         assert healthcheck_exit_code() == 0, "HEALTHCHECK fails on a ready service"
+        # Listening on every IPv4 address (the image's 0.0.0.0), or on all interfaces (an empty
+        # host), the service answers on 127.0.0.1: the probe asks there.
+        for every in ["0.0.0.0", ""]:
+            assert healthcheck_exit_code(SHAPE_DETECTOR_HOST=every) == 0, (
+                f"HEALTHCHECK fails with host {every!r}"
+            )
         # A proxy in the container's environment (the Docker client's proxy configuration puts
         # one in every container) must not take the probe away from the service.
         proxy = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -189,3 +197,45 @@ def test_runtime_install_and_run_like_the_image(tmp_path: Path) -> None:
     # As on a read-only root filesystem: the service wrote nothing into the image but /tmp.
     written = files_outside_tmp(image.root).items() ^ before.items()
     assert not written, f"the service wrote outside /tmp: {sorted(dict(written))}"
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("listen", "configured"),
+    [
+        # One address, as a pod's IP would be: nothing answers on 127.0.0.1.
+        ("127.0.0.2", "127.0.0.2"),
+        pytest.param("::1", "::1", marks=pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback")),
+        # Every IPv6 address: with one worker the service listens on IPv6 only (asyncio and
+        # uvloop set IPV6_V6ONLY), so 127.0.0.1 is refused and the probe asks ::1. The service
+        # listens on ::1 alone here, not on every address of this shared machine.
+        pytest.param("::1", "::", marks=pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback")),
+    ],
+)
+def test_healthcheck_asks_the_address_the_service_listens_on(
+    tmp_path: Path, listen: str, configured: str
+) -> None:
+    probe = stage(parse(ROOT / "Dockerfile"), "runtime").one("HEALTHCHECK").exec_form()
+    service = start_repo_service(tmp_path, "service", host=listen)
+    env = {
+        **clean_environ(),
+        "PATH": f"{Path(sys.executable).parent}:{clean_environ()['PATH']}",
+        "SHAPE_DETECTOR_HOST": configured,
+        "SHAPE_DETECTOR_PORT": service.url.rsplit(":", 1)[1],
+    }
+    try:
+        service.wait_ready()
+        r = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=10)
+    finally:
+        service.stop()
+    assert r.returncode == 0, (
+        f"HEALTHCHECK fails on a service listening on {listen} with host {configured!r}:\n{r.stderr}"
+    )
