@@ -8,6 +8,7 @@ import sys
 
 import uvicorn
 
+from app.lifecycle import CUT_OFF_GRACE_S
 from app.observability import server_log_config
 from app.server import IMPORT_PATH as HTTP_PROTOCOL
 from app.settings import SettingsError, load_settings
@@ -33,8 +34,11 @@ def main() -> int:
         access_log=False,  # the app logs one structured line per request itself
         log_config=server_log_config(settings.LOG_LEVEL),  # uvicorn's own lines as JSON too
         log_level=settings.LOG_LEVEL,
-        # The app drains first on SIGTERM (app/lifecycle.py); this bounds what is left after.
-        timeout_graceful_shutdown=math.ceil(settings.SHUTDOWN_TIMEOUT_S),
+        # The app drains first on SIGTERM and ends its requests itself by the shutdown timeout,
+        # then stops uvicorn, forced after CUT_OFF_GRACE_S if they have not ended (app/lifecycle.py).
+        # uvicorn's own timeout, which cancels what is left (a 500 and a traceback each), comes
+        # after all that: a bound should the app's not act.
+        timeout_graceful_shutdown=math.ceil(settings.SHUTDOWN_TIMEOUT_S + CUT_OFF_GRACE_S) + 1,
     )
     return 0
 

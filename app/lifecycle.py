@@ -28,12 +28,20 @@ is unset under ``uvicorn --factory``, uvicorn runs the lifespan's shutdown witho
 the requests it cancelled to end, and logs a ``CancelledError`` escaping the app as an error
 with its traceback. Nothing of uvicorn is used but its signal handler.
 
-A second SIGTERM, or SIGINT (Ctrl-C), stops at once as uvicorn does.
+SIGINT (Ctrl-C) drains as SIGTERM does but closes the port at once, as uvicorn does (uvicorn is
+told to stop); a second SIGTERM closes it then. Either way the requests in flight run on until
+they end or the shutdown timeout cuts them off, as above. Ctrl-C once the port is closed is
+uvicorn's "force exit", which stops waiting for the requests and cancels them as the process
+ends, each a 500 and a traceback: here it ends them first, at once, as the cut-off does (503
+with ``STOPPED_MESSAGE``), and uvicorn is forced only if they do not end within
+``CUT_OFF_GRACE_S`` (or at once if nothing is in flight: there is nothing to answer). uvicorn's
+own timeout (``timeout_graceful_shutdown``, which ``python -m app`` sets past the shutdown
+timeout and the grace) cancels nothing then: every request has ended before it.
 
-The handler is installed by the application's lifespan, on top of the one uvicorn installs, so
-it works with ``python -m app``, ``uvicorn --factory app.main:app_from_env`` and several
-workers alike (each worker drains and ends its own requests); it is installed only in the main
-thread (never under a TestClient).
+The handler is installed by the application's lifespan, on top of the one uvicorn installs (for
+SIGINT too when uvicorn's handles it), so it works with ``python -m app``, ``uvicorn --factory
+app.main:app_from_env`` and several workers alike (each worker drains and ends its own
+requests); it is installed only in the main thread (never under a TestClient).
 """
 
 from __future__ import annotations
@@ -58,6 +66,9 @@ DRAINING_MESSAGE = "the server is shutting down: retry on another instance"
 CUT_OFF_MESSAGE = (
     "the server stopped at its shutdown timeout before answering this request: retry on another instance"
 )
+STOPPED_MESSAGE = (
+    "the server was told to stop at once before answering this request: retry on another instance"
+)
 CUT_OFF_GRACE_S = 1.0  # for the requests cut off to end: they need one turn of the event loop
 Handler = Callable[[int, FrameType | None], Any]
 
@@ -72,8 +83,11 @@ class Lifecycle:
         self.delay = delay
         self.draining = False
         self.drain_started: float | None = None
+        self.stopping = False  # the server has been told to stop: its port is closed
+        self.ending_now = False  # told to end the requests in flight at once (Ctrl-C while stopping)
         self.requests: set[asyncio.Task[Any]] = set()  # the tasks of the requests in flight
-        self.cut_off_requests: set[asyncio.Task[Any]] = set()  # those ``cut_off`` cancelled
+        # Those ``cut_off`` cancelled, each with the message it is answered.
+        self.cut_off_requests: dict[asyncio.Task[Any], str] = {}
         self.cut_off_grace = CUT_OFF_GRACE_S
         self._restore: Callable[[], None] | None = None
         if registry is not None:
@@ -94,48 +108,64 @@ class Lifecycle:
             self.drain_started = time.monotonic()
 
     async def drained(self) -> bool:
-        """Wait until nothing is in flight and the delay has passed: True; at the timeout: False."""
+        """Wait until nothing is in flight and the delay has passed: True; at the timeout, or once
+        told to end the requests in flight now (``ending_now``) with some still running: False."""
         started = self.drain_started if self.drain_started is not None else time.monotonic()
         earliest, deadline = started + self.delay, started + self.timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.ending_now:
             if self.in_flight == 0 and time.monotonic() >= earliest:
                 return True
             await asyncio.sleep(0.05)
         return self.in_flight == 0
 
-    async def cut_off(self) -> bool:
-        """End the requests in flight: cancel their tasks, which ``DrainMiddleware`` answers 503,
-        and wait up to ``cut_off_grace`` seconds for them to end. True if they all did."""
+    async def cut_off(self, message: str = CUT_OFF_MESSAGE) -> bool:
+        """End the requests in flight: cancel their tasks, which ``DrainMiddleware`` answers 503
+        with ``message``, and wait up to ``cut_off_grace`` seconds for them to end. True if they
+        all did."""
         tasks = set(self.requests)
         if not tasks:
             return True
-        self.cut_off_requests |= tasks  # before the cancellations arrive: each knows it was cut off
+        # Before the cancellations arrive: each knows it was cut off.
+        self.cut_off_requests.update(dict.fromkeys(tasks, message))
         for task in tasks:
-            task.cancel("cut off at the shutdown timeout")
+            task.cancel("cut off: the server is stopping")
         _, pending = await asyncio.wait(tasks, timeout=self.cut_off_grace)
         return not pending
 
     def install_signal_handler(self) -> bool:
-        """Drain on SIGTERM, then call the handler that was there (uvicorn's); True if installed."""
+        """Drain on SIGTERM, then call the handler that was there (uvicorn's); on SIGINT too when
+        that handler takes it. True if installed."""
         if threading.current_thread() is not threading.main_thread():
             return False
         previous = signal.getsignal(signal.SIGTERM)
         if not callable(previous):  # not under a server that stops on SIGTERM: leave it alone
             return False
+        signals = [signal.SIGTERM]
+        if signal.getsignal(signal.SIGINT) == previous:  # uvicorn's: one handler for both
+            signals.append(signal.SIGINT)
         loop = asyncio.get_running_loop()
 
-        def on_sigterm(sig: int, frame: FrameType | None) -> None:
-            if self.draining:  # a second SIGTERM: stop now
-                previous(sig, frame)
-                return
-            self.begin_drain()
-            loop.call_soon_threadsafe(lambda: loop.create_task(self._drain_then_stop(previous, sig)))
+        def on_signal(sig: int, frame: FrameType | None) -> None:
+            if not self.draining:  # the first signal
+                self.begin_drain()
+                if sig == signal.SIGINT:  # Ctrl-C: the port closes at once
+                    self._stop_server(previous, sig)
+                loop.call_soon_threadsafe(lambda: loop.create_task(self._drain_then_stop(previous, sig)))
+            elif not self.stopping:  # a second: the port closes now
+                self._stop_server(previous, sig)
+            elif sig == signal.SIGINT:  # uvicorn's force exit
+                if self.in_flight and not self.ending_now:
+                    self.ending_now = True  # ``_drain_then_stop`` ends them, then forces if need be
+                else:
+                    previous(sig, frame)
 
-        signal.signal(signal.SIGTERM, on_sigterm)
+        for sig in signals:
+            signal.signal(sig, on_signal)
 
         def restore() -> None:
-            if signal.getsignal(signal.SIGTERM) is on_sigterm:
-                signal.signal(signal.SIGTERM, previous)
+            for sig in signals:
+                if signal.getsignal(sig) is on_signal:
+                    signal.signal(sig, previous)
 
         self._restore = restore
         return True
@@ -145,31 +175,43 @@ class Lifecycle:
             self._restore()
             self._restore = None
 
+    def _stop_server(self, previous: Handler, sig: int) -> None:
+        """Tell the server to stop (uvicorn: close the port, wait for the connections, run the
+        lifespan's shutdown), once: uvicorn takes a second SIGINT as its force exit."""
+        if not self.stopping:
+            self.stopping = True
+            previous(sig, None)
+
     async def _drain_then_stop(self, previous: Handler, sig: int) -> None:
-        log.info(
-            "SIGTERM: draining (readiness 503, new requests 503)",
-            extra={"fields": {"in_flight": self.in_flight, "timeout_s": self.timeout}},
-        )
+        fields = {"in_flight": self.in_flight, "timeout_s": self.timeout}
+        if sig == signal.SIGINT:
+            log.info(
+                "SIGINT: stopping (the port closes; requests in flight have until the timeout)",
+                extra={"fields": fields},
+            )
+        else:
+            log.info("SIGTERM: draining (readiness 503, new requests 503)", extra={"fields": fields})
         if await self.drained():
             log.info("drained: stopping")
-            previous(sig, None)
+            self._stop_server(previous, sig)
             return
-        log.error(
-            "shutdown timeout: stopping with requests in flight",
-            extra={"fields": {"in_flight": self.in_flight, "timeout_s": self.timeout}},
-        )
-        if await self.cut_off():
-            # Each has ended (answered 503, or left unfinished) and its connection closes:
-            # uvicorn stops as after a drain, with nothing to wait for, and runs the lifespan's
-            # shutdown.
-            previous(sig, None)
+        fields = {"in_flight": self.in_flight, "timeout_s": self.timeout}
+        if self.ending_now:
+            log.warning("SIGINT while stopping: ending the requests in flight now", extra={"fields": fields})
+            ended = await self.cut_off(STOPPED_MESSAGE)
+        else:
+            log.error("shutdown timeout: stopping with requests in flight", extra={"fields": fields})
+            ended = await self.cut_off()
+        # Each has ended (answered 503, or left unfinished) and its connection closes: uvicorn
+        # stops as after a drain, with nothing to wait for, and runs the lifespan's shutdown.
+        self._stop_server(previous, sig)
+        if ended:
             return
         log.warning(
-            "requests cut off at the shutdown timeout did not end: stopping without the "
-            "lifespan's shutdown (the last access log lines may be lost)",
+            "requests cut off did not end: stopping without the lifespan's shutdown (the last "
+            "access log lines may be lost)",
             extra={"fields": {"in_flight": self.in_flight, "grace_s": self.cut_off_grace}},
         )
-        previous(sig, None)
         previous(signal.SIGINT, None)  # uvicorn: a second signal means do not wait
 
 
@@ -206,18 +248,20 @@ class DrainMiddleware:
         try:
             await self.app(scope, receive, close_when_draining)
         except asyncio.CancelledError:
-            if task not in lifecycle.cut_off_requests:
+            message = lifecycle.cut_off_requests.get(task)
+            if message is None:
                 raise  # not ours to end (the server's own, say): as it came
-            # Cut off at the shutdown timeout: the request ends here, with an answer (uvicorn
-            # would log a CancelledError escaping the app as an error, with its traceback).
+            # Cut off (at the shutdown timeout, or told to stop at once): the request ends here,
+            # with an answer (uvicorn would log a CancelledError escaping the app as an error,
+            # with its traceback).
             task.uncancel()
             if not started:
-                await _unavailable(send, scope["path"], CUT_OFF_MESSAGE)
+                await _unavailable(send, scope["path"], message)
             # Else its response had begun and cannot be answered: it stays unfinished, and the
             # server closes the connection (uvicorn says so in one line, without a traceback).
         finally:
             lifecycle.requests.discard(task)
-            lifecycle.cut_off_requests.discard(task)
+            lifecycle.cut_off_requests.pop(task, None)
 
 
 async def _unavailable(send: Send, path: str, message: str) -> None:

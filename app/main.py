@@ -14,7 +14,6 @@ from typing import TypedDict
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -40,6 +39,7 @@ from app.security import (
     COMMON_HEADERS,
     ApiKeyMiddleware,
     ApiKeys,
+    JsonCORSMiddleware,
     SecurityHeadersMiddleware,
     cors_options,
     error_body,
@@ -199,7 +199,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(ApiKeyMiddleware, keys=keys, protect_metrics=settings.PROTECT_METRICS)
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
     if origins := parse_origins(settings.CORS_ORIGINS):
-        app.add_middleware(CORSMiddleware, **cors_options(origins))
+        app.add_middleware(JsonCORSMiddleware, **cors_options(origins))
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(ObservabilityMiddleware, metrics=app_metrics, access=access, owner=app)
     install_openapi(app, keys_enabled=keys.enabled, protect_metrics=settings.PROTECT_METRICS)

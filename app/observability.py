@@ -180,18 +180,22 @@ def configure_logging(level: str) -> None:
 
 def server_log_config(level: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for the server around the app (``python -m app`` hands it to
-    uvicorn): uvicorn's own lines (start, stop, malformed requests, errors outside the app) and
-    any other library's warnings are JSON lines on stderr too, as the service's own are."""
+    uvicorn, serving with ``app.server.HeadWithBodyProtocol``): uvicorn's own lines (start, stop,
+    errors outside the app) and any other library's warnings are JSON lines on stderr too, as
+    the service's own are. A request the HTTP parser refuses gets one line, the protocol's
+    access line: uvicorn's warning about it is dropped (``app.server.ParserRefusalAnswered``)."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
+        # By name: app.server imports this module.
+        "filters": {"parser_refusal_answered": {"()": "app.server.ParserRefusalAnswered"}},
         "handlers": {
             "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
         },
         "loggers": {
             "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
-            "uvicorn.error": {"level": level.upper()},
+            "uvicorn.error": {"level": level.upper(), "filters": ["parser_refusal_answered"]},
             "uvicorn.access": {"level": level.upper()},
         },
         "root": {"handlers": ["stderr"], "level": "WARNING"},

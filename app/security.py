@@ -23,7 +23,12 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.errors import listed
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -279,7 +284,7 @@ class SecurityHeadersMiddleware:
 
 
 def cors_options(origins: list[str]) -> dict[str, Any]:
-    """Starlette CORSMiddleware arguments: the allow-list; headers the API reads and sends."""
+    """``JsonCORSMiddleware`` arguments (Starlette's): the allow-list; headers the API reads and sends."""
     return {
         "allow_origins": origins,
         "allow_methods": ["GET", "POST"],
@@ -294,6 +299,75 @@ def cors_options(origins: list[str]) -> dict[str, Any]:
         "allow_credentials": False,  # keys travel in headers, never in cookies
         "max_age": 600,
     }
+
+
+CORS_ORIGINS_HELP = "add it to the server's SHAPE_DETECTOR_CORS_ORIGINS, comma-separated scheme://host[:port]"
+_STARLETTE_REFUSAL = "Disallowed CORS "  # Starlette's text: this, then what it refused ("origin, method")
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, whose refusal of a preflight is the service's error: 400 as
+    Starlette answers it (its decision, its CORS headers), but a JSON body in the path's error
+    format that says what the preflight asked for that is not allowed and how to allow it
+    (Starlette: plain text "Disallowed CORS origin, method")."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        return PreflightRefused(response, self.refusal(request_headers, bytes(response.body).decode()))
+
+    def refusal(self, asked: Headers, starlette_text: str) -> str:
+        """Each part Starlette refused (named in its text), with what was asked and what is allowed."""
+        refused = (
+            starlette_text.removeprefix(_STARLETTE_REFUSAL).split(", ")
+            if starlette_text.startswith(_STARLETTE_REFUSAL)
+            else []  # a later Starlette's text: given as it is
+        )
+        parts = []
+        for part in refused:
+            if part == "origin":
+                origin = asked["origin"][:200]
+                parts.append(f"origin {origin!r} may not call this API from a browser ({CORS_ORIGINS_HELP})")
+            elif part == "method":
+                method = asked["access-control-request-method"][:40]
+                parts.append(
+                    f"method {method!r} is not allowed (ask for one of {', '.join(self.allow_methods)})"
+                )
+            elif part == "headers":
+                names = asked.get("access-control-request-headers", "").split(",")
+                not_allowed = [
+                    name.strip() for name in names if name.strip().lower() not in self.allow_headers
+                ]
+                allowed = self.preflight_headers.get("Access-Control-Allow-Headers", "")
+                parts.append(f"request headers {listed(not_allowed)} are not allowed (send only {allowed})")
+            elif part == "private-network":
+                parts.append("private network access (Access-Control-Request-Private-Network) is not allowed")
+            else:
+                parts.append(f"{part} is not allowed")
+        return f"CORS preflight refused: {'; '.join(parts) or starlette_text}"
+
+
+class PreflightRefused(Response):
+    """A refused CORS preflight answered as the service's error: the status and CORS headers of
+    Starlette's refusal, ``message`` as JSON in the error format of the path asked about
+    (``error_body``), rendered when the answer is sent: ``preflight_response`` is given the
+    request's headers alone, not its path."""
+
+    def __init__(self, refused: Response, message: str) -> None:
+        super().__init__(status_code=refused.status_code)
+        self.message = message
+        # Starlette's CORS headers; those of the content come with the body.
+        self.raw_headers = [
+            (name, value)
+            for name, value in refused.raw_headers
+            if name not in (b"content-type", b"content-length")
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = error_body(scope["path"], self.message)
+        for part in json_response(self.status_code, body, self.raw_headers):
+            await send(part)
 
 
 SCHEMES = {

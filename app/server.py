@@ -11,7 +11,10 @@ one Response Body event".
 It also answers a request uvicorn's parser refuses (a malformed request line, header, length
 or chunk) as the app answers its errors: JSON naming the parser's reason, with the security
 headers, an access-log line and a count in the app's metrics (route ``malformed``): the
-app never sees such a request. Everything else is uvicorn's.
+app never sees such a request. The warning uvicorn logs before it asks for that answer
+("Invalid HTTP request received.") would be a second line for the same request:
+``ParserRefusalAnswered`` drops it (``python -m app``'s log configuration applies it).
+Everything else is uvicorn's.
 
 ``python -m app`` serves with it; with uvicorn's own command line, ``--http
 app.server:HeadWithBodyProtocol`` does the same.
@@ -86,6 +89,24 @@ CYCLE_ATTRIBUTES = ("transport", "response_started", "scope")  # what ``HeldHead
 def fits(cycle: Any) -> bool:
     """uvicorn's request cycle has what ``HeldHead`` uses (a later uvicorn may not)."""
     return all(hasattr(cycle, name) for name in CYCLE_ATTRIBUTES) and isinstance(cycle.scope, dict)
+
+
+class ParserRefusalAnswered(logging.Filter):
+    """Drops the warning uvicorn's httptools protocol logs for a request its parser refused
+    (``data_received``: "Invalid HTTP request received."), just before it calls
+    ``send_400_response``: ``HeadWithBodyProtocol`` answers that request and logs it itself,
+    an access line with the parser's reason. Any other record passes, the same warning from
+    uvicorn's h11 protocol (which answers by itself) among them.
+
+    For the ``uvicorn.error`` logger of a server whose protocol is ``HeadWithBodyProtocol``
+    (``app.observability.server_log_config``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.module == "httptools_impl"
+            and record.funcName == "data_received"
+            and record.msg == "Invalid HTTP request received."
+        )
 
 
 class HeadWithBodyProtocol(HttpToolsProtocol):

@@ -262,8 +262,9 @@ def _npy_header(text: str) -> tuple[np.dtype[Any], bool, tuple[int, ...]]:
 
     np.save's own header is read with a regular expression; any other with ast.literal_eval
     (literals only: nothing is called or imported), after numbers too long for a dimension are
-    refused; its shape and Fortran order are then checked as numpy checks them (extra keys are
-    ignored, and 'descr' is whatever ``np.dtype`` makes of it).
+    refused; its keys, shape and Fortran order are then checked as numpy checks them (exactly
+    'descr', 'fortran_order' and 'shape': np.load refuses a header with a key missing or one
+    more), and 'descr' is whatever ``np.dtype`` makes of it.
     """
     if standard := _NPY_HEADER.fullmatch(text):  # np.save's own header: no parser needed
         shape = tuple(int(n) for n in (standard["rows"], standard["length"]) if n is not None)
@@ -278,9 +279,8 @@ def _npy_header(text: str) -> tuple[np.dtype[Any], bool, tuple[int, ...]]:
         raise _bad_header(f"it is not a Python literal like {_EXAMPLE_HEADER}") from None
     if not isinstance(header, dict):
         raise _bad_header(f"it is a {type(header).__name__}, not a dict like {_EXAMPLE_HEADER}")
-    missing = [key for key in _HEADER_KEYS if key not in header]
-    if missing:
-        raise _bad_header(f"it lacks {' and '.join(map(repr, missing))}")
+    if header.keys() != set(_HEADER_KEYS):  # as np.load compares them
+        raise _bad_header(_wrong_keys(header))
     shape, fortran = header["shape"], header["fortran_order"]
     # bool is an int in Python, and np.reshape refuses it: (True, 64) is not a shape.
     if not (isinstance(shape, tuple) and all(type(n) is int for n in shape)):
@@ -292,6 +292,25 @@ def _npy_header(text: str) -> tuple[np.dtype[Any], bool, tuple[int, ...]]:
     if not isinstance(fortran, bool):  # numpy refuses any other value too
         raise _bad_header(f"'fortran_order' must be True or False, got {short_repr(fortran)}")
     return _npy_dtype(header["descr"]), fortran, shape
+
+
+def _wrong_keys(header: dict[Any, Any]) -> str:
+    """What is wrong with the keys of a header dict, and what is right (as np.load reads it)."""
+    missing = [key for key in _HEADER_KEYS if key not in header]
+    extra = [key for key in header if key not in _HEADER_KEYS]
+    wrong = []
+    if missing:
+        wrong.append(f"lacks {' and '.join(map(repr, missing))}")
+    if extra:  # any number of keys of any literal type: the first three shown, cut short
+        names = [short_repr(key) for key in extra[:3]] + (
+            [f"{len(extra) - 3} more"] if len(extra) > 3 else []
+        )
+        last = names.pop()
+        wrong.append(f"has {', '.join(names)} and {last}" if names else f"has {last}")
+    return (
+        f"it {' and '.join(wrong)}: a header has exactly the keys 'descr', 'fortran_order' and "
+        f"'shape' (np.load refuses any other), as in {_EXAMPLE_HEADER}"
+    )
 
 
 def _npy_dtype(descr: Any) -> np.dtype[Any]:

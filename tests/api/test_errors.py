@@ -24,6 +24,12 @@ def npy_with_header(header: str, data: bytes = np.zeros(64, dtype=np.float32).to
     return b"\x93NUMPY\x01\x00" + len(raw).to_bytes(2, "little") + raw + data
 
 
+EXACT_KEYS = (
+    "a header has exactly the keys 'descr', 'fortran_order' and 'shape' (np.load refuses any "
+    "other), as in {'descr': '<f4', 'fortran_order': False, 'shape': (64,)}: send np.save output"
+)
+
+
 def detail(r) -> str:  # type: ignore[no-untyped-def]
     d = r.json()["detail"]
     return d if isinstance(d, str) else " ".join(e["msg"] for e in d)
@@ -163,11 +169,26 @@ def test_npy_object_array_is_refused_without_unpickling(client: TestClient) -> N
             )
             for shape in ("(-5,)", "(1, -64)", "(64.0,)", "[2, 32]", "64", "None")
         ),
-        (
-            npy_with_header("{'descr': '<f4', 'shape': (64,), }"),
-            "header cannot be read: it lacks 'fortran_order': send np.save output",
+        # Exactly the three keys, as np.load reads a header: none missing, none besides.
+        *(
+            (npy_with_header(header), f"header cannot be read: it {wrong}: {EXACT_KEYS}")
+            for header, wrong in [
+                ("{'descr': '<f4', 'shape': (64,), }", "lacks 'fortran_order'"),
+                ("{'fortran_order': False}", "lacks 'descr' and 'shape'"),
+                ("{'descr': '<f4', 'fortran_order': False, 'shape': (64,), 'note': 'x', }", "has 'note'"),
+                ("{'descr': '<f4', 'fortran_order': False, 'shape': (64,), 1: 2, }", "has 1"),
+                (
+                    "{'descr': '<f4', 'shape': (64,), 'Fortran_order': False}",
+                    "lacks 'fortran_order' and has 'Fortran_order'",
+                ),
+                (
+                    "{'descr': '<f4', 'fortran_order': False, 'shape': (64,), "
+                    + ", ".join(f"'k{i}': 0" for i in range(9))
+                    + "}",
+                    "has 'k0', 'k1', 'k2' and 6 more",
+                ),
+            ]
         ),
-        (npy_with_header("{'fortran_order': False}"), "it lacks 'descr' and 'shape'"),
         (
             npy_with_header("{'descr': 'zz', 'fortran_order': False, 'shape': (64,), }"),
             "'descr' 'zz' is not a NumPy dtype (float32 is '<f4'): send np.save output",

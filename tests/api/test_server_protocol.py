@@ -13,12 +13,13 @@ from typing import Any
 import orjson
 import pytest
 from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from app import server
 from app.observability import Metrics
-from app.server import IMPORT_PATH, HeadWithBodyProtocol, HeldHead, fits
+from app.server import IMPORT_PATH, HeadWithBodyProtocol, HeldHead, ParserRefusalAnswered, fits
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 GET = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
@@ -54,7 +55,7 @@ class Transport(asyncio.Transport):
 
 def connect(
     app: App,
-    protocol: type[HttpToolsProtocol] = HeadWithBodyProtocol,
+    protocol: type[HttpToolsProtocol | H11Protocol] = HeadWithBodyProtocol,
     app_state: dict[str, Any] | None = None,
 ) -> tuple[Any, Transport]:
     """A protocol as uvicorn makes one per connection, on a recording transport; ``app_state``:
@@ -262,3 +263,31 @@ def test_a_request_the_parser_refuses_gets_a_json_400_naming_why(
         "error": reason,
         "client": "127.0.0.1",
     }
+
+
+def test_uvicorns_warning_is_dropped_only_for_the_refusals_the_service_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """uvicorn warns "Invalid HTTP request received." before it asks the protocol to answer a
+    request its parser refused. The service's protocol answers it and logs an access line, so
+    ``ParserRefusalAnswered`` drops that warning; uvicorn's h11 protocol answers by itself (plain
+    text, no access line), so its warning passes."""
+    request = b"GET /healthz HTTP/1.1\r\nHo st: test\r\n\r\n"
+
+    async def never(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise AssertionError("the app must not see a malformed request")
+
+    async def refused(protocol: type[HttpToolsProtocol | H11Protocol]) -> None:
+        proto, transport = connect(never, protocol)
+        proto.data_received(request)
+        await settle(proto)
+        assert transport.events[0].startswith(b"HTTP/1.1 400 ")  # type: ignore[union-attr]
+
+    passes = {}
+    for protocol in (HeadWithBodyProtocol, H11Protocol):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="uvicorn.error"):
+            asyncio.run(refused(protocol))
+        (warning,) = [r for r in caplog.records if r.getMessage() == "Invalid HTTP request received."]
+        passes[protocol.__name__] = ParserRefusalAnswered().filter(warning)
+    assert passes == {"HeadWithBodyProtocol": False, "H11Protocol": True}

@@ -237,6 +237,52 @@ def test_cors_allow_list(models_dir: Path) -> None:
         assert pre.status_code == 400 and "access-control-allow-origin" not in pre.headers
 
 
+def test_a_refused_preflight_is_a_json_400_that_names_what_was_refused_and_the_fix(models_dir: Path) -> None:
+    """As the service's other 400s: JSON in the path's error format (``error`` under /v2), saying
+    what the preflight asked for that is not allowed and how to allow it; the status and the
+    CORS headers stay Starlette's (no Access-Control-Allow-Origin for an origin not listed)."""
+    allowed, other = "https://app.example.com", "https://evil.example.com"
+    with app_client(models_dir, CORS_ORIGINS=allowed) as c:
+
+        def preflight(path: str, origin: str, method: str = "POST", headers: str | None = None):  # type: ignore[no-untyped-def]
+            asked = {"Origin": origin, "Access-Control-Request-Method": method}
+            if headers is not None:
+                asked["Access-Control-Request-Headers"] = headers
+            r = c.options(path, headers=asked)
+            assert r.status_code == 400 and r.headers["content-type"] == "application/json", r.text
+            assert r.headers["x-content-type-options"] == "nosniff"
+            assert "Origin" in r.headers["vary"]
+            assert r.headers["content-length"] == str(len(r.content))
+            return r
+
+        r = preflight("/v1/detect", other)
+        assert "access-control-allow-origin" not in r.headers
+        assert r.json() == {
+            "detail": (
+                f"CORS preflight refused: origin {other!r} may not call this API from a browser "
+                "(add it to the server's SHAPE_DETECTOR_CORS_ORIGINS, comma-separated "
+                "scheme://host[:port])"
+            )
+        }
+        r = preflight("/v1/detect", allowed, method="PUT", headers="Content-Type, X-Trace, Authorization")
+        assert r.headers["access-control-allow-origin"] == allowed  # the origin is allowed
+        assert r.json() == {
+            "detail": (
+                "CORS preflight refused: method 'PUT' is not allowed (ask for one of GET, POST); "
+                "request headers ['X-Trace'] are not allowed (send only "
+                + r.headers["access-control-allow-headers"]
+                + ")"
+            )
+        }
+        r = preflight("/v2/models/bump/infer", other, headers="x-a, x-b")
+        message = r.json()["error"]
+        assert f"origin {other!r}" in message and "SHAPE_DETECTOR_CORS_ORIGINS" in message
+        assert "request headers ['x-a', 'x-b'] are not allowed" in message
+        # Allowed, it is answered as before.
+        ok = c.options("/v1/detect", headers={"Origin": allowed, "Access-Control-Request-Method": "POST"})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == allowed
+
+
 def test_cors_and_draining_answers_have_the_security_headers(models_dir: Path) -> None:
     """CORS answers preflights, and draining refuses requests, before the app's routes: their
     answers carry nosniff and no-referrer as every other does."""

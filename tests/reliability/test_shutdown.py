@@ -221,6 +221,63 @@ def test_at_the_shutdown_timeout_requests_still_running_get_503_and_the_lifespan
         assert sign not in log, log
 
 
+SHUTTING_DOWN = '"message":"Shutting down"'  # uvicorn's line once told to stop: the port closes
+# Stops beyond one SIGTERM, a request in flight: the shutdown timeout (seconds), the signals sent in
+# turn, each with what the log shows once it has been acted on, and when the request is answered.
+STOPS = {
+    "Ctrl-C": ("2", [(signal.SIGINT, None)], "at the timeout"),
+    "Ctrl-C twice": ("60", [(signal.SIGINT, SHUTTING_DOWN), (signal.SIGINT, None)], "at once"),
+    "SIGTERM twice, then Ctrl-C": (
+        "60",
+        [(signal.SIGTERM, "SIGTERM: draining"), (signal.SIGTERM, SHUTTING_DOWN), (signal.SIGINT, None)],
+        "at once",
+    ),
+}
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_stopped_by_ctrl_c_or_signals_after_sigterm_requests_in_flight_get_503_not_500(
+    tmp_path: Path, stop: str
+) -> None:
+    """uvicorn's own ways to end a request (its graceful shutdown's timeout after Ctrl-C, its force
+    exit on a second Ctrl-C) cancel it: 500 and a traceback. The app ends it first, as at the
+    shutdown timeout: 503, JSON, Retry-After, Connection: close, logged; then the lifespan's
+    shutdown runs and the process exits 0. Ctrl-C closes the port at once and leaves the request
+    until the shutdown timeout; Ctrl-C once the port is closed (uvicorn's force exit) ends it now."""
+    timeout, signals, when = STOPS[stop]
+    server = start_server(tmp_path, env={"SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S": timeout})
+    try:
+        stuck = HeldRequest(server, 0, confirmed=True)  # its second half never comes
+        for sig, acted_on in signals:
+            server.process.send_signal(sig)
+            if acted_on is not None:  # a signal sent before the last is acted on would be lost
+                wait_logged(server, acted_on)
+        status, headers, body = stuck.response()
+        closed = stuck.sock.recv(1) == b""
+        stuck.sock.close()
+        code = server.process.wait(timeout=15)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    log = server.log()
+    assert status == 503, body
+    assert headers["content-type"] == "application/json" and headers["retry-after"] == "1"
+    assert headers["connection"] == "close" and closed
+    expected = "shutdown timeout" if when == "at the timeout" else "stop at once"
+    assert expected in str(body["detail"]) and "retry" in str(body["detail"]), body
+    assert ("shutdown timeout: stopping with requests in flight" in log) is (when == "at the timeout"), log
+    assert code == 0, log
+    lines = [d for d in json_lines(log) if d.get("request_id") == headers["x-request-id"]]
+    assert [(d["path"], d["status"]) for d in lines] == [("/v1/detect", 503)]
+    assert "shut down: models closed, access log flushed" in log and "Application shutdown complete" in log
+    for sign in ("Traceback", "CancelledError", "Exception in ASGI application", "without completing"):
+        assert sign not in log, log
+
+
+def wait_logged(server: Server, text: str) -> None:
+    wait_until(lambda: text in server.log())
+
+
 class RecordedAccessLog(AccessLog):
     """The access log's lines, kept as their fields."""
 
@@ -350,6 +407,67 @@ def test_at_the_timeout_the_server_is_told_to_stop_once_or_else_forced(
     else:
         assert calls == [signal.SIGTERM, signal.SIGINT]
         assert len(warnings) == 1 and "did not end" in warnings[0]
+
+
+TERM, INT = signal.SIGTERM, signal.SIGINT
+
+
+@pytest.mark.parametrize(
+    ("sent", "in_flight", "told"),
+    [
+        # The first SIGTERM drains (the server is not told); a second closes the port; a third is
+        # nothing to uvicorn.
+        ([TERM], False, []),
+        ([TERM, TERM], False, [TERM]),
+        ([TERM, TERM, TERM], False, [TERM]),
+        # Ctrl-C closes the port at once; SIGTERM then is nothing.
+        ([INT], False, [INT]),
+        ([INT, TERM], False, [INT]),
+        # Ctrl-C once the port is closed: uvicorn's force exit, passed on at once with nothing in
+        # flight; with requests in flight they are ended first, and only a further Ctrl-C is.
+        ([TERM, TERM, INT], False, [TERM, INT]),
+        ([INT, INT], False, [INT, INT]),
+        ([TERM, TERM, INT], True, [TERM]),
+        ([INT, INT], True, [INT]),
+        ([INT, INT, INT], True, [INT, INT]),
+    ],
+)
+def test_each_signal_reaches_the_server_as_uvicorn_takes_it(
+    sent: list[int], in_flight: bool, told: list[int]
+) -> None:
+    """The signals the server's handler (uvicorn's, one for SIGTERM and SIGINT) is given for
+    those the process gets while draining (the drain held by its delay). Ctrl-C once the port is
+    closed, with requests in flight, has them ended first (``_drain_then_stop``, as at the
+    timeout, then forcing only if they do not end)."""
+    calls: list[int] = []
+
+    def server_handler(sig: int, frame: object) -> None:
+        calls.append(sig)
+
+    async def main() -> None:
+        lifecycle = Lifecycle(timeout=60, delay=60)
+        request = asyncio.create_task(asyncio.Event().wait())
+        if in_flight:
+            lifecycle.requests.add(request)
+        assert lifecycle.install_signal_handler()
+        try:
+            for sig in sent:
+                signal.raise_signal(sig)  # handled before the call returns (the main thread)
+                await asyncio.sleep(0)
+        finally:
+            lifecycle.uninstall_signal_handler()
+            request.cancel()
+        # Each case with requests in flight has Ctrl-C once the port is closed: they are to end.
+        assert lifecycle.draining and lifecycle.ending_now is in_flight
+        assert signal.getsignal(TERM) is signal.getsignal(INT) is server_handler
+
+    before = {sig: signal.signal(sig, server_handler) for sig in (TERM, INT)}
+    try:
+        asyncio.run(main())
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    assert calls == told
 
 
 def test_shutdown_delay_keeps_readiness_failing_before_the_port_closes(tmp_path: Path) -> None:
