@@ -21,7 +21,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.api import admin, demo, docs, health, metrics, v1, v2
 from app.api.deps import Runner
 from app.api.routing import DirectRoutes, HeadAsGet, ServerErrors
-from app.core.affinity import SameCpu
 from app.core.errors import DetectorError, InvalidInput, Overloaded
 from app.core.model import InferenceOptions
 from app.core.registry import Registry
@@ -144,7 +143,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 request_timeout=settings.REQUEST_TIMEOUT_S,
                 inline_max_samples=settings.INLINE_MAX_SAMPLES,
                 same_cpu_max_samples=settings.SAME_CPU_MAX_SAMPLES,
-                same_cpu=SameCpu(enabled=settings.SAME_CPU_MAX_SAMPLES > 0),
             )
             undo.callback(runner.same_cpu.release)
             lifecycle.install_signal_handler()  # SIGTERM drains first (only under a server, main thread)

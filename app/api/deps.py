@@ -73,11 +73,14 @@ class Runner:
     request_timeout: float = 60.0
     inline_max_samples: int = 0  # a lone request up to this size runs on the event loop (0: never)
     same_cpu_max_samples: int = 0  # a lone request up to this size is handed off on one CPU (0: never)
-    same_cpu: SameCpu = field(default_factory=lambda: SameCpu(enabled=False))
+    same_cpu: SameCpu = field(init=False)  # on only if same_cpu_max_samples is set (see __post_init__)
     in_flight: int = field(default=0, init=False)  # detection requests between decoding and result
     _last_client: Any = field(default=None, init=False, repr=False)
     _other_client_at: float = field(default=0.0, init=False, repr=False)
     _per_model: dict[str, tuple[Any, Any, Any]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.same_cpu = SameCpu(enabled=self.same_cpu_max_samples > 0)
 
     async def read_body(self, request: Request) -> bytes | bytearray:
         """The whole body, within MAX_BODY_BYTES and BODY_TIMEOUT_S; uncompressed only."""
