@@ -178,19 +178,18 @@ class ApiKeyMiddleware:
     """401 with ``WWW-Authenticate: Bearer`` for a protected path without a valid key.
 
     Runs before routing and before the body is read: a request without a key costs nothing.
+    Installed only when keys are set (``create_app``): without keys there is no check at all.
     """
 
     def __init__(self, app: ASGIApp, keys: ApiKeys, protect_metrics: bool) -> None:
+        if not keys.enabled:
+            raise ValueError("ApiKeyMiddleware needs at least one key: install it only when keys are set")
         self.app = app
         self.keys = keys
         self.protect_metrics = protect_metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or not self.keys.enabled
-            or not needs_key(scope["path"], protect_metrics=self.protect_metrics)
-        ):
+        if scope["type"] != "http" or not needs_key(scope["path"], protect_metrics=self.protect_metrics):
             await self.app(scope, receive, send)
             return
         problem = self.keys.check(scope["headers"])
