@@ -13,13 +13,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:  # a type only: at run time this module needs no onnxruntime (``python -m app`` logs first)
+    from app.core.registry import ModelStatus
 
 access_log = logging.getLogger("shape_detector.access")
 REQUEST_ID = "x-request-id"
@@ -69,8 +72,8 @@ class ModelCollector:
     from the registry, never stored: a reloaded model shows its new version only, and its
     counts start again from zero (a new batcher)."""
 
-    def __init__(self, statuses: Callable[[], list[Any]]) -> None:
-        self._statuses = statuses  # the registry's ModelStatus objects
+    def __init__(self, statuses: Callable[[], list[ModelStatus]]) -> None:
+        self._statuses = statuses  # the registry's, read at each scrape
 
     def collect(self) -> Iterator[Metric]:
         ready = GaugeMetricFamily(
