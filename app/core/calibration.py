@@ -63,6 +63,10 @@ class MonotoneMap:
 
     x: FloatArray = field(default_factory=lambda: np.empty(0))
     y: FloatArray = field(default_factory=lambda: np.empty(0))
+    # Derived, not part of the value (equality and repr are the knots'): (-x, -y), and the
+    # thresholds already mapped back by ``inverse_scalar``.
+    _negated: tuple[FloatArray, FloatArray] = field(init=False, repr=False, compare=False)
+    _inverses: dict[float, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         x, y = np.asarray(self.x, dtype=np.float64), np.asarray(self.y, dtype=np.float64)
@@ -75,7 +79,6 @@ class MonotoneMap:
         object.__setattr__(self, "x", x)
         object.__setattr__(self, "y", y)
         object.__setattr__(self, "_negated", (-x, -y))
-        object.__setattr__(self, "_inverses", {})
 
     @property
     def identity(self) -> bool:
@@ -89,16 +92,16 @@ class MonotoneMap:
     def inverse(self, q: npt.ArrayLike) -> FloatArray:
         if self.identity:
             return np.asarray(q, dtype=np.float64)
-        return _sigmoid_of_negated(_minus_f(logit(q), self.y, self._negated[0]))  # type: ignore[attr-defined]
+        return _sigmoid_of_negated(_minus_f(logit(q), self.y, self._negated[0]))
 
     def _minus_f(self, z: FloatArray) -> FloatArray:
         """-f(z) on the logit scale: the map before the logistic function, negated."""
-        return _minus_f(z, self.x, self._negated[1])  # type: ignore[attr-defined]
+        return _minus_f(z, self.x, self._negated[1])
 
     def inverse_scalar(self, q: float) -> float:
         """``inverse(q)`` for one value, remembered: a request's threshold is nearly always the
         card's, and mapping it back costs more than finding the peaks of a short signal."""
-        cache: dict[float, float] = self._inverses  # type: ignore[attr-defined]
+        cache = self._inverses
         found = cache.get(q)
         if found is None:
             if len(cache) >= MAX_CACHED_INVERSES:
