@@ -15,6 +15,7 @@ from app.core.batching import Batcher
 from app.main import create_app
 from app.settings import load_settings
 from tests.api.conftest import wait_ready
+from tests.cpus import needs_two_cpus
 
 
 def npy(arr: np.ndarray) -> bytes:
@@ -206,9 +207,7 @@ def test_queued_requests_finished_together_equal_one_by_one(
     assert "scores" in docs[3]["results"][0] and "scores" not in docs[0]["results"][0]
 
 
-@pytest.mark.skipif(
-    len(PROCESS_CPUS) < 2 or not hasattr(os, "sched_setaffinity"), reason="needs Linux and 2 CPUs"
-)
+@needs_two_cpus
 def test_a_lone_small_request_is_scored_on_the_event_loops_cpu(
     models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

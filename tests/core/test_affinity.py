@@ -13,10 +13,9 @@ import pytest
 
 import app.core.affinity as affinity
 from app.core.affinity import PROCESS_CPUS, SameCpu
+from tests.cpus import needs_two_cpus
 
-pytestmark = pytest.mark.skipif(
-    not hasattr(os, "sched_setaffinity") or len(PROCESS_CPUS) < 2, reason="needs Linux and 2 CPUs"
-)
+pytestmark = needs_two_cpus
 
 
 class Sleeper:

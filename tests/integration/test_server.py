@@ -12,10 +12,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 
-from app.core.affinity import PROCESS_CPUS
 from tests.api.test_primer_figure import primer_signal
+from tests.cpus import needs_two_cpus
 from tests.integration.conftest import ROOT, start_server
 from tests.integration.faulty import BUGGY
 from tests.logs import json_lines
@@ -216,9 +215,7 @@ def _one_cpu_threads(pid: int) -> dict[int, set[int]]:
     return out
 
 
-@pytest.mark.skipif(
-    len(PROCESS_CPUS) < 2 or not hasattr(os, "sched_setaffinity"), reason="needs Linux and 2 CPUs"
-)
+@needs_two_cpus
 def test_one_client_at_a_time_shares_a_cpu_and_a_second_client_ends_it(tmp_path: Path) -> None:
     """SAME_CPU_MAX_SAMPLES (opt-in): while one connection sends small requests one at a time,
     the event loop (the main thread) and an inference thread are pinned to one CPU; a request
