@@ -53,3 +53,21 @@ def test_warm_up_calls_are_no_larger_than_a_request_makes(
         assert all(rows * length <= largest and length <= model.plan.window for rows, length in shapes), (
             shapes
         )
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc (Linux)")
+def test_memory_does_not_grow_with_each_new_input_shape() -> None:
+    """Signals of any length make ever new input shapes. With onnxruntime's memory pattern on
+    (its default) RSS grew about 4 KiB per new shape and stayed: 2000 lengths, +7.6 MiB."""
+    model = OnnxModel(Path(__file__).parents[2] / "models" / "bump", InferenceOptions(intra_op_threads=1))
+    for length in range(1000, 1200):  # the arena and the allocator warmed up
+        model.run(np.zeros((1, length), np.float32))
+    before = _rss_mib()
+    for length in range(3000, 5000):
+        model.run(np.zeros((1, length), np.float32))
+    assert _rss_mib() - before < 4.0
