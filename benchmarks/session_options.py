@@ -5,8 +5,9 @@
 
 For each graph optimisation level (what ``SessionOptions.graph_optimization_level`` does when
 the session is made) and for the model optimised once and saved (``optimized_model_filepath``,
-as an export step could ship it, then loaded with optimisation off): the time to make the
-session, the median latency of one 1×1024 call back to back, and 64×1024 samples/s. One
+as an export step could ship it, then loaded with optimisation off), and for onnxruntime's
+memory pattern (its default, off in the service: it keeps a plan per input shape, never freed):
+the time to make the session, the median latency of one 1×1024 call back to back, and 64×1024 samples/s. One
 onnxruntime thread per call, as the service runs by default. Every variant must give the same
 scores as the service's session (within float32 rounding: fused kernels add in another order),
 or the run fails. Reports; never fails on timing.
@@ -39,10 +40,16 @@ LEVELS = {
 }
 
 
-def options(level: ort.GraphOptimizationLevel, save_to: Path | None = None) -> ort.SessionOptions:
+MEMORY_PATTERN = "all, with onnxruntime's memory pattern (its default; not the service's)"
+
+
+def options(
+    level: ort.GraphOptimizationLevel, save_to: Path | None = None, memory_pattern: bool = False
+) -> ort.SessionOptions:
     """The service's session options (one thread per call, its default) at another level."""
     so = session_options(InferenceOptions(intra_op_threads=1))
     so.graph_optimization_level = level
+    so.enable_mem_pattern = memory_pattern
     if save_to is not None:
         so.optimized_model_filepath = str(save_to)
     return so
@@ -88,16 +95,18 @@ def measure(model_dir: Path, calls: int = 2000, repeats: int = 3) -> dict[str, A
         saving = options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL, save_to=saved)
         saving.log_severity_level = 3  # errors only, for this session
         session(model, saving)
-        variants = {name: (model, level) for name, level in LEVELS.items()}
+        variants = {name: (model, level, False) for name, level in LEVELS.items()}
         variants["optimised ahead of time, loaded with optimisation off"] = (
             saved,
             ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            False,
         )
+        variants[MEMORY_PATTERN] = (model, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, True)
         reference, _ = session(model, options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL))
         expected = reference.run(["scores"], {"signal": batch})[0]
         for _ in range(repeats):  # the variants take turns: the machine's drift hits them alike
-            for name, (path, level) in variants.items():
-                s, made_s = session(path, options(level))
+            for name, (path, level, pattern) in variants.items():
+                s, made_s = session(path, options(level, memory_pattern=pattern))
                 scores = s.run(["scores"], {"signal": batch})[0]
                 np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6, err_msg=name)
                 row = rows.setdefault(name, {key: [] for key in KEYS})

@@ -16,6 +16,7 @@ def test_every_variant_is_measured_and_agrees_with_the_service() -> None:
     names = list(result["variants"])
     assert names[:4] == list(session_options.LEVELS)
     assert names[4].startswith("optimised ahead of time")
+    assert names[5] == session_options.MEMORY_PATTERN
     for v in result["variants"].values():
         assert all(math.isfinite(x) and x > 0 for x in v.values())
     assert result["optimised_bytes"] > 0
