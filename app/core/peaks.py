@@ -1,6 +1,7 @@
 """Scores -> peaks: the one peak picker, used by the service and by training's evaluation.
 
-A peak is a local maximum of the per-sample probability curve at or above the threshold.
+A peak is a local maximum of the per-sample probability curve at or above the threshold (as
+real numbers: a float32 score is never rounded against a threshold between two float32s).
 A flat top (plateau) counts once, at its middle sample (rounded down). Samples outside the
 signal count as -infinity, so the first and last samples can be peaks. When two peaks are
 closer than ``min_distance`` samples, the higher one wins (ties: the earlier one).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +29,20 @@ class Peaks:
 
     def __len__(self) -> int:
         return int(self.index.size)
+
+
+def least_at_or_above(threshold: float, dtype: np.dtype[Any]) -> Any:
+    """The least value of a floating ``dtype`` at or above ``threshold``: for any ``x`` of that
+    dtype, ``x >= it`` exactly when ``x >= threshold`` as real numbers. (NumPy compares a
+    float32 array with a Python float in float32, the float rounded to the nearest: a
+    threshold just above a float32 value would take it in, where ``x >= threshold`` in
+    float64, as a signal's decision is taken, does not.) Other dtypes: ``threshold``."""
+    if dtype.kind != "f" or dtype.itemsize >= 8:
+        return threshold
+    rounded = dtype.type(threshold)
+    if float(rounded) < threshold:
+        rounded = np.nextafter(rounded, dtype.type(np.inf))
+    return rounded
 
 
 def local_maxima(scores: npt.NDArray[np.floating], threshold: float) -> npt.NDArray[np.int64]:
@@ -45,7 +61,7 @@ def local_maxima(scores: npt.NDArray[np.floating], threshold: float) -> npt.NDAr
     x = np.asarray(scores)
     if x.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {x.shape}")
-    above = (x >= threshold).nonzero()[0]
+    above = (x >= least_at_or_above(threshold, x.dtype)).nonzero()[0]
     if above.size == 0:
         return np.empty(0, dtype=np.int64)
     value = x[above]

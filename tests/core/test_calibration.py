@@ -118,3 +118,18 @@ def test_detections_of_a_request_split_the_mapped_peaks_back_to_their_signals() 
         assert np.array_equal(d.peaks.probability, alone.peaks.probability)
         assert d.probability == alone.probability and d.detected == alone.detected
     assert got[1].peaks.probability == pytest.approx(MAP(np.array([0.8, 0.95])), rel=1e-6)
+
+
+def test_a_peak_is_reported_exactly_when_the_signal_is_detected() -> None:
+    """Both compare the raw curve with the threshold mapped back; a threshold whose raw value
+    falls between two float32s must not let a peak through while the signal is not detected."""
+    calibrator = Calibrator(signal=MAP, peak=MAP)
+    top = np.float32(0.8)
+    curve = np.asarray([0.1, top, 0.1], dtype=np.float32)
+    raw = float(top) + float(np.spacing(top)) / 4  # above the peak's raw score, rounds onto it
+    threshold = float(MAP(raw))
+    assert calibrator.peak.inverse_scalar(threshold) > float(top)
+    (d,) = detections([curve], threshold, 1, calibrator=calibrator)
+    assert not d.detected and len(d.peaks) == 0
+    (d,) = detections([curve], float(MAP(float(top))), 1, calibrator=calibrator)
+    assert d.detected and d.peaks.index.tolist() == [1]

@@ -21,6 +21,18 @@ def test_threshold_is_inclusive() -> None:
     assert find_peaks(s, 0.5000001, 1).index.tolist() == []
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_a_threshold_between_two_floats_of_the_scores_type_is_not_rounded(dtype: type) -> None:
+    """A threshold just above a score (by less than half the score's float spacing) leaves it
+    out: NumPy alone compares in the scores' type, the threshold rounded down onto the score."""
+    value = dtype(0.7)
+    threshold = float(value) + float(np.spacing(value)) / 4  # rounds to ``value`` in ``dtype``
+    s = np.asarray([0.1, value, 0.1], dtype=dtype)
+    assert find_peaks(s, threshold, 1).index.tolist() == []
+    assert [p.index.tolist() for p in find_peaks_many([s, s], threshold, 1)] == [[], []]
+    assert find_peaks(s, float(value), 1).index.tolist() == [1]  # at the threshold: in
+
+
 def test_plateau_counts_once_at_its_middle() -> None:
     s = f32([0.1, 0.8, 0.8, 0.8, 0.8, 0.1])  # plateau 1..4 -> middle rounded down: 2
     assert local_maxima(s, 0.5).tolist() == [2]
