@@ -439,9 +439,12 @@ def _answer(card: Card, request: Decoded, results: list[Detection]) -> bytes:
         item: dict[str, Any] = {
             "probability": d.probability,
             "detected": d.detected,
+            # A peak's probability is a float32 (numpy's, which orjson writes as its shortest
+            # float32 decimal): written as the same number as its sample in "scores" and as
+            # /v2's FP32 peak_probability, not as the longer float64 decimal of that value.
             "peaks": [
-                {"index": int(i), "probability": float(p)}
-                for i, p in zip(d.peaks.index.tolist(), d.peaks.probability.tolist(), strict=True)
+                {"index": i, "probability": p}
+                for i, p in zip(d.peaks.index.tolist(), d.peaks.probability, strict=True)
             ],
         }
         if d.scores is not None:

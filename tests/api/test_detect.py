@@ -42,6 +42,17 @@ def test_json_detect_contract(client: TestClient) -> None:
     assert "x-request-id" in r.headers
 
 
+def test_a_peaks_probability_is_written_as_its_sample_in_scores(client: TestClient) -> None:
+    """Both are the same float32: a client reading either gets the same number."""
+    x = np.random.default_rng(1).standard_normal(400).tolist()
+    r = client.post(
+        "/v1/models/other/detect", json={"signals": [x], "threshold": 0.01, "return_scores": True}
+    )
+    (res,) = r.json()["results"]
+    assert len(res["peaks"]) >= 3, "the test needs peaks"
+    assert [p["probability"] for p in res["peaks"]] == [res["scores"][p["index"]] for p in res["peaks"]]
+
+
 def test_scores_only_when_asked(client: TestClient) -> None:
     r = client.post("/v1/detect", json={"signals": [[0.0] * 100]})
     assert "scores" not in r.json()["results"][0]
