@@ -77,11 +77,16 @@ class JobFuture(Future[Any]):
     """A queued request's future; ``give_up`` when its result is no longer wanted."""
 
     abandoned = False  # given up while it ran (set on the instance)
+    queue: Batcher | None = None  # the batcher whose queue holds the request (set by ``submit``)
 
     def give_up(self) -> None:
-        """Still queued: cancelled, it never runs. Running: its onnxruntime calls not yet
-        started are skipped if every request of its batch was given up."""
-        if not self.cancel():
+        """Still queued: cancelled and taken out of the queue at once (its place under
+        ``max_queue`` and its signals' memory freed), it never runs. Running: its onnxruntime
+        calls not yet started are skipped if every request of its batch was given up."""
+        if self.cancel():
+            if self.queue is not None:
+                self.queue._forget(self)
+        else:
             self.abandoned = True
 
 
@@ -232,6 +237,7 @@ class Batcher:
         per request. A caller that no longer wants the result calls the future's ``give_up``.
         """
         job = _Job(signals, finish, sum(s.size for s in signals), waiter=waiter)
+        job.future.queue = self
         with self._cond:
             if self._closed:
                 raise ShuttingDown("the service is shutting down; retry on another instance")
@@ -246,6 +252,17 @@ class Batcher:
                 # times the wait of this oldest request.
                 self._help.notify()
         return job.future
+
+    def _forget(self, future: JobFuture) -> None:
+        """Take a cancelled request out of the queue, unless a worker already took it (and
+        counted it dropped)."""
+        with self._cond:
+            for i, job in enumerate(self._jobs):
+                if job.future is future:
+                    del self._jobs[i]
+                    self._queued_samples -= job.samples
+                    self.stats.dropped += 1
+                    return
 
     def run_now(self, signals: Sequence[npt.NDArray[np.floating]], finish: Finish) -> tuple[bool, Any]:
         """``(True, finish(curves))`` computed in this thread if every worker is idle and no

@@ -475,3 +475,21 @@ def test_give_up_drops_a_queued_request_unrun() -> None:
     assert first.result(5) == 1
     batcher.close()
     assert batcher.stats.dropped == 1 and batcher.stats.abandoned == 0 and batcher.stats.requests == 1
+
+
+def test_a_queued_request_given_up_leaves_the_queue_at_once() -> None:
+    """Its place under max_queue is free for the next request while the workers are still busy,
+    and its signals are no longer held."""
+    batcher, started, release = blocked_batcher(max_queue=2)
+    first = batcher.submit([np.zeros(10)], len)
+    assert started.wait(5)  # the worker is busy: the queue is not being taken
+    queued = [batcher.submit([np.zeros(10)], len) for _ in range(2)]
+    with pytest.raises(Overloaded):
+        batcher.submit([np.zeros(10)], len)
+    queued[0].give_up()
+    assert batcher.queued == 1 and batcher.stats.dropped == 1
+    later = batcher.submit([np.zeros(10)], len)  # room again, the worker still busy
+    release.set()
+    assert first.result(5) == 1 and queued[1].result(5) == 1 and later.result(5) == 1
+    batcher.close()
+    assert queued[0].cancelled() and batcher.stats.dropped == 1 and batcher.stats.requests == 3
