@@ -11,7 +11,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from app.core.calibration import IDENTITY, Calibrator
-from app.core.card import CARD_FILE, MODEL_FILE, Card, CardError, load_card
+from app.core.card import CARD_FILE, Card, CardError, load_card, read_model
 from app.core.peaks import Peaks, find_peaks_many
 from app.core.windows import Float32Array, Map, WindowPlan, score_pieces
 
@@ -63,7 +63,10 @@ def check_servable(card: Card, model_dir: Path, options: InferenceOptions) -> No
 
 
 class OnnxModel:
-    """A model directory (``model.onnx`` + ``card.json``) loaded into one session."""
+    """A model directory (``model.onnx`` + ``card.json``) loaded into one session.
+
+    The model file is read once: its sha256 is checked on those bytes (``verify``) and the
+    session is made from them, so the model that serves is the one verified."""
 
     def __init__(
         self,
@@ -73,10 +76,11 @@ class OnnxModel:
         verify: bool = True,
     ) -> None:
         self.options = options or InferenceOptions()
-        self.card: Card = load_card(model_dir, verify=verify)
+        self.card: Card = load_card(model_dir, verify=False)
+        model_bytes = read_model(model_dir, self.card, verify=verify)
         check_servable(self.card, model_dir, self.options)
         self.session = ort.InferenceSession(
-            str(model_dir / MODEL_FILE),
+            model_bytes,
             sess_options=session_options(self.options),
             providers=["CPUExecutionProvider"],
         )
