@@ -11,8 +11,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from app.core.calibration import IDENTITY, Calibrator
-from app.core.card import CARD_FILE, MODEL_FILE, Card, CardError, load_card, read_model
-from app.core.onnx_file import external_tensors
+from app.core.card import CARD_FILE, Card, CardError, load_card, read_model
 from app.core.peaks import Peaks, find_peaks_many
 from app.core.windows import Float32Array, Map, WindowPlan, score_pieces
 
@@ -63,22 +62,6 @@ def check_servable(card: Card, model_dir: Path, options: InferenceOptions) -> No
         )
 
 
-def check_self_contained(data: bytes, model_dir: Path) -> None:
-    """Raises ``CardError`` if the model keeps tensors in other files ("external data"): the
-    card's sha256 covers ``model.onnx`` alone, and a session made from its bytes would look for
-    them in the process's working directory."""
-    outside = external_tensors(data)
-    if outside:
-        (name, location), more = outside[0], len(outside) - 1
-        raise CardError(
-            f"{model_dir / MODEL_FILE}: tensor {name!r}"
-            + (f" and {more} more" if more else "")
-            + f" kept outside the file (in {location!r}); the card's sha256 covers {MODEL_FILE} "
-            "alone, so the service loads no external data: export the model with its weights "
-            "inside the file (onnx.save_model(model, path, save_as_external_data=False))"
-        )
-
-
 class OnnxModel:
     """A model directory (``model.onnx`` + ``card.json``) loaded into one session.
 
@@ -96,7 +79,6 @@ class OnnxModel:
         self.card: Card = load_card(model_dir, verify=False)
         model_bytes = read_model(model_dir, self.card, verify=verify)
         check_servable(self.card, model_dir, self.options)
-        check_self_contained(model_bytes, model_dir)
         self.session = ort.InferenceSession(
             model_bytes,
             sess_options=session_options(self.options),
