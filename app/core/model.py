@@ -79,11 +79,12 @@ class OnnxModel:
         self.card: Card = load_card(model_dir, verify=False)
         model_bytes = read_model(model_dir, self.card, verify=verify)
         check_servable(self.card, model_dir, self.options)
-        self.session = ort.InferenceSession(
-            model_bytes,
-            sess_options=session_options(self.options),
-            providers=["CPUExecutionProvider"],
-        )
+        so = session_options(self.options)
+        # A model that keeps tensors in other files (ONNX external data) finds them beside it,
+        # as when made from its path (made from bytes, onnxruntime would look in the working
+        # directory). The card's sha256 covers model.onnx alone.
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model_dir))
+        self.session = ort.InferenceSession(model_bytes, sess_options=so, providers=["CPUExecutionProvider"])
         self.plan = WindowPlan.for_model(self.options.window, self.card.receptive_radius, self.card.alignment)
 
     @property
