@@ -157,8 +157,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def load_card(model_dir: Path, *, verify: bool = True) -> Card:
-    """Read and validate ``<model_dir>/card.json``; with ``verify``, check the file's sha256."""
+    """Read and validate ``<model_dir>/card.json``; with ``verify``, check the model file's
+    sha256 against it (``read_model``, its bytes then dropped: a caller that loads the model
+    makes it from ``read_model``'s bytes instead)."""
     card_path = model_dir / CARD_FILE
     try:
         raw = json.loads(card_path.read_text(encoding="utf-8"))
@@ -173,16 +179,29 @@ def load_card(model_dir: Path, *, verify: bool = True) -> Card:
     if card.name != model_dir.name:
         raise CardError(f"{card_path}: card name {card.name!r} differs from its directory {model_dir.name!r}")
     if verify:
-        onnx_path = model_dir / MODEL_FILE
-        if not onnx_path.is_file():
-            raise CardError(f"{onnx_path}: model file missing")
-        actual = sha256_file(onnx_path)
+        read_model(model_dir, card)
+    return card
+
+
+def read_model(model_dir: Path, card: Card, *, verify: bool = True) -> bytes:
+    """The bytes of ``<model_dir>/model.onnx``, read once; with ``verify``, their sha256 checked
+    against the card's. The session is made from these bytes, not from the path: a file
+    replaced on disk after this read is not what serves."""
+    onnx_path = model_dir / MODEL_FILE
+    try:
+        data = onnx_path.read_bytes() if onnx_path.is_file() else None
+    except FileNotFoundError:  # removed since is_file looked
+        data = None
+    if data is None:
+        raise CardError(f"{onnx_path}: model file missing")
+    if verify:
+        actual = sha256_bytes(data)
         if actual != card.sha256:
             raise CardError(
                 f"{onnx_path}: sha256 {actual} does not match the card's {card.sha256}; "
                 "the model file was changed or corrupted, re-export it with its card"
             )
-    return card
+    return data
 
 
 def write_card(model_dir: Path, card: Card) -> Path:

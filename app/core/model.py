@@ -11,7 +11,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from app.core.calibration import IDENTITY, Calibrator
-from app.core.card import CARD_FILE, MODEL_FILE, Card, CardError, load_card
+from app.core.card import CARD_FILE, Card, CardError, load_card, read_model
 from app.core.peaks import Peaks, find_peaks_many
 from app.core.windows import Float32Array, Map, WindowPlan, score_pieces
 
@@ -68,7 +68,10 @@ def check_servable(card: Card, model_dir: Path, options: InferenceOptions) -> No
 
 
 class OnnxModel:
-    """A model directory (``model.onnx`` + ``card.json``) loaded into one session."""
+    """A model directory (``model.onnx`` + ``card.json``) loaded into one session.
+
+    The model file is read once: its sha256 is checked on those bytes (``verify``) and the
+    session is made from them, so the model that serves is the one verified."""
 
     def __init__(
         self,
@@ -78,13 +81,15 @@ class OnnxModel:
         verify: bool = True,
     ) -> None:
         self.options = options or InferenceOptions()
-        self.card: Card = load_card(model_dir, verify=verify)
+        self.card: Card = load_card(model_dir, verify=False)
+        model_bytes = read_model(model_dir, self.card, verify=verify)
         check_servable(self.card, model_dir, self.options)
-        self.session = ort.InferenceSession(
-            str(model_dir / MODEL_FILE),
-            sess_options=session_options(self.options),
-            providers=["CPUExecutionProvider"],
-        )
+        so = session_options(self.options)
+        # A model that keeps tensors in other files (ONNX external data) finds them beside it,
+        # as when made from its path (made from bytes, onnxruntime would look in the working
+        # directory). The card's sha256 covers model.onnx alone.
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model_dir))
+        self.session = ort.InferenceSession(model_bytes, sess_options=so, providers=["CPUExecutionProvider"])
         self.plan = WindowPlan.for_model(self.options.window, self.card.receptive_radius, self.card.alignment)
 
     @property

@@ -488,9 +488,11 @@ def _input_signals(
     plain: bool = False,
 ) -> list[Signal]:
     datatype = spec.get("datatype")
-    if datatype not in INPUT_DATATYPES:
+    # Any JSON value may come here: a list or an object cannot be looked up in a dict.
+    if not isinstance(datatype, str) or datatype not in INPUT_DATATYPES:
         raise InvalidInput(
             f"input '{INPUT}' has datatype {short_repr(datatype)}; send FP32 (the model's type) or FP64"
+            + ("" if isinstance(datatype, str) else ', a JSON string: "datatype": "FP32"')
         )
     rows, length = _shape(spec.get("shape"), limits, min_length)
     dtype = INPUT_DATATYPES[datatype]

@@ -1,12 +1,13 @@
 """Hot reload: serve a new version of a model from its directory without a restart.
 
-``reload_model`` loads ``MODEL_DIR/<name>/`` again: the card is validated and the model file's
-sha256 checked against it (``load_card``), the session is created and warmed up (the largest
-batch too) while the old version keeps serving. Only then are model and batcher swapped, in
-one step under the registry's lock, so every request is decoded, queued and answered by one
-version, and its response names that version. The old batcher finishes the requests already
-in its queue and stops; once the old version is freed the heap is trimmed (``heap.trim``), so
-the process does not grow with reloads. A model that fails to load or verify is not swapped
+``reload_model`` loads ``MODEL_DIR/<name>/`` again: the card is validated, the model file read
+once and the sha256 of those bytes checked against it (``card.read_model``), the session is
+created from the same bytes and warmed up (the largest batch too) while the old version keeps
+serving. Only then are model and batcher swapped, in one step under the registry's lock, so
+every request is decoded, queued and answered by one version, and its response names that
+version. The old batcher finishes the requests already in its queue and stops; once the old
+version is freed the heap is trimmed (``heap.trim``), so the process does not grow with
+reloads. A model that fails to load or verify is not swapped
 in: the old version keeps serving and the error says why. One reload at a time per registry.
 Once the service is shutting down nothing is swapped in (503).
 """

@@ -299,17 +299,32 @@ INF = X.copy()
 INF[0, 3] = np.inf
 
 
-def data_input(shape: Any, data: Any, datatype: str = "FP32") -> dict[str, Any]:
+def data_input(shape: Any, data: Any, datatype: Any = "FP32") -> dict[str, Any]:
     return {"inputs": [{"name": "signal", "shape": shape, "datatype": datatype, "data": data}]}
 
 
-def bin_input(shape: Any, size: Any, data: bytes, datatype: str = "FP32") -> tuple[bytes, dict[str, str]]:
+def bin_input(shape: Any, size: Any, data: bytes, datatype: Any = "FP32") -> tuple[bytes, dict[str, str]]:
     doc = {
         "inputs": [
             {"name": "signal", "shape": shape, "datatype": datatype, "parameters": {"binary_data_size": size}}
         ]
     }
     return with_binary(doc, data)
+
+
+# A datatype that is not a JSON string: refused like any other datatype, on the JSON and the
+# binary path (it was once looked up in a dict, and a list or an object answered 500).
+NOT_A_STRING: dict[str, Any] = {
+    "list": ["FP32"],
+    "object": {"t": "FP32"},
+    "number": 32,
+    "null": None,
+    "bool": True,
+}
+
+
+def datatype_refused(value: Any) -> str:
+    return f"input 'signal' has datatype {value!r}; send FP32 (the model's type) or FP64"
 
 
 ERROR_CASES: dict[str, tuple[tuple[bytes, dict[str, str | bytes]], int, str]] = {
@@ -361,6 +376,18 @@ ERROR_CASES: dict[str, tuple[tuple[bytes, dict[str, str | bytes]], int, str]] = 
         400,
         "datatype None",
     ),
+    **{
+        f"{kind} datatype": (
+            js(data_input([2, 100], X.ravel().tolist(), value)),
+            400,
+            datatype_refused(value),
+        )
+        for kind, value in NOT_A_STRING.items()
+    },
+    **{
+        f"{kind} datatype, binary": (bin_input([2, 100], 800, X_BYTES, value), 400, datatype_refused(value))
+        for kind, value in NOT_A_STRING.items()
+    },
     "3-d shape": (js(data_input([1, 2, 100], X.ravel().tolist())), 400, "give [n, length]"),
     "negative shape": (js(data_input([-1, 100], X.ravel().tolist())), 400, "give [n, length]"),
     "bool in shape": (js(data_input([True, 100], X.ravel().tolist())), 400, "give [n, length]"),

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 
+from app.core import card as card_module
 from app.core.card import CardError
 from app.core.model import InferenceOptions, OnnxModel
 
@@ -71,3 +75,44 @@ def test_memory_does_not_grow_with_each_new_input_shape() -> None:
     for length in range(3000, 5000):
         model.run(np.zeros((1, length), np.float32))
     assert _rss_mib() - before < 4.0
+
+
+def replaced_once_hashed(path: Path, replacement: bytes) -> Any:
+    """A ``hashlib`` for ``app.core.card`` whose sha256, once its digest is taken, replaces the
+    file at ``path``: a model file changed on disk between its check and its load."""
+
+    class Sha256:
+        def __init__(self, data: bytes = b"") -> None:
+            self.real = hashlib.sha256(data)
+
+        def update(self, data: bytes) -> None:
+            self.real.update(data)
+
+        def hexdigest(self) -> str:
+            path.write_bytes(replacement)
+            return self.real.hexdigest()
+
+    return SimpleNamespace(sha256=Sha256)
+
+
+def test_the_session_is_made_from_the_bytes_that_were_verified(
+    tiny_model_dir: Path, tiny_strided_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model file is read once: its sha256 is checked on those bytes and the session is
+    made from them, so a file replaced after the check is not what serves."""
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "tiny")
+    other = (tiny_strided_model_dir / "model.onnx").read_bytes()
+    options = InferenceOptions(window=1 << 20)
+    x = np.random.default_rng(0).standard_normal((1, 1024)).astype(np.float32)
+    verified, replacement = (
+        OnnxModel(tiny_model_dir, options).run(x),
+        OnnxModel(tiny_strided_model_dir, options).run(x),
+    )
+    assert not np.allclose(verified, replacement)  # the two models tell apart
+    monkeypatch.setattr(card_module, "hashlib", replaced_once_hashed(model_dir / "model.onnx", other))
+    model = OnnxModel(model_dir, options)
+    monkeypatch.undo()
+    assert (model_dir / "model.onnx").read_bytes() == other  # replaced after the check
+    np.testing.assert_array_equal(model.run(x), verified)
+    with pytest.raises(CardError, match="does not match the card's"):  # what is on disk now
+        OnnxModel(model_dir, options)

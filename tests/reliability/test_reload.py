@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.core import card as card_module
 from app.core import heap
 from app.core.batching import Batcher
 from app.core.model import InferenceOptions, OnnxModel
@@ -27,6 +28,7 @@ from app.core.registry import Registry
 from app.core.reload import reload_model
 from app.main import create_app
 from app.settings import load_settings
+from tests.core.test_model import replaced_once_hashed
 from tests.integration.conftest import ROOT, start_server
 from tests.reliability.conftest import KEY_A, app_client
 from tests.reliability.loadgen import run_load
@@ -100,6 +102,30 @@ def test_a_model_that_does_not_verify_is_not_swapped_in(client: TestClient, own_
     assert str(own_models) not in r.text  # no absolute paths in responses
     assert version_of(client.post("/v1/detect", json=SIGNAL)) == "0.0.1"
     assert client.get("/readyz").status_code == 200
+
+
+def test_a_model_file_replaced_after_its_check_is_not_what_serves(
+    client: TestClient, own_models: Path, tiny_strided_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reload reads the model file once, checks the sha256 of those bytes and makes the
+    session from them: a file replaced between the check and the load is not served."""
+    signal = np.random.default_rng(0).standard_normal(1024).round(3).tolist()  # zeros tell them apart less
+    scores = {"signals": [signal], "return_scores": True}
+    before = client.post("/v1/detect", json=scores).json()["results"][0]["scores"]
+    set_version(own_models / "bump", "0.0.2")
+    path = own_models / "bump" / "model.onnx"
+    monkeypatch.setattr(
+        card_module,
+        "hashlib",
+        replaced_once_hashed(path, (tiny_strided_model_dir / "model.onnx").read_bytes()),
+    )
+    r = client.post("/admin/models/bump/reload")
+    monkeypatch.undo()
+    assert r.status_code == 200 and r.json()["version"] == "0.0.2", r.text
+    served = client.post("/v1/detect", json=scores).json()
+    assert served["model"]["version"] == "0.0.2" and served["results"][0]["scores"] == before
+    refused = client.post("/admin/models/bump/reload")  # the file on disk now does not verify
+    assert refused.status_code == 422 and "sha256" in refused.json()["detail"], refused.text
 
 
 def set_min_length(model_dir: Path, min_length: int) -> None:
