@@ -21,7 +21,16 @@ import simdjson
 from app.core.card import Card
 from app.core.errors import InvalidInput, MalformedBody, UnsupportedMediaType, listed
 from app.core.model import Detection, Options, detections_per_request
-from app.core.signals import Body, Limits, Signal, check_counts, check_json_values, parse_npy, rows_from_json
+from app.core.signals import (
+    Body,
+    Limits,
+    Signal,
+    check_counts,
+    check_json_values,
+    parse_npy,
+    rows_from_json,
+    short_repr,
+)
 from app.core.windows import Float32Array
 
 JSON_TYPES = ("application/json",)
@@ -72,7 +81,7 @@ def json_error_hint(body: Body | memoryview, exc: Exception) -> str:
 
 def check_threshold(v: Any, loc: tuple[str | int, ...]) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1:
-        raise InvalidInput(f"threshold must be a number strictly between 0 and 1, got {v!r}", loc)
+        raise InvalidInput(f"threshold must be a number strictly between 0 and 1, got {short_repr(v)}", loc)
     return float(v)
 
 
@@ -83,7 +92,7 @@ MAX_MIN_DISTANCE = 2**63 - 1
 def check_min_distance(v: Any, loc: tuple[str | int, ...]) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_MIN_DISTANCE:
         raise InvalidInput(
-            f"min_distance must be an integer from 1 to {MAX_MIN_DISTANCE}, got {v!r}"
+            f"min_distance must be an integer from 1 to {MAX_MIN_DISTANCE}, got {short_repr(v)}"
             + (
                 " (an integer this large is read as a float)"
                 if isinstance(v, float) and v > MAX_MIN_DISTANCE
@@ -150,7 +159,7 @@ def _body_params(doc: Mapping[str, Any], query: Params) -> Params:
     return_scores = doc.get("return_scores")
     if return_scores is not None and not isinstance(return_scores, bool):
         raise InvalidInput(
-            f"return_scores must be true or false, got {return_scores!r}", ("body", "return_scores")
+            f"return_scores must be true or false, got {short_repr(return_scores)}", ("body", "return_scores")
         )
     return Params(
         _merge(threshold, query.threshold, "threshold"),

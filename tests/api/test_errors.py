@@ -3,6 +3,7 @@
 import io
 
 import numpy as np
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -82,6 +83,24 @@ def test_json_422(client: TestClient, body: object, message: str) -> None:
     r = client.post("/v1/detect", json=body)
     assert r.status_code == 422, r.text
     assert message in detail(r)
+
+
+@pytest.mark.parametrize("field", ["threshold", "min_distance", "return_scores"])
+def test_an_option_nested_deep_is_refused_in_a_short_message(client: TestClient, field: str) -> None:
+    """1000 levels of lists (within the JSON parser's 1024): too deep for repr, which the
+    message once called (a 500); and a message that copies no more than a few dozen characters."""
+    deep = b"[" * 1000 + b"]" * 1000
+    body = b'{"signals": [[0.5, 0.25, 0.75, 0.5]], "' + field.encode() + b'": ' + deep + b"}"
+    r = client.post("/v1/detect", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert f"{field} must be" in r.text and "too large to show" in r.text and len(r.content) < 600
+    v2 = {"inputs": [{"name": "signal", "shape": [1, 4], "datatype": "FP32", "data": [0.5] * 4}]}
+    if field != "return_scores":  # /v2 has no such parameter
+        v2_body = orjson.dumps(v2 | {"parameters": {field: "DEEP"}}).replace(b'"DEEP"', deep)
+        r = client.post(
+            "/v2/models/bump/infer", content=v2_body, headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 400 and "too large to show" in r.json()["error"], r.text
 
 
 def test_nan_and_infinity_tokens_are_refused(client: TestClient) -> None:
