@@ -238,7 +238,8 @@ def reference_peaks(x: np.ndarray, threshold: float, min_distance: int) -> list[
             j += 1
         left = x[i - 1] if i > 0 else -math.inf
         right = x[j + 1] if j + 1 < n else -math.inf
-        if x[i] > left and x[i] > right and x[i] >= threshold:
+        # float(): as real numbers (numpy alone would round the threshold to float32).
+        if x[i] > left and x[i] > right and float(x[i]) >= threshold:
             candidates.append(i + (j - i) // 2)
         i = j + 1
     kept: list[int] = []
