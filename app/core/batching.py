@@ -321,7 +321,11 @@ class Batcher:
             self._run_task(split, index)
         split.done.wait()
         if split.error is not None:
-            raise split.error
+            error, split.error = split.error, None
+            try:
+                raise error
+            finally:  # the error's traceback holds this frame: no cycle through its locals
+                del error, split
         return split.results
 
     def _claim(self, split: _Split) -> int | None:
@@ -367,11 +371,8 @@ class Batcher:
             while True:
                 if self._jobs and (index == 0 or self._closed or self._helper_may_take()):
                     return self._take_locked(cond)
-                while self._splits:
-                    split = self._splits[0]
-                    claimed = self._claim_locked(split)  # an exhausted split leaves the deque
-                    if claimed is not None:
-                        return split, claimed
+                if (task := self._claim_any_locked()) is not None:
+                    return task
                 if self._closed and not self._jobs:
                     return None
                 # A helper with requests waiting wakes when the oldest may be taken.
@@ -387,6 +388,16 @@ class Batcher:
                     self._waiting -= 1
                     if index == 0:
                         self._first_waiting = False
+
+    def _claim_any_locked(self) -> tuple[_Split, int] | None:
+        """A task of the oldest split with tasks left; the lock is held. (A method, so that no
+        local of ``_next`` keeps an exhausted split, and its batch, while the worker waits.)"""
+        while self._splits:
+            split = self._splits[0]
+            claimed = self._claim_locked(split)  # an exhausted split leaves the deque
+            if claimed is not None:
+                return split, claimed
+        return None
 
     def _helper_may_take(self) -> bool:
         """A full batch waits, or the oldest request waited HELP_AFTER_S; the lock is held."""
@@ -426,8 +437,12 @@ class Batcher:
                 self._run_task(split, task)
                 with self._cond:
                     self.stats.helped += 1
+                split = None  # type: ignore[assignment]
             elif work:
                 self._process(work)
+            # Let go of the work done before waiting for more: a batch (its signals) or a split
+            # (its batch's, through ``owners``) would otherwise stay in memory until then.
+            work = None
 
     def _process(self, batch: list[_Job]) -> None:
         """Score and finish a batch, then wake its requests' event loops (one call per loop)."""
@@ -449,11 +464,14 @@ class Batcher:
             curves = self.score(signals)
             if len(curves) != len(signals):
                 raise RuntimeError(f"model returned {len(curves)} results for {len(signals)} signals")
-        except Abandoned as exc:  # every request of the batch was given up: none is retried
+        except Abandoned:  # every request of the batch was given up: none is retried
             with self._cond:
                 self.stats.abandoned += len(batch)
+            # A fresh error, without the traceback of the one raised: that one holds the frames
+            # of the scoring (the batch's signals, its score curves) and the futures hold it, a
+            # cycle only the garbage collector, run seldom here (GC_THRESHOLD), would free.
             for job in batch:
-                job.future.set_exception(exc)
+                job.future.set_exception(Abandoned())
             return
         except Exception as exc:
             if len(batch) > 1:  # find the request that fails; the others must not suffer

@@ -1,7 +1,10 @@
 """Dynamic batching: same results as one by one, a bounded queue, errors kept to their request."""
 
 import asyncio
+import gc
 import threading
+import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -493,3 +496,32 @@ def test_a_queued_request_given_up_leaves_the_queue_at_once() -> None:
     assert first.result(5) == 1 and queued[1].result(5) == 1 and later.result(5) == 1
     batcher.close()
     assert queued[0].cancelled() and batcher.stats.dropped == 1 and batcher.stats.requests == 3
+
+
+def test_a_request_given_up_while_it_runs_is_freed_without_the_garbage_collector() -> None:
+    """Its signals (and its batch's scores) go as soon as nobody refers to the request: no
+    reference cycle through the error that ended it waits for the cyclic collector, which the
+    service runs seldom (GC_THRESHOLD). With large signals such cycles took RSS to 1 GiB."""
+    scoring = LongScoring(calls=10)
+    batcher = scoring.batcher = Batcher(scoring, max_batch_samples=1000, max_queue=4, workers=2)
+    signal = np.zeros(10)
+    freed = weakref.ref(signal)
+    gc.disable()
+    try:
+        future = batcher.submit([signal], len)
+        del signal
+        assert scoring.running.wait(10)
+        future.give_up()
+        scoring.go_on.set()
+        with pytest.raises(batching.Abandoned):
+            future.result(10)
+        assert batcher.submit([np.zeros(10)], len).result(10) == 1  # the worker is past it
+        for _ in range(10_000):  # until every worker waits for work again (done with its last)
+            if batcher.idle:
+                break
+            time.sleep(0.001)
+        del future
+        assert freed() is None, "a reference to the request's signals is left"
+    finally:
+        gc.enable()
+        batcher.close()
