@@ -193,18 +193,13 @@ def test_at_the_shutdown_timeout_requests_still_running_get_503_and_the_lifespan
         stuck = HeldRequest(server, 0, confirmed=True)  # its second half never comes
         sigterm_at = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
-        status, headers, body = stuck.response()
-        closed = stuck.sock.recv(1) == b""
-        stuck.sock.close()
+        headers, body = answered_503_then_closed(stuck)
         code = server.process.wait(timeout=15)
         stopped_in = time.monotonic() - sigterm_at
     finally:
         if server.process.poll() is None:
             server.process.kill()
     log = server.log()
-    assert status == 503, body
-    assert headers["content-type"] == "application/json" and headers["retry-after"] == "1"
-    assert headers["connection"] == "close" and closed
     assert "shutdown timeout" in str(body["detail"]) and "retry" in str(body["detail"])
     assert code == clean_exit, log
     assert 1.5 < stopped_in < 5, stopped_in
@@ -252,17 +247,12 @@ def test_stopped_by_ctrl_c_or_signals_after_sigterm_requests_in_flight_get_503_n
             server.process.send_signal(sig)
             if acted_on is not None:  # a signal sent before the last is acted on would be lost
                 wait_logged(server, acted_on)
-        status, headers, body = stuck.response()
-        closed = stuck.sock.recv(1) == b""
-        stuck.sock.close()
+        headers, body = answered_503_then_closed(stuck)
         code = server.process.wait(timeout=15)
     finally:
         if server.process.poll() is None:
             server.process.kill()
     log = server.log()
-    assert status == 503, body
-    assert headers["content-type"] == "application/json" and headers["retry-after"] == "1"
-    assert headers["connection"] == "close" and closed
     expected = "shutdown timeout" if when == "at the timeout" else "stop at once"
     assert expected in str(body["detail"]) and "retry" in str(body["detail"]), body
     assert ("shutdown timeout: stopping with requests in flight" in log) is (when == "at the timeout"), log
@@ -272,6 +262,18 @@ def test_stopped_by_ctrl_c_or_signals_after_sigterm_requests_in_flight_get_503_n
     assert "shut down: models closed, access log flushed" in log and "Application shutdown complete" in log
     for sign in ("Traceback", "CancelledError", "Exception in ASGI application", "without completing"):
         assert sign not in log, log
+
+
+def answered_503_then_closed(stuck: HeldRequest) -> tuple[dict[str, str], dict[str, object]]:
+    """The headers and body of the 503 (JSON, ``Retry-After: 1``, ``Connection: close``) a request cut off
+    got, checked, after which its connection was closed."""
+    status, headers, body = stuck.response()
+    closed = stuck.sock.recv(1) == b""
+    stuck.sock.close()
+    assert status == 503, body
+    assert headers["content-type"] == "application/json" and headers["retry-after"] == "1"
+    assert headers["connection"] == "close" and closed
+    return headers, body
 
 
 def wait_logged(server: Server, text: str) -> None:
