@@ -189,11 +189,9 @@ def read_model(model_dir: Path, card: Card, *, verify: bool = True) -> bytes:
     replaced on disk after this read is not what serves."""
     onnx_path = model_dir / MODEL_FILE
     try:
-        data = onnx_path.read_bytes() if onnx_path.is_file() else None
-    except FileNotFoundError:  # removed since is_file looked
-        data = None
-    if data is None:
-        raise CardError(f"{onnx_path}: model file missing")
+        data = onnx_path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise CardError(f"{onnx_path}: model file missing") from None
     if verify:
         actual = sha256_bytes(data)
         if actual != card.sha256:
