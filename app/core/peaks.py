@@ -97,10 +97,24 @@ def select_by_distance(
     return index if keep is None else index[keep]
 
 
+# At most this many peaks go straight through the greedy pass of ``_keep_by_distance``; more
+# (a low threshold on a long signal) are first settled in rounds of whole-array steps.
+GREEDY_MAX_PEAKS = 2048
+
+
 def _keep_by_distance(
     index: npt.NDArray[np.int64], values: npt.NDArray[np.floating], min_distance: int
 ) -> npt.NDArray[np.bool_] | None:
-    """Which of the sorted peaks ``index`` ``select_by_distance`` keeps; None: all of them."""
+    """Which of the sorted peaks ``index`` ``select_by_distance`` keeps; None: all of them.
+
+    The rule is a greedy pass: highest first (ties: the earlier), each peak kept unless a kept
+    one is closer than ``min_distance``. It runs peak by peak, in Python; many peaks are first
+    settled in rounds of whole-array steps, to the same result: a peak that ranks first among
+    the undecided peaks near it is kept by the greedy pass (a higher one near it was
+    suppressed, or it would have suppressed the peaks near it), and the undecided peaks near
+    a kept one are suppressed. A round settles most of the peaks; the greedy pass then takes
+    the few left, and needs only them.
+    """
     if index.size <= 1 or min_distance == 1:
         return None
     # Any distance past the peaks' span acts as the span + 1 (every two are closer than it); so
@@ -109,19 +123,102 @@ def _keep_by_distance(
     # Fast path: nothing to suppress.
     if (index[1:] - index[:-1] >= min_distance).all():
         return None
-    # Greedy suppression, highest first; stable sort keeps the earlier of equal peaks first.
-    order = np.argsort(-np.asarray(values, dtype=np.float64), kind="stable")
     keep = np.zeros(index.size, dtype=bool)
+    if index.size <= GREEDY_MAX_PEAKS:
+        # Stable: the earlier of equal peaks first.
+        order = np.argsort(-np.asarray(values, dtype=np.float64), kind="stable")
+        keep[_greedy(index, order, min_distance)] = True
+        return keep
+    rank = _ranks(values)
+    undecided = np.arange(index.size)
+    while undecided.size > GREEDY_MAX_PEAKS:
+        position, own = index[undecided], rank[undecided]
+        first = _least_near(position, own, min_distance) == own
+        keep[undecided[first]] = True
+        left = undecided[~_near(position, position[first], min_distance)]
+        stalled = left.size * 4 > undecided.size * 3  # the round settled under a quarter
+        undecided = left
+        if stalled:
+            break
+    order = np.argsort(rank[undecided])
+    keep[undecided[_greedy(index[undecided], order, min_distance)]] = True
+    return keep
+
+
+def _greedy(index: npt.NDArray[np.int64], order: npt.NDArray[np.intp], min_distance: int) -> list[int]:
+    """The greedy pass over the sorted peaks ``index`` in ``order``: the ones it keeps."""
+    kept = []
     suppressed = np.zeros(index.size, dtype=bool)
-    for k in order:
+    for k in order.tolist():
         if suppressed[k]:
             continue
-        keep[k] = True
+        kept.append(k)
         pos = index[k]
         lo = np.searchsorted(index, pos - min_distance + 1, side="left")
         hi = np.searchsorted(index, pos + min_distance - 1, side="right")
         suppressed[lo:hi] = True
-    return keep
+    return kept
+
+
+def _ranks(values: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
+    """Each peak's place in the greedy pass: 0 for the highest, the earlier of equal ones first.
+
+    float32 scores (the model's) are ranked by sorting one int64 per peak, which NumPy sorts
+    about twice as fast as it argsorts: the score's bits, ordered as the floats are, above the
+    peak's position in ``values``. Other dtypes: a stable argsort."""
+    v = np.asarray(values)
+    n = v.size
+    if v.dtype == np.float32 and n < 1 << 31:
+        bits = (v + np.float32(0)).view(np.int32).astype(np.int64)  # + 0: -0.0 becomes 0.0
+        higher_first = np.where(bits < 0, bits & 0x7FFFFFFF, -bits)
+        order = np.sort((higher_first << 32) | np.arange(n)) & 0xFFFFFFFF
+    else:
+        order = np.argsort(-v.astype(np.float64), kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    return rank
+
+
+def _least_near(
+    position: npt.NDArray[np.int64], rank: npt.NDArray[np.int64], distance: int
+) -> npt.NDArray[np.int64]:
+    """For each of the peaks (sorted by position), the least rank among the peaks closer than
+    ``distance`` to it, itself included.
+
+    Positions fall into blocks of ``distance``: a peak's near ones are its whole block, a tail
+    of the block before and a head of the block after. Running minima over each block, one
+    forwards and one backwards, give those three parts' minima in whole-array steps (a block's
+    running minimum does not carry into the next: each block's ranks are lowered, or raised,
+    by more than any rank, block by block).
+    """
+    block = position // distance
+    new = np.empty(block.size, dtype=bool)
+    new[0] = True
+    np.not_equal(block[1:], block[:-1], out=new[1:])
+    number = np.cumsum(new) - 1  # the block's number among the blocks that hold peaks
+    least: npt.NDArray[np.int64] = np.minimum.reduceat(rank, new.nonzero()[0])[number]
+    shift = number * rank.size  # more than any rank, per block
+    ahead = np.minimum.accumulate(rank - shift) + shift  # running minimum from the block's start
+    behind = np.minimum.accumulate((rank + shift)[::-1])[::-1] - shift  # ...from its end
+    lo = np.searchsorted(position, position - distance + 1, side="left")
+    tail = block[lo] == block - 1
+    least[tail] = np.minimum(least[tail], behind[lo[tail]])
+    hi = np.searchsorted(position, position + distance - 1, side="right") - 1
+    head = block[hi] == block + 1
+    least[head] = np.minimum(least[head], ahead[hi[head]])
+    return least
+
+
+def _near(
+    position: npt.NDArray[np.int64], centres: npt.NDArray[np.int64], distance: int
+) -> npt.NDArray[np.bool_]:
+    """Which of the sorted ``position`` are closer than ``distance`` to one of the sorted
+    ``centres``."""
+    lo = np.searchsorted(position, centres - distance + 1, side="left")
+    hi = np.searchsorted(position, centres + distance - 1, side="right")
+    edges = np.bincount(lo, minlength=position.size + 1) - np.bincount(hi, minlength=position.size + 1)
+    near: npt.NDArray[np.bool_] = np.cumsum(edges[:-1]) > 0
+    return near
 
 
 def find_peaks(scores: npt.NDArray[np.floating], threshold: float, min_distance: int) -> Peaks:

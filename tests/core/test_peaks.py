@@ -1,6 +1,9 @@
+from unittest.mock import patch
+
 import numpy as np
 import pytest
 
+from app.core import peaks as peaks_module
 from app.core.peaks import find_peaks, find_peaks_many, local_maxima, select_by_distance
 
 
@@ -161,3 +164,61 @@ def test_a_distance_up_to_int64s_end_acts_as_one_past_the_signal() -> None:
         assert select_by_distance(
             np.array([300, 1000, 1700]), np.array([0.9, 0.8, 0.95]), distance
         ).tolist() == [1700]
+
+
+def _greedy_only(index: np.ndarray, values: np.ndarray, distance: int) -> list[int]:
+    with patch.object(peaks_module, "GREEDY_MAX_PEAKS", index.size):
+        return select_by_distance(index, values, distance).tolist()
+
+
+@pytest.mark.parametrize("distance", [2, 5, 40, 1000, 10**6])
+def test_many_peaks_are_settled_in_rounds_as_the_greedy_pass_settles_them(distance: int) -> None:
+    """A low threshold on a long curve: about 50 000 peaks, most settled in whole-array rounds."""
+    rng = np.random.default_rng(distance)
+    x = np.convolve(rng.random(200_000), np.ones(3) / 3, mode="same").astype(np.float32)
+    x[rng.choice(x.size, 2000)] = np.float32(0.5)  # ties between distant and near peaks
+    idx = local_maxima(x, 0.0)
+    assert idx.size > 20 * peaks_module.GREEDY_MAX_PEAKS
+    kept = select_by_distance(idx, x[idx], distance).tolist()
+    assert kept == _greedy_only(idx, x[idx], distance)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_rounds_rank_any_score_dtype_as_the_greedy_pass(dtype: type) -> None:
+    """float32 scores are ranked by their bits: signs, -0.0 and ties must order as the values."""
+    rng = np.random.default_rng(1)
+    levels = np.array([-np.inf, -3.5, -1.0, -0.0, 0.0, 1e-30, 0.25, 2.0, np.inf])
+    if dtype is np.int32:
+        levels = np.arange(-4, 5)
+    values = rng.choice(levels, 30_000).astype(dtype)
+    idx = np.sort(rng.choice(100_000, values.size, replace=False))
+    with patch.object(peaks_module, "GREEDY_MAX_PEAKS", 0):
+        kept = select_by_distance(idx, values, 7).tolist()
+    assert kept == _greedy_only(idx, values, 7)
+
+
+def test_a_staircase_the_rounds_cannot_settle_goes_through_the_greedy_pass() -> None:
+    """Each peak a little higher than the last, closer than the distance: a round settles only
+    the top, so the rest goes through the greedy pass: every other peak kept."""
+    idx = np.arange(0, 20_000, 2)
+    values = np.linspace(0.1, 0.9, idx.size).astype(np.float32)
+    kept = select_by_distance(idx, values, 3).tolist()
+    assert kept == idx[::-1][::2][::-1].tolist()
+
+
+def test_the_rounds_steps_match_their_definitions() -> None:
+    """``_least_near`` and ``_near`` against brute force. A wrong one would not change the
+    peaks kept (a peak it fails to settle goes on to the next round or the greedy pass), only
+    how many the rounds settle."""
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        n = int(rng.integers(1, 80))
+        position = np.sort(rng.choice(int(rng.integers(n, 400)), n, replace=False)).astype(np.int64)
+        rank = rng.permutation(n).astype(np.int64)
+        distance = int(rng.integers(1, 60))
+        near = np.abs(position[:, None] - position[None, :]) < distance
+        expected = np.where(near, rank[None, :], n).min(axis=1)
+        assert peaks_module._least_near(position, rank, distance).tolist() == expected.tolist()
+        centres = position[rng.random(n) < 0.3]
+        expected_near = (np.abs(position[:, None] - centres[None, :]) < distance).any(axis=1)
+        assert peaks_module._near(position, centres, distance).tolist() == expected_near.tolist()

@@ -9,6 +9,7 @@ import io
 import math
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 import orjson
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from app.core import peaks as peaks_module
 from app.core.card import Card, load_card
 from app.core.errors import DetectorError, InvalidInput, MalformedBody
 from app.core.model import InferenceOptions, OnnxModel
@@ -256,23 +258,34 @@ curves = st.one_of(
 )
 
 
+# Each peak test runs twice: as the service runs short curves (the greedy pass alone), and
+# with every curve's peaks first settled in the whole-array rounds long curves go through.
+ROUNDS = pytest.mark.parametrize("greedy_max", [peaks_module.GREEDY_MAX_PEAKS, 0], ids=["greedy", "rounds"])
+
+
+@ROUNDS
 @FAST
-@given(curves, st.floats(0, 1), st.integers(1, 40))
-def test_peaks_match_the_reference(x: np.ndarray, threshold: float, min_distance: int) -> None:
-    peaks = find_peaks(x, threshold, min_distance)
+@given(x=curves, threshold=st.floats(0, 1), min_distance=st.integers(1, 40))
+def test_peaks_match_the_reference(
+    greedy_max: int, x: np.ndarray, threshold: float, min_distance: int
+) -> None:
+    with patch.object(peaks_module, "GREEDY_MAX_PEAKS", greedy_max):
+        peaks = find_peaks(x, threshold, min_distance)
     expected = reference_peaks(x, threshold, min_distance)
     assert peaks.index.tolist() == expected
     np.testing.assert_array_equal(peaks.probability, x[expected].astype(np.float32))
 
 
+@ROUNDS
 @FAST
-@given(st.lists(curves, max_size=6), st.floats(0, 1), st.integers(1, 400))
+@given(xs=st.lists(curves, max_size=6), threshold=st.floats(0, 1), min_distance=st.integers(1, 400))
 def test_peaks_of_many_curves_match_the_reference(
-    xs: list[np.ndarray], threshold: float, min_distance: int
+    greedy_max: int, xs: list[np.ndarray], threshold: float, min_distance: int
 ) -> None:
     # Short curves of few levels: peaks and plateaus sit at the curves' ends, next to the
     # next curve, and min_distance often exceeds a curve's length.
-    found = find_peaks_many(xs, threshold, min_distance)
+    with patch.object(peaks_module, "GREEDY_MAX_PEAKS", greedy_max):
+        found = find_peaks_many(xs, threshold, min_distance)
     assert len(found) == len(xs)
     for x, peaks in zip(xs, found, strict=True):
         expected = reference_peaks(x, threshold, min_distance)
