@@ -45,25 +45,65 @@ def least_at_or_above(threshold: float, dtype: np.dtype[Any]) -> Any:
     return rounded
 
 
+# local_maxima searches a long curve this many samples at a time (memory follows a part, not
+# the whole curve, when most of its samples are above the threshold).
+PART_SAMPLES = 1 << 20
+
+
 def local_maxima(scores: npt.NDArray[np.floating], threshold: float) -> npt.NDArray[np.int64]:
     """Indices of local maxima (plateaus at their middle) with score >= threshold.
+
+    A long curve is searched part by part, each part ending where two neighbours differ, so no
+    plateau spans two parts: memory follows one part, not the whole curve.
+    """
+    x = np.asarray(scores)
+    if x.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {x.shape}")
+    least = least_at_or_above(threshold, x.dtype)
+    if x.size <= PART_SAMPLES:
+        return _maxima_in(x, least, 0, x.size)
+    parts = []
+    start = 0
+    while start < x.size:
+        end = _next_step(x, start + PART_SAMPLES)
+        parts.append(_maxima_in(x, least, start, end))
+        start = end
+    return np.concatenate(parts)
+
+
+def _next_step(x: npt.NDArray[np.floating], i: int) -> int:
+    """The first index from ``i`` on whose sample differs from the one before it (a part may
+    end there: no plateau crosses it), or the curve's length."""
+    look = 64  # usually the step is right there; a long plateau is looked through in growing strides
+    while i < x.size:
+        n = min(look, x.size - i)
+        step = (x[i : i + n] != x[i - 1 : i - 1 + n]).nonzero()[0]
+        if step.size:
+            return i + int(step[0])
+        i += n
+        look = min(2 * look, PART_SAMPLES)
+    return int(x.size)
+
+
+def _maxima_in(x: npt.NDArray[np.floating], least: Any, start: int, end: int) -> npt.NDArray[np.int64]:
+    """``local_maxima`` among ``x[start:end]``, a part no plateau crosses; ``least``: the least
+    score at or above the threshold.
 
     Only samples at or above the threshold can belong to a peak, and a sample below it (or
     NaN) is lower than any of them: the search looks at those samples and their two
     neighbours alone, so memory follows the number of samples above the threshold, not the
-    signal's length. A plateau is a run of such samples of one value; one of them is the next
+    part's length. A plateau is a run of such samples of one value; one of them is the next
     sample's neighbour exactly when their values are equal, so the samples whose left (right)
     neighbour differs start (end) the plateaus, in order. A plateau is a peak when neither
     outer neighbour is higher. A curve's small fixed cost matters as much as its length (a
     request of one short signal): the steps are few whole-array operations, and fewer still
     when no two neighbours above the threshold are equal (no plateau), the usual case.
     """
-    x = np.asarray(scores)
-    if x.ndim != 1:
-        raise ValueError(f"scores must be 1-D, got shape {x.shape}")
-    above = (x >= least_at_or_above(threshold, x.dtype)).nonzero()[0]
+    above = (x[start:end] >= least).nonzero()[0]
     if above.size == 0:
         return np.empty(0, dtype=np.int64)
+    if start:
+        above += start
     value = x[above]
     last = x.size - 1
     left = x[above - 1]  # copies; outside the signal counts as -inf

@@ -134,6 +134,23 @@ def test_memory_follows_the_samples_above_threshold() -> None:
     assert peak_bytes < 20 * 2**20  # the curve itself is 40 MB; a bool mask is 10 MB
 
 
+def test_memory_follows_a_part_when_most_samples_are_above_threshold() -> None:
+    """A 10-million-sample curve nearly all above the threshold (2.5 million local maxima): the
+    search holds one part's arrays at a time (439 MiB when the whole curve was searched at once)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x = np.convolve(rng.random(10_000_000), np.ones(5) / 5, mode="same").astype(np.float32)
+    tracemalloc.start()
+    try:
+        maxima = local_maxima(x, 1e-6)
+        peak_bytes = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert maxima.size > 2_000_000
+    assert peak_bytes < 2.5 * maxima.nbytes + 40 * peaks_module.PART_SAMPLES  # the result twice, and a part
+
+
 def test_many_curves_are_kept_apart() -> None:
     # A plateau across the end of one curve and the start of the next is two edge peaks, and
     # a peak never suppresses one of another curve, however large min_distance is.

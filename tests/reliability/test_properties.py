@@ -258,33 +258,37 @@ curves = st.one_of(
 )
 
 
-# Each peak test runs twice: as the service runs short curves (the greedy pass alone), and
-# with every curve's peaks first settled in the whole-array rounds long curves go through.
-ROUNDS = pytest.mark.parametrize("greedy_max", [peaks_module.GREEDY_MAX_PEAKS, 0], ids=["greedy", "rounds"])
+# Each peak test runs three times: as the service runs short curves, and as it runs long ones
+# (every curve's peaks first settled in whole-array rounds; every curve searched in parts).
+VARIANTS = pytest.mark.parametrize(
+    "variant",
+    [{"GREEDY_MAX_PEAKS": peaks_module.GREEDY_MAX_PEAKS}, {"GREEDY_MAX_PEAKS": 0}, {"PART_SAMPLES": 3}],
+    ids=["short", "rounds", "parts"],
+)
 
 
-@ROUNDS
+@VARIANTS
 @FAST
 @given(x=curves, threshold=st.floats(0, 1), min_distance=st.integers(1, 40))
 def test_peaks_match_the_reference(
-    greedy_max: int, x: np.ndarray, threshold: float, min_distance: int
+    variant: dict[str, int], x: np.ndarray, threshold: float, min_distance: int
 ) -> None:
-    with patch.object(peaks_module, "GREEDY_MAX_PEAKS", greedy_max):
+    with patch.multiple(peaks_module, **variant):
         peaks = find_peaks(x, threshold, min_distance)
     expected = reference_peaks(x, threshold, min_distance)
     assert peaks.index.tolist() == expected
     np.testing.assert_array_equal(peaks.probability, x[expected].astype(np.float32))
 
 
-@ROUNDS
+@VARIANTS
 @FAST
 @given(xs=st.lists(curves, max_size=6), threshold=st.floats(0, 1), min_distance=st.integers(1, 400))
 def test_peaks_of_many_curves_match_the_reference(
-    greedy_max: int, xs: list[np.ndarray], threshold: float, min_distance: int
+    variant: dict[str, int], xs: list[np.ndarray], threshold: float, min_distance: int
 ) -> None:
     # Short curves of few levels: peaks and plateaus sit at the curves' ends, next to the
     # next curve, and min_distance often exceeds a curve's length.
-    with patch.object(peaks_module, "GREEDY_MAX_PEAKS", greedy_max):
+    with patch.multiple(peaks_module, **variant):
         found = find_peaks_many(xs, threshold, min_distance)
     assert len(found) == len(xs)
     for x, peaks in zip(xs, found, strict=True):
