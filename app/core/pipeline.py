@@ -21,6 +21,7 @@ import simdjson
 from app.core.card import Card
 from app.core.errors import InvalidInput, MalformedBody, UnsupportedMediaType, listed
 from app.core.model import Detection, Options, detections_per_request
+from app.core.peaks import Peaks
 from app.core.signals import (
     Body,
     Limits,
@@ -448,13 +449,7 @@ def _answer(card: Card, request: Decoded, results: list[Detection]) -> bytes:
         item: dict[str, Any] = {
             "probability": d.probability,
             "detected": d.detected,
-            # A peak's probability is a float32 (numpy's, which orjson writes as its shortest
-            # float32 decimal): written as the same number as its sample in "scores" and as
-            # /v2's FP32 peak_probability, not as the longer float64 decimal of that value.
-            "peaks": [
-                {"index": i, "probability": p}
-                for i, p in zip(d.peaks.index.tolist(), d.peaks.probability, strict=True)
-            ],
+            "peaks": _peaks(d.peaks),
         }
         if d.scores is not None:
             item["scores"] = d.scores
@@ -466,3 +461,31 @@ def _answer(card: Card, request: Decoded, results: list[Detection]) -> bytes:
         "results": out,
     }
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# A signal's peaks are written this many at a time: an object per peak is made for these only.
+PEAKS_PER_PART = 4096
+
+
+def _peaks(peaks: Peaks) -> list[dict[str, Any]] | orjson.Fragment:
+    """A signal's peaks as the answer's list of ``{"index", "probability"}`` objects.
+
+    A peak's probability is a float32 (numpy's, which orjson writes as its shortest float32
+    decimal): written as the same number as its sample in "scores" and as /v2's FP32
+    peak_probability, not as the longer float64 decimal of that value. Many peaks (a low
+    threshold on a long signal: millions) are written part by part, so the objects of one part
+    only are held at once, not about 300 bytes of Python objects per peak.
+    """
+    if len(peaks) <= PEAKS_PER_PART:
+        return _peak_objects(peaks.index, peaks.probability)
+    text = [b"["]
+    for lo in range(0, len(peaks), PEAKS_PER_PART):
+        part = slice(lo, lo + PEAKS_PER_PART)
+        objects = _peak_objects(peaks.index[part], peaks.probability[part])
+        text += (orjson.dumps(objects, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1], b",")  # without brackets
+    text[-1] = b"]"
+    return orjson.Fragment(b"".join(text))
+
+
+def _peak_objects(index: npt.NDArray[np.int64], probability: Float32Array) -> list[dict[str, Any]]:
+    return [{"index": i, "probability": p} for i, p in zip(index.tolist(), probability, strict=True)]

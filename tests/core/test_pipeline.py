@@ -2,12 +2,13 @@
 body scan that decoding relies on."""
 
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import orjson
 import pytest
 
-from app.core import oip
+from app.core import oip, pipeline
 from app.core.card import load_card
 from app.core.model import InferenceOptions, OnnxModel
 from app.core.pipeline import Decoded, count_byte, only_numbers_in, respond_many
@@ -55,6 +56,23 @@ def test_respond_many_equals_one_by_one(name: str) -> None:
         ]
         assert doc["threshold"] == decoded.threshold and doc["min_distance"] == decoded.min_distance
         assert all(("scores" in r) == decoded.return_scores for r in doc["results"])
+
+
+def test_many_peaks_are_written_part_by_part_as_one_by_one() -> None:
+    """Peaks written part by part (a low threshold on a long signal) make the same bytes as
+    one object per peak: signals of a few to hundreds of peaks, parts of 1 to 7."""
+    model = OnnxModel(ROOT / "models" / "bump", InferenceOptions(intra_op_threads=1))
+    rng = np.random.default_rng(4)
+    curves = [rng.random(n).astype(np.float32) for n in (16, 20, 40, 300, 3000)]
+    signals = [np.zeros(c.size, np.float32) for c in curves]
+    request = (Decoded(signals, 1e-6, 2, False), curves)
+    with patch.object(pipeline, "PEAKS_PER_PART", 1 << 30):
+        whole = respond_many(model.card, [request])[0]
+    for per_part in (1, 2, 3, 7):
+        with patch.object(pipeline, "PEAKS_PER_PART", per_part):
+            assert respond_many(model.card, [request])[0] == whole
+    counts = sorted(len(r["peaks"]) for r in orjson.loads(whole)["results"])
+    assert counts[0] <= 7 < counts[-1] and counts[-1] > 500
 
 
 def test_encode_infer_many_equals_one_by_one() -> None:
