@@ -235,16 +235,30 @@ def _least_near(
     new = np.empty(block.size, dtype=bool)
     new[0] = True
     np.not_equal(block[1:], block[:-1], out=new[1:])
-    number = np.cumsum(new) - 1  # the block's number among the blocks that hold peaks
-    least: npt.NDArray[np.int64] = np.minimum.reduceat(rank, new.nonzero()[0])[number]
-    shift = number * rank.size  # more than any rank, per block
-    ahead = np.minimum.accumulate(rank - shift) + shift  # running minimum from the block's start
-    behind = np.minimum.accumulate((rank + shift)[::-1])[::-1] - shift  # ...from its end
+    # In place where it can be: a low threshold on a long signal makes millions of peaks.
+    shift = np.cumsum(new)
+    shift -= 1  # the block's number among the blocks that hold peaks...
+    least: npt.NDArray[np.int64] = np.minimum.reduceat(rank, new.nonzero()[0])[shift]
+    del new
+    shift *= rank.size  # ...times more than any rank
+    ahead = rank - shift  # the running minimum from the block's start
+    np.minimum.accumulate(ahead, out=ahead)
+    ahead += shift
+    behind = rank + shift  # ... and from its end
+    np.minimum.accumulate(behind[::-1], out=behind[::-1])
+    behind -= shift
+    del shift
     lo = np.searchsorted(position, position - distance + 1, side="left")
-    tail = block[lo] == block - 1
+    other = block[lo]
+    other += 1
+    tail = (other == block).nonzero()[0]  # its near peaks reach into the block before
     least[tail] = np.minimum(least[tail], behind[lo[tail]])
-    hi = np.searchsorted(position, position + distance - 1, side="right") - 1
-    head = block[hi] == block + 1
+    del behind, lo, tail
+    hi = np.searchsorted(position, position + distance - 1, side="right")
+    hi -= 1
+    np.take(block, hi, out=other)
+    other -= 1
+    head = (other == block).nonzero()[0]  # ...into the block after
     least[head] = np.minimum(least[head], ahead[hi[head]])
     return least
 
@@ -256,8 +270,10 @@ def _near(
     ``centres``."""
     lo = np.searchsorted(position, centres - distance + 1, side="left")
     hi = np.searchsorted(position, centres + distance - 1, side="right")
-    edges = np.bincount(lo, minlength=position.size + 1) - np.bincount(hi, minlength=position.size + 1)
-    near: npt.NDArray[np.bool_] = np.cumsum(edges[:-1]) > 0
+    inside = np.bincount(lo, minlength=position.size + 1)  # intervals begun, less those ended
+    inside -= np.bincount(hi, minlength=position.size + 1)
+    np.cumsum(inside, out=inside)
+    near: npt.NDArray[np.bool_] = inside[:-1] > 0
     return near
 
 
