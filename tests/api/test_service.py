@@ -306,6 +306,20 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     assert not missing, f"settings without a row in a README table: {missing}"
 
 
+def test_every_setting_in_a_readme_table_exists() -> None:
+    """The other direction: a row of a README table (the settings, production values) names
+    settings the service reads, not ones renamed or removed."""
+    from app.settings import ENV_PREFIX, Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith(f"| `{ENV_PREFIX}")]
+    first_cells = [row.split("|")[1] for row in rows]
+    named = {name for cell in first_cells for name in re.findall(rf"`(?:{ENV_PREFIX})?_?([A-Z0-9_]+)`", cell)}
+    assert rows and named
+    unknown = sorted(name for name in named if name.lstrip("_") not in Settings.model_fields)
+    assert not unknown, f"README table rows for settings that do not exist: {unknown}"
+
+
 def test_the_readme_gives_each_settings_default() -> None:
     from app.settings import ENV_PREFIX, Settings
 
