@@ -77,6 +77,7 @@ serve: $(VENV)/.installed-serve  ## serve models/ on HOST:PORT (default 127.0.0.
 bench: $(VENV)/.installed-all wrk  ## benchmarks (report, never fail on timing)
 	$(PY) -m benchmarks.bench_model
 	$(PY) -m benchmarks.session_options
+	$(PY) -m benchmarks.peaks
 	$(PY) -m benchmarks.decode
 	$(PY) -m benchmarks.run $(ARGS)
 	$(PY) -m benchmarks.breakdown
