@@ -207,11 +207,26 @@ def _label(f: Any, path: Path) -> str:
 
 def load_user_data(path: Path, seed: int = 0) -> UserData:
     """Read, validate and split a user's ``.npz``; raises ``DataError`` saying what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a directory, not a file; give the .npz file (np.savez) itself")
     try:
-        f = np.load(path, allow_pickle=False)
+        with path.open("rb") as fh:
+            magic = fh.read(6)
     except FileNotFoundError as exc:
         raise DataError(f"{path}: no such file") from exc
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror})") from exc
+    if not magic:
+        raise DataError(f"{path}: the file is empty; save the arrays with np.savez")
+    if not magic.startswith((b"PK", b"\x93NUMPY")):  # neither a zip archive nor a .npy array
+        raise DataError(
+            f"{path}: not an .npz archive (np.savez); save the arrays (signals, events, ...) "
+            "with np.savez, see README: 'Your own data'"
+        )
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npz file without pickled objects ({exc})") from exc
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: expected an .npz archive (np.savez), got a single array")
