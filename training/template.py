@@ -122,6 +122,8 @@ def template_from_values(values: np.ndarray, center: int | None = None, source: 
 def load_template(path: Path, center: int | None = None) -> Template:
     """Read a template from ``.npy`` or CSV (any other suffix is read as CSV)."""
     path = Path(path)
+    if path.is_dir():
+        raise TemplateError(f"{path}: a directory, not a file; give the template's .csv or .npy file")
     if not path.is_file():
         raise TemplateError(f"{path}: no such file")
     values = _read_npy(path) if path.suffix.lower() == ".npy" else _read_csv(path)

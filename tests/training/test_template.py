@@ -101,3 +101,10 @@ def test_files_that_are_not_templates(tmp_path: Path) -> None:
     (tmp_path / "archive.npy").write_bytes((tmp_path / "k.npz").read_bytes())
     with pytest.raises(TemplateError, match=r"an \.npz archive.*np\.save"):
         load_template(tmp_path / "archive.npy")
+
+
+def test_a_directory_is_not_a_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "shape.npy").mkdir()
+    for path in (tmp_path, tmp_path / "shape.npy"):
+        with pytest.raises(TemplateError, match=r"a directory, not a file; give the template's \.csv or \.npy"):
+            load_template(path)
