@@ -38,6 +38,8 @@ def _read_csv(path: Path) -> np.ndarray:
             "UTF-8 CSV, or give a .npy file (np.save)"
         ) from None
     seen_numbers = False
+    header: list[str] = []
+    widths: set[int] = set()  # values per numeric line
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -47,6 +49,7 @@ def _read_csv(path: Path) -> np.ndarray:
             row = [float(f) for f in fields]
         except ValueError:
             if not seen_numbers and not values:
+                header = fields
                 continue  # a header line
             bad = next(f for f in fields if not _is_float(f))
             raise TemplateError(
@@ -54,7 +57,15 @@ def _read_csv(path: Path) -> np.ndarray:
                 "only (one per line or all on one row, separated by commas or spaces)"
             ) from None
         seen_numbers = True
+        widths.add(len(row))
         values.extend(row)
+    if len(header) > 1 and widths == {len(header)} and len(values) > len(header):
+        # A header naming columns over rows of as many values: a table (time, value), whose
+        # columns would be read interleaved as one shape.
+        raise TemplateError(
+            f"{path}: a table of {len(header)} columns ({', '.join(header)}); the template is the "
+            "shape's values alone: keep its one column (or give them all on one row)"
+        )
     return np.asarray(values, dtype=np.float64)
 
 
