@@ -606,7 +606,9 @@ def main(argv: list[str] | None = None) -> Path:
         "--template", type=Path, help="a template (.csv or .npy, 5-1025 samples): train on generated data"
     )
     p.add_argument("--center", type=int, help="the template's event sample (default: largest |value|)")
-    p.add_argument("--label", help="the shape's label in the card (default: the model name)")
+    p.add_argument(
+        "--label", help="the shape's label in the card (default: --data's label, else the model name)"
+    )
     p.add_argument("--description", help="when to use this model: goes into the card")
     p.add_argument(
         "--polarity", action="store_true", help="an inverted copy of the shape counts as an event too"
@@ -961,7 +963,9 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"parity check failed: torch vs onnxruntime differ by {parity:.2e} > 1e-4")
     radius = measure_radius(net)
     alignment = int(getattr(net, "alignment", 1))
-    if user is not None:
+    if a.label:
+        label = a.label
+    elif user is not None:
         label = user.label
     elif template is BUMP and a.name == "bump":
         label = "bump"

@@ -58,6 +58,16 @@ def test_dry_run_on_user_data(tmp_path: Path) -> None:
     assert card.training["data"]["split"]["test"]["signals"] == 6
 
 
+def test_label_names_the_shape_of_user_data_too(tmp_path: Path) -> None:
+    """--label named the shape with --template only; with --data it was silently dropped."""
+    data = make_dataset(suites()["white"], 20, seed=9, length=512)
+    events = np.array([(i, c) for i, e in enumerate(data.events) for c in e]).reshape(-1, 2)
+    np.savez(tmp_path / "mine.npz", signals=np.stack(data.signals), events=events, label="blip")
+    args = ["--dry-run", "--data", str(tmp_path / "mine.npz"), "--out", str(tmp_path), "--name", "mine"]
+    model_dir = main([*args, "--label", "heartbeat", "--budget", "2"])
+    assert load_card(model_dir).labels == ["heartbeat"]
+
+
 def test_dry_run_on_user_data_where_every_signal_holds_events(tmp_path: Path) -> None:
     """Recordings chosen because they hold events leave no event-free validation signal to match
     the matched filter's false-alarm rate on: its threshold is then chosen as the model's is,
