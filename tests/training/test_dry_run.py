@@ -309,6 +309,14 @@ def test_scenario_options_go_with_generated_data(tmp_path: Path, capsys: pytest.
     assert "--scenario goes with generated data" in capsys.readouterr().err
 
 
+def test_snr_goes_with_generated_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--snr LOW HIGH is --scenario snr=LOW,HIGH: with --data it was silently ignored."""
+    np.savez(tmp_path / "d.npz", signals=np.zeros((20, 600)), events=np.array([(0, 300)]))
+    with pytest.raises(SystemExit):
+        main(["--dry-run", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path), "--snr", "1", "5"])
+    assert "--snr goes with generated data" in capsys.readouterr().err
+
+
 def test_a_bad_template_exits_with_its_problem(tmp_path: Path) -> None:
     (tmp_path / "flat.csv").write_text("1\n1\n1\n1\n1\n1\n")
     with pytest.raises(SystemExit, match="constant"):
