@@ -109,6 +109,7 @@ def _events(f: Any, path: Path, signals: list[np.ndarray]) -> list[np.ndarray]:
         )
     ev = ev.astype(np.int64)
     per: list[list[int]] = [[] for _ in signals]
+    seen: dict[tuple[int, int], int] = {}  # (signal, sample) -> its row
     for row, (i, t) in enumerate(ev):
         if not 0 <= i < len(signals):
             raise DataError(f"{path}: events row {row}: signal {i} does not exist (0..{len(signals) - 1})")
@@ -116,8 +117,14 @@ def _events(f: Any, path: Path, signals: list[np.ndarray]) -> list[np.ndarray]:
             raise DataError(
                 f"{path}: events row {row}: sample {t} is outside signal {i} (0..{signals[i].size - 1})"
             )
+        first = seen.setdefault((int(i), int(t)), row)
+        if first != row:
+            raise DataError(
+                f"{path}: events rows {first} and {row} both mark sample {t} of signal {i}; "
+                "give each event once"
+            )
         per[i].append(int(t))
-    return [np.unique(np.asarray(p, dtype=np.int64)) for p in per]
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in per]
 
 
 def _groups(f: Any, path: Path, n: int) -> np.ndarray | None:

@@ -48,6 +48,11 @@ def test_concatenated_signals_with_lengths_and_template(tmp_path: Path) -> None:
         (lambda x, ev: {"signals": x, "events": ev[:, :1]}, r"shape \(k, 2\)"),
         (lambda x, ev: {"signals": x, "events": ev + np.array([0, 10_000])}, "outside signal"),
         (lambda x, ev: {"signals": x, "events": ev + np.array([100, 0])}, "does not exist"),
+        (lambda x, ev: {"signals": x, "events": ev - np.array([0, 1000])}, "sample -.* is outside signal"),
+        (
+            lambda x, ev: {"signals": x, "events": np.vstack([ev, ev[3:4]])},
+            r"events rows 3 and 38 both mark sample \d+ of signal \d+; give each event once",
+        ),
         (
             lambda x, ev: {
                 "signals": np.where(np.arange(x.size).reshape(x.shape) == 805, np.nan, x),
