@@ -904,7 +904,11 @@ def main(argv: list[str] | None = None) -> Path:
         batches: Any = CroppedBatches(user.train, cfg.batch_size, cfg.lengths, cfg.seed)
         val = {"user": user.val}
         test = {"user": user.test}
-        calibration = (user.val, user.test, f"the validation and test splits of {a.data}")
+        calibration = (
+            user.val,
+            user.test,
+            f"{a.data} (the validation split to fit, the test split held out)",
+        )
         data_desc: dict[str, Any] = {"source": str(a.data), **user.describe()}
     else:
         assert template is not None

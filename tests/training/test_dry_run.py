@@ -65,7 +65,15 @@ def test_label_names_the_shape_of_user_data_too(tmp_path: Path) -> None:
     np.savez(tmp_path / "mine.npz", signals=np.stack(data.signals), events=events, label="blip")
     args = ["--dry-run", "--data", str(tmp_path / "mine.npz"), "--out", str(tmp_path), "--name", "mine"]
     model_dir = main([*args, "--label", "heartbeat", "--budget", "2"])
-    assert load_card(model_dir).labels == ["heartbeat"]
+    card = load_card(model_dir)
+    assert card.labels == ["heartbeat"]
+    # the maps are fitted on the validation split and measured on the test split, and say so
+    split = card.training["data"]["split"]
+    assert card.calibration is not None
+    calibration = card.calibration.model_dump()
+    assert calibration["fit_data"].startswith(f"{split['val']['signals']} signals of ")
+    assert "the validation split to fit, the test split held out" in calibration["fit_data"]
+    assert calibration["ece"]["held_out_data"].startswith(f"{split['test']['signals']} signals of ")
 
 
 def test_dry_run_on_user_data_where_every_signal_holds_events(tmp_path: Path) -> None:
