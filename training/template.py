@@ -2,8 +2,8 @@
 
 CSV: numbers separated by commas, semicolons or whitespace, one value per line or all on one
 row (or any mix); blank lines and lines starting with ``#`` are ignored; a first line that is
-not numeric (a header) is skipped. ``.npy``: a 1-D array of real numbers (or shape (1, n) /
-(n, 1)), read without pickle.
+not numeric (a header) is skipped, unless it names the columns of a table (refused).
+``.npy``: a 1-D array of real numbers (or shape (1, n) / (n, 1)), read without pickle.
 
 The event's location is the template's largest absolute value unless the caller names
 another sample (``center``).
