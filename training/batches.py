@@ -51,22 +51,29 @@ class SyntheticBatches:
 
 
 class CroppedBatches:
-    """Endless batches of random crops of a user's annotated signals."""
+    """Endless batches of random crops of a user's annotated signals.
+
+    A batch's first signal is drawn uniformly and caps the crop length; the others are drawn
+    among the signals at least that long. A short signal makes short batches of its own
+    instead of every crop as short as the data set's shortest signal.
+    """
 
     def __init__(self, data: Dataset, batch_size: int, lengths: tuple[int, int], seed: int) -> None:
         self.data = data
         self.batch_size = batch_size
         self.lengths = lengths
         self.rng = np.random.default_rng(seed)
-        self.shortest = min(len(s) for s in data.signals)
+        self.sizes = np.array([len(s) for s in data.signals])
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         T = int(self.rng.integers(self.lengths[0], self.lengths[1] + 1))
-        T = min(T, self.shortest)
+        first = int(self.rng.integers(len(self.data)))
+        T = min(T, int(self.sizes[first]))
+        fits = np.flatnonzero(self.sizes >= T)
         xs = np.empty((self.batch_size, T), dtype=np.float32)
         ys = np.empty((self.batch_size, T), dtype=np.float32)
         for i in range(self.batch_size):
-            k = int(self.rng.integers(len(self.data)))
+            k = first if i == 0 else int(fits[self.rng.integers(fits.size)])
             x, c = self.data.signals[k], self.data.events[k]
             a = int(self.rng.integers(0, len(x) - T + 1))
             xs[i] = x[a : a + T]

@@ -109,6 +109,7 @@ def _events(f: Any, path: Path, signals: list[np.ndarray]) -> list[np.ndarray]:
         )
     ev = ev.astype(np.int64)
     per: list[list[int]] = [[] for _ in signals]
+    seen: dict[tuple[int, int], int] = {}  # (signal, sample) -> its row
     for row, (i, t) in enumerate(ev):
         if not 0 <= i < len(signals):
             raise DataError(f"{path}: events row {row}: signal {i} does not exist (0..{len(signals) - 1})")
@@ -116,8 +117,14 @@ def _events(f: Any, path: Path, signals: list[np.ndarray]) -> list[np.ndarray]:
             raise DataError(
                 f"{path}: events row {row}: sample {t} is outside signal {i} (0..{signals[i].size - 1})"
             )
+        first = seen.setdefault((int(i), int(t)), row)
+        if first != row:
+            raise DataError(
+                f"{path}: events rows {first} and {row} both mark sample {t} of signal {i}; "
+                "give each event once"
+            )
         per[i].append(int(t))
-    return [np.unique(np.asarray(p, dtype=np.int64)) for p in per]
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in per]
 
 
 def _groups(f: Any, path: Path, n: int) -> np.ndarray | None:
@@ -207,11 +214,26 @@ def _label(f: Any, path: Path) -> str:
 
 def load_user_data(path: Path, seed: int = 0) -> UserData:
     """Read, validate and split a user's ``.npz``; raises ``DataError`` saying what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a directory, not a file; give the .npz file (np.savez) itself")
     try:
-        f = np.load(path, allow_pickle=False)
+        with path.open("rb") as fh:
+            magic = fh.read(6)
     except FileNotFoundError as exc:
         raise DataError(f"{path}: no such file") from exc
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror})") from exc
+    if not magic:
+        raise DataError(f"{path}: the file is empty; save the arrays with np.savez")
+    if not magic.startswith((b"PK", b"\x93NUMPY")):  # neither a zip archive nor a .npy array
+        raise DataError(
+            f"{path}: not an .npz archive (np.savez); save the arrays (signals, events, ...) "
+            "with np.savez, see README: 'Your own data'"
+        )
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npz file without pickled objects ({exc})") from exc
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise DataError(f"{path}: expected an .npz archive (np.savez), got a single array")

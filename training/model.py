@@ -13,6 +13,7 @@ import copy
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -304,6 +305,11 @@ def init_from_template(net: DeepCNN, template: Template) -> int:
 def centred_kernel(template: Template, stretch: float, k: int) -> torch.Tensor:
     """The template stretched by ``stretch``, unit norm, its event on the middle of ``k`` taps."""
     shape, centre = template.stretched(stretch)
+    # Scaled by a power of two to order 1, exactly (the same kernel bit for bit): in float32 the
+    # squares of the norm vanish below about 1e-19 (strain units: NaN) and overflow above 1e19.
+    peak = float(np.max(np.abs(shape)))
+    if peak > 0:
+        shape = shape / 2.0 ** math.floor(math.log2(peak))
     w = torch.zeros(k)
     idx = torch.arange(shape.size) - centre + k // 2
     keep = (idx >= 0) & (idx < k)

@@ -2,8 +2,8 @@
 
 CSV: numbers separated by commas, semicolons or whitespace, one value per line or all on one
 row (or any mix); blank lines and lines starting with ``#`` are ignored; a first line that is
-not numeric (a header) is skipped. ``.npy``: a 1-D array of real numbers (or shape (1, n) /
-(n, 1)), read without pickle.
+not numeric (a header) is skipped, unless it names the columns of a table (refused).
+``.npy``: a 1-D array of real numbers (or shape (1, n) / (n, 1)), read without pickle.
 
 The event's location is the template's largest absolute value unless the caller names
 another sample (``center``).
@@ -38,6 +38,8 @@ def _read_csv(path: Path) -> np.ndarray:
             "UTF-8 CSV, or give a .npy file (np.save)"
         ) from None
     seen_numbers = False
+    header: list[str] = []
+    widths: set[int] = set()  # values per numeric line
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -47,6 +49,7 @@ def _read_csv(path: Path) -> np.ndarray:
             row = [float(f) for f in fields]
         except ValueError:
             if not seen_numbers and not values:
+                header = fields
                 continue  # a header line
             bad = next(f for f in fields if not _is_float(f))
             raise TemplateError(
@@ -54,7 +57,15 @@ def _read_csv(path: Path) -> np.ndarray:
                 "only (one per line or all on one row, separated by commas or spaces)"
             ) from None
         seen_numbers = True
+        widths.add(len(row))
         values.extend(row)
+    if len(header) > 1 and widths == {len(header)} and len(values) > len(header):
+        # A header naming columns over rows of as many values: a table (time, value), whose
+        # columns would be read interleaved as one shape.
+        raise TemplateError(
+            f"{path}: a table of {len(header)} columns ({', '.join(header)}); the template is the "
+            "shape's values alone: keep its one column (or give them all on one row)"
+        )
     return np.asarray(values, dtype=np.float64)
 
 
@@ -122,6 +133,8 @@ def template_from_values(values: np.ndarray, center: int | None = None, source: 
 def load_template(path: Path, center: int | None = None) -> Template:
     """Read a template from ``.npy`` or CSV (any other suffix is read as CSV)."""
     path = Path(path)
+    if path.is_dir():
+        raise TemplateError(f"{path}: a directory, not a file; give the template's .csv or .npy file")
     if not path.is_file():
         raise TemplateError(f"{path}: no such file")
     values = _read_npy(path) if path.suffix.lower() == ".npy" else _read_csv(path)

@@ -606,7 +606,9 @@ def main(argv: list[str] | None = None) -> Path:
         "--template", type=Path, help="a template (.csv or .npy, 5-1025 samples): train on generated data"
     )
     p.add_argument("--center", type=int, help="the template's event sample (default: largest |value|)")
-    p.add_argument("--label", help="the shape's label in the card (default: the model name)")
+    p.add_argument(
+        "--label", help="the shape's label in the card (default: --data's label, else the model name)"
+    )
     p.add_argument("--description", help="when to use this model: goes into the card")
     p.add_argument(
         "--polarity", action="store_true", help="an inverted copy of the shape counts as an event too"
@@ -645,7 +647,12 @@ def main(argv: list[str] | None = None) -> Path:
     )
     p.add_argument("--threads", type=int, default=TrainConfig.threads, help="torch threads (0: all cores)")
     p.add_argument("--local-weight", type=float, default=TrainConfig.local_weight)
-    p.add_argument("--snr", type=float, nargs=2, default=TRAINING_SNR, help="training SNR range")
+    p.add_argument(
+        "--snr",
+        type=float,
+        nargs=2,
+        help=f"training SNR range (default {TRAINING_SNR[0]:g} {TRAINING_SNR[1]:g})",
+    )
     d = ModelConfig()
     p.add_argument(
         "--first-kernel",
@@ -771,10 +778,13 @@ def main(argv: list[str] | None = None) -> Path:
             f"--scale-window {window} --scale-stride {stride}: give a scale window of an odd number "
             "of scale-stride blocks (1016 = 127 x 8)"
         )
-    if not (0 <= a.snr[0] <= a.snr[1] and math.isfinite(a.snr[1])):
+    if a.snr is not None and not (0 <= a.snr[0] <= a.snr[1] and math.isfinite(a.snr[1])):
         p.error(f"--snr {a.snr[0]} {a.snr[1]}: give 0 <= LOW <= HIGH")
-    if a.data is not None and a.scenario:
-        p.error("--scenario goes with generated data (--template, or the reference bump), not --data")
+    if a.data is not None and (a.scenario or a.snr is not None):
+        p.error(
+            f"{'--scenario' if a.scenario else '--snr'} goes with generated data (--template, or the "
+            "reference bump), not --data"
+        )
     if not re.fullmatch(NAME_PATTERN, a.name):
         p.error(
             f"--name {a.name!r}: use 1-64 lower-case letters, digits, '-' or '_', "
@@ -815,6 +825,8 @@ def main(argv: list[str] | None = None) -> Path:
     overrides = parse_overrides(a.scenario)
     if "snr" in overrides:  # --scenario snr=LO,HI is --snr LO HIGH
         a.snr = list(overrides.pop("snr"))
+    if a.snr is None:
+        a.snr = list(TRAINING_SNR)
     if template is not None and user is None:
         room = scenario_room_problem(training_scenario(template, **overrides), crop_lengths(template))
         if room:
@@ -892,7 +904,11 @@ def main(argv: list[str] | None = None) -> Path:
         batches: Any = CroppedBatches(user.train, cfg.batch_size, cfg.lengths, cfg.seed)
         val = {"user": user.val}
         test = {"user": user.test}
-        calibration = (user.val, user.test, f"the validation and test splits of {a.data}")
+        calibration = (
+            user.val,
+            user.test,
+            f"{a.data} (the validation split to fit, the test split held out)",
+        )
         data_desc: dict[str, Any] = {"source": str(a.data), **user.describe()}
     else:
         assert template is not None
@@ -961,7 +977,9 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"parity check failed: torch vs onnxruntime differ by {parity:.2e} > 1e-4")
     radius = measure_radius(net)
     alignment = int(getattr(net, "alignment", 1))
-    if user is not None:
+    if a.label:
+        label = a.label
+    elif user is not None:
         label = user.label
     elif template is BUMP and a.name == "bump":
         label = "bump"

@@ -44,3 +44,16 @@ def test_long_recordings_with_many_events() -> None:
     started = time.perf_counter()
     xs, ys = batches.next()
     assert time.perf_counter() - started < 2.0 and ys.shape == xs.shape
+
+
+def test_one_short_signal_does_not_shorten_every_crop() -> None:
+    """Crops were cut to the data set's shortest signal: one 64-sample signal among 2000-sample
+    ones made every training crop 64 samples long. A short signal makes short batches of its own;
+    the others take the crop lengths asked for, and the short one is still trained on."""
+    rng = np.random.default_rng(0)
+    signals = [rng.standard_normal(64), *(rng.standard_normal(2000) for _ in range(29))]
+    data = Dataset(signals, [np.array([32], dtype=np.int64)] + [np.array([1000], dtype=np.int64)] * 29)
+    batches = CroppedBatches(data, 16, (384, 1024), seed=0)
+    lengths = [batches.next()[0].shape[1] for _ in range(60)]
+    assert 64 in lengths  # the short signal's own batches
+    assert sum(length >= 384 for length in lengths) > 40

@@ -48,6 +48,11 @@ def test_concatenated_signals_with_lengths_and_template(tmp_path: Path) -> None:
         (lambda x, ev: {"signals": x, "events": ev[:, :1]}, r"shape \(k, 2\)"),
         (lambda x, ev: {"signals": x, "events": ev + np.array([0, 10_000])}, "outside signal"),
         (lambda x, ev: {"signals": x, "events": ev + np.array([100, 0])}, "does not exist"),
+        (lambda x, ev: {"signals": x, "events": ev - np.array([0, 1000])}, "sample -.* is outside signal"),
+        (
+            lambda x, ev: {"signals": x, "events": np.vstack([ev, ev[3:4]])},
+            r"events rows 3 and 38 both mark sample \d+ of signal \d+; give each event once",
+        ),
         (
             lambda x, ev: {
                 "signals": np.where(np.arange(x.size).reshape(x.shape) == 805, np.nan, x),
@@ -93,7 +98,7 @@ def test_malformed_files(tmp_path: Path, change, message: str) -> None:  # type:
 
 def test_not_an_npz(tmp_path: Path) -> None:
     (tmp_path / "x.npz").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="not a readable"):
+    with pytest.raises(DataError, match=r"not an \.npz archive"):
         load_user_data(tmp_path / "x.npz")
     np.save(tmp_path / "one.npy", np.zeros(3))
     with pytest.raises(DataError, match=r"expected an \.npz"):
@@ -147,3 +152,16 @@ def test_a_flat_estimated_template_is_refused(tmp_path: Path) -> None:
     ev = np.array([(i, 100) for i in range(20)])
     with pytest.raises(DataError, match=r"constant.*add 'template'"):
         load_user_data(write_npz(tmp_path / "flat.npz", signals=x, events=ev))
+
+
+def test_files_that_are_not_an_npz_say_what_they_are(tmp_path: Path) -> None:
+    """An empty file, a directory or a CSV given as --data: one line saying what to give."""
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty\.npz: the file is empty; save the arrays with np\.savez"):
+        load_user_data(tmp_path / "empty.npz")
+    with pytest.raises(DataError, match=r"a directory, not a file; give the \.npz file"):
+        load_user_data(tmp_path)
+    (tmp_path / "signals.csv").write_text("time,value\n0,0.5\n1,0.25\n")
+    with pytest.raises(DataError, match=r"signals\.csv: not an \.npz archive \(np\.savez\)") as exc:
+        load_user_data(tmp_path / "signals.csv")
+    assert "pickle" not in str(exc.value)

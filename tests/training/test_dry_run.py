@@ -58,6 +58,24 @@ def test_dry_run_on_user_data(tmp_path: Path) -> None:
     assert card.training["data"]["split"]["test"]["signals"] == 6
 
 
+def test_label_names_the_shape_of_user_data_too(tmp_path: Path) -> None:
+    """--label named the shape with --template only; with --data it was silently dropped."""
+    data = make_dataset(suites()["white"], 20, seed=9, length=512)
+    events = np.array([(i, c) for i, e in enumerate(data.events) for c in e]).reshape(-1, 2)
+    np.savez(tmp_path / "mine.npz", signals=np.stack(data.signals), events=events, label="blip")
+    args = ["--dry-run", "--data", str(tmp_path / "mine.npz"), "--out", str(tmp_path), "--name", "mine"]
+    model_dir = main([*args, "--label", "heartbeat", "--budget", "2"])
+    card = load_card(model_dir)
+    assert card.labels == ["heartbeat"]
+    # the maps are fitted on the validation split and measured on the test split, and say so
+    split = card.training["data"]["split"]
+    assert card.calibration is not None
+    calibration = card.calibration.model_dump()
+    assert calibration["fit_data"].startswith(f"{split['val']['signals']} signals of ")
+    assert "the validation split to fit, the test split held out" in calibration["fit_data"]
+    assert calibration["ece"]["held_out_data"].startswith(f"{split['test']['signals']} signals of ")
+
+
 def test_dry_run_on_user_data_where_every_signal_holds_events(tmp_path: Path) -> None:
     """Recordings chosen because they hold events leave no event-free validation signal to match
     the matched filter's false-alarm rate on: its threshold is then chosen as the model's is,
@@ -297,6 +315,14 @@ def test_scenario_options_go_with_generated_data(tmp_path: Path, capsys: pytest.
             ]
         )
     assert "--scenario goes with generated data" in capsys.readouterr().err
+
+
+def test_snr_goes_with_generated_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--snr LOW HIGH is --scenario snr=LOW,HIGH: with --data it was silently ignored."""
+    np.savez(tmp_path / "d.npz", signals=np.zeros((20, 600)), events=np.array([(0, 300)]))
+    with pytest.raises(SystemExit):
+        main(["--dry-run", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path), "--snr", "1", "5"])
+    assert "--snr goes with generated data" in capsys.readouterr().err
 
 
 def test_a_bad_template_exits_with_its_problem(tmp_path: Path) -> None:

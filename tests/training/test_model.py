@@ -255,3 +255,23 @@ def test_measured_radius_is_not_cut_off_by_the_probe_length() -> None:
     net = build_model(ModelConfig(first_kernel=1025, matched_mean_window=0))
     longer = measure_radius(net, length=8192, trials=1)
     assert longer >= 1057 and longer <= measure_radius(net, trials=1) <= longer + 8
+
+
+@pytest.mark.parametrize("scale", [2.0**-80, 2.0**70])
+def test_template_kernels_do_not_depend_on_the_template_units(scale: float) -> None:
+    """A template in strain units (1e-23) made a NaN first convolution, one in large units (1e20)
+    a zero one: the unit-norm kernel was computed in float32, whose squares vanish or overflow."""
+    from pathlib import Path
+
+    from training.model import DeepCNN, ModelConfig, init_from_template
+    from training.scenario import Template
+    from training.template import load_template
+
+    tpl = load_template(Path(__file__).resolve().parents[2] / "training" / "templates" / "arrival.csv")
+    nets = []
+    for t in (tpl, Template(tpl.values * scale, tpl.center)):
+        torch.manual_seed(0)
+        nets.append(DeepCNN(ModelConfig(first_kernel=121)))
+        init_from_template(nets[-1], t)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.equal(a, b)

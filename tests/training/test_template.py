@@ -101,3 +101,24 @@ def test_files_that_are_not_templates(tmp_path: Path) -> None:
     (tmp_path / "archive.npy").write_bytes((tmp_path / "k.npz").read_bytes())
     with pytest.raises(TemplateError, match=r"an \.npz archive.*np\.save"):
         load_template(tmp_path / "archive.npy")
+
+
+def test_a_directory_is_not_a_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "shape.npy").mkdir()
+    for path in (tmp_path, tmp_path / "shape.npy"):
+        with pytest.raises(
+            TemplateError, match=r"a directory, not a file; give the template's \.csv or \.npy"
+        ):
+            load_template(path)
+
+
+def test_a_table_with_named_columns_is_refused(tmp_path: Path) -> None:
+    """A time column beside the values was read interleaved with them, as one shape."""
+    table = "time,value\n" + "\n".join(f"{i},{v}" for i, v in enumerate(SHAPE))
+    with pytest.raises(TemplateError, match=r"a table of 2 columns \(time, value\).*keep its one column"):
+        load_template(write(tmp_path, "k.csv", table))
+    # a header over one row of values is still one row
+    assert (
+        load_template(write(tmp_path, "r.csv", "a,b,c,d,e,f\n" + ",".join(map(str, SHAPE)))).values.tolist()
+        == SHAPE
+    )
