@@ -631,8 +631,16 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--eval-signals", type=int, default=TrainConfig.eval_signals)
-    p.add_argument("--val-signals", type=int, default=TrainConfig.val_signals)
+    p.add_argument(
+        "--eval-signals",
+        type=int,
+        help=f"held-out test signals per suite (default {TrainConfig.eval_signals}; generated data only)",
+    )
+    p.add_argument(
+        "--val-signals",
+        type=int,
+        help=f"validation signals per suite (default {TrainConfig.val_signals}; generated data only)",
+    )
     p.add_argument(
         "--gain-signals",
         type=int,
@@ -759,7 +767,7 @@ def main(argv: list[str] | None = None) -> Path:
         ("--eval-signals", a.eval_signals),
         ("--val-signals", a.val_signals),
     ):
-        if n < 1:
+        if n is not None and n < 1:
             p.error(f"{flag} {n}: give a positive number")
     if not (a.lr > 0 and math.isfinite(a.lr)):
         p.error(f"--lr {a.lr}: give a positive learning rate")
@@ -784,6 +792,17 @@ def main(argv: list[str] | None = None) -> Path:
         p.error(
             f"{'--scenario' if a.scenario else '--snr'} goes with generated data (--template, or the "
             "reference bump), not --data"
+        )
+    sizes = (
+        ("--eval-signals", a.eval_signals),
+        ("--val-signals", a.val_signals),
+        ("--calibration-signals", a.calibration_signals),
+    )
+    given = [flag for flag, n in sizes if n is not None]
+    if a.data is not None and given:
+        p.error(
+            f"{given[0]} goes with generated data (--template, or the reference bump); with --data "
+            "the data's validation and test splits are used (70 / 15 / 15)"
         )
     if not re.fullmatch(NAME_PATTERN, a.name):
         p.error(
@@ -862,8 +881,8 @@ def main(argv: list[str] | None = None) -> Path:
         batch_size=a.batch_size,
         lengths=crop_lengths(template),
         lr=a.lr,
-        eval_signals=a.eval_signals,
-        val_signals=a.val_signals,
+        eval_signals=a.eval_signals or TrainConfig.eval_signals,
+        val_signals=a.val_signals or TrainConfig.val_signals,
         gain_signals=a.gain_signals,
         calibration_signals=a.calibration_signals or calibration_count(template),
         local_weight=a.local_weight,
@@ -901,6 +920,12 @@ def main(argv: list[str] | None = None) -> Path:
     started = time.time()
 
     if user is not None:
+        # The card's config says what was used: the splits, not the generated data's counts.
+        cfg.val_signals, cfg.eval_signals, cfg.calibration_signals = (
+            len(user.val),
+            len(user.test),
+            len(user.val),
+        )
         batches: Any = CroppedBatches(user.train, cfg.batch_size, cfg.lengths, cfg.seed)
         val = {"user": user.val}
         test = {"user": user.test}

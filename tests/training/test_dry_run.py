@@ -425,3 +425,31 @@ def test_a_seed_of_a_held_out_set_is_refused(
         main(["--dry-run", "--budget", "2", "--out", str(tmp_path), "--seed", str(seed)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and f"--seed {seed} is the seed of" in err and what in err
+
+
+@pytest.mark.parametrize("flag", ["--eval-signals", "--val-signals", "--calibration-signals"])
+def test_generated_set_sizes_go_with_generated_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    """With --data the splits are the validation, test and calibration sets: a size for the
+    generated sets was silently ignored, and the card's config recorded it as if used."""
+    np.savez(tmp_path / "d.npz", signals=np.zeros((20, 600)), events=np.array([(0, 300)]))
+    with pytest.raises(SystemExit):
+        main(["--dry-run", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path), flag, "50"])
+    assert f"{flag} goes with generated data" in capsys.readouterr().err
+
+
+def test_a_user_data_card_records_the_splits_sizes(tmp_path: Path) -> None:
+    data = make_dataset(suites()["white"], 40, seed=9, length=512)
+    events = np.array([(i, c) for i, e in enumerate(data.events) for c in e]).reshape(-1, 2)
+    np.savez(tmp_path / "mine.npz", signals=np.stack(data.signals), events=events)
+    model_dir = main(
+        ["--dry-run", "--data", str(tmp_path / "mine.npz"), "--out", str(tmp_path), "--name", "m"]
+    )
+    training = load_card(model_dir).training
+    split, config = training["data"]["split"], training["config"]
+    assert (config["val_signals"], config["eval_signals"]) == (
+        split["val"]["signals"],
+        split["test"]["signals"],
+    )
+    assert config["calibration_signals"] == split["val"]["signals"]
