@@ -12,8 +12,10 @@ a whole batch of requests at once); ``find_peaks`` is the same function for one 
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -160,17 +162,22 @@ def _keep_by_distance(
     # Any distance past the peaks' span acts as the span + 1 (every two are closer than it); so
     # capped, positions plus the distance stay far from int64's end (min_distance may be 2**63 - 1).
     min_distance = min(min_distance, int(index[-1] - index[0]) + 1)
-    # Fast path: nothing to suppress.
-    if (index[1:] - index[:-1] >= min_distance).all():
+    close = index[1:] - index[:-1] < min_distance
+    if not close.any():  # nothing to suppress
         return None
-    keep = np.zeros(index.size, dtype=bool)
-    if index.size <= GREEDY_MAX_PEAKS:
+    # Only a peak closer than min_distance to a neighbour can be suppressed, and only by such
+    # peaks: the others are kept, and the greedy pass or the rounds take the crowded ones alone.
+    crowded = np.zeros(index.size, dtype=bool)
+    crowded[:-1] = close
+    crowded[1:] |= close
+    keep = ~crowded
+    undecided = crowded.nonzero()[0]
+    if undecided.size <= GREEDY_MAX_PEAKS:
         # Stable: the earlier of equal peaks first.
-        order = np.argsort(-np.asarray(values, dtype=np.float64), kind="stable")
-        keep[_greedy(index, order, min_distance)] = True
+        order = np.argsort(-np.asarray(values, dtype=np.float64)[undecided], kind="stable")
+        keep[undecided[_greedy(index[undecided], order, min_distance)]] = True
         return keep
     rank = _ranks(values)
-    undecided = np.arange(index.size)
     while undecided.size > GREEDY_MAX_PEAKS:
         position, own = index[undecided], rank[undecided]
         first = _least_near(position, own, min_distance) == own
@@ -186,17 +193,19 @@ def _keep_by_distance(
 
 
 def _greedy(index: npt.NDArray[np.int64], order: npt.NDArray[np.intp], min_distance: int) -> list[int]:
-    """The greedy pass over the sorted peaks ``index`` in ``order``: the ones it keeps."""
+    """The greedy pass over the sorted peaks ``index`` in ``order``: the ones it keeps. Plain
+    Python lists and ``bisect``: a NumPy call per peak cost about 5 µs, the pass over 63 peaks
+    (a batch of 32 requests) 224 µs against 26."""
+    position = index.tolist()
     kept = []
-    suppressed = np.zeros(index.size, dtype=bool)
+    suppressed = bytearray(len(position))
     for k in order.tolist():
         if suppressed[k]:
             continue
         kept.append(k)
-        pos = index[k]
-        lo = np.searchsorted(index, pos - min_distance + 1, side="left")
-        hi = np.searchsorted(index, pos + min_distance - 1, side="right")
-        suppressed[lo:hi] = True
+        lo = bisect_left(position, position[k] - min_distance + 1)
+        hi = bisect_right(position, position[k] + min_distance - 1)
+        suppressed[lo:hi] = b"\1" * (hi - lo)
     return kept
 
 
@@ -321,8 +330,6 @@ def find_peaks_many(
     if keep is not None:
         idx, owner = idx[keep], owner[keep]
     probability = x[idx].astype(np.float32)
+    idx -= starts[owner]  # each peak's index in its own curve
     bounds = np.searchsorted(owner, np.arange(len(arrays) + 1), side="left").tolist()
-    return [
-        Peaks(index=idx[lo:hi] - start, probability=probability[lo:hi])
-        for start, lo, hi in zip(starts.tolist(), bounds[:-1], bounds[1:], strict=True)
-    ]
+    return [Peaks(index=idx[lo:hi], probability=probability[lo:hi]) for lo, hi in pairwise(bounds)]
