@@ -60,6 +60,11 @@ def local_maxima(scores: npt.NDArray[np.floating], threshold: float) -> npt.NDAr
     if x.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {x.shape}")
     least = least_at_or_above(threshold, x.dtype)
+    if x.dtype.kind == "f":
+        # A -inf sample is never a peak (outside the curve is -inf too): searched as below any
+        # threshold, so that a run of them at an end (or a gap of find_peaks_many) is not taken
+        # for a plateau whose end is never found.
+        least = max(least, np.finfo(x.dtype).min)
     if x.size <= PART_SAMPLES:
         return _maxima_in(x, least, 0, x.size)
     parts = []
