@@ -245,7 +245,9 @@ def _least_near(
     shift -= 1  # the block's number among the blocks that hold peaks...
     least: npt.NDArray[np.int64] = np.minimum.reduceat(rank, new.nonzero()[0])[shift]
     del new
-    shift *= rank.size  # ...times more than any rank
+    # ...times more than any rank (a later round's ranks, those of the undecided peaks, reach
+    # past their number).
+    shift *= int(rank.max()) + 1
     ahead = rank - shift  # the running minimum from the block's start
     np.minimum.accumulate(ahead, out=ahead)
     ahead += shift
