@@ -62,6 +62,11 @@ def local_maxima(scores: npt.NDArray[np.floating], threshold: float) -> npt.NDAr
     if x.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {x.shape}")
     least = least_at_or_above(threshold, x.dtype)
+    if x.dtype.kind == "f":
+        # A -inf sample is never a peak (outside the curve is -inf too): searched as below any
+        # threshold, so that a run of them at an end (or a gap of find_peaks_many) is not taken
+        # for a plateau whose end is never found.
+        least = max(least, np.finfo(x.dtype).min)
     if x.size <= PART_SAMPLES:
         return _maxima_in(x, least, 0, x.size)
     parts = []
@@ -249,7 +254,9 @@ def _least_near(
     shift -= 1  # the block's number among the blocks that hold peaks...
     least: npt.NDArray[np.int64] = np.minimum.reduceat(rank, new.nonzero()[0])[shift]
     del new
-    shift *= rank.size  # ...times more than any rank
+    # ...times more than any rank (a later round's ranks, those of the undecided peaks, reach
+    # past their number).
+    shift *= int(rank.max()) + 1
     ahead = rank - shift  # the running minimum from the block's start
     np.minimum.accumulate(ahead, out=ahead)
     ahead += shift
