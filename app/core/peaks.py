@@ -56,7 +56,8 @@ def local_maxima(scores: npt.NDArray[np.floating], threshold: float) -> npt.NDAr
     """Indices of local maxima (plateaus at their middle) with score >= threshold.
 
     A long curve is searched part by part, each part ending where two neighbours differ, so no
-    plateau spans two parts: memory follows one part, not the whole curve.
+    plateau spans two parts: memory follows one part, not the whole curve (a part runs on to
+    the end of a plateau that crosses its end: one plateau over the whole curve is one part).
     """
     x = np.asarray(scores)
     if x.ndim != 1:
