@@ -292,3 +292,42 @@ def test_with_api_keys(browser: Browser, keyed_server: tuple[Server, str]) -> No
     assert demo.storage_is_empty()
     assert key not in page.content()
     assert demo.problems(allow_http=(401,)) == []
+
+
+def test_an_error_clears_the_previous_result(browser: Browser, server: Server) -> None:
+    demo = open_demo(browser, server, "/?seed=11")
+    page = demo.page
+    demo.example_and_run()
+    assert page.get_by_test_id("peak").count() >= 1 and page.locator("#peaks").is_visible()
+    # The next run is refused: no peaks, table or chart of the previous signal stay beside the error.
+    page.fill("#values", ", ".join(["1"] * 20 + ["abc"]))
+    page.get_by_test_id("run").click()
+    expect(page.locator("#error")).to_contain_text("HTTP 422")
+    assert page.get_by_test_id("result").inner_text() == "No result: see the error above."
+    assert page.get_by_test_id("peak").count() == 0
+    assert page.locator("#peaks").is_hidden()
+    assert page.locator("#figure").is_hidden()
+    # The same when the service cannot be reached.
+    demo.example_and_run()
+    page.route(f"{server.url}/v1/**", lambda route: route.abort())
+    page.get_by_test_id("run").click()
+    expect(page.locator("#error")).to_contain_text("Could not reach the service")
+    assert page.get_by_test_id("peak").count() == 0
+    assert page.locator("#peaks").is_hidden() and page.locator("#figure").is_hidden()
+    failed = [e for e in demo.errors if e.startswith("Failed to load resource: net::ERR_FAILED")]
+    assert demo.problems(allow_http=(422,)) == failed
+
+
+def test_a_loaded_file_clears_the_previous_result(browser: Browser, server: Server, tmp_path: Path) -> None:
+    demo = open_demo(browser, server, "/?seed=11")
+    page = demo.page
+    demo.example_and_run()
+    page.set_input_files("#file", primer_csv(tmp_path / "primer.csv"))
+    expect(page.locator("#status")).to_contain_text("Loaded primer.csv")
+    assert page.get_by_test_id("result").inner_text() == "Not run yet for this signal."
+    assert page.get_by_test_id("peak").count() == 0 and page.get_by_test_id("true-event").count() == 0
+    assert page.locator("#peaks").is_hidden()
+    page.get_by_test_id("run").click()
+    assert "300 samples" in wait_for_result(page)
+    assert page.get_by_test_id("peak").count() >= 1 and page.locator("#peaks").is_visible()
+    assert demo.problems() == []

@@ -257,6 +257,16 @@
     el.error.hidden = true;
   }
 
+  // No chart, peaks or probability of an earlier signal or run beside a new one or an error.
+  function clearOutput(text) {
+    state.drawn = null;
+    el.figure.hidden = true;
+    el.peaks.hidden = true;
+    el.peaks.tBodies[0].replaceChildren();
+    for (const child of Array.from(el.chart.childNodes)) if (child !== el.chartTitle) child.remove();
+    el.result.textContent = text;
+  }
+
   function updateCount() {
     const n = split(el.values.value).length;
     el.count.textContent = n ? `${n} values.` : "";
@@ -295,6 +305,7 @@
     el.values.value = text;
     state.example = null;
     updateCount();
+    clearOutput("Not run yet for this signal.");
     const parsed = parseValues(text);
     const header = parsed.header === null ? "" : ` (header line “${parsed.header}” skipped)`;
     el.status.textContent = `Loaded ${file.name}: ${parsed.tokens.length} values${header}. Now run detection.`;
@@ -336,7 +347,7 @@
           `it was sent as it is. ${message}`;
       }
       showError(message);
-      el.result.textContent = "No result: see the error above.";
+      clearOutput("No result: see the error above.");
       return;
     }
     const doc = r.data;
