@@ -331,3 +331,35 @@ def test_a_loaded_file_clears_the_previous_result(browser: Browser, server: Serv
     assert "300 samples" in wait_for_result(page)
     assert page.get_by_test_id("peak").count() >= 1 and page.locator("#peaks").is_visible()
     assert demo.problems() == []
+
+
+def test_a_million_row_csv_loads_and_runs_without_freezing(
+    browser: Browser, server: Server, tmp_path: Path
+) -> None:
+    demo = open_demo(browser, server)
+    page = demo.page
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(1_000_000)
+    x[500_000 - 20 : 500_000 + 21] += 4.0 * bump(np.arange(-20, 21, dtype=np.float64))
+    path = tmp_path / "big.csv"
+    path.write_text("value\n" + "\n".join(f"{v:.4f}" for v in x) + "\n")
+    page.set_input_files("#file", path)
+    # One value per line in the text box laid out a million lines: about 20 s frozen, then as
+    # long again on every key press in the box or resize.
+    expect(page.locator("#status")).to_contain_text("1000000 values", timeout=8_000)
+    page.locator("#values").press("End")
+    page.keyboard.type(" 0.5")
+    expect(page.locator("#values-count")).to_have_text("1000001 values.", timeout=5_000)
+    page.keyboard.press("Backspace")
+    page.keyboard.press("Backspace")
+    page.keyboard.press("Backspace")
+    page.keyboard.press("Backspace")
+    page.get_by_test_id("run").click()
+    result = wait_for_result(page)
+    assert "1000000 samples" in result
+    assert any(abs(i - 500_000) <= TOLERANCE for i, _ in peaks(page))
+    page.set_viewport_size({"width": 700, "height": 900})
+    expect(page.locator("[data-testid=chart]")).to_have_attribute(
+        "width", re.compile(r"^[1-6]\d\d$"), timeout=5_000
+    )
+    assert demo.problems() == []

@@ -302,11 +302,13 @@
       showError(`Could not read ${file.name}: ${exc.message}`);
       return;
     }
-    el.values.value = text;
+    const parsed = parseValues(text);
+    // The values on one line, as an example's: a text box of a million lines takes seconds to
+    // lay out, at every key press in it. The header, if any, is named in the status line.
+    el.values.value = parsed.tokens.join(", ");
     state.example = null;
     updateCount();
     clearOutput("Not run yet for this signal.");
-    const parsed = parseValues(text);
     const header = parsed.header === null ? "" : ` (header line “${parsed.header}” skipped)`;
     el.status.textContent = `Loaded ${file.name}: ${parsed.tokens.length} values${header}. Now run detection.`;
   }
