@@ -363,3 +363,24 @@ def test_a_million_row_csv_loads_and_runs_without_freezing(
         "width", re.compile(r"^[1-6]\d\d$"), timeout=5_000
     )
     assert demo.problems() == []
+
+
+def test_a_csv_of_several_columns_is_refused_not_interleaved(
+    browser: Browser, server: Server, tmp_path: Path
+) -> None:
+    demo = open_demo(browser, server)
+    page = demo.page
+    path = tmp_path / "two.csv"
+    path.write_text("t,value\n" + "\n".join(f"{i},{np.sin(i / 5):.4f}" for i in range(300)) + "\n")
+    page.set_input_files("#file", path)
+    # Not a 600-value signal alternating time and value: the page says what to do instead.
+    error = page.locator("#error")
+    expect(error).to_contain_text("two.csv has 2 values on each of its 300 lines")
+    assert "one column" in error.inner_text()
+    assert page.input_value("#values") == ""
+    assert "Loaded" not in page.locator("#status").inner_text()
+    # One column loads as before.
+    page.set_input_files("#file", primer_csv(tmp_path / "primer.csv"))
+    expect(page.locator("#status")).to_contain_text("Loaded primer.csv: 300 values")
+    assert error.is_hidden()
+    assert demo.problems() == []

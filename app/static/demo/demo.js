@@ -131,7 +131,10 @@
       numbers.push(v);
       if (!Number.isFinite(v) && bad === null) bad = { index: i, token: t };
     });
-    return { tokens, numbers, bad, header };
+    // A table (the same number of values, two or more, on every line) is not one signal.
+    const widths = lines.filter((l) => l.trim() !== "").map((l) => split(l).length);
+    const columns = widths.length > 1 && widths[0] > 1 && widths.every((w) => w === widths[0]) ? widths[0] : 1;
+    return { tokens, numbers, bad, header, columns, rows: widths.length };
   }
 
   // A token as it is sent when not every value is a finite number: NaN and infinities as the
@@ -303,6 +306,15 @@
       return;
     }
     const parsed = parseValues(text);
+    if (parsed.columns > 1) {
+      showError(
+        `${file.name} has ${parsed.columns} values on each of its ${parsed.rows} lines: the demo takes ` +
+          "one signal, as one column (one value per line) or one line. Keep only the signal's column.",
+      );
+      el.status.textContent = "";
+      el.file.value = ""; // the same file, once fixed, can be chosen again
+      return;
+    }
     // The values on one line, as an example's: a text box of a million lines takes seconds to
     // lay out, at every key press in it. The header, if any, is named in the status line.
     el.values.value = parsed.tokens.join(", ");
