@@ -384,3 +384,26 @@ def test_a_csv_of_several_columns_is_refused_not_interleaved(
     expect(page.locator("#status")).to_contain_text("Loaded primer.csv: 300 values")
     assert error.is_hidden()
     assert demo.problems() == []
+
+
+def test_a_threshold_that_is_not_a_number_is_not_silently_replaced(browser: Browser, server: Server) -> None:
+    demo = open_demo(browser, server, "/?seed=40")
+    page = demo.page
+    page.get_by_test_id("example").click()
+    detects: list[str] = []
+    page.on("request", lambda r: detects.append(r.url) if r.url.endswith("/detect") else None)
+    for typed in ("1e", "-"):  # the field's value is then "", as if left empty
+        page.locator("#threshold").fill("")
+        page.locator("#threshold").press_sequentially(typed)
+        page.get_by_test_id("run").click()
+        expect(page.locator("#error")).to_contain_text("Threshold is not a number")
+        assert page.get_by_test_id("result").inner_text() == "No result: see the error above."
+    assert detects == []
+    # Emptied, it is the model's own.
+    listing = httpx.get(f"{server.url}/v1/models").json()
+    own = next(m["threshold"] for m in listing["models"] if m["name"] == listing["default"])
+    page.locator("#threshold").fill("")
+    page.get_by_test_id("run").click()
+    assert f"(threshold {own})" in wait_for_result(page)
+    assert page.locator("#error").is_hidden()
+    assert demo.problems() == []

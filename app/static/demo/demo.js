@@ -334,6 +334,12 @@
       showError("No values yet: generate an example, paste values or load a file first.");
       return;
     }
+    if (el.threshold.validity.badInput) {
+      // The field's value is then "", which would silently mean the model's own threshold.
+      showError("Threshold is not a number: enter one between 0 and 1, or empty the field for the model's own.");
+      clearOutput("No result: see the error above.");
+      return;
+    }
     const threshold = readThreshold();
     const name = el.model.value;
     const url = name ? `/v1/models/${encodeURIComponent(name)}/detect` : "/v1/detect";
