@@ -24,8 +24,9 @@ def open_offline(browser: Browser, server: Server, path: str) -> tuple[object, l
             route.abort()
 
     page.route("**/*", only_the_service)
-    errors: list[str] = []
+    errors: list[str] = []  # uncaught exceptions and console errors (CSP violations among them)
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto(f"{server.url}{path}", wait_until="networkidle")
     return page, blocked + errors
 
@@ -47,6 +48,7 @@ def test_redoc_renders_offline(browser: Browser, server: Server) -> None:
     heading = page.locator("h2", has_text="Detect events with the default model")  # type: ignore[attr-defined]
     heading.wait_for(timeout=20_000)
     assert page.locator("h2").count() >= 6  # type: ignore[attr-defined]
+    assert page.get_by_text("API docs by Redocly").count() == 1  # type: ignore[attr-defined]
     assert problems == []
 
 
