@@ -561,6 +561,7 @@ td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}th{background:
 td:first-child,td:nth-child(2){text-align:left}
 figure{margin:1rem 0}figcaption{font-size:.9rem;color:#555}
 .note{color:#555;font-size:.9rem}
+code{overflow-wrap:anywhere}
 .gallery{display:grid;grid-template-columns:repeat(auto-fit,minmax(22rem,1fr));gap:1rem}
 """
 

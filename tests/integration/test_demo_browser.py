@@ -292,3 +292,118 @@ def test_with_api_keys(browser: Browser, keyed_server: tuple[Server, str]) -> No
     assert demo.storage_is_empty()
     assert key not in page.content()
     assert demo.problems(allow_http=(401,)) == []
+
+
+def test_an_error_clears_the_previous_result(browser: Browser, server: Server) -> None:
+    demo = open_demo(browser, server, "/?seed=11")
+    page = demo.page
+    demo.example_and_run()
+    assert page.get_by_test_id("peak").count() >= 1 and page.locator("#peaks").is_visible()
+    # The next run is refused: no peaks, table or chart of the previous signal stay beside the error.
+    page.fill("#values", ", ".join(["1"] * 20 + ["abc"]))
+    page.get_by_test_id("run").click()
+    expect(page.locator("#error")).to_contain_text("HTTP 422")
+    assert page.get_by_test_id("result").inner_text() == "No result: see the error above."
+    assert page.get_by_test_id("peak").count() == 0
+    assert page.locator("#peaks").is_hidden()
+    assert page.locator("#figure").is_hidden()
+    # The same when the service cannot be reached.
+    demo.example_and_run()
+    page.route(f"{server.url}/v1/**", lambda route: route.abort())
+    page.get_by_test_id("run").click()
+    expect(page.locator("#error")).to_contain_text("Could not reach the service")
+    assert page.get_by_test_id("peak").count() == 0
+    assert page.locator("#peaks").is_hidden() and page.locator("#figure").is_hidden()
+    failed = [e for e in demo.errors if e.startswith("Failed to load resource: net::ERR_FAILED")]
+    assert demo.problems(allow_http=(422,)) == failed
+
+
+def test_a_loaded_file_clears_the_previous_result(browser: Browser, server: Server, tmp_path: Path) -> None:
+    demo = open_demo(browser, server, "/?seed=11")
+    page = demo.page
+    demo.example_and_run()
+    page.set_input_files("#file", primer_csv(tmp_path / "primer.csv"))
+    expect(page.locator("#status")).to_contain_text("Loaded primer.csv")
+    assert page.get_by_test_id("result").inner_text() == "Not run yet for this signal."
+    assert page.get_by_test_id("peak").count() == 0 and page.get_by_test_id("true-event").count() == 0
+    assert page.locator("#peaks").is_hidden()
+    page.get_by_test_id("run").click()
+    assert "300 samples" in wait_for_result(page)
+    assert page.get_by_test_id("peak").count() >= 1 and page.locator("#peaks").is_visible()
+    assert demo.problems() == []
+
+
+def test_a_million_row_csv_loads_and_runs_without_freezing(
+    browser: Browser, server: Server, tmp_path: Path
+) -> None:
+    demo = open_demo(browser, server)
+    page = demo.page
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(1_000_000)
+    x[500_000 - 20 : 500_000 + 21] += 4.0 * bump(np.arange(-20, 21, dtype=np.float64))
+    path = tmp_path / "big.csv"
+    path.write_text("value\n" + "\n".join(f"{v:.4f}" for v in x) + "\n")
+    page.set_input_files("#file", path)
+    # One value per line in the text box laid out a million lines: about 20 s frozen, then as
+    # long again on every key press in the box or resize.
+    expect(page.locator("#status")).to_contain_text("1000000 values", timeout=8_000)
+    page.locator("#values").press("End")
+    page.keyboard.type(" 0.5")
+    expect(page.locator("#values-count")).to_have_text("1000001 values.", timeout=5_000)
+    page.keyboard.press("Backspace")
+    page.keyboard.press("Backspace")
+    page.keyboard.press("Backspace")
+    page.keyboard.press("Backspace")
+    page.get_by_test_id("run").click()
+    result = wait_for_result(page)
+    assert "1000000 samples" in result
+    assert any(abs(i - 500_000) <= TOLERANCE for i, _ in peaks(page))
+    page.set_viewport_size({"width": 700, "height": 900})
+    expect(page.locator("[data-testid=chart]")).to_have_attribute(
+        "width", re.compile(r"^[1-6]\d\d$"), timeout=5_000
+    )
+    assert demo.problems() == []
+
+
+def test_a_csv_of_several_columns_is_refused_not_interleaved(
+    browser: Browser, server: Server, tmp_path: Path
+) -> None:
+    demo = open_demo(browser, server)
+    page = demo.page
+    path = tmp_path / "two.csv"
+    path.write_text("t,value\n" + "\n".join(f"{i},{np.sin(i / 5):.4f}" for i in range(300)) + "\n")
+    page.set_input_files("#file", path)
+    # Not a 600-value signal alternating time and value: the page says what to do instead.
+    error = page.locator("#error")
+    expect(error).to_contain_text("two.csv has 2 values on each of its 300 lines")
+    assert "one column" in error.inner_text()
+    assert page.input_value("#values") == ""
+    assert "Loaded" not in page.locator("#status").inner_text()
+    # One column loads as before.
+    page.set_input_files("#file", primer_csv(tmp_path / "primer.csv"))
+    expect(page.locator("#status")).to_contain_text("Loaded primer.csv: 300 values")
+    assert error.is_hidden()
+    assert demo.problems() == []
+
+
+def test_a_threshold_that_is_not_a_number_is_not_silently_replaced(browser: Browser, server: Server) -> None:
+    demo = open_demo(browser, server, "/?seed=40")
+    page = demo.page
+    page.get_by_test_id("example").click()
+    detects: list[str] = []
+    page.on("request", lambda r: detects.append(r.url) if r.url.endswith("/detect") else None)
+    for typed in ("1e", "-"):  # the field's value is then "", as if left empty
+        page.locator("#threshold").fill("")
+        page.locator("#threshold").press_sequentially(typed)
+        page.get_by_test_id("run").click()
+        expect(page.locator("#error")).to_contain_text("Threshold is not a number")
+        assert page.get_by_test_id("result").inner_text() == "No result: see the error above."
+    assert detects == []
+    # Emptied, it is the model's own.
+    listing = httpx.get(f"{server.url}/v1/models").json()
+    own = next(m["threshold"] for m in listing["models"] if m["name"] == listing["default"])
+    page.locator("#threshold").fill("")
+    page.get_by_test_id("run").click()
+    assert f"(threshold {own})" in wait_for_result(page)
+    assert page.locator("#error").is_hidden()
+    assert demo.problems() == []

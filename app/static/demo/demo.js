@@ -131,7 +131,10 @@
       numbers.push(v);
       if (!Number.isFinite(v) && bad === null) bad = { index: i, token: t };
     });
-    return { tokens, numbers, bad, header };
+    // A table (the same number of values, two or more, on every line) is not one signal.
+    const widths = lines.filter((l) => l.trim() !== "").map((l) => split(l).length);
+    const columns = widths.length > 1 && widths[0] > 1 && widths.every((w) => w === widths[0]) ? widths[0] : 1;
+    return { tokens, numbers, bad, header, columns, rows: widths.length };
   }
 
   // A token as it is sent when not every value is a finite number: NaN and infinities as the
@@ -257,6 +260,16 @@
     el.error.hidden = true;
   }
 
+  // No chart, peaks or probability of an earlier signal or run beside a new one or an error.
+  function clearOutput(text) {
+    state.drawn = null;
+    el.figure.hidden = true;
+    el.peaks.hidden = true;
+    el.peaks.tBodies[0].replaceChildren();
+    for (const child of Array.from(el.chart.childNodes)) if (child !== el.chartTitle) child.remove();
+    el.result.textContent = text;
+  }
+
   function updateCount() {
     const n = split(el.values.value).length;
     el.count.textContent = n ? `${n} values.` : "";
@@ -292,10 +305,22 @@
       showError(`Could not read ${file.name}: ${exc.message}`);
       return;
     }
-    el.values.value = text;
+    const parsed = parseValues(text);
+    if (parsed.columns > 1) {
+      showError(
+        `${file.name} has ${parsed.columns} values on each of its ${parsed.rows} lines: the demo takes ` +
+          "one signal, as one column (one value per line) or one line. Keep only the signal's column.",
+      );
+      el.status.textContent = "";
+      el.file.value = ""; // the same file, once fixed, can be chosen again
+      return;
+    }
+    // The values on one line, as an example's: a text box of a million lines takes seconds to
+    // lay out, at every key press in it. The header, if any, is named in the status line.
+    el.values.value = parsed.tokens.join(", ");
     state.example = null;
     updateCount();
-    const parsed = parseValues(text);
+    clearOutput("Not run yet for this signal.");
     const header = parsed.header === null ? "" : ` (header line “${parsed.header}” skipped)`;
     el.status.textContent = `Loaded ${file.name}: ${parsed.tokens.length} values${header}. Now run detection.`;
   }
@@ -307,6 +332,12 @@
     const parsed = parseValues(el.values.value);
     if (parsed.tokens.length === 0) {
       showError("No values yet: generate an example, paste values or load a file first.");
+      return;
+    }
+    if (el.threshold.validity.badInput) {
+      // The field's value is then "", which would silently mean the model's own threshold.
+      showError("Threshold is not a number: enter one between 0 and 1, or empty the field for the model's own.");
+      clearOutput("No result: see the error above.");
       return;
     }
     const threshold = readThreshold();
@@ -336,7 +367,7 @@
           `it was sent as it is. ${message}`;
       }
       showError(message);
-      el.result.textContent = "No result: see the error above.";
+      clearOutput("No result: see the error above.");
       return;
     }
     const doc = r.data;
