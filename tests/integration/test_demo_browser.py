@@ -344,12 +344,13 @@ def test_a_million_row_csv_loads_and_runs_without_freezing(
     path = tmp_path / "big.csv"
     path.write_text("value\n" + "\n".join(f"{v:.4f}" for v in x) + "\n")
     page.set_input_files("#file", path)
-    # One value per line in the text box laid out a million lines: about 20 s frozen, then as
-    # long again on every key press in the box or resize.
-    expect(page.locator("#status")).to_contain_text("1000000 values", timeout=8_000)
+    # One value per line in the text box laid out a million lines: about 20 s frozen, then
+    # 12.5 s on every key press in the box and 9 s on a resize. The waits below leave a busy
+    # machine room (14 s in all here with both CPUs taken by other work) and still fail those.
+    expect(page.locator("#status")).to_contain_text("1000000 values", timeout=12_000)
     page.locator("#values").press("End")
     page.keyboard.type(" 0.5")
-    expect(page.locator("#values-count")).to_have_text("1000001 values.", timeout=5_000)
+    expect(page.locator("#values-count")).to_have_text("1000001 values.", timeout=8_000)
     page.keyboard.press("Backspace")
     page.keyboard.press("Backspace")
     page.keyboard.press("Backspace")
