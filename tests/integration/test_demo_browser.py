@@ -408,3 +408,35 @@ def test_a_threshold_that_is_not_a_number_is_not_silently_replaced(browser: Brow
     assert f"(threshold {own})" in wait_for_result(page)
     assert page.locator("#error").is_hidden()
     assert demo.problems() == []
+
+
+PASTE = """(text) => {
+    const data = new DataTransfer();
+    data.setData("text/plain", text);
+    const paste = new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true });
+    return document.querySelector("#values").dispatchEvent(paste);  // false: the page took it
+}"""
+
+
+def test_a_pasted_column_of_a_million_values_goes_in_on_one_line(browser: Browser, server: Server) -> None:
+    """Pasted one per line, a million values made a text box of a million lines: about 20 s to
+    lay out, and again at every key press. Many lines go in on one line; a few, as pasted."""
+    demo = open_demo(browser, server)
+    page = demo.page
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(1_000_000)
+    x[300_000 - 20 : 300_000 + 21] += 4.0 * bump(np.arange(-20, 21, dtype=np.float64))
+    assert page.evaluate(PASTE, "value\n" + "\n".join(f"{v:.4f}" for v in x)) is False
+    expect(page.locator("#values-count")).to_have_text("1000000 values.", timeout=12_000)
+    assert page.evaluate("document.querySelector('#values').value.includes('\\n')") is False
+    expect(page.locator("#status")).to_contain_text(
+        "Pasted 1000000 values on one line (header line “value” skipped)"
+    )
+    page.get_by_test_id("run").click()
+    assert "1000000 samples" in wait_for_result(page)
+    assert any(abs(i - 300_000) <= TOLERANCE for i, _ in peaks(page))
+    # A table pasted is refused, as a loaded one; a few lines are left to the browser to paste.
+    assert page.evaluate(PASTE, "\n".join(f"{i},{i / 7:.3f}" for i in range(2000))) is False
+    expect(page.locator("#error")).to_contain_text("The pasted text has 2 values on each of its 2000 lines")
+    assert page.evaluate(PASTE, "1\n2\n3") is True
+    assert demo.problems() == []

@@ -325,6 +325,31 @@
     el.status.textContent = `Loaded ${file.name}: ${parsed.tokens.length} values${header}. Now run detection.`;
   }
 
+  // Many lines pasted (a column copied from a spreadsheet) go in on one line, as a loaded
+  // file's: a text box of a million lines takes seconds to lay out, at every key press in it.
+  const PASTE_MAX_LINES = 1000;
+
+  function onPaste(event) {
+    const text = event.clipboardData ? event.clipboardData.getData("text/plain") : "";
+    if (text.split("\n", PASTE_MAX_LINES + 1).length <= PASTE_MAX_LINES) return; // pasted as it is
+    event.preventDefault();
+    clearError();
+    const parsed = parseValues(text);
+    if (parsed.columns > 1) {
+      showError(
+        `The pasted text has ${parsed.columns} values on each of its ${parsed.rows} lines: the demo takes ` +
+          "one signal, as one column (one value per line) or one line. Paste only the signal's column.",
+      );
+      return;
+    }
+    const { selectionStart, selectionEnd } = el.values;
+    el.values.setRangeText(parsed.tokens.join(", "), selectionStart, selectionEnd, "end");
+    state.example = null; // edited by hand: the generated events no longer apply
+    updateCount();
+    const header = parsed.header === null ? "" : ` (header line “${parsed.header}” skipped)`;
+    el.status.textContent = `Pasted ${parsed.tokens.length} values on one line${header}.`;
+  }
+
   async function onRun(event) {
     event.preventDefault();
     if (state.busy) return;
@@ -594,6 +619,7 @@
   el.file.addEventListener("change", onFile);
   el.model.addEventListener("change", showModel);
   el.key.addEventListener("change", loadModels);
+  el.values.addEventListener("paste", onPaste);
   el.values.addEventListener("input", () => {
     state.example = null; // edited by hand: the generated events no longer apply
     updateCount();
