@@ -179,11 +179,11 @@ def _keep_by_distance(
     keep = ~crowded
     undecided = crowded.nonzero()[0]
     if undecided.size <= GREEDY_MAX_PEAKS:
-        # Stable: the earlier of equal peaks first.
-        order = np.argsort(-np.asarray(values, dtype=np.float64)[undecided], kind="stable")
+        order = _greedy_order(np.asarray(values)[undecided])
         keep[undecided[_greedy(index[undecided], order, min_distance)]] = True
         return keep
-    rank = _ranks(values)
+    rank = np.empty(index.size, dtype=np.int64)
+    rank[_greedy_order(values)] = np.arange(index.size)  # each peak's place in the greedy pass
     while undecided.size > GREEDY_MAX_PEAKS:
         position, own = index[undecided], rank[undecided]
         first = _least_near(position, own, min_distance) == own
@@ -215,23 +215,20 @@ def _greedy(index: npt.NDArray[np.int64], order: npt.NDArray[np.intp], min_dista
     return kept
 
 
-def _ranks(values: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
-    """Each peak's place in the greedy pass: 0 for the highest, the earlier of equal ones first.
+def _greedy_order(values: npt.NDArray[np.floating]) -> npt.NDArray[np.intp]:
+    """The peaks in the greedy pass's order: the highest first, the earlier of equal ones first.
 
-    float32 scores (the model's) are ranked by sorting one int64 per peak, which NumPy sorts
-    about twice as fast as it argsorts: the score's bits, ordered as the floats are, above the
-    peak's position in ``values``. Other dtypes: a stable argsort."""
+    Many float32 scores (the model's) are ordered by sorting one int64 per peak, which NumPy
+    sorts about twice as fast as it argsorts: the score's bits, ordered as the floats are, above
+    the peak's position in ``values``. Otherwise: a stable argsort."""
     v = np.asarray(values)
     n = v.size
-    if v.dtype == np.float32 and n < 1 << 31:
+    if v.dtype == np.float32 and GREEDY_MAX_PEAKS < n < 1 << 31:
         bits = (v + np.float32(0)).view(np.int32).astype(np.int64)  # + 0: -0.0 becomes 0.0
         higher_first = np.where(bits < 0, bits & 0x7FFFFFFF, -bits)
-        order = np.sort((higher_first << 32) | np.arange(n)) & 0xFFFFFFFF
-    else:
-        order = np.argsort(-v.astype(np.float64), kind="stable")
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
-    return rank
+        order: npt.NDArray[np.intp] = np.sort((higher_first << 32) | np.arange(n)) & 0xFFFFFFFF
+        return order
+    return np.argsort(-v.astype(np.float64), kind="stable")
 
 
 def _least_near(
