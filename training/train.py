@@ -788,21 +788,20 @@ def main(argv: list[str] | None = None) -> Path:
         )
     if a.snr is not None and not (0 <= a.snr[0] <= a.snr[1] and math.isfinite(a.snr[1])):
         p.error(f"--snr {a.snr[0]} {a.snr[1]}: give 0 <= LOW <= HIGH")
-    if a.data is not None and (a.scenario or a.snr is not None):
-        p.error(
-            f"{'--scenario' if a.scenario else '--snr'} goes with generated data (--template, or the "
-            "reference bump), not --data"
-        )
-    sizes = (
-        ("--eval-signals", a.eval_signals),
-        ("--val-signals", a.val_signals),
-        ("--calibration-signals", a.calibration_signals),
-    )
-    given = [flag for flag, n in sizes if n is not None]
+    # Options of the generated data: with --data, its own splits (70 / 15 / 15) are the
+    # training, validation, test and calibration sets.
+    generated_only = {
+        "--scenario": a.scenario,
+        "--snr": a.snr,
+        "--eval-signals": a.eval_signals,
+        "--val-signals": a.val_signals,
+        "--calibration-signals": a.calibration_signals,
+    }
+    given = [flag for flag, value in generated_only.items() if value]
     if a.data is not None and given:
         p.error(
-            f"{given[0]} goes with generated data (--template, or the reference bump); with --data "
-            "the data's validation and test splits are used (70 / 15 / 15)"
+            f"{given[0]} goes with generated data (--template, or the reference bump), not --data: "
+            "with --data the data's validation and test splits are used (70 / 15 / 15)"
         )
     if not re.fullmatch(NAME_PATTERN, a.name):
         p.error(
