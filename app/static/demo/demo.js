@@ -305,12 +305,8 @@
       showError(`Could not read ${file.name}: ${exc.message}`);
       return;
     }
-    const parsed = parseValues(text);
-    if (parsed.columns > 1) {
-      showError(
-        `${file.name} has ${parsed.columns} values on each of its ${parsed.rows} lines: the demo takes ` +
-          "one signal, as one column (one value per line) or one line. Keep only the signal's column.",
-      );
+    const parsed = oneSignal(text, file.name, "Keep only the signal's column.");
+    if (parsed === null) {
       el.status.textContent = "";
       el.file.value = ""; // the same file, once fixed, can be chosen again
       return;
@@ -321,9 +317,21 @@
     state.example = null;
     updateCount();
     clearOutput("Not run yet for this signal.");
-    const header = parsed.header === null ? "" : ` (header line “${parsed.header}” skipped)`;
-    el.status.textContent = `Loaded ${file.name}: ${parsed.tokens.length} values${header}. Now run detection.`;
+    el.status.textContent = `Loaded ${file.name}: ${parsed.tokens.length} values${skipped(parsed)}. Now run detection.`;
   }
+
+  // The values of a loaded or pasted text, or null (the error shown) if it is a table.
+  function oneSignal(text, what, fix) {
+    const parsed = parseValues(text);
+    if (parsed.columns === 1) return parsed;
+    showError(
+      `${what} has ${parsed.columns} values on each of its ${parsed.rows} lines: the demo takes ` +
+        `one signal, as one column (one value per line) or one line. ${fix}`,
+    );
+    return null;
+  }
+
+  const skipped = (parsed) => (parsed.header === null ? "" : ` (header line “${parsed.header}” skipped)`);
 
   // Many lines pasted (a column copied from a spreadsheet) go in on one line, as a loaded
   // file's: a text box of a million lines takes seconds to lay out, at every key press in it.
@@ -334,20 +342,13 @@
     if (text.split("\n", PASTE_MAX_LINES + 1).length <= PASTE_MAX_LINES) return; // pasted as it is
     event.preventDefault();
     clearError();
-    const parsed = parseValues(text);
-    if (parsed.columns > 1) {
-      showError(
-        `The pasted text has ${parsed.columns} values on each of its ${parsed.rows} lines: the demo takes ` +
-          "one signal, as one column (one value per line) or one line. Paste only the signal's column.",
-      );
-      return;
-    }
+    const parsed = oneSignal(text, "The pasted text", "Paste only the signal's column.");
+    if (parsed === null) return;
     const { selectionStart, selectionEnd } = el.values;
     el.values.setRangeText(parsed.tokens.join(", "), selectionStart, selectionEnd, "end");
     state.example = null; // edited by hand: the generated events no longer apply
     updateCount();
-    const header = parsed.header === null ? "" : ` (header line “${parsed.header}” skipped)`;
-    el.status.textContent = `Pasted ${parsed.tokens.length} values on one line${header}.`;
+    el.status.textContent = `Pasted ${parsed.tokens.length} values on one line${skipped(parsed)}.`;
   }
 
   async function onRun(event) {
