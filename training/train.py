@@ -315,6 +315,9 @@ def evaluate_exported(
         make_card(model_dir, **card_fields, **operating, calibration={**calibration_card, "ece": {}}),
     )
     model = OnnxModel(model_dir, InferenceOptions())  # now with the card's calibration
+    # The operating point that ships: the card's rounded threshold, mapped back to the raw scale
+    # as the service maps it (``detections``), not the unrounded one chosen above.
+    shipped_raw_threshold = model.card.calibrator.peak.inverse_scalar(threshold)
 
     def ece(data: Dataset, curves: ev.Curves) -> dict[str, Any]:
         shipped = detections(curves, threshold, min_distance, calibrator=model.card.calibrator)
@@ -347,12 +350,12 @@ def evaluate_exported(
         per_suite[suite] = _ece_summary(ece(ds, raw))
         if template is not None:
             # The baseline's threshold: the model's false-alarm rate on this suite's
-            # event-free validation signals; without any (a user's recordings may all hold
-            # events), the best validation event F1, as the model's threshold.
+            # event-free validation signals at the shipped threshold; without any (a user's
+            # recordings may all hold events), the best validation event F1, as the model's.
             mf_val = ev.matched_filter_curves(val[suite], template, polarity)
             how: dict[str, str] = {}
             if any(e.size == 0 for e in val[suite].events):
-                rate = ev.false_alarm_rate(raw_val[suite], val[suite].events, raw_threshold)
+                rate = ev.false_alarm_rate(raw_val[suite], val[suite].events, shipped_raw_threshold)
                 mf_threshold = ev.threshold_for_rate(mf_val, val[suite].events, rate)
             else:
                 mf_threshold = ev.best_f1_threshold(mf_val, val[suite].events, min_distance)

@@ -13,7 +13,7 @@ from app.core.card import load_card
 from app.core.model import OnnxModel
 from training.matched import GAINS
 from training.model import ModelConfig
-from training.scenario import BUMP, EVAL_SEEDS, make_dataset, signal_lengths, suites
+from training.scenario import BUMP, EVAL_SEEDS, VALIDATION_SEEDS, make_dataset, signal_lengths, suites
 from training.template import load_template, template_from_values
 from training.train import calibration_count, main, parse_budget, polarity_warning, weights_source
 
@@ -453,3 +453,41 @@ def test_a_user_data_card_records_the_splits_sizes(tmp_path: Path) -> None:
         split["test"]["signals"],
     )
     assert config["calibration_signals"] == split["val"]["signals"]
+
+
+def test_the_matched_filter_is_matched_at_the_shipped_threshold(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The baseline's threshold matches the model's false-alarm rate at the threshold the card
+    ships (rounded to 3 digits), not at the unrounded one chosen on validation: a validation
+    maximum between the two counted as a false alarm the shipped model does not raise."""
+    from app.core.model import detections
+    from training import evaluate as ev
+    from training.train import evaluate_exported
+
+    model_dir = tmp_path / "tiny"
+    shutil.copytree(tiny_model_dir, model_dir)
+    val = {"white": make_dataset(suites()["white"], 40, seed=VALIDATION_SEEDS["white"], length=512)}
+    curves = ev.model_curves(OnnxModel(model_dir), val["white"])
+    maxima = sorted(float(c.max()) for c, e in zip(curves, val["white"].events, strict=True) if e.size == 0)
+    # An event-free maximum that rounds up at 3 digits: chosen as the raw threshold, it is a
+    # false alarm there and none at the shipped threshold.
+    raw = next(m for m in maxima if float(f"{m:.3g}") > m)
+    monkeypatch.setattr(ev, "choose_operating_point", lambda *_: (raw, 10, 0.5))
+    event_free = make_dataset(replace(suites()["white"], p_empty=1.0), 20, seed=11, length=512)
+    fields = load_card(model_dir).model_dump(
+        include={"name", "version", "description", "labels", "min_length", "receptive_field", "alignment"}
+    )
+    result = evaluate_exported(
+        model_dir, fields, val, val, (event_free, event_free, "event-free signals"), BUMP, False
+    )
+    assert result["threshold"] == float(f"{raw:.3g}")  # identity maps: the rounded raw threshold
+    shipped = detections(curves, result["threshold"], 10, calibrator=load_card(model_dir).calibrator)
+    rate = float(
+        np.mean([d.detected for d, e in zip(shipped, val["white"].events, strict=True) if e.size == 0])
+    )
+    assert rate < ev.false_alarm_rate(curves, val["white"].events, raw)  # the two operating points differ
+    mf = ev.matched_filter_curves(val["white"], BUMP)
+    assert result["metrics"]["white"]["matched_filter"]["threshold"] == ev.threshold_for_rate(
+        mf, val["white"].events, rate
+    )
