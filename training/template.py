@@ -2,7 +2,8 @@
 
 CSV: numbers separated by commas, semicolons or whitespace, one value per line or all on one
 row (or any mix); blank lines and lines starting with ``#`` are ignored; a first line that is
-not numeric (a header) is skipped, unless it names the columns of a table (refused).
+not numeric (a header) is skipped, unless it names the columns of a table (refused). Numbers
+take a decimal point: a decimal comma (``0,5``) is refused, as it would read as two values.
 ``.npy``: a 1-D array of real numbers (or shape (1, n) / (n, 1)), read without pickle.
 
 The event's location is the template's largest absolute value unless the caller names
@@ -22,6 +23,9 @@ MIN_TEMPLATE = 5
 MAX_TEMPLATE = 1025
 
 _SEPARATORS = re.compile(r"[,;\s]+")
+# A number written with a decimal comma (``0,5``, ``-1,25e-3``), as a European locale exports it.
+_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+(?:[eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+(?:[eE][+-]?\d+)?")
 
 
 class TemplateError(ValueError):
@@ -40,6 +44,7 @@ def _read_csv(path: Path) -> np.ndarray:
     seen_numbers = False
     header: list[str] = []
     widths: set[int] = set()  # values per numeric line
+    numeric: list[tuple[int, str]] = []  # (line number, line) of each numeric line
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -59,6 +64,7 @@ def _read_csv(path: Path) -> np.ndarray:
         seen_numbers = True
         widths.add(len(row))
         values.extend(row)
+        numeric.append((lineno, line))
     if len(header) > 1 and widths == {len(header)} and len(values) > len(header):
         # A header naming columns over rows of as many values: a table (time, value), whose
         # columns would be read interleaved as one shape.
@@ -66,7 +72,34 @@ def _read_csv(path: Path) -> np.ndarray:
             f"{path}: a table of {len(header)} columns ({', '.join(header)}); the template is the "
             "shape's values alone: keep its one column (or give them all on one row)"
         )
+    comma = _decimal_comma(numeric)
+    if comma is not None:
+        lineno, number = comma
+        raise TemplateError(
+            f"{path}, line {lineno}: {number!r} reads as two values: write numbers with a decimal "
+            f"point ({number.replace(',', '.')}), not a decimal comma (a table: keep the shape's column)"
+        )
     return np.asarray(values, dtype=np.float64)
+
+
+def _decimal_comma(lines: list[tuple[int, str]]) -> tuple[int, str] | None:
+    """The first number written with a decimal comma, and its line (None: there is none).
+
+    A field like ``0,5`` between semicolons (a European CSV's column separator) is one; so is
+    every line of a file whose lines each hold an integer or two integers joined by a comma
+    (``0``, ``0,5``, ``1,25``): a decimal-comma column, or an integer table without a header,
+    neither of which is one shape. Commas between values elsewhere (``0.5,1.25``, ``1, 2``, one
+    row ``0,1,3,1,0``) separate values, as before.
+    """
+    for lineno, line in lines:
+        if ";" in line:
+            found = next((f for f in re.split(r"[;\s]+", line) if _DECIMAL_COMMA.fullmatch(f)), None)
+            if found is not None:
+                return lineno, found
+    plain = [(n, line) for n, line in lines if ";" not in line]
+    if plain and all(_DECIMAL_COMMA.fullmatch(line) or _INTEGER.fullmatch(line) for _, line in plain):
+        return next(((n, line) for n, line in plain if "," in line), None)
+    return None
 
 
 def _is_float(s: str) -> bool:

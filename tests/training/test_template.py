@@ -1,5 +1,6 @@
 """A user's template from CSV or .npy: good files, and clear errors for bad ones."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +123,37 @@ def test_a_table_with_named_columns_is_refused(tmp_path: Path) -> None:
         load_template(write(tmp_path, "r.csv", "a,b,c,d,e,f\n" + ",".join(map(str, SHAPE)))).values.tolist()
         == SHAPE
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "number"),
+    [
+        ("0\n0,5\n-2\n1\n0,25\n0\n", 2, "0,5"),  # one value per line, a European locale's export
+        ("value\n0\n0,5\n-2\n1\n0,25\n0\n", 3, "0,5"),  # with a header
+        ("0;0,5;-2;1;0,25;0\n", 1, "0,5"),  # one row, semicolons between values
+        ("t;value\n0;0\n1;0,5\n2;-2\n", 3, "0,5"),  # a table of semicolon-separated columns
+        ("0\n-1,5e-3\n2\n3\n4\n", 2, "-1,5e-3"),
+    ],
+)
+def test_a_decimal_comma_is_refused(tmp_path: Path, text: str, line: int, number: str) -> None:
+    """``0,5`` (one half, in a European locale's CSV) was read as the two values 0 and 5."""
+    fixed = number.replace(",", ".")
+    with pytest.raises(
+        TemplateError,
+        match=rf"line {line}: '{re.escape(number)}' reads as two values: .*decimal point \({re.escape(fixed)}\)",
+    ):
+        load_template(write(tmp_path, "k.csv", text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0,1,3,1,0,-1",  # one row of integers
+        "0, 1\n3, 1\n0, -1\n",  # two integers a line, separated by a comma and a space
+        "0.0,0.5\n-2.0,1.0\n0.25,0.0\n",  # decimal points, two a line
+        "0;1;3\n1;0;-1\n",  # integers between semicolons
+    ],
+)
+def test_commas_between_values_still_separate_them(tmp_path: Path, text: str) -> None:
+    values = [float(v) for v in re.split(r"[,;\s]+", text.strip())]
+    assert load_template(write(tmp_path, "k.csv", text)).values.tolist() == values
