@@ -4,7 +4,9 @@ File format: one ``.npz`` (NumPy's ``np.savez``; read without pickle) holding
 
 - ``signals``: float, either 2-D ``(n, T)`` (signals of one length) or 1-D, all signals
   concatenated, with ``lengths``: int ``(n,)`` giving each signal's length;
-- ``events``: int ``(k, 2)``: one row ``(signal, sample)`` per event centre (``(0, 2)`` if none);
+- ``events``: int ``(k, 2)``: one row ``(signal, sample)`` per event centre (``(0, 2)`` if none),
+  whatever ``k``: a (2, 2) array is two rows, two events (``np.argwhere(mask)`` writes this
+  layout; ``np.nonzero``'s, a row of signals over a row of samples, is its transpose);
 - optional ``template``: float 1-D, the shape, for the matched-filter baseline, with optional
   ``template_center`` (int; default the largest absolute value); without it the baseline uses
   the mean of the training events' neighbourhoods (``TEMPLATE_HALF_WIDTH`` each side);
@@ -100,31 +102,62 @@ def _signals(f: Any, path: Path) -> list[np.ndarray]:
 
 
 def _events(f: Any, path: Path, signals: list[np.ndarray]) -> list[np.ndarray]:
+    """Event centres per signal from ``events``: always one row ``(signal, sample)`` per event.
+
+    The layout is the documented one whatever the shape, (2, 2) included: such an array is two
+    events, rows ``(s0, t0)`` and ``(s1, t1)``. The transposed layout (one row of signals over
+    one row of samples, as ``np.nonzero`` gives) is refused where the shape or the values show
+    it, with how to write the rows.
+    """
     if "events" not in f:
         raise DataError(f"{path}: no 'events' array: give (k, 2) rows of (signal, sample)")
     ev = f["events"]
-    if ev.ndim != 2 or ev.shape[1] != 2 or not (np.issubdtype(ev.dtype, np.integer) or ev.size == 0):
+    integer = np.issubdtype(ev.dtype, np.integer) or ev.size == 0
+    if integer and ev.ndim == 2 and ev.shape[0] == 2 and ev.shape[1] != 2:
         raise DataError(
-            f"{path}: 'events' must be an integer array of shape (k, 2), got {ev.dtype} {ev.shape}"
+            f"{path}: 'events' has shape {ev.shape}, a row of signals over a row of samples "
+            f"(np.nonzero's layout); give one row (signal, sample) per event, shape ({ev.shape[1]}, 2): "
+            "save events.T (or np.argwhere(mask))"
+        )
+    if ev.ndim != 2 or ev.shape[1] != 2 or not integer:
+        raise DataError(
+            f"{path}: 'events' must be an integer array of shape (k, 2), one row (signal, sample) "
+            f"per event, got {ev.dtype} {ev.shape}"
         )
     ev = ev.astype(np.int64)
+    per, problem = _event_rows(ev, signals)
+    if problem is not None:
+        if ev.shape == (2, 2) and _event_rows(ev.T, signals)[1] is None:
+            problem += (
+                "; read as a row of signals over a row of samples it would be valid, but each row is "
+                "one event (signal, sample): if you meant columns, save events.T"
+            )
+        raise DataError(f"{path}: {problem}")
+    return per
+
+
+def _event_rows(ev: np.ndarray, signals: list[np.ndarray]) -> tuple[list[np.ndarray], str | None]:
+    """Event centres per signal from rows ``(signal, sample)``, or the first row's problem."""
     per: list[list[int]] = [[] for _ in signals]
     seen: dict[tuple[int, int], int] = {}  # (signal, sample) -> its row
     for row, (i, t) in enumerate(ev):
         if not 0 <= i < len(signals):
-            raise DataError(f"{path}: events row {row}: signal {i} does not exist (0..{len(signals) - 1})")
+            return [], (
+                f"events row {row} (signal, sample): signal {i} does not exist (0..{len(signals) - 1})"
+            )
         if not 0 <= t < signals[i].size:
-            raise DataError(
-                f"{path}: events row {row}: sample {t} is outside signal {i} (0..{signals[i].size - 1})"
+            return [], (
+                f"events row {row} (signal, sample): sample {t} is outside signal {i} "
+                f"(0..{signals[i].size - 1})"
             )
         first = seen.setdefault((int(i), int(t)), row)
         if first != row:
-            raise DataError(
-                f"{path}: events rows {first} and {row} both mark sample {t} of signal {i}; "
-                "give each event once"
+            return (
+                [],
+                f"events rows {first} and {row} both mark sample {t} of signal {i}; give each event once",
             )
         per[i].append(int(t))
-    return [np.sort(np.asarray(p, dtype=np.int64)) for p in per]
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in per], None
 
 
 def _groups(f: Any, path: Path, n: int) -> np.ndarray | None:

@@ -165,3 +165,40 @@ def test_files_that_are_not_an_npz_say_what_they_are(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"signals\.csv: not an \.npz archive \(np\.savez\)") as exc:
         load_user_data(tmp_path / "signals.csv")
     assert "pickle" not in str(exc.value)
+
+
+def events_by_signal(x: np.ndarray, path: Path, seed: int = 0) -> dict[int, list[int]]:
+    """The events the loader read, by the file's signal index (the splits shuffle signals)."""
+    user = load_user_data(path, seed=seed)
+    found: dict[int, list[int]] = {}
+    for part in (user.train, user.val, user.test):
+        for signal, events in zip(part.signals, part.events, strict=True):
+            (i,) = [k for k, row in enumerate(x) if np.array_equal(row, signal)]
+            if events.size:
+                found[i] = events.tolist()
+    return found
+
+
+def test_events_of_shape_2_by_2_are_two_rows(tmp_path: Path) -> None:
+    """(2, 2) is read by the documented layout, one row (signal, sample) per event, even where
+    its transpose would be valid too (here: samples 3 and 5 of signals 7 and 9)."""
+    x, _ = generated()
+    ev = np.array([[7, 3], [9, 5]])
+    path = write_npz(tmp_path / "two.npz", signals=x, events=ev, template=np.hanning(9))
+    assert events_by_signal(x, path, seed=1) == {7: [3], 9: [5]}
+
+
+def test_events_written_as_columns_are_refused_with_the_layout(tmp_path: Path) -> None:
+    """A row of signals over a row of samples (np.nonzero's layout) was refused as a shape
+    error without saying why, or, at (2, 2), failed on a row that was never one event."""
+    x, _ = generated()
+    mask = np.zeros(x.shape, dtype=bool)
+    mask[[0, 1, 2], [300, 100, 200]] = True
+    path = write_npz(tmp_path / "cols.npz", signals=x, events=np.array(np.nonzero(mask)))
+    with pytest.raises(DataError, match=r"shape \(2, 3\), a row of signals over a row of samples.*events\.T"):
+        load_user_data(path)
+    path = write_npz(tmp_path / "cols2.npz", signals=x, events=np.array([[0, 1], [300, 100]]))
+    with pytest.raises(
+        DataError, match=r"events row 1 \(signal, sample\): signal 300 does not exist .*save events\.T"
+    ):
+        load_user_data(path)
