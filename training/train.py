@@ -85,6 +85,19 @@ BUMP_ARCHITECTURE: dict[str, Any] = {"channels": [16, 16, 16], "decoder": [16, 1
 CALIBRATION_SIGNALS = (4000, 12000)  # signals per calibration set: the fewest and the most
 CALIBRATION_SAMPLES = 24_000_000  # samples per calibration set, at most, above the fewest signals
 
+# What --dry-run shrinks, each unless given on the command line (TrainConfig field: value; the
+# option has the field's name; --budget gives the steps too). It also validates every 10 steps
+# and trains on short crops.
+DRY_RUN: dict[str, Any] = {
+    "steps": 20,
+    "batch_size": 8,
+    "val_signals": 24,
+    "eval_signals": 40,
+    "calibration_signals": 80,
+    "gain_signals": 24,
+    "max_minutes": None,  # no timing of the first steps
+}
+
 
 @dataclass
 class TrainConfig:
@@ -624,14 +637,14 @@ def main(argv: list[str] | None = None) -> Path:
         help="change a training-scenario default, e.g. p_spikes=0.2 or stretch=0.9,1.1 (repeatable)",
     )
     p.add_argument("--budget", type=parse_budget, help="training length: steps (3000) or minutes (10m)")
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--steps", type=int, help=f"training steps (default {TrainConfig.steps})")
     p.add_argument(
         "--max-minutes",
         type=float,
-        default=TrainConfig.max_minutes,
-        help="if --steps would take longer (timed at the start), train for this many minutes (0: off)",
+        help="if --steps would take longer (timed at the start), train for this many minutes "
+        f"(default {TrainConfig.max_minutes:g}; 0: off)",
     )
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--batch-size", type=int, help=f"default {TrainConfig.batch_size}")
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument(
@@ -647,8 +660,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument(
         "--gain-signals",
         type=int,
-        default=TrainConfig.gain_signals,
-        help="deep: validation signals per suite (and per polarity set) to choose the matched-filter gain on",
+        help="deep: validation signals per suite (and per polarity set) to choose the matched-filter gain "
+        f"on (default {TrainConfig.gain_signals})",
     )
     p.add_argument(
         "--calibration-signals",
@@ -739,8 +752,21 @@ def main(argv: list[str] | None = None) -> Path:
         "trained, with the same architecture and arguments), then choose the matched-filter gain, "
         "export, evaluate and write the card and report as after training",
     )
-    p.add_argument("--dry-run", action="store_true", help="tiny end-to-end run: seconds, not minutes")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="tiny end-to-end run, seconds, not minutes: "
+        + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in DRY_RUN.items() if v is not None)
+        + ", unless given",
+    )
     a = p.parse_args(argv)
+    # What the command line gives: a dry run keeps it and shrinks the rest.
+    explicit = {k for k in DRY_RUN if getattr(a, k) is not None} | (
+        {"steps"} if a.budget is not None else set()
+    )
+    for key in ("steps", "batch_size", "gain_signals", "max_minutes"):
+        if getattr(a, key) is None:
+            setattr(a, key, getattr(TrainConfig, key))
 
     if a.center is not None and a.template is None:
         p.error("--center goes with --template")
@@ -907,13 +933,11 @@ def main(argv: list[str] | None = None) -> Path:
         ),
     )
     if a.dry_run:
-        cfg.batch_size, cfg.eval_every, cfg.warmup = 8, 10, 5
-        cfg.val_signals, cfg.eval_signals, cfg.calibration_signals = 24, 40, 80
-        cfg.gain_signals = 24
+        cfg.eval_every, cfg.warmup = 10, 5
         cfg.lengths = (cfg.lengths[0], cfg.lengths[0] + 128)
-        cfg.max_minutes = None
-        if a.budget is None:  # 20 steps, unless a budget says otherwise
-            cfg.steps, cfg.minutes = 20, None
+        for key, value in DRY_RUN.items():
+            if key not in explicit:
+                setattr(cfg, key, value)
     if cfg.minutes is None:
         cfg.warmup = min(cfg.warmup, max(1, cfg.steps // 10))
     if a.threads:

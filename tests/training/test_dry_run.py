@@ -491,3 +491,19 @@ def test_the_matched_filter_is_matched_at_the_shipped_threshold(
     assert result["metrics"]["white"]["matched_filter"]["threshold"] == ev.threshold_for_rate(
         mf, val["white"].events, rate
     )
+
+
+def test_a_dry_run_keeps_the_sizes_given_and_shrinks_the_rest(tmp_path: Path) -> None:
+    """--dry-run replaced --steps, --batch-size and every set size with its own tiny ones, even
+    those the user gave: the sizes given are kept, the others are the dry run's."""
+    given = ["--steps", "3", "--batch-size", "4", "--eval-signals", "12", "--calibration-signals", "30"]
+    card = load_card(main(["--dry-run", "--out", str(tmp_path), "--name", "sizes", *given]))
+    config = card.training["config"]
+    assert (config["steps"], config["batch_size"], config["eval_signals"]) == (3, 4, 12)
+    assert config["calibration_signals"] == 30 and config["max_minutes"] is None
+    assert all(m["model"].signals == 12 for m in card.metrics.values())
+    assert card.calibration is not None
+    assert card.calibration.model_dump()["ece"]["held_out"]["signal"]["after"]["samples"] == 30
+    # not given: the dry run's
+    assert (config["val_signals"], config["gain_signals"]) == (24, 24)
+    assert card.training["matched_path"]["signals"]["white"] == 24
