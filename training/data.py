@@ -16,7 +16,8 @@ File format: one ``.npz`` (NumPy's ``np.savez``; read without pickle) holding
   near duplicates; split by signal they would land in training and test alike).
 
 Signals (or, with ``groups``, the groups) are shuffled with the seed and split 70 / 15 / 15
-into training, validation and test.
+into training, validation and test. The file is identified by its absolute path and sha256
+(``UserData.describe``, the card's ``training.data``): the report re-reads and checks it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core.card import sha256_file
 from training.evaluate import robust_normalise
 from training.scenario import Dataset, Template
 from training.template import TemplateError, template_from_values
@@ -38,7 +40,8 @@ TEMPLATE_HALF_WIDTH = 20
 
 
 class DataError(ValueError):
-    """The user's data file is malformed; the message says what and how to fix it."""
+    """The user's data file is malformed, or not the one a card was trained on; the message says
+    what and how to fix it."""
 
 
 @dataclass
@@ -49,11 +52,16 @@ class UserData:
     template: Template
     template_source: str
     label: str
+    path: Path  # the file, absolute
+    sha256: str  # of the file's bytes: which data these are, wherever the file goes
     groups: dict[str, int] | None = None  # groups per split, when the file gives them
 
     def describe(self) -> dict[str, Any]:
+        """The card's ``training.data``: the file (absolute path and sha256) and its splits."""
         parts = (("train", self.train), ("val", self.val), ("test", self.test))
         return {
+            "source": str(self.path),
+            "sha256": self.sha256,
             "label": self.label,
             "template": self.template_source,
             "split": {
@@ -294,4 +302,4 @@ def load_user_data(path: Path, seed: int = 0) -> UserData:
             name: int(np.unique(groups[p]).size)
             for name, p in zip(("train", "val", "test"), parts, strict=True)
         }
-    return UserData(train, val, test, template, source, label, per_split)
+    return UserData(train, val, test, template, source, label, path.resolve(), sha256_file(path), per_split)

@@ -2,6 +2,7 @@
 
 python -m training.report models/bump                 # held-out sets as the card describes them
 python -m training.report models/bump --signals 500   # fewer signals per suite: faster
+python -m training.report models/mine --data mine.npz  # a user-data model whose file has moved
 
 Writes ``<model_dir>/report.html`` and ``<model_dir>/report/*.png``, and adds a link to the
 report to ``<model_dir>/README.md`` if it has none. Sections: training and validation curves
@@ -36,10 +37,11 @@ import numpy.typing as npt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from app.core.card import Card, CardError, load_card
+from app.core.card import Card, CardError, load_card, sha256_file
 from app.core.model import InferenceOptions, OnnxModel
 from app.core.peaks import find_peaks
 from training import evaluate as ev
+from training.data import DataError, load_user_data
 from training.export import matched_path_kind, polarity_ambiguity
 from training.scenario import BUMP, EVAL_SEEDS, Dataset, Template, make_dataset, suites
 
@@ -97,17 +99,27 @@ def _limit(ds: Dataset, n: int | None) -> Dataset:
     return Dataset(ds.signals[:n], ds.events[:n])
 
 
-def held_out_sets(card: Card, template: Template | None, signals: int | None) -> HeldOut:
+def held_out_sets(
+    card: Card, template: Template | None, signals: int | None, data_file: Path | None = None
+) -> HeldOut:
     """Rebuild the held-out sets from the card's ``training.data`` (seeds and sizes).
 
     Synthetic suites are regenerated from their seeds (the first ``signals`` of each set when
     given: the same signals, since they are generated in order); a user's data file is re-read
-    and re-split with the training seed. A card that records neither (an untrained test model)
-    gets the standard suites with their evaluation seeds and ``FALLBACK_SIGNALS`` each.
+    and re-split with the training seed: from ``data_file`` if given (the file has moved), else
+    from the card's ``source``, and refused (``DataError``) if its sha256 is not the card's. A
+    card that records neither (an untrained test model) gets the standard suites with their
+    evaluation seeds and ``FALLBACK_SIGNALS`` each.
     """
     data: dict[str, Any] = card.training.get("data") or {}
     test = data.get("test")
     scenarios = suites(template or BUMP, polarity=card.polarity)
+    user_data = isinstance(data.get("source"), str) and "split" in data
+    if data_file is not None and not user_data:
+        raise DataError(
+            f"--data {data_file}: the card's held-out sets are generated, not a data file's (the "
+            "model was not trained with --data)"
+        )
     if isinstance(test, dict) and test and all(s in scenarios for s in test):
         sets = {}
         for suite, spec in test.items():
@@ -115,20 +127,32 @@ def held_out_sets(card: Card, template: Template | None, signals: int | None) ->
             sets[suite] = make_dataset(scenarios[suite], n, int(spec["seed"]))
         sizes = ", ".join(f"{s} {len(d)} (seed {test[s]['seed']})" for s, d in sets.items())
         return HeldOut(sets, f"the card's held-out suites, regenerated from their seeds: {sizes}")
-    source = data.get("source")
-    if isinstance(source, str) and "split" in data:
-        from training.data import load_user_data
-
+    if user_data:
         seed = int((card.training.get("config") or {}).get("seed", 0))
-        path = Path(source)
+        source, expected = data["source"], data.get("sha256")
+        path = Path(source) if data_file is None else data_file
         if not path.is_file():
             raise FileNotFoundError(
-                f"the card's test data come from {source}, which is not here; "
-                "run the report where the training data are"
+                f"--data {data_file}: no such file"
+                if data_file is not None
+                else f"the card's test data come from {source}, which is not here; run the report "
+                "where the training data are, or say where the file is now (--data FILE)"
             )
+        if isinstance(expected, str):
+            found = sha256_file(path)
+            if found != expected:
+                raise DataError(
+                    f"{path}: not the file the model was trained on (sha256 {found}, the card's "
+                    f"{expected}): its test split would not be the card's; give that file (--data FILE)"
+                )
+            checked = f"sha256 {expected[:12]}…, the card's"
+        else:  # a card written before the file's sha256 was recorded
+            checked = "not checked: the card records no sha256"
         user = load_user_data(path, seed=seed)
         test_set = _limit(user.test, signals)
-        return HeldOut({"user": test_set}, f"the test split of {source} (seed {seed}): {len(test_set)}")
+        return HeldOut(
+            {"user": test_set}, f"the test split of {path} ({checked}; seed {seed}): {len(test_set)}"
+        )
     n = FALLBACK_SIGNALS if signals is None else signals
     sets = {s: make_dataset(sc, n, EVAL_SEEDS[s]) for s, sc in scenarios.items()}
     return HeldOut(
@@ -731,13 +755,15 @@ def write_report(
     signals: int | None = None,
     gallery: int = GALLERY,
     data: dict[str, Dataset] | None = None,
+    data_file: Path | None = None,
     threads: int = 0,
     log: Callable[[str], None] | None = print,
 ) -> Path:
     """Write ``report.html`` and ``report/*.png`` for ``model_dir``; returns the HTML's path.
 
     ``data``: the held-out sets, if the caller has them (training does); otherwise they are
-    rebuilt from the card. ``signals``: at most this many signals per suite.
+    rebuilt from the card (a user's data file from ``data_file`` if given, see
+    ``held_out_sets``). ``signals``: at most this many signals per suite.
     """
     started = time.perf_counter()
     say = log or (lambda _: None)
@@ -751,7 +777,7 @@ def write_report(
             + ", ".join(f"{s} {min(len(d), signals or len(d))}" for s, d in data.items()),
         )
     else:
-        held = held_out_sets(card, template, signals)
+        held = held_out_sets(card, template, signals, data_file)
     say(f"report: evaluating {sum(len(d) for d in held.sets.values())} held-out signals")
     results = {s: evaluate_suite(model, card, s, d, template) for s, d in held.sets.items()}
 
@@ -938,14 +964,23 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument(
         "--signals", type=int, help="at most this many held-out signals per suite (default: the card's)"
     )
+    p.add_argument(
+        "--data",
+        type=Path,
+        metavar="FILE",
+        help="a model trained with --data: its data file, if not where the card says (checked "
+        "against the card's sha256)",
+    )
     p.add_argument("--gallery", type=int, default=GALLERY, help="signals in the gallery")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: its default)")
     a = p.parse_args(argv)
     if a.signals is not None and a.signals < 1:
         p.error("--signals must be >= 1")
     try:
-        return write_report(a.model_dir, signals=a.signals, gallery=a.gallery, threads=a.threads)
-    except (CardError, FileNotFoundError) as exc:
+        return write_report(
+            a.model_dir, signals=a.signals, gallery=a.gallery, data_file=a.data, threads=a.threads
+        )
+    except (CardError, DataError, FileNotFoundError) as exc:
         raise SystemExit(f"training.report: {exc}") from None
 
 

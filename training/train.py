@@ -958,9 +958,9 @@ def main(argv: list[str] | None = None) -> Path:
         calibration = (
             user.val,
             user.test,
-            f"{a.data} (the validation split to fit, the test split held out)",
+            f"{user.path} (the validation split to fit, the test split held out)",
         )
-        data_desc: dict[str, Any] = {"source": str(a.data), **user.describe()}
+        data_desc: dict[str, Any] = user.describe()
     else:
         assert template is not None
         scenario = training_scenario(template, snr=(a.snr[0], a.snr[1]), polarity=a.polarity, **overrides)

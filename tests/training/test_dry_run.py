@@ -1,5 +1,6 @@
 """The whole training pipeline, tiny: train, export, evaluate the ONNX file, write the card."""
 
+import hashlib
 import json
 import shutil
 from dataclasses import replace
@@ -439,14 +440,21 @@ def test_generated_set_sizes_go_with_generated_data(
     assert f"{flag} goes with generated data" in capsys.readouterr().err
 
 
-def test_a_user_data_card_records_the_splits_sizes(tmp_path: Path) -> None:
+def test_a_user_data_card_records_the_file_and_the_splits_sizes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The card identifies the data file by its absolute path and sha256; it recorded the path
+    as given on the command line (here relative to the working directory), and no more."""
     data = make_dataset(suites()["white"], 40, seed=9, length=512)
     events = np.array([(i, c) for i, e in enumerate(data.events) for c in e]).reshape(-1, 2)
-    np.savez(tmp_path / "mine.npz", signals=np.stack(data.signals), events=events)
-    model_dir = main(
-        ["--dry-run", "--data", str(tmp_path / "mine.npz"), "--out", str(tmp_path), "--name", "m"]
-    )
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "mine.npz", signals=np.stack(data.signals), events=events)
+    monkeypatch.chdir(tmp_path / "data")
+    model_dir = main(["--dry-run", "--data", "mine.npz", "--out", str(tmp_path), "--name", "m"])
     training = load_card(model_dir).training
+    path = (tmp_path / "data" / "mine.npz").resolve()
+    assert training["data"]["source"] == str(path)
+    assert training["data"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     split, config = training["data"]["split"], training["config"]
     assert (config["val_signals"], config["eval_signals"]) == (
         split["val"]["signals"],

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from app.core.card import load_card
 from training import evaluate as ev
-from training.report import REPORT_FILE, link_readme, main, signed_matches, write_report
-from training.scenario import EVAL_SEEDS, make_dataset, suites
+from training.data import DataError, load_user_data
+from training.report import REPORT_FILE, held_out_sets, link_readme, main, signed_matches, write_report
+from training.scenario import BUMP, EVAL_SEEDS, make_dataset, suites
 
 SECTIONS = ("training", "roc", "localisation", "calibration", "gallery", "walkthrough")
 
@@ -191,3 +193,37 @@ def test_signed_matches_agree_with_the_evaluation() -> None:
 def test_cli_rejects_a_bad_signal_count(tiny_model_dir: Path) -> None:
     with pytest.raises(SystemExit):
         main([str(tiny_model_dir), "--signals", "0"])
+
+
+def test_a_user_data_card_names_its_file_by_path_and_sha256(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The report re-reads a user's data file: from the card's absolute path, from a new place
+    with --data, and never a file whose sha256 is not the card's (whatever file stood at the
+    path was re-split as if it were the card's data)."""
+    model_dir = copy_model(tiny_model_dir, tmp_path)
+    data = make_dataset(suites()["white"], 20, seed=9, length=512)
+    events = np.array([(i, c) for i, e in enumerate(data.events) for c in e]).reshape(-1, 2)
+    path = tmp_path / "mine.npz"
+    np.savez(path, signals=np.stack(data.signals), events=events)
+    user = load_user_data(path, seed=5)
+    doc = json.loads((model_dir / "card.json").read_text())
+    doc["training"] = {"config": {"seed": 5}, "data": user.describe()}
+    (model_dir / "card.json").write_text(json.dumps(doc))
+    card = load_card(model_dir)
+    held = held_out_sets(card, BUMP, None)
+    assert [x.tolist() for x in held.sets["user"].signals] == [x.tolist() for x in user.test.signals]
+    assert f"the test split of {path} (sha256 {user.sha256[:12]}" in held.source
+
+    moved = path.rename(tmp_path / "moved.npz")
+    with pytest.raises(FileNotFoundError, match=r"which is not here; .*\(--data FILE\)"):
+        held_out_sets(card, BUMP, None)
+    assert len(held_out_sets(card, BUMP, None, data_file=moved).sets["user"]) == len(user.test)
+
+    np.savez(path, signals=2 * np.stack(data.signals), events=events)  # another file at the path
+    with pytest.raises(
+        DataError, match=rf"not the file the model was trained on \(sha256 \w+, the card's {user.sha256}"
+    ):
+        held_out_sets(card, BUMP, None)
+    with pytest.raises(
+        SystemExit, match=r"training\.report: .*mine\.npz: not the file the model was trained on"
+    ):
+        main([str(model_dir), "--signals", "2"])
