@@ -110,6 +110,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4028234663852886e+38; as floa
 # comparison per value.
 FLOAT32_ROUNDS_TO_INF = FLOAT32_MAX + 2.0**103  # 2**128 - 2**103 = 3.4028235677973366e+38, exact
 _FLOAT32_MAX_TEXT = str(np.finfo(np.float32).max)
+FLOAT64_MAX = float(np.finfo(np.float64).max)
 
 
 def _usable(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
@@ -129,7 +130,13 @@ def _unusable(i: int, s: Signal, j: int, loc: tuple[str | int, ...]) -> InvalidI
         )
     else:
         why = "is not finite: send finite numbers only (no NaN or Infinity)"
-    return InvalidInput(f"signal {i} has a value ({s[j]}) at index {j} that {why}", (*loc, i, j))
+    return InvalidInput(f"signal {i} has a value ({_shown(s[j])}) at index {j} that {why}", (*loc, i, j))
+
+
+def _shown(value: np.floating[Any]) -> str:
+    """A value for a message, as a Python float prints it (an f-string makes one of a numpy
+    float), or, for a longdouble beyond float64's range, as numpy prints it (its float is inf)."""
+    return str(value) if isinstance(value, np.longdouble) and abs(value) > FLOAT64_MAX else f"{value}"
 
 
 def check_finite(signals: list[Signal], loc: tuple[str | int, ...], first: int = 0) -> None:

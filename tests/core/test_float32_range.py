@@ -92,3 +92,28 @@ def test_every_check_takes_a_value_iff_its_float32_cast_is_finite(value: float, 
 def test_the_checks_agree_with_the_cast_anywhere(value: float) -> None:
     got = verdicts(value)
     assert got == dict.fromkeys(got, cast_is_finite(value))
+
+
+@pytest.mark.skipif(
+    np.finfo(np.longdouble).max <= np.finfo(np.float64).max, reason="longdouble is float64 here"
+)
+@pytest.mark.parametrize("sign", ["", "-"])
+def test_a_longdouble_beyond_float64_is_named_outside_float32_as_it_is(sign: str) -> None:
+    """A .npy longdouble too large for float64 is finite: it is outside the float32 range and shown
+    as numpy prints it, not as the inf of its float64 cast; one float64 holds is shown as before."""
+    row = np.zeros(128, dtype=np.longdouble)
+    row[99] = np.longdouble(f"{sign}1e4000")
+    with pytest.raises(InvalidInput) as exc:
+        parse_npy(npy(row), LIMITS, MIN_LENGTH)
+    assert exc.value.detail.startswith(
+        f"signal 0 has a value ({sign}1e+4000) at index 99 that is outside the float32 range"
+    )
+    assert exc.value.loc == ("body", 0, 99)
+    row[99] = np.longdouble(f"{sign}1e39")
+    with pytest.raises(
+        InvalidInput, match=rf"signal 1 has a value \({sign}1e\+39\) at index 35 that is outside"
+    ):
+        parse_npy(npy(row.reshape(2, 64)), LIMITS, MIN_LENGTH)
+    row[99] = np.longdouble("inf")
+    with pytest.raises(InvalidInput, match=r"value \(inf\) at index 99 that is not finite"):
+        parse_npy(npy(row), LIMITS, MIN_LENGTH)
