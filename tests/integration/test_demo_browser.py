@@ -410,6 +410,33 @@ def test_a_threshold_that_is_not_a_number_is_not_silently_replaced(browser: Brow
     assert demo.problems() == []
 
 
+def test_a_decimal_comma_in_the_threshold_is_a_decimal_point(browser: Browser, server: Server) -> None:
+    """ "0,35" is 0.35 (Chromium's number field read it as 35, which the API refused): one number
+    between 0 and 1 has no thousands to separate. More commas, or a comma beside a point, are
+    not a number, refused as "1e" is."""
+    demo = open_demo(browser, server, "/?seed=40")
+    page = demo.page
+    page.get_by_test_id("example").click()
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.post_data or "") if r.url.endswith("/detect") else None)
+    for typed, read in (("0,35", "0.35"), (",25", "0.25"), (" 0,5 ", "0.5")):
+        page.locator("#threshold").fill("")
+        page.locator("#threshold").press_sequentially(typed)
+        page.get_by_test_id("run").click()
+        expect(page.get_by_test_id("result")).to_contain_text(f"(threshold {read})")
+        assert f'"threshold":{read}' in sent[-1]
+        assert page.locator("#error").is_hidden()
+    count = len(sent)
+    for typed in ("0,3,5", "0.3,5", "0,3e1", ",", "1e999"):
+        page.locator("#threshold").fill("")
+        page.locator("#threshold").press_sequentially(typed)
+        page.get_by_test_id("run").click()
+        expect(page.locator("#error")).to_contain_text("Threshold is not a number")
+        assert page.get_by_test_id("result").inner_text() == "No result: see the error above."
+    assert len(sent) == count
+    assert demo.problems() == []
+
+
 PASTE = """(text) => {
     const data = new DataTransfer();
     data.setData("text/plain", text);

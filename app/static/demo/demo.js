@@ -155,11 +155,16 @@
     return `{"signals":[[${row}]],${JSON.stringify(options).slice(1)}`;
   }
 
+  // The threshold typed: null when empty (the model's own), NaN when it is not a finite number.
+  // A decimal comma is the decimal point ("0,5" is 0.5): one number between 0 and 1 has no
+  // thousands to separate, and a phone's decimal keypad may offer only the comma. The field is
+  // text, read here: a number field (in Chromium) dropped the comma and gave "05", 5.
   function readThreshold() {
     const text = el.threshold.value.trim();
     if (text === "") return null;
-    const v = Number(text);
-    return Number.isFinite(v) ? v : null;
+    const point = /^[+-]?\d*,\d*$/.test(text) ? text.replace(",", ".") : text;
+    const v = NUMBER.test(point) ? Number(point) : NaN;
+    return Number.isFinite(v) ? v : NaN; // 1e999 too: JSON would carry it as null, the model's own
   }
 
   // ---------------------------------------------------------------------------------------
@@ -360,13 +365,13 @@
       showError("No values yet: generate an example, paste values or load a file first.");
       return;
     }
-    if (el.threshold.validity.badInput) {
-      // The field's value is then "", which would silently mean the model's own threshold.
+    const threshold = readThreshold();
+    if (Number.isNaN(threshold)) {
+      // Not the model's own threshold in its place: that would hide the typing mistake.
       showError("Threshold is not a number: enter one between 0 and 1, or empty the field for the model's own.");
       clearOutput("No result: see the error above.");
       return;
     }
-    const threshold = readThreshold();
     const name = el.model.value;
     const url = name ? `/v1/models/${encodeURIComponent(name)}/detect` : "/v1/detect";
     state.busy = true;
