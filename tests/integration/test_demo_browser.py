@@ -333,6 +333,37 @@ def test_a_loaded_file_clears_the_previous_result(browser: Browser, server: Serv
     assert demo.problems() == []
 
 
+def test_an_empty_file_is_refused_and_clears_the_previous_result(
+    browser: Browser, server: Server, tmp_path: Path
+) -> None:
+    """An empty file (or one of blank lines) was "Loaded …: 0 values": it says what to load
+    instead. A file refused (a table too) leaves the values in the box, and no result of an
+    earlier run beside its error."""
+    demo = open_demo(browser, server, "/?seed=11")
+    page = demo.page
+    page.get_by_test_id("example").click()
+    example = page.input_value("#values")
+    load = "load a CSV or text file of the signal's values, one per line or all on one line."
+    for name, text, error in (
+        ("empty.csv", "", f"empty.csv is empty: {load}"),
+        ("blank.txt", "\n \r\n\t\n", f"blank.txt holds no values: {load}"),
+        ("two.csv", "1,2\n3,4\n5,6\n", "two.csv has 2 values on each of its 3 lines"),
+    ):
+        page.get_by_test_id("run").click()
+        assert "600 samples" in wait_for_result(page)
+        assert page.get_by_test_id("peak").count() >= 1
+        (tmp_path / name).write_text(text)
+        page.set_input_files("#file", tmp_path / name)
+        expect(page.locator("#error")).to_contain_text(error)
+        assert page.locator("#status").inner_text() == ""
+        assert page.get_by_test_id("result").inner_text() == "No result: see the error above."
+        assert page.get_by_test_id("peak").count() == 0 and page.locator("#peaks").is_hidden()
+        assert page.locator("#figure").is_hidden()
+        assert page.input_value("#values") == example
+        assert page.input_value("#file") == ""  # the same file, once filled, can be chosen again
+    assert demo.problems() == []
+
+
 def test_a_million_row_csv_loads_and_runs_without_freezing(
     browser: Browser, server: Server, tmp_path: Path
 ) -> None:

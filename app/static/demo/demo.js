@@ -300,20 +300,26 @@
     if (!file) return;
     clearError();
     if (file.size > MAX_FILE_BYTES) {
-      showError(`${file.name} is ${(file.size / 1e6).toFixed(1)} MB; the demo takes files up to 20 MB (use the API for more).`);
+      refuseFile(`${file.name} is ${(file.size / 1e6).toFixed(1)} MB; the demo takes files up to 20 MB (use the API for more).`);
       return;
     }
     let text;
     try {
       text = await file.text();
     } catch (exc) {
-      showError(`Could not read ${file.name}: ${exc.message}`);
+      refuseFile(`Could not read ${file.name}: ${exc.message}`);
       return;
     }
     const parsed = oneSignal(text, file.name, "Keep only the signal's column.");
     if (parsed === null) {
-      el.status.textContent = "";
-      el.file.value = ""; // the same file, once fixed, can be chosen again
+      refuseFile(null); // oneSignal said why
+      return;
+    }
+    if (parsed.tokens.length === 0) {
+      refuseFile(
+        `${file.name} ${file.size === 0 ? "is empty" : "holds no values"}: load a CSV or text file ` +
+          "of the signal's values, one per line or all on one line.",
+      );
       return;
     }
     // The values on one line, as an example's: a text box of a million lines takes seconds to
@@ -323,6 +329,15 @@
     updateCount();
     clearOutput("Not run yet for this signal.");
     el.status.textContent = `Loaded ${file.name}: ${parsed.tokens.length} values${skipped(parsed)}. Now run detection.`;
+  }
+
+  // A file not loaded: the error (unless shown already); the values in the box stay, and no
+  // result of an earlier run stays beside the error.
+  function refuseFile(message) {
+    if (message !== null) showError(message);
+    el.status.textContent = "";
+    el.file.value = ""; // the same file, once fixed, can be chosen again
+    clearOutput("No result: see the error above.");
   }
 
   // The values of a loaded or pasted text, or null (the error shown) if it is a table.
