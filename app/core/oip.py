@@ -35,6 +35,7 @@ from app.core.model import Detection, Options, detections_per_request
 from app.core.pipeline import (
     MAX_NAMES,
     UTF8_BOM,
+    beyond_float64,
     check_min_distance,
     check_names_once,
     check_threshold,
@@ -263,6 +264,8 @@ def _general_request(header: memoryview, binary_bytes: int) -> Any:
     try:
         return orjson.loads(header)
     except orjson.JSONDecodeError as exc:
+        if (beyond := beyond_float64(header, exc)) is not None:
+            raise beyond from None
         hint = (
             f"; with binary tensor data after the JSON, set {HEADER_LENGTH} to the JSON's length"
             if binary_bytes == 0

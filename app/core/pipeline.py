@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,7 @@ from app.core.errors import InvalidInput, MalformedBody, UnsupportedMediaType, l
 from app.core.model import Detection, Options, detections_per_request
 from app.core.peaks import Peaks
 from app.core.signals import (
+    FLOAT32_MAX_TEXT,
     Body,
     Limits,
     Signal,
@@ -80,6 +83,35 @@ def json_error_hint(body: Body | memoryview, exc: Exception) -> str:
     return ""
 
 
+# orjson's refusal of a number beyond float64's range (simdjson refuses it too: the plain
+# paths leave such a text to orjson, which stops at it and gives its place).
+BEYOND_FLOAT64_ERROR = "number is infinity when parsed as double"
+_JSON_NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def beyond_float64(text: Body | memoryview, exc: orjson.JSONDecodeError) -> InvalidInput | None:
+    """orjson's refusal ``exc`` of ``text`` as what the client's mistake is when orjson refused a
+    number beyond float64's range (``1e400``; JSON sets no limit to numbers): a value beyond
+    float32's range, the model's, as ``1e39`` is (422 on /v1, 400 on /v2), not malformed JSON.
+    None for any other refusal. The number is found at orjson's position, without parsing the
+    text again; the message names it with its line and column (the value of a signal or an
+    option: orjson stops before the document says which)."""
+    if not str(exc).startswith(BEYOND_FLOAT64_ERROR):
+        return None
+    # orjson counts characters; they are bytes when all before the number are ASCII (numbers
+    # are): a match elsewhere is told apart by not overflowing float64.
+    match = _JSON_NUMBER.match(bytes(text[exc.pos : exc.pos + 10_000]))
+    number = match.group().decode() if match else ""
+    shown = ""
+    if number and math.isinf(float(number)):
+        shown = f" ({number})" if len(number) <= 40 else f" ({number[:30]}..., {len(number)} characters)"
+    return InvalidInput(
+        f"the number{shown} at line {exc.lineno} column {exc.colno} is beyond float64's range, and "
+        f"so outside float32's (±{FLOAT32_MAX_TEXT}; the model computes in float32): rescale the "
+        "signal (an option: give it within its range)"
+    )
+
+
 def check_threshold(v: Any, loc: tuple[str | int, ...]) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1:
         raise InvalidInput(f"threshold must be a number strictly between 0 and 1, got {short_repr(v)}", loc)
@@ -122,6 +154,8 @@ def decode_json(body: Body, query: Params, limits: Limits, min_length: int) -> t
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if (beyond := beyond_float64(body, exc)) is not None:
+            raise beyond from None
         raise MalformedBody(f"body is not valid JSON ({exc}){json_error_hint(body, exc)}") from None
     if not isinstance(doc, dict):
         raise InvalidInput(f"body must be a JSON object with 'signals', got {type(doc).__name__}")

@@ -109,7 +109,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4028234663852886e+38; as floa
 # float64 arrays compare with FLOAT32_ROUNDS_TO_INF, the least float64 whose cast is inf: one
 # comparison per value.
 FLOAT32_ROUNDS_TO_INF = FLOAT32_MAX + 2.0**103  # 2**128 - 2**103 = 3.4028235677973366e+38, exact
-_FLOAT32_MAX_TEXT = str(np.finfo(np.float32).max)
+FLOAT32_MAX_TEXT = str(np.finfo(np.float32).max)
 FLOAT64_MAX = float(np.finfo(np.float64).max)
 
 
@@ -125,7 +125,7 @@ def _usable(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
 def _unusable(i: int, s: Signal, j: int, loc: tuple[str | int, ...]) -> InvalidInput:
     if np.isfinite(s[j]):
         why = (
-            f"is outside the float32 range (±{_FLOAT32_MAX_TEXT}; in float32 it would be infinite): "
+            f"is outside the float32 range (±{FLOAT32_MAX_TEXT}; in float32 it would be infinite): "
             "rescale the signal"
         )
     else:

@@ -104,11 +104,44 @@ def test_an_option_nested_deep_is_refused_in_a_short_message(client: TestClient,
 
 
 def test_nan_and_infinity_tokens_are_refused(client: TestClient) -> None:
-    for token in ("NaN", "Infinity", "-Infinity", "1e400"):
+    for token in ("NaN", "Infinity", "-Infinity"):
         body = '{"signals": [[' + ", ".join(["1.0"] * 50 + [token] + ["1.0"] * 50) + "]]}"
         r = client.post("/v1/detect", content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == 400, (token, r.text)
         assert "not valid JSON" in detail(r)
+
+
+# Numbers JSON allows but float64 cannot hold: orjson and simdjson refuse to parse them.
+BEYOND_FLOAT64 = {
+    "1e400": "1e400",
+    "-1e400": "-1e400",
+    "1E+999": "1E+999",
+    "400-digit integer": "9" * 400,
+    "310 digits and a fraction": "-" + "1" * 310 + ".5",
+}
+
+
+@pytest.mark.parametrize("token", BEYOND_FLOAT64.values(), ids=BEYOND_FLOAT64.keys())
+def test_a_number_beyond_float64_is_refused_as_beyond_float32(client: TestClient, token: str) -> None:
+    """The mistake of 1e39's, a value the model cannot take: 422 on /v1 (400 on /v2), naming the
+    number and where it is, not 400 for JSON that cannot be parsed."""
+    values = ", ".join(["0.5"] * 60)
+    shown = token if len(token) <= 40 else f"{token[:30]}..., {len(token)} characters"
+    where = f"the number ({shown}) at line 1 column "
+    v1 = {  # the number's column: 1 + the characters before it
+        "signals": ('{"signals": [[' + values + ", " + token + "]]}", 14 + len(values) + 3),
+        "option": ('{"threshold": ' + token + ', "signals": [[' + values + "]]}", 15),
+    }
+    for name, (body, column) in v1.items():
+        r = client.post("/v1/detect", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 422, (name, r.text)
+        assert detail(r).startswith(f"{where}{column} is beyond float64's range"), (name, detail(r))
+        assert "outside float32's (±3.4028235e+38" in detail(r), name
+    data = "[" + values + ", " + token + "]"
+    v2 = '{"inputs": [{"name": "signal", "shape": [61], "datatype": "FP64", "data": ' + data + "}]}"
+    r = client.post("/v2/models/bump/infer", content=v2, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith(f"{where}{v2.index(token) + 1} is beyond float64's range"), r.text
 
 
 def test_values_beyond_float32_are_refused(client: TestClient) -> None:

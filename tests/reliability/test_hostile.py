@@ -186,8 +186,8 @@ CASES: dict[str, tuple[str, bytes, dict[str, str], int, str]] = {
         "/v1/detect",
         b'{"signals": [[' + b"9" * 400 + b"," + SIG[1:].encode() + b"]}",
         JSON,
-        400,
-        "not valid JSON",
+        422,
+        "beyond float64's range",
     ),
     "json 1e39 (beyond float32)": (
         "/v1/detect",
@@ -196,12 +196,12 @@ CASES: dict[str, tuple[str, bytes, dict[str, str], int, str]] = {
         422,
         "float32 range",
     ),
-    "json 1e400": (
+    "json 1e400 (beyond float64)": (
         "/v1/detect",
         b'{"signals": [[1e400,' + SIG[1:].encode() + b"]}",
         JSON,
-        400,
-        "not valid JSON",
+        422,
+        "beyond float64's range",
     ),
     "json huge threshold": (
         "/v1/detect",
