@@ -333,7 +333,7 @@ def _keys(obj: Any, brackets: list[int]) -> list[str]:
     all, ``data`` included). Not plain: a repeated name (orjson keeps its last value; the general
     path refuses it), more than ``MAX_NAMES`` names (a lookup scans the names: the general path
     refuses the unknown ones in linear time). ``brackets`` counts the '[' of the names. A name
-    simdjson cannot look up (the empty one) raises KeyError."""
+    simdjson cannot look up (one holding U+0000) raises KeyError."""
     keys = list(obj.keys())
     if len(keys) > MAX_NAMES or len(set(keys)) != len(keys):
         raise _NotPlain

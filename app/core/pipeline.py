@@ -236,7 +236,10 @@ def decode_plain_json(
         or count_byte(body, b'"', 2 * len(names) + 1) != 2 * len(names)
     ):
         return None
-    fields: dict[str, Any] = {name: doc[name] for name in names}
+    try:
+        fields: dict[str, Any] = {name: doc[name] for name in names}
+    except KeyError:  # a name simdjson cannot look up (one holding U+0000): the general path names it
+        return None
     rows = fields.get("signals")
     if not isinstance(rows, simdjson.Array) or not all(
         isinstance(v, PLAIN_VALUES) for name, v in fields.items() if name != "signals"
@@ -318,7 +321,7 @@ def check_names_once(text: Body | memoryview, loc: tuple[str | int, ...]) -> Non
             if (name := _first_repeated(names)) is not None:
                 raise _repeated(_path((link, name)), loc)
             if len(names) <= MAX_NAMES:
-                with contextlib.suppress(KeyError):  # simdjson cannot look up the empty name
+                with contextlib.suppress(KeyError):  # simdjson cannot look up a name holding U+0000
                     for name in names:
                         value = node[name]  # one lookup: a scan of the object's names
                         if _searched(value):

@@ -99,6 +99,7 @@ GENERAL = {
     "a row not a list": f'{{"signals": [{ROW}, 3]}}',
     "truncated": '{"signals": [[1, 2',
     "invalid UTF-8": b'{"signals": [[1, 2, 3]], "\xff": 1}',
+    "a name simdjson cannot look up": f'{{"signals": [{ROW}], "x\\u0000": 1}}',
 }
 # Names and options: raised by the plain path itself, with the general path's message.
 RAISED = {
