@@ -14,7 +14,8 @@ headers, an access-log line and a count in the app's metrics (route ``malformed`
 app never sees such a request. The warning uvicorn logs before it asks for that answer
 ("Invalid HTTP request received.") would be a second line for the same request:
 ``ParserRefusalAnswered`` drops it (``python -m app``'s log configuration applies it).
-Everything else is uvicorn's.
+A client that leaves with pipelined requests waiting is gone for the request running too
+(uvicorn tells only the newest one). Everything else is uvicorn's.
 
 ``python -m app`` serves with it; with uvicorn's own command line, ``--http
 app.server:HeadWithBodyProtocol`` does the same.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections import deque
 from typing import Any, cast
 
 import orjson
@@ -117,6 +119,10 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
 
     holds_heads: bool | None = None  # None until the first request's cycle is checked
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.unanswered: deque[Any] = deque()  # this connection's request cycles, oldest first
+
     def on_headers_complete(self) -> None:
         before = getattr(self, "cycle", None)
         super().on_headers_complete()
@@ -124,6 +130,9 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
         # A new cycle: its task has not run yet (it starts at the loop's next turn at the soonest).
         if cycle is None or cycle is before:
             return
+        while self.unanswered and self.unanswered[0].response_complete:
+            self.unanswered.popleft()
+        self.unanswered.append(cycle)
         holds = HeadWithBodyProtocol.holds_heads
         if holds is None:
             holds = HeadWithBodyProtocol.holds_heads = fits(cycle)
@@ -136,6 +145,21 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
                 )
         if holds:
             cycle.transport = cast(asyncio.Transport, HeldHead(self.transport, cycle))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Every request of the connection not yet answered learns that its client is gone.
+
+        uvicorn tells only the newest (``self.cycle``): with pipelined requests that is one still
+        queued, and the one running went on as if its client were there. Its answer was then
+        written to the closed transport, which uvloop refuses (a RuntimeError, logged as an
+        unhandled error with its traceback), and a large request was not dropped (499) but run
+        to its end."""
+        for cycle in self.unanswered:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self.unanswered.clear()
+        super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
         """What uvicorn's parser refused, answered as JSON and logged (uvicorn: plain text).

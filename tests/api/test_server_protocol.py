@@ -167,6 +167,38 @@ def test_pipelined_requests_each_get_their_own_single_write() -> None:
     assert all(e.startswith(b"HTTP/1.1 200 OK") and e.endswith(b"abc") for e in transport.events)  # type: ignore[union-attr]
 
 
+def test_a_client_gone_with_requests_pipelined_is_gone_for_the_one_running() -> None:
+    """The request running hears that its client left (a large one is then dropped, 499) and
+    writes nothing to the closed connection. uvicorn told only the newest request, one waiting
+    behind it: the running one answered into the closed transport (under uvloop a RuntimeError,
+    logged as an unhandled error) and a large one ran to its end."""
+    heard: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()  # the (empty) body
+        try:
+            heard.append((await asyncio.wait_for(receive(), 1.0))["type"])
+        except TimeoutError:
+            heard.append("nothing")
+        await answer(b"late")(scope, receive, send)
+
+    async def run() -> Transport:
+        proto, transport = connect(app)
+        proto.data_received(GET + GET)  # the second waits behind the first
+        await settle(proto)
+        proto.connection_lost(None)
+        for _ in range(100):
+            if heard:
+                break
+            await asyncio.sleep(0.02)
+        await settle(proto)
+        return transport
+
+    transport = asyncio.run(run())
+    assert heard == ["http.disconnect"]
+    assert transport.events == ["close"]  # nothing written, before or after
+
+
 def test_uvicorn_finds_the_protocol_by_its_import_path() -> None:
     config = Config(app=answer(b""), http=IMPORT_PATH, log_config=None)
     config.load()
