@@ -539,12 +539,15 @@ def _input_signals(
                 f"input '{INPUT}' has no data: give 'data' (numbers, row-major) or "
                 "parameters.binary_data_size with the bytes after the JSON"
             )
-        signals = _rows_from_data(spec["data"], rows, length, limits, min_length, may_hold_bools, plain)
+        signals = _rows_from_data(
+            spec["data"], spec["shape"], rows, length, limits, min_length, may_hold_bools, plain
+        )
     return signals
 
 
 def _rows_from_data(
     data: Any,
+    shape: list[int],
     rows: int,
     length: int,
     limits: Limits,
@@ -553,7 +556,8 @@ def _rows_from_data(
     plain: bool = False,
 ) -> list[Signal]:
     """JSON 'data', flat (row-major) or nested as the shape, -> validated float32 rows
-    (``plain``: see ``rows_from_json``). An array is flat data parsed by ``_plain_request``."""
+    (``plain``: see ``rows_from_json``). An array is flat data parsed by ``_plain_request``.
+    ``shape`` as the request declares it (``[length]`` or ``[n, length]``), for the messages."""
     parsed = isinstance(data, np.ndarray)
     if not parsed and not isinstance(data, list):
         raise InvalidInput(
@@ -570,7 +574,7 @@ def _rows_from_data(
     else:
         if len(data) != rows * length:
             raise InvalidInput(
-                f"input '{INPUT}' has shape [{rows}, {length}] ({rows * length} values) but its data "
+                f"input '{INPUT}' has shape {shape} ({rows * length} values) but its data "
                 f"holds {len(data)} values: make the shape match the data"
             )
         if parsed:

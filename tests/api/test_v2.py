@@ -402,7 +402,11 @@ ERROR_CASES: dict[str, tuple[tuple[bytes, dict[str, str | bytes]], int, str]] = 
         400,
         "(200 values) but its data holds 199",
     ),
-    "data too long": (js(data_input([100], X.ravel().tolist())), 400, "but its data holds 200"),
+    "data too long": (
+        js(data_input([100], X.ravel().tolist())),
+        400,
+        "has shape [100] (100 values) but its data holds 200",  # the shape as declared
+    ),
     "nested rows wrong": (
         js(data_input([2, 100], [X[0].tolist(), X[1].tolist()[:50]])),
         400,
