@@ -14,8 +14,10 @@ headers, an access-log line and a count in the app's metrics (route ``malformed`
 app never sees such a request. The warning uvicorn logs before it asks for that answer
 ("Invalid HTTP request received.") would be a second line for the same request:
 ``ParserRefusalAnswered`` drops it (``python -m app``'s log configuration applies it).
-A client that leaves with pipelined requests waiting is gone for the request running too
-(uvicorn tells only the newest one). Everything else is uvicorn's.
+Pipelined requests keep their order when one is refused: the requests before it are answered
+first, then the refusal (uvicorn wrote it at once, where the client reads the answer to its
+first request). A client that leaves with pipelined requests waiting is gone for the request
+running too (uvicorn tells only the newest one). Everything else is uvicorn's.
 
 ``python -m app`` serves with it; with uvicorn's own command line, ``--http
 app.server:HeadWithBodyProtocol`` does the same.
@@ -122,6 +124,12 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.unanswered: deque[Any] = deque()  # this connection's request cycles, oldest first
+        self.refusal: bytes | None = None  # a 400 written once the requests before it are answered
+
+    def data_received(self, data: bytes) -> None:
+        if self.refusal is not None:  # a request was refused: nothing after it is read
+            return
+        super().data_received(data)
 
     def on_headers_complete(self) -> None:
         before = getattr(self, "cycle", None)
@@ -161,12 +169,25 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
         self.unanswered.clear()
         super().connection_lost(exc)
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # starts the next pipelined request, if one waits
+        if self.refusal is not None and all(cycle.response_complete for cycle in self.unanswered):
+            refusal, self.refusal = self.refusal, b""  # b"": still refused, nothing more is read
+            if not self.transport.is_closing():
+                self.transport.write(refusal)
+                self.transport.close()
+
     def send_400_response(self, msg: str) -> None:
         """What uvicorn's parser refused, answered as JSON and logged (uvicorn: plain text).
 
         uvicorn calls this while handling the parser's error, so that error is the one being
         handled: its message (``Duplicate Content-Length``, ``Invalid header token``, ...) is
-        the reason given."""
+        the reason given.
+
+        Requests pipelined before the refused one and not yet answered are answered first: the
+        refusal waits for them (``on_response_complete``), and nothing after it is read. The
+        refused request itself, if its headers had made it a request (its body is what the
+        parser refused) waiting behind them, never runs."""
         error = sys.exc_info()[1]
         reason = str(error) if error is not None and str(error) else msg
         scope = getattr(self, "scope", None) or {}
@@ -185,8 +206,16 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
             *COMMON_HEADERS,
         ]:
             head.extend([name, b": ", value, b"\r\n"])
-        self.transport.write(b"".join([*head, b"\r\n", payload]))
-        self.transport.close()
+        response = b"".join([*head, b"\r\n", payload])
+        cycle = getattr(self, "cycle", None)
+        refused = cycle if cycle is not None and cycle.more_body and not cycle.response_complete else None
+        if any(c is not refused and not c.response_complete for c in self.unanswered):
+            self.refusal = response
+            self.unanswered = deque(c for c in self.unanswered if c is not refused)
+            self.pipeline = deque(item for item in self.pipeline if item[0] is not refused)
+        else:
+            self.transport.write(response)
+            self.transport.close()
         # The app's metrics, from the state its lifespan shares with requests (uvicorn keeps it).
         metrics = (getattr(self, "app_state", None) or {}).get("metrics")
         if isinstance(metrics, Metrics):

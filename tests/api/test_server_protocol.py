@@ -297,6 +297,41 @@ def test_a_request_the_parser_refuses_gets_a_json_400_naming_why(
     }
 
 
+@pytest.mark.parametrize(
+    "refused",
+    [
+        b"GARBAGE / HTTP/1.1\r\n\r\n",  # its request line
+        b"POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # its body
+    ],
+)
+def test_pipelined_requests_before_a_refused_one_are_answered_first(refused: bytes) -> None:
+    """A client reads answers in the order of its requests: the refusal comes after the answers
+    to the requests before it (it was written at once, read as the first request's answer, and
+    that answer lost), then the connection closes. The refused request never reaches the app."""
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope["method"])
+        await release.wait()
+        await answer(b"abc")(scope, receive, send)
+
+    async def run() -> Transport:
+        proto, transport = connect(app)
+        proto.data_received(GET + GET + refused)
+        await settle(proto)
+        proto.data_received(GET)  # after the refused request: not read
+        release.set()
+        await settle(proto)
+        return transport
+
+    transport = asyncio.run(run())
+    assert seen == ["GET", "GET"]
+    *answers, refusal, closed = transport.events
+    assert [a[:15] for a in answers] == [b"HTTP/1.1 200 OK"] * 2  # type: ignore[index]
+    assert refusal.startswith(b"HTTP/1.1 400 Bad Request") and closed == "close"  # type: ignore[union-attr]
+
+
 def test_uvicorns_warning_is_dropped_only_for_the_refusals_the_service_answers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
