@@ -359,7 +359,8 @@ def parse_npy(body: Body, limits: Limits, min_length: int) -> list[Signal]:
         )
     if len(shape) not in (1, 2):
         raise InvalidInput(
-            f".npy array has shape {shape}; send 1-D (one signal) or 2-D (signals x samples)",
+            f".npy array has {len(shape)} dimensions, shape {short_repr(shape)}; send 1-D (one "
+            "signal) or 2-D (signals x samples)",
             loc,
         )
     rows, length = (1, shape[0]) if len(shape) == 1 else shape

@@ -183,6 +183,19 @@ def test_npy_422(client: TestClient, arr: np.ndarray, message: str) -> None:
     assert message in detail(r)
 
 
+def test_npy_of_many_dimensions_is_refused_in_a_short_message(client: TestClient) -> None:
+    """A header may claim any number of dimensions (up to the 64 KiB a header may take): the
+    message gives their count and the shape cut short, not the whole of it."""
+    shape = "(" + "1," * 30_000 + ")"  # 60 kB: within the 64 KiB a header may take
+    raw = ("{'descr': '<f4', 'fortran_order': False, 'shape': " + shape + ", }").encode("latin1")
+    raw += b" " * (63 - (len(raw) + 12) % 64) + b"\n"
+    body = b"\x93NUMPY\x02\x00" + len(raw).to_bytes(4, "little") + raw + np.zeros(1, np.float32).tobytes()
+    r = client.post("/v1/detect", content=body, headers=NPY)
+    assert r.status_code == 422, r.text[:300]
+    assert detail(r).startswith(".npy array has 30000 dimensions, shape (1, 1, 1,"), detail(r)[:300]
+    assert "send 1-D (one signal) or 2-D" in detail(r) and len(r.content) < 600
+
+
 def test_npy_integers_are_numbers(client: TestClient) -> None:
     r = client.post("/v1/detect", content=npy(np.arange(100, dtype=np.int32)), headers=NPY)
     assert r.status_code == 200
