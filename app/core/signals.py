@@ -350,7 +350,14 @@ def parse_npy(body: Body, limits: Limits, min_length: int) -> list[Signal]:
         raise MalformedBody(f".npy format version {major} is not supported (use 1, 2 or 3)")
     if header_len > 65536 or start + header_len > len(body):
         raise MalformedBody(".npy header is truncated or too long")
-    dtype, fortran, shape = _npy_header(body[start : start + header_len].decode("latin1"))
+    raw = body[start : start + header_len]
+    try:  # version 3 is version 2 with its header in UTF-8 (np.save writes it for non-Latin-1 names)
+        text = raw.decode("utf-8" if major == 3 else "latin1")
+    except UnicodeDecodeError as exc:
+        raise _bad_header(
+            f"a version 3 header is UTF-8, and this one is not ({exc.reason} at byte {exc.start})"
+        ) from None
+    dtype, fortran, shape = _npy_header(text)
     if dtype.hasobject or dtype.kind not in "iuf" or dtype.names is not None or dtype.subdtype:
         raise InvalidInput(
             f".npy array has dtype {dtype}; send a float32 or float64 array (no objects, no pickle)",

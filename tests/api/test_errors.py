@@ -196,6 +196,27 @@ def test_npy_of_many_dimensions_is_refused_in_a_short_message(client: TestClient
     assert "send 1-D (one signal) or 2-D" in detail(r) and len(r.content) < 600
 
 
+def npy_v3(header: str, data: bytes = np.zeros(64, dtype=np.float32).tobytes()) -> bytes:
+    """A version 3.0 .npy body: version 2.0's layout, its header text in UTF-8."""
+    raw = header.encode("utf-8")
+    raw += b" " * (63 - (len(raw) + 12) % 64) + b"\n"
+    return b"\x93NUMPY\x03\x00" + len(raw).to_bytes(4, "little") + raw + data
+
+
+def test_npy_version_3_header_is_read_as_utf8(client: TestClient) -> None:
+    ok = npy_v3("{'descr': '<f4', 'fortran_order': False, 'shape': (64,), }")
+    assert client.post("/v1/detect", content=ok, headers=NPY).status_code == 200
+    r = client.post(
+        "/v1/detect",
+        content=npy_v3("{'descr': '<f4', 'fortran_order': False, 'shape': (64,), 'é': 1}"),
+        headers=NPY,
+    )
+    assert r.status_code == 400 and "has 'é'" in detail(r), r.text
+    bad = npy_v3("{'descr': '<f4', 'fortran_order': False, 'shape': (64,), }").replace(b"'<f4'", b"'\xff<f'")
+    r = client.post("/v1/detect", content=bad, headers=NPY)
+    assert r.status_code == 400 and "a version 3 header is UTF-8, and this one is not" in detail(r), r.text
+
+
 def test_npy_integers_are_numbers(client: TestClient) -> None:
     r = client.post("/v1/detect", content=npy(np.arange(100, dtype=np.int32)), headers=NPY)
     assert r.status_code == 200
