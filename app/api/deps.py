@@ -142,6 +142,7 @@ class Runner:
     async def detect(self, request: Request, registry: Registry, name: str, query: Params) -> Response:
         """Read, decode, queue for the model's batcher, and answer with its JSON."""
         content_type = one_header(request, "Content-Type")
+        kind = media_type(content_type)  # 415 before reading the body
         registry.get(name)  # 404 or 503 before reading the body
         registry.check_room(name)
         body = await self.read_body(request)
@@ -152,7 +153,7 @@ class Runner:
         def finish(model: OnnxModel, decoded: Any) -> Finish:
             return Shared(respond_many, model.card, decoded)
 
-        limit = INLINE_NPY_BYTES if media_type(content_type) == "npy" else INLINE_DECODE_BYTES
+        limit = INLINE_NPY_BYTES if kind == "npy" else INLINE_DECODE_BYTES
         payload: bytes = await self.run(
             request, registry, name, body, decode, finish, decode_here=len(body) <= limit
         )

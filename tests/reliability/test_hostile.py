@@ -433,6 +433,19 @@ def recv_all(sock: socket.socket, out: bytearray) -> None:
         pass
 
 
+def test_an_unsupported_content_type_is_refused_before_the_body_is_read(real_server: Server) -> None:
+    """415 on the headers alone: a client that declared 1 MB of a type the service cannot read
+    is not kept sending it (nor waiting BODY_TIMEOUT_S for a 408)."""
+    with socket.create_connection(host_port(real_server), timeout=BODY_TIMEOUT_S / 2) as sock:
+        sock.sendall(
+            b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n"
+            b"Content-Length: 1000000\r\n\r\n0.5,"
+        )
+        head = sock.recv(65536)  # a timeout here: the server waits for the body
+    assert head.startswith(b"HTTP/1.1 415"), head[:300]
+    assert b"Content-Type 'text/csv' is not supported" in head
+
+
 @pytest.mark.slow
 def test_slowloris_body_gets_408_and_does_not_hold_up_others(real_server: Server) -> None:
     """Headers at once, then one byte every 0.1 s: 408 after BODY_TIMEOUT_S, connection closed;
