@@ -92,6 +92,16 @@ class Runner:
                 raise UnsupportedMediaType(
                     f"Content-Encoding {given!r} is not supported: send the body uncompressed"
                 )
+        transfer = request.headers.get("transfer-encoding")
+        if transfer is not None:
+            # The HTTP parser takes the framing (chunked) off and leaves any other coding on: the
+            # body would reach the decoder compressed, refused as malformed for the wrong reason.
+            given = ", ".join(request.headers.getlist("transfer-encoding"))
+            if any(coding.strip().lower() not in ("", "chunked", "identity") for coding in given.split(",")):
+                raise UnsupportedMediaType(
+                    f"Transfer-Encoding {given!r} is not supported: send the body uncompressed, "
+                    "with Content-Length or chunked alone"
+                )
         try:
             async with time_limit(self.body_timeout, body_timeout):
                 return await self._read_body(request)
