@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if not self.MODEL_DIR.is_dir():
             raise ValueError(f"MODEL_DIR: {str(self.MODEL_DIR)!r} is not a directory")
+        from app.core.card import model_names  # imported late: numpy
+
+        try:
+            models = model_names(self.MODEL_DIR)
+        except OSError as exc:
+            raise ValueError(f"MODEL_DIR: {str(self.MODEL_DIR)!r} cannot be read: {exc.strerror}") from None
         if not (self.MODEL_DIR / self.DEFAULT_MODEL).is_dir():
             raise ValueError(
                 f"DEFAULT_MODEL: {self.DEFAULT_MODEL!r} is not a model directory under "
@@ -139,7 +145,7 @@ class Settings(BaseSettings):
                 f"MAX_SIGNAL_LENGTH: {self.MAX_SIGNAL_LENGTH} exceeds MAX_SAMPLES "
                 f"{self.MAX_SAMPLES}; raise MAX_SAMPLES or lower MAX_SIGNAL_LENGTH"
             )
-        self._check_window()
+        self._check_window(models)
         if self.API_KEYS_FILE is not None and not self.API_KEYS_FILE.is_file():
             raise ValueError(f"API_KEYS_FILE: {str(self.API_KEYS_FILE)!r} is not a file")
         from app.security import check_origins, load_api_keys  # imported late: it imports Starlette
@@ -148,21 +154,20 @@ class Settings(BaseSettings):
         check_origins(self.CORS_ORIGINS)
         return self
 
-    def _check_window(self) -> None:
+    def _check_window(self, models: list[str]) -> None:
         """WINDOW holds every model's receptive field (``least_window``), read from the cards:
         a model that cannot run in the window would never load, and /readyz stay 503. A card
         that does not read is left to the model's load, which reports it (the others serve)."""
-        from app.core.card import CARD_FILE, CardError, load_card  # imported late: numpy
+        from app.core.card import CardError, load_card  # imported late: numpy
         from app.core.windows import least_window
 
         needs: dict[str, int] = {}
-        for model in sorted(self.MODEL_DIR.iterdir()):
-            if (model / CARD_FILE).is_file():
-                try:
-                    card = load_card(model, verify=False)
-                except CardError:
-                    continue
-                needs[model.name] = least_window(card.receptive_radius, card.alignment)
+        for name in models:
+            try:
+                card = load_card(self.MODEL_DIR / name, verify=False)
+            except CardError:
+                continue
+            needs[name] = least_window(card.receptive_radius, card.alignment)
         least = max(needs.values(), default=0)
         if least > self.WINDOW:
             short = ", ".join(f"{name} needs {value}" for name, value in needs.items() if value > self.WINDOW)

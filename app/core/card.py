@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,23 @@ class Card(BaseModel):
     def receptive_radius(self) -> int:
         """Samples on each side of an output sample that can change it."""
         return self.receptive_field // 2
+
+
+def model_names(model_dir: Path) -> list[str]:
+    """The models under ``model_dir``, by name: its sub-directories that hold ``card.json`` or
+    ``model.onnx`` (one of them missing, the model's load says so). A sub-directory that cannot
+    be looked into (permission denied) is one if its name could be a model's, so that its load
+    names the fault; any other (``lost+found`` on a mounted volume) is passed over. Raises
+    ``OSError`` if ``model_dir`` itself cannot be read."""
+    names = []
+    for path in sorted(model_dir.iterdir()):
+        try:
+            found = path.is_dir() and ((path / CARD_FILE).exists() or (path / MODEL_FILE).exists())
+        except OSError:
+            found = re.fullmatch(NAME_PATTERN, path.name) is not None
+        if found:
+            names.append(path.name)
+    return names
 
 
 def sha256_file(path: Path) -> str:

@@ -19,7 +19,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from app.core.batching import Batcher, Finish, JobFuture
-from app.core.card import CARD_FILE
+from app.core.card import model_names
 from app.core.errors import ModelNotFound, ModelNotReady, ShuttingDown
 from app.core.model import InferenceOptions, OnnxModel
 from app.core.windows import Float32Array
@@ -53,11 +53,7 @@ class Registry:
         self.workers = workers
         self._lock = threading.Lock()
         self._closed = False
-        self.statuses: dict[str, ModelStatus] = {
-            d.name: ModelStatus(d.name)
-            for d in sorted(model_dir.iterdir())
-            if d.is_dir() and ((d / CARD_FILE).exists() or (d / "model.onnx").exists())
-        }
+        self.statuses: dict[str, ModelStatus] = {name: ModelStatus(name) for name in model_names(model_dir)}
 
     def load_all(self) -> None:
         """Load, verify and warm up every model; never raises for one bad model. Stops at the

@@ -1,8 +1,10 @@
 """Health, readiness, metrics, logging, docs and settings through the app."""
 
+import errno
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -11,6 +13,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.core.model import InferenceOptions
+from app.core.registry import Registry
 from app.main import create_app
 from app.settings import SettingsError, load_settings
 from tests.api.conftest import wait_ready
@@ -220,6 +224,49 @@ def test_the_window_is_served_and_an_unreadable_card_is_left_to_its_load(
         assert "cannot read the model card" in c.get("/readyz").json()["reasons"][0]
         r = c.post("/v1/detect", json={"signals": [[0.0] * 3000]})
         assert r.status_code == 200 and len(r.json()["results"]) == 1
+
+
+def deny_looking_into(monkeypatch: pytest.MonkeyPatch, *dirs: Path) -> None:
+    """``os.stat`` of anything inside ``dirs`` fails as for a directory the service's user may
+    not search (another owner's, mode 0700): the tests may run as root, whom modes do not stop."""
+    real = os.stat
+
+    def stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if isinstance(path, str | os.PathLike) and any(d in Path(os.fsdecode(path)).parents for d in dirs):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", stat)
+
+
+def test_a_sub_directory_that_cannot_be_read_does_not_stop_the_start(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lost+found`` on a mounted volume (root's, mode 0700) holds no model: it is passed over.
+    One that could be a model's is listed, and its load says what is wrong."""
+    root = tmp_path / "models"
+    shutil.copytree(models_dir, root)
+    (root / "lost+found").mkdir()
+    (root / "locked").mkdir()
+    deny_looking_into(monkeypatch, root / "lost+found", root / "locked")
+    settings = load_settings(MODEL_DIR=root)
+    assert list(Registry(settings.MODEL_DIR, InferenceOptions()).statuses) == ["bump", "locked", "other"]
+
+
+def test_a_model_dir_that_cannot_be_read_stops_the_start_saying_so(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(models_dir, root)
+    deny_looking_into(monkeypatch, root)
+
+    def iterdir(self: Path) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(SettingsError) as err:
+        load_settings(MODEL_DIR=root)
+    assert f"MODEL_DIR: {str(root)!r} cannot be read: Permission denied" in str(err.value)
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, models_dir: Path) -> None:
