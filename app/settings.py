@@ -129,16 +129,17 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if not self.MODEL_DIR.is_dir():
             raise ValueError(f"MODEL_DIR: {str(self.MODEL_DIR)!r} is not a directory")
-        from app.core.card import model_names  # imported late: numpy
+        from app.core.card import CARD_FILE, MODEL_FILE, model_names  # imported late: numpy
 
         try:
             models = model_names(self.MODEL_DIR)
         except OSError as exc:
             raise ValueError(f"MODEL_DIR: {str(self.MODEL_DIR)!r} cannot be read: {exc.strerror}") from None
-        if not (self.MODEL_DIR / self.DEFAULT_MODEL).is_dir():
+        if self.DEFAULT_MODEL not in models:
             raise ValueError(
                 f"DEFAULT_MODEL: {self.DEFAULT_MODEL!r} is not a model directory under "
-                f"{str(self.MODEL_DIR)!r}"
+                f"{str(self.MODEL_DIR)!r} (one holding {CARD_FILE} and {MODEL_FILE}); its models: "
+                + (", ".join(models) or "none")
             )
         if self.MAX_SIGNAL_LENGTH > self.MAX_SAMPLES:
             raise ValueError(

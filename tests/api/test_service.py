@@ -197,6 +197,21 @@ def test_invalid_settings_name_the_variable(
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize("default", ["", ".", "bump/", "../models/bump", "empty"])
+def test_the_default_model_must_be_a_model(models_dir: Path, tmp_path: Path, default: str) -> None:
+    """Not just any directory: with one that is no model the service would start, answer
+    /readyz 200 and every POST /v1/detect 404."""
+    root = tmp_path / "models"
+    shutil.copytree(models_dir, root)
+    (root / "empty").mkdir()
+    with pytest.raises(SettingsError) as err:
+        load_settings(MODEL_DIR=root, DEFAULT_MODEL=default)
+    assert (
+        f"SHAPE_DETECTOR_DEFAULT_MODEL: {default!r} is not a model "
+        f"directory under {str(root)!r} (one holding card.json and model.onnx); its models: bump, other"
+    ) in str(err.value)
+
+
 def test_the_window_must_hold_the_shipped_models() -> None:
     """A window a model cannot run in stops the start, naming the least value, instead of
     every model failing to load and readiness staying 503."""
