@@ -21,9 +21,10 @@ from starlette.requests import ClientDisconnect
 
 from app.core.affinity import SameCpu
 from app.core.batching import Finish, Shared
+from app.core.card import MAX_MIN_DISTANCE
 from app.core.errors import BodyTooLarge, MalformedBody, Overloaded, UnsupportedMediaType
 from app.core.model import OnnxModel
-from app.core.pipeline import MAX_MIN_DISTANCE, Params, decode_request, media_type, respond_many
+from app.core.pipeline import Params, decode_request, media_type, respond_many
 from app.core.registry import Registry
 from app.core.signals import Body, Limits, Signal
 from app.core.timeouts import ClientClosedRequest, body_timeout, deadline_exceeded, time_limit

@@ -6,8 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.core.card import Card
-from app.core.pipeline import MAX_MIN_DISTANCE
+from app.core.card import MAX_MIN_DISTANCE, Card
 
 
 class DetectRequest(BaseModel):

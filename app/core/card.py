@@ -21,6 +21,8 @@ from app.core.calibration import Calibrator, MonotoneMap
 CARD_FILE = "card.json"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # a model's name: also its directory and URL segment
 MODEL_FILE = "model.onnx"
+# Answers echo min_distance as a 64-bit integer; any distance past a signal's length acts alike.
+MAX_MIN_DISTANCE = 2**63 - 1
 
 
 class CardError(ValueError):
@@ -101,7 +103,7 @@ class Card(BaseModel):
     )
     threshold: float = Field(gt=0, lt=1)
     threshold_selection: str
-    min_distance: int = Field(ge=1)
+    min_distance: int = Field(ge=1, le=MAX_MIN_DISTANCE)
     min_distance_selection: str
     template: list[float] | None = None
     template_center: int | None = None

@@ -20,7 +20,7 @@ import numpy.typing as npt
 import orjson
 import simdjson
 
-from app.core.card import Card
+from app.core.card import MAX_MIN_DISTANCE, Card
 from app.core.errors import InvalidInput, MalformedBody, UnsupportedMediaType, listed
 from app.core.model import Detection, Options, detections_per_request
 from app.core.peaks import Peaks
@@ -116,10 +116,6 @@ def check_threshold(v: Any, loc: tuple[str | int, ...]) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1:
         raise InvalidInput(f"threshold must be a number strictly between 0 and 1, got {short_repr(v)}", loc)
     return float(v)
-
-
-# Answers echo min_distance as a 64-bit integer; any distance past a signal's length acts alike.
-MAX_MIN_DISTANCE = 2**63 - 1
 
 
 def check_min_distance(v: Any, loc: tuple[str | int, ...]) -> int:

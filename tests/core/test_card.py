@@ -53,6 +53,8 @@ def test_missing_and_malformed_cards(tiny_model_dir: Path, tmp_path: Path) -> No
     [
         ("threshold", 1.5, "threshold"),
         ("min_distance", 0, "min_distance"),
+        # Answers echo it as a 64-bit integer: beyond, every request was a 500.
+        ("min_distance", 10**20, "min_distance"),
         ("sha256", "abc", "sha256"),
         ("name", "Bad Name!", "name"),
         ("outputs", [], "outputs"),
