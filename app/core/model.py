@@ -11,7 +11,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from app.core.calibration import IDENTITY, Calibrator
-from app.core.card import CARD_FILE, Card, CardError, load_card, read_model
+from app.core.card import CARD_FILE, MODEL_FILE, Card, CardError, load_card, read_model
 from app.core.peaks import Peaks, find_peaks_many
 from app.core.windows import Float32Array, Map, WindowPlan, score_pieces
 
@@ -111,14 +111,28 @@ class OnnxModel:
         The largest batch makes onnxruntime allocate its working memory now, at start-up,
         not on the first long signal. No call is larger than a request's largest: at most
         ``max_batch_samples`` samples, or one window where a window is longer (a card's long
-        ``min_length`` is run in windows too). Raises if the model gives unusable scores.
+        ``min_length`` is run in windows too). Raises, saying what is wrong, if the model gives
+        unusable scores: not one per sample, or not probabilities.
         """
         rows = max(1, self.options.max_batch_samples // self.plan.window)
         short = min(max(self.card.min_length, 256), self.plan.window)
         for shape in ((1, short), (rows, self.plan.window)):
             scores = self.run(np.zeros(shape, dtype=np.float32))
-            if scores.shape != shape or not np.all(np.isfinite(scores)):
-                raise RuntimeError(f"model {self.name}: warm-up gave unusable scores")
+            if scores.shape != shape:
+                problem = f"scores of shape {list(scores.shape)}, not one per sample"
+            elif not np.all(np.isfinite(scores)):
+                problem = "scores that are not finite"
+            elif not np.all((scores >= 0) & (scores <= 1)):
+                problem = (
+                    f"scores from {scores.min():g} to {scores.max():g}, not probabilities in [0, 1] "
+                    "(exported without its final sigmoid?)"
+                )
+            else:
+                continue
+            raise RuntimeError(
+                f"model {self.name}: warm-up on zeros of shape {list(shape)} gave {problem}; "
+                f"'scores' must be a probability per input sample: re-export {MODEL_FILE}"
+            )
 
     def scores(
         self, signals: Sequence[npt.NDArray[np.floating]], map_batches: Map | None = None

@@ -59,6 +59,33 @@ def test_warm_up_calls_are_no_larger_than_a_request_makes(
         )
 
 
+@pytest.mark.parametrize(
+    ("scores", "message"),
+    [
+        pytest.param(
+            lambda s: s * 10 - 5,
+            ", not probabilities in [0, 1] (exported without its final sigmoid?)",
+            id="logits",
+        ),
+        pytest.param(lambda s: s[:, :-1], " of shape [1, 255], not one per sample", id="shape"),
+        pytest.param(lambda s: s / 0, " that are not finite", id="nan"),
+    ],
+)
+def test_a_model_whose_scores_are_not_probabilities_is_refused_saying_why(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, scores: Any, message: str
+) -> None:
+    """Logits were served: every probability in answers near 0 or 1 (clipped by calibration),
+    or outside [0, 1]."""
+    run = OnnxModel.run
+    monkeypatch.setattr(OnnxModel, "run", lambda self, batch: scores(run(self, batch)))
+    model = OnnxModel(tiny_model_dir, InferenceOptions(window=1024, max_batch_samples=4096))
+    with pytest.raises(RuntimeError) as err, np.errstate(divide="ignore", invalid="ignore"):
+        model.warm_up()
+    assert "model tiny: warm-up on zeros of shape [1, 256] gave scores" in str(err.value)
+    assert message in str(err.value)
+    assert "'scores' must be a probability per input sample: re-export model.onnx" in str(err.value)
+
+
 def _rss_mib() -> float:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
