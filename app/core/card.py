@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import re
+import stat
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from app.core.calibration import Calibrator, MonotoneMap
 CARD_FILE = "card.json"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # a model's name: also its directory and URL segment
 MODEL_FILE = "model.onnx"
+MAX_CARD_BYTES = 16 * 1024 * 1024  # the shipped cards: about 40 KiB
 # Answers echo min_distance as a 64-bit integer; any distance past a signal's length acts alike.
 MAX_MIN_DISTANCE = 2**63 - 1
 
@@ -187,7 +189,9 @@ def load_card(model_dir: Path, *, verify: bool = True) -> Card:
     makes it from ``read_model``'s bytes instead)."""
     card_path = model_dir / CARD_FILE
     try:
-        raw = json.loads(card_path.read_text(encoding="utf-8"))
+        raw = json.loads(read_regular(card_path, MAX_CARD_BYTES).decode("utf-8"))
+    except CardError:
+        raise
     except FileNotFoundError as exc:
         raise CardError(f"{card_path}: no model card (expected {CARD_FILE} beside the model)") from exc
     except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8, a number too long
@@ -209,8 +213,8 @@ def read_model(model_dir: Path, card: Card, *, verify: bool = True) -> bytes:
     replaced on disk after this read is not what serves."""
     onnx_path = model_dir / MODEL_FILE
     try:
-        data = onnx_path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError):
+        data = read_regular(onnx_path)
+    except FileNotFoundError:
         raise CardError(f"{onnx_path}: model file missing") from None
     if verify:
         actual = sha256_bytes(data)
@@ -220,6 +224,19 @@ def read_model(model_dir: Path, card: Card, *, verify: bool = True) -> bytes:
                 "the model file was changed or corrupted, re-export it with its card"
             )
     return data
+
+
+def read_regular(path: Path, most: int | None = None) -> bytes:
+    """The bytes of ``path``, a regular file (or a symbolic link to one). Anything else is
+    refused with ``CardError`` before it is opened: a directory, a FIFO (reading one waits for a
+    writer: the loading of every model waited with it), a device (``/dev/zero`` never ends); so
+    is a file of more than ``most`` bytes."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise CardError(f"{path}: not a regular file; {path.name} must be one")
+    if most is not None and info.st_size > most:
+        raise CardError(f"{path}: {info.st_size} bytes, more than {most}: is it the right file?")
+    return path.read_bytes()
 
 
 def write_card(model_dir: Path, card: Card) -> Path:

@@ -1,10 +1,12 @@
 import json
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
-from app.core.card import CardError, SuiteMetrics, load_card, write_card
+from app.core.card import MAX_CARD_BYTES, CardError, SuiteMetrics, load_card, write_card
 
 
 def copy_model(src: Path, dst: Path) -> Path:
@@ -46,6 +48,47 @@ def test_missing_and_malformed_cards(tiny_model_dir: Path, tmp_path: Path) -> No
     (d / "card.json").unlink()
     with pytest.raises(CardError, match="no model card"):
         load_card(d)
+
+
+def load_within(model_dir: Path, seconds: float = 10.0) -> BaseException | None:
+    """What ``load_card`` raised, from a thread: a FIFO blocked it (and the loading of every
+    model after it) forever."""
+    raised: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_card(model_dir)
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "load_card still reads"
+    return raised[0] if raised else None
+
+
+@pytest.mark.parametrize("name", ["card.json", "model.onnx"])
+def test_a_file_that_is_not_a_regular_file_is_refused_at_once(
+    tiny_model_dir: Path, tmp_path: Path, name: str
+) -> None:
+    d = copy_model(tiny_model_dir, tmp_path / "tiny")
+    (d / name).unlink()
+    os.mkfifo(d / name)
+    exc = load_within(d)
+    assert isinstance(exc, CardError)
+    assert f"{d / name}: not a regular file" in str(exc)
+
+
+def test_a_huge_card_is_refused_unread(tiny_model_dir: Path, tmp_path: Path) -> None:
+    d = copy_model(tiny_model_dir, tmp_path / "tiny")
+    with (d / "card.json").open("r+b") as fh:
+        fh.truncate(MAX_CARD_BYTES + 1)  # sparse: costs no disk
+    with pytest.raises(CardError) as err:
+        load_card(d)
+    assert f"card.json: {MAX_CARD_BYTES + 1} bytes, more than {MAX_CARD_BYTES}: is it the right file?" in str(
+        err.value
+    )
 
 
 @pytest.mark.parametrize(
