@@ -81,7 +81,10 @@ def reload_model(registry: Registry, name: str) -> Reloaded:
     status = registry.statuses.get(name)
     if status is None:
         known = ", ".join(registry.statuses) or "none"
-        raise ModelNotFound(f"no model named {name!r}; available models: {known}")
+        raise ModelNotFound(
+            f"no model named {name!r}; available models: {known} (models are found at start-up: "
+            "restart the service to serve a model added since)"
+        )
     if registry.closed:
         raise ShuttingDown("the service is shutting down; retry on another instance")
     if status.state == "loading":

@@ -269,9 +269,15 @@ def test_reloads_do_not_grow_the_process(client: TestClient) -> None:
     assert grown < 32 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB over 30 reloads"
 
 
-def test_unknown_model_is_404(client: TestClient) -> None:
+def test_unknown_model_is_404(client: TestClient, own_models: Path) -> None:
     r = client.post("/admin/models/nope/reload")
     assert r.status_code == 404 and "available models: bump, other" in r.json()["detail"]
+    shutil.copytree(own_models / "other", own_models / "added")  # after start-up
+    r = client.post("/admin/models/added/reload")
+    assert r.status_code == 404 and r.json()["detail"] == (
+        "no model named 'added'; available models: bump, other (models are found at start-up: "
+        "restart the service to serve a model added since)"
+    )
 
 
 def test_one_reload_at_a_time(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
