@@ -67,6 +67,33 @@ def check_servable(card: Card, model_dir: Path, options: InferenceOptions) -> No
         )
 
 
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
+
+
+def check_tensors(card: Card, session: ort.InferenceSession, model_dir: Path) -> None:
+    """Raises ``CardError`` unless the model file takes the card's inputs and gives its outputs
+    (among others, maybe), each of the card's dtype and shape: a size where the card gives a
+    number, a variable one where it gives a name."""
+
+    def spec(name: str, dtype: str, shape: Sequence[object]) -> str:
+        dims = ", ".join(str(d) if isinstance(d, int) else "variable" for d in shape)
+        return f"{name} {ORT_DTYPES.get(dtype, dtype)} [{dims}]"
+
+    def listed(specs: list[str]) -> str:
+        return ", ".join(specs) or "none"
+
+    takes = sorted(spec(a.name, a.type, a.shape) for a in session.get_inputs())
+    gives = {a.name: spec(a.name, a.type, a.shape) for a in session.get_outputs()}
+    inputs = sorted(spec(t.name, t.dtype, t.shape) for t in card.inputs)
+    outputs = [spec(t.name, t.dtype, t.shape) for t in card.outputs]
+    if takes != inputs or any(gives.get(t.name) != s for t, s in zip(card.outputs, outputs, strict=True)):
+        raise CardError(
+            f"{model_dir / MODEL_FILE} takes {listed(takes)} and gives {listed(list(gives.values()))}; "
+            f"its {CARD_FILE} says it takes {listed(inputs)} and gives {listed(outputs)}: "
+            "the card is not this model's, export them together"
+        )
+
+
 class OnnxModel:
     """A model directory (``model.onnx`` + ``card.json``) loaded into one session.
 
@@ -90,6 +117,7 @@ class OnnxModel:
         # directory). The card's sha256 covers model.onnx alone.
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model_dir))
         self.session = ort.InferenceSession(model_bytes, sess_options=so, providers=["CPUExecutionProvider"])
+        check_tensors(self.card, self.session, model_dir)
         self.plan = WindowPlan.for_model(self.options.window, self.card.receptive_radius, self.card.alignment)
 
     @property

@@ -86,6 +86,35 @@ def test_a_model_whose_scores_are_not_probabilities_is_refused_saying_why(
     assert "'scores' must be a probability per input sample: re-export model.onnx" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        (
+            {"name": "signal", "dtype": "float64", "shape": ["batch", "length"]},
+            "signal float64 [variable, variable]",
+        ),
+        ({"name": "signal", "dtype": "float32", "shape": [1, 1024]}, "signal float32 [1, 1024]"),
+    ],
+)
+def test_a_card_that_misdescribes_the_model_tensors_is_refused(
+    tiny_model_dir: Path, tmp_path: Path, spec: dict[str, Any], says: str
+) -> None:
+    """The card is the contract clients read (GET /v1/models): one that says the model takes
+    float64, or signals of 1024 samples only, is not the model's, whatever its sha256."""
+    model_dir = tmp_path / "tiny"
+    shutil.copytree(tiny_model_dir, model_dir)
+    card = json.loads((model_dir / "card.json").read_text())
+    card["inputs"] = [spec]
+    (model_dir / "card.json").write_text(json.dumps(card))
+    with pytest.raises(CardError) as err:
+        OnnxModel(model_dir)
+    assert f"{model_dir / 'model.onnx'} takes signal float32 [variable, variable] and gives " in str(
+        err.value
+    )
+    assert f"its card.json says it takes {says} and gives probability float32 [variable], " in str(err.value)
+    assert str(err.value).endswith("the card is not this model's, export them together")
+
+
 def _rss_mib() -> float:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
