@@ -122,9 +122,15 @@ class Registry:
         return self._closed
 
     def redact_paths(self, text: str) -> str:
-        """A reason fit for a response: the model directory's absolute path becomes MODEL_DIR."""
-        for prefix in sorted({str(self.model_dir.resolve()), str(self.model_dir)}, key=len, reverse=True):
-            text = text.replace(prefix.rstrip("/") + "/", "MODEL_DIR/")
+        """A reason fit for a response: the model directory's absolute path becomes MODEL_DIR,
+        and the real path of each model's directory (a symbolic link to one elsewhere, whose
+        files onnxruntime names by their real path) ``MODEL_DIR/<name>``."""
+        shown = {str(self.model_dir.resolve()): "MODEL_DIR", str(self.model_dir): "MODEL_DIR"}
+        for name in self.statuses:
+            shown.setdefault(str((self.model_dir / name).resolve()), f"MODEL_DIR/{name}")
+        for prefix in sorted(shown, key=len, reverse=True):
+            if prefix.rstrip("/"):  # not "/": every path would be garbled
+                text = text.replace(prefix.rstrip("/") + "/", shown[prefix] + "/")
         return text
 
     @property

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from app.core.model import InferenceOptions, OnnxModel
+from app.core.registry import Registry
 
 onnx = pytest.importorskip("onnx")  # the training extra: how such a file is made
 
@@ -47,3 +48,19 @@ def test_a_model_with_external_data_loads_them_from_its_directory(
     x = np.random.default_rng(0).standard_normal((2, 3000)).astype(np.float32)
     expected = OnnxModel(tiny_model_dir, options).run(x)
     np.testing.assert_array_equal(OnnxModel(model_dir, options).run(x), expected)
+
+
+def test_a_load_failure_names_no_path_outside_model_dir(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A model directory may be a symbolic link to one elsewhere (models/bump -> a volume of
+    versions); onnxruntime names the files it cannot read by their real path, which /readyz,
+    answered to anyone, showed."""
+    elsewhere = with_external_data(tiny_model_dir, tmp_path / "volume" / "tiny-0.0.1")
+    (elsewhere / "weights.bin").unlink()
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "tiny").symlink_to(elsewhere)
+    registry = Registry(root, InferenceOptions(window=1024))
+    registry.load_all()
+    (problem,) = registry.problems()
+    assert str(tmp_path) not in problem
+    assert '"MODEL_DIR/tiny/weights.bin"' in problem
