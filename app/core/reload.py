@@ -88,7 +88,10 @@ def reload_model(registry: Registry, name: str) -> Reloaded:
     if registry.closed:
         raise ShuttingDown("the service is shutting down; retry on another instance")
     if status.state == "loading":
-        raise ReloadConflict(f"model {name!r} is still loading; retry when /readyz answers 200")
+        raise ReloadConflict(
+            f"model {name!r} is still loading; retry once /readyz shows it ready or failed "
+            "(/readyz answers 200 only when every model is ready)"
+        )
     lock = _lock_for(registry)
     if not lock.acquire(blocking=False):
         raise ReloadConflict("another model reload is running; retry when it has finished")

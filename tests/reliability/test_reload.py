@@ -25,7 +25,7 @@ from app.core import heap
 from app.core.batching import Batcher
 from app.core.model import InferenceOptions, OnnxModel
 from app.core.registry import Registry
-from app.core.reload import reload_model
+from app.core.reload import ReloadConflict, reload_model
 from app.main import create_app
 from app.settings import load_settings
 from tests.core.test_model import replaced_once_hashed
@@ -277,6 +277,17 @@ def test_unknown_model_is_404(client: TestClient, own_models: Path) -> None:
     assert r.status_code == 404 and r.json()["detail"] == (
         "no model named 'added'; available models: bump, other (models are found at start-up: "
         "restart the service to serve a model added since)"
+    )
+
+
+def test_a_model_still_loading_is_not_reloaded_and_the_answer_says_when_to_retry(own_models: Path) -> None:
+    """Not "when /readyz answers 200": with another model failed, it never does."""
+    registry = Registry(own_models, InferenceOptions())  # not loaded yet: every model loading
+    with pytest.raises(ReloadConflict) as err:
+        reload_model(registry, "bump")
+    assert err.value.detail == (
+        "model 'bump' is still loading; retry once /readyz shows it ready or failed "
+        "(/readyz answers 200 only when every model is ready)"
     )
 
 
