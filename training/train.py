@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from app.core.calibration import MonotoneMap
-from app.core.card import MODEL_FILE, NAME_PATTERN, Card, CardError, load_card
+from app.core.card import MODEL_FILE, NAME_PATTERN, VERSION_PATTERN, Card, CardError, load_card
 from app.core.model import InferenceOptions, OnnxModel, detections
 from training import calibrate as cal
 from training import evaluate as ev
@@ -837,6 +837,8 @@ def main(argv: list[str] | None = None) -> Path:
             f"--name {a.name!r}: use 1-64 lower-case letters, digits, '-' or '_', "
             "starting with a letter or digit"
         )
+    if not re.fullmatch(VERSION_PATTERN, a.version):
+        p.error(f"--version {a.version!r}: use no slash and no white space (the service names it in URLs)")
     if a.data is None and a.seed in held_out_seeds():
         p.error(
             f"--seed {a.seed} is the seed of {held_out_seeds()[a.seed]}: the training signals would "

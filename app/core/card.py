@@ -21,6 +21,7 @@ from app.core.calibration import Calibrator, MonotoneMap
 
 CARD_FILE = "card.json"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # a model's name: also its directory and URL segment
+VERSION_PATTERN = r"^[^/\s]+$"  # a version: named in answers and in /v2 paths (no slash, no white space)
 MODEL_FILE = "model.onnx"
 MAX_CARD_BYTES = 16 * 1024 * 1024  # the shipped cards: about 40 KiB
 # Answers echo min_distance as a 64-bit integer; any distance past a signal's length acts alike.
@@ -88,7 +89,7 @@ class Card(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str = Field(pattern=NAME_PATTERN)
-    version: str
+    version: str = Field(pattern=VERSION_PATTERN, description="Named in answers and in /v2 paths.")
     created: str
     description: str
     labels: list[str]

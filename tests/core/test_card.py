@@ -96,6 +96,9 @@ def test_a_huge_card_is_refused_unread(tiny_model_dir: Path, tmp_path: Path) -> 
     [
         ("threshold", 1.5, "threshold"),
         ("min_distance", 0, "min_distance"),
+        # /v2/models/{name}/versions/{version}/... could not name such a version: 404 for every request.
+        ("version", "", "version"),
+        ("version", "1.5/rc1", "version"),
         # Answers echo it as a 64-bit integer: beyond, every request was a 500.
         ("min_distance", 10**20, "min_distance"),
         ("sha256", "abc", "sha256"),
