@@ -13,7 +13,7 @@ import onnxruntime as ort
 from app.core.calibration import IDENTITY, Calibrator
 from app.core.card import CARD_FILE, MODEL_FILE, Card, CardError, load_card, read_model
 from app.core.peaks import Peaks, find_peaks_many
-from app.core.windows import Float32Array, Map, WindowPlan, score_pieces
+from app.core.windows import Float32Array, Map, WindowPlan, least_window, score_pieces
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +140,8 @@ class OnnxModel:
         not on the first long signal. No call is larger than a request's largest: at most
         ``max_batch_samples`` samples, or one window where a window is longer (a card's long
         ``min_length`` is run in windows too). Raises, saying what is wrong, if the model gives
-        unusable scores: not one per sample, or not probabilities.
+        unusable scores: not one per sample, or not probabilities, or, in windows, not its
+        scores of the whole signal (``check_windows``).
         """
         rows = max(1, self.options.max_batch_samples // self.plan.window)
         short = min(max(self.card.min_length, 256), self.plan.window)
@@ -161,6 +162,33 @@ class OnnxModel:
                 f"model {self.name}: warm-up on zeros of shape {list(shape)} gave {problem}; "
                 f"'scores' must be a probability per input sample: re-export {MODEL_FILE}"
             )
+        self.check_windows()
+
+    def check_windows(self) -> None:
+        """Raises unless the card's receptive field and alignment are the model's: a random
+        signal scored in the shortest windows they allow must get its scores of the whole
+        signal, and so in windows one alignment longer (their seams fall elsewhere). With a
+        card that understates them, every signal longer than a window got wrong scores near
+        the seams of its windows (by up to 0.2), silently. No call is longer than one window
+        of the service's."""
+        radius, alignment = self.card.receptive_radius, self.card.alignment
+        least = least_window(radius, alignment)
+        length = min(3 * (least + alignment), self.plan.window)
+        signal = np.random.default_rng(0).standard_normal(length).astype(np.float32)
+        whole = self.run(signal[None])[0]
+        for window in (least, least + alignment):
+            plan = WindowPlan.for_model(window, radius, alignment)
+            if length <= plan.window:  # not cut: the service's windows are no longer
+                continue
+            (windowed,) = score_pieces([signal], plan, self.run, self.options.max_batch_samples)
+            error = float(np.max(np.abs(windowed - whole)))
+            if error > 1e-6:
+                raise RuntimeError(
+                    f"model {self.name}: its card's receptive_field {self.card.receptive_field} and "
+                    f"alignment {alignment} are not the model's: scored in windows they allow, a "
+                    f"signal gets scores up to {error:.2g} away from its scores whole; re-export the "
+                    "card with the model (training measures both)"
+                )
 
     def scores(
         self, signals: Sequence[npt.NDArray[np.floating]], map_batches: Map | None = None

@@ -115,6 +115,28 @@ def test_a_card_that_misdescribes_the_model_tensors_is_refused(
     assert str(err.value).endswith("the card is not this model's, export them together")
 
 
+@pytest.mark.parametrize("fields", [{"receptive_field": 21}, {"alignment": 1}, {"alignment": 3}])
+def test_a_card_that_understates_the_receptive_field_or_alignment_is_refused(
+    tiny_strided_model_dir: Path, tmp_path: Path, fields: dict[str, int]
+) -> None:
+    """The windows of a long signal are cut by the card's receptive field and alignment: with
+    smaller ones than the model's, scores near the seams were wrong (by up to 0.2), silently."""
+    model_dir = tmp_path / "strided"
+    shutil.copytree(tiny_strided_model_dir, model_dir)
+    card = json.loads((model_dir / "card.json").read_text())
+    card.update(fields)
+    (model_dir / "card.json").write_text(json.dumps(card))
+    model = OnnxModel(model_dir, InferenceOptions(window=4096))
+    with pytest.raises(RuntimeError) as err:
+        model.warm_up()
+    assert (
+        f"model strided: its card's receptive_field {card['receptive_field']} and alignment "
+        f"{card['alignment']} are not the model's: scored in windows they allow, a signal gets scores up to "
+    ) in str(err.value)
+    assert str(err.value).endswith("re-export the card with the model (training measures both)")
+    OnnxModel(tiny_strided_model_dir, InferenceOptions(window=4096)).warm_up()  # its own card
+
+
 def _rss_mib() -> float:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
