@@ -225,12 +225,12 @@ def _template(f: Any, path: Path, train: Dataset) -> tuple[Template, str]:
     if "template_center" in f:
         raise DataError(f"{path}: 'template_center' goes with 'template'; add the template or drop it")
     w = TEMPLATE_HALF_WIDTH
-    segments = [
-        robust_normalise(x)[c - w : c + w + 1]
-        for x, cs in zip(train.signals, train.events, strict=True)
-        for c in cs
-        if w <= c < x.size - w
-    ]
+    segments: list[np.ndarray] = []
+    for x, cs in zip(train.signals, train.events, strict=True):
+        inside = cs[(cs >= w) & (cs < x.size - w)]
+        if inside.size:
+            z = robust_normalise(x)  # once per signal: a long recording may hold thousands of events
+            segments.extend(z[c - w : c + w + 1] for c in inside)
     if not segments:
         raise DataError(f"{path}: no training events to estimate a template from; add 'template'")
     mean = np.mean(segments, axis=0)
