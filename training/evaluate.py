@@ -83,21 +83,34 @@ def roc_auc(scores: npt.NDArray[np.floating], labels: npt.NDArray[np.bool_]) -> 
 def match_pairs(
     peaks: npt.NDArray[np.int64], centres: npt.NDArray[np.int64], tol: int = MATCH_TOLERANCE
 ) -> list[tuple[int, int]]:
-    """One-to-one (peak, centre) index pairs within ``tol``, closest pairs first."""
+    """One-to-one (peak, centre) index pairs within ``tol``, closest pairs first (ties: the
+    lower peak index, then the lower centre index).
+
+    Only the pairs within ``tol`` are formed (each peak's centres by binary search), never the
+    peaks x centres distance table: a long recording holds thousands of events and an untrained
+    model's curve many more peaks, and that table took gigabytes and seconds per call.
+    """
     if peaks.size == 0 or centres.size == 0:
         return []
-    dist = np.abs(peaks[:, None] - centres[None, :])
-    pairs = np.argwhere(dist <= tol)
-    order = np.argsort(dist[pairs[:, 0], pairs[:, 1]], kind="stable")
+    peaks, centres = np.asarray(peaks, dtype=np.int64), np.asarray(centres, dtype=np.int64)
+    by_time = np.argsort(centres, kind="stable")
+    lo = np.searchsorted(centres[by_time], peaks - tol, side="left")
+    hi = np.searchsorted(centres[by_time], peaks + tol, side="right")
+    counts = hi - lo
+    p_idx = np.repeat(np.arange(peaks.size), counts)
+    within = np.arange(p_idx.size) - np.repeat(np.cumsum(counts) - counts, counts)  # 0, 1, ... per peak
+    c_idx = by_time[np.repeat(lo, counts) + within]
+    dist = np.abs(peaks[p_idx] - centres[c_idx])
+    order = np.lexsort((c_idx, p_idx, dist))
     used_p: set[int] = set()
     used_c: set[int] = set()
     out = []
-    for p, c in pairs[order]:
+    for p, c in zip(p_idx[order].tolist(), c_idx[order].tolist(), strict=True):
         if p in used_p or c in used_c:
             continue
-        used_p.add(int(p))
-        used_c.add(int(c))
-        out.append((int(p), int(c)))
+        used_p.add(p)
+        used_c.add(c)
+        out.append((p, c))
     return out
 
 

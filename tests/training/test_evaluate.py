@@ -124,3 +124,35 @@ def test_a_suite_without_event_free_signals_has_no_auc() -> None:
     assert m["auc"] is None and m["f1"] == 1.0
     m = ev.metrics([*curves, np.zeros(100, np.float32)], [*events, np.empty(0, np.int64)], 0.5, 10)
     assert m["auc"] == 1.0
+
+
+def _table_match_pairs(peaks: np.ndarray, centres: np.ndarray, tol: int) -> list[tuple[int, int]]:
+    """The definition: every (peak, centre) pair within ``tol`` by distance, ties in index order,
+    taken greedily."""
+    dist = np.abs(peaks[:, None] - centres[None, :])
+    pairs = sorted((int(d), p, c) for (p, c), d in np.ndenumerate(dist) if d <= tol)
+    used_p, used_c, out = set(), set(), []
+    for _, p, c in pairs:
+        if p not in used_p and c not in used_c:
+            used_p.add(p)
+            used_c.add(c)
+            out.append((p, c))
+    return out
+
+
+def test_match_pairs_is_the_greedy_closest_first_matching() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(500):
+        span = int(rng.integers(5, 60))
+        peaks = rng.integers(0, span, int(rng.integers(0, 12)))  # unsorted, repeated values too
+        centres = rng.integers(0, span, int(rng.integers(0, 12)))
+        tol = int(rng.integers(0, 8))
+        assert ev.match_pairs(peaks, centres, tol) == _table_match_pairs(peaks, centres, tol)
+
+
+def test_match_pairs_on_a_long_recording_with_many_events() -> None:
+    """100 000 events and 200 000 peaks in one signal: a peaks x centres table would be 160 GB."""
+    centres = np.arange(100_000, dtype=np.int64) * 10
+    peaks = np.arange(0, 1_000_000, 5, dtype=np.int64)
+    pairs = ev.match_pairs(peaks, centres)
+    assert len(pairs) == centres.size and all(peaks[p] == centres[c] for p, c in pairs[:100])
