@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from app.core.card import sha256_file
+from app.core.signals import FLOAT32_MAX_TEXT, FLOAT32_ROUNDS_TO_INF
 from training.evaluate import robust_normalise
 from training.scenario import Dataset, Template
 from training.template import TemplateError, template_from_values
@@ -103,9 +104,14 @@ def _signals(f: Any, path: Path) -> list[np.ndarray]:
     for i, s in enumerate(out):
         if s.size < MIN_LENGTH:
             raise DataError(f"{path}: signal {i} has {s.size} samples; need at least {MIN_LENGTH}")
-        bad = np.flatnonzero(~np.isfinite(s))
-        if bad.size:
+        bad = np.flatnonzero(~(np.abs(s) < FLOAT32_ROUNDS_TO_INF))  # NaN fails the comparison too
+        if bad.size and not np.isfinite(s[bad[0]]):
             raise DataError(f"{path}: signal {i} has a non-finite value ({s[bad[0]]}) at sample {bad[0]}")
+        if bad.size:  # infinite in float32, which the model computes in (the service refuses it too)
+            raise DataError(
+                f"{path}: signal {i} has a value ({s[bad[0]]}) at sample {bad[0]} outside the float32 "
+                f"range (±{FLOAT32_MAX_TEXT}), which the model computes in: rescale the signals"
+            )
     return out
 
 

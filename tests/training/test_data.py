@@ -61,6 +61,13 @@ def test_concatenated_signals_with_lengths_and_template(tmp_path: Path) -> None:
             },
             "signal 2 has a non-finite value .* at sample 5",
         ),
+        (
+            lambda x, ev: {
+                "signals": np.where(np.arange(x.size).reshape(x.shape) == 805, 1e39, x),
+                "events": ev,
+            },
+            r"signal 2 has a value \(1e\+39\) at sample 5 outside the float32 range .*rescale the signals",
+        ),
         (lambda x, ev: {"signals": x[:, :10], "events": ev[:0]}, "need at least 64"),
         (lambda x, ev: {"signals": x[:5], "events": ev[:0]}, "need at least 10"),
         (lambda x, ev: {"signals": x[None], "events": ev}, "1-D .* or 2-D"),
