@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import random
 import re
 import sys
@@ -610,6 +611,21 @@ def crop_lengths(template: Template | None) -> tuple[int, int]:
     return max(384, 4 * n), max(1024, 8 * n)
 
 
+def output_problem(model_dir: Path) -> str | None:
+    """Why the model directory could not be written (None: it could), checked before training:
+    the export, after training, would otherwise end in a traceback."""
+    if model_dir.exists() and not model_dir.is_dir():
+        return f"{model_dir} is a file, not a directory"
+    existing = model_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        return f"{existing} is a file, not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", default="bump", help="model name (directory under --out)")
@@ -839,6 +855,9 @@ def main(argv: list[str] | None = None) -> Path:
         )
     if not re.fullmatch(VERSION_PATTERN, a.version):
         p.error(f"--version {a.version!r}: use no slash and no white space (the service names it in URLs)")
+    problem = output_problem(a.out / a.name)
+    if problem:
+        p.error(f"--out {a.out} --name {a.name}: {problem}; the model goes in --out/--name: give another")
     if a.data is None and a.seed in held_out_seeds():
         p.error(
             f"--seed {a.seed} is the seed of {held_out_seeds()[a.seed]}: the training signals would "

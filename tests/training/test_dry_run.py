@@ -516,3 +516,14 @@ def test_a_dry_run_keeps_the_sizes_given_and_shrinks_the_rest(tmp_path: Path) ->
     # not given: the dry run's
     assert (config["val_signals"], config["gain_signals"]) == (24, 24)
     assert card.training["matched_path"]["signals"]["white"] == 24
+
+
+def test_an_output_that_is_a_file_is_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out, or --out/--name, a file: the export after training ended in NotADirectoryError."""
+    (tmp_path / "taken").write_text("")
+    for out, name, file in (("taken", "x", "taken"), ("taken/sub", "x", "taken"), (".", "taken", "taken")):
+        with pytest.raises(SystemExit):
+            main(["--dry-run", "--out", str(tmp_path / out), "--name", name])
+        assert f"{tmp_path / file} is a file, not a directory" in capsys.readouterr().err
