@@ -677,7 +677,7 @@ def main(argv: list[str] | None = None) -> Path:
         "--gain-signals",
         type=int,
         help="deep: validation signals per suite (and per polarity set) to choose the matched-filter gain "
-        f"on (default {TrainConfig.gain_signals})",
+        f"on (default {TrainConfig.gain_signals}; generated data only)",
     )
     p.add_argument(
         "--calibration-signals",
@@ -841,6 +841,7 @@ def main(argv: list[str] | None = None) -> Path:
         "--eval-signals": a.eval_signals,
         "--val-signals": a.val_signals,
         "--calibration-signals": a.calibration_signals,
+        "--gain-signals": "gain_signals" in explicit,
     }
     given = [flag for flag, value in generated_only.items() if value]
     if a.data is not None and given:
@@ -968,10 +969,11 @@ def main(argv: list[str] | None = None) -> Path:
 
     if user is not None:
         # The card's config says what was used: the splits, not the generated data's counts.
-        cfg.val_signals, cfg.eval_signals, cfg.calibration_signals = (
+        cfg.val_signals, cfg.eval_signals, cfg.calibration_signals, cfg.gain_signals = (
             len(user.val),
             len(user.test),
             len(user.val),
+            len(user.val),  # the matched-filter gain is chosen on the validation split too
         )
         batches: Any = CroppedBatches(user.train, cfg.batch_size, cfg.lengths, cfg.seed)
         val = {"user": user.val}

@@ -429,7 +429,9 @@ def test_a_seed_of_a_held_out_set_is_refused(
     assert exc.value.code == 2 and f"--seed {seed} is the seed of" in err and what in err
 
 
-@pytest.mark.parametrize("flag", ["--eval-signals", "--val-signals", "--calibration-signals"])
+@pytest.mark.parametrize(
+    "flag", ["--eval-signals", "--val-signals", "--calibration-signals", "--gain-signals"]
+)
 def test_generated_set_sizes_go_with_generated_data(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
 ) -> None:
@@ -461,7 +463,7 @@ def test_a_user_data_card_records_the_file_and_the_splits_sizes(
         split["val"]["signals"],
         split["test"]["signals"],
     )
-    assert config["calibration_signals"] == split["val"]["signals"]
+    assert config["calibration_signals"] == config["gain_signals"] == split["val"]["signals"]
 
 
 def test_the_matched_filter_is_matched_at_the_shipped_threshold(
