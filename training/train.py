@@ -504,7 +504,7 @@ def parse_budget(text: str) -> tuple[int | None, float | None]:
     try:
         if t.endswith(("min", "m")):
             minutes = float(t.removesuffix("min").removesuffix("m"))
-            if minutes > 0:
+            if 0 < minutes < math.inf:
                 return None, minutes
         elif int(t) > 0:
             return int(t), None
@@ -800,6 +800,8 @@ def main(argv: list[str] | None = None) -> Path:
             f"--matched-veto {a.matched_veto} --matched-veto-margin {a.matched_veto_margin}: "
             "give non-negative numbers (--matched-veto 0: no veto)"
         )
+    if math.isnan(a.max_minutes):
+        p.error(f"--max-minutes {a.max_minutes}: give a number of minutes (0: off)")
     if a.calibration_signals is not None and a.calibration_signals < 1:
         p.error(f"--calibration-signals {a.calibration_signals}: give a positive number of signals")
     if a.gain_signals < 1:

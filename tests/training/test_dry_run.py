@@ -1,5 +1,6 @@
 """The whole training pipeline, tiny: train, export, evaluate the ONNX file, write the card."""
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -282,6 +283,7 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
         (["--scale-stride", "0"], "--scale-window 1016 --scale-stride 0: give a scale window of an odd"),
         (["--scale-stride", "7"], "--scale-window 1016 --scale-stride 7: give a scale window of an odd"),
         (["--snr", "10", "2"], "--snr 10.0 2.0: give 0 <= LOW <= HIGH"),
+        (["--max-minutes", "nan"], "--max-minutes nan: give a number of minutes"),  # a traceback
         (["--scenario", "snr=-1,3"], "--scenario 'snr=-1,3': give non-negative numbers"),
         (["--scenario", "polarity=1"], "--scenario 'polarity=1': give --polarity"),
         (["--scenario", "p_empty=1.5"], "--scenario 'p_empty=1.5': give a share between 0 and 1"),
@@ -344,6 +346,9 @@ def test_a_bad_data_set_exits_with_its_problem(tmp_path: Path) -> None:
 def test_budget_parsing() -> None:
     assert parse_budget("3000") == (3000, None)
     assert parse_budget("10m") == (None, 10.0) and parse_budget("2.5min") == (None, 2.5)
+    for text in ("infm", "1e400min", "nanm", "0m", "-5"):  # "infm" ended in an OverflowError
+        with pytest.raises(argparse.ArgumentTypeError, match="give steps"):
+            parse_budget(text)
 
 
 def test_a_budget_in_minutes_or_steps(tmp_path: Path) -> None:
