@@ -652,7 +652,11 @@ def main(argv: list[str] | None = None) -> Path:
         metavar="KEY=VALUE",
         help="change a training-scenario default, e.g. p_spikes=0.2 or stretch=0.9,1.1 (repeatable)",
     )
-    p.add_argument("--budget", type=parse_budget, help="training length: steps (3000) or minutes (10m)")
+    p.add_argument(
+        "--budget",
+        type=parse_budget,
+        help="training length: steps (3000) or minutes (10m); not with --steps or --max-minutes",
+    )
     p.add_argument("--steps", type=int, help=f"training steps (default {TrainConfig.steps})")
     p.add_argument(
         "--max-minutes",
@@ -780,6 +784,11 @@ def main(argv: list[str] | None = None) -> Path:
     explicit = {k for k in DRY_RUN if getattr(a, k) is not None} | (
         {"steps"} if a.budget is not None else set()
     )
+    if a.budget is not None and (a.steps is not None or a.max_minutes is not None):
+        # --budget N is N steps, kept whatever their time; --budget Nm, N minutes: either one
+        # would silently override the other option.
+        other = "--steps" if a.steps is not None else "--max-minutes"
+        p.error(f"--budget and {other}: --budget sets the training length alone (steps or minutes); give one")
     for key in ("steps", "batch_size", "gain_signals", "max_minutes"):
         if getattr(a, key) is None:
             setattr(a, key, getattr(TrainConfig, key))

@@ -284,6 +284,9 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
         (["--scale-stride", "7"], "--scale-window 1016 --scale-stride 7: give a scale window of an odd"),
         (["--snr", "10", "2"], "--snr 10.0 2.0: give 0 <= LOW <= HIGH"),
         (["--max-minutes", "nan"], "--max-minutes nan: give a number of minutes"),  # a traceback
+        # one silently overrode the other
+        (["--budget", "10m", "--steps", "300"], "--budget and --steps: --budget sets the training length"),
+        (["--budget", "300", "--max-minutes", "1"], "--budget and --max-minutes: --budget sets the"),
         (["--scenario", "snr=-1,3"], "--scenario 'snr=-1,3': give non-negative numbers"),
         (["--scenario", "polarity=1"], "--scenario 'polarity=1': give --polarity"),
         (["--scenario", "p_empty=1.5"], "--scenario 'p_empty=1.5': give a share between 0 and 1"),
