@@ -15,13 +15,16 @@ File format: one ``.npz`` (NumPy's ``np.savez``; read without pickle) holding
   group stay on one side of the split (windows of one recording, overlapping or not, are
   near duplicates; split by signal they would land in training and test alike).
 
-Signals (or, with ``groups``, the groups) are shuffled with the seed and split 70 / 15 / 15
-into training, validation and test. The file is identified by its absolute path and sha256
-(``UserData.describe``, the card's ``training.data``): the report re-reads and checks it.
+Other keys are ignored, but one close to a key above (``group``, ``template_centre``) is refused
+naming the key meant. Signals (or, with ``groups``, the groups) are shuffled with the seed and
+split 70 / 15 / 15 into training, validation and test. The file is identified by its absolute
+path and sha256 (``UserData.describe``, the card's ``training.data``): the report re-reads and
+checks it.
 """
 
 from __future__ import annotations
 
+import difflib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,7 @@ from training.template import TemplateError, template_from_values
 MIN_SIGNALS = 10
 MIN_LENGTH = 64
 TEMPLATE_HALF_WIDTH = 20
+KEYS = ("signals", "lengths", "events", "template", "template_center", "label", "groups")
 
 
 class DataError(ValueError):
@@ -74,6 +78,18 @@ class UserData:
                 for name, d in parts
             },
         }
+
+
+def _misspelt_keys(keys: list[str], path: Path) -> None:
+    """Refuse a key that is not read but is close to one that is and is absent (``group``,
+    ``template_centre``, ``Labels``): it would be ignored, and with it the recordings, the centre
+    or the label it gives. Other keys (a sampling rate, say) are left alone."""
+    for key in keys:
+        near = difflib.get_close_matches(key.lower(), KEYS, n=1, cutoff=0.8)
+        if key not in KEYS and near and near[0] not in keys:
+            raise DataError(
+                f"{path}: key '{key}' is not read; name it '{near[0]}' (the keys read: {', '.join(KEYS)})"
+            )
 
 
 def _signals(f: Any, path: Path) -> list[np.ndarray]:
@@ -259,8 +275,12 @@ def _label(f: Any, path: Path) -> str:
     return str(label)
 
 
-def load_user_data(path: Path, seed: int = 0) -> UserData:
-    """Read, validate and split a user's ``.npz``; raises ``DataError`` saying what is wrong."""
+def load_user_data(path: Path, seed: int = 0, *, check_keys: bool = True) -> UserData:
+    """Read, validate and split a user's ``.npz``; raises ``DataError`` saying what is wrong.
+
+    ``check_keys=False`` lets a misspelt key pass, ignored: the report re-reads the file a card
+    was trained on, perhaps before such keys were refused, and must split it as training did.
+    """
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: a directory, not a file; give the .npz file (np.savez) itself")
@@ -293,6 +313,8 @@ def load_user_data(path: Path, seed: int = 0) -> UserData:
                     f"{path}: '{key}' holds Python objects, which are not read without pickle: "
                     "save plain numeric arrays"
                 ) from exc
+        if check_keys:
+            _misspelt_keys(f.files, path)
         signals = _signals(f, path)
         events = _events(f, path, signals)
         groups = _groups(f, path, len(signals))

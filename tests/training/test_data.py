@@ -241,3 +241,26 @@ def test_the_template_estimate_normalises_each_recording_once(
         axis=0,
     )
     np.testing.assert_array_equal(user.template.values, expected)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "meant"),
+    [
+        ("group", np.arange(30) % 5, "groups"),  # the recordings were ignored: split by signal
+        ("template_centre", np.int64(4), "template_center"),
+        ("Label", np.str_("blip"), "label"),
+    ],
+)
+def test_a_misspelt_key_is_refused_naming_the_key_meant(
+    tmp_path: Path, key: str, value: np.ndarray, meant: str
+) -> None:
+    x, ev = generated()
+    path = write_npz(tmp_path / "d.npz", signals=x, events=ev, template=np.hanning(9), **{key: value})
+    with pytest.raises(DataError, match=f"key '{key}' is not read; name it '{meant}'"):
+        load_user_data(path)
+
+
+def test_keys_that_are_not_misspellings_are_left_alone(tmp_path: Path) -> None:
+    x, ev = generated()
+    user = load_user_data(write_npz(tmp_path / "d.npz", signals=x, events=ev, fs=250.0, notes="ward 3"))
+    assert len(user.train) + len(user.val) + len(user.test) == len(x)

@@ -227,3 +227,23 @@ def test_a_user_data_card_names_its_file_by_path_and_sha256(tiny_model_dir: Path
         SystemExit, match=r"training\.report: .*mine\.npz: not the file the model was trained on"
     ):
         main([str(model_dir), "--signals", "2"])
+
+
+def test_the_report_reads_a_card_s_data_file_with_a_misspelt_key(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Training refuses a key like 'group' now; a card trained on such a file before, with the
+    key ignored, keeps its report: the file is re-split as training split it."""
+    model_dir = copy_model(tiny_model_dir, tmp_path)
+    data = make_dataset(suites()["white"], 20, seed=9, length=512)
+    events = np.array([(i, c) for i, e in enumerate(data.events) for c in e]).reshape(-1, 2)
+    path = tmp_path / "mine.npz"
+    np.savez(path, signals=np.stack(data.signals), events=events, group=np.arange(20) % 4)
+    with pytest.raises(DataError, match="name it 'groups'"):
+        load_user_data(path, seed=5)
+    user = load_user_data(path, seed=5, check_keys=False)
+    doc = json.loads((model_dir / "card.json").read_text())
+    doc["training"] = {"config": {"seed": 5}, "data": user.describe()}
+    (model_dir / "card.json").write_text(json.dumps(doc))
+    held = held_out_sets(load_card(model_dir), BUMP, None)
+    assert [x.tolist() for x in held.sets["user"].signals] == [x.tolist() for x in user.test.signals]
