@@ -116,13 +116,25 @@ def _signals(f: Any, path: Path) -> list[np.ndarray]:
     else:
         raise DataError(f"{path}: 'signals' must be 1-D (with 'lengths') or 2-D, got shape {sig.shape}")
     if len(out) < MIN_SIGNALS:
-        raise DataError(f"{path}: {len(out)} signals; need at least {MIN_SIGNALS} to split")
+        raise DataError(
+            f"{path}: {len(out)} signal(s); need at least {MIN_SIGNALS} to split into training, validation "
+            "and test: cut long recordings into windows"
+        )
     for i, s in enumerate(out):
         if s.size < MIN_LENGTH:
             raise DataError(f"{path}: signal {i} has {s.size} samples; need at least {MIN_LENGTH}")
         bad = np.flatnonzero(~(np.abs(s) < FLOAT32_ROUNDS_TO_INF))  # NaN fails the comparison too
         if bad.size and not np.isfinite(s[bad[0]]):
-            raise DataError(f"{path}: signal {i} has a non-finite value ({s[bad[0]]}) at sample {bad[0]}")
+            padded = sig.ndim == 2 and np.isnan(s[bad[0] :]).all()  # a shorter signal, NaN-padded
+            raise DataError(
+                f"{path}: signal {i} has a non-finite value ({s[bad[0]]}) at sample {bad[0]}"
+                + (
+                    ", and only NaN after it: signals of different lengths go concatenated in a 1-D "
+                    "'signals' with their 'lengths', not padded"
+                    if padded
+                    else ""
+                )
+            )
         if bad.size:  # infinite in float32, which the model computes in (the service refuses it too)
             raise DataError(
                 f"{path}: signal {i} has a value ({s[bad[0]]}) at sample {bad[0]} outside the float32 "

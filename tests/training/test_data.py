@@ -69,7 +69,11 @@ def test_concatenated_signals_with_lengths_and_template(tmp_path: Path) -> None:
             r"signal 2 has a value \(1e\+39\) at sample 5 outside the float32 range .*rescale the signals",
         ),
         (lambda x, ev: {"signals": x[:, :10], "events": ev[:0]}, "need at least 64"),
-        (lambda x, ev: {"signals": x[:5], "events": ev[:0]}, "need at least 10"),
+        (lambda x, ev: {"signals": x[:5], "events": ev[:0]}, "need at least 10 .* cut long recordings into"),
+        (
+            lambda x, ev: {"signals": np.where(np.arange(x.shape[1]) >= 390, np.nan, x), "events": ev},
+            r"signal 0 has a non-finite value \(nan\) at sample 390, and only NaN after it: .* 'lengths'",
+        ),
         (lambda x, ev: {"signals": x[None], "events": ev}, "1-D .* or 2-D"),
         (lambda x, ev: {"signals": x.ravel(), "events": ev}, "needs 'lengths'"),
         (lambda x, ev: {"signals": x.ravel(), "lengths": np.array([5, 5]), "events": ev}, "add up"),
