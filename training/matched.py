@@ -103,13 +103,17 @@ def choose_matched_gain(
         curves = {s: fused_curves(p, g) for s, p in val_parts.items()}
         aucs = {s: roc_auc(maxima(c), labels[s]) for s, c in curves.items()}
         row: dict[str, Any] = {"gain": g, "validation_auc": {s: round(v, 5) for s, v in aucs.items()}}
-        row["mean_auc"] = float(np.mean(list(aucs.values())))
-        if pol is not None:
+        # No AUC without signals of both kinds (a user's validation split may hold events in
+        # every signal, or in none): the pooled event F1 at the gain's operating point decides.
+        values = list(aucs.values())
+        row["mean_auc"] = None if np.isnan(values).any() else float(np.mean(values))
+        if pol is not None or row["mean_auc"] is None:
             pooled = [c for cs in curves.values() for c in cs]
             # min_distance: chosen with the network alone, kept for the others (7 times faster)
             distances = {"distances": (table[0]["operating_point"]["min_distance"],)} if table else {}
             threshold, distance, f1 = choose_operating_point(pooled, pooled_events, **distances)
             row["operating_point"] = {"threshold": threshold, "min_distance": distance, "f1": round(f1, 4)}
+        if pol is not None:
             pc = {k: fused_curves(pol[k], g) for k in ("empty", "upright", "inverted")}
             peaks = {k: maxima(c) for k, c in pc.items()}
             for k, m in peaks.items():  # signals detected at that point
@@ -126,7 +130,11 @@ def choose_matched_gain(
     assert base["gain"] == 0.0, "the gains start with 0: the network alone"
     key = "inverted_rate_at_equal_false_alarms"
     eligible = [r for r in table if pol is None or r[key] <= base[key] + inverted_budget]
-    best = max(eligible, key=lambda r: (round(r["mean_auc"], 5), -r["gain"]))
+    by_f1 = base["mean_auc"] is None  # the same labels at every gain
+    best = max(
+        eligible,
+        key=lambda r: (r["operating_point"]["f1"] if by_f1 else round(r["mean_auc"], 5), -r["gain"]),
+    )
     gain = float(best["gain"])
     if gain == 0.0:
         net.drop_matched_path()
@@ -135,7 +143,12 @@ def choose_matched_gain(
     return {
         "gain": gain,
         "rule": (
-            "best mean validation AUC over the suites"
+            (
+                "best pooled validation event F1, each gain at its own operating point (no "
+                "validation AUC: the validation signals all hold events, or none does)"
+                if by_f1
+                else "best mean validation AUC over the suites"
+            )
             + (
                 ""
                 if pol is None

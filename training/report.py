@@ -654,16 +654,19 @@ def matched_path_table(training: dict[str, Any]) -> str:
         "inverted_rate_at_equal_false_alarms": "inverted detected, the network's false-alarm rate",
     }
     rates = [k for k in names if rows and k in rows[0]]
+    operating = bool(rows) and "operating_point" in rows[0]  # with the rates, or F1 decided
     head = ["gain", "mean AUC", *(f"{s} AUC" for s in suites)]
-    if rates:
-        head += ["threshold (raw)", "F1", *(names[k] for k in rates)]
+    if operating:
+        head += ["threshold (raw)", "F1"]
+    head += [names[k] for k in rates]
     body = []
     for r in rows:
         aucs = [_fmt(r["validation_auc"][s]) for s in suites]
         cells = [f"{float(r['gain']):g}", _fmt(r["mean_auc"]), *aucs]
-        if rates:
+        if operating:
             op = r["operating_point"]
-            cells += [_fmt(float(op["threshold"])), _fmt(op["f1"]), *(_fmt(r[k]) for k in rates)]
+            cells += [_fmt(float(op["threshold"])), _fmt(op["f1"])]
+        cells += [_fmt(r[k]) for k in rates]
         style = ' style="font-weight:bold"' if r["gain"] == path["gain"] else ""
         body.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     table = (

@@ -128,3 +128,25 @@ def test_a_useless_path_is_dropped() -> None:
     net = Prepared()
     out = choose_matched_gain(net, {"white": _set(pairs, events)}, None)  # type: ignore[arg-type]
     assert out["gain"] == 0.0 and net.dropped
+
+
+def test_validation_signals_that_all_hold_events_choose_by_event_f1() -> None:
+    """No AUC without event-free signals (a user's recordings may all hold events): every gain
+    had a NaN AUC, gain 0 won by default and the rule named the AUC. The pooled event F1 at each
+    gain's operating point decides instead, and the rule says so."""
+    rng = np.random.default_rng(3)
+    pairs, events = [], []
+    for _ in range(200):  # the matched filter sees the event clearly, the network barely
+        logit, m = rng.normal(0, 1, 64), rng.normal(0, 1, 64)
+        logit[30] += 0.5
+        m[30] += 4.0
+        pairs.append((logit, m))
+        events.append([30])
+    net = Prepared()
+    out = choose_matched_gain(net, {"user": _set(pairs, events)}, None)  # type: ignore[arg-type]
+    rows = out["candidates"]
+    assert all(r["mean_auc"] is None for r in rows)
+    best = max(r["operating_point"]["f1"] for r in rows)
+    assert out["gain"] == min(r["gain"] for r in rows if r["operating_point"]["f1"] == best) > 0
+    assert rows[0]["operating_point"]["f1"] < best and float(net.matched_gain) == out["gain"]
+    assert out["rule"].startswith("best pooled validation event F1") and "AUC" in out["rule"]
