@@ -10,6 +10,12 @@ from training.scenario import Dataset, Scenario, make_signal
 TARGET_SIGMA = 1.5  # samples: width of the Gaussian bump a per-sample target puts on a centre
 
 
+def target_reach(sigma: float = TARGET_SIGMA) -> int:
+    """Samples from a centre beyond which its target bump is 0 in float32 (below float32's
+    smallest subnormal, exp(-d^2 / 2 sigma^2) rounds to 0)."""
+    return int(np.ceil(sigma * np.sqrt(2 * 104.0))) + 1
+
+
 def target_curve(length: int, centres: npt.NDArray[np.int64], sigma: float = TARGET_SIGMA) -> np.ndarray:
     """Per-sample target: max over events of exp(-(t - c)^2 / 2 sigma^2), 0 where no event.
 
@@ -18,8 +24,7 @@ def target_curve(length: int, centres: npt.NDArray[np.int64], sigma: float = TAR
     many events): bit for bit the max over all events of the whole curve.
     """
     y = np.zeros(length, dtype=np.float32)
-    # Beyond reach, exp(-d^2 / 2 sigma^2) is below float32's smallest subnormal: it rounds to 0.
-    reach = int(np.ceil(sigma * np.sqrt(2 * 104.0))) + 1
+    reach = target_reach(sigma)
     for c in np.asarray(centres, dtype=np.int64).tolist():
         lo, hi = max(c - reach, 0), min(c + reach + 1, length)
         if lo >= hi:
@@ -64,6 +69,7 @@ class CroppedBatches:
         self.lengths = lengths
         self.rng = np.random.default_rng(seed)
         self.sizes = np.array([len(s) for s in data.signals])
+        self.reach = target_reach()
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         T = int(self.rng.integers(self.lengths[0], self.lengths[1] + 1))
@@ -77,5 +83,8 @@ class CroppedBatches:
             x, c = self.data.signals[k], self.data.events[k]
             a = int(self.rng.integers(0, len(x) - T + 1))
             xs[i] = x[a : a + T]
-            ys[i] = target_curve(T, c - a)  # the crop's own events and its neighbours' tails
+            # The crop's own events and its neighbours' tails: only those within reach, not every
+            # event of a long recording (thousands of them, each looked at in Python).
+            near = c[(c > a - self.reach - 1) & (c < a + T + self.reach)]
+            ys[i] = target_curve(T, near - a)
         return xs, ys
