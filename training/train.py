@@ -1022,6 +1022,12 @@ def main(argv: list[str] | None = None) -> Path:
     source: Card | None = None
     if a.weights_from is not None:
         source = weights_source(a.weights_from, cfg.model)
+        problem = weights_data_problem(source, user, template, cfg.seed)
+        if problem:
+            raise SystemExit(
+                f"training.train: --weights-from {a.weights_from}: {problem}; give the data (and "
+                "--seed) its network was trained with"
+            )
         try:
             load_weights(net, a.weights_from / MODEL_FILE)
         except ValueError as exc:
@@ -1179,6 +1185,38 @@ def weights_source(model_dir: Path, arch: ModelConfig) -> Card:
             "give the arguments its network was trained with"
         )
     return card
+
+
+def weights_data_problem(
+    source: Card, user: UserData | None, template: Template | None, seed: int
+) -> str | None:
+    """Why this run's data are not those ``source``'s network was trained on (None: they are, or
+    its card does not say). With a data file, another file or seed splits it otherwise, and the
+    test split would hold signals the network was trained on; with generated data, another
+    template is another detector."""
+    data = source.training.get("data") or {}
+    theirs_user = isinstance(data.get("source"), str) and "split" in data
+    if user is None:
+        if theirs_user:
+            return f"its network was trained on a data file ({data['source']}), not generated data"
+        values = None if template is None else [float(v) for v in template.values]
+        if source.template is not None and (source.template, source.template_center) != (
+            values,
+            None if template is None else template.center,
+        ):
+            return "its network was trained for another template (the card's 'template')"
+        return None
+    if not theirs_user:
+        return "its network was trained on generated data, not a data file"
+    sha256, their_seed = data.get("sha256"), (source.training.get("config") or {}).get("seed")
+    if sha256 is not None and sha256 != user.sha256:
+        return f"its network was trained on another data file ({data['source']}, sha256 {sha256})"
+    if their_seed is not None and their_seed != seed:
+        return (
+            f"its network was trained with --seed {their_seed}, which splits the data otherwise: "
+            "this run's test split would hold signals it was trained on"
+        )
+    return None
 
 
 def _effective(arch: dict[str, Any]) -> dict[str, Any]:

@@ -13,11 +13,19 @@ import pytest
 
 from app.core.card import load_card
 from app.core.model import OnnxModel
+from training.data import load_user_data
 from training.matched import GAINS
 from training.model import ModelConfig
 from training.scenario import BUMP, EVAL_SEEDS, VALIDATION_SEEDS, make_dataset, signal_lengths, suites
 from training.template import load_template, template_from_values
-from training.train import calibration_count, main, parse_budget, polarity_warning, weights_source
+from training.train import (
+    calibration_count,
+    main,
+    parse_budget,
+    polarity_warning,
+    weights_data_problem,
+    weights_source,
+)
 
 
 def test_dry_run_end_to_end(tmp_path: Path) -> None:
@@ -537,3 +545,30 @@ def test_an_output_that_is_a_file_is_refused_before_training(
         with pytest.raises(SystemExit):
             main(["--dry-run", "--out", str(tmp_path / out), "--name", name])
         assert f"{tmp_path / file} is a file, not a directory" in capsys.readouterr().err
+
+
+def test_weights_from_needs_the_data_its_network_was_trained_on(tmp_path: Path) -> None:
+    """--weights-from with another --seed (or file) re-split the user's data: the test split held
+    the signals the network was trained on, and the card reported them as held out."""
+    data = make_dataset(suites()["white"], 20, seed=9, length=512)
+    events = np.array([(i, c) for i, e in enumerate(data.events) for c in e]).reshape(-1, 2)
+    np.savez(tmp_path / "mine.npz", signals=np.stack(data.signals), events=events)
+    np.savez(tmp_path / "other.npz", signals=2 * np.stack(data.signals), events=events)
+    mine, other = (
+        load_user_data(tmp_path / "mine.npz", seed=5),
+        load_user_data(tmp_path / "other.npz", seed=5),
+    )
+    source = load_card(Path(__file__).resolve().parents[2] / "models" / "bump")
+    user_source = source.model_copy(
+        update={"training": {"config": {"seed": 5}, "data": mine.describe()}, "template": None}
+    )
+    assert weights_data_problem(user_source, mine, mine.template, 5) is None
+    assert "--seed 5, which splits the data otherwise" in str(
+        weights_data_problem(user_source, load_user_data(tmp_path / "mine.npz", seed=6), mine.template, 6)
+    )
+    assert "another data file" in str(weights_data_problem(user_source, other, other.template, 5))
+    assert "not generated data" in str(weights_data_problem(user_source, None, BUMP, 5))
+    assert "not a data file" in str(weights_data_problem(source, mine, mine.template, 1234))
+    assert weights_data_problem(source, None, BUMP, 7) is None  # generated: the seed is free
+    tpl = template_from_values(np.hanning(41))
+    assert "another template" in str(weights_data_problem(source, None, tpl, 1234))
