@@ -6,6 +6,7 @@ from constants. Training writes it; ``load_card`` validates it on the way in.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -131,6 +132,17 @@ class Card(BaseModel):
             signal=MonotoneMap.from_dict(c.signal.model_dump()),
             peak=MonotoneMap.from_dict(c.peak.model_dump()),
         )
+
+    @model_validator(mode="after")
+    def _check_fields(self) -> Card:
+        """Unknown fields are kept (a newer training package may write more), but not one that
+        looks like a misspelt field the card lacks (``calibraton``): that field, ignored, would
+        change what the model answers (without ``calibration`` its scores are reported raw)."""
+        for key in self.model_extra or {}:
+            near = difflib.get_close_matches(key.lower(), type(self).model_fields, n=1, cutoff=0.8)
+            if near and near[0] not in self.model_fields_set:
+                raise ValueError(f"field {key!r} is not a card field; name it {near[0]!r}")
+        return self
 
     @model_validator(mode="after")
     def _check_io(self) -> Card:

@@ -117,6 +117,28 @@ def test_invalid_fields(
         load_card(d)
 
 
+def test_a_misspelt_field_is_refused_and_an_unknown_one_kept(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A newer training package may write fields this service does not know: they are kept. One
+    that looks like a misspelt field the card lacks is refused, naming the field: ignored, a
+    misspelt 'calibration' had the model report raw scores."""
+    d = copy_model(tiny_model_dir, tmp_path / "tiny")
+    raw = json.loads((d / "card.json").read_text())
+    calibration = raw.pop("calibration", None) or {
+        "signal": {"x": [0.1, 0.9], "y": [0.2, 0.8]},
+        "peak": {"x": [0.1, 0.9], "y": [0.2, 0.8]},
+    }
+    for misspelt in ("calibraton", "Calibration"):
+        (d / "card.json").write_text(json.dumps({**raw, misspelt: calibration}))
+        with pytest.raises(CardError) as err:
+            load_card(d)
+        assert f"field {misspelt!r} is not a card field; name it 'calibration'" in str(err.value)
+    (d / "card.json").write_text(json.dumps({**raw, "calibration": calibration, "calibration_notes": "v2"}))
+    card = load_card(d)  # an unknown field beside the one it resembles: kept
+    assert card.model_extra == {"calibration_notes": "v2"} and card.calibration is not None
+    (d / "card.json").write_text(json.dumps({**raw, "sampling_rate_hz": 100}))
+    assert load_card(d).model_extra == {"sampling_rate_hz": 100}
+
+
 def test_card_name_must_match_directory(tiny_model_dir: Path, tmp_path: Path) -> None:
     d = copy_model(tiny_model_dir, tmp_path / "other")
     with pytest.raises(CardError, match="differs from its directory"):
