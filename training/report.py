@@ -979,6 +979,8 @@ def main(argv: list[str] | None = None) -> Path:
     a = p.parse_args(argv)
     if a.signals is not None and a.signals < 1:
         p.error("--signals must be >= 1")
+    if a.gallery < 0:
+        p.error(f"--gallery {a.gallery}: give a number of signals, 0 or more (0: no gallery)")
     try:
         return write_report(
             a.model_dir, signals=a.signals, gallery=a.gallery, data_file=a.data, threads=a.threads

@@ -195,6 +195,13 @@ def test_cli_rejects_a_bad_signal_count(tiny_model_dir: Path) -> None:
         main([str(tiny_model_dir), "--signals", "0"])
 
 
+def test_cli_rejects_a_negative_gallery(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A negative count was taken: the gallery then left out its last signals, silently."""
+    with pytest.raises(SystemExit):
+        main([str(tiny_model_dir), "--gallery", "-2"])
+    assert "--gallery -2: give a number of signals, 0 or more (0: no gallery)" in capsys.readouterr().err
+
+
 def test_a_user_data_card_names_its_file_by_path_and_sha256(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The report re-reads a user's data file: from the card's absolute path, from a new place
     with --data, and never a file whose sha256 is not the card's (whatever file stood at the
