@@ -61,6 +61,15 @@ class DecodedRequest(Protocol):
 D = TypeVar("D", bound=DecodedRequest)
 
 
+def refused_codings(request: Request, header: str, allowed: tuple[str, ...]) -> str | None:
+    """Every value of every ``header`` header, joined, if one of its codings is not ``allowed``
+    ("identity" then "gzip" is gzip); None if all are, or there is no such header."""
+    if request.headers.get(header) is None:
+        return None
+    given = ", ".join(request.headers.getlist(header))
+    return given if any(coding.strip().lower() not in allowed for coding in given.split(",")) else None
+
+
 @dataclass
 class Runner:
     """Reads a detection body within its size and time limits; inference runs in the model's
@@ -85,24 +94,17 @@ class Runner:
 
     async def read_body(self, request: Request) -> bytes | bytearray:
         """The whole body, within MAX_BODY_BYTES and BODY_TIMEOUT_S; uncompressed only."""
-        encoding = request.headers.get("content-encoding")
-        if encoding is not None:
-            # Every value of every Content-Encoding header: "identity" then "gzip" is gzip.
-            given = ", ".join(request.headers.getlist("content-encoding"))
-            if any(coding.strip().lower() not in ("", "identity") for coding in given.split(",")):
-                raise UnsupportedMediaType(
-                    f"Content-Encoding {given!r} is not supported: send the body uncompressed"
-                )
-        transfer = request.headers.get("transfer-encoding")
-        if transfer is not None:
-            # The HTTP parser takes the framing (chunked) off and leaves any other coding on: the
-            # body would reach the decoder compressed, refused as malformed for the wrong reason.
-            given = ", ".join(request.headers.getlist("transfer-encoding"))
-            if any(coding.strip().lower() not in ("", "chunked", "identity") for coding in given.split(",")):
-                raise UnsupportedMediaType(
-                    f"Transfer-Encoding {given!r} is not supported: send the body uncompressed, "
-                    "with Content-Length or chunked alone"
-                )
+        if (given := refused_codings(request, "content-encoding", ("", "identity"))) is not None:
+            raise UnsupportedMediaType(
+                f"Content-Encoding {given!r} is not supported: send the body uncompressed"
+            )
+        # The HTTP parser takes the framing (chunked) off and leaves any other coding on: the body
+        # would reach the decoder compressed, refused as malformed for the wrong reason.
+        if (given := refused_codings(request, "transfer-encoding", ("", "chunked", "identity"))) is not None:
+            raise UnsupportedMediaType(
+                f"Transfer-Encoding {given!r} is not supported: send the body uncompressed, "
+                "with Content-Length or chunked alone"
+            )
         try:
             async with time_limit(self.body_timeout, body_timeout):
                 return await self._read_body(request)
