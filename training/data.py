@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from app.core.card import sha256_file
-from app.core.signals import FLOAT32_MAX_TEXT, FLOAT32_ROUNDS_TO_INF
+from app.core.signals import FLOAT32_MAX_TEXT, finite_in_float32
 from training.evaluate import robust_normalise
 from training.scenario import Dataset, Template
 from training.template import TemplateError, template_from_values
@@ -123,7 +123,7 @@ def _signals(f: Any, path: Path) -> list[np.ndarray]:
     for i, s in enumerate(out):
         if s.size < MIN_LENGTH:
             raise DataError(f"{path}: signal {i} has {s.size} samples; need at least {MIN_LENGTH}")
-        bad = np.flatnonzero(~(np.abs(s) < FLOAT32_ROUNDS_TO_INF))  # NaN fails the comparison too
+        bad = np.flatnonzero(~finite_in_float32(s))
         if bad.size and not np.isfinite(s[bad[0]]):
             padded = sig.ndim == 2 and np.isnan(s[bad[0] :]).all()  # a shorter signal, NaN-padded
             raise DataError(

@@ -113,8 +113,9 @@ FLOAT32_MAX_TEXT = str(np.finfo(np.float32).max)
 FLOAT64_MAX = float(np.finfo(np.float64).max)
 
 
-def _usable(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
-    """Finite in float32, elementwise: the float32 range rule above."""
+def finite_in_float32(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """Finite in float32, elementwise: the float32 range rule above (training's data checks
+    apply it too)."""
     # One pass: NaN fails the comparison too. float16/float32 values are always in range.
     ok: npt.NDArray[np.bool_] = (
         np.isfinite(values) if values.dtype.itemsize <= 4 else np.abs(values) < FLOAT32_ROUNDS_TO_INF
@@ -143,14 +144,14 @@ def check_finite(signals: list[Signal], loc: tuple[str | int, ...], first: int =
     """Every value finite and within float32 range (the model computes in float32); signals
     are numbered from ``first`` in the message."""
     for i, s in enumerate(signals, start=first):
-        ok = _usable(s)
+        ok = finite_in_float32(s)
         if not ok.all():
             raise _unusable(i, s, int(np.flatnonzero(~ok)[0]), loc)
 
 
 def check_finite_rows(rows: npt.NDArray[np.floating], loc: tuple[str | int, ...]) -> None:
     """``check_finite`` for the rows of one 2-D array, in one vectorised pass (same message)."""
-    ok = _usable(rows)
+    ok = finite_in_float32(rows)
     if not ok.all():
         i, j = (int(k) for k in np.argwhere(~ok)[0])  # the first row with a bad value, its first one
         raise _unusable(i, rows[i], j, loc)
