@@ -744,9 +744,10 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument(
         "--inverted-budget",
         type=float,
-        default=INVERTED_BUDGET,
+        default=None,
         help="deep: how much more often (0-1; 0.01: one percentage point) the matched-filter path may "
-        "let inverted copies through than the network alone, at its operating point's false-alarm rate",
+        "let inverted copies through than the network alone, at its operating point's false-alarm rate "
+        f"(default {INVERTED_BUDGET}; generated data whose inverted copies are not events only)",
     )
     p.add_argument("--scale-window", type=int, default=d.scale_window, help="normalisation: scale window")
     p.add_argument("--scale-stride", type=int, default=d.scale_stride, help="normalisation: scale blocks")
@@ -815,8 +816,24 @@ def main(argv: list[str] | None = None) -> Path:
         p.error(f"--calibration-signals {a.calibration_signals}: give a positive number of signals")
     if a.gain_signals < 1:
         p.error(f"--gain-signals {a.gain_signals}: give a positive number of signals")
-    if not 0 <= a.inverted_budget <= 1:
-        p.error(f"--inverted-budget {a.inverted_budget}: give a share between 0 and 1")
+    if a.inverted_budget is not None:
+        if not 0 <= a.inverted_budget <= 1:
+            p.error(f"--inverted-budget {a.inverted_budget}: give a share between 0 and 1")
+        # The budget weighs inverted copies against events: it needs generated copies to count
+        # and a matched-filter path to choose for; elsewhere it would be silently ignored.
+        unused = (
+            "--data: a data file's inverted copies are not known"
+            if a.data is not None
+            else "--polarity: inverted copies are events"
+            if a.polarity
+            else "--arch single: no matched-filter path"
+            if a.arch != "deep"
+            else "--matched-mean-window 0: no matched-filter path"
+            if a.matched_mean_window == 0
+            else None
+        )
+        if unused:
+            p.error(f"--inverted-budget does not apply with {unused}; leave it out")
     for flag, n in (
         ("--batch-size", a.batch_size),
         ("--steps", a.steps),
@@ -915,6 +932,11 @@ def main(argv: list[str] | None = None) -> Path:
     if template is not None and user is None and not a.polarity:
         polarity_info = polarity_identifiability(template, training_scenario(template, **overrides))
         if not polarity_info["identifiable"]:
+            if a.inverted_budget is not None:
+                p.error(
+                    f"--inverted-budget does not apply: {polarity_ambiguity(polarity_info)}, so no "
+                    "inverted copies are weighed against events; leave it out (or give --polarity)"
+                )
             # Decoys that look like stretched events would teach the model to miss events, and
             # the veto would reject them: both stay off unless the user asks for them.
             overrides.setdefault("p_inverted", 0.0)
@@ -927,6 +949,8 @@ def main(argv: list[str] | None = None) -> Path:
             )
     if a.matched_veto is None:
         a.matched_veto = ModelConfig().matched_veto
+    if a.inverted_budget is None:
+        a.inverted_budget = INVERTED_BUDGET
     steps, minutes = a.budget if a.budget is not None else (a.steps, None)
 
     cfg = TrainConfig(

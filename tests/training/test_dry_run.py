@@ -272,6 +272,13 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
         (["--matched-mean-window", "128"], "--matched-mean-window 128: give an odd number"),
         (["--matched-clip", "0"], "--matched-clip 0.0: give a positive"),
         (["--inverted-budget", "1.5"], "--inverted-budget 1.5: give a share between 0 and 1"),
+        # each was silently ignored: no inverted copies weighed, or no path to choose for
+        (["--inverted-budget", "0.05", "--polarity"], "--inverted-budget does not apply with --polarity"),
+        (["--inverted-budget", "0.05", "--arch", "single"], "does not apply with --arch single"),
+        (
+            ["--inverted-budget", "0", "--matched-mean-window", "0"],
+            "--inverted-budget does not apply with --matched-mean-window 0",
+        ),
         (["--matched-veto", "-1"], "--matched-veto -1.0 --matched-veto-margin 0.5: give non-negative"),
         (["--matched-veto-margin", "nan"], "--matched-veto-margin nan: give non-negative"),
         (["--calibration-signals", "0"], "--calibration-signals 0: give a positive number"),
@@ -312,6 +319,16 @@ def test_bad_options_exit_with_a_message(
     with pytest.raises(SystemExit) as exc:
         main(["--dry-run", "--out", str(tmp_path), *args])
     assert message in str(exc.value.code) + capsys.readouterr().err
+
+
+def test_inverted_budget_goes_with_generated_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With --data no inverted copies are generated to weigh: the budget was silently ignored."""
+    np.savez(tmp_path / "d.npz", signals=np.zeros((20, 600)), events=np.array([(0, 300)]))
+    with pytest.raises(SystemExit):
+        main(
+            ["--dry-run", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path), "--inverted-budget", "0"]
+        )
+    assert "--inverted-budget does not apply with --data" in capsys.readouterr().err
 
 
 def test_scenario_options_go_with_generated_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -393,6 +410,12 @@ def test_a_template_whose_polarity_cannot_be_told_apart(
     assert "detection_rate_inverted" in card.training["polarity_check"]
     readme = (tmp_path / "default" / "chirp" / "README.md").read_text()
     assert "the two polarities cannot be told apart: trained without inverted decoys" in readme
+    # No inverted copies are weighed against events: an inverted budget was silently ignored.
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "budget"), "--inverted-budget", "0.05"])
+    err = capsys.readouterr().err
+    assert "--inverted-budget does not apply: " in err and "leave it out (or give --polarity)" in err
+    assert not (tmp_path / "budget").exists()
 
     card = load_card(main([*args, "--out", str(tmp_path / "narrow"), "--scenario", "p_stretch=0"]))
     assert "cannot be told apart" not in capsys.readouterr().err
