@@ -202,7 +202,8 @@ def load_card(model_dir: Path, *, verify: bool = True) -> Card:
     makes it from ``read_model``'s bytes instead)."""
     card_path = model_dir / CARD_FILE
     try:
-        raw = json.loads(read_regular(card_path, MAX_CARD_BYTES).decode("utf-8"))
+        text = read_regular(card_path, MAX_CARD_BYTES).decode("utf-8")
+        raw = json.loads(text, object_pairs_hook=_no_repeats)
     except CardError:
         raise
     except FileNotFoundError as exc:
@@ -218,6 +219,17 @@ def load_card(model_dir: Path, *, verify: bool = True) -> Card:
     if verify:
         read_model(model_dir, card)
     return card
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of the card, refused if it names a field twice: the last one would win
+    unseen (an edited card's added ``threshold`` above the one already there, say)."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the field {key!r} is given twice in one object: keep one")
+        found[key] = value
+    return found
 
 
 def read_model(model_dir: Path, card: Card, *, verify: bool = True) -> bytes:

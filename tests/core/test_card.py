@@ -45,6 +45,18 @@ def test_missing_and_malformed_cards(tiny_model_dir: Path, tmp_path: Path) -> No
     (d / "card.json").write_bytes(b'{"name": "\xff"}')  # not UTF-8
     with pytest.raises(CardError, match="cannot read"):
         load_card(d)
+    # A field named twice: the last one won unseen.
+    card = json.loads((tiny_model_dir / "card.json").read_text())
+    text = json.dumps(card)
+    (d / "card.json").write_text('{"threshold": 0.01, ' + text[1:])
+    with pytest.raises(CardError, match="cannot read the model card: the field 'threshold' is given twice"):
+        load_card(d)
+    assert '"inputs": [{"name": ' in text
+    (d / "card.json").write_text(
+        text.replace('"inputs": [{"name": ', '"inputs": [{"dtype": "float32", "name": ')
+    )
+    with pytest.raises(CardError, match="the field 'dtype' is given twice in one object: keep one"):
+        load_card(d)
     (d / "card.json").unlink()
     with pytest.raises(CardError, match="no model card"):
         load_card(d)
