@@ -507,13 +507,16 @@ def _input_signals(
             "'binary_data_size' (shared memory is not supported)"
         )
     expected = rows * length * dtype.itemsize
-    if "binary_data_size" in params:
-        size = params["binary_data_size"]
+    # A null 'data' or binary_data_size is none, as a null 'parameters' or 'outputs' is (clients
+    # that write every field of their structures send "data": null with binary data).
+    data = spec.get("data")
+    size = params.get("binary_data_size")
+    if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise InvalidInput(
                 f"binary_data_size must be a byte count (integer >= 0), got {short_repr(size)}"
             )
-        if "data" in spec:
+        if data is not None:
             raise InvalidInput(f"input '{INPUT}' has both 'data' and binary_data_size: send the data one way")
         if size != expected:
             raise InvalidInput(
@@ -534,13 +537,13 @@ def _input_signals(
                 f"the body has {len(binary)} bytes after the JSON request but no input declares "
                 f"binary_data_size: declare it in the input's parameters, or drop {HEADER_LENGTH}"
             )
-        if "data" not in spec:
+        if data is None:
             raise InvalidInput(
                 f"input '{INPUT}' has no data: give 'data' (numbers, row-major) or "
                 "parameters.binary_data_size with the bytes after the JSON"
             )
         signals = _rows_from_data(
-            spec["data"], spec["shape"], rows, length, limits, min_length, may_hold_bools, plain
+            data, spec["shape"], rows, length, limits, min_length, may_hold_bools, plain
         )
     return signals
 

@@ -263,6 +263,22 @@ def test_binary_json_header_of_odd_length(client: TestClient) -> None:
         assert_same_as_v1(out, v1_results(client, x))
 
 
+def test_null_data_or_binary_data_size_is_none(client: TestClient) -> None:
+    """Clients that write every field of their structures send "data": null with binary data,
+    as a null 'parameters' or 'outputs' is none (encoding/json without omitempty, Jackson)."""
+    x = signals(2, 300, seed=6)
+    data = x.tobytes()
+    binary = tensor(x, data=None, parameters={"binary_data_size": len(data)})
+    body, headers = with_binary({"inputs": [binary], "outputs": None, "parameters": None}, data)
+    _, out, _ = parse(client.post(INFER, content=body, headers=headers))
+    assert_same_as_v1(out, v1_results(client, x))
+    in_json = tensor(x, data=x.ravel().tolist(), parameters={"binary_data_size": None})
+    _, out, _ = parse(client.post(INFER, json={"inputs": [in_json]}))
+    assert_same_as_v1(out, v1_results(client, x))
+    r = client.post(INFER, json={"inputs": [tensor(x, data=None)]})
+    assert r.status_code == 400 and r.json()["error"].startswith("input 'signal' has no data: give 'data'")
+
+
 def test_raw_binary_request(client: TestClient) -> None:
     x = signals(1, 700, seed=6)
     r = client.post(INFER, content=x[0].tobytes(), headers={HEADER: "0"})
