@@ -396,7 +396,9 @@ def _add_response(op: dict[str, Any], path: str, status: str, text: str) -> None
 
 def install_openapi(app: FastAPI, *, keys_enabled: bool, protect_metrics: bool) -> None:
     """Document what the middleware adds: the security scheme and 401 on protected operations
-    (when keys are set), and 408/504 on the operations that read a body."""
+    (when keys are set), and 408/504 on the operations that read a body. Under /v2 no 422:
+    FastAPI documents it (``{"detail": [...]}``) for every operation with parameters, but the
+    Open Inference Protocol's routes answer a bad request 400 with ``{"error": ...}``."""
     original: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -410,6 +412,8 @@ def install_openapi(app: FastAPI, *, keys_enabled: bool, protect_metrics: bool) 
             for method, op in item.items():
                 if not isinstance(op, dict) or "responses" not in op:
                     continue
+                if is_oip_path(path):
+                    op["responses"].pop("422", None)
                 if keys_enabled and needs_key(path, protect_metrics=protect_metrics):
                     op["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
                     _add_response(op, path, "401", UNAUTHORIZED_DOC)

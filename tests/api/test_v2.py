@@ -704,7 +704,7 @@ def test_not_ready_is_503(models_dir: Path, tmp_path: Path) -> None:
 def test_openapi_builds_and_documents_v2(client: TestClient) -> None:
     r = client.get("/openapi.json")
     assert r.status_code == 200
-    paths = r.json()["paths"]
+    paths, schemas = r.json()["paths"], r.json()["components"]["schemas"]
     for path in (
         "/v2",
         "/v2/health/live",
@@ -722,6 +722,16 @@ def test_openapi_builds_and_documents_v2(client: TestClient) -> None:
         assert "$defs" not in json.dumps(content), "request schema refs must resolve"
         assert {"200", "400", "404", "413", "503"} <= set(op["responses"])
         assert any(p["name"] == HEADER for p in op["parameters"])
+    # /v2 answers a bad request 400 {"error": ...}: never FastAPI's 422 {"detail": [...]}.
+    for path, item in paths.items():
+        if path.startswith("/v2"):
+            for method, op in item.items():
+                assert "422" not in op["responses"], f"{method.upper()} {path}"
+                for status, response in op["responses"].items():
+                    if status.startswith(("4", "5")):
+                        schema = response["content"]["application/json"]["schema"]
+                        schema = schemas[schema["$ref"].rsplit("/", 1)[1]] if "$ref" in schema else schema
+                        assert list(schema["properties"]) == ["error"], (method, path, status)
 
 
 def test_openapi_example_is_a_valid_request(client: TestClient) -> None:
