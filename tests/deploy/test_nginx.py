@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import grp
+import json
 import os
 import pwd
 import re
@@ -79,12 +80,17 @@ def assert_nginx_installed() -> None:
 
 
 def nginx_config(
-    tmp_path: Path, backend_ports: list[int], *, user: str | None = None, temp: Path | None = None
+    tmp_path: Path,
+    backend_ports: list[int],
+    *,
+    user: str | None = None,
+    temp: Path | None = None,
+    edit: Callable[[str], str] = lambda conf: conf,
 ) -> tuple[Path, int]:
     assert_nginx_installed()
     port = free_port()
     server_conf = tmp_path / "default.conf"
-    server_conf.write_text(render_for_loopback(CONF.read_text(), port, backend_ports))
+    server_conf.write_text(render_for_loopback(edit(CONF.read_text()), port, backend_ports))
     conf = tmp_path / "nginx.conf"
     conf.write_text(main_conf(tmp_path, server_conf, user=user, temp=temp))
     return conf, port
@@ -110,9 +116,12 @@ def backends(tmp_path: Path) -> Iterator[list[Service]]:
 
 
 @contextmanager
-def running_nginx(tmp_path: Path, backend_ports: list[int]) -> Iterator[tuple[str, Path]]:
-    """nginx in front of `backend_ports`: its URL and its access log (the file's /dev/stdout)."""
-    conf, port = nginx_config(tmp_path, backend_ports)
+def running_nginx(
+    tmp_path: Path, backend_ports: list[int], edit: Callable[[str], str] = lambda conf: conf
+) -> Iterator[tuple[str, Path]]:
+    """nginx in front of `backend_ports`: its URL and its access log (the file's /dev/stdout).
+    ``edit``: a change to default.conf first (a shorter timeout, say)."""
+    conf, port = nginx_config(tmp_path, backend_ports, edit=edit)
     access_log = tmp_path / "access.log"
     with access_log.open("wb") as out:
         nginx = subprocess.Popen(
@@ -355,6 +364,60 @@ def test_nginx_does_not_tell_its_version(tmp_path: Path) -> None:
         r = httpx.get(f"{url}/readyz", timeout=10)
     assert r.status_code == 502, r.text
     assert r.headers["server"] == "nginx" and "nginx/" not in r.text, (r.headers["server"], r.text)
+
+
+def raw_answer(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of one request sent as ``request``'s bytes."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def test_nginx_answers_its_own_errors_in_the_api_s_json_format(tmp_path: Path) -> None:
+    # A body over client_max_body_size, no replica to reach, a replica too slow: nginx answered
+    # its HTML error pages, which a client of the JSON API cannot read.
+    backend = HoldingBackend()  # holds requests under /held: slower than the timeout below
+    (tmp_path / "slow").mkdir()
+    try:
+        shorter = lambda conf: conf.replace("proxy_read_timeout 120s;", "proxy_read_timeout 1s;")  # noqa: E731
+        with running_nginx(tmp_path / "slow", [backend.port], edit=shorter) as (url, _):
+            too_large = {
+                path: raw_answer(
+                    url,
+                    f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {33 * 1024 * 1024}\r\nConnection: close\r\n\r\n".encode(),
+                )
+                for path in ("/v1/detect", "/v2/models/bump/infer")
+            }
+            slow = httpx.get(f"{url}/held", timeout=30)
+        backend.release()
+    finally:
+        backend.close()
+    (tmp_path / "none").mkdir()
+    with running_nginx(tmp_path / "none", [free_port()]) as (url, _):  # nothing listens there
+        unreachable = httpx.get(f"{url}/readyz", timeout=10)
+        unreachable_v2 = httpx.get(f"{url}/v2/health/ready", timeout=10)
+
+    for path, (status, headers, body) in too_large.items():
+        assert status == 413, (path, status, body)
+        assert headers["content-type"] == "application/json", (path, headers)
+        field = "error" if path.startswith("/v2") else "detail"
+        message = json.loads(body)[field]
+        assert "body larger than 32 MiB" in message and "application/x-npy" in message, message
+    assert slow.status_code == 504, slow.text
+    assert slow.headers["content-type"] == "application/json"
+    assert "did not answer within 120 s" in slow.json()["detail"], slow.text
+    assert unreachable.status_code == 502 and unreachable.headers["retry-after"] == "1", unreachable.text
+    assert unreachable.json() == {"detail": "no replica of the service could be reached; retry shortly"}
+    assert unreachable_v2.status_code == 502
+    assert unreachable_v2.json() == {"error": "no replica of the service could be reached; retry shortly"}
 
 
 class HoldingBackend:
