@@ -91,7 +91,7 @@ def measure(model_dir: Path, length: int, repeats: int) -> dict[str, Any]:
     }
     rows: list[dict[str, Any]] = []
     for case, (threshold, distance) in cases.items():
-        raw = card.calibrator.peak.inverse_scalar(threshold)  # as the service maps a client's threshold
+        raw = card.calibrator.peak.raw_threshold(threshold)  # as the service maps a client's threshold
         stages: dict[str, Callable[[], Any]] = {
             "find_peaks": lambda t=raw, d=distance: peaks_module.find_peaks(curve, t, d),
             "the /v1 answer": lambda t=threshold, d=distance: pipeline.respond_many(

@@ -331,7 +331,7 @@ def evaluate_exported(
     model = OnnxModel(model_dir, InferenceOptions())  # now with the card's calibration
     # The operating point that ships: the card's rounded threshold, mapped back to the raw scale
     # as the service maps it (``detections``), not the unrounded one chosen above.
-    shipped_raw_threshold = model.card.calibrator.peak.inverse_scalar(threshold)
+    shipped_raw_threshold = model.card.calibrator.peak.raw_threshold(threshold)
 
     def ece(data: Dataset, curves: ev.Curves) -> dict[str, Any]:
         shipped = detections(curves, threshold, min_distance, calibrator=model.card.calibrator)

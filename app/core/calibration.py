@@ -27,6 +27,29 @@ MAX_CACHED_INVERSES = 256  # thresholds remembered per map (a client may send an
 FloatArray = npt.NDArray[np.float64]
 
 
+# The finite float32s in order as integers (``_key_of``, ``_float32_of``): -FLOAT32_KEYS is
+# -max, 0 is 0.0, FLOAT32_KEYS is max (the bits of float32's largest finite value).
+FLOAT32_KEYS = 0x7F7FFFFF
+NEAR_STEPS = 16  # float32s looked at on each side of inverse(q) in one step by ``raw_threshold``
+NEAR = np.arange(-NEAR_STEPS, NEAR_STEPS + 1, dtype=np.int64)
+
+
+def _key_of(value: np.float32) -> int:
+    """A float32's place among the float32s (-0.0 is 0.0's); beyond the finite ones: clipped."""
+    bits = int(value.view(np.int32))
+    if bits & 0x7FFFFFFF > 0x7F800000:
+        raise ValueError("a threshold maps back to a raw score, not NaN")
+    return min(bits & 0x7FFFFFFF, FLOAT32_KEYS) * (-1 if bits < 0 else 1)
+
+
+def _float32_of(keys: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    """The float32s at these places (``_key_of`` reversed); ``keys`` sorted ascending."""
+    out: npt.NDArray[np.float32] = np.abs(keys).astype(np.int32).view(np.float32)
+    if keys[0] < 0:  # sorted: none negative unless the first
+        np.negative(out, out=out, where=keys < 0)
+    return out
+
+
 def logit(p: npt.ArrayLike) -> FloatArray:
     # np.clip's value; np.clip itself passes through three Python layers, costly for few values.
     q = np.minimum(np.maximum(np.asarray(p, dtype=np.float64), EPS), 1.0 - EPS)
@@ -64,7 +87,7 @@ class MonotoneMap:
     x: FloatArray = field(default_factory=lambda: np.empty(0))
     y: FloatArray = field(default_factory=lambda: np.empty(0))
     # Derived, not part of the value (equality and repr are the knots'): (-x, -y), and the
-    # thresholds already mapped back by ``inverse_scalar``.
+    # thresholds already mapped back by ``raw_threshold``.
     _negated: tuple[FloatArray, FloatArray] = field(init=False, repr=False, compare=False)
     _inverses: dict[float, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -98,16 +121,52 @@ class MonotoneMap:
         """-f(z) on the logit scale: the map before the logistic function, negated."""
         return _minus_f(z, self.x, self._negated[1])
 
-    def inverse_scalar(self, q: float) -> float:
-        """``inverse(q)`` for one value, remembered: a request's threshold is nearly always the
-        card's, and mapping it back costs more than finding the peaks of a short signal."""
+    def raw_threshold(self, q: float) -> float:
+        """A threshold ``q`` on this map's scale, mapped back to the scale of float32 raw scores:
+        the least float32 ``r`` whose value as reported (``self(r)`` as float32, the peaks'
+        probabilities and the returned curve) is at or above ``q``, as real numbers. A raw score
+        ``x`` is then at or above it exactly when its reported value is at or above ``q``; with
+        ``inverse(q)`` a score whose reported value is ``q`` itself fell below it about every
+        other time (the float32 rounds up as often as down). ``inf`` if no float32 reaches ``q``.
+
+        Remembered: a request's threshold is nearly always the card's, and mapping it back costs
+        more than finding the peaks of a short signal."""
+        if self.identity:
+            return float(q)
         cache = self._inverses
         found = cache.get(q)
         if found is None:
             if len(cache) >= MAX_CACHED_INVERSES:
                 cache.clear()
-            found = cache[q] = float(self.inverse(q))
+            found = cache[q] = self._least_reaching(q)
         return found
+
+    def _reaches(self, keys: npt.NDArray[np.int64], q: float) -> npt.NDArray[np.bool_]:
+        """Whether the float32s of ``keys`` (``_float32_of``) are reported at or above ``q``."""
+        reported = self(_float32_of(keys)).astype(np.float32)
+        reaches: npt.NDArray[np.bool_] = reported.astype(np.float64) >= q  # not q rounded to float32
+        return reaches
+
+    def _least_reaching(self, q: float) -> float:
+        """``raw_threshold``'s value: the float32s near ``inverse(q)`` in one step, and if the
+        change from below to at or above ``q`` is not among them, a bisection over all."""
+        start = _key_of(np.float32(self.inverse(q)))  # a probability: no overflow
+        near = NEAR + start
+        if abs(start) > FLOAT32_KEYS - NEAR_STEPS:
+            near = near[np.abs(near) <= FLOAT32_KEYS]
+        reaches = self._reaches(near, q)
+        lo, hi = -FLOAT32_KEYS - 1, FLOAT32_KEYS + 1  # beyond the finite float32s: below all, above all
+        if reaches.any():
+            hi = int(near[reaches.argmax()])
+        if not reaches.all():
+            lo = int(near[~reaches][-1])
+        while hi - lo > 1:  # reaches(hi) and not reaches(lo); the map never decreases
+            mid = (lo + hi) // 2
+            if self._reaches(np.array([mid]), q)[0]:
+                hi = mid
+            else:
+                lo = mid
+        return float("inf") if hi > FLOAT32_KEYS else float(_float32_of(np.array([hi]))[0])
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> MonotoneMap:

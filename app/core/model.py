@@ -233,13 +233,15 @@ def detections(
     """Raw per-sample score curves -> probability, decision and peaks of each signal.
 
     ``threshold`` is on the calibrated peak scale. Peaks are found on the raw curve with the
-    threshold mapped back (the map is strictly increasing, so the peaks are the same); the
+    threshold mapped back (the map is strictly increasing, so the peaks are the same; a raw
+    score reaches ``raw_threshold`` exactly when its reported probability reaches ``threshold``,
+    that probability's own value included); the
     signal's probability, the peaks' probabilities and the returned curve are mapped. The maps
     are applied once to all the values (one pass over both, not one per signal).
     """
     if not curves:
         return []
-    raw_threshold = calibrator.peak.inverse_scalar(threshold)
+    raw_threshold = calibrator.peak.raw_threshold(threshold)
     raw_max = [float(curve.max()) for curve in curves]
     found = find_peaks_many(curves, raw_threshold, min_distance)
     if calibrator.peak.identity:

@@ -1,13 +1,16 @@
 """Calibration maps and their use by the one detection function the service and evaluation share."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from app.core.calibration import IDENTITY, Calibrator, MonotoneMap, logit, sigmoid
-from app.core.card import Calibration
+from app.core.card import Calibration, load_card
 from app.core.model import detections
 from app.core.peaks import find_peaks
 
+ROOT = Path(__file__).resolve().parents[2]
 MAP = MonotoneMap(np.array([-3.0, 0.0, 2.0, 5.0]), np.array([-4.0, -1.0, 0.5, 3.0]))
 
 
@@ -128,8 +131,55 @@ def test_a_peak_is_reported_exactly_when_the_signal_is_detected() -> None:
     curve = np.asarray([0.1, top, 0.1], dtype=np.float32)
     raw = float(top) + float(np.spacing(top)) / 4  # above the peak's raw score, rounds onto it
     threshold = float(MAP(raw))
-    assert calibrator.peak.inverse_scalar(threshold) > float(top)
+    assert calibrator.peak.raw_threshold(threshold) > float(top)
     (d,) = detections([curve], threshold, 1, calibrator=calibrator)
     assert not d.detected and len(d.peaks) == 0
+    reported = float(MAP(float(top)).astype(np.float32))
+    (d,) = detections([curve], reported, 1, calibrator=calibrator)
+    assert d.detected and d.peaks.index.tolist() == [1] and float(d.peaks.probability[0]) == reported
+    # The map's exact value at the peak is above its float32, the probability reported: a
+    # threshold there is not reached, by the peak nor by the signal.
+    assert float(MAP(float(top))) > reported
     (d,) = detections([curve], float(MAP(float(top))), 1, calibrator=calibrator)
-    assert d.detected and d.peaks.index.tolist() == [1]
+    assert not d.detected and len(d.peaks) == 0
+
+
+@pytest.mark.parametrize("name", ["bump", "arrival", "test map"])
+def test_a_peak_whose_probability_is_the_threshold_reaches_it(name: str) -> None:
+    """The threshold is on the scale of the probabilities reported (float32): a peak whose
+    reported probability is the threshold itself is kept, and one just below it is not. With
+    the threshold mapped back by the map's inverse, about every other such peak was dropped
+    (its float32 rounded up, above its raw score's exact value)."""
+    peak_map = MAP if name == "test map" else load_card(ROOT / "models" / name).calibrator.peak
+    calibrator = Calibrator(peak=peak_map)
+    rng = np.random.default_rng(4)
+    curve = rng.uniform(0, 1, 4000).astype(np.float32)
+    curve[::2] = 0  # every other sample a peak
+    reported = peak_map(curve[1::2]).astype(np.float32)
+    thresholds = [float(p) for p in reported[:200] if 0 < p < 1]
+    for threshold in thresholds:
+        raw = peak_map.raw_threshold(threshold)
+        # Exactly the raw scores whose reported probability is at or above the threshold.
+        assert np.array_equal(
+            curve >= raw, peak_map(curve).astype(np.float32).astype(np.float64) >= threshold
+        )
+        (d,) = detections([curve], threshold, 1, calibrator=calibrator, return_scores=True)
+        assert d.scores is not None
+        assert d.peaks.index.tolist() == (d.scores >= np.float32(threshold)).nonzero()[0].tolist()
+        assert d.detected and float(d.peaks.probability.min()) == threshold
+        above = float(np.nextafter(threshold, 1.0))  # between this float32 and the next
+        (d,) = detections([curve], above, 1, calibrator=calibrator)
+        assert float(d.peaks.probability.min()) > above
+
+
+def test_thresholds_beyond_the_reported_probabilities_map_back_beyond_every_score() -> None:
+    low = MonotoneMap(np.array([0.0, 1.0]), np.array([-5.0, -4.0]))  # below 1 - 1e-7 at a raw 1.0
+    top = float(low(np.float32(1.0)).astype(np.float32))
+    beyond = float(np.nextafter(top, 1.0))
+    assert top < beyond < 1 and low.raw_threshold(beyond) == float("inf")
+    (d,) = detections([np.ones(5, dtype=np.float32)], beyond, 1, calibrator=Calibrator(peak=low))
+    assert not d.detected and len(d.peaks) == 0
+    (d,) = detections([np.ones(5, dtype=np.float32)], top, 1, calibrator=Calibrator(peak=low))
+    assert d.detected and d.peaks.index.tolist() == [2]
+    assert MAP.raw_threshold(1e-12) == -float(np.finfo(np.float32).max)  # every score reaches it
+    assert IDENTITY.peak.raw_threshold(0.3) == 0.3
