@@ -333,7 +333,7 @@ def parse_npy(body: Body, limits: Limits, min_length: int) -> list[Signal]:
     """A NumPy .npy body (1-D: one signal; 2-D: several of one length) without pickle.
 
     The header is parsed and checked against the limits and the body's actual size before
-    any array is allocated; the data is then viewed, not copied.
+    any array is allocated; the data is then viewed, not copied (integers: copied as floats).
     """
     loc: tuple[str | int, ...] = ("body",)
     if not body.startswith(NPY_MAGIC) or len(body) < 10:
@@ -384,7 +384,11 @@ def parse_npy(body: Body, limits: Limits, min_length: int) -> list[Signal]:
     arr = np.frombuffer(data, dtype=dtype)
     arr = arr.reshape((rows, length), order="F" if fortran and len(shape) == 2 else "C")
     if dtype.kind != "f":
-        arr = arr.astype(np.float64)
-    check_finite_rows(arr, loc)
+        # Integers are copied as floats: up to 32 bits as float32, one rounding as float64 then
+        # float32 gives (half float64's memory: 4 bytes per sample, 8 for an int8 body's 1);
+        # 64-bit ones as float64, as JSON integers are read, so both encodings agree.
+        arr = arr.astype(np.float32 if dtype.itemsize <= 4 else np.float64)  # finite, as float32 too
+    else:
+        check_finite_rows(arr, loc)
     out: list[Signal] = list(arr)
     return out

@@ -1,6 +1,8 @@
 """Answers for several requests at once (as the batcher finishes a batch) equal one by one; the
 body scan that decoding relies on."""
 
+import io
+import tracemalloc
 from pathlib import Path
 from unittest.mock import patch
 
@@ -12,7 +14,7 @@ from app.core import oip, pipeline
 from app.core.card import load_card
 from app.core.model import InferenceOptions, OnnxModel
 from app.core.pipeline import Decoded, count_byte, only_numbers_in, respond_many
-from app.core.signals import Limits
+from app.core.signals import Limits, parse_npy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -197,3 +199,30 @@ def test_the_vectorised_data_path_decodes_as_the_per_value_path(
         slow.min_distance,
         slow.outputs,
     )
+
+
+@pytest.mark.parametrize("dtype", ["i1", "<i2", ">i2", "<u2", "<i4", ">u4", "<i8"])
+def test_integer_npy_bodies_give_the_values_of_float64_in_at_most_their_memory(dtype: str) -> None:
+    """An integer .npy is copied as floats: the values the model gets (float32) are those of
+    the integers read as float64, as JSON's are; up to 32-bit ones as float32, in half the
+    memory float64 took (8 bytes per sample for an int8 body's 1)."""
+    info = np.iinfo(np.dtype(dtype))
+    rng = np.random.default_rng(3)
+    values = rng.integers(
+        info.min, info.max, size=(2, 200_000), dtype=np.dtype(dtype).newbyteorder("="), endpoint=True
+    )
+    values[0, :4] = [info.min, info.max, 0, info.max - 1]
+    buf = io.BytesIO()
+    np.save(buf, values.astype(dtype))
+    body = buf.getvalue()
+    tracemalloc.start()
+    try:
+        signals = parse_npy(body, Limits(8, 10**6, 10**6), 16)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    expected = values.astype(np.float64).astype(np.float32)
+    for got, want in zip(signals, expected, strict=True):
+        assert np.array_equal(got.astype(np.float32), want)
+    per_sample = 4 if np.dtype(dtype).itemsize <= 4 else 8
+    assert peak <= per_sample * values.size * 1.05 + 64 * 1024, (dtype, peak / values.size)
