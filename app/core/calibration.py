@@ -8,7 +8,8 @@ A model card may carry two monotone maps fitted on validation data by training:
 
 Each map is piecewise linear in logit space through knots ``(x, y)`` (both strictly
 increasing), with slope 1 beyond the outer knots, so it is strictly increasing and invertible
-everywhere: applying it never reorders scores, moves a peak or merges two peaks. Peaks are
+everywhere: applying it never reorders scores, moves a peak or merges two peaks (the values
+reported, float32, may tie where the raw scores do not: near 0 or 1). Peaks are
 therefore found on the raw curve with the threshold mapped back (``peak.inverse``), and only
 the values reported are mapped. A card without maps reports raw scores (the identity).
 """
