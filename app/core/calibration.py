@@ -10,7 +10,7 @@ Each map is piecewise linear in logit space through knots ``(x, y)`` (both stric
 increasing), with slope 1 beyond the outer knots, so it is strictly increasing and invertible
 everywhere: applying it never reorders scores, moves a peak or merges two peaks (the values
 reported, float32, may tie where the raw scores do not: near 0 or 1). Peaks are
-therefore found on the raw curve with the threshold mapped back (``peak.inverse``), and only
+therefore found on the raw curve with the threshold mapped back (``peak.raw_threshold``), and only
 the values reported are mapped. A card without maps reports raw scores (the identity).
 """
 
