@@ -47,7 +47,12 @@ DETECT_BODY: dict[str, Any] = {
 }
 DETECT_DOC = dict(
     response_model=DetectResponse,
-    responses=ERRORS,
+    # The route answers with a plain Response (the body is encoded by the pipeline), for which
+    # FastAPI documents no content: the answer's JSON schema is given here.
+    responses={
+        200: {"model": DetectResponse, "description": "One result per signal, in request order."},
+        **ERRORS,
+    },
     openapi_extra=DETECT_BODY,
     response_class=Response,
 )

@@ -9,9 +9,11 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from jsonschema import Draft202012Validator
 
 from app.core.model import InferenceOptions
 from app.core.registry import Registry
@@ -133,6 +135,30 @@ def test_openapi_documents_bodies_and_errors(client: TestClient) -> None:
         assert "application/x-npy" in content
         assert {"200", "400", "404", "413", "415", "422", "503"} <= set(op["responses"])
     assert "404" in spec["paths"]["/v1/models/{name}"]["get"]["responses"]
+
+
+def documented_answer(spec: dict[str, Any], path: str, method: str, status: str) -> Draft202012Validator:
+    """A validator of the JSON answer the document gives for ``status``, its references resolved."""
+    schema = spec["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+    return Draft202012Validator({**schema, "components": spec["components"]})
+
+
+@pytest.mark.parametrize("path", ["/v1/detect", "/v1/models/{name}/detect"])
+def test_openapi_documents_the_answer_its_examples_get(client: TestClient, path: str) -> None:
+    """Each example request of the document, sent as it is, gets an answer of the documented
+    shape (with return_scores too), field for field."""
+    spec = client.get("/openapi.json").json()
+    op = spec["paths"][path]["post"]
+    answer = documented_answer(spec, path, "post", "200")
+    assert answer.schema["$ref"] == "#/components/schemas/DetectResponse"
+    for example in op["requestBody"]["content"]["application/json"]["examples"].values():
+        for body in (example["value"], {**example["value"], "return_scores": True}):
+            r = client.post(path.replace("{name}", "bump"), json=body)
+            assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text
+            answer.validate(r.json())
+            results = r.json()["results"]
+            assert len(results) == len(body["signals"])
+            assert all(("scores" in result) == body.get("return_scores", False) for result in results)
 
 
 def test_docs_pages_use_local_assets(client: TestClient) -> None:
