@@ -318,7 +318,11 @@ INFER = dict(
                 "JSON; with binary outputs, the JSON then their bytes "
                 "(Inference-Header-Content-Length gives the JSON's length)."
             ),
-            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "model": InferResponse,  # the schema of the JSON form
+            "content": {
+                "application/json": {},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
         },
         **ERRORS,
     },
