@@ -15,7 +15,9 @@ from app.core.card import Card
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
-_npy_example = "(binary: the bytes np.save writes; 1-D for one signal, 2-D for several)"
+# Said in the schema's description: an example is sent as it is by "Try it out" and by
+# contract tests, and no text is a .npy file.
+_npy_doc = "The bytes np.save writes: a 1-D array for one signal, 2-D for several of one length."
 DETECT_BODY: dict[str, Any] = {
     "parameters": query_parameters_doc(),
     "requestBody": {
@@ -39,8 +41,7 @@ DETECT_BODY: dict[str, Any] = {
                 },
             },
             "application/x-npy": {
-                "schema": {"type": "string", "format": "binary"},
-                "example": _npy_example,
+                "schema": {"type": "string", "format": "binary", "description": _npy_doc},
             },
         },
     },

@@ -228,13 +228,16 @@ INFER_BODY: dict[str, Any] = {
                     }
                 },
             },
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "example": (
-                    "(binary tensor data extension: the JSON request, then the inputs' bytes, with "
-                    "Inference-Header-Content-Length giving the JSON's length; or, with "
-                    "Inference-Header-Content-Length: 0, the little-endian FP32 samples of one signal)"
-                ),
+            "application/octet-stream": {  # described, not exemplified: no text is such a body
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": (
+                        "Binary tensor data extension: the JSON request, then the inputs' bytes, with "
+                        "Inference-Header-Content-Length giving the JSON's length; or, with "
+                        "Inference-Header-Content-Length: 0, the little-endian FP32 samples of one signal."
+                    ),
+                },
             },
         },
     }
