@@ -98,10 +98,25 @@ def example_signal(length: int = 300) -> list[float]:
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": Message, "description": "Malformed JSON or .npy body."},
+    400: {
+        "model": Message,
+        "description": "Malformed JSON or .npy body, or the Content-Type header given twice.",
+    },
     404: {"model": Message, "description": "Unknown model."},
     413: {"model": Message, "description": "Body larger than SHAPE_DETECTOR_MAX_BODY_BYTES."},
-    415: {"model": Message, "description": "Content-Type is neither application/json nor application/x-npy."},
+    415: {
+        "model": Message,
+        "description": (
+            "Content-Type is neither application/json nor application/x-npy, or the body is compressed "
+            "(Content-Encoding other than identity, Transfer-Encoding other than chunked)."
+        ),
+    },
     422: {"model": ValidationMessage, "description": "The body parsed but its content is unusable."},
-    503: {"model": Message, "description": "The model is loading or failed to load."},
+    503: {
+        "model": Message,
+        "description": (
+            "The model is loading or failed to load (Retry-After: 5), its queue is full, or the "
+            "server is shutting down (Retry-After: 1)."
+        ),
+    },
 }

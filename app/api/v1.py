@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from app.api.deps import DetectDep, RegistryDep, SettingsDep, query_parameters_doc
 from app.api.routing import RequestOnlyRoute, add_leading_routes
-from app.api.schemas import ERRORS, DetectRequest, DetectResponse, ModelList, example_signal
+from app.api.schemas import ERRORS, DetectRequest, DetectResponse, Message, ModelList, example_signal
 from app.core.card import Card
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -88,7 +88,16 @@ async def list_models(registry: RegistryDep, settings: SettingsDep) -> ModelList
 @router.get(
     "/models/{name}",
     response_model=Card,
-    responses={404: ERRORS[404], 503: ERRORS[503]},
+    responses={
+        404: ERRORS[404],
+        503: {
+            "model": Message,
+            "description": (
+                "The model is loading or failed to load (Retry-After: 5), or the server is shutting "
+                "down (Retry-After: 1)."
+            ),
+        },
+    },
     summary="One model's card",
 )
 def get_model(name: str, registry: RegistryDep) -> Card:

@@ -200,7 +200,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Bad request: the message says what is wrong."},
     404: {"model": ErrorBody, "description": "No such model or version."},
     413: {"model": ErrorBody, "description": "Body larger than the limit."},
-    503: {"model": ErrorBody, "description": "Model loading, failed, or its queue is full (Retry-After)."},
+    503: {
+        "model": ErrorBody,
+        "description": "Model loading or failed, its queue full, or the server shutting down (Retry-After).",
+    },
 }
 _example_signal = [0.0, 0.1, 0.9, 2.0, 0.9, 0.1, 0.0, 0.0, -0.1, 0.0, 0.1, 0.0, 0.0, 0.1, 0.0, 0.0]
 INFER_BODY: dict[str, Any] = {

@@ -181,6 +181,29 @@ def test_every_example_of_the_openapi_document_is_a_request_that_succeeds(client
     assert {path for path, _ in sent} >= {"/v1/detect", "/v1/models/{name}/detect", "/v2/models/{name}/infer"}
 
 
+@pytest.mark.parametrize(
+    ("headers", "status", "named"),
+    [
+        ({"Content-Type": "text/plain"}, 415, "Content-Type"),
+        ({"Content-Type": "application/json", "Content-Encoding": "gzip"}, 415, "Content-Encoding"),
+        (
+            {"Content-Type": "application/json", "Transfer-Encoding": "gzip, chunked"},
+            415,
+            "Transfer-Encoding",
+        ),
+        ([("Content-Type", "application/json")] * 2, 400, "Content-Type header given twice"),
+    ],
+)
+def test_openapi_describes_each_refusal_under_its_status(
+    client: TestClient, headers: Any, status: int, named: str
+) -> None:
+    """What a client sees (the status of a refused request) is what the document describes."""
+    r = client.post("/v1/detect", content=b'{"signals": [[0.0]]}', headers=headers)
+    assert r.status_code == status, r.text
+    description = client.get("/openapi.json").json()["paths"]["/v1/detect"]["post"]["responses"][str(status)]
+    assert named in description["description"]
+
+
 def test_docs_pages_use_local_assets(client: TestClient) -> None:
     for page in ("/docs", "/redoc"):
         html = client.get(page).text
