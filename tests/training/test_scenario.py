@@ -1,4 +1,5 @@
-from dataclasses import replace
+import re
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +10,16 @@ from training.scenario import (
     EVAL_SEEDS,
     POLARITY_AMBIGUOUS,
     VALIDATION_SEEDS,
+    Scenario,
     Template,
     inverted_match,
     make_dataset,
     polarity_stretch_limit,
     suites,
+    training_scenario,
 )
 from training.template import load_template, template_from_values
+from training.train import parse_overrides
 
 
 def test_bump_template_is_the_reference() -> None:
@@ -165,3 +169,21 @@ def test_the_widest_stretch_that_keeps_the_polarities_apart() -> None:
     s = np.arange(64)
     ringing = template_from_values(np.sin(2 * np.pi * s * 8 / 64) * np.hanning(64))
     assert polarity_stretch_limit(ringing) is None  # half a period away, its own inverted copy
+
+
+def test_the_readme_table_of_scenario_keys_gives_every_key_and_its_default() -> None:
+    """Every key ``--scenario KEY=VALUE`` takes (a field of ``Scenario`` but the template and
+    the polarity, which have options of their own) has a row in the README's table, with the
+    reference bump's training default."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    documented = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)`", readme, re.MULTILINE))
+    scenario = training_scenario()
+    keys = [f.name for f in fields(Scenario) if f.name not in ("template", "polarity")]
+    assert parse_overrides([f"{key}={documented.get(key, '')}" for key in keys if key in documented])
+    wrong = {}
+    for key in keys:
+        value = getattr(scenario, key)
+        expected = ",".join(f"{v:g}" for v in (value if isinstance(value, tuple) else (value,)))
+        if documented.get(key) != expected:
+            wrong[key] = (documented.get(key), expected)
+    assert not wrong, f"README row differs from the code (README, code): {wrong}"
