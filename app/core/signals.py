@@ -361,7 +361,8 @@ def parse_npy(body: Body, limits: Limits, min_length: int) -> list[Signal]:
     dtype, fortran, shape = _npy_header(text)
     if dtype.hasobject or dtype.kind not in "iuf" or dtype.names is not None or dtype.subdtype:
         raise InvalidInput(
-            f".npy array has dtype {dtype}; send a float32 or float64 array (no objects, no pickle)",
+            f".npy array has dtype {dtype}; send an array of floats or integers, such as float32 "
+            "(no objects, no pickle)",
             loc,
             "dtype",
         )

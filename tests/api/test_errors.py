@@ -228,6 +228,11 @@ def test_npy_object_array_is_refused_without_unpickling(client: TestClient) -> N
     np.save(buf, arr, allow_pickle=True)
     r = client.post("/v1/detect", content=buf.getvalue(), headers=NPY)
     assert r.status_code == 422 and "no pickle" in detail(r)
+    # What it says to send is what is taken: floats of any size and integers.
+    assert "send an array of floats or integers" in detail(r), detail(r)
+    for taken in (np.float16, np.int8, np.uint32):
+        r = client.post("/v1/detect", content=npy(np.arange(100).astype(taken)), headers=NPY)
+        assert r.status_code == 200, (taken, r.text)
 
 
 @pytest.mark.parametrize(
