@@ -56,6 +56,7 @@ wrk:  ## Debian's wrk, the load generator of the benchmarks
 
 test: $(VENV)/.installed-all browser nginx  ## lint and run the whole test suite
 	$(VENV)/bin/ruff check app training tests benchmarks
+	$(VENV)/bin/ruff format --check app training tests benchmarks
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
