@@ -118,11 +118,18 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Detection not done this long after its body arrived: 504."
     )
     BODY_TIMEOUT_S: float = Field(60.0, gt=0, description="Body not fully received in this time: 408.")
+    # At most a day: a wait the server's timers and threads can hold (inf or 1e10 cannot be).
     SHUTDOWN_TIMEOUT_S: float = Field(
-        30.0, ge=0, description="After SIGTERM, longest wait for requests in flight before exiting."
+        30.0,
+        ge=0,
+        le=86_400,
+        description="After SIGTERM, longest wait for requests in flight before exiting.",
     )
     SHUTDOWN_DELAY_S: float = Field(
-        0.0, ge=0, description="After SIGTERM, least time answering readiness 503 before closing the port."
+        0.0,
+        ge=0,
+        le=86_400,
+        description="After SIGTERM, least time answering readiness 503 before closing the port.",
     )
 
     @model_validator(mode="after")

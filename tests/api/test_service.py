@@ -253,6 +253,16 @@ def test_a_bad_model_is_not_served_but_the_others_are(models_dir: Path, tmp_path
         # The tiny test models need 413 samples (WindowPlan), more than the least value 256.
         ({"SHAPE_DETECTOR_WINDOW": "256"}, "SHAPE_DETECTOR_WINDOW: 256 samples is too short"),
         ({"SHAPE_DETECTOR_WINDOW": "412"}, "set at least 413 (bump needs 413, other needs 413;"),
+        # Waits the server cannot hold: uvicorn's timeout (ceil of inf) and the loader's join
+        # (beyond threading.TIMEOUT_MAX) failed with a traceback, at the start or at shutdown.
+        (
+            {"SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S": "inf"},
+            "SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S='inf': Input should be less than or equal to 86400",
+        ),
+        (
+            {"SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S": "1e10"},
+            "SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S='1e10': Input should be less than or equal to 86400",
+        ),
     ],
 )
 def test_invalid_settings_name_the_variable(

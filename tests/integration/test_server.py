@@ -86,6 +86,13 @@ def test_invalid_setting_stops_startup_with_a_message() -> None:
     assert "SHAPE_DETECTOR_MAX_SIGNALS='-5'" in refused_start(SHAPE_DETECTOR_MAX_SIGNALS="-5")
 
 
+def test_a_shutdown_timeout_beyond_a_day_stops_startup_with_a_message() -> None:
+    """Not a traceback: uvicorn's graceful-shutdown timeout, computed from it, cannot be infinite."""
+    stderr = refused_start(SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S="inf")
+    assert "SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S='inf': Input should be less than or equal to 86400" in stderr
+    assert "Traceback" not in stderr
+
+
 def test_a_window_the_models_cannot_run_in_stops_startup_naming_the_least() -> None:
     stderr = refused_start(SHAPE_DETECTOR_WINDOW="256")
     assert "SHAPE_DETECTOR_WINDOW: 256 samples is too short" in stderr
