@@ -153,6 +153,12 @@ class Settings(BaseSettings):
                 f"MAX_SIGNAL_LENGTH: {self.MAX_SIGNAL_LENGTH} exceeds MAX_SAMPLES "
                 f"{self.MAX_SAMPLES}; raise MAX_SAMPLES or lower MAX_SIGNAL_LENGTH"
             )
+        if self.SHUTDOWN_DELAY_S > self.SHUTDOWN_TIMEOUT_S:
+            raise ValueError(
+                f"SHUTDOWN_DELAY_S: {self.SHUTDOWN_DELAY_S:g} s exceeds SHUTDOWN_TIMEOUT_S "
+                f"{self.SHUTDOWN_TIMEOUT_S:g} s, which bounds the whole shutdown (the port would close "
+                "then); raise SHUTDOWN_TIMEOUT_S or lower SHUTDOWN_DELAY_S"
+            )
         self._check_window(models)
         if self.API_KEYS_FILE is not None and not self.API_KEYS_FILE.is_file():
             raise ValueError(f"API_KEYS_FILE: {str(self.API_KEYS_FILE)!r} is not a file")

@@ -263,6 +263,12 @@ def test_a_bad_model_is_not_served_but_the_others_are(models_dir: Path, tmp_path
             {"SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S": "1e10"},
             "SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S='1e10': Input should be less than or equal to 86400",
         ),
+        # The shutdown timeout ends the drain: the port closed then, before the delay had passed.
+        (
+            {"SHAPE_DETECTOR_SHUTDOWN_DELAY_S": "3", "SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S": "1"},
+            "SHAPE_DETECTOR_SHUTDOWN_DELAY_S: 3 s exceeds SHUTDOWN_TIMEOUT_S 1 s, which bounds the "
+            "whole shutdown (the port would close then); raise SHUTDOWN_TIMEOUT_S or lower SHUTDOWN_DELAY_S",
+        ),
     ],
 )
 def test_invalid_settings_name_the_variable(
