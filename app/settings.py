@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -192,12 +195,33 @@ class Settings(BaseSettings):
             )
 
 
+def misspelt(environ: Mapping[str, str]) -> list[str]:
+    """The ``SHAPE_DETECTOR_*`` variables of ``environ`` that look like a misspelt setting
+    (``SHAPE_DETECTOR_API_KEY``), each with the setting meant, when that setting is not given
+    too. Ignored, such a variable leaves its setting at the default: with ``API_KEYS`` that
+    is every route open. Other unknown ones (Kubernetes' service links,
+    ``SHAPE_DETECTOR_SERVICE_HOST``) are left alone. Names only: a value may be a key."""
+    ours = sorted(key for key in environ if key.upper().startswith(ENV_PREFIX))
+    given = {key[len(ENV_PREFIX) :].upper() for key in ours}  # read whatever their case
+    found = []
+    for key in ours:
+        name = key[len(ENV_PREFIX) :].upper()
+        if name in Settings.model_fields:
+            continue
+        near = difflib.get_close_matches(name, Settings.model_fields, n=1, cutoff=0.8)
+        if near and near[0] not in given:
+            found.append(f"{key} is not a setting; name it {ENV_PREFIX}{near[0]} (as spelt, it is ignored)")
+    return found
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment (and ``overrides``); raises ``SettingsError`` if invalid."""
+    """Settings from the environment (and ``overrides``); raises ``SettingsError`` if invalid,
+    or if a variable looks like a misspelt setting (``misspelt``)."""
+    lines = misspelt(os.environ)
+    settings = None
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        lines = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else ""
             msg = err["msg"].removeprefix("Value error, ")
@@ -205,7 +229,9 @@ def load_settings(**overrides: object) -> Settings:
                 lines.append(f"{ENV_PREFIX}{field.upper()}={err.get('input')!r}: {msg}")
             else:
                 lines.append(f"{ENV_PREFIX}{msg}")
-        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+    if settings is None or lines:
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines))
+    return settings
 
 
 @lru_cache

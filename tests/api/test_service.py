@@ -282,6 +282,36 @@ def test_invalid_settings_name_the_variable(
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("variable", "meant"),
+    [
+        ("SHAPE_DETECTOR_API_KEY", "SHAPE_DETECTOR_API_KEYS"),  # ignored: every route open
+        ("SHAPE_DETECTOR_SHUTDOWN_TIMEOUT", "SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S"),
+        ("SHAPE_DETECTOR_Models_Dir", "SHAPE_DETECTOR_MODEL_DIR"),  # read whatever its case
+    ],
+)
+def test_a_misspelt_setting_stops_the_start_naming_the_setting_meant(
+    monkeypatch: pytest.MonkeyPatch, models_dir: Path, variable: str, meant: str
+) -> None:
+    key = "k" * 24
+    monkeypatch.setenv(variable, key)
+    with pytest.raises(SettingsError) as err:
+        load_settings(MODEL_DIR=models_dir)
+    assert f"{variable} is not a setting; name it {meant} (as spelt, it is ignored)" in str(err.value)
+    assert key not in str(err.value)  # its value may be a key
+
+
+def test_other_variables_of_the_prefix_are_left_alone(
+    monkeypatch: pytest.MonkeyPatch, models_dir: Path
+) -> None:
+    """Kubernetes' service links for a Service named shape-detector, a compose file's own."""
+    for name in ("SERVICE_HOST", "SERVICE_PORT", "PORT_80_TCP_ADDR", "PUBLIC_PORT", "UID"):
+        monkeypatch.setenv(f"SHAPE_DETECTOR_{name}", "1")
+    monkeypatch.setenv("SHAPE_DETECTOR_API_KEY", "x")  # with the setting given too: not a misspelling
+    monkeypatch.setenv("SHAPE_DETECTOR_API_KEYS", "k" * 24)
+    assert load_settings(MODEL_DIR=models_dir).API_KEYS.get_secret_value() == "k" * 24
+
+
 @pytest.mark.parametrize("default", ["", ".", "bump/", "../models/bump", "empty"])
 def test_the_default_model_must_be_a_model(models_dir: Path, tmp_path: Path, default: str) -> None:
     """Not just any directory: with one that is no model the service would start, answer
