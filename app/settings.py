@@ -9,7 +9,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SHAPE_DETECTOR_"
@@ -134,6 +141,16 @@ class Settings(BaseSettings):
         le=86_400,
         description="After SIGTERM, least time answering readiness 503 before closing the port.",
     )
+
+    @field_validator("MODEL_DIR", "API_KEYS_FILE", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object, info: ValidationInfo) -> object:
+        """An empty path is the current directory to ``Path``: models served from wherever the
+        process was started, or a keys file refused as '.'. Say it is empty instead."""
+        if isinstance(value, str) and not value.strip():
+            what = {"MODEL_DIR": "the models' directory", "API_KEYS_FILE": "the keys file's path"}
+            raise ValueError(f"empty: give {what[str(info.field_name)]}, or leave it unset")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -253,6 +253,12 @@ def test_a_bad_model_is_not_served_but_the_others_are(models_dir: Path, tmp_path
         # The tiny test models need 413 samples (WindowPlan), more than the least value 256.
         ({"SHAPE_DETECTOR_WINDOW": "256"}, "SHAPE_DETECTOR_WINDOW: 256 samples is too short"),
         ({"SHAPE_DETECTOR_WINDOW": "412"}, "set at least 413 (bump needs 413, other needs 413;"),
+        # An empty path is '.' to pathlib: models served from the directory the process started in.
+        ({"SHAPE_DETECTOR_MODEL_DIR": ""}, "SHAPE_DETECTOR_MODEL_DIR='': empty: give the models' directory"),
+        (
+            {"SHAPE_DETECTOR_API_KEYS_FILE": " "},
+            "SHAPE_DETECTOR_API_KEYS_FILE=' ': empty: give the keys file's",
+        ),
         # Waits the server cannot hold: uvicorn's timeout (ceil of inf) and the loader's join
         # (beyond threading.TIMEOUT_MAX) failed with a traceback, at the start or at shutdown.
         (
