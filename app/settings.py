@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import socket
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -151,6 +152,25 @@ class Settings(BaseSettings):
             what = {"MODEL_DIR": "the models' directory", "API_KEYS_FILE": "the keys file's path"}
             raise ValueError(f"empty: give {what[str(info.field_name)]}, or leave it unset")
         return value
+
+    @field_validator("HOST")
+    @classmethod
+    def _resolves(cls, host: str) -> str:
+        """An address the server can listen on, as uvicorn resolves it: a typo (``127.0.0.1:8000``,
+        ``999.1.1.1``) stopped the server only once the models had loaded, with uvicorn's
+        "Name or service not known" naming neither the variable nor the value. Empty: every
+        address, as uvicorn (asyncio) takes it."""
+        if host:
+            try:
+                socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            except (socket.gaierror, UnicodeError) as exc:
+                reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+                raise ValueError(
+                    f"not an address to listen on ({reason}): give an IP address of this machine "
+                    "(0.0.0.0 for every IPv4 address, :: for every IPv6 address) or a host name that "
+                    "resolves, without a port (that is SHAPE_DETECTOR_PORT)"
+                ) from None
+        return host
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

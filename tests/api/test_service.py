@@ -253,6 +253,15 @@ def test_a_bad_model_is_not_served_but_the_others_are(models_dir: Path, tmp_path
         # The tiny test models need 413 samples (WindowPlan), more than the least value 256.
         ({"SHAPE_DETECTOR_WINDOW": "256"}, "SHAPE_DETECTOR_WINDOW: 256 samples is too short"),
         ({"SHAPE_DETECTOR_WINDOW": "412"}, "set at least 413 (bump needs 413, other needs 413;"),
+        # uvicorn could not resolve it once the models had loaded: "Name or service not known".
+        (
+            {"SHAPE_DETECTOR_HOST": "127.0.0.1:8000"},
+            "SHAPE_DETECTOR_HOST='127.0.0.1:8000': not an address to",
+        ),
+        (
+            {"SHAPE_DETECTOR_HOST": "999.1.1.1"},
+            "SHAPE_DETECTOR_HOST='999.1.1.1': not an address to listen on",
+        ),
         # An empty path is '.' to pathlib: models served from the directory the process started in.
         ({"SHAPE_DETECTOR_MODEL_DIR": ""}, "SHAPE_DETECTOR_MODEL_DIR='': empty: give the models' directory"),
         (

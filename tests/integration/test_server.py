@@ -93,6 +93,14 @@ def test_a_shutdown_timeout_beyond_a_day_stops_startup_with_a_message() -> None:
     assert "Traceback" not in stderr
 
 
+def test_a_host_with_a_port_stops_startup_naming_the_variable() -> None:
+    """Before the models load, saying what to give: not uvicorn's "Name or service not known"
+    (exit code 3) once they have."""
+    stderr = refused_start(SHAPE_DETECTOR_HOST="127.0.0.1:8000")
+    assert "SHAPE_DETECTOR_HOST='127.0.0.1:8000': not an address to listen on" in stderr
+    assert "without a port (that is SHAPE_DETECTOR_PORT)" in stderr
+
+
 def test_a_window_the_models_cannot_run_in_stops_startup_naming_the_least() -> None:
     stderr = refused_start(SHAPE_DETECTOR_WINDOW="256")
     assert "SHAPE_DETECTOR_WINDOW: 256 samples is too short" in stderr
