@@ -7,9 +7,9 @@ import asyncio
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from app.api.deps import RegistryDep
+from app.api.deps import RegistryDep, SettingsDep
 from app.api.schemas import Message
-from app.core.reload import reload_model
+from app.core.reload import ReloadConflict, reload_model
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -28,15 +28,30 @@ class ReloadResult(BaseModel):
     summary="Reload a model from disk",
     responses={
         404: {"model": Message, "description": "Unknown model."},
-        409: {"model": Message, "description": "Another reload runs, or the models are still loading."},
+        409: {
+            "model": Message,
+            "description": (
+                "Another reload runs, the models are still loading, or the server runs several "
+                "worker processes (a reload would reach one of them)."
+            ),
+        },
         422: {"model": Message, "description": "The files do not load or verify; the old version serves on."},
         503: {"model": Message, "description": "The service is shutting down."},
     },
 )
-async def reload(name: str, registry: RegistryDep) -> ReloadResult:
+async def reload(name: str, registry: RegistryDep, settings: SettingsDep) -> ReloadResult:
     """Load `MODEL_DIR/{name}/` again: verify the model file's SHA-256 against its card, load and
     warm it up while the current version serves, then swap. Requests already queued finish on
     the old version; every response names the version that computed it."""
+    if settings.WORKERS > 1:
+        # Each worker process holds its own models: the one this request reached would serve the
+        # new version, the others the old one, for as long as they run.
+        raise ReloadConflict(
+            f"this server runs {settings.WORKERS} worker processes (SHAPE_DETECTOR_WORKERS), each "
+            "with its own models: a reload would reach only the one that took this request. Restart "
+            "the server, or send SIGHUP to its main process (uvicorn replaces each worker with one "
+            "that loads the models anew), or run one worker per instance"
+        )
     done = await asyncio.to_thread(reload_model, registry, name)
     return ReloadResult(
         name=done.name,

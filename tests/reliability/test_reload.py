@@ -280,6 +280,22 @@ def test_unknown_model_is_404(client: TestClient, own_models: Path) -> None:
     )
 
 
+def test_with_several_worker_processes_a_reload_is_refused_saying_what_to_do(own_models: Path) -> None:
+    """Each worker process holds its own models: a reload reached the one process that took the
+    request and answered 200 with the new version, while the others served the old one on."""
+    with app_client(own_models, WORKERS=2) as c:
+        set_version(own_models / "bump", "9.9.9")
+        r = c.post("/admin/models/bump/reload")
+        assert r.status_code == 409
+        assert r.json()["detail"] == (
+            "this server runs 2 worker processes (SHAPE_DETECTOR_WORKERS), each with its own "
+            "models: a reload would reach only the one that took this request. Restart the "
+            "server, or send SIGHUP to its main process (uvicorn replaces each worker with one "
+            "that loads the models anew), or run one worker per instance"
+        )
+        assert version_of(c.post("/v1/detect", json=SIGNAL)) != "9.9.9"  # nothing swapped in
+
+
 def test_a_model_still_loading_is_not_reloaded_and_the_answer_says_when_to_retry(own_models: Path) -> None:
     """Not "when /readyz answers 200": with another model failed, it never does."""
     registry = Registry(own_models, InferenceOptions())  # not loaded yet: every model loading
