@@ -12,14 +12,22 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+try:
+    from fastapi.routing import iter_route_contexts  # FastAPI 0.165: included routers kept whole
+except ImportError:  # an earlier FastAPI copies an included router's routes into the app's
+
+    def iter_route_contexts(routes: Sequence[BaseRoute]) -> Iterator[BaseRoute]:  # type: ignore[misc]
+        return iter(routes)
+
 
 if TYPE_CHECKING:  # a type only: at run time this module needs no onnxruntime (``python -m app`` logs first)
     from app.core.registry import ModelStatus
@@ -366,6 +374,7 @@ class ObservabilityMiddleware:
         self.access = access or AccessLog()
         self.owner = owner
         self._templates: dict[Any, str] | None = None  # endpoint -> template, made at first use
+        self._routes: list[Any] | None = None  # every route, to match a path with, made at first use
         # The labelled children, looked up once per (method, route, status): ``labels()`` takes a
         # lock and builds its key on every call.
         self._counters: dict[tuple[str, str, int], Any] = {}
@@ -391,9 +400,11 @@ class ObservabilityMiddleware:
         template = getattr(route, "path", None)
         if template:
             return str(template)
-        endpoint = scope.get("endpoint")  # set by a plain Starlette route or mount that matched
-        if endpoint is None or self.owner is None:
+        if self.owner is None:
             return "unmatched"
+        endpoint = scope.get("endpoint")  # set by a plain Starlette route or mount that matched
+        if endpoint is None:
+            return self._template_of_path(scope)
         if self._templates is None:
             self._templates = {
                 (r.endpoint if isinstance(r, Route) else r.app): r.path
@@ -401,6 +412,21 @@ class ObservabilityMiddleware:
                 if type(r) in (Route, Mount)  # FastAPI's own routes name themselves in the scope
             }
         return self._templates.get(endpoint, "unmatched")
+
+    def _template_of_path(self, scope: Scope) -> str:
+        """The template of the route that takes the request's path, for a request answered before
+        the router saw it (401 without a key, 503 while draining, a refused CORS preflight): its
+        path is a route's, not one no route takes. One that takes it by another method counts."""
+        if self._routes is None:  # every route, those of included routers too
+            self._routes = list(iter_route_contexts(self.owner.routes))
+        partial = None
+        for r in self._routes:
+            match, _ = r.matches(scope)
+            if match is Match.FULL:
+                return str(r.path)
+            if match is Match.PARTIAL and partial is None:
+                partial = str(r.path)
+        return partial or "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

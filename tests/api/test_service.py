@@ -91,6 +91,36 @@ def test_metrics_name_the_docs_schema_and_static_files_by_their_templates(client
     assert [after - earlier for after, earlier in zip(counts(), before, strict=True)] == [1, 1, 1, 1]
 
 
+def test_requests_answered_before_the_router_are_counted_under_their_route(models_dir: Path) -> None:
+    """A 401 without a key, a refused CORS preflight and a 503 while draining are answered before
+    the router runs: they were all counted as route "unmatched", which is for a path no route
+    takes, so a route's series missed them."""
+    origin = "https://app.example.com"
+    settings = load_settings(MODEL_DIR=models_dir, API_KEYS="k" * 24, CORS_ORIGINS=origin)
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        assert c.post("/v1/detect", json={"signals": [[0.0] * 100]}).status_code == 401
+        assert c.get("/v1/models/bump").status_code == 401
+        assert c.post("/v1/models").status_code == 401  # the path of a GET route: still that route
+        assert c.post("/admin/models/bump/reload").status_code == 401
+        assert c.get("/nowhere").status_code == 401  # a path no route takes
+        preflight = {"Origin": "https://evil.example.com", "Access-Control-Request-Method": "POST"}
+        assert c.options("/v1/detect", headers=preflight).status_code == 400
+        c.app_state["lifecycle"].begin_drain()
+        assert c.post("/v2/models/bump/infer", json={}).status_code == 503
+        text = c.get("/metrics").text
+    counted = set(re.findall(r"^shape_detector_requests_total\{(.*)\} 1\.0$", text, re.MULTILINE))
+    assert {labels for labels in counted if 'route="/readyz"' not in labels} == {
+        'method="POST",route="/v1/detect",status="401"',
+        'method="GET",route="/v1/models/{name}",status="401"',
+        'method="POST",route="/v1/models",status="401"',
+        'method="POST",route="/admin/models/{name}/reload",status="401"',
+        'method="GET",route="unmatched",status="401"',
+        'method="OPTIONS",route="/v1/detect",status="400"',
+        'method="POST",route="/v2/models/{name}/infer",status="503"',
+    }, text
+
+
 def test_request_id_and_structured_log(client: TestClient) -> None:
     from app.observability import JsonFormatter
 
