@@ -55,11 +55,9 @@ class CpuLatencyRequest:
     def held(self) -> bool:
         return self._fd is not None
 
-    def open(self) -> None:
-        if self._fd is not None:
-            return
+    def _open_device(self) -> int:
         try:
-            fd = os.open(self.device, os.O_WRONLY)
+            return os.open(self.device, os.O_WRONLY)
         except OSError as exc:
             raise CpuLatencyError(
                 f"{SETTING}={self.microseconds}: cannot open {self.device} ({exc.strerror}). The "
@@ -67,6 +65,17 @@ class CpuLatencyRequest:
                 "in a container given the device (docker run --device /dev/cpu_dma_latency) as "
                 f"root; or unset {SETTING}"
             ) from None
+
+    def check(self) -> None:
+        """Raises ``CpuLatencyError`` unless the device opens for writing; holds nothing (the
+        kernel's request, made at the open, has no latency until one is written, and ends at
+        the close). For the settings: a refusal stops the start before anything else runs."""
+        os.close(self._open_device())
+
+    def open(self) -> None:
+        if self._fd is not None:
+            return
+        fd = self._open_device()
         try:
             os.write(fd, struct.pack("=i", self.microseconds))
         except OSError as exc:

@@ -200,6 +200,13 @@ class Settings(BaseSettings):
                 "then); raise SHUTDOWN_TIMEOUT_S or lower SHUTDOWN_DELAY_S"
             )
         self._check_window(models)
+        if self.CPU_LATENCY_US is not None:
+            from app.cpu_latency import CpuLatencyError, CpuLatencyRequest
+
+            try:
+                CpuLatencyRequest(self.CPU_LATENCY_US).check()
+            except CpuLatencyError as exc:  # said at the start, not as a traceback of the lifespan
+                raise ValueError(str(exc).removeprefix(ENV_PREFIX)) from None
         if self.API_KEYS_FILE is not None and not self.API_KEYS_FILE.is_file():
             raise ValueError(f"API_KEYS_FILE: {str(self.API_KEYS_FILE)!r} is not a file")
         from app.security import check_origins, load_api_keys  # imported late: it imports Starlette

@@ -16,7 +16,7 @@ import app.main as main
 from app.cpu_latency import DEVICE, CpuLatencyError, CpuLatencyRequest, current_limit
 from app.lifecycle import Lifecycle
 from app.main import create_app
-from app.settings import load_settings
+from app.settings import SettingsError, load_settings
 from tests.api.conftest import wait_ready
 
 needs_device = pytest.mark.skipif(
@@ -68,11 +68,38 @@ def test_the_service_holds_its_request_while_it_runs(models_dir: Path) -> None:
     assert current_limit() == before
 
 
+def test_a_request_that_would_be_refused_stops_the_start_at_the_settings(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the settings' other errors, before anything runs (``python -m app`` exits 2 with the
+    message): it was refused in the lifespan, a traceback in uvicorn's log after a line saying
+    the service had shut down."""
+    missing = tmp_path / "no-such-device"
+    monkeypatch.setattr(cpu_latency, "DEVICE", missing)
+    with pytest.raises(SettingsError) as err:
+        load_settings(MODEL_DIR=models_dir, CPU_LATENCY_US=0)
+    assert f"SHAPE_DETECTOR_CPU_LATENCY_US=0: cannot open {missing} (No such file or directory)" in str(
+        err.value
+    )
+    assert "--device /dev/cpu_dma_latency" in str(err.value)
+
+
+def test_the_check_holds_no_request(tmp_path: Path) -> None:
+    device = tmp_path / "cpu_dma_latency"
+    device.write_bytes(b"")
+    CpuLatencyRequest(5, device).check()
+    assert device.read_bytes() == b""  # nothing written: no latency asked for
+
+
 def test_the_service_does_not_start_when_its_request_is_refused(
     models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cpu_latency, "DEVICE", tmp_path / "no-such-device")
+    """The device gone between the settings' check and the start: the lifespan's refusal."""
+    device = tmp_path / "cpu_dma_latency"
+    device.write_bytes(b"")
+    monkeypatch.setattr(cpu_latency, "DEVICE", device)
     app = create_app(load_settings(MODEL_DIR=models_dir, CPU_LATENCY_US=0))
+    device.unlink()
     with pytest.raises(CpuLatencyError, match="cannot open"), TestClient(app):
         pass
 
