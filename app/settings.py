@@ -270,7 +270,13 @@ def load_settings(**overrides: object) -> Settings:
             field = str(err["loc"][0]) if err["loc"] else ""
             msg = err["msg"].removeprefix("Value error, ")
             if field:
-                lines.append(f"{ENV_PREFIX}{field.upper()}={err.get('input')!r}: {msg}")
+                value = err.get("input")
+                if field == "PORT" and isinstance(value, str) and value.startswith("tcp://"):
+                    msg += (
+                        "; tcp://... is a Kubernetes service link for a Service named shape-detector: "
+                        "set enableServiceLinks: false in the pod's spec, or give SHAPE_DETECTOR_PORT"
+                    )
+                lines.append(f"{ENV_PREFIX}{field.upper()}={value!r}: {msg}")
             else:
                 lines.append(f"{ENV_PREFIX}{msg}")
     if settings is None or lines:

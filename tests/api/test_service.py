@@ -298,6 +298,13 @@ def test_a_bad_model_is_not_served_but_the_others_are(models_dir: Path, tmp_path
             {"SHAPE_DETECTOR_API_KEYS_FILE": " "},
             "SHAPE_DETECTOR_API_KEYS_FILE=' ': empty: give the keys file's",
         ),
+        # Kubernetes' link variable for a Service named shape-detector, where the port was not given.
+        (
+            {"SHAPE_DETECTOR_PORT": "tcp://10.96.0.12:80"},
+            "SHAPE_DETECTOR_PORT='tcp://10.96.0.12:80': Input should be a valid integer, unable to "
+            "parse string as an integer; tcp://... is a Kubernetes service link for a Service named "
+            "shape-detector: set enableServiceLinks: false in the pod's spec, or give SHAPE_DETECTOR_PORT",
+        ),
         # Waits the server cannot hold: uvicorn's timeout (ceil of inf) and the loader's join
         # (beyond threading.TIMEOUT_MAX) failed with a traceback, at the start or at shutdown.
         (
