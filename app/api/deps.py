@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
 from app.core.affinity import SameCpu
-from app.core.batching import Finish, Shared
+from app.core.batching import Admission, Finish, Shared
 from app.core.card import MAX_MIN_DISTANCE
 from app.core.errors import BodyTooLarge, MalformedBody, Overloaded, UnsupportedMediaType
 from app.core.model import OnnxModel
@@ -157,19 +157,26 @@ class Runner:
         content_type = one_header(request, "Content-Type")
         kind = media_type(content_type)  # 415 before reading the body
         registry.get(name)  # 404 or 503 before reading the body
-        registry.check_room(name)
-        body = await self.read_body(request)
+        with registry.admit(name) as admission:  # 503 before reading the body if the queue is full
+            body = await self.read_body(request)
 
-        def decode(model: OnnxModel) -> Any:
-            return decode_request(model.card, content_type, body, query, self.limits)
+            def decode(model: OnnxModel) -> Any:
+                return decode_request(model.card, content_type, body, query, self.limits)
 
-        def finish(model: OnnxModel, decoded: Any) -> Finish:
-            return Shared(respond_many, model.card, decoded)
+            def finish(model: OnnxModel, decoded: Any) -> Finish:
+                return Shared(respond_many, model.card, decoded)
 
-        limit = INLINE_NPY_BYTES if kind == "npy" else INLINE_DECODE_BYTES
-        payload: bytes = await self.run(
-            request, registry, name, body, decode, finish, decode_here=len(body) <= limit
-        )
+            limit = INLINE_NPY_BYTES if kind == "npy" else INLINE_DECODE_BYTES
+            payload: bytes = await self.run(
+                request,
+                registry,
+                name,
+                body,
+                decode,
+                finish,
+                decode_here=len(body) <= limit,
+                admission=admission,
+            )
         return Response(payload, media_type="application/json")
 
     async def run(
@@ -182,6 +189,7 @@ class Runner:
         finish: Callable[[OnnxModel, D], Finish],
         *,
         decode_here: bool | None = None,
+        admission: Admission | None = None,
     ) -> Any:
         """Decode for the model now serving ``name``, queue for its batcher, await the result,
         all within REQUEST_TIMEOUT_S (504 after; a request still queued is dropped unrun, one
@@ -193,7 +201,8 @@ class Runner:
         as much as its inference.
 
         ``decode_here``: decode on the event loop (default: bodies up to INLINE_DECODE_BYTES),
-        else in a decoding thread."""
+        else in a decoding thread. ``admission``: the request's place in the queue while its
+        body was read (``Registry.admit``), released here as it is queued."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         here = decode_here if decode_here is not None else len(body) <= INLINE_DECODE_BYTES
@@ -208,6 +217,8 @@ class Runner:
                     else:
                         decoded = await loop.run_in_executor(self.executor, decode, model)
                     then = finish(model, decoded)
+                    if admission is not None:  # its place is taken by the request itself now
+                        admission.release()
                     done, result = False, None
                     samples = decoded.samples
                     if samples <= self.inline_max_samples and self._lone(other_client):

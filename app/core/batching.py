@@ -164,6 +164,25 @@ class BatchStats:
     now: int = 0  # requests run by run_now in the caller's thread
 
 
+class Admission:
+    """A place of a batcher's queue held by a request whose body is read (``Batcher.admit``);
+    ``release`` (or leaving the ``with`` block) gives it back, once."""
+
+    def __init__(self, batcher: Batcher | None) -> None:
+        self._batcher = batcher
+
+    def release(self) -> None:
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher._release()
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
 class Batcher:
     def __init__(
         self,
@@ -186,6 +205,7 @@ class Batcher:
         self._splits: deque[_Split] = deque()  # map calls with tasks left for idle workers
         self._waiting = 0  # workers waiting for work
         self._queued_samples = 0  # samples of the requests in self._jobs
+        self._admitted = 0  # requests let in (``admit``) whose bodies are read, not yet queued
         self._first_waiting = False  # the first worker waits for work
         lock = threading.Lock()
         self._cond = threading.Condition(lock)  # the first worker waits here (and close/submit use it)
@@ -215,14 +235,28 @@ class Batcher:
         return self._threads[0].native_id
 
     def check_room(self) -> None:
-        """Raise ``Overloaded`` if ``max_queue`` requests wait. Read without the lock it tells a
-        request early, before its body is read; ``submit`` decides under the lock."""
-        waiting = len(self._jobs)
+        """Raise ``Overloaded`` if ``max_queue`` requests wait, counting those let in by ``admit``
+        whose bodies are still read or decoded. ``submit`` decides under the lock."""
+        waiting = len(self._jobs) + self._admitted
         if waiting >= self.max_queue:
             raise Overloaded(
                 f"{waiting} request{'s are' if waiting != 1 else ' is'} waiting for this model "
                 f"(the limit is {self.max_queue}); retry shortly"
             )
+
+    def admit(self) -> Admission:
+        """Let a request in before its body is read, or raise ``Overloaded``: it holds a place
+        of the queue until its ``Admission`` is released, just before it is queued (or when it
+        fails first). Without it every request that came while the queue had room read its
+        body, however many: memory followed the connections, not ``max_queue``."""
+        with self._cond:
+            self.check_room()
+            self._admitted += 1
+        return Admission(self)
+
+    def _release(self) -> None:
+        with self._cond:
+            self._admitted -= 1
 
     def submit(
         self,

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from app.core.batching import Batcher, Finish, JobFuture
+from app.core.batching import Admission, Batcher, Finish, JobFuture
 from app.core.card import model_names
 from app.core.errors import ModelNotFound, ModelNotReady, ShuttingDown
 from app.core.model import InferenceOptions, OnnxModel
@@ -193,12 +193,13 @@ class Registry:
             status = self.statuses[name]
             return status.batcher if status.model is model else None
 
-    def check_room(self, name: str) -> None:
-        """``Batcher.check_room`` for ``name``'s batcher: a full queue answers 503 before the
-        request's body is read (and held) at all."""
+    def admit(self, name: str) -> Admission:
+        """``Batcher.admit`` on ``name``'s batcher: a full queue answers 503 before the
+        request's body is read (and held) at all, and a request let in holds its place while
+        its body is read. Without a batcher (the model not loaded): an admission of nothing."""
         status = self.statuses.get(name)
-        if status is not None and status.batcher is not None:
-            status.batcher.check_room()
+        batcher = status.batcher if status is not None else None
+        return batcher.admit() if batcher is not None else Admission(None)
 
     def get(self, name: str) -> OnnxModel:
         status = self.statuses.get(name)

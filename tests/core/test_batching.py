@@ -64,6 +64,31 @@ def test_full_queue_refuses_instead_of_growing() -> None:
     batcher.close()
 
 
+def test_requests_let_in_hold_their_place_of_the_queue_while_their_bodies_are_read() -> None:
+    """A request let in before its body is read (``admit``) counts against ``max_queue`` until
+    it is queued or fails: the bodies read at once are bounded by the queue, not by the
+    connections."""
+    batcher, started, release = blocked_batcher(max_queue=3)
+    running = batcher.submit([np.zeros(10)], len)
+    assert started.wait(5)  # running: no place of the queue
+    reading = [batcher.admit() for _ in range(2)]
+    queued = batcher.submit([np.zeros(10)], len)
+    with pytest.raises(Overloaded, match="3 requests are waiting for this model \\(the limit is 3\\)"):
+        batcher.admit()  # two bodies read, one request queued: full
+    with pytest.raises(Overloaded):
+        batcher.submit([np.zeros(10)], len)
+    reading[0].release()  # queued next: its place is the request's now
+    reading[0].release()  # once only
+    late = batcher.submit([np.zeros(10)], len)
+    with reading[1]:  # fails while its body is read: the place is given back on the way out
+        pass
+    with batcher.admit():  # room again
+        pass
+    release.set()
+    assert [f.result(5) for f in (running, queued, late)] == [1, 1, 1]
+    batcher.close()
+
+
 def test_a_failing_request_does_not_fail_its_batch() -> None:
     def score(signals):  # type: ignore[no-untyped-def]
         if any(s[0] == 666 for s in signals):

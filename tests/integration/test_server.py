@@ -257,3 +257,48 @@ def test_one_client_at_a_time_shares_a_cpu_and_a_second_client_ends_it(tmp_path:
     finally:
         code = server.stop()
     assert code == 0, server.log()
+
+
+def test_a_request_whose_body_is_read_holds_its_place_of_the_queue(tmp_path: Path) -> None:
+    """With one place in the queue, a request still sending its body holds it: the next one is
+    503 at once, its body unread. Every request that came while the queue had room used to read
+    its body, so memory followed the number of connections, not MAX_QUEUE."""
+    server = start_server(tmp_path, env={"SHAPE_DETECTOR_MAX_QUEUE": "1"})
+    body = json.dumps({"signals": [[0.0] * 512]}).encode()
+    try:
+        with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=30) as slow:
+            slow.sendall(
+                b"POST /v1/detect HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[:100]
+            )
+            refused = []
+            for route, json_body in (
+                ("/v1/detect", {"signals": [[0.0] * 512]}),
+                (
+                    "/v2/models/bump/infer",
+                    {
+                        "inputs": [
+                            {"name": "signal", "shape": [1, 512], "datatype": "FP32", "data": [0.0] * 512}
+                        ]
+                    },
+                ),
+            ):
+                deadline = time.monotonic() + 10
+                while True:  # the slow request's headers may still be on their way
+                    r = httpx.post(f"{server.url}{route}", json=json_body, timeout=30)
+                    if r.status_code == 503 or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+                refused.append((r.status_code, r.headers.get("retry-after"), r.text))
+            slow.sendall(body[100:])
+            answer = slow.makefile("rb").readline()
+        after = httpx.post(f"{server.url}/v1/detect", json={"signals": [[0.0] * 512]}, timeout=30)
+    finally:
+        server.stop()
+    assert [status for status, _, _ in refused] == [503, 503], refused
+    assert all(
+        retry == "1" and "waiting for this model (the limit is 1)" in text for _, retry, text in refused
+    )
+    assert answer == b"HTTP/1.1 200 OK\r\n", answer
+    assert after.status_code == 200, after.text
