@@ -175,7 +175,15 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if not self.MODEL_DIR.is_dir():
-            raise ValueError(f"MODEL_DIR: {str(self.MODEL_DIR)!r} is not a directory")
+            # The default, models, is the repository's: an installed package started elsewhere
+            # finds nothing there, so say where a relative path was looked for.
+            where = ""
+            if not self.MODEL_DIR.is_absolute():
+                where = f" (relative to the working directory {os.getcwd()})"
+            raise ValueError(
+                f"MODEL_DIR: {str(self.MODEL_DIR)!r} is not a directory{where}: set "
+                "SHAPE_DETECTOR_MODEL_DIR to the directory holding the models, one sub-directory each"
+            )
         from app.core.card import CARD_FILE, MODEL_FILE, model_names  # imported late: numpy
 
         try:

@@ -334,6 +334,23 @@ def test_invalid_settings_name_the_variable(
     assert message in str(err.value)
 
 
+def test_the_default_model_dir_missing_says_where_it_was_looked_for(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An installed package started outside the repository: the default MODEL_DIR, models, is
+    relative to a directory that has none."""
+    for key in list(os.environ):
+        if key.startswith("SHAPE_DETECTOR_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert (
+        f"SHAPE_DETECTOR_MODEL_DIR: 'models' is not a directory (relative to the working directory "
+        f"{tmp_path}): set SHAPE_DETECTOR_MODEL_DIR to the directory holding the models"
+    ) in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("variable", "meant"),
     [
