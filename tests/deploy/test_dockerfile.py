@@ -160,6 +160,9 @@ def test_dockerignore_keeps_local_state_out_and_copied_sources_in() -> None:
         "benchmarks/results/x.tmp",
         "runs",
         "onnxruntime_profile_1.json",
+        # Training data (README, "Your own data"), beside the Makefile or in a folder.
+        "my_events.npz",
+        "data/recordings.npz",
     ]:
         assert ignored(path, patterns), f".dockerignore lets {path} into the build context"
     for s in STAGES:
