@@ -144,6 +144,27 @@ def compose_bytes(value: str) -> int:
     return int(m[1]) * 1024 ** " kmg".index(m[2] or " ")
 
 
+def k8s_bytes(value: str) -> int:
+    """A Kubernetes memory quantity in binary units: 512Mi, 1Gi."""
+    m = re.fullmatch(r"(\d+)([KMG])i", value)
+    assert m, f"not a binary memory quantity: {value!r}"
+    return int(m[1]) * 1024 ** " KMG".index(m[2])
+
+
+def test_api_reserves_and_may_use_what_a_kubernetes_pod_requests_and_may_use() -> None:
+    """One container, one footprint: the memory a replica holds once it has served (well above
+    the 200 MiB of a fresh start) is what the Deployment requests; a reservation below it lets
+    the host reclaim a busy replica's memory under pressure."""
+    pod = yaml.safe_load((ROOT / "deploy" / "k8s" / "deployment.yaml").read_text())
+    resources = pod["spec"]["template"]["spec"]["containers"][0]["resources"]
+    compose = API["deploy"]["resources"]
+    assert compose_bytes(compose["reservations"]["memory"]) == k8s_bytes(resources["requests"]["memory"]), (
+        f"compose reserves {compose['reservations']['memory']}, a pod requests {resources['requests']['memory']}"
+    )
+    assert compose_bytes(compose["limits"]["memory"]) == k8s_bytes(resources["limits"]["memory"])
+    assert float(compose["limits"]["cpus"]) == float(resources["limits"]["cpu"])
+
+
 def test_nginx_buffers_request_bodies_outside_its_memory_limit() -> None:
     # nginx writes each request body larger than 16 KiB (up to client_max_body_size) to a file
     # under /var/cache/nginx before passing it on, so that it can retry it on another replica.
