@@ -10,7 +10,8 @@ the length of the comparison tells how much of a guess was right.
 
 Security headers: ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer`` on
 every response; on the docs pages also a Content-Security-Policy that allows only the page's
-own inline scripts (by hash) and assets from this origin, and forbids framing.
+own inline scripts (by hash) and assets from this origin, and forbids framing; on the files
+under /static the demo page's policy (no inline code, no framing).
 """
 
 from __future__ import annotations
@@ -233,10 +234,32 @@ def docs_csp(html: bytes) -> str:
 
 
 COMMON_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+# The demo page's policy (app/api/demo.py): scripts, styles, images and requests from this origin
+# only, no framing. Every file under /static is sent with it too: the demo page is also
+# /static/demo/index.html, and an HTML or SVG file opened there is a page like any other.
+PAGE_CSP = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
+STATIC_HEADERS = [
+    *COMMON_HEADERS,
+    (b"content-security-policy", PAGE_CSP.encode()),
+    (b"x-frame-options", b"DENY"),
+]
 
 
 class SecurityHeadersMiddleware:
-    """nosniff and no-referrer everywhere; CSP and no framing on the docs pages."""
+    """nosniff and no-referrer everywhere; CSP and no framing on the docs pages and the files
+    under /static (the demo page's own route, ``/``, sets them itself)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -246,10 +269,11 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         if scope["path"] not in DOCS_PAGES:
+            added = STATIC_HEADERS if scope["path"].startswith(OPEN_PREFIXES) else COMMON_HEADERS
 
             async def add_headers(message: Message) -> None:
                 if message["type"] == "http.response.start":
-                    message = {**message, "headers": [*message.get("headers", []), *COMMON_HEADERS]}
+                    message = {**message, "headers": [*message.get("headers", []), *added]}
                 await send(message)
 
             await self.app(scope, receive, add_headers)

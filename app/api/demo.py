@@ -11,23 +11,13 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
+from app.security import PAGE_CSP
+
 router = APIRouter(include_in_schema=False)
 DEMO_DIR = Path(__file__).resolve().parents[1] / "static" / "demo"
 INDEX = DEMO_DIR / "index.html"
 
-CSP = "; ".join(
-    [
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self'",
-        "connect-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'none'",
-        "frame-ancestors 'none'",
-    ]
-)
+CSP = PAGE_CSP  # sent with every file under /static too: the page is also /static/demo/index.html
 HEADERS = {  # beside nosniff and no-referrer, which SecurityHeadersMiddleware adds to every response
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",

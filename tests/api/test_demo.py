@@ -78,6 +78,23 @@ def test_demo_page_is_served_with_security_headers(client: TestClient) -> None:
     assert header_values(r, "referrer-policy") == ["no-referrer"]
 
 
+def test_the_demo_page_under_static_and_every_static_file_have_its_policy(client: TestClient) -> None:
+    """The page is also /static/demo/index.html: there it may not be framed (with its API key
+    field, under another site's page) or run inline code either, nor may any file under /static."""
+    page = client.get("/")
+    for path in (
+        "/static/demo/index.html",
+        "/static/demo/favicon.svg",
+        "/static/demo/demo.js",
+        "/static/nope",
+    ):
+        r = client.get(path)
+        assert header_values(r, "content-security-policy") == [page.headers["content-security-policy"]], path
+        assert header_values(r, "x-frame-options") == ["DENY"], path
+        assert header_values(r, "x-content-type-options") == ["nosniff"], path
+    assert client.get("/static/demo/index.html").text == page.text
+
+
 def test_demo_page_has_no_inline_code_and_loads_its_assets(client: TestClient) -> None:
     page = Page()
     page.feed(client.get("/").text)
