@@ -31,6 +31,7 @@ import sys
 from collections import deque
 from typing import Any, cast
 
+import httptools
 import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -182,13 +183,19 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
 
         uvicorn calls this while handling the parser's error, so that error is the one being
         handled: its message (``Duplicate Content-Length``, ``Invalid header token``, ...) is
-        the reason given.
+        the reason given. A URL that httptools parses only once the headers are in (longer than
+        64 KiB, an absolute one that is not a URL) is refused from uvicorn's callback, which the
+        parser reports as "User callback error": the URL's own error is the reason given then.
 
         Requests pipelined before the refused one and not yet answered are answered first: the
         refusal waits for them (``on_response_complete``), and nothing after it is read. The
         refused request itself, if its headers had made it a request (its body is what the
         parser refused) waiting behind them, never runs."""
         error = sys.exc_info()[1]
+        if isinstance(error, httptools.HttpParserCallbackError) and isinstance(
+            error.__context__, httptools.HttpParserError
+        ):  # "User callback error": uvicorn's callback met the parser's own refusal (a bad URL)
+            error = error.__context__
         reason = str(error) if error is not None and str(error) else msg
         scope = getattr(self, "scope", None) or {}
         path = scope.get("path")

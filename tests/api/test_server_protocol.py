@@ -298,6 +298,45 @@ def test_a_request_the_parser_refuses_gets_a_json_400_naming_why(
 
 
 @pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        (
+            b"/healthz?" + b"a=1&" * 17_000,
+            "url is too long: url length of 68009 bytes exceeds the maximum of 65535 bytes",
+        ),
+        (b"http://[", "invalid url b'http://['"),
+    ],
+)
+def test_a_url_refused_once_the_headers_are_in_is_named(target: bytes, reason: str) -> None:
+    """httptools parses the URL from uvicorn's callback at the headers' end, and reports its
+    refusal as "User callback error": the answer names the URL's own error instead."""
+
+    async def never(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise AssertionError("the app must not see a malformed request")
+
+    metrics = Metrics()
+
+    async def refused() -> Transport:
+        proto, transport = connect(never, app_state={"metrics": metrics})
+        proto.data_received(b"GET " + target + b" HTTP/1.1\r\nHost: test\r\n\r\n")
+        await settle(proto)
+        return transport
+
+    transport = asyncio.run(refused())
+    response, closed = transport.events
+    assert isinstance(response, bytes) and closed == "close"
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert orjson.loads(body) == {
+        "detail": f"malformed HTTP request: {reason}; send a well-formed HTTP/1.1 request"
+    }
+    counted = metrics.registry.get_sample_value(
+        "shape_detector_requests_total", {"method": "GET", "route": "malformed", "status": "400"}
+    )
+    assert counted == 1
+
+
+@pytest.mark.parametrize(
     "refused",
     [
         b"GARBAGE / HTTP/1.1\r\n\r\n",  # its request line
