@@ -17,7 +17,9 @@ app never sees such a request. The warning uvicorn logs before it asks for that 
 Pipelined requests keep their order when one is refused: the requests before it are answered
 first, then the refusal (uvicorn wrote it at once, where the client reads the answer to its
 first request). A client that leaves with pipelined requests waiting is gone for the request
-running too (uvicorn tells only the newest one). Everything else is uvicorn's.
+running too (uvicorn tells only the newest one). The request line and headers
+of a request may be at most ``MAX_HEAD_BYTES`` (431, as soon as more has arrived).
+Everything else is uvicorn's.
 
 ``python -m app`` serves with it; with uvicorn's own command line, ``--http
 app.server:HeadWithBodyProtocol`` does the same.
@@ -26,6 +28,7 @@ app.server:HeadWithBodyProtocol`` does the same.
 from __future__ import annotations
 
 import asyncio
+import http
 import logging
 import sys
 from collections import deque
@@ -40,6 +43,15 @@ from app.observability import MALFORMED_ROUTE, METRIC_METHODS, Metrics
 from app.security import COMMON_HEADERS, error_body
 
 IMPORT_PATH = "app.server:HeadWithBodyProtocol"
+# The request line and headers of one request, at most: uvicorn's httptools protocol has no
+# limit, and httptools joins the pieces of a header as they arrive (each time a copy of all so
+# far): one client sending an endless header held the event loop for seconds at a time (200 MB:
+# /healthz answered after 49 s) and the server's memory grew with it.
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TOO_LARGE = (
+    f"the request line and headers are larger than {MAX_HEAD_BYTES} bytes, the most this server "
+    "reads: send fewer or shorter headers, or a shorter URL"
+)
 
 log = logging.getLogger("shape_detector")
 access_log = logging.getLogger("shape_detector.access")
@@ -114,6 +126,16 @@ class ParserRefusalAnswered(logging.Filter):
         )
 
 
+class HeadTooLarge(Exception):
+    """Raised from the parser's callback for a head found larger than ``MAX_HEAD_BYTES`` once
+    complete; ``send_400_response`` answers it 431."""
+
+
+def head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """The bytes of a parsed head: its URL, each header's name and value with ": " and CRLF."""
+    return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
+
+
 class HeadWithBodyProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol; each request's response is written through a ``HeldHead``.
 
@@ -126,13 +148,42 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.unanswered: deque[Any] = deque()  # this connection's request cycles, oldest first
         self.refusal: bytes | None = None  # a 400 written once the requests before it are answered
+        self.reading_head = False  # a request has begun and its headers are not all in
+        self.head_bytes = 0  # bytes of that request's head received before the data being read
+        self.feeding = 0  # the length of the data being read
+        self.messages = 0  # requests read to their end
 
     def data_received(self, data: bytes) -> None:
+        """The data read; a head still unfinished after it and larger than ``MAX_HEAD_BYTES``
+        so far is refused, 431, without waiting for its end."""
         if self.refusal is not None:  # a request was refused: nothing after it is read
             return
+        messages, self.feeding = self.messages, len(data)
         super().data_received(data)
+        if not self.reading_head or self.refusal is not None or self.transport.is_closing():
+            return
+        # No request ended in ``data``: every byte of it is this head's. Else the head began
+        # somewhere in it: counted from the next data on.
+        self.head_bytes = self.head_bytes + len(data) if self.messages == messages else 0
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self.refuse(431, HEAD_TOO_LARGE, HEAD_TOO_LARGE)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.reading_head, self.head_bytes = True, 0
+
+    def on_message_complete(self) -> None:
+        self.messages += 1
+        super().on_message_complete()
 
     def on_headers_complete(self) -> None:
+        self.reading_head = False
+        # Measured only when the head can be beyond the limit: nothing on a request's path else.
+        if (
+            self.head_bytes + self.feeding > MAX_HEAD_BYTES
+            and head_size(self.url, self.headers) > MAX_HEAD_BYTES
+        ):
+            raise HeadTooLarge
         before = getattr(self, "cycle", None)
         super().on_headers_complete()
         cycle = getattr(self, "cycle", None)
@@ -192,19 +243,26 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
         refused request itself, if its headers had made it a request (its body is what the
         parser refused) waiting behind them, never runs."""
         error = sys.exc_info()[1]
-        if isinstance(error, httptools.HttpParserCallbackError) and isinstance(
-            error.__context__, httptools.HttpParserError
-        ):  # "User callback error": uvicorn's callback met the parser's own refusal (a bad URL)
-            error = error.__context__
+        if isinstance(error, httptools.HttpParserCallbackError):
+            if isinstance(error.__context__, HeadTooLarge):
+                self.refuse(431, HEAD_TOO_LARGE, HEAD_TOO_LARGE)
+                return
+            if isinstance(error.__context__, httptools.HttpParserError):
+                # "User callback error": uvicorn's callback met the parser's own refusal (a bad URL)
+                error = error.__context__
         reason = str(error) if error is not None and str(error) else msg
+        self.refuse(400, reason, f"malformed HTTP request: {reason}; send a well-formed HTTP/1.1 request")
+
+    def refuse(self, status: int, reason: str, message: str) -> None:
+        """Answer ``status`` with ``message`` in the path's error format and close the
+        connection, once the requests pipelined before are answered; log ``reason``."""
         scope = getattr(self, "scope", None) or {}
         path = scope.get("path")
         if not isinstance(path, str):  # refused before the headers' end: the target as it came
             target = bytes(getattr(self, "url", b"") or b"").partition(b"?")[0]
             path = target.decode("latin1") if target else None
-        message = f"malformed HTTP request: {reason}; send a well-formed HTTP/1.1 request"
         payload = orjson.dumps(error_body(path or "/", message))
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode("ascii")]
         for name, value in [
             *self.server_state.default_headers,
             (b"content-type", b"application/json"),
@@ -223,19 +281,20 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
         else:
             self.transport.write(response)
             self.transport.close()
+            self.refusal = b""  # refused: nothing more is read
         # The app's metrics, from the state its lifespan shares with requests (uvicorn keeps it).
         metrics = (getattr(self, "app_state", None) or {}).get("metrics")
         if isinstance(metrics, Metrics):
             method = scope.get("method")
             label = method if method in METRIC_METHODS else "other"
-            metrics.requests.labels(label, MALFORMED_ROUTE, "400").inc()
+            metrics.requests.labels(label, MALFORMED_ROUTE, str(status)).inc()
         access_log.info(
             "request",
             extra={
                 "fields": {
                     "method": scope.get("method"),
                     "path": path,
-                    "status": 400,
+                    "status": status,
                     "error": reason,
                     "client": self.client[0] if self.client else None,
                 }

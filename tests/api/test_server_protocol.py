@@ -300,11 +300,8 @@ def test_a_request_the_parser_refuses_gets_a_json_400_naming_why(
 @pytest.mark.parametrize(
     ("target", "reason"),
     [
-        (
-            b"/healthz?" + b"a=1&" * 17_000,
-            "url is too long: url length of 68009 bytes exceeds the maximum of 65535 bytes",
-        ),
         (b"http://[", "invalid url b'http://['"),
+        (b"http://a:99999999/x", "invalid url b'http://a:99999999/x'"),
     ],
 )
 def test_a_url_refused_once_the_headers_are_in_is_named(target: bytes, reason: str) -> None:
@@ -369,6 +366,104 @@ def test_pipelined_requests_before_a_refused_one_are_answered_first(refused: byt
     *answers, refusal, closed = transport.events
     assert [a[:15] for a in answers] == [b"HTTP/1.1 200 OK"] * 2  # type: ignore[index]
     assert refusal.startswith(b"HTTP/1.1 400 Bad Request") and closed == "close"  # type: ignore[union-attr]
+
+
+def pieces(data: bytes, size: int = 4096) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def body_reader(seen: list[int]) -> App:
+    """Reads the whole body, notes its length, answers 200."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        length, more = 0, True
+        while more:
+            message = await receive()
+            length += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        seen.append(length)
+        await answer(b"ok")(scope, receive, send)
+
+    return app
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        # One header that never ends, arriving in pieces: refused once the limit has arrived.
+        b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Long: " + b"a" * 1_000_000,
+        # Many short headers, all in (the head complete, its end in the last piece).
+        b"GET /healthz HTTP/1.1\r\nHost: test\r\n" + b"X-A: b\r\n" * 10_000 + b"\r\n",
+    ],
+    ids=["endless header", "many headers"],
+)
+@pytest.mark.parametrize("whole", [False, True], ids=["in pieces", "in one piece"])
+def test_a_head_beyond_the_limit_is_refused_431_at_once(
+    request_bytes: bytes, whole: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn's httptools protocol reads a head of any size, and httptools copies a header's
+    pieces together as they arrive: one endless header held the event loop for seconds and grew
+    the memory without bound. Beyond MAX_HEAD_BYTES the request is refused, 431, and the
+    connection closed; nothing after the limit is read."""
+
+    async def never(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise AssertionError("the app must not see a request whose head is too large")
+
+    metrics = Metrics()
+
+    async def refused() -> tuple[Transport, int]:
+        proto, transport = connect(never, app_state={"metrics": metrics})
+        sent = 0
+        for piece in [request_bytes] if whole else pieces(request_bytes):
+            if transport.closed:
+                break
+            proto.data_received(piece)
+            sent += len(piece)
+        await settle(proto)
+        return transport, sent
+
+    with caplog.at_level(logging.INFO, logger="shape_detector.access"):
+        transport, sent = asyncio.run(refused())
+    response, closed = transport.events
+    assert closed == "close" and isinstance(response, bytes)
+    if not whole and request_bytes.endswith(b"a"):  # refused before the header's end
+        assert server.MAX_HEAD_BYTES < sent <= server.MAX_HEAD_BYTES + 4096
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert b"connection: close\r\n" in head and b"x-content-type-options: nosniff\r\n" in head
+    assert orjson.loads(body) == {
+        "detail": "the request line and headers are larger than 65536 bytes, the most this server "
+        "reads: send fewer or shorter headers, or a shorter URL"
+    }
+    counted = metrics.registry.get_sample_value(  # refused before the method is taken from the head
+        "shape_detector_requests_total", {"method": "other", "route": "malformed", "status": "431"}
+    )
+    assert counted == 1
+    (record,) = [r for r in caplog.records if r.name == "shape_detector.access"]
+    assert record.fields["status"] == 431 and record.fields["path"] == "/healthz"  # type: ignore[attr-defined]
+
+
+def test_heads_within_the_limit_and_bodies_of_any_size_are_read() -> None:
+    """Only a head's bytes count: a head just within the limit, a large body in pieces, and a
+    request whose head begins in the same piece as the end of the body before it are served."""
+    seen: list[int] = []
+    within = b"GET / HTTP/1.1\r\nHost: test\r\nX-Long: " + b"a" * (server.MAX_HEAD_BYTES - 100) + b"\r\n\r\n"
+    body = b"x" * 1_000_000
+    post = b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+
+    async def run() -> Transport:
+        proto, transport = connect(body_reader(seen))
+        data = within + post + post + GET
+        split = len(within) + len(post) + 20  # a piece ends in the second POST's head
+        for piece in [*pieces(data[:split], 50_000), *pieces(data[split:], 50_000)]:
+            proto.data_received(piece)
+            await settle(proto)
+        return transport
+
+    transport = asyncio.run(run())
+    assert seen == [0, len(body), len(body), 0]
+    answers = [e for e in transport.events if isinstance(e, bytes)]
+    assert [a[:15] for a in answers] == [b"HTTP/1.1 200 OK"] * 4 and "close" not in transport.events
 
 
 def test_uvicorns_warning_is_dropped_only_for_the_refusals_the_service_answers(
