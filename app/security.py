@@ -132,17 +132,24 @@ class ApiKeys:
         return ok
 
     def check(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-        """None if the headers carry a valid key, else why not (safe to show the client)."""
+        """None if the headers carry a valid key, else why not (safe to show the client: it
+        names the header at fault, never what it holds, which may be a key)."""
         candidates: list[bytes] = []
+        unusable = "an API key is required"  # no key header at all
         for name, value in headers:
             if name == b"x-api-key":
-                candidates.append(value.strip())
+                if value.strip():
+                    candidates.append(value.strip())
+                else:
+                    unusable = "the X-API-Key header is empty"
             elif name == b"authorization":
                 scheme, _, token = value.strip().partition(b" ")
                 if scheme.lower() == b"bearer" and token.strip():
                     candidates.append(token.strip())
+                else:  # another scheme (Basic), no scheme, or no key after it
+                    unusable = "the Authorization header is not 'Bearer <key>'"
         if not candidates:
-            return f"an API key is required: {AUTH_HELP}"
+            return f"{unusable}: {AUTH_HELP}"
         valid = False
         for candidate in candidates[:MAX_CANDIDATES]:
             valid |= self.matches(candidate)

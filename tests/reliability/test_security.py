@@ -90,6 +90,29 @@ def test_wrong_key_is_401(keyed: TestClient, method: str, path: str, body: objec
         assert r.headers["www-authenticate"] == "Bearer"
 
 
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ({"Authorization": f"Basic {KEY_A}"}, "the Authorization header is not 'Bearer <key>'"),
+        ({"Authorization": KEY_A}, "the Authorization header is not 'Bearer <key>'"),  # no scheme
+        ({"Authorization": f"Bearer\t{KEY_A}"}, "the Authorization header is not 'Bearer <key>'"),
+        ({"Authorization": "Bearer "}, "the Authorization header is not 'Bearer <key>'"),
+        ({"X-API-Key": ""}, "the X-API-Key header is empty"),
+        ({"X-API-Key": f"{KEY_A}x"}, "the API key is not valid"),
+    ],
+)
+def test_an_unusable_key_header_is_named_in_the_401(
+    keyed: TestClient, headers: dict[str, str], problem: str
+) -> None:
+    """A client that sent a key header the service cannot use is told which header is at fault,
+    not that no key was sent; the answer never repeats what the header holds."""
+    for path in ("/v1/models", "/v2/models/bump"):
+        r = keyed.get(path, headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert message(r) == f"{problem}: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'", r.text
+        assert KEY_A not in r.text
+
+
 @pytest.mark.parametrize(("method", "path", "body"), PROTECTED)
 def test_valid_key_in_either_header(keyed: TestClient, method: str, path: str, body: object) -> None:
     for headers in (
