@@ -19,6 +19,8 @@ first, then the refusal (uvicorn wrote it at once, where the client reads the an
 first request). A client that leaves with pipelined requests waiting is gone for the request
 running too (uvicorn tells only the newest one). The request line and headers
 of a request may be at most ``MAX_HEAD_BYTES`` (431, as soon as more has arrived).
+A request offering an upgrade the server does not take (``Upgrade: h2c``) is served as
+HTTP/1.1 with its body, which uvicorn's protocol lost.
 Everything else is uvicorn's.
 
 ``python -m app`` serves with it; with uvicorn's own command line, ``--http
@@ -150,7 +152,8 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
         self.refusal: bytes | None = None  # a 400 written once the requests before it are answered
         self.reading_head = False  # a request has begun and its headers are not all in
         self.head_bytes = 0  # bytes of that request's head received before the data being read
-        self.feeding = 0  # the length of the data being read
+        self.feeding = b""  # the data being read
+        self.replaying = False  # a request's framing is being replayed to a new parser (see below)
         self.messages = 0  # requests read to their end
 
     def data_received(self, data: bytes) -> None:
@@ -158,7 +161,7 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
         so far is refused, 431, without waiting for its end."""
         if self.refusal is not None:  # a request was refused: nothing after it is read
             return
-        messages, self.feeding = self.messages, len(data)
+        messages, self.feeding = self.messages, data
         super().data_received(data)
         if not self.reading_head or self.refusal is not None or self.transport.is_closing():
             return
@@ -169,18 +172,64 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
             self.refuse(431, HEAD_TOO_LARGE, HEAD_TOO_LARGE)
 
     def on_message_begin(self) -> None:
+        if self.replaying:
+            return
         super().on_message_begin()
         self.reading_head, self.head_bytes = True, 0
+
+    def on_url(self, url: bytes) -> None:
+        if not self.replaying:
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.replaying:
+            super().on_header(name, value)
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """A request offering an upgrade the server does not take (``Upgrade: h2c``, which every
+        JDK HttpClient sends by default on http://, and curl --http2) is served as HTTP/1.1, its
+        body included, as RFC 9110 (section 7.8) lets a server do.
+
+        llhttp takes everything after such a request's headers for the new protocol: it ends the
+        request there, bodiless, and raises ``HttpParserUpgrade`` with the body's offset in the
+        data; uvicorn then warns and drops the rest, so the body was lost (400 "body has 0 bytes
+        but its Content-Length is 155", or its bytes read as a next, malformed, request). Here
+        the request waits for its body again, and a new parser, given the request's framing
+        (its Content-Length or Transfer-Encoding headers, the rest unseen), reads the body into
+        it and the requests after it as usual. uvicorn calls this while handling the exception.
+        """
+        error = sys.exc_info()[1]
+        cycle = getattr(self, "cycle", None)
+        if not isinstance(error, httptools.HttpParserUpgrade) or not error.args or cycle is None:
+            super()._unsupported_upgrade_warning()
+            return
+        rest = bytes(self.feeding[error.args[0] :])
+        framing = [(n, v) for n, v in self.headers if n in (b"content-length", b"transfer-encoding")]
+        self.parser = httptools.HttpRequestParser(self)
+        if framing and not cycle.response_complete:
+            cycle.more_body = True  # the app's task has not run: it was made by this same data
+            cycle.message_event.clear()
+            self.replaying = True
+            try:
+                self.parser.feed_data(
+                    b"POST / HTTP/1.1\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in framing) + b"\r\n"
+                )
+            finally:
+                self.replaying = False
+        if rest:
+            self.data_received(rest)
 
     def on_message_complete(self) -> None:
         self.messages += 1
         super().on_message_complete()
 
     def on_headers_complete(self) -> None:
+        if self.replaying:
+            return
         self.reading_head = False
         # Measured only when the head can be beyond the limit: nothing on a request's path else.
         if (
-            self.head_bytes + self.feeding > MAX_HEAD_BYTES
+            self.head_bytes + len(self.feeding) > MAX_HEAD_BYTES
             and head_size(self.url, self.headers) > MAX_HEAD_BYTES
         ):
             raise HeadTooLarge

@@ -466,6 +466,64 @@ def test_heads_within_the_limit_and_bodies_of_any_size_are_read() -> None:
     assert [a[:15] for a in answers] == [b"HTTP/1.1 200 OK"] * 4 and "close" not in transport.events
 
 
+UPGRADE = (
+    b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+)
+
+
+def upgrade_offered(body: bytes, chunked: bool) -> bytes:
+    """A POST as the JDK's HttpClient sends it on http://: offering h2c, with its body."""
+    if chunked:
+        framing = b"Transfer-Encoding: chunked\r\n"
+        body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces(body, 7)) + b"0\r\n\r\n"
+    else:
+        framing = b"Content-Length: %d\r\n" % len(body)
+    return b"POST /v1/detect HTTP/1.1\r\nHost: test\r\n" + UPGRADE + framing + b"\r\n" + body
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("split", [None, 0, 5], ids=["together", "body apart", "body cut"])
+def test_a_request_offering_an_upgrade_is_served_with_its_body(chunked: bool, split: int | None) -> None:
+    """llhttp ends a request that offers an upgrade at its headers: uvicorn, which takes none
+    but WebSocket, lost the body (the app read 0 bytes; sent apart, the body was read as a next,
+    malformed, request). The upgrade is not taken and the request is served as HTTP/1.1, its
+    body and the requests after it included, however the data is cut."""
+    bodies: list[bytes] = []
+
+    async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        bodies.append(body)
+        await answer(b"ok")(scope, receive, send)
+
+    body = b'{"signals": [[0.5, 0.25, 1.0, 2.0]]}'
+    offered = upgrade_offered(body, chunked)
+    head_end = offered.index(b"\r\n\r\n") + 4
+    cut = len(offered) if split is None else head_end + split
+    after = (
+        b"GET /healthz HTTP/1.1\r\nHost: test\r\n"
+        + UPGRADE
+        + b"\r\n"
+        + upgrade_offered(body, not chunked)
+        + GET
+    )
+
+    async def run() -> Transport:
+        proto, transport = connect(echo)
+        for data in (offered[:cut], offered[cut:] + after):
+            proto.data_received(data)
+            await settle(proto)
+        return transport
+
+    transport = asyncio.run(run())
+    assert bodies == [body, b"", body, b""]
+    answers = [e for e in transport.events if isinstance(e, bytes)]
+    assert [a[:15] for a in answers] == [b"HTTP/1.1 200 OK"] * 4 and "close" not in transport.events
+
+
 def test_uvicorns_warning_is_dropped_only_for_the_refusals_the_service_answers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
