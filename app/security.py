@@ -63,7 +63,7 @@ def load_api_keys(settings: Settings) -> tuple[str, ...]:
             found.append((f"API_KEYS: key {i}", raw.strip()))
     if settings.API_KEYS_FILE is not None:
         try:
-            text = settings.API_KEYS_FILE.read_text(encoding="utf-8")
+            text = settings.API_KEYS_FILE.read_text(encoding="utf-8-sig")  # a BOM (Notepad) is no key's
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"API_KEYS_FILE: cannot read it ({type(exc).__name__})") from None
         in_file = len(found)

@@ -201,6 +201,17 @@ def test_a_bad_key_in_the_file_is_named_by_line(models_dir: Path, tmp_path: Path
     assert "the key on line 3 is shorter" in str(err.value) and "too-short" not in str(err.value)
 
 
+def test_a_keys_file_saved_with_a_bom_and_crlf_gives_its_keys(models_dir: Path, tmp_path: Path) -> None:
+    """Windows editors (Notepad) start a UTF-8 file with a byte order mark and end lines with
+    CRLF: neither is part of a key (the BOM made the first key "not visible ASCII", stopping the start)."""
+    path = tmp_path / "keys"
+    path.write_bytes(b"\xef\xbb\xbf" + f"{FILE_KEY}\r\n{KEY_A}\r\n".encode())
+    with app_client(models_dir, API_KEYS_FILE=path) as c:
+        for key in (FILE_KEY, KEY_A):
+            assert c.get("/v1/models", headers={"X-API-Key": key}).status_code == 200
+        assert c.get("/v1/models").status_code == 401
+
+
 @pytest.mark.parametrize("text", ["", "\n\n", "# the keys\n  # go here\n\n"])
 def test_a_keys_file_without_a_key_is_refused(models_dir: Path, tmp_path: Path, text: str) -> None:
     """A keys file that is set but holds no key would leave every route open: the start stops."""
