@@ -628,7 +628,12 @@ def output_problem(model_dir: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", default="bump", help="model name (directory under --out)")
+    p.add_argument(
+        "--name",
+        default="bump",
+        help="model name (directory under --out); with --template or --data, give one: bump is the "
+        "reference model's",
+    )
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--arch", choices=["deep", "single"], default="deep")
     p.add_argument("--out", type=Path, default=Path("models"), help="where models/<name>/ goes")
@@ -884,6 +889,14 @@ def main(argv: list[str] | None = None) -> Path:
         )
     if not re.fullmatch(VERSION_PATTERN, a.version):
         p.error(f"--version {a.version!r}: use no slash and no white space (the service names it in URLs)")
+    source_flag = "--data" if a.data is not None else "--template" if a.template is not None else None
+    if source_flag and a.name == "bump" and (a.out / a.name).resolve() == Path("models", "bump").resolve():
+        # --name defaults to bump (and make's NAME too): a template or a data file without a name
+        # would overwrite the shipped reference detector with one for another shape, named bump.
+        p.error(
+            f"{source_flag} with --name bump: the model would replace models/bump, the reference "
+            "bump detector; name yours (--name my_shape; with make: NAME=my_shape)"
+        )
     problem = output_problem(a.out / a.name)
     if problem:
         p.error(f"--out {a.out} --name {a.name}: {problem}; the model goes in --out/--name: give another")

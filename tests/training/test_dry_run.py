@@ -595,3 +595,29 @@ def test_weights_from_needs_the_data_its_network_was_trained_on(tmp_path: Path) 
     assert weights_data_problem(source, None, BUMP, 7) is None  # generated: the seed is free
     tpl = template_from_values(np.hanning(41))
     assert "another template" in str(weights_data_problem(source, None, tpl, 1234))
+
+
+def test_a_template_or_data_file_without_a_name_does_not_replace_the_reference_bump(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--name (and make's NAME) defaults to bump: `training.train --template my_shape.csv` trained
+    a detector for another shape into models/bump, named and labelled bump, over the shipped one."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "bump").mkdir(parents=True)
+    (tmp_path / "models" / "bump" / "card.json").write_text("the shipped card")
+    (tmp_path / "shape.csv").write_text("0\n1\n3\n1\n0\n")
+    np.savez(tmp_path / "d.npz", signals=np.zeros((20, 600)), events=np.array([(0, 300)]))
+    for args in (
+        ["--template", "shape.csv"],
+        ["--data", "d.npz"],
+        ["--template", "shape.csv", "--name", "bump"],
+    ):
+        with pytest.raises(SystemExit):
+            main(["--dry-run", *args])
+        assert "with --name bump: the model would replace models/bump" in capsys.readouterr().err
+    for args in (["--template", "shape.csv", "--out", "models"], ["--data", "d.npz", "--out", "./models/"]):
+        with pytest.raises(SystemExit):
+            main(["--dry-run", *args])
+        assert "name yours (--name my_shape; with make: NAME=my_shape)" in capsys.readouterr().err
+    assert (tmp_path / "models" / "bump" / "card.json").read_text() == "the shipped card"
+    assert not (tmp_path / "models" / "bump" / "model.onnx").exists()
