@@ -43,6 +43,7 @@ def _read_csv(path: Path) -> np.ndarray:
         ) from None
     seen_numbers = False
     header: list[str] = []
+    row_like: tuple[int, str] | None = None  # the first skipped line holding a number, its non-number
     widths: set[int] = set()  # values per numeric line
     numeric: list[tuple[int, str]] = []  # (line number, line) of each numeric line
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -55,16 +56,19 @@ def _read_csv(path: Path) -> np.ndarray:
         except ValueError:
             if not seen_numbers and not values:
                 header = fields
+                if not row_like and any(_is_float(f.strip("\"'")) for f in fields):
+                    row_like = (lineno, next(f for f in fields if not _is_float(f)))
                 continue  # a header line
             bad = next(f for f in fields if not _is_float(f))
-            raise TemplateError(
-                f"{path}, line {lineno}: {bad!r} is not a number; the template must hold numbers "
-                "only (one per line or all on one row, separated by commas or spaces)"
-            ) from None
+            raise _not_a_number(path, lineno, bad) from None
         seen_numbers = True
         widths.add(len(row))
         values.extend(row)
         numeric.append((lineno, line))
+    if not numeric and row_like:
+        # No line of numbers, but lines of numbers with one that is not (a typo, quotes, a
+        # Unicode minus): the shape, not a header.
+        raise _not_a_number(path, *row_like)
     if len(header) > 1 and widths == {len(header)} and len(values) > len(header):
         # A header naming columns over rows of as many values: a table (time, value), whose
         # columns would be read interleaved as one shape.
@@ -80,6 +84,15 @@ def _read_csv(path: Path) -> np.ndarray:
             f"point ({number.replace(',', '.')}), not a decimal comma (a table: keep the shape's column)"
         )
     return np.asarray(values, dtype=np.float64)
+
+
+def _not_a_number(path: Path, lineno: int, field: str) -> TemplateError:
+    quoted = _is_float(field.strip("\"'"))
+    return TemplateError(
+        f"{path}, line {lineno}: {field!r} is not a number; the template must hold numbers "
+        "only (one per line or all on one row, separated by commas or spaces"
+        + (", without quotes)" if quoted else ")")
+    )
 
 
 def _decimal_comma(lines: list[tuple[int, str]]) -> tuple[int, str] | None:

@@ -157,3 +157,28 @@ def test_a_decimal_comma_is_refused(tmp_path: Path, text: str, line: int, number
 def test_commas_between_values_still_separate_them(tmp_path: Path, text: str) -> None:
     values = [float(v) for v in re.split(r"[,;\s]+", text.strip())]
     assert load_template(write(tmp_path, "k.csv", text)).values.tolist() == values
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "hint"),
+    [
+        ("0,0.5,x,1,0.25,0\n", 1, "x", ")"),  # a typo in a one-row template
+        ("0 0.5 \u22122 1 0.25 0\n", 1, "\u22122", ")"),  # a Unicode minus, pasted from a document
+        ('"0","0.5","-2","1","0.25","0"\n', 1, '"0"', ", without quotes)"),  # every value quoted
+        ('"0"\n"0.5"\n"-2"\n"1"\n"0.25"\n"0"\n', 1, '"0"', ", without quotes)"),  # one quoted column
+    ],
+)
+def test_a_row_of_numbers_with_one_that_is_not_is_not_a_header(
+    tmp_path: Path, text: str, line: int, field: str, hint: str
+) -> None:
+    """A line that did not read as numbers before any that did was skipped as a header: with no
+    other line, the file was called empty ('the template is empty; give 5 to 1025 values')."""
+    with pytest.raises(TemplateError) as exc:
+        load_template(write(tmp_path, "k.csv", text))
+    assert str(exc.value).startswith(f"{tmp_path / 'k.csv'}, line {line}: {field!r} is not a number")
+    assert str(exc.value).endswith(hint)
+
+
+def test_a_header_alone_is_still_an_empty_template(tmp_path: Path) -> None:
+    with pytest.raises(TemplateError, match="the template is empty"):
+        load_template(write(tmp_path, "k.csv", "time,value\n"))
