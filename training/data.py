@@ -287,11 +287,39 @@ def _label(f: Any, path: Path) -> str:
     return str(label)
 
 
-def load_user_data(path: Path, seed: int = 0, *, check_keys: bool = True) -> UserData:
+def _split_events(
+    path: Path, splits: tuple[Dataset, Dataset, Dataset], grouped: bool, all_three: bool
+) -> None:
+    """Refuse a split without events: training learns from its events, validation chooses the
+    threshold and fits the calibration on them, and the test split's metrics count them (with
+    none, an event F1 of 1 for a model that detects nothing). ``all_three=False``: the training
+    split only."""
+    n = sum(len(d) for d in splits)
+    if sum(d.n_events for d in splits) == 0:
+        raise DataError(f"{path}: 'events' is empty; annotate the events, one row (signal, sample) each")
+    uses = {
+        "training": "to learn from",
+        "validation": "to choose the threshold and fit the calibration on",
+        "test": "to measure the model on",
+    }
+    for (name, use), d in zip(uses.items(), splits if all_three else splits[:1], strict=False):
+        if d.n_events == 0:
+            how = "by recording ('groups')" if grouped else "by signal"
+            raise DataError(
+                f"{path}: the {name} split ({len(d)} of the {n} signals, split 70 / 15 / 15 {how}) "
+                f"has no events {use}; annotate events in more signals"
+            )
+
+
+def load_user_data(
+    path: Path, seed: int = 0, *, check_keys: bool = True, check_splits: bool = True
+) -> UserData:
     """Read, validate and split a user's ``.npz``; raises ``DataError`` saying what is wrong.
 
     ``check_keys=False`` lets a misspelt key pass, ignored: the report re-reads the file a card
-    was trained on, perhaps before such keys were refused, and must split it as training did.
+    was trained on, perhaps before such keys were refused, and must split it as training did;
+    ``check_splits=False`` lets it hold a validation or test split without events, for the same
+    reason (a training split without any is always refused).
     """
     path = Path(path)
     if path.is_dir():
@@ -332,10 +360,9 @@ def load_user_data(path: Path, seed: int = 0, *, check_keys: bool = True) -> Use
         groups = _groups(f, path, len(signals))
         parts = _split(len(signals), seed, groups, path)
         train, val, test = (Dataset([signals[i] for i in p], [events[i] for i in p]) for p in parts)
+        _split_events(path, (train, val, test), groups is not None, check_splits)
         template, source = _template(f, path, train)
         label = _label(f, path)
-    if train.n_events == 0:
-        raise DataError(f"{path}: the training split has no events; annotate more signals")
     per_split = None
     if groups is not None:
         per_split = {

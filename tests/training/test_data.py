@@ -180,8 +180,9 @@ def test_files_that_are_not_an_npz_say_what_they_are(tmp_path: Path) -> None:
 
 
 def events_by_signal(x: np.ndarray, path: Path, seed: int = 0) -> dict[int, list[int]]:
-    """The events the loader read, by the file's signal index (the splits shuffle signals)."""
-    user = load_user_data(path, seed=seed)
+    """The events the loader read, by the file's signal index (the splits shuffle signals); a
+    split may hold none of them."""
+    user = load_user_data(path, seed=seed, check_splits=False)
     found: dict[int, list[int]] = {}
     for part in (user.train, user.val, user.test):
         for signal, events in zip(part.signals, part.events, strict=True):
@@ -268,3 +269,32 @@ def test_keys_that_are_not_misspellings_are_left_alone(tmp_path: Path) -> None:
     x, ev = generated()
     user = load_user_data(write_npz(tmp_path / "d.npz", signals=x, events=ev, fs=250.0, notes="ward 3"))
     assert len(user.train) + len(user.val) + len(user.test) == len(x)
+
+
+def test_a_split_without_events_is_refused(tmp_path: Path) -> None:
+    """Validation or test signals without any event: the threshold was chosen and the calibration
+    left unfitted on no events, and the card reported an event F1 of 1 measured on none."""
+    x, ev = generated(n=40)
+    order = np.random.default_rng(1234).permutation(40)  # the split: 28 / 6 / 6 of a permutation
+    for name, part in (("validation", order[28:34]), ("test", order[34:])):
+        kept = ev[~np.isin(ev[:, 0], part)]
+        path = write_npz(tmp_path / f"no_{name}.npz", signals=x, events=kept)
+        with pytest.raises(
+            DataError,
+            match=rf"the {name} split \(6 of the 40 signals, split 70 / 15 / 15 by signal\) has no "
+            "events .*; annotate events in more signals",
+        ):
+            load_user_data(path, seed=1234)
+        user = load_user_data(path, seed=1234, check_splits=False)  # the report re-reads old cards' files
+        assert (user.val if name == "validation" else user.test).n_events == 0
+        assert user.train.n_events > 0
+
+
+def test_a_file_without_events_says_so(tmp_path: Path) -> None:
+    """No events at all: the message said to add a template, and with one, that the training split
+    had no events."""
+    x, _ = generated()
+    for extra in ({}, {"template": np.hanning(9)}):
+        path = write_npz(tmp_path / "none.npz", signals=x, events=np.zeros((0, 2), dtype=np.int64), **extra)
+        with pytest.raises(DataError, match=r"'events' is empty; annotate the events"):
+            load_user_data(path)

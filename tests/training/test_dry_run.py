@@ -70,7 +70,7 @@ def test_dry_run_on_user_data(tmp_path: Path) -> None:
 
 def test_label_names_the_shape_of_user_data_too(tmp_path: Path) -> None:
     """--label named the shape with --template only; with --data it was silently dropped."""
-    data = make_dataset(suites()["white"], 20, seed=9, length=512)
+    data = make_dataset(suites()["white"], 30, seed=9, length=512)  # events in every split
     events = np.array([(i, c) for i, e in enumerate(data.events) for c in e]).reshape(-1, 2)
     np.savez(tmp_path / "mine.npz", signals=np.stack(data.signals), events=events, label="blip")
     args = ["--dry-run", "--data", str(tmp_path / "mine.npz"), "--out", str(tmp_path), "--name", "mine"]
