@@ -166,7 +166,7 @@ def render_readme(card: Card) -> str:
         "matches a true event within ±5 samples); localisation error |peak − centre| in samples; "
         "false-alarm rate on event-free signals. The baseline is the matched filter (template "
         "correlation after median/MAD normalisation) with its threshold set for the model's "
-        "false-alarm rate on the suite's event-free validation signals.",
+        "false-alarm rate on the suite's event-free validation signals" + baseline_exceptions(card) + ".",
         "",
         "| suite | detector | signals | AUC | precision | recall | F1 "
         "| loc. median | loc. p95 | false alarms |",
@@ -185,6 +185,17 @@ def render_readme(card: Card) -> str:
     lines += [json.dumps(card.training, indent=2), "```", "", "## Library versions", ""]
     lines += [f"- {k}: {v}" for k, v in card.versions.items()]
     return "\n".join(lines) + "\n"
+
+
+def baseline_exceptions(card: Card) -> str:
+    """The suites whose matched-filter threshold was chosen otherwise (a user's validation
+    signals that all hold events: no false-alarm rate to match), as the card's metrics say."""
+    other = {
+        suite: str((by["matched_filter"].model_extra or {})["threshold_selection"])
+        for suite, by in card.metrics.items()
+        if "matched_filter" in by and "threshold_selection" in (by["matched_filter"].model_extra or {})
+    }
+    return "".join(f"; on {suite}: {how}" for suite, how in other.items())
 
 
 def matched_path_kind(training: dict[str, Any]) -> str:

@@ -42,7 +42,7 @@ from app.core.model import InferenceOptions, OnnxModel
 from app.core.peaks import find_peaks
 from training import evaluate as ev
 from training.data import DataError, load_user_data
-from training.export import matched_path_kind, polarity_ambiguity
+from training.export import baseline_exceptions, matched_path_kind, polarity_ambiguity
 from training.scenario import BUMP, EVAL_SEEDS, Dataset, Template, make_dataset, suites
 
 REPORT_FILE = "report.html"
@@ -830,7 +830,8 @@ def write_report(
         + note(
             f"Event metrics at the card's threshold {card.threshold:g} and min_distance "
             f"{card.min_distance}; the matched filter at the card's threshold for it (the CNN's "
-            f"false-alarm rate) when the card has one. A detection matches a true event within "
+            f"false-alarm rate{html.escape(baseline_exceptions(card))}) when the card has one. A "
+            "detection matches a true event within "
             f"±{ev.MATCH_TOLERANCE} samples."
         )
     )

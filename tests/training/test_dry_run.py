@@ -2,6 +2,7 @@
 
 import argparse
 import hashlib
+import html
 import json
 import shutil
 from dataclasses import replace
@@ -98,6 +99,13 @@ def test_dry_run_on_user_data_where_every_signal_holds_events(tmp_path: Path) ->
     )
     mf = load_card(model_dir).metrics["user"]["matched_filter"].model_dump()
     assert "best validation event F1" in mf["threshold_selection"] and mf["threshold"] > 0
+    # The model's README and report said the baseline matched the model's false-alarm rate.
+    said = f"; on user: {mf['threshold_selection']}"
+    assert (
+        f"false-alarm rate on the suite's event-free validation signals{said}."
+        in (model_dir / "README.md").read_text()
+    )
+    assert f"(the CNN's false-alarm rate{html.escape(said)}) when" in (model_dir / "report.html").read_text()
 
 
 def test_single_layer_dry_run(tmp_path: Path) -> None:
