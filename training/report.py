@@ -41,6 +41,7 @@ from app.core.card import Card, CardError, load_card, sha256_file
 from app.core.model import InferenceOptions, OnnxModel
 from app.core.peaks import find_peaks
 from training import evaluate as ev
+from training.cli import threads_problem
 from training.data import DataError, load_user_data
 from training.export import baseline_exceptions, matched_path_kind, polarity_ambiguity
 from training.scenario import BUMP, EVAL_SEEDS, Dataset, Template, make_dataset, suites
@@ -983,6 +984,8 @@ def main(argv: list[str] | None = None) -> Path:
         p.error("--signals must be >= 1")
     if a.gallery < 0:
         p.error(f"--gallery {a.gallery}: give a number of signals, 0 or more (0: no gallery)")
+    if problem := threads_problem("--threads", a.threads, "onnxruntime's default"):
+        p.error(problem)
     try:
         return write_report(
             a.model_dir, signals=a.signals, gallery=a.gallery, data_file=a.data, threads=a.threads

@@ -31,6 +31,7 @@ from app.core.model import InferenceOptions, OnnxModel, detections
 from training import calibrate as cal
 from training import evaluate as ev
 from training.batches import CroppedBatches, SyntheticBatches, target_curve
+from training.cli import threads_problem
 from training.data import DataError, UserData, load_user_data
 from training.export import (
     export_onnx,
@@ -851,8 +852,8 @@ def main(argv: list[str] | None = None) -> Path:
         p.error(f"--lr {a.lr}: give a positive learning rate")
     if not (a.local_weight >= 0 and math.isfinite(a.local_weight)):
         p.error(f"--local-weight {a.local_weight}: give a non-negative weight (0: the signal loss alone)")
-    if a.threads < 0:
-        p.error(f"--threads {a.threads}: give a number of threads (0: all cores)")
+    if problem := threads_problem("--threads", a.threads, "all cores"):
+        p.error(problem)
     if a.first_kernel is not None and (a.first_kernel < 1 or a.first_kernel % 2 == 0):
         p.error(f"--first-kernel {a.first_kernel}: give an odd number of samples")
     for flag, sizes in (("--channels", a.channels), ("--decoder", a.decoder)):

@@ -298,7 +298,9 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
         (["--val-signals", "-1"], "--val-signals -1: give a positive number"),
         (["--lr", "0"], "--lr 0.0: give a positive learning rate"),
         (["--local-weight", "-1"], "--local-weight -1.0: give a non-negative weight"),
-        (["--threads", "-2"], "--threads -2: give a number of threads (0: all cores)"),
+        (["--threads", "-2"], "--threads -2: give a number of threads from 0 (all cores) to "),
+        # as many threads started at once: 100 000 left the machine unable to start a process
+        (["--threads", "100000"], "--threads 100000: give a number of threads from 0 (all cores) to "),
         (["--first-kernel", "40"], "--first-kernel 40: give an odd number"),
         (["--channels", "8", "16"], "give one --decoder entry fewer than --channels"),
         (["--decoder", "16"], "give one --decoder entry fewer than --channels"),

@@ -202,6 +202,18 @@ def test_cli_rejects_a_negative_gallery(tiny_model_dir: Path, capsys: pytest.Cap
     assert "--gallery -2: give a number of signals, 0 or more (0: no gallery)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("threads", ["-1", "100000"])
+def test_cli_rejects_threads_it_cannot_run_on(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], threads: str
+) -> None:
+    """Taken, a negative count was onnxruntime's default, and 100 000 threads were started at
+    once: the machine could start no process until the report was killed."""
+    with pytest.raises(SystemExit):
+        main([str(tiny_model_dir), "--threads", threads])
+    err = capsys.readouterr().err
+    assert f"--threads {threads}: give a number of threads from 0 (onnxruntime's default) to " in err
+
+
 def test_a_user_data_card_names_its_file_by_path_and_sha256(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The report re-reads a user's data file: from the card's absolute path, from a new place
     with --data, and never a file whose sha256 is not the card's (whatever file stood at the
