@@ -31,6 +31,10 @@ def main() -> int:
         port=settings.PORT,
         workers=settings.WORKERS,
         http=HTTP_PROTOCOL,  # uvicorn's httptools protocol, one write per response (app/server.py)
+        # No WebSocket routes: a handshake is served as the HTTP request it also is (its route's
+        # key check, headers and log line), not refused by uvicorn's WebSocket layer (when a
+        # WebSocket library happens to be installed) past the app's middleware.
+        ws="none",
         access_log=False,  # the app logs one structured line per request itself
         log_config=server_log_config(settings.LOG_LEVEL),  # uvicorn's own lines as JSON too
         log_level=settings.LOG_LEVEL,

@@ -302,3 +302,28 @@ def test_a_request_whose_body_is_read_holds_its_place_of_the_queue(tmp_path: Pat
     )
     assert answer == b"HTTP/1.1 200 OK\r\n", answer
     assert after.status_code == 200, after.text
+
+
+def test_a_websocket_handshake_is_served_as_the_http_request_it_also_is(tmp_path: Path) -> None:
+    """The service has no WebSocket routes. With a WebSocket library installed, uvicorn's
+    WebSocket layer took handshakes itself and refused them, past the app's middleware: no
+    security headers, no log line, no key check for a route that would have one."""
+    server = start_server(tmp_path)
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(
+                b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                head += chunk
+    finally:
+        server.stop()
+    status_line, _, rest = head.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 200 OK", head
+    assert b"x-content-type-options: nosniff" in rest.lower(), head
