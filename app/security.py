@@ -202,12 +202,27 @@ class ApiKeyMiddleware:
             return
         problem = self.keys.check(scope["headers"])
         if problem is None:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _private(send))
             return
         for message in json_response(
             401, error_body(scope["path"], problem), [(b"www-authenticate", b"Bearer")]
         ):
             await send(message)
+
+
+def _private(send: Send) -> Send:
+    """``send`` with ``Cache-Control: private`` on a response that sets no caching itself: an
+    answer given for a key is not for a shared cache (one with its defaults may keep a GET's
+    answer and give it to clients without a key)."""
+
+    async def send_private(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            if not any(name.lower() == b"cache-control" for name, _ in headers):
+                message = {**message, "headers": [*headers, (b"cache-control", b"private")]}
+        await send(message)
+
+    return send_private
 
 
 _INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)

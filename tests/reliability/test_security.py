@@ -124,6 +124,9 @@ def test_valid_key_in_either_header(keyed: TestClient, method: str, path: str, b
     ):
         r = call(keyed, method, path, body, headers)
         assert r.status_code == 200, (headers, r.text)
+        # Given for a key: not for a shared cache, which with its defaults might keep a GET's
+        # answer and give it to clients without one.
+        assert r.headers.get("cache-control") == "private", (path, r.headers)
 
 
 def test_open_routes_need_no_key(keyed: TestClient) -> None:
