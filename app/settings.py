@@ -52,7 +52,8 @@ class Settings(BaseSettings):
         ),
     )
     MAX_BATCH_SAMPLES: int = Field(131_072, ge=1024, description="Samples per onnxruntime call.")
-    INTRA_OP_THREADS: int = Field(1, ge=0, description="onnxruntime threads per call; 0: its default.")
+    # At most 64, as the other thread counts: each is a thread started at the session's creation.
+    INTRA_OP_THREADS: int = Field(1, ge=0, le=64, description="onnxruntime threads per call; 0: its default.")
     INFERENCE_WORKERS: int = Field(2, ge=1, le=64, description="onnxruntime calls run at once per model.")
     ORT_SPINNING: bool = Field(False, description="Let onnxruntime's threads spin between calls.")
     DECODE_THREADS: int = Field(2, ge=1, le=64, description="Threads decoding large request bodies.")

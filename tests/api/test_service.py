@@ -280,6 +280,11 @@ def test_a_bad_model_is_not_served_but_the_others_are(models_dir: Path, tmp_path
         ({"SHAPE_DETECTOR_DEFAULT_MODEL": "nope"}, "DEFAULT_MODEL: 'nope' is not a model directory"),
         ({"SHAPE_DETECTOR_LOG_LEVEL": "loud"}, "SHAPE_DETECTOR_LOG_LEVEL='loud'"),
         ({"SHAPE_DETECTOR_PORT": "70000"}, "SHAPE_DETECTOR_PORT='70000'"),
+        # as many threads started with each model's session: 100 000 were taken
+        (
+            {"SHAPE_DETECTOR_INTRA_OP_THREADS": "100000"},
+            "SHAPE_DETECTOR_INTRA_OP_THREADS='100000': Input should be less than or equal to 64",
+        ),
         # The tiny test models need 413 samples (WindowPlan), more than the least value 256.
         ({"SHAPE_DETECTOR_WINDOW": "256"}, "SHAPE_DETECTOR_WINDOW: 256 samples is too short"),
         ({"SHAPE_DETECTOR_WINDOW": "412"}, "set at least 413 (bump needs 413, other needs 413;"),
