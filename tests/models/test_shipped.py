@@ -3,7 +3,8 @@
 Each card must claim, and its file must meet, the quality goals of the reference scenario
 against the matched filter on the held-out suites, and its probabilities must be calibrated.
 The numbers come from the card, which the training run computed by running the exported ONNX
-file through app.core; ``test_fresh_signals_agree_with_the_card`` re-checks on new signals.
+file through app.core (``test_card_metrics_are_the_exported_files`` computes them again from
+the card's seeds); ``test_fresh_signals_agree_with_the_card`` re-checks on new signals.
 """
 
 from pathlib import Path
@@ -16,7 +17,7 @@ from app.core.card import Card, load_card
 from app.core.model import OnnxModel
 from training import evaluate as ev
 from training.report import card_template
-from training.scenario import BUMP, make_dataset, suites
+from training.scenario import BUMP, Dataset, make_dataset, suites
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p.parent for p in (ROOT / "models").glob("*/card.json"))
@@ -124,6 +125,53 @@ def test_inverted_copies_are_not_events(trained: tuple[Path, Card]) -> None:
         readme = (path / "README.md").read_text()
         assert f"the model detects {check['detection_rate_inverted']:.0%} of them" in readme
         assert "the two polarities cannot be told apart" in readme
+
+
+def recomputed_metrics(path: Path, suite: str) -> dict[str, dict[str, float | int | None]]:
+    """One suite's held-out metrics computed again as training computes them: the suite's test
+    and validation sets regenerated from the card's seeds, the exported file run by app.core
+    (``evaluate.shipped_metrics``), the matched filter at the model's false-alarm rate on the
+    suite's event-free validation signals at the card's threshold."""
+    model = OnnxModel(path)
+    card = model.card
+    template = card_template(card)
+    assert template is not None
+    data = card.training["data"]
+    scenario = suites(template, polarity=card.polarity)[suite]
+
+    def generated(split: str) -> Dataset:
+        spec = data[split][suite]
+        return make_dataset(scenario, int(spec["signals"]), int(spec["seed"]))
+
+    test, val = generated("test"), generated("validation")
+    shipped, _ = ev.shipped_metrics(model, test, card.threshold, card.min_distance)
+    raw_threshold = card.calibrator.peak.raw_threshold(card.threshold)
+    rate = ev.false_alarm_rate(ev.model_curves(model, val), val.events, raw_threshold)
+    two_sided = card.polarity
+    mf_val = ev.matched_filter_curves(val, template, two_sided)
+    mf_threshold = ev.threshold_for_rate(mf_val, val.events, rate)
+    mf_test = ev.matched_filter_curves(test, template, two_sided)
+    mf = ev.metrics(mf_test, test.events, mf_threshold, card.min_distance)
+    return {"model": shipped, "matched_filter": mf}
+
+
+# Two of the four suites (a few seconds each): the faint events and the nuisances.
+@pytest.mark.parametrize("suite", ["lowsnr", "nuisance"])
+def test_card_metrics_are_the_exported_files(trained: tuple[Path, Card], suite: str) -> None:
+    """The card's held-out numbers are what its file gives on the card's own held-out and
+    validation seeds. Counts are exact; rates within 0.001, as another CPU's onnxruntime may
+    move a score sitting on the threshold."""
+    path, card = trained
+    got = recomputed_metrics(path, suite)
+    for detector, metrics in got.items():
+        expected = card.metrics[suite][detector].model_dump()
+        assert set(metrics) <= set(expected), (detector, sorted(set(metrics) - set(expected)))
+        for key, value in metrics.items():
+            want = expected[key]
+            if isinstance(value, int) or (key == "threshold" and detector == "model"):
+                assert value == want, (suite, detector, key, value, want)
+            else:
+                assert value == pytest.approx(want, abs=1e-3), (suite, detector, key, value, want)
 
 
 def test_fresh_signals_agree_with_the_card(trained: tuple[Path, Card]) -> None:
