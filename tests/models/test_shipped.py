@@ -159,8 +159,8 @@ def recomputed_metrics(path: Path, suite: str) -> dict[str, dict[str, float | in
 @pytest.mark.parametrize("suite", ["lowsnr", "nuisance"])
 def test_card_metrics_are_the_exported_files(trained: tuple[Path, Card], suite: str) -> None:
     """The card's held-out numbers are what its file gives on the card's own held-out and
-    validation seeds. Counts are exact; rates within 0.001, as another CPU's onnxruntime may
-    move a score sitting on the threshold."""
+    validation seeds (exactly, on the CPUs here). Counts within 2 and rates within 0.001:
+    another CPU's onnxruntime kernels may move a score sitting on a threshold."""
     path, card = trained
     got = recomputed_metrics(path, suite)
     for detector, metrics in got.items():
@@ -168,8 +168,10 @@ def test_card_metrics_are_the_exported_files(trained: tuple[Path, Card], suite: 
         assert set(metrics) <= set(expected), (detector, sorted(set(metrics) - set(expected)))
         for key, value in metrics.items():
             want = expected[key]
-            if isinstance(value, int) or (key == "threshold" and detector == "model"):
+            if key == "threshold" and detector == "model":
                 assert value == want, (suite, detector, key, value, want)
+            elif isinstance(value, int):
+                assert abs(value - want) <= 2, (suite, detector, key, value, want)
             else:
                 assert value == pytest.approx(want, abs=1e-3), (suite, detector, key, value, want)
 
