@@ -138,6 +138,40 @@ def head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
     return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
 
 
+class _Replayed:
+    """The callbacks of the parser that takes over a connection after a request that offered an
+    upgrade (``HeadWithBodyProtocol._unsupported_upgrade_warning``): while ``replaying``, the
+    request's framing headers fed to it reach nobody (the request has its head already), its body
+    and everything after go to the protocol. Only such a connection's parser calls through this;
+    every other request's callbacks go to the protocol directly."""
+
+    def __init__(self, protocol: HeadWithBodyProtocol) -> None:
+        self.protocol = protocol
+        self.replaying = True
+
+    def on_message_begin(self) -> None:
+        if not self.replaying:
+            self.protocol.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self.replaying:
+            self.protocol.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.replaying:
+            self.protocol.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if not self.replaying:
+            self.protocol.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.protocol.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.protocol.on_message_complete()
+
+
 class HeadWithBodyProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol; each request's response is written through a ``HeldHead``.
 
@@ -153,7 +187,6 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
         self.reading_head = False  # a request has begun and its headers are not all in
         self.head_bytes = 0  # bytes of that request's head received before the data being read
         self.feeding = b""  # the data being read
-        self.replaying = False  # a request's framing is being replayed to a new parser (see below)
         self.messages = 0  # requests read to their end
 
     def data_received(self, data: bytes) -> None:
@@ -172,18 +205,8 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
             self.refuse(431, HEAD_TOO_LARGE, HEAD_TOO_LARGE)
 
     def on_message_begin(self) -> None:
-        if self.replaying:
-            return
         super().on_message_begin()
         self.reading_head, self.head_bytes = True, 0
-
-    def on_url(self, url: bytes) -> None:
-        if not self.replaying:
-            super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.replaying:
-            super().on_header(name, value)
 
     def _unsupported_upgrade_warning(self) -> None:
         """A request offering an upgrade the server does not take (``Upgrade: h2c``, which every
@@ -205,17 +228,17 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
             return
         rest = bytes(self.feeding[error.args[0] :])
         framing = [(n, v) for n, v in self.headers if n in (b"content-length", b"transfer-encoding")]
-        self.parser = httptools.HttpRequestParser(self)
         if framing and not cycle.response_complete:
             cycle.more_body = True  # the app's task has not run: it was made by this same data
             cycle.message_event.clear()
-            self.replaying = True
-            try:
-                self.parser.feed_data(
-                    b"POST / HTTP/1.1\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in framing) + b"\r\n"
-                )
-            finally:
-                self.replaying = False
+            replay = _Replayed(self)
+            self.parser = httptools.HttpRequestParser(replay)
+            self.parser.feed_data(
+                b"POST / HTTP/1.1\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in framing) + b"\r\n"
+            )
+            replay.replaying = False
+        else:
+            self.parser = httptools.HttpRequestParser(self)
         if rest:
             self.data_received(rest)
 
@@ -224,8 +247,6 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_headers_complete(self) -> None:
-        if self.replaying:
-            return
         self.reading_head = False
         # Measured only when the head can be beyond the limit: nothing on a request's path else.
         if (
