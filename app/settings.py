@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import socket
 from collections.abc import Mapping
@@ -19,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.core.names import meant
 
 ENV_PREFIX = "SHAPE_DETECTOR_"
 
@@ -261,9 +262,8 @@ def misspelt(environ: Mapping[str, str]) -> list[str]:
         name = key[len(ENV_PREFIX) :].upper()
         if name in Settings.model_fields:
             continue
-        near = difflib.get_close_matches(name, Settings.model_fields, n=1, cutoff=0.8)
-        if near and near[0] not in given:
-            found.append(f"{key} is not a setting; name it {ENV_PREFIX}{near[0]} (as spelt, it is ignored)")
+        if near := meant(name, Settings.model_fields, given):
+            found.append(f"{key} is not a setting; name it {ENV_PREFIX}{near} (as spelt, it is ignored)")
     return found
 
 

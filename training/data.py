@@ -24,7 +24,6 @@ checks it.
 
 from __future__ import annotations
 
-import difflib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from app.core.card import sha256_file
+from app.core.names import meant
 from app.core.signals import FLOAT32_MAX_TEXT, finite_in_float32
 from training.evaluate import robust_normalise
 from training.scenario import Dataset, Template
@@ -85,10 +85,9 @@ def _misspelt_keys(keys: list[str], path: Path) -> None:
     ``template_centre``, ``Labels``): it would be ignored, and with it the recordings, the centre
     or the label it gives. Other keys (a sampling rate, say) are left alone."""
     for key in keys:
-        near = difflib.get_close_matches(key.lower(), KEYS, n=1, cutoff=0.8)
-        if key not in KEYS and near and near[0] not in keys:
+        if key not in KEYS and (near := meant(key.lower(), KEYS, keys)):
             raise DataError(
-                f"{path}: key '{key}' is not read; name it '{near[0]}' (the keys read: {', '.join(KEYS)})"
+                f"{path}: key '{key}' is not read; name it '{near}' (the keys read: {', '.join(KEYS)})"
             )
 
 

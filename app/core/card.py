@@ -6,7 +6,6 @@ from constants. Training writes it; ``load_card`` validates it on the way in.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
@@ -19,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.core.calibration import Calibrator, MonotoneMap
+from app.core.names import meant
 
 CARD_FILE = "card.json"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # a model's name: also its directory and URL segment
@@ -139,9 +139,8 @@ class Card(BaseModel):
         looks like a misspelt field the card lacks (``calibraton``): that field, ignored, would
         change what the model answers (without ``calibration`` its scores are reported raw)."""
         for key in self.model_extra or {}:
-            near = difflib.get_close_matches(key.lower(), type(self).model_fields, n=1, cutoff=0.8)
-            if near and near[0] not in self.model_fields_set:
-                raise ValueError(f"field {key!r} is not a card field; name it {near[0]!r}")
+            if near := meant(key.lower(), type(self).model_fields, self.model_fields_set):
+                raise ValueError(f"field {key!r} is not a card field; name it {near!r}")
         return self
 
     @model_validator(mode="after")
