@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol, TypeVar
@@ -157,24 +157,22 @@ class Runner:
         content_type = one_header(request, "Content-Type")
         kind = media_type(content_type)  # 415 before reading the body
         registry.get(name)  # 404 or 503 before reading the body
+
+        def decode(model: OnnxModel, body: Body) -> Any:
+            return decode_request(model.card, content_type, body, query, self.limits)
+
+        def finish(model: OnnxModel, decoded: Any) -> Finish:
+            return Shared(respond_many, model.card, decoded)
+
         with registry.admit(name) as admission:  # 503 before reading the body if the queue is full
-            body = await self.read_body(request)
-
-            def decode(model: OnnxModel) -> Any:
-                return decode_request(model.card, content_type, body, query, self.limits)
-
-            def finish(model: OnnxModel, decoded: Any) -> Finish:
-                return Shared(respond_many, model.card, decoded)
-
-            limit = INLINE_NPY_BYTES if kind == "npy" else INLINE_DECODE_BYTES
             payload: bytes = await self.run(
                 request,
                 registry,
                 name,
-                body,
+                self.read_body(request),
                 decode,
                 finish,
-                decode_here=len(body) <= limit,
+                decode_limit=INLINE_NPY_BYTES if kind == "npy" else INLINE_DECODE_BYTES,
                 admission=admission,
             )
         return Response(payload, media_type="application/json")
@@ -184,28 +182,35 @@ class Runner:
         request: Request,
         registry: Registry,
         name: str,
-        body: Body,
-        decode: Callable[[OnnxModel], D],
+        reading: Awaitable[Body],
+        decode: Callable[[OnnxModel, Body], D],
         finish: Callable[[OnnxModel, D], Finish],
         *,
-        decode_here: bool | None = None,
+        decode_limit: int = INLINE_DECODE_BYTES,
         admission: Admission | None = None,
     ) -> Any:
-        """Decode for the model now serving ``name``, queue for its batcher, await the result,
-        all within REQUEST_TIMEOUT_S (504 after; a request still queued is dropped unrun, one
-        running stops before its next onnxruntime call unless it shares its batch).
+        """Read the body (``reading``, ``read_body``'s), decode it for the model now serving
+        ``name``, queue for its batcher, await the result; from the decoding on within
+        REQUEST_TIMEOUT_S (504 after; a request still queued is dropped unrun, one running stops
+        before its next onnxruntime call unless it shares its batch).
 
         A lone request (see ``_lone``) of at most ``inline_max_samples`` samples, while the
         model's workers are all idle, is scored right here on the event loop: the hand-off to a
         worker thread and back (mostly each thread waiting for the interpreter lock) costs about
         as much as its inference.
 
-        ``decode_here``: decode on the event loop (default: bodies up to INLINE_DECODE_BYTES),
-        else in a decoding thread. ``admission``: the request's place in the queue while its
-        body was read (``Registry.admit``), released here as it is queued."""
+        ``decode_limit``: bodies up to this size are decoded on the event loop, larger ones in a
+        decoding thread. ``admission``: the request's place in the queue while its body is read
+        (``Registry.admit``), released here as it is queued.
+
+        The body is held by this call alone (the caller passes its reading, not the bytes), and
+        let go of once the request is queued: a JSON text is then no longer needed (its signals
+        are copies), so a queue of large JSON requests holds their signals, not also their
+        texts. A binary body stays while its signals, views of it, do."""
+        body = await reading
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        here = decode_here if decode_here is not None else len(body) <= INLINE_DECODE_BYTES
+        here = len(body) <= decode_limit
         other_client = self._note_client(request)
         self.in_flight += 1
         try:
@@ -213,9 +218,9 @@ class Runner:
                 for _ in range(SWAP_RETRIES):
                     model = registry.get(name)
                     if here:  # cheaper than a hop to a thread and back
-                        decoded = decode(model)
+                        decoded = decode(model, body)
                     else:
-                        decoded = await loop.run_in_executor(self.executor, decode, model)
+                        decoded = await loop.run_in_executor(self.executor, decode, model, body)
                     then = finish(model, decoded)
                     if admission is not None:  # its place is taken by the request itself now
                         admission.release()
@@ -232,6 +237,7 @@ class Runner:
                         break
                 else:
                     raise Overloaded(f"model {name!r} is being reloaded; retry shortly")
+                del body  # queued: the signals are all it needs now
                 request.state.signals = len(decoded.signals)
                 request.state.samples = samples
                 if future is not None:

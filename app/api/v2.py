@@ -31,6 +31,7 @@ from app.core.batching import Finish, Shared
 from app.core.errors import BodyTooLarge, DetectorError, InvalidInput, ModelNotReady, Overloaded
 from app.core.model import OnnxModel
 from app.core.registry import Registry
+from app.core.signals import Body
 
 SERVER_NAME = "shape-detector"
 
@@ -391,31 +392,33 @@ async def _infer(
     header_length = one_header(request, oip.HEADER_LENGTH)
     content_encoding = request.headers.get("content-encoding")
     oip.check_version(registry.get(name).card, version)  # 404 or 503 before reading the body
-    with registry.admit(name) as admission:  # 503 before reading the body if the queue is full
+
+    async def read() -> Body:
         try:
-            body = await runner.read_body(request)
+            return await runner.read_body(request)
         except BodyTooLarge:  # /v1's message suggests .npy; say what helps here
             raise BodyTooLarge(
                 f"body larger than {runner.max_body_bytes} bytes (SHAPE_DETECTOR_MAX_BODY_BYTES): send "
                 "fewer signals per request, or binary tensor data (4 bytes per FP32 sample) instead of JSON"
             ) from None
 
-        def decode(model: OnnxModel) -> oip.InferRequest:
-            oip.check_version(model.card, version)  # the model may have been reloaded meanwhile
-            return oip.decode_infer(
-                model.card,
-                body,
-                runner.limits,
-                header_length=header_length,
-                content_encoding=content_encoding,
-                model_name=name,
-            )
+    def decode(model: OnnxModel, body: Body) -> oip.InferRequest:
+        oip.check_version(model.card, version)  # the model may have been reloaded meanwhile
+        return oip.decode_infer(
+            model.card,
+            body,
+            runner.limits,
+            header_length=header_length,
+            content_encoding=content_encoding,
+            model_name=name,
+        )
 
-        def finish(model: OnnxModel, decoded: oip.InferRequest) -> Finish:
-            return Shared(oip.encode_infer_many, model.card, decoded)
+    def finish(model: OnnxModel, decoded: oip.InferRequest) -> Finish:
+        return Shared(oip.encode_infer_many, model.card, decoded)
 
+    with registry.admit(name) as admission:  # 503 before reading the body if the queue is full
         encoded: oip.Encoded = await runner.run(
-            request, registry, name, body, decode, finish, admission=admission
+            request, registry, name, read(), decode, finish, admission=admission
         )
     headers = None if encoded.header_length is None else {oip.HEADER_LENGTH: str(encoded.header_length)}
     return Response(encoded.body, media_type=encoded.media_type, headers=headers)

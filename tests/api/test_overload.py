@@ -1,16 +1,21 @@
 """A full queue answers 503 with Retry-After at once, and the service recovers."""
 
+import gc
+import io
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi import Request
 from fastapi.testclient import TestClient
 
+from app.api.deps import Runner
 from app.core.model import OnnxModel
 from app.main import create_app
 from app.settings import load_settings
@@ -61,3 +66,67 @@ def test_full_queue_gives_503_then_recovers(models_dir: Path, monkeypatch: pytes
         gate.set()
         assert running.result(20).status_code == 200 and queued.result(20).status_code == 200
         assert c.post("/v1/detect", json=body).status_code == 200
+
+
+class _Held(bytearray):
+    """A body that can be watched (a plain bytearray takes no weak reference)."""
+
+
+def test_a_queued_json_request_holds_its_signals_not_its_text(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a request is queued its JSON text is let go of (its signals are copies): a queue of
+    large JSON requests holds their signals alone. A .npy body stays: its signals are views."""
+    gate, entered = threading.Event(), threading.Event()
+    original_run, original_read = OnnxModel.run, Runner.read_body
+    bodies: dict[str, weakref.ref[_Held]] = {}
+
+    def held_run(self: OnnxModel, batch: np.ndarray) -> np.ndarray:
+        if batch.shape[1] == 777:
+            entered.set()
+            gate.wait(20)
+        return original_run(self, batch)
+
+    async def watched_read(self: Runner, request: Request) -> _Held:
+        body = _Held(await original_read(self, request))
+        bodies[request.url.path + request.headers["content-type"]] = weakref.ref(body)
+        return body
+
+    signal = np.random.default_rng(0).standard_normal(777).astype(np.float32)
+    expected = OnnxModel(models_dir / "bump").detect([signal])[0]
+    monkeypatch.setattr(OnnxModel, "run", held_run)
+    monkeypatch.setattr(Runner, "read_body", watched_read)
+    settings = load_settings(MODEL_DIR=models_dir, INFERENCE_WORKERS=1, INLINE_MAX_SAMPLES=0)
+    buffer = io.BytesIO()
+    np.save(buffer, signal[None])
+    json_body = {"signals": [signal.tolist()]}
+    v2_body = {"inputs": [{"name": "signal", "shape": [1, 777], "datatype": "FP32", "data": signal.tolist()}]}
+    with TestClient(create_app(settings)) as c, ThreadPoolExecutor(3) as pool:
+        wait_ready(c)
+        running = pool.submit(c.post, "/v1/detect", json=json_body)
+        assert entered.wait(10)
+        queued = [
+            pool.submit(c.post, "/v2/models/bump/infer", json=v2_body),
+            pool.submit(
+                c.post, "/v1/detect", content=buffer.getvalue(), headers={"Content-Type": "application/x-npy"}
+            ),
+        ]
+        for _ in range(200):
+            depth = re.search(r'shape_detector_queue_depth\{model="bump"\} (\S+)', c.get("/metrics").text)
+            if depth and float(depth.group(1)) == 2:
+                break
+            time.sleep(0.05)
+        gc.collect()
+        alive = {key: ref() is not None for key, ref in bodies.items()}
+        assert alive == {
+            "/v1/detectapplication/json": False,  # scored now: its text is gone
+            "/v2/models/bump/inferapplication/json": False,  # queued: its text is gone
+            "/v1/detectapplication/x-npy": True,  # queued: its signals are views of the body
+        }
+        gate.set()
+        answers = [running.result(20), *(f.result(20) for f in queued)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    for answer in (answers[0], answers[2]):
+        (result,) = answer.json()["results"]
+        assert result["probability"] == pytest.approx(expected.probability, abs=1e-6)
+        assert [p["index"] for p in result["peaks"]] == expected.peaks.index.tolist()
