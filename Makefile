@@ -60,8 +60,8 @@ test: $(VENV)/.installed-all browser nginx  ## lint and run the whole test suite
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
-soak: $(VENV)/.installed-all  ## load runs of SOAK_SECONDS (default 60) against a real server: 32 clients; clients that leave
-	SHAPE_DETECTOR_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s -m soak tests/reliability/test_load.py tests/reliability/test_leavers.py
+soak: $(VENV)/.installed-all  ## load runs of SOAK_SECONDS (default 60) against a real server: 32 clients; clients that leave; bursts of the largest requests within compose's memory limit
+	SHAPE_DETECTOR_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s -m soak tests/reliability/test_load.py tests/reliability/test_leavers.py tests/reliability/test_memory.py
 
 audit: $(VENV)/.installed-all  ## known vulnerabilities in the installed packages (PyPI advisory data)
 	$(VENV)/bin/pip-audit --strict --progress-spinner off --vulnerability-service pypi --skip-editable

@@ -138,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 executor=executor,
                 limits=Limits(settings.MAX_SIGNALS, settings.MAX_SAMPLES, settings.MAX_SIGNAL_LENGTH),
                 max_body_bytes=settings.MAX_BODY_BYTES,
+                max_inflight_bytes=settings.MAX_INFLIGHT_BYTES,
                 metrics=app_metrics,
                 body_timeout=settings.BODY_TIMEOUT_S,
                 request_timeout=settings.REQUEST_TIMEOUT_S,

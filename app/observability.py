@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -68,6 +68,12 @@ class Metrics:
             "Time to decode, run and encode one detection request.",
             ["model"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # Set to read the server's count at each scrape (Runner): nothing on the request path.
+        self.inflight_bytes = Gauge(
+            "shape_detector_inflight_bytes",
+            "Bytes of request bodies held: requests read, decoded, queued or scored.",
             registry=r,
         )
 

@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     MAX_SIGNALS: int = Field(1024, ge=1, description="Most signals in one request.")
     MAX_SAMPLES: int = Field(20_000_000, ge=1, description="Most samples in one request.")
     MAX_BODY_BYTES: int = Field(268_435_456, ge=1024, description="Largest request body.")
+    MAX_INFLIGHT_BYTES: int = Field(
+        1_073_741_824,
+        ge=1024,
+        description=(
+            "Most bytes of request bodies one server process holds at once: detection requests "
+            "read, decoded, queued or scored; beyond, 503. At least MAX_BODY_BYTES."
+        ),
+    )
     WINDOW: int = Field(
         65536,
         ge=256,
@@ -202,6 +210,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"MAX_SIGNAL_LENGTH: {self.MAX_SIGNAL_LENGTH} exceeds MAX_SAMPLES "
                 f"{self.MAX_SAMPLES}; raise MAX_SAMPLES or lower MAX_SIGNAL_LENGTH"
+            )
+        if self.MAX_BODY_BYTES > self.MAX_INFLIGHT_BYTES:
+            raise ValueError(
+                f"MAX_BODY_BYTES: {self.MAX_BODY_BYTES} exceeds MAX_INFLIGHT_BYTES "
+                f"{self.MAX_INFLIGHT_BYTES}, the bytes of all the bodies held at once (a body that "
+                "large could never be let in); raise MAX_INFLIGHT_BYTES or lower MAX_BODY_BYTES"
             )
         if self.SHUTDOWN_DELAY_S > self.SHUTDOWN_TIMEOUT_S:
             raise ValueError(

@@ -23,6 +23,7 @@ from app.core.affinity import SameCpu
 from app.core.batching import Admission, Finish, Shared
 from app.core.card import MAX_MIN_DISTANCE
 from app.core.errors import BodyTooLarge, MalformedBody, Overloaded, UnsupportedMediaType
+from app.core.inflight import Held, InFlightBytes
 from app.core.model import OnnxModel
 from app.core.pipeline import Params, decode_request, media_type, respond_many
 from app.core.registry import Registry
@@ -78,11 +79,13 @@ class Runner:
     executor: ThreadPoolExecutor
     limits: Limits
     max_body_bytes: int
+    max_inflight_bytes: int
     metrics: Metrics
     body_timeout: float = 60.0
     request_timeout: float = 60.0
     inline_max_samples: int = 0  # a lone request up to this size runs on the event loop (0: never)
     same_cpu_max_samples: int = 0  # a lone request up to this size is handed off on one CPU (0: never)
+    inflight: InFlightBytes = field(init=False)  # bytes of request bodies held at once
     same_cpu: SameCpu = field(init=False)  # on only if same_cpu_max_samples is set (see __post_init__)
     in_flight: int = field(default=0, init=False)  # detection requests between decoding and result
     _last_client: Any = field(default=None, init=False, repr=False)
@@ -91,9 +94,13 @@ class Runner:
 
     def __post_init__(self) -> None:
         self.same_cpu = SameCpu(enabled=self.same_cpu_max_samples > 0)
+        self.inflight = InFlightBytes(self.max_inflight_bytes)
+        self.metrics.inflight_bytes.set_function(lambda: self.inflight.held)
 
-    async def read_body(self, request: Request) -> bytes | bytearray:
-        """The whole body, within MAX_BODY_BYTES and BODY_TIMEOUT_S; uncompressed only."""
+    async def read_body(self, request: Request, held: Held | None = None) -> bytes | bytearray:
+        """The whole body, within MAX_BODY_BYTES and BODY_TIMEOUT_S; uncompressed only.
+        ``held`` grows by the body's bytes: its Content-Length before any is read, or each chunk
+        as it comes (``Overloaded`` past MAX_INFLIGHT_BYTES)."""
         if (given := refused_codings(request, "content-encoding", ("", "identity"))) is not None:
             raise UnsupportedMediaType(
                 f"Content-Encoding {given!r} is not supported: send the body uncompressed"
@@ -107,13 +114,13 @@ class Runner:
             )
         try:
             async with time_limit(self.body_timeout, body_timeout):
-                return await self._read_body(request)
+                return await self._read_body(request, held)
         except ClientDisconnect:
             raise ClientClosedRequest(
                 "the client closed the connection before its body was complete"
             ) from None
 
-    async def _read_body(self, request: Request) -> bytes | bytearray:
+    async def _read_body(self, request: Request, held: Held | None = None) -> bytes | bytearray:
         declared = request.headers.get("content-length")
         if declared is not None:
             text = declared.strip(" \t")  # whitespace around a field value is not part of it
@@ -122,6 +129,8 @@ class Runner:
             length = int(text)
             if length > self.max_body_bytes:
                 raise BodyTooLarge(self._too_large(request))
+            if held is not None:
+                held.grow(length)  # 503 before the body is read
             # One buffer that grows with what arrives (a large one by remapping its pages, not
             # copying them): memory follows the bytes received, not the bytes claimed.
             buffer = bytearray()
@@ -138,6 +147,8 @@ class Runner:
             size += len(chunk)
             if size > self.max_body_bytes:
                 raise BodyTooLarge(self._too_large(request))
+            if held is not None:
+                held.grow(len(chunk))
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -164,12 +175,13 @@ class Runner:
         def finish(model: OnnxModel, decoded: Any) -> Finish:
             return Shared(respond_many, model.card, decoded)
 
-        with registry.admit(name) as admission:  # 503 before reading the body if the queue is full
+        # 503 before reading the body if the queue is full, or its bytes would pass the bound
+        with registry.admit(name) as admission, self.inflight.hold() as held:
             payload: bytes = await self.run(
                 request,
                 registry,
                 name,
-                self.read_body(request),
+                self.read_body(request, held),
                 decode,
                 finish,
                 decode_limit=INLINE_NPY_BYTES if kind == "npy" else INLINE_DECODE_BYTES,

@@ -115,8 +115,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {
         "model": Message,
         "description": (
-            "The model is loading or failed to load (Retry-After: 5), its queue is full, or the "
-            "server is shutting down (Retry-After: 1)."
+            "The model is loading or failed to load (Retry-After: 5), its queue is full or the bodies "
+            "in flight hold MAX_INFLIGHT_BYTES (Retry-After: 1), or the server is shutting down "
+            "(Retry-After: 1)."
         ),
     },
 }

@@ -29,6 +29,7 @@ from app.api.routing import Handler, RequestOnlyRoute, add_leading_routes, direc
 from app.core import oip
 from app.core.batching import Finish, Shared
 from app.core.errors import BodyTooLarge, DetectorError, InvalidInput, ModelNotReady, Overloaded
+from app.core.inflight import Held
 from app.core.model import OnnxModel
 from app.core.registry import Registry
 from app.core.signals import Body
@@ -203,7 +204,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "Body larger than the limit."},
     503: {
         "model": ErrorBody,
-        "description": "Model loading or failed, its queue full, or the server shutting down (Retry-After).",
+        "description": (
+            "Model loading or failed, its queue full, the bodies in flight at MAX_INFLIGHT_BYTES, or the "
+            "server shutting down (Retry-After)."
+        ),
     },
 }
 _example_signal = [0.0, 0.1, 0.9, 2.0, 0.9, 0.1, 0.0, 0.0, -0.1, 0.0, 0.1, 0.0, 0.0, 0.1, 0.0, 0.0]
@@ -393,9 +397,9 @@ async def _infer(
     content_encoding = request.headers.get("content-encoding")
     oip.check_version(registry.get(name).card, version)  # 404 or 503 before reading the body
 
-    async def read() -> Body:
+    async def read(held: Held) -> Body:
         try:
-            return await runner.read_body(request)
+            return await runner.read_body(request, held)
         except BodyTooLarge:  # /v1's message suggests .npy; say what helps here
             raise BodyTooLarge(
                 f"body larger than {runner.max_body_bytes} bytes (SHAPE_DETECTOR_MAX_BODY_BYTES): send "
@@ -416,9 +420,10 @@ async def _infer(
     def finish(model: OnnxModel, decoded: oip.InferRequest) -> Finish:
         return Shared(oip.encode_infer_many, model.card, decoded)
 
-    with registry.admit(name) as admission:  # 503 before reading the body if the queue is full
+    # 503 before reading the body if the queue is full, or its bytes would pass the bound
+    with registry.admit(name) as admission, runner.inflight.hold() as held:
         encoded: oip.Encoded = await runner.run(
-            request, registry, name, read(), decode, finish, admission=admission
+            request, registry, name, read(held), decode, finish, admission=admission
         )
     headers = None if encoded.header_length is None else {oip.HEADER_LENGTH: str(encoded.header_length)}
     return Response(encoded.body, media_type=encoded.media_type, headers=headers)

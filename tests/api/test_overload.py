@@ -11,11 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from fastapi import Request
 from fastapi.testclient import TestClient
 
 from app.api.deps import Runner
+from app.core.inflight import Held
 from app.core.model import OnnxModel
 from app.main import create_app
 from app.settings import load_settings
@@ -87,8 +89,8 @@ def test_a_queued_json_request_holds_its_signals_not_its_text(
             gate.wait(20)
         return original_run(self, batch)
 
-    async def watched_read(self: Runner, request: Request) -> _Held:
-        body = _Held(await original_read(self, request))
+    async def watched_read(self: Runner, request: Request, held: Held) -> _Held:
+        body = _Held(await original_read(self, request, held))
         bodies[request.url.path + request.headers["content-type"]] = weakref.ref(body)
         return body
 
@@ -130,3 +132,63 @@ def test_a_queued_json_request_holds_its_signals_not_its_text(
         (result,) = answer.json()["results"]
         assert result["probability"] == pytest.approx(expected.probability, abs=1e-6)
         assert [p["index"] for p in result["peaks"]] == expected.peaks.index.tolist()
+
+
+def _inflight_bytes(c: TestClient) -> float:
+    found = re.search(r"^shape_detector_inflight_bytes (\S+)$", c.get("/metrics").text, re.MULTILINE)
+    assert found, "no shape_detector_inflight_bytes"
+    return float(found.group(1))
+
+
+def test_bodies_past_the_inflight_bytes_are_503_and_their_bytes_come_back(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MAX_INFLIGHT_BYTES bounds the bytes of bodies held at once, whatever their number: a
+    request whose Content-Length would pass it is 503; a request's bytes are held until its
+    answer is made, and given back on every path. (Unread bodies and chunked ones: a real
+    server, tests/integration/test_server.py.)"""
+    gate, entered = threading.Event(), threading.Event()
+    original = OnnxModel.run
+
+    def held_run(self: OnnxModel, batch: np.ndarray) -> np.ndarray:
+        if batch.shape[1] == 777:
+            entered.set()
+            gate.wait(20)
+        return original(self, batch)
+
+    monkeypatch.setattr(OnnxModel, "run", held_run)
+    settings = load_settings(
+        MODEL_DIR=models_dir,
+        MAX_BODY_BYTES=4096,
+        MAX_INFLIGHT_BYTES=6000,
+        INFERENCE_WORKERS=1,
+        INLINE_MAX_SAMPLES=0,
+    )
+    held_body = b'{"signals":[[' + b"0.0," * 776 + b"0.0]]}"  # 3123 bytes
+    json_type = {"Content-Type": "application/json"}
+    with TestClient(create_app(settings)) as c, ThreadPoolExecutor(2) as pool:
+        wait_ready(c)
+        assert _inflight_bytes(c) == 0
+        running = pool.submit(c.post, "/v1/detect", content=held_body, headers=json_type)
+        assert entered.wait(10)
+        assert _inflight_bytes(c) == len(held_body)  # held while it is scored
+        v2_body = {"inputs": [{"name": "signal", "shape": [1, 760], "datatype": "FP32", "data": [0.0] * 760}]}
+        for route, body in (("/v1/detect", held_body), ("/v2/models/bump/infer", orjson.dumps(v2_body))):
+            refused = c.post(route, content=body, headers=json_type)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+            assert (
+                f"3123 bytes of request bodies are in flight and this request's {len(body)} more would "
+                "pass the limit of 6000 (SHAPE_DETECTOR_MAX_INFLIGHT_BYTES)"
+            ) in refused.text
+        assert _inflight_bytes(c) == len(held_body)  # the refused bytes are not held
+        gate.set()
+        assert running.result(20).status_code == 200
+        assert _inflight_bytes(c) == 0
+        # Every path gives its bytes back: an answer, a body that is not JSON, one too large.
+        assert c.post("/v1/detect", content=held_body, headers=json_type).status_code == 200
+        assert c.post("/v1/detect", content=b"{" * 3000, headers=json_type).status_code == 400
+        assert c.post("/v1/detect", content=b"0" * 5000, headers=json_type).status_code == 413
+        assert c.post("/v1/detect", content=b"[" * 6000, headers=json_type).status_code == 413
+        assert _inflight_bytes(c) == 0
+        (result,) = c.post("/v1/detect", content=held_body + b" " * 900, headers=json_type).json()["results"]
+        assert result["peaks"] == []  # room for the largest body again

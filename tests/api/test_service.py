@@ -326,6 +326,13 @@ def test_a_bad_model_is_not_served_but_the_others_are(models_dir: Path, tmp_path
             "SHAPE_DETECTOR_SHUTDOWN_DELAY_S: 3 s exceeds SHUTDOWN_TIMEOUT_S 1 s, which bounds the "
             "whole shutdown (the port would close then); raise SHUTDOWN_TIMEOUT_S or lower SHUTDOWN_DELAY_S",
         ),
+        # A body that large could never be let in.
+        (
+            {"SHAPE_DETECTOR_MAX_BODY_BYTES": "4096", "SHAPE_DETECTOR_MAX_INFLIGHT_BYTES": "4095"},
+            "SHAPE_DETECTOR_MAX_BODY_BYTES: 4096 exceeds MAX_INFLIGHT_BYTES 4095, the bytes of all the "
+            "bodies held at once (a body that large could never be let in); raise MAX_INFLIGHT_BYTES "
+            "or lower MAX_BODY_BYTES",
+        ),
     ],
 )
 def test_invalid_settings_name_the_variable(

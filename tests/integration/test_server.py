@@ -304,6 +304,61 @@ def test_a_request_whose_body_is_read_holds_its_place_of_the_queue(tmp_path: Pat
     assert after.status_code == 200, after.text
 
 
+def _response(sock: socket.socket) -> tuple[int, str | None, bytes]:
+    """The status, Retry-After and body of the answer on ``sock`` (the connection left open)."""
+    r = http.client.HTTPResponse(sock)
+    r.begin()
+    return r.status, r.getheader("retry-after"), r.read()
+
+
+def test_bodies_past_the_inflight_bytes_are_refused_unread(tmp_path: Path) -> None:
+    """MAX_INFLIGHT_BYTES counts the bytes of the bodies held, from before they are read: while a
+    request sends its 3123 bytes, a second whose Content-Length would take the sum past 6000 is
+    503 at once, its body unread, and a chunked one as soon as its chunks pass it."""
+    server = start_server(
+        tmp_path, env={"SHAPE_DETECTOR_MAX_BODY_BYTES": "4096", "SHAPE_DETECTOR_MAX_INFLIGHT_BYTES": "6000"}
+    )
+    port = int(server.url.rsplit(":", 1)[1])
+    body = b'{"signals":[[' + b"0.0," * 776 + b"0.0]]}"
+    head = b"POST /v1/detect HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=30) as slow,
+            socket.create_connection(("127.0.0.1", port), timeout=30) as unread,
+            socket.create_connection(("127.0.0.1", port), timeout=30) as chunked,
+        ):
+            slow.sendall(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
+
+            def held(size: int) -> None:
+                deadline = time.monotonic() + 10
+                while (
+                    f"\nshape_detector_inflight_bytes {size}.0\n"
+                    not in httpx.get(f"{server.url}/metrics").text
+                ):
+                    assert time.monotonic() < deadline, f"not {size} bytes held"
+                    time.sleep(0.05)
+
+            held(3123)  # the slow request's Content-Length, before its body has come
+            unread.sendall(head + f"Content-Length: {len(body)}\r\n\r\n".encode())  # no body sent
+            refused = _response(unread)  # at once, its body unsent
+            chunked.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n" + b"7d0\r\n" + body[:2000] + b"\r\n")
+            held(3123 + 2000)  # a chunked body's bytes as they come
+            chunked.sendall(b"7d0\r\n" + body[:2000] + b"\r\n")  # 3123 + 4000 > 6000: refused here
+            passed = _response(chunked)
+            slow.sendall(body[100:])
+            answer = slow.makefile("rb").readline()
+        metrics = httpx.get(f"{server.url}/metrics").text
+    finally:
+        server.stop()
+    for status, retry, _ in (refused, passed):
+        assert (status, retry) == (503, "1")
+    assert b"3123 bytes of request bodies are in flight and this request's 3123 more would pass" in refused[2]
+    # its own first chunk held too
+    assert b"5123 bytes of request bodies are in flight and this request's 2000 more would pass" in passed[2]
+    assert answer == b"HTTP/1.1 200 OK\r\n", answer
+    assert "\nshape_detector_inflight_bytes 0.0\n" in metrics
+
+
 def test_a_websocket_handshake_is_served_as_the_http_request_it_also_is(tmp_path: Path) -> None:
     """The service has no WebSocket routes. With a WebSocket library installed, uvicorn's
     WebSocket layer took handshakes itself and refused them, past the app's middleware: no
