@@ -440,11 +440,40 @@ def _add_response(op: dict[str, Any], path: str, status: str, text: str) -> None
     )
 
 
+FASTAPIS_422 = "#/components/schemas/HTTPValidationError"
+
+
+def _cannot_fail_validation(op: dict[str, Any]) -> bool:
+    """FastAPI's own 422 on an operation with no body and only plain string path parameters:
+    any request that reaches it is valid (a name it does not know is its own 404)."""
+    plain = {"type", "title", "description"}
+    documented = op["responses"].get("422", {}).get("content", {}).get("application/json", {})
+    return (
+        documented.get("schema", {}).get("$ref") == FASTAPIS_422
+        and "requestBody" not in op
+        and all(
+            p.get("in") == "path" and p["schema"].get("type") == "string" and set(p["schema"]) <= plain
+            for p in op.get("parameters", [])
+        )
+    )
+
+
+def _drop_unused_validation_schemas(schema: dict[str, Any]) -> None:
+    """FastAPI's 422 schemas (``HTTPValidationError`` refers to ``ValidationError``), once no
+    operation documents them."""
+    components = schema.get("components", {}).get("schemas", {})
+    if "HTTPValidationError" in components and FASTAPIS_422.encode() not in orjson.dumps(schema):
+        del components["HTTPValidationError"]
+        if b'#/components/schemas/ValidationError"' not in orjson.dumps(schema):
+            components.pop("ValidationError", None)
+
+
 def install_openapi(app: FastAPI, *, keys_enabled: bool, protect_metrics: bool) -> None:
     """Document what the middleware adds: the security scheme and 401 on protected operations
-    (when keys are set), and 408/504 on the operations that read a body. Under /v2 no 422:
-    FastAPI documents it (``{"detail": [...]}``) for every operation with parameters, but the
-    Open Inference Protocol's routes answer a bad request 400 with ``{"error": ...}``."""
+    (when keys are set), and 408/504 on the operations that read a body. FastAPI documents 422
+    (``{"detail": [...]}``) for every operation with parameters; it is dropped under /v2, whose
+    Open Inference Protocol routes answer a bad request 400 with ``{"error": ...}``, and where
+    no request can fail FastAPI's validation (``GET /v1/models/{name}``)."""
     original: Callable[[], dict[str, Any]] = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -458,7 +487,7 @@ def install_openapi(app: FastAPI, *, keys_enabled: bool, protect_metrics: bool) 
             for method, op in item.items():
                 if not isinstance(op, dict) or "responses" not in op:
                     continue
-                if is_oip_path(path):
+                if is_oip_path(path) or _cannot_fail_validation(op):
                     op["responses"].pop("422", None)
                 if keys_enabled and needs_key(path, protect_metrics=protect_metrics):
                     op["security"] = [{"bearerAuth": []}, {"apiKeyHeader": []}]
@@ -466,6 +495,7 @@ def install_openapi(app: FastAPI, *, keys_enabled: bool, protect_metrics: bool) 
                 if method == "post" and "requestBody" in op:
                     _add_response(op, path, "408", BODY_TIMEOUT_DOC)
                     _add_response(op, path, "504", DEADLINE_DOC)
+        _drop_unused_validation_schemas(schema)
         app.openapi_schema = schema
         return schema
 
