@@ -102,10 +102,12 @@ def check_origins(text: str) -> None:
 
 
 def needs_key(path: str, *, protect_metrics: bool) -> bool:
-    """Whether a request path (or an OpenAPI path template) needs a key when keys are set."""
-    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+    """Whether a request path (or an OpenAPI path template) needs a key when keys are set. An
+    open path with trailing slashes is open too: the router redirects ``/docs/`` to ``/docs``."""
+    bare = path.rstrip("/") or "/"
+    if bare in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
         return False
-    if path == METRICS_PATH:
+    if bare == METRICS_PATH:
         return protect_metrics
     return True
 

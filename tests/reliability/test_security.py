@@ -134,6 +134,18 @@ def test_open_routes_need_no_key(keyed: TestClient) -> None:
         assert keyed.get(path).status_code == 200, path
 
 
+def test_an_open_path_with_a_trailing_slash_needs_no_key(keyed: TestClient) -> None:
+    """``/docs/`` is redirected to ``/docs`` (as without keys), not refused 401 while ``/docs``
+    is open; a protected path with a trailing slash still needs a key."""
+    for path in OPEN:
+        r = keyed.get(f"{path}/", follow_redirects=False)
+        assert r.status_code == 307 and r.headers["location"].endswith(path), (path, r.text)
+        assert keyed.get(f"{path}/").status_code == 200, path
+    assert keyed.get("/docs//", follow_redirects=False).headers["location"].endswith("/docs")
+    assert keyed.get("/v1/models/", follow_redirects=False).status_code == 401
+    assert keyed.get("/v1/models/", headers={"X-API-Key": KEY_A}).status_code == 200
+
+
 def test_unknown_paths_need_a_key_too(keyed: TestClient) -> None:
     """Deny by default: a route nobody listed as open is protected (and unknown ones are 401)."""
     assert keyed.get("/nope").status_code == 401
@@ -144,6 +156,7 @@ def test_unknown_paths_need_a_key_too(keyed: TestClient) -> None:
 def test_metrics_can_be_protected(models_dir: Path) -> None:
     with app_client(models_dir, API_KEYS=KEY_A, PROTECT_METRICS=True) as c:
         assert c.get("/metrics").status_code == 401
+        assert c.get("/metrics/", follow_redirects=False).status_code == 401
         assert c.get("/metrics", headers={"X-API-Key": KEY_A}).status_code == 200
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
 
