@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.core.names import meant
 
 ENV_PREFIX = "SHAPE_DETECTOR_"
+NO_LIMIT = ("REQUEST_TIMEOUT_S", "BODY_TIMEOUT_S")  # inf: no time limit
 
 
 class SettingsError(ValueError):
@@ -161,6 +163,39 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             what = {"MODEL_DIR": "the models' directory", "API_KEYS_FILE": "the keys file's path"}
             raise ValueError(f"empty: give {what[str(info.field_name)]}, or leave it unset")
+        return value
+
+    @field_validator(
+        "BATCH_WAIT_MS",
+        "SWITCH_INTERVAL_MS",
+        "REQUEST_TIMEOUT_S",
+        "BODY_TIMEOUT_S",
+        "SHUTDOWN_TIMEOUT_S",
+        "SHUTDOWN_DELAY_S",
+        mode="before",
+    )
+    @classmethod
+    def _a_number(cls, value: object, info: ValidationInfo) -> object:
+        """NaN reads as a float, then fails whichever bound is checked first ("should be greater
+        than 0", "less than or equal to 1000"): say it is not a number, and what to give."""
+        try:
+            nan = isinstance(value, str | float) and math.isnan(float(value))
+        except ValueError:
+            return value  # not a float at all: pydantic says so
+        if nan:
+            name = str(info.field_name)
+            unit = "milliseconds" if name.endswith("_MS") else "seconds"
+            if name in NO_LIMIT:
+                raise ValueError(f"not a number: give a number of {unit} above 0, or inf for no limit")
+            limits = {
+                key: getattr(m, key)
+                for m in cls.model_fields[name].metadata
+                for key in ("gt", "ge", "le")
+                if hasattr(m, key)
+            }
+            words = {"gt": "above", "ge": "at least", "le": "at most"}
+            bounds = " and ".join(f"{words[key]} {limit:g}" for key, limit in limits.items())
+            raise ValueError(f"not a number: give a finite number of {unit}, {bounds}")
         return value
 
     @field_validator("HOST")

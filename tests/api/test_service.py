@@ -335,6 +335,37 @@ def test_a_bad_model_is_not_served_but_the_others_are(models_dir: Path, tmp_path
             {"SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S": "1e10"},
             "SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S='1e10': Input should be less than or equal to 86400",
         ),
+        # NaN reads as a float and failed the first bound: "should be greater than 0".
+        (
+            {"SHAPE_DETECTOR_REQUEST_TIMEOUT_S": "nan"},
+            "SHAPE_DETECTOR_REQUEST_TIMEOUT_S='nan': not a number: give a number of seconds above 0, "
+            "or inf for no limit",
+        ),
+        (
+            {"SHAPE_DETECTOR_BODY_TIMEOUT_S": "NaN"},
+            "SHAPE_DETECTOR_BODY_TIMEOUT_S='NaN': not a number: give a number of seconds above 0, "
+            "or inf for no limit",
+        ),
+        (
+            {"SHAPE_DETECTOR_BATCH_WAIT_MS": "nan"},
+            "SHAPE_DETECTOR_BATCH_WAIT_MS='nan': not a number: give a finite number of milliseconds, "
+            "at least 0 and at most 1000",
+        ),
+        (
+            {"SHAPE_DETECTOR_SWITCH_INTERVAL_MS": "nan"},
+            "SHAPE_DETECTOR_SWITCH_INTERVAL_MS='nan': not a number: give a finite number of "
+            "milliseconds, above 0 and at most 100",
+        ),
+        (
+            {"SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S": "nan"},
+            "SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S='nan': not a number: give a finite number of seconds, "
+            "at least 0 and at most 86400",
+        ),
+        (
+            {"SHAPE_DETECTOR_SHUTDOWN_DELAY_S": "-nan"},
+            "SHAPE_DETECTOR_SHUTDOWN_DELAY_S='-nan': not a number: give a finite number of seconds, "
+            "at least 0 and at most 86400",
+        ),
         # The shutdown timeout ends the drain: the port closed then, before the delay had passed.
         (
             {"SHAPE_DETECTOR_SHUTDOWN_DELAY_S": "3", "SHAPE_DETECTOR_SHUTDOWN_TIMEOUT_S": "1"},

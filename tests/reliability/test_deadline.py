@@ -166,3 +166,9 @@ def test_a_long_request_past_its_deadline_stops_before_its_next_call(
 def test_default_deadline_is_generous(models_dir: Path) -> None:
     s = load_settings(MODEL_DIR=models_dir)
     assert (s.REQUEST_TIMEOUT_S, s.BODY_TIMEOUT_S, s.SHUTDOWN_TIMEOUT_S) == (60.0, 60.0, 30.0)
+
+
+def test_an_infinite_timeout_is_no_limit(models_dir: Path) -> None:
+    """``inf`` for the body and request timeouts, documented as no limit, is taken and serves."""
+    with app_client(models_dir, REQUEST_TIMEOUT_S="inf", BODY_TIMEOUT_S="inf") as c:
+        assert c.post("/v1/detect", json={"signals": [[0.0] * 100]}).status_code == 200
