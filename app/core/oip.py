@@ -54,6 +54,7 @@ from app.core.signals import (
     check_json_values,
     rows_from_json,
     short_repr,
+    transposed_hint,
 )
 from app.core.windows import Float32Array
 
@@ -464,6 +465,10 @@ def _requested_outputs(value: Any, binary_default: bool) -> tuple[RequestedOutpu
     return tuple(out)
 
 
+# Several signals of one sample each: one signal's shape given the wrong way round.
+TRANSPOSED_SHAPE = "shape [{n}, 1] looks transposed: give [1, {n}] (or [{n}]) for one signal of {n} samples"
+
+
 def _shape(value: Any, limits: Limits, min_length: int) -> tuple[int, int]:
     """The declared shape -> (rows, length), checked against the limits before any allocation."""
     if (
@@ -477,8 +482,9 @@ def _shape(value: Any, limits: Limits, min_length: int) -> tuple[int, int]:
         )
     rows, length = (1, value[0]) if len(value) == 1 else (value[0], value[1])
     loc: tuple[str | int, ...] = ("inputs", 0)
-    check_count(rows, limits, loc)  # before a list of `rows` lengths is built
-    check_counts([length] * rows, limits, min_length, loc)
+    hint = transposed_hint(rows, TRANSPOSED_SHAPE) if length == 1 else ""
+    check_count(rows, limits, loc, hint)  # before a list of `rows` lengths is built
+    check_counts([length] * rows, limits, min_length, loc, TRANSPOSED_SHAPE)
     return rows, length
 
 

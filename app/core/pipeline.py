@@ -26,6 +26,7 @@ from app.core.model import Detection, Options, detections_per_request
 from app.core.peaks import Peaks
 from app.core.signals import (
     FLOAT32_MAX_TEXT,
+    TRANSPOSED_ROWS,
     Body,
     Limits,
     Signal,
@@ -249,7 +250,7 @@ def decode_plain_json(
     arrays = [row for row in rows if isinstance(row, simdjson.Array)]
     if len(arrays) != len(rows):
         return None
-    check_counts([len(row) for row in arrays], limits, min_length, ("body", "signals"))
+    check_counts([len(row) for row in arrays], limits, min_length, ("body", "signals"), TRANSPOSED_ROWS)
     signals: list[Signal] = []
     for row in arrays:
         try:  # raises for a value that is not a number: null, true, false, an object

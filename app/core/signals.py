@@ -64,27 +64,57 @@ def check_json_values(text: Body, end: int, limits: Limits, loc: tuple[str | int
         )
 
 
-def check_count(count: int, limits: Limits, loc: tuple[str | int, ...]) -> None:
-    """The number of signals against the limit (before a list of that many lengths is built)."""
+# What to send instead of several signals of one sample each, one signal sent as a column
+# (``x.reshape(-1, 1)``); {n}: the number of signals.
+TRANSPOSED_ROWS = (
+    "the list looks transposed (one inner list per sample, as np.array(x).reshape(-1, 1).tolist() "
+    "gives): send each signal as one inner list of its samples, [[x0, x1, ...]]"
+)
+TRANSPOSED_NPY = (
+    "the array, shape ({n}, 1), looks transposed: send one signal as a 1-D array (x.ravel()), "
+    "several as shape (signals, samples)"
+)
+
+
+def transposed_hint(count: int, transposed: str) -> str:
+    """Said of ``count`` signals of one sample each when there are several: ``transposed``
+    (``TRANSPOSED_ROWS``, ``TRANSPOSED_NPY``) with the count; nothing for one signal."""
+    if not transposed or count < 2:
+        return ""
+    return f"; all {count} signals have one sample each: {transposed.format(n=count)}"
+
+
+def check_count(count: int, limits: Limits, loc: tuple[str | int, ...], hint: str = "") -> None:
+    """The number of signals against the limit (before a list of that many lengths is built);
+    ``hint`` (``transposed_hint``) says what to send instead of splitting them."""
     if count == 0:
         raise InvalidInput("no signals: send at least one signal", loc)
     if count > limits.max_signals:
         raise InvalidInput(
-            f"{count} signals in one request; the limit is {limits.max_signals}: "
-            "split them over several requests",
+            f"{count} signals in one request; the limit is {limits.max_signals}"
+            + (hint or ": split them over several requests"),
             loc,
         )
 
 
-def check_counts(lengths: list[int], limits: Limits, min_length: int, loc: tuple[str | int, ...]) -> None:
-    """Number of signals, each length, and the total, against the limits and the model."""
-    check_count(len(lengths), limits, loc)
+def check_counts(
+    lengths: list[int], limits: Limits, min_length: int, loc: tuple[str | int, ...], transposed: str = ""
+) -> None:
+    """Number of signals, each length, and the total, against the limits and the model. With
+    several signals of one sample each, a refusal says ``transposed`` (``transposed_hint``)."""
+    # A request of such signals is always refused (a model needs more than one sample); any
+    # other is told at its first length.
+    one_each = bool(transposed) and len(lengths) > 1 and lengths[0] == 1 and all(n == 1 for n in lengths)
+    hint = transposed_hint(len(lengths), transposed) if one_each else ""
+    check_count(len(lengths), limits, loc, hint)
     for i, n in enumerate(lengths):
         where = (*loc, i)
         if n == 0:
             raise InvalidInput(f"signal {i} is empty: send at least {min_length} samples", where)
         if n < min_length:
-            raise InvalidInput(f"signal {i} has {n} samples; this model needs at least {min_length}", where)
+            raise InvalidInput(
+                f"signal {i} has {n} samples; this model needs at least {min_length}{hint}", where
+            )
         if n > limits.max_signal_length:
             raise InvalidInput(
                 f"signal {i} has {n} samples; the limit is {limits.max_signal_length}: "
@@ -185,7 +215,7 @@ def rows_from_json(
                 "(send [[...], [...]] for several signals, not [[[...]]])",
                 (*loc, i),
             )
-    check_counts([len(r) for r in signals], limits, min_length, loc)
+    check_counts([len(r) for r in signals], limits, min_length, loc, TRANSPOSED_ROWS)
     out: list[Signal] = []
     for i, row in enumerate(signals):
         arr = _plain_row(row) if plain else None
@@ -373,8 +403,8 @@ def parse_npy(body: Body, limits: Limits, min_length: int) -> list[Signal]:
             loc,
         )
     rows, length = (1, shape[0]) if len(shape) == 1 else shape
-    check_count(rows, limits, loc)
-    check_counts([length] * rows, limits, min_length, loc)
+    check_count(rows, limits, loc, transposed_hint(rows, TRANSPOSED_NPY) if length == 1 else "")
+    check_counts([length] * rows, limits, min_length, loc, TRANSPOSED_NPY)
     data = memoryview(body)[start + header_len :]
     expected = rows * length * dtype.itemsize
     if len(data) != expected:

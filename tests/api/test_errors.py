@@ -85,6 +85,42 @@ def test_json_422(client: TestClient, body: object, message: str) -> None:
     assert message in detail(r)
 
 
+LOOKS_TRANSPOSED = (
+    "the list looks transposed (one inner list per sample, as np.array(x).reshape(-1, 1).tolist() "
+    "gives): send each signal as one inner list of its samples, [[x0, x1, ...]]"
+)
+
+
+def test_a_signal_sent_as_a_column_is_said_to_look_transposed(client: TestClient) -> None:
+    """One signal sent as np.array(x).reshape(-1, 1).tolist() gives it (a list per sample), or
+    as a .npy of shape (N, 1): refused as before (422, too short or too many signals), and the
+    message says it looks transposed and what to send. One signal of one sample, or rows of
+    which one is longer, are not said to be."""
+    for n, refused in (
+        (12, "signal 0 has 1 samples; this model needs at least 16"),
+        (40, "40 signals in one request; the limit is 16"),
+    ):
+        column = np.linspace(0.0, 1.0, n).reshape(-1, 1)
+        r = client.post("/v1/detect", json={"signals": column.tolist()})
+        assert r.status_code == 422, r.text
+        assert detail(r) == f"{refused}; all {n} signals have one sample each: {LOOKS_TRANSPOSED}"
+        r = client.post("/v1/detect", content=npy(column.astype(np.float32)), headers=NPY)
+        assert r.status_code == 422, r.text
+        assert detail(r) == (
+            f"{refused}; all {n} signals have one sample each: the array, shape ({n}, 1), looks "
+            "transposed: send one signal as a 1-D array (x.ravel()), several as shape (signals, samples)"
+        )
+    for body in (
+        {"signals": [[0.5]]},
+        {"signals": [[0.5] * 20, [0.5]]},
+        {"signals": [[0.5]] * 17 + [[0.5] * 20]},
+    ):
+        r = client.post("/v1/detect", json=body)
+        assert r.status_code == 422 and "transposed" not in r.text, r.text
+    r = client.post("/v1/detect", content=npy(np.zeros((1, 1), dtype=np.float32)), headers=NPY)
+    assert r.status_code == 422 and "transposed" not in r.text, r.text
+
+
 @pytest.mark.parametrize("field", ["threshold", "min_distance", "return_scores"])
 def test_an_option_nested_deep_is_refused_in_a_short_message(client: TestClient, field: str) -> None:
     """1000 levels of lists (within the JSON parser's 1024): too deep for repr, which the

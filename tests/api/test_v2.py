@@ -411,6 +411,13 @@ ERROR_CASES: dict[str, tuple[tuple[bytes, dict[str, str | bytes]], int, str]] = 
     "shape not a list": (js(data_input("2x100", X.ravel().tolist())), 400, "give [n, length]"),
     "no rows": (js(data_input([0, 100], [])), 400, "no signals"),
     "too short": (js(data_input([1, 8], [0.0] * 8)), 400, "this model needs at least 16"),
+    # One signal's shape given the wrong way round: said, with the shape to give.
+    "transposed shape": (
+        js(data_input([12, 1], [0.0] * 12)),
+        400,
+        "signal 0 has 1 samples; this model needs at least 16; all 12 signals have one sample "
+        "each: shape [12, 1] looks transposed: give [1, 12] (or [12]) for one signal of 12 samples",
+    ),
     # Data against the shape
     "no data": (js({"inputs": [tensor(X)]}), 400, "has no data"),
     "data not a list": (js(data_input([2, 100], "1,2,3")), 400, "must be a list of numbers"),
