@@ -356,13 +356,16 @@ class JsonCORSMiddleware(CORSMiddleware):
     """Starlette's CORS middleware, whose refusal of a preflight is the service's error: 400 as
     Starlette answers it (its decision, its CORS headers), but a JSON body in the path's error
     format that says what the preflight asked for that is not allowed and how to allow it
-    (Starlette: plain text "Disallowed CORS origin, method")."""
+    (Starlette: plain text "Disallowed CORS origin, method"). An allowed preflight is Starlette's
+    200 with its CORS headers and no body (Starlette: plain text "OK")."""
 
     def preflight_response(self, request_headers: Headers) -> Response:
         response = super().preflight_response(request_headers)
-        if response.status_code != 400:
-            return response
-        return PreflightRefused(response, self.refusal(request_headers, bytes(response.body).decode()))
+        if response.status_code == 400:
+            return PreflightRefused(response, self.refusal(request_headers, bytes(response.body).decode()))
+        allowed = Response(status_code=response.status_code)  # Content-Length: 0, no Content-Type
+        allowed.raw_headers = [*cors_headers(response), *allowed.raw_headers]
+        return allowed
 
     def refusal(self, asked: Headers, starlette_text: str) -> str:
         """Each part Starlette refused (named in its text), with what was asked and what is allowed."""
@@ -395,6 +398,15 @@ class JsonCORSMiddleware(CORSMiddleware):
         return f"CORS preflight refused: {'; '.join(parts) or starlette_text}"
 
 
+def cors_headers(preflight: Response) -> list[tuple[bytes, bytes]]:
+    """The headers of Starlette's answer to a preflight but those of its text content."""
+    return [
+        (name, value)
+        for name, value in preflight.raw_headers
+        if name not in (b"content-type", b"content-length")
+    ]
+
+
 class PreflightRefused(Response):
     """A refused CORS preflight answered as the service's error: the status and CORS headers of
     Starlette's refusal, ``message`` as JSON in the error format of the path asked about
@@ -404,12 +416,7 @@ class PreflightRefused(Response):
     def __init__(self, refused: Response, message: str) -> None:
         super().__init__(status_code=refused.status_code)
         self.message = message
-        # Starlette's CORS headers; those of the content come with the body.
-        self.raw_headers = [
-            (name, value)
-            for name, value in refused.raw_headers
-            if name not in (b"content-type", b"content-length")
-        ]
+        self.raw_headers = cors_headers(refused)  # those of the content come with the body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = error_body(scope["path"], self.message)

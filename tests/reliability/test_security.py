@@ -271,6 +271,9 @@ def test_cors_allow_list(models_dir: Path) -> None:
         )
         assert pre.status_code == 200, pre.text
         assert pre.headers["access-control-allow-origin"] == allowed
+        # No body (Starlette's is a text/plain "OK"): every other answer is JSON or empty.
+        assert pre.content == b"" and pre.headers["content-length"] == "0"
+        assert "content-type" not in pre.headers
         assert "authorization" in pre.headers["access-control-allow-headers"].lower()
         assert "access-control-allow-credentials" not in pre.headers
         r = c.post("/v1/detect", json=SIGNAL, headers={"Origin": allowed, "X-API-Key": KEY_A})
