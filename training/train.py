@@ -890,6 +890,12 @@ def main(argv: list[str] | None = None) -> Path:
         )
     if not re.fullmatch(VERSION_PATTERN, a.version):
         p.error(f"--version {a.version!r}: use no slash and no white space (the service names it in URLs)")
+    if a.label is not None and not a.label.strip():
+        # Blank, it went into the card as the shape's name (or "" fell back to the default).
+        p.error(
+            f"--label {a.label!r}: give the shape's name, or leave --label out for the default "
+            "(--data's label, else the model name)"
+        )
     source_flag = "--data" if a.data is not None else "--template" if a.template is not None else None
     if source_flag and a.name == "bump" and (a.out / a.name).resolve() == Path("models", "bump").resolve():
         # --name defaults to bump (and make's NAME too): a template or a data file without a name

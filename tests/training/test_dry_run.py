@@ -321,6 +321,9 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
         (["--scenario", "length=10,20"], "too short for 3 events of the 41-sample template"),
         (["--scenario", "max_events=20"], "too short for 20 events of the 41-sample template"),
         (["--version", "1.0 beta"], "--version '1.0 beta': use no slash and no white space"),
+        # the card named the shape '  ' (or, for '', the default without a word)
+        (["--label", ""], "--label '': give the shape's name, or leave --label out for the default"),
+        (["--label", " \t"], "--label ' \\t': give the shape's name, or leave --label out"),
     ],
 )
 def test_bad_options_exit_with_a_message(
