@@ -138,6 +138,14 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+def _error(v: float | None) -> str:
+    """A small error as what it is: 0 when exact, else two significant digits (4e-07); at four
+    decimals every error under 5e-05 read 0.0000."""
+    if v is None:
+        return "—"
+    return "0" if v == 0 else f"{v:.2g}"
+
+
 def render_readme(card: Card) -> str:
     """A human-readable summary of the card."""
     lines = [
@@ -154,7 +162,7 @@ def render_readme(card: Card) -> str:
         f"- Threshold: {card.threshold} ({card.threshold_selection})",
         f"- min_distance: {card.min_distance} ({card.min_distance_selection})",
         f"- Cost: {_fmt(card.macs_per_sample)} multiply-accumulates per input sample.",
-        f"- Parity torch vs onnxruntime: max abs error {_fmt(card.parity_max_abs_error)}.",
+        f"- Parity torch vs onnxruntime: max abs error {_error(card.parity_max_abs_error)}.",
         *_matched_path_line(card.training),
         *_weights_from_line(card.training),
         *_polarity_line(card),

@@ -8,7 +8,7 @@ import torch
 from onnx import numpy_helper
 
 from app.core.card import load_card
-from training.export import cpu_name, export_onnx, load_weights, parity_error
+from training.export import cpu_name, export_onnx, load_weights, parity_error, render_readme
 from training.model import Exported, ModelConfig, build_model
 
 
@@ -43,6 +43,15 @@ def test_card_written_beside_the_model(tiny_model_dir: Path) -> None:
     assert {"torch", "onnx", "onnxruntime", "numpy", "cpu"} <= set(card.versions)
     assert card.versions["cpu"] == cpu_name() and card.versions["cpu"] not in ("", "unknown")
     assert (tiny_model_dir / "README.md").read_text().startswith("# tiny 0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"), [(4.023313522338867e-07, "4e-07"), (3.516674041748047e-06, "3.5e-06"), (0.0, "0")]
+)
+def test_the_readme_shows_the_parity_error_as_it_is(tiny_model_dir: Path, error: float, shown: str) -> None:
+    """A tiny error, or none, as its value: at four decimals both read 0.0000."""
+    card = load_card(tiny_model_dir).model_copy(update={"parity_max_abs_error": error})
+    assert f"- Parity torch vs onnxruntime: max abs error {shown}.\n" in render_readme(card)
 
 
 def test_load_weights_takes_back_an_exported_network(tiny_model_dir: Path, tmp_path: Path) -> None:
