@@ -146,6 +146,13 @@ def _error(v: float | None) -> str:
     return "0" if v == 0 else f"{v:.2g}"
 
 
+def _count(v: float | None) -> str:
+    """A count kept as a float (a whole number of multiply-accumulates: 6217, not 6217.0000)."""
+    if v is None:
+        return "—"
+    return f"{v:g}" if v != int(v) else str(int(v))
+
+
 def render_readme(card: Card) -> str:
     """A human-readable summary of the card."""
     lines = [
@@ -161,7 +168,7 @@ def render_readme(card: Card) -> str:
         f"- Receptive field: {card.receptive_field} samples; alignment {card.alignment}.",
         f"- Threshold: {card.threshold} ({card.threshold_selection})",
         f"- min_distance: {card.min_distance} ({card.min_distance_selection})",
-        f"- Cost: {_fmt(card.macs_per_sample)} multiply-accumulates per input sample.",
+        f"- Cost: {_count(card.macs_per_sample)} multiply-accumulates per input sample.",
         f"- Parity torch vs onnxruntime: max abs error {_error(card.parity_max_abs_error)}.",
         *_matched_path_line(card.training),
         *_weights_from_line(card.training),

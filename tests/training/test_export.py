@@ -54,6 +54,13 @@ def test_the_readme_shows_the_parity_error_as_it_is(tiny_model_dir: Path, error:
     assert f"- Parity torch vs onnxruntime: max abs error {shown}.\n" in render_readme(card)
 
 
+@pytest.mark.parametrize(("macs", "shown"), [(6217.0, "6217"), (6217.5, "6217.5")])
+def test_the_readme_shows_the_cost_as_a_count(tiny_model_dir: Path, macs: float, shown: str) -> None:
+    """A whole number of multiply-accumulates read 6217.0000."""
+    card = load_card(tiny_model_dir).model_copy(update={"macs_per_sample": macs})
+    assert f"- Cost: {shown} multiply-accumulates per input sample.\n" in render_readme(card)
+
+
 def test_load_weights_takes_back_an_exported_network(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The initializers named net.<name> set every weight, also from 1-D convolution shapes
     (how networks before row convolutions were exported); other shapes are refused by name."""
