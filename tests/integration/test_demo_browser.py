@@ -498,3 +498,56 @@ def test_a_pasted_column_of_a_million_values_goes_in_on_one_line(browser: Browse
     expect(page.locator("#error")).to_contain_text("The pasted text has 2 values on each of its 2000 lines")
     assert page.evaluate(PASTE, "1\n2\n3") is True
     assert demo.problems() == []
+
+
+def test_a_result_is_shown_only_beside_the_signal_it_ran_on(browser: Browser, server: Server) -> None:
+    """A new example generated while a slow detection ran got that detection's chart, peaks and
+    probability, of the earlier signal, drawn with the new example's true events: its "nearest
+    true event" column measured the earlier signal's peaks against them. Now a detection that
+    ends after the values changed is dropped, and Run takes the new values at once."""
+    demo = open_demo(browser, server, "/?seed=11")
+    page = demo.page
+    held: list[Route] = []
+    page.route("**/detect", lambda route: held.append(route))  # answered when the test lets it
+    page.get_by_test_id("example").click()
+    first = true_events(page)
+    page.get_by_test_id("run").click()
+    expect(page.locator("#status")).to_contain_text("Running detection on 600 values")
+    page.get_by_test_id("example").click()  # example 12, while example 11's detection runs
+    second = true_events(page)
+    assert second != first
+    assert len(held) == 1
+    with page.expect_response("**/detect"):
+        held.pop().continue_()
+    expect(page.locator("#status")).to_contain_text("Example 12:")
+    assert page.get_by_test_id("result").inner_text() == "Not run yet for this signal."
+    assert page.get_by_test_id("peak").count() == 0 and page.locator("#peaks").is_hidden()
+    assert true_events(page) == second
+    # Typing while it runs: the status says to run again.
+    page.get_by_test_id("run").click()
+    expect(page.locator("#status")).to_contain_text("Running detection on 600 values")
+    page.locator("#values").press("End")
+    page.keyboard.type(" 0.5")
+    with page.expect_response("**/detect"):
+        held.pop().continue_()
+    expect(page.locator("#status")).to_have_text(
+        "The values changed while detection ran: run detection again."
+    )
+    assert page.get_by_test_id("result").inner_text() == "Not run yet for this signal."
+    assert page.get_by_test_id("peak").count() == 0
+    # A run with another threshold is not refused while an earlier one is still out, and the
+    # earlier one's answer, arriving last, does not replace it.
+    page.get_by_test_id("run").click()
+    expect(page.locator("#status")).to_contain_text("Running detection on 601 values")
+    page.locator("#threshold").fill("0,9")
+    page.get_by_test_id("run").click()
+    assert len(held) == 2
+    with page.expect_response("**/detect"):
+        held.pop().continue_()  # the second run's answer first
+    assert "(threshold 0.9)" in wait_for_result(page)
+    with page.expect_event("requestfinished"):
+        held.pop().continue_()  # then the first run's, late
+    page.evaluate("new Promise((done) => setTimeout(done))")  # the page has read that answer
+    assert "(threshold 0.9)" in page.get_by_test_id("result").inner_text()
+    assert true_events(page) == []  # typed values: no known events
+    assert demo.problems() == []

@@ -39,7 +39,8 @@
     models: new Map(), // name -> card
     example: null, // {events, spike, seed} of the generated signal in the text box
     drawn: null, // what the chart shows: {values, scores, peaks, threshold, events}
-    busy: false,
+    edits: 0, // changes of the signal in the box (example, file, paste, typing)
+    run: null, // the detection in flight: {key, edit}
     examples: 0,
   };
 
@@ -281,6 +282,7 @@
   }
 
   function onExample() {
+    state.edits += 1;
     const ex = makeExample(nextSeed());
     el.values.value = ex.values.join(", ");
     state.example = { events: ex.events, spike: ex.spike, seed: ex.seed };
@@ -298,6 +300,7 @@
   async function onFile() {
     const file = el.file.files && el.file.files[0];
     if (!file) return;
+    state.edits += 1;
     clearError();
     if (file.size > MAX_FILE_BYTES) {
       refuseFile(`${file.name} is ${(file.size / 1e6).toFixed(1)} MB; the demo takes files up to 20 MB (use the API for more).`);
@@ -364,6 +367,7 @@
     clearError();
     const parsed = oneSignal(text, "The pasted text", "Paste only the signal's column.");
     if (parsed === null) return;
+    state.edits += 1;
     const { selectionStart, selectionEnd } = el.values;
     el.values.setRangeText(parsed.tokens.join(", "), selectionStart, selectionEnd, "end");
     state.example = null; // edited by hand: the generated events no longer apply
@@ -371,9 +375,14 @@
     el.status.textContent = `Pasted ${parsed.tokens.length} values on one line${skipped(parsed)}.`;
   }
 
+  // A detection's result is shown only beside the signal it ran on: one that ends after the
+  // values changed (a new example, a file, typing) or after another run started is dropped.
   async function onRun(event) {
     event.preventDefault();
-    if (state.busy) return;
+    const key = `${state.edits} ${el.model.value} ${el.threshold.value}`;
+    if (state.run !== null && state.run.key === key) return; // running on these already
+    state.run = null;
+    el.form.removeAttribute("aria-busy");
     clearError();
     const parsed = parseValues(el.values.value);
     if (parsed.tokens.length === 0) {
@@ -389,9 +398,11 @@
     }
     const name = el.model.value;
     const url = name ? `/v1/models/${encodeURIComponent(name)}/detect` : "/v1/detect";
-    state.busy = true;
+    const run = { key, edit: state.edits, superseded: false };
+    state.run = run;
     el.form.setAttribute("aria-busy", "true");
-    el.status.textContent = `Running detection on ${parsed.tokens.length} values…`;
+    const running = `Running detection on ${parsed.tokens.length} values…`;
+    el.status.textContent = running;
     let r;
     try {
       r = await callApi(url, {
@@ -400,8 +411,19 @@
         body: requestBody(parsed, threshold),
       });
     } finally {
-      state.busy = false;
-      el.form.removeAttribute("aria-busy");
+      if (state.run === run) {
+        state.run = null;
+        el.form.removeAttribute("aria-busy");
+      } else {
+        run.superseded = true;
+      }
+    }
+    if (run.superseded) return;
+    if (run.edit !== state.edits) {
+      if (el.status.textContent === running) {
+        el.status.textContent = "The values changed while detection ran: run detection again.";
+      }
+      return;
     }
     if (!r.ok) {
       el.status.textContent = "";
@@ -642,6 +664,7 @@
   el.key.addEventListener("change", loadModels);
   el.values.addEventListener("paste", onPaste);
   el.values.addEventListener("input", () => {
+    state.edits += 1;
     state.example = null; // edited by hand: the generated events no longer apply
     updateCount();
   });
