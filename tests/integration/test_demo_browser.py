@@ -551,3 +551,37 @@ def test_a_result_is_shown_only_beside_the_signal_it_ran_on(browser: Browser, se
     assert "(threshold 0.9)" in page.get_by_test_id("result").inner_text()
     assert true_events(page) == []  # typed values: no known events
     assert demo.problems() == []
+
+
+def test_a_typed_threshold_stays_when_an_api_key_is_entered(
+    browser: Browser, keyed_server: tuple[Server, str]
+) -> None:
+    """Entering the key reloads the model list, which put the card's threshold back in the field
+    over the one typed: the run used the card's, not the user's."""
+    server, key = keyed_server
+    demo = open_demo(browser, server, "/?seed=3", models=False)
+    page = demo.page
+    expect(page.locator("#model-info")).to_contain_text("API key")
+    page.get_by_test_id("example").click()
+    page.locator("#threshold").fill("0,3")
+    page.fill("#api-key", key)
+    page.locator("#api-key").press("Tab")  # change event: the model list reloads with the key
+    expect(page.locator("#model")).not_to_have_value("", timeout=10_000)
+    expect(page.locator("#model-info")).to_contain_text("peaks at least")
+    assert page.input_value("#threshold") == "0,3"
+    page.get_by_test_id("run").click()
+    assert "(threshold 0.3)" in wait_for_result(page)
+    # A threshold left as the page put it follows the card: another model's, once chosen.
+    page.locator("#threshold").fill("")
+    page.locator("#api-key").fill(key + "x")
+    page.locator("#api-key").press("Tab")
+    expect(page.locator("#model-info")).to_contain_text("needs a valid API key")
+    page.locator("#api-key").fill(key)
+    page.locator("#api-key").press("Tab")
+    cards = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {key}"}).json()
+    own = {m["name"]: str(m["threshold"]) for m in cards["models"]}
+    expect(page.locator("#threshold")).to_have_value(own[page.input_value("#model")])
+    other = next(name for name in own if name != page.input_value("#model"))
+    page.select_option("#model", other)
+    assert page.input_value("#threshold") == own[other]
+    assert demo.problems(allow_http=(401,)) == []

@@ -42,6 +42,7 @@
     edits: 0, // changes of the signal in the box (example, file, paste, typing)
     run: null, // the detection in flight: {key, edit}
     examples: 0,
+    shownThreshold: "", // the card's threshold the page last put in the field
   };
 
   // ---------------------------------------------------------------------------------------
@@ -238,16 +239,21 @@
     }
     if (state.models.has(previous)) el.model.value = previous;
     else if (state.models.has(r.data.default)) el.model.value = r.data.default; // /v1/detect's
-    showModel();
+    // A threshold the user typed stays (the list reloads when an API key is entered).
+    const typed = el.threshold.value.trim();
+    showModel(typed !== "" && typed !== state.shownThreshold);
   }
 
-  function showModel() {
+  function showModel(keepThreshold = false) {
     const card = state.models.get(el.model.value);
     if (!card) {
       el.modelInfo.textContent = "";
       return;
     }
-    el.threshold.value = String(card.threshold);
+    if (!keepThreshold) {
+      state.shownThreshold = String(card.threshold);
+      el.threshold.value = state.shownThreshold;
+    }
     el.modelInfo.textContent =
       `Threshold ${card.threshold}, peaks at least ${card.min_distance} samples apart, ` +
       `signals of at least ${card.min_length} samples.`;
@@ -660,7 +666,7 @@
   el.example.addEventListener("click", onExample);
   el.form.addEventListener("submit", onRun);
   el.file.addEventListener("change", onFile);
-  el.model.addEventListener("change", showModel);
+  el.model.addEventListener("change", () => showModel());
   el.key.addEventListener("change", loadModels);
   el.values.addEventListener("paste", onPaste);
   el.values.addEventListener("input", () => {
