@@ -585,3 +585,33 @@ def test_a_typed_threshold_stays_when_an_api_key_is_entered(
     page.select_option("#model", other)
     assert page.input_value("#threshold") == own[other]
     assert demo.problems(allow_http=(401,)) == []
+
+
+def test_a_binary_file_is_refused_saying_what_to_load(
+    browser: Browser, server: Server, tmp_path: Path
+) -> None:
+    """A NumPy .npy file (which the API takes, but the page reads as text) was "Loaded sig.npy:
+    32 values", its header bytes in the box, and the run's 422 spoke of a non-numeric value
+    "\ufffdNUMPY...". A binary file is refused, saying what to load instead."""
+    demo = open_demo(browser, server, "/?seed=11")
+    page = demo.page
+    page.get_by_test_id("example").click()
+    example = page.input_value("#values")
+    np.save(tmp_path / "sig.npy", np.random.default_rng(0).standard_normal(300).astype(np.float32))
+    (tmp_path / "sheet.xlsx").write_bytes(b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(range(256)) * 4)
+    load = "load a CSV or text file of the signal's values, one per line or all on one line"
+    for name, error in (
+        (
+            "sig.npy",
+            f"sig.npy is not a text file but a NumPy .npy file: {load} (numpy.savetxt writes one), or "
+            "send the .npy file itself to the API (POST /v1/detect with Content-Type: application/x-npy",
+        ),
+        ("sheet.xlsx", f"sheet.xlsx is not a text file: {load}."),
+    ):
+        page.set_input_files("#file", tmp_path / name)
+        expect(page.locator("#error")).to_contain_text(error)
+        assert page.locator("#status").inner_text() == ""
+        assert page.input_value("#values") == example
+        assert page.get_by_test_id("result").inner_text() == "No result: see the error above."
+        assert page.input_value("#file") == ""
+    assert demo.problems() == []

@@ -319,6 +319,20 @@
       refuseFile(`Could not read ${file.name}: ${exc.message}`);
       return;
     }
+    // Binary data (a NumPy .npy file, a spreadsheet, an image) decoded as text gave a few
+    // "values" of garbage, loaded as if they were the signal. Text files hold no NUL character.
+    if (text.includes("\0")) {
+      const npy = text.startsWith("\uFFFDNUMPY");
+      refuseFile(
+        `${file.name} is not a text file${npy ? " but a NumPy .npy file" : ""}: load a CSV or text ` +
+          "file of the signal's values, one per line or all on one line" +
+          (npy
+            ? " (numpy.savetxt writes one), or send the .npy file itself to the API " +
+              "(POST /v1/detect with Content-Type: application/x-npy, see the API docs)."
+            : "."),
+      );
+      return;
+    }
     const parsed = oneSignal(text, file.name, "Keep only the signal's column.");
     if (parsed === null) {
       refuseFile(null); // oneSignal said why
