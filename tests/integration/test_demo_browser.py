@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -615,3 +617,40 @@ def test_a_binary_file_is_refused_saying_what_to_load(
         assert page.get_by_test_id("result").inner_text() == "No result: see the error above."
         assert page.input_value("#file") == ""
     assert demo.problems() == []
+
+
+def test_a_model_reloaded_while_the_page_is_open_runs_with_its_new_card(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """The page sent the card's threshold it had put in the field: after a hot reload whose card
+    has another threshold, every run still used the old card's, and the model list kept the old
+    version and threshold. The field left as the page filled it is the model's own (not sent),
+    and an answer from a version the list does not show reloads the list."""
+    models = tmp_path / "models"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "bump", models / "bump")
+    server = start_server(tmp_path, env={"SHAPE_DETECTOR_MODEL_DIR": str(models)})
+    try:
+        demo = open_demo(browser, server, "/?seed=11")
+        page = demo.page
+        card = json.loads((models / "bump" / "card.json").read_text())
+        expect(page.locator("#threshold")).to_have_value(str(card["threshold"]))
+        page.get_by_test_id("example").click()
+        page.get_by_test_id("run").click()
+        assert f"(threshold {card['threshold']}). " in wait_for_result(page)
+        card["version"] = "9.0.0"
+        card["threshold"] = 0.9
+        (models / "bump" / "card.json").write_text(json.dumps(card))
+        assert httpx.post(f"{server.url}/admin/models/bump/reload").json()["version"] == "9.0.0"
+        page.get_by_test_id("run").click()
+        expect(page.get_by_test_id("result")).to_contain_text("(threshold 0.9). ")
+        assert "Model bump 9.0.0" in page.get_by_test_id("result").inner_text()
+        expect(page.locator("#model option")).to_have_text(["bump 9.0.0"])
+        expect(page.locator("#threshold")).to_have_value("0.9")
+        assert page.locator("#model-info").inner_text().startswith("Threshold 0.9, ")
+        # A threshold typed is sent as typed.
+        page.locator("#threshold").fill("0.25")
+        page.get_by_test_id("run").click()
+        expect(page.get_by_test_id("result")).to_contain_text("(threshold 0.25). ")
+        assert demo.problems() == []
+    finally:
+        server.stop()

@@ -418,6 +418,9 @@
     }
     const name = el.model.value;
     const url = name ? `/v1/models/${encodeURIComponent(name)}/detect` : "/v1/detect";
+    // The card's threshold as the page put it is not sent: the model's own, so a model reloaded
+    // since the list was read uses its new card's threshold, not the old one.
+    const own = state.models.has(name) && el.threshold.value.trim() === state.shownThreshold;
     const run = { key, edit: state.edits, superseded: false };
     state.run = run;
     el.form.setAttribute("aria-busy", "true");
@@ -428,7 +431,7 @@
       r = await callApi(url, {
         method: "POST",
         headers: { "Content-Type": "application/json", ...authHeaders() },
-        body: requestBody(parsed, threshold),
+        body: requestBody(parsed, own ? null : threshold),
       });
     } finally {
       if (state.run === run) {
@@ -472,6 +475,8 @@
       seed: state.example ? state.example.seed : null,
     });
     showPeaks(res.peaks, events);
+    const card = state.models.get(doc.model.name);
+    if (card && card.version !== doc.model.version) loadModels(); // reloaded: show its new card
     el.result.scrollIntoView({ block: "nearest" }); // focus stays on the button
   }
 
