@@ -654,3 +654,25 @@ def test_a_model_reloaded_while_the_page_is_open_runs_with_its_new_card(
         assert demo.problems() == []
     finally:
         server.stop()
+
+
+def test_the_value_count_is_what_a_run_sends(browser: Browser, server: Server) -> None:
+    """The count under the box counted a header line's words as values ("4 values." for a
+    header and three numbers, which ran as 3 samples)."""
+    demo = open_demo(browser, server)
+    page = demo.page
+    count = page.locator("#values-count")
+    for typed, shown in (
+        ("value\n1\n2\n3", "3 values."),
+        ("\r\n  time of day \r\n1\r\n2\r\n", "2 values."),
+        ("1\n2\n3", "3 values."),
+        ("value", "1 value."),  # a word alone is no header: it is sent, and refused
+        ("1 2 3 value", "4 values."),
+    ):
+        page.fill("#values", typed)
+        expect(count).to_have_text(shown)
+    page.fill("#values", "value\n" + "\n".join(["0.25"] * 40))
+    expect(count).to_have_text("40 values.")
+    page.get_by_test_id("run").click()
+    assert ", 40 samples." in wait_for_result(page)
+    assert demo.problems() == []

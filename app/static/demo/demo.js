@@ -282,9 +282,18 @@
     el.result.textContent = text;
   }
 
+  // The values a run sends: a header line (words only, values below it) is not one of them.
+  // Only a short first line is looked at: the count follows every key press in a box that may
+  // hold a million values on one line.
   function updateCount() {
-    const n = split(el.values.value).length;
-    el.count.textContent = n ? `${n} values.` : "";
+    const text = el.values.value;
+    let n = split(text).length;
+    const first = /^\s*([^\r\n]{1,1000})\r?\n\s*\S/.exec(text);
+    if (first !== null) {
+      const words = split(first[1]);
+      if (words.every(isWordy)) n -= words.length;
+    }
+    el.count.textContent = n ? `${n} value${n === 1 ? "" : "s"}.` : "";
   }
 
   function onExample() {
