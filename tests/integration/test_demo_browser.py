@@ -676,3 +676,48 @@ def test_the_value_count_is_what_a_run_sends(browser: Browser, server: Server) -
     page.get_by_test_id("run").click()
     assert ", 40 samples." in wait_for_result(page)
     assert demo.problems() == []
+
+
+def test_a_page_opened_while_the_default_model_loads_does_not_pick_another(
+    browser: Browser, server: Server
+) -> None:
+    """A server takes requests while its models load, and lists those loaded so far. A page
+    opened then chose the first model listed (arrival) in place of the default one, unseen,
+    and kept that list. Now "default model" is chosen, the page says why, and reads the list
+    again until the default model is in it."""
+    listing = httpx.get(f"{server.url}/v1/models").json()
+    assert listing["default"] == "bump"
+    loading = {**listing, "models": [m for m in listing["models"] if m["name"] != "bump"]}
+    assert loading["models"]
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    answered: list[str] = []
+
+    def models(route: Route) -> None:
+        if answered:
+            answered.append("served")
+            route.continue_()
+        else:
+            answered.append("loading")
+            route.fulfill(json=loading)
+
+    page.route("**/v1/models", models)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    page.goto(f"{server.url}/?seed=11", wait_until="domcontentloaded")
+    info = page.locator("#model-info")
+    expect(info).to_have_text(
+        "The default model, bump, is not serving yet (loading, or it failed to load: /readyz says "
+        "why). The list is read again in a few seconds."
+    )
+    assert page.input_value("#model") == ""
+    assert page.locator("#model option").all_inner_texts()[0] == "default model"
+    assert page.input_value("#threshold") == ""
+    # Read again: the default model, now listed, is chosen, with its card's threshold.
+    expect(page.locator("#model")).to_have_value("bump", timeout=10_000)
+    bump_card = next(m for m in listing["models"] if m["name"] == "bump")
+    assert page.input_value("#threshold") == str(bump_card["threshold"])
+    expect(info).to_contain_text(f"Threshold {bump_card['threshold']}, ")
+    assert "default model" not in page.locator("#model option").all_inner_texts()
+    assert answered == ["loading", "served"]
+    assert errors == []

@@ -43,6 +43,8 @@
     run: null, // the detection in flight: {key, edit}
     examples: 0,
     shownThreshold: "", // the card's threshold the page last put in the field
+    pending: "", // why the default model is not in the list, while the page waits for it
+    relists: 0, // the list read again while the default model is missing
   };
 
   // ---------------------------------------------------------------------------------------
@@ -212,7 +214,14 @@
     return { ok: false, status: response.status, message };
   }
 
+  // The list read again while the default model is not in it: a server that has just started (or
+  // restarted its workers) takes requests while its models load, and lists those loaded so far.
+  const RELIST_MS = 2000;
+  const RELISTS = 30;
+  let relistTimer = 0;
+
   async function loadModels() {
+    window.clearTimeout(relistTimer);
     const r = await callApi("/v1/models", { headers: authHeaders() });
     if (!r.ok) {
       const reason = r.message.split("\n")[0];
@@ -231,14 +240,26 @@
       option.textContent = `${card.name} ${card.version}`;
       el.model.append(option);
     }
-    if (r.data.models.length === 0) {
+    // Without the default model listed, "default model" comes first and is chosen (unless the
+    // user chose a listed one): not another model in its place, unseen.
+    state.pending = "";
+    if (!state.models.has(r.data.default)) {
       const option = document.createElement("option");
       option.value = "";
       option.textContent = "default model";
-      el.model.append(option);
+      el.model.prepend(option);
+      state.pending =
+        `The default model, ${r.data.default}, is not serving yet (loading, or it failed to load: ` +
+        "/readyz says why).";
+      if (state.relists < RELISTS) {
+        state.relists += 1;
+        state.pending += " The list is read again in a few seconds.";
+        relistTimer = window.setTimeout(loadModels, RELIST_MS);
+      }
     }
     if (state.models.has(previous)) el.model.value = previous;
     else if (state.models.has(r.data.default)) el.model.value = r.data.default; // /v1/detect's
+    else el.model.value = "";
     // A threshold the user typed stays (the list reloads when an API key is entered).
     const typed = el.threshold.value.trim();
     showModel(typed !== "" && typed !== state.shownThreshold);
@@ -247,7 +268,7 @@
   function showModel(keepThreshold = false) {
     const card = state.models.get(el.model.value);
     if (!card) {
-      el.modelInfo.textContent = "";
+      el.modelInfo.textContent = state.pending;
       return;
     }
     if (!keepThreshold) {
@@ -485,7 +506,7 @@
     });
     showPeaks(res.peaks, events);
     const card = state.models.get(doc.model.name);
-    if (card && card.version !== doc.model.version) loadModels(); // reloaded: show its new card
+    if (!card || card.version !== doc.model.version) loadModels(); // loaded or reloaded since
     el.result.scrollIntoView({ block: "nearest" }); // focus stays on the button
   }
 
