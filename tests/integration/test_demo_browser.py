@@ -721,3 +721,31 @@ def test_a_page_opened_while_the_default_model_loads_does_not_pick_another(
     assert "default model" not in page.locator("#model option").all_inner_texts()
     assert answered == ["loading", "served"]
     assert errors == []
+
+
+def test_a_json_list_of_numbers_is_one_signal(browser: Browser, server: Server, tmp_path: Path) -> None:
+    """A JSON array file ("[0.12, -0.5, ...]", as json.dump or numpy's tolist() writes it) was
+    "Loaded: 300 values", then refused by the API for the non-numeric value "[0.12": its
+    brackets are not part of its values. So for a Python list pasted into the box."""
+    demo = open_demo(browser, server)
+    page = demo.page
+    x = np.loadtxt(primer_csv(tmp_path / "primer.csv"), skiprows=1)
+    assert ".json" in (page.get_attribute("#file", "accept") or "").split(",")  # offered by the chooser
+    for name, text in (
+        ("compact.json", json.dumps(x.tolist())),
+        ("pretty.json", json.dumps(x.tolist(), indent=2) + "\n"),
+    ):
+        (tmp_path / name).write_text(text)
+        page.set_input_files("#file", tmp_path / name)
+        expect(page.locator("#status")).to_have_text(f"Loaded {name}: 300 values. Now run detection.")
+        assert "[" not in page.input_value("#values")
+        page.get_by_test_id("run").click()
+        result = wait_for_result(page)
+        assert "event detected" in result and "300 samples" in result
+        indices = [i for i, _ in peaks(page)]
+        assert any(abs(i - 35) <= 2 for i in indices) and any(abs(i - 255) <= 2 for i in indices), indices
+    page.fill("#values", "[" + " ".join(f"{v:.4f}" for v in x) + "]")  # numpy's print of an array
+    page.get_by_test_id("run").click()
+    assert "300 samples" in wait_for_result(page)
+    assert page.locator("#error").is_hidden()
+    assert demo.problems() == []

@@ -116,7 +116,10 @@
   const isWordy = (t) => /[A-Za-z_]/.test(t) && !NAN.test(t) && !INF.test(t) && !NUMBER.test(t);
 
   function parseValues(text) {
-    let lines = text.split(/\r?\n/);
+    // A JSON (or Python) list of numbers, "[0.1, 0.2]", is one signal: its brackets are not
+    // part of its first and last values.
+    const list = /^\s*\[([^[\]]*)\]\s*$/.exec(text);
+    let lines = (list === null ? text : list[1]).split(/\r?\n/);
     let header = null;
     const first = lines.findIndex((l) => l.trim() !== "");
     if (first >= 0) {
