@@ -749,3 +749,30 @@ def test_a_json_list_of_numbers_is_one_signal(browser: Browser, server: Server, 
     assert "300 samples" in wait_for_result(page)
     assert page.locator("#error").is_hidden()
     assert demo.problems() == []
+
+
+def test_a_column_with_decimal_commas_is_refused_saying_why(
+    browser: Browser, server: Server, tmp_path: Path
+) -> None:
+    """A one-column CSV with decimal commas ("0,1257" on every line, as a spreadsheet in such a
+    locale exports it) was refused as a table of two columns, telling the user to keep only
+    the signal's column: it has only one. The refusal says to write decimal points."""
+    demo = open_demo(browser, server)
+    page = demo.page
+    x = np.loadtxt(primer_csv(tmp_path / "primer.csv"), skiprows=1)
+    path = tmp_path / "comma.csv"
+    path.write_text("value\n" + "\n".join(f"{v:.4f}".replace(".", ",") for v in x) + "\n")
+    page.set_input_files("#file", path)
+    error = page.locator("#error")
+    expect(error).to_contain_text("comma.csv has 2 values on each of its 300 lines")
+    assert error.inner_text().endswith(
+        "If each line is one number with a decimal comma (0,25), write it with a decimal point "
+        "(0.25): here a comma separates values."
+    )
+    assert "Keep only the signal's column" not in error.inner_text()
+    # A real table of two columns is told to keep one, as before.
+    path.write_text("t,value\n" + "\n".join(f"{i},{v:.4f}" for i, v in enumerate(x)) + "\n")
+    page.set_input_files("#file", path)
+    expect(error).to_contain_text("Keep only the signal's column.")
+    assert "decimal comma" not in error.inner_text()
+    assert demo.problems() == []

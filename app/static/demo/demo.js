@@ -400,9 +400,18 @@
   function oneSignal(text, what, fix) {
     const parsed = parseValues(text);
     if (parsed.columns === 1) return parsed;
+    // One column of numbers with a decimal comma ("0,25" on every line, as a spreadsheet set to
+    // such a locale exports it) reads as two columns of integers: say so, not only "a table".
+    const lines = text.split(/\r?\n/).filter((l) => l.trim() !== "");
+    const data = parsed.header === null ? lines : lines.slice(1);
+    const decimalComma = data.every((l) => /^\s*[+-]?\d+,\d+\s*$/.test(l));
     showError(
       `${what} has ${parsed.columns} values on each of its ${parsed.rows} lines: the demo takes ` +
-        `one signal, as one column (one value per line) or one line. ${fix}`,
+        `one signal, as one column (one value per line) or one line. ` +
+        (decimalComma
+          ? "If each line is one number with a decimal comma (0,25), write it with a decimal " +
+            "point (0.25): here a comma separates values."
+          : fix),
     );
     return null;
   }
