@@ -776,3 +776,28 @@ def test_a_column_with_decimal_commas_is_refused_saying_why(
     expect(error).to_contain_text("Keep only the signal's column.")
     assert "decimal comma" not in error.inner_text()
     assert demo.problems() == []
+
+
+def test_an_example_has_the_chosen_models_shape(browser: Browser, server: Server) -> None:
+    """With arrival chosen, an example held bump's events, compared with the peaks of a model
+    never trained to find them. An example's events are the chosen model's template (its card's),
+    centred at its template_center, and that model finds them."""
+    cards = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
+    demo = open_demo(browser, server, "/?seed=40")
+    page = demo.page
+    for name in ("arrival", "bump"):
+        page.select_option("#model", name)
+        events = demo.example_and_run()
+        x = np.array([float(v) for v in page.input_value("#values").split(",")])
+        template, center = np.array(cards[name]["template"]), cards[name]["template_center"]
+        other = np.array(cards["bump" if name == "arrival" else "arrival"]["template"])
+        for e in events:  # matched-filter SNR 7..11 for its own shape, in unit white noise
+            own = x[e - center : e - center + len(template)] @ template / np.linalg.norm(template)
+            assert 4 < own < 15, (name, e, own)
+            best_other = max(
+                abs(x[s : s + len(other)] @ other) / np.linalg.norm(other)
+                for s in range(max(0, e - len(other)), min(len(x) - len(other), e + len(template)))
+            )
+            assert best_other < own, (name, e, own, best_other)
+        check_peaks_at_events(peaks(page), events)
+    assert demo.problems() == []

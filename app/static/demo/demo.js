@@ -37,6 +37,7 @@
 
   const state = {
     models: new Map(), // name -> card
+    defaultModel: "", // the name behind "default model" (POST /v1/detect)
     example: null, // {events, spike, seed} of the generated signal in the text box
     drawn: null, // what the chart shows: {values, scores, peaks, threshold, events}
     edits: 0, // changes of the signal in the box (example, file, paste, typing)
@@ -67,24 +68,53 @@
     return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rand());
   }
 
-  // K(s) = exp(-(s/6)^2 / 2) cos(2 pi s / 16), s = -20..20 samples from the centre.
+  // The primer's K(s) = exp(-(s/6)^2 / 2) cos(2 pi s / 16), s = -20..20 samples from the centre:
+  // the examples' shape when no model's card is known.
   const bump = (s) => Math.exp(-((s / 6) ** 2) / 2) * Math.cos((2 * Math.PI * s) / 16);
-  const BUMP_NORM = Math.sqrt(Array.from({ length: 41 }, (_, i) => bump(i - 20) ** 2).reduce((a, b) => a + b, 0));
+  const PRIMER_SHAPE = { values: Array.from({ length: 41 }, (_, i) => bump(i - 20)), center: 20 };
 
-  function makeExample(seed) {
+  // The shape of the chosen model (the default model's for "default model"): its card's
+  // template, its event at the card's template_center. An example of another model's shape
+  // would be compared with peaks the chosen model was never trained to find.
+  function exampleShape() {
+    const card = state.models.get(el.model.value || state.defaultModel);
+    const values = card ? card.template : null;
+    const center = card ? card.template_center : null;
+    const usable =
+      Array.isArray(values) &&
+      values.length > 0 &&
+      values.length < EXAMPLE_LENGTH / 4 &&
+      values.every(Number.isFinite) &&
+      Number.isInteger(center) &&
+      center >= 0 &&
+      center < values.length &&
+      values.some((v) => v !== 0);
+    return usable ? { values, center } : PRIMER_SHAPE;
+  }
+
+  function makeExample(seed, shape) {
     const rand = mulberry32(seed);
     const n = EXAMPLE_LENGTH;
     const x = Array.from({ length: n }, () => gaussian(rand));
     const count = 1 + Math.floor(rand() * 3);
     const events = [];
+    const len = shape.values.length;
+    const norm = Math.sqrt(shape.values.reduce((a, v) => a + v * v, 0));
+    // Whole events, clear of the ends and of each other (the primer's: 30 samples, 60 apart).
+    const first = Math.max(30, shape.center + 10);
+    const last = n - Math.max(30, len - shape.center + 9);
+    const apart = Math.max(60, len);
     for (let tries = 0; events.length < count && tries < 1000; tries++) {
-      const c = 30 + Math.floor(rand() * (n - 60));
-      if (events.every((e) => Math.abs(e - c) >= 60)) events.push(c);
+      const c = first + Math.floor(rand() * (last - first));
+      if (events.every((e) => Math.abs(e - c) >= apart)) events.push(c);
     }
     events.sort((a, b) => a - b);
     for (const c of events) {
-      const amplitude = (7 + 4 * rand()) / BUMP_NORM; // matched-filter SNR 7..11
-      for (let s = -20; s <= 20; s++) if (c + s >= 0 && c + s < n) x[c + s] += amplitude * bump(s);
+      const amplitude = (7 + 4 * rand()) / norm; // matched-filter SNR 7..11
+      for (let k = 0; k < len; k++) {
+        const i = c - shape.center + k;
+        if (i >= 0 && i < n) x[i] += amplitude * shape.values[k];
+      }
     }
     let spike = null;
     if (rand() < 0.5) {
@@ -236,6 +266,7 @@
     }
     const previous = el.model.value;
     state.models = new Map(r.data.models.map((card) => [card.name, card]));
+    state.defaultModel = r.data.default;
     el.model.replaceChildren();
     for (const card of r.data.models) {
       const option = document.createElement("option");
@@ -322,7 +353,7 @@
 
   function onExample() {
     state.edits += 1;
-    const ex = makeExample(nextSeed());
+    const ex = makeExample(nextSeed(), exampleShape());
     el.values.value = ex.values.join(", ");
     state.example = { events: ex.events, spike: ex.spike, seed: ex.seed };
     updateCount();
