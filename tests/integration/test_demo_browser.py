@@ -801,3 +801,47 @@ def test_an_example_has_the_chosen_models_shape(browser: Browser, server: Server
             assert best_other < own, (name, e, own, best_other)
         check_peaks_at_events(peaks(page), events)
     assert demo.problems() == []
+
+
+def test_tens_of_thousands_of_peaks_show_the_most_probable(
+    browser: Browser, server: Server, tmp_path: Path
+) -> None:
+    """A threshold near 0 on a long signal finds a peak at most local maxima: every index went
+    into the result line (138 KB of text on a million samples) and a row and a marker each into
+    the table and the chart (seconds to build). The line lists the first 20, the table and the
+    chart the 1000 most probable, and both say how many there are."""
+    demo = open_demo(browser, server)
+    page = demo.page
+    x = np.random.default_rng(3).standard_normal(100_000)
+    x[50_000 - 20 : 50_000 + 21] += 6.0 * bump(np.arange(-20, 21, dtype=np.float64))
+    path = tmp_path / "noise.csv"
+    path.write_text("\n".join(f"{v:.4f}" for v in x) + "\n")
+    page.set_input_files("#file", path)
+    expect(page.locator("#status")).to_contain_text("100000 values", timeout=12_000)
+    page.select_option("#model", "bump")
+    page.locator("#threshold").fill("0.000001")
+    page.get_by_test_id("run").click()
+    result = wait_for_result(page)
+    answer = httpx.post(
+        f"{server.url}/v1/models/bump/detect",
+        json={"signals": [[round(v, 4) for v in x.tolist()]], "threshold": 0.000001},
+        timeout=60,
+    ).json()["results"][0]["peaks"]
+    assert len(answer) > 1000
+    listed = re.search(r"(\d+) peaks at ([\d, ]+) and (\d+) more\.", result)
+    assert listed, result
+    assert int(listed.group(1)) == len(answer) and int(listed.group(3)) == len(answer) - 20
+    assert [int(i) for i in listed.group(2).split(", ")] == [p["index"] for p in answer[:20]]
+    top = sorted(answer, key=lambda p: (-p["probability"], p["index"]))[:1000]
+    expected = sorted(p["index"] for p in top)
+    markers = page.get_by_test_id("peak").evaluate_all("els => els.map(e => Number(e.dataset.index))")
+    assert markers == expected  # the chart's
+    rows = page.locator("#peaks tbody tr")
+    expect(rows).to_have_count(1000)
+    assert [int(t) for t in rows.locator("td:first-child").all_inner_texts()] == expected
+    expect(page.locator("#peaks caption")).to_have_text(
+        f"Detected peaks: the 1000 most probable of {len(answer)}, by sample index "
+        "(the API's answer holds them all)"
+    )
+    assert any(abs(i - 50_000) <= TOLERANCE for i in expected)  # the event is among them
+    assert demo.problems() == []

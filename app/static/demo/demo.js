@@ -542,7 +542,7 @@
     draw({
       values: parsed.numbers,
       scores: res.scores,
-      peaks: res.peaks,
+      peaks: shownPeaks(res.peaks),
       threshold: doc.threshold,
       events,
       seed: state.example ? state.example.seed : null,
@@ -562,15 +562,34 @@
       `Probability ${res.probability.toFixed(3)}: `,
       decision,
       ` (threshold ${doc.threshold}). ${peaks} peak${peaks === 1 ? "" : "s"}` +
-        (peaks ? ` at ${res.peaks.map((p) => p.index).join(", ")}` : "") +
+        (peaks ? ` at ${res.peaks.slice(0, LISTED_PEAKS).map((p) => p.index).join(", ")}` : "") +
+        (peaks > LISTED_PEAKS ? ` and ${peaks - LISTED_PEAKS} more` : "") +
         `. Model ${doc.model.name} ${doc.model.version}, ${n} samples.`,
     );
+  }
+
+  // A threshold near 0 finds a peak at most local maxima: tens of thousands on a long signal.
+  // The result line lists the first few, the table and the chart the most probable (their
+  // rows and markers took seconds to build); the API's answer holds them all.
+  const LISTED_PEAKS = 20;
+  const SHOWN_PEAKS = 1000;
+
+  function shownPeaks(peaks) {
+    if (peaks.length <= SHOWN_PEAKS) return peaks;
+    const top = [...peaks].sort((a, b) => b.probability - a.probability || a.index - b.index);
+    return top.slice(0, SHOWN_PEAKS).sort((a, b) => a.index - b.index);
   }
 
   function showPeaks(peaks, events) {
     const body = el.peaks.tBodies[0];
     body.replaceChildren();
-    for (const p of peaks) {
+    const shown = shownPeaks(peaks);
+    el.peaks.caption.textContent =
+      shown.length < peaks.length
+        ? `Detected peaks: the ${shown.length} most probable of ${peaks.length}, by sample index ` +
+          "(the API's answer holds them all)"
+        : "Detected peaks";
+    for (const p of shown) {
       const row = body.insertRow();
       row.insertCell().textContent = String(p.index);
       row.insertCell().textContent = p.probability.toFixed(3);
