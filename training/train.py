@@ -896,6 +896,9 @@ def main(argv: list[str] | None = None) -> Path:
             f"--label {a.label!r}: give the shape's name, or leave --label out for the default "
             "(--data's label, else the model name)"
         )
+    if a.description is not None and not a.description.strip():
+        # Blank, it was appended to the card's description as it was.
+        p.error(f"--description {a.description!r}: say when to use the model, or leave --description out")
     source_flag = "--data" if a.data is not None else "--template" if a.template is not None else None
     if source_flag and a.name == "bump" and (a.out / a.name).resolve() == Path("models", "bump").resolve():
         # --name defaults to bump (and make's NAME too): a template or a data file without a name

@@ -324,6 +324,10 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
         # the card named the shape '  ' (or, for '', the default without a word)
         (["--label", ""], "--label '': give the shape's name, or leave --label out for the default"),
         (["--label", " \t"], "--label ' \\t': give the shape's name, or leave --label out"),
+        (
+            ["--description", "  "],
+            "--description '  ': say when to use the model, or leave --description out",
+        ),
     ],
 )
 def test_bad_options_exit_with_a_message(
