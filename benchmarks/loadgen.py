@@ -90,17 +90,26 @@ def oip_payload(signals: np.ndarray, model: str) -> Payload:
     return Payload("oip", body, "application/json", signals.shape[0], signals.size, path)
 
 
-def check_response(status: int, body: bytes, signals: int, kind: str = "json") -> str | None:
+def check_response(
+    status: int, body: bytes, signals: int, kind: str = "json", expected: dict[str, Any] | None = None
+) -> str | None:
     """None if the response keeps the contract for ``signals`` signals (``kind`` "oip": the Open
-    Inference Protocol's); else what is wrong."""
+    Inference Protocol's) and, given ``expected`` (the model's /v1 answer for the signals sent,
+    ``reference.ReferenceModel.answer``), gives that answer (``answer_problem``); else what is
+    wrong."""
     if status != 200:
         return f"HTTP {status}: {body[:200]!r}"
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return f"HTTP 200 with a body that is not JSON: {body[:200]!r}"
-    if kind == "oip":
-        return _check_oip(doc, signals)
+    problem = _check_oip(doc, signals) if kind == "oip" else _check_v1(doc, signals)
+    if problem is None and expected is not None:
+        problem = answer_problem(doc, expected, kind)
+    return problem
+
+
+def _check_v1(doc: Any, signals: int) -> str | None:
     results = doc.get("results") if isinstance(doc, dict) else None
     if not isinstance(results, list) or len(results) != signals:
         got = len(results) if isinstance(results, list) else "no"
@@ -122,6 +131,65 @@ def _check_oip(doc: Any, signals: int) -> str | None:
         shape, data = by_name[name].get("shape"), by_name[name].get("data")
         if shape != [signals] or not isinstance(data, list) or len(data) != signals:
             return f"HTTP 200 with output {name!r} of shape {shape} for {signals} signals"
+    return None
+
+
+# Probabilities are float32: a server batching signals differently may differ in the last bits.
+PROBABILITY_TOLERANCE = 1e-5
+
+
+Summary = tuple[Any, Any, list[tuple[Any, Any]]]  # detected, probability, [(peak index, probability)]
+
+
+def _signals_of(doc: Any, kind: str) -> tuple[tuple[Any, Any], list[Summary]]:
+    """(model name, version) and each signal's summary in an answer that keeps its contract
+    (/v1's, or the Open Inference Protocol's)."""
+    if kind != "oip":
+        model = doc.get("model") or {}
+        per_signal = [
+            (
+                r.get("detected"),
+                r.get("probability"),
+                [(p.get("index"), p.get("probability")) for p in r["peaks"]],
+            )
+            for r in doc["results"]
+        ]
+        return (model.get("name"), model.get("version")), per_signal
+    data = {o.get("name"): o.get("data") or [] for o in doc["outputs"] if isinstance(o, dict)}
+    signals: list[Summary] = [(d, p, []) for d, p in zip(data["detected"], data["probability"], strict=True)]
+    for signal, index, probability in zip(
+        data["peak_signal"], data["peak_index"], data["peak_probability"], strict=False
+    ):
+        if isinstance(signal, int) and 0 <= signal < len(signals):
+            signals[signal][2].append((index, probability))
+    return (doc.get("model_name"), doc.get("model_version")), signals
+
+
+def _close(a: Any, b: float) -> bool:
+    return isinstance(a, float | int) and abs(a - b) <= PROBABILITY_TOLERANCE
+
+
+def answer_problem(doc: Any, expected: dict[str, Any], kind: str = "json") -> str | None:
+    """None if ``doc``, an answer that keeps its contract, is the model's answer ``expected`` (a
+    /v1 answer): the same model and version, and per signal the same decision and peak indices,
+    with probabilities within ``PROBABILITY_TOLERANCE``; else the first difference. A fast answer
+    that is wrong measures nothing."""
+    want_model, want = _signals_of(expected, "json")
+    model, got = _signals_of(doc, kind)
+    if model != want_model:
+        name, version = want_model
+        return f"HTTP 200 from model {model[0]} {model[1]}, not the one measured ({name} {version})"
+    for i, ((detected, probability, peaks), (want_detected, want_probability, want_peaks)) in enumerate(
+        zip(got, want, strict=True)
+    ):
+        indices, want_indices = [p[0] for p in peaks], [p[0] for p in want_peaks]
+        same = detected == want_detected and indices == want_indices and _close(probability, want_probability)
+        if not same or not all(_close(p[1], q[1]) for p, q in zip(peaks, want_peaks, strict=True)):
+            return (
+                f"HTTP 200 with another answer than the model's for signal {i}: detected {detected}, "
+                f"probability {probability}, peaks at {indices[:10]}; the model gives detected "
+                f"{want_detected}, probability {want_probability:.6f}, peaks at {want_indices[:10]}"
+            )
     return None
 
 
@@ -236,10 +304,11 @@ def run_load(
 
 
 def checked_requests(
-    url: str, payload: Payload, count: int, timeout: float = 120.0
+    url: str, payload: Payload, count: int, timeout: float = 120.0, expected: dict[str, Any] | None = None
 ) -> tuple[PhaseResult, bytes | None]:
-    """``count`` requests one after the other, each checked in full (``check_response``), on one
-    connection; the result and the first correct answer's body (None if none was correct)."""
+    """``count`` requests one after the other, each checked in full (``check_response``, against
+    the model's answer ``expected`` when given), on one connection; the result and the first
+    correct answer's body (None if none was correct)."""
     out, first = PhaseResult(), None
     parts = urllib.parse.urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
@@ -252,7 +321,7 @@ def checked_requests(
                 connection.request("POST", parts.path, body=payload.body, headers=headers)
                 response = connection.getresponse()
                 body = response.read()
-                problem = check_response(response.status, body, payload.signals, payload.kind)
+                problem = check_response(response.status, body, payload.signals, payload.kind, expected)
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
                 body, problem = b"", f"{type(exc).__name__}: {exc}"

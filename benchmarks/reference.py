@@ -65,3 +65,17 @@ class ReferenceModel:
             "min_distance": min_distance,
             "results": results,
         }
+
+    def answer(self, signals: np.ndarray) -> dict[str, Any]:
+        """The answer of POST /v1/detect for ``signals`` (n, length) at the card's defaults: what
+        every server must send back for them (one onnxruntime call per signal, no windowing)."""
+        results = [
+            self.result(
+                self.scores(np.asarray(s, dtype=np.float32)[None])[0],
+                self.threshold,
+                self.min_distance,
+                False,
+            )
+            for s in signals
+        ]
+        return self.response(results, self.threshold, self.min_distance)

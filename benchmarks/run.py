@@ -52,6 +52,7 @@ from app.cpu_latency import DEVICE, current_limit
 from benchmarks import loadgen, report, servers, wakeup, wrkload
 from benchmarks.loadgen import Payload, Phase
 from benchmarks.raw import latency_1x1024, measure_raw
+from benchmarks.reference import ReferenceModel
 
 ROOT = servers.ROOT
 SERVERS = ("service", "naive", "litserve", "floor")
@@ -156,18 +157,22 @@ def measure_workload(
     phases: list[Phase],
     timeout: float,
     client: str = "python",
+    answer: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Warm-up (phases[0]) and measured repeats on one server; errors of all phases count.
 
     With ``client="wrk"`` the load comes from wrk, and a few requests before and after it are
     sent and checked in full by the Python client (the first answer is also the one wrk's
-    script compares every response with).
+    script compares every response with). ``answer``: the model's /v1 answer for the payload's
+    signals (``ReferenceModel.answer``); the requests checked in full must give it, with either
+    client, so that every response byte-identical to them is the model's answer too.
     """
     checks: list[loadgen.PhaseResult] = []
     expected = None
     url = server.url + payload.path if payload.path else server.detect_url
-    if client == "wrk":
-        pre, expected = loadgen.checked_requests(url, payload, CHECKED_REQUESTS, timeout)
+    checked = client == "wrk" or answer is not None
+    if checked:
+        pre, expected = loadgen.checked_requests(url, payload, CHECKED_REQUESTS, timeout, answer)
         checks.append(pre)
     peak_reset = server.reset_peak()
     cpu0, (busy0, total0), client0 = server.cpu_s(), machine_busy(), loadgen.client_cpu_s()
@@ -187,8 +192,8 @@ def measure_workload(
     client_cores = client_cpu / wall
     busy_cores = (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
     requests_run = sum(r.responses if r.responses is not None else r.requests for r in results)
-    if client == "wrk":
-        post, _ = loadgen.checked_requests(url, payload, CHECKED_REQUESTS, timeout)
+    if checked:
+        post, _ = loadgen.checked_requests(url, payload, CHECKED_REQUESTS, timeout, answer)
         checks.append(post)
     row = loadgen.median_summary(results[1:], payload)
     row["errors"] += results[0].errors + sum(c.errors for c in checks)
@@ -199,8 +204,9 @@ def measure_workload(
     if not server.alive():
         row["errors"] += 1
         row["error_examples"].append(f"server exited with {server.process.returncode}:\n{server.log()}")
-    if client == "wrk":
+    if checked:
         row["checked_requests"] = sum(c.requests + c.errors for c in checks)
+    if client == "wrk":
         row["responses"] = requests_run
         row["identical_responses"] = sum(r.identical or 0 for r in results)
     return {
@@ -285,6 +291,8 @@ def run_server(
         "idle_rss_mib": server.memory_mib()["rss_mib"],
     }
     result["servers"][name] = info
+    # Every server but the floor (a fixed answer, by design) must give the model's answer.
+    reference = None if name == "floor" else ReferenceModel(cfg.model_dir, cfg.intra_op_threads)
     try:
         if name.startswith("service-lat"):
             info["cpu_latency_limit_us"] = current_limit()
@@ -304,7 +312,8 @@ def run_server(
                 if reduced
                 else ([Phase(cfg.warmup_s)] + [Phase(cfg.duration_s)] * cfg.repeats)
             )
-            row = measure_workload(server, payload, conc, phases, cfg.timeout_s, cfg.client)
+            answer = reference.answer(signals) if reference is not None else None
+            row = measure_workload(server, payload, conc, phases, cfg.timeout_s, cfg.client, answer)
             result["rows"].append({**base, "status": "ok", "reduced": reduced, **row})
             log(f"[{time.perf_counter() - started:6.1f}s]   {report.row_line(result['rows'][-1])}")
             if name.startswith("service-lat") and conc == 1:
@@ -332,13 +341,17 @@ def load_generator(client: str) -> dict[str, str]:
             "lost at the end), p50/p99 from wrk's histogram of the run; every response checked "
             "(200, byte-identical to a fully checked answer or one 'peaks' per signal), plus "
             f"{CHECKED_REQUESTS} requests before and {CHECKED_REQUESTS} after each workload checked in full "
-            "by the Python client; the 1x10M requests come from the Python client (aiohttp). "
+            "by the Python client, against the model's answer computed in this process (every server "
+            "but the floor); the 1x10M requests come from the Python client (aiohttp). "
             "Client CPU: wrk's (rusage of the child) plus this process's",
         }
     return {
         "client": loadgen.CLIENT,
         "how": "closed loop: N concurrent workers in one process, each sending its next request "
-        "when the previous one returned; keep-alive; client CPU from getrusage of this process",
+        "when the previous one returned; keep-alive; every response checked (200, one 'peaks' per "
+        f"signal), plus {CHECKED_REQUESTS} requests before and {CHECKED_REQUESTS} after each workload "
+        "checked against the model's answer computed in this process (every server but the floor); "
+        "client CPU from getrusage of this process",
     }
 
 
@@ -360,7 +373,9 @@ def side_by_side(
     reduced = time.perf_counter() - started > cfg.budget_s
     count = 1 if reduced else cfg.side_by_side_rounds
     duration = min(cfg.duration_s, 0.5) if reduced else cfg.duration_s
-    payload = loadgen.json_payload(loadgen.make_signals(1, 1024, template))
+    signals = loadgen.make_signals(1, 1024, template)
+    payload = loadgen.json_payload(signals)
+    answer = ReferenceModel(cfg.model_dir, cfg.intra_op_threads).answer(signals)
     model = OnnxModel(cfg.model_dir, raw_options(cfg))
     running: dict[str, servers.Server] = {}
     rounds: list[dict[str, Any]] = []
@@ -382,7 +397,7 @@ def side_by_side(
             loads += [(f"{name}-c1", running[name], 1) for name in c1_names]
             for name, server, c in loads:
                 phases = [warm, Phase(duration)]
-                m = measure_workload(server, payload, c, phases, cfg.timeout_s, cfg.client)
+                m = measure_workload(server, payload, c, phases, cfg.timeout_s, cfg.client, answer)
                 if m["errors"]:
                     result["failures"].append(f"side by side, {name} round {r + 1}: {m['error_examples']}")
                 row[name] = {k: m[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "errors")}

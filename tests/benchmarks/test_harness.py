@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.core.card import load_card
 from app.cpu_latency import DEVICE
 from benchmarks import report, servers, wrkload
 from benchmarks.loadgen import check_response, oip_payload
-from benchmarks.run import Config, measure, service_names, side_by_side, workloads
+from benchmarks.run import Config, measure, run_server, service_names, side_by_side, workloads
 
 pytestmark = pytest.mark.slow
 
@@ -214,6 +215,56 @@ def test_every_oip_response_is_checked() -> None:
     payload = oip_payload(np.zeros((2, 3), dtype=np.float32), "bump")
     assert payload.path == "/v2/models/bump/infer" and payload.needle == ('"probability"', 1)
     assert json.loads(payload.body)["inputs"][0]["shape"] == [2, 3]
+
+
+def test_an_answer_other_than_the_models_is_an_error() -> None:
+    want = {
+        "model": {"name": "bump", "version": "1"},
+        "threshold": 0.5,
+        "min_distance": 40,
+        "results": [
+            {"probability": 0.1, "detected": False, "peaks": []},
+            {"probability": 0.9, "detected": True, "peaks": [{"index": 300, "probability": 0.9}]},
+        ],
+    }
+    body = json.dumps(want).encode()
+    assert check_response(200, body, 2, expected=want) is None
+    moved = body.replace(b'"index": 300', b'"index": 301')
+    assert check_response(200, moved, 2) is None  # the contract alone does not see it
+    problem = str(check_response(200, moved, 2, expected=want))
+    assert "signal 1" in problem and "peaks at [301]" in problem and "peaks at [300]" in problem
+    lower = body.replace(b'"probability": 0.9}', b'"probability": 0.8}')
+    assert "signal 1" in str(check_response(200, lower, 2, expected=want))
+    other = body.replace(b'"version": "1"', b'"version": "2"')
+    assert "not the one measured (bump 1)" in str(check_response(200, other, 2, expected=want))
+    outputs = [  # the same answer in the Open Inference Protocol
+        {"name": "probability", "datatype": "FP32", "shape": [2], "data": [0.1, 0.9]},
+        {"name": "detected", "datatype": "BOOL", "shape": [2], "data": [False, True]},
+        {"name": "peak_signal", "datatype": "INT64", "shape": [1], "data": [1]},
+        {"name": "peak_index", "datatype": "INT64", "shape": [1], "data": [300]},
+        {"name": "peak_probability", "datatype": "FP32", "shape": [1], "data": [0.9]},
+    ]
+    oip = {"model_name": "bump", "model_version": "1", "outputs": outputs}
+    assert check_response(200, json.dumps(oip).encode(), 2, "oip", want) is None
+    outputs[2]["data"] = [0]  # the peak given to the other signal
+    assert "signal 0" in str(check_response(200, json.dumps(oip).encode(), 2, "oip", want))
+
+
+def test_a_server_answering_fast_but_wrongly_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The floor server answers every request with the contract's shape and no work: one signal,
+    # no peak. Run in place of the service, its answers are not the model's.
+    monkeypatch.setattr(
+        "benchmarks.run.spec_for", lambda name, cfg, port: replace(servers.floor_spec(port), name=name)
+    )
+    cfg = replace(tiny_config(), servers=("service",), concurrency=(1,), repeats=1, big_length=0, oip=False)
+    result: dict[str, Any] = {"servers": {}, "rows": [], "failures": [], "not_run": []}
+    template = load_card(cfg.model_dir).template
+    run_server("service", cfg, list(template) if template else None, tmp_path, time.perf_counter(), result)
+    (row,) = [r for r in result["rows"] if r["status"] == "ok"]
+    assert row["requests"] > 0 and row["errors"] > 0  # answered, fast, and counted as wrong
+    assert any("not the one measured (bump" in e for e in row["error_examples"]), row["error_examples"]
 
 
 def test_a_server_that_does_not_start_is_an_error(tmp_path: Path) -> None:
