@@ -23,9 +23,23 @@ PACKAGES = (
     "litserve",
     "aiohttp",
 )
+ROOT = Path(__file__).resolve().parents[1]
+# What a run measures, besides the installed packages: the service, its models, the harness with
+# the servers it compares the service with, and the dependency pins. An uncommitted change in any
+# of them makes the numbers those of another code than the commit's (the results and the docs do not).
+MEASURED = (
+    "app",
+    "models",
+    "benchmarks",
+    ":(exclude)benchmarks/results",
+    ":(exclude)*.md",
+    "pyproject.toml",
+    "constraints.txt",
+    "requirements-serve.txt",
+)
 
 
-def machine() -> dict[str, Any]:
+def machine(root: Path = ROOT) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     mem_kib = 0
     try:
@@ -42,11 +56,12 @@ def machine() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     try:
-        root = Path(__file__).resolve().parents[1]
         git = ["git", "--no-optional-locks", "-C", str(root)]  # read-only: never touches the index
         commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         status = subprocess.run(
-            [*git, "status", "--porcelain", "--", "app", "models"], capture_output=True, text=True
+            [*git, "status", "--porcelain", "--untracked-files=all", "--", *MEASURED],
+            capture_output=True,
+            text=True,
         )
         changed = [line[3:] for line in status.stdout.splitlines()]
         commit_id = commit.stdout.strip() or None
@@ -61,7 +76,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": versions,
         "git_commit": commit_id,
-        "uncommitted_in_app_or_models": changed,  # the service measured may differ from the commit
+        "uncommitted": changed,  # in MEASURED: what was measured may differ from the commit
     }
 
 
@@ -381,11 +396,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"- command: `{result.get('command', 'python -m benchmarks.run')}`"
         + (" (quick: short phases, one repeat)" if result.get("quick") else ""),
         f"- started {result['started']}, took {result.get('elapsed_s', 0):.0f} s; git {m['git_commit']}"
-        + (
-            f" with uncommitted changes in {', '.join(dirty)}"
-            if (dirty := m["uncommitted_in_app_or_models"])
-            else ""
-        ),
+        + (f" with uncommitted changes in {', '.join(dirty)}" if (dirty := m["uncommitted"]) else ""),
         f"- machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['memory_gib']} GiB, "
         f"{m['os']}, Python {m['python']}",
         "- " + ", ".join(f"{name} {version}" for name, version in v.items()),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -265,6 +266,27 @@ def test_a_server_answering_fast_but_wrongly_is_an_error(
     (row,) = [r for r in result["rows"] if r["status"] == "ok"]
     assert row["requests"] > 0 and row["errors"] > 0  # answered, fast, and counted as wrong
     assert any("not the one measured (bump" in e for e in row["error_examples"]), row["error_examples"]
+
+
+def test_the_report_names_uncommitted_changes_to_what_it_measured(tmp_path: Path) -> None:
+    # A checkout of the repository's layout: the service, a reference server, the results, docs.
+    files = ("app/main.py", "benchmarks/naive_server.py", "benchmarks/results/latest.md", "README.md")
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("committed\n")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "init"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    assert report.machine(tmp_path)["uncommitted"] == []
+    for name in files:  # every file edited, and a new one beside the harness
+        (tmp_path / name).write_text("edited\n")
+    (tmp_path / "benchmarks" / "litserve_server.py").write_text("new\n")
+    m = report.machine(tmp_path)
+    assert m["git_commit"] and sorted(m["uncommitted"]) == [
+        "app/main.py",
+        "benchmarks/litserve_server.py",
+        "benchmarks/naive_server.py",
+    ]
 
 
 def test_a_server_that_does_not_start_is_an_error(tmp_path: Path) -> None:
