@@ -36,17 +36,19 @@ past --budget seconds the remaining workloads run one short repeat each (marked 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.core.card import load_card
+from app.core.card import CardError, load_card
 from app.core.model import InferenceOptions, OnnxModel
 from app.cpu_latency import DEVICE, current_limit
 from benchmarks import loadgen, report, servers, wakeup, wrkload
@@ -486,21 +488,72 @@ def measure(cfg: Config, log_dir: Path | None = None) -> dict[str, Any]:
     return result
 
 
+def whole(least: int, none: bool = False) -> Callable[[str], int | None]:
+    """An argparse type: a whole number of at least ``least`` (with ``none``, '' for none)."""
+
+    def parse(text: str) -> int | None:
+        if none and text == "":
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            also = " ('' for none)" if none else ""
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least {least}{also}")
+        return value
+
+    return parse
+
+
+def whole_list(least: int) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type: comma-separated whole numbers of at least ``least`` ('' for none)."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            return tuple(int(whole(least)(w) or 0) for w in text.split(",") if w)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give whole numbers of at least {least}, separated by commas ('' for none)"
+            ) from None
+
+    return parse
+
+
+def seconds(positive: bool) -> Callable[[str], float]:
+    """An argparse type: seconds, above 0 (``positive``) or at least 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            least = "above 0" if positive else "0 or more"
+            raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds {least}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="about a minute: short phases, one repeat")
     p.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, from {','.join(SERVERS)}")
-    p.add_argument("--duration", type=float, help="seconds per measured repeat")
-    p.add_argument("--repeats", type=int, help="measured repeats per workload (medians are reported)")
-    p.add_argument("--budget", type=float, help="seconds after which workloads run one short repeat")
+    p.add_argument("--duration", type=seconds(positive=True), help="seconds per measured repeat")
+    p.add_argument("--repeats", type=whole(1), help="measured repeats per workload (medians are reported)")
+    p.add_argument(
+        "--budget", type=seconds(positive=False), help="seconds after which workloads run one short repeat"
+    )
     p.add_argument(
         "--client",
         choices=CLIENTS,
         help="load generator for the fixed-body workloads (default: wrk if installed, else python)",
     )
-    p.add_argument("--workers", type=int, default=1, help="the service's SHAPE_DETECTOR_WORKERS")
+    p.add_argument("--workers", type=whole(1), default=1, help="the service's SHAPE_DETECTOR_WORKERS")
     p.add_argument(
         "--more-workers",
+        type=whole_list(1),
         default="2",
         help="comma-separated SHAPE_DETECTOR_WORKERS to run the service with again on the 1x1024 "
         "concurrency-32 workloads ('' for none)",
@@ -508,19 +561,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-oip", action="store_true", help="skip the service's /v2 (OIP JSON) workloads")
     p.add_argument(
         "--same-cpu",
+        type=whole(0, none=True),
         default="16384",
         help="SHAPE_DETECTOR_SAME_CPU_MAX_SAMPLES of the service-samecpu run on 1x1024 JSON at "
         "concurrency 1 and side by side ('' for none)",
     )
     p.add_argument(
         "--cpu-latency",
+        type=whole(0, none=True),
         default="0",
         help="SHAPE_DETECTOR_CPU_LATENCY_US of the service-lat<n> run on 1x1024 JSON at concurrency "
         "1 and 32 ('' for none; needs write access to /dev/cpu_dma_latency)",
     )
     p.add_argument(
         "--intra-op-threads",
-        type=int,
+        type=whole(0),
         default=Config.intra_op_threads,
         help="onnxruntime threads per call, every server and raw (default 1, the service's; 0: per core)",
     )
@@ -530,14 +585,18 @@ def main(argv: list[str] | None = None) -> int:
     names = tuple(s for s in a.servers.split(",") if s)
     if unknown := set(names) - set(SERVERS):
         p.error(f"unknown server(s) {sorted(unknown)}; choose from {SERVERS}")
+    try:
+        load_card(a.model_dir)
+    except CardError as exc:
+        p.error(f"--model-dir: {exc}; give a model's directory (models/bump, for one)")
     cfg = replace(
         QUICK if a.quick else Config(),
         servers=names,
         workers=a.workers,
-        more_workers=tuple(int(w) for w in a.more_workers.split(",") if w),
-        cpu_latency_us=int(a.cpu_latency) if a.cpu_latency else None,
+        more_workers=a.more_workers,
+        cpu_latency_us=a.cpu_latency,
         oip=not a.no_oip,
-        same_cpu_max_samples=int(a.same_cpu) if a.same_cpu else None,
+        same_cpu_max_samples=a.same_cpu,
         intra_op_threads=a.intra_op_threads,
         model_dir=a.model_dir,
     )

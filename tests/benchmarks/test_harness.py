@@ -22,7 +22,7 @@ from app.core.card import load_card
 from app.cpu_latency import DEVICE
 from benchmarks import report, servers, wrkload
 from benchmarks.loadgen import check_response, oip_payload
-from benchmarks.run import Config, measure, run_server, service_names, side_by_side, workloads
+from benchmarks.run import Config, main, measure, run_server, service_names, side_by_side, workloads
 
 pytestmark = pytest.mark.slow
 
@@ -287,6 +287,57 @@ def test_the_report_names_uncommitted_changes_to_what_it_measured(tmp_path: Path
         "benchmarks/litserve_server.py",
         "benchmarks/naive_server.py",
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--repeats", "0"], "--repeats: '0': give a whole number of at least 1"),
+        (["--duration", "0"], "--duration: '0': give a number of seconds above 0"),
+        (["--duration", "-1"], "--duration: '-1': give a number of seconds above 0"),
+        (["--budget", "soon"], "--budget: 'soon': give a number of seconds 0 or more"),
+        (["--workers", "0"], "--workers: '0': give a whole number of at least 1"),
+        (
+            ["--more-workers", "2,x"],
+            "--more-workers: '2,x': give whole numbers of at least 1, separated by commas",
+        ),
+        (["--intra-op-threads", "-1"], "--intra-op-threads: '-1': give a whole number of at least 0"),
+        (["--cpu-latency", "off"], "--cpu-latency: 'off': give a whole number of at least 0 ('' for none)"),
+        (["--same-cpu", "-1"], "--same-cpu: '-1': give a whole number of at least 0 ('' for none)"),
+        (["--model-dir", "models"], "--model-dir: models/card.json: no model card"),
+    ],
+)
+def test_a_command_line_that_cannot_measure_is_refused_before_the_run(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A run with no measured repeat, or a setting no server takes, would report nothing (or fail
+    # minutes in): it is refused at once, saying what to give instead.
+    def measured(cfg: Config, log_dir: Path | None = None) -> dict[str, Any]:
+        raise AssertionError(f"the run started with {args}")
+
+    monkeypatch.setattr("benchmarks.run.measure", measured)
+    monkeypatch.chdir(servers.ROOT)
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--client", "python"])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_command_line_sets_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[Config] = []
+
+    def measured(cfg: Config, log_dir: Path | None = None) -> dict[str, Any]:
+        runs.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("benchmarks.run.measure", measured)
+    for args in ([], ["--more-workers", "2,4", "--cpu-latency", "", "--same-cpu", "", "--repeats", "2"]):
+        with pytest.raises(SystemExit):
+            main([*args, "--client", "python"])
+    default, chosen = runs
+    assert (default.more_workers, default.cpu_latency_us, default.same_cpu_max_samples) == ((2,), 0, 16384)
+    assert (default.repeats, default.workers, default.intra_op_threads) == (3, 1, 1)
+    assert (chosen.more_workers, chosen.cpu_latency_us, chosen.same_cpu_max_samples) == ((2, 4), None, None)
+    assert chosen.repeats == 2
 
 
 def test_a_server_that_does_not_start_is_an_error(tmp_path: Path) -> None:
