@@ -97,6 +97,11 @@ def _div(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
+def _sub(a: float | None, b: float | None) -> float | None:
+    """``a - b``, or None if either is unknown (a phase with no correct answer has no latency)."""
+    return None if a is None or b is None else a - b
+
+
 def measured(result: dict[str, Any]) -> dict[tuple[str, str, int, int, int], dict[str, Any]]:
     """The workloads measured ("ok"), by (server, body, rows, length, concurrency)."""
     return {
@@ -169,7 +174,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         raw_p50 = min(r["latency_1x1024"]["p50_ms"] for r in (server_raw(result, server), result["raw"]))
         p50 = one.get("p50_ms")
         met = None if p50 is None else p50 <= raw_p50 + 0.5
-        shown = f"{ms(p50)} ms (raw + {ms((p50 or 0) - raw_p50)} ms)"
+        shown = f"{ms(p50)} ms (raw + {ms(_sub(p50, raw_p50))} ms)"
         floor = rows.get(("floor", "json", 1, 1024, 1), {}).get("p50_ms")
         if p50 is not None and floor is not None and server == "service":
             shown = f"{ms(p50)} ms (raw + {ms(p50 - raw_p50)} ms; the HTTP floor alone {ms(floor)} ms)"
@@ -184,7 +189,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             n, met, f"{times(n)} naive, {times(lit)} LitServe")  # fmt: skip
         shown = f"raw + {ms(over)} ms ({ms(summary['c1_ms'])} ms, raw {ms(summary['raw_ms'])} ms)"
         add(f"1×1024 json, concurrency 1, {label}", "p50 ≤ raw + 0.5 ms (the round's raw call)", over,
-            over <= 0.5, shown)  # fmt: skip
+            None if over is None else over <= 0.5, shown)  # fmt: skip
     big = [r for r in result["rows"] if r.get("status") == "ok" and "peak_rss_growth_mib" in r]
     if big:
         q = ratio.get(("service", "npy", 1, big[0]["length"], 1), {})
@@ -207,8 +212,8 @@ def side_by_side_rounds(result: dict[str, Any]) -> list[dict[str, Any]]:
             **{f"{name}_requests_per_s": v for name, v in rate.items()},
             "over_naive": _div(rate["service"], rate["naive"]),
             "over_litserve": _div(rate["service"], rate["litserve"]),
-            "c1_ms": c1, "raw_ms": raw, "c1_over_raw_ms": c1 - raw,
-            "c1_same_cpu_ms": same_cpu, "same_cpu_saved_ms": None if same_cpu is None else c1 - same_cpu,
+            "c1_ms": c1, "raw_ms": raw, "c1_over_raw_ms": _sub(c1, raw),
+            "c1_same_cpu_ms": same_cpu, "same_cpu_saved_ms": _sub(c1, same_cpu),
         })  # fmt: skip
     return out
 
@@ -331,7 +336,7 @@ def concurrency_one(result: dict[str, Any]) -> list[str]:
     if service:
         lines.append(f"| the service, concurrency 1 | {ms(service['p50_ms'])} |")
         if floor:
-            own = service["p50_ms"] - floor["p50_ms"] - raw["p50_ms"]
+            own = _sub(_sub(service["p50_ms"], floor["p50_ms"]), raw["p50_ms"])
             lines.append(f"| the service's own share: service − floor − raw back to back | {ms(own)} |")
     for server in latency_servers(rows):
         held = server_raw(result, server)

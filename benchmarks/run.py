@@ -406,9 +406,9 @@ def side_by_side(
             row["raw"] = latency_1x1024(model, template, cfg.latency_calls)["latency_1x1024"]
             rounds.append(row)
             rates = ", ".join(f"{n} {row[n]['requests_per_s']:.0f} req/s" for n in names)
-            c1 = ", ".join(f"{n} {row[f'{n}-c1']['p50_ms']:.3f} ms" for n in c1_names)
+            c1 = ", ".join(f"{n} {report.ms(row[f'{n}-c1']['p50_ms'])} ms" for n in c1_names)
             at = time.perf_counter() - started
-            log(f"[{at:6.1f}s]   round {r + 1}: {rates}; c1 {c1}, raw {row['raw']['p50_ms']:.3f} ms")
+            log(f"[{at:6.1f}s]   round {r + 1}: {rates}; c1 {c1}, raw {report.ms(row['raw']['p50_ms'])} ms")
     finally:
         for server in running.values():
             server.stop()

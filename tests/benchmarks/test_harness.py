@@ -74,6 +74,36 @@ def test_side_by_side_past_the_budget_runs_one_short_round(tmp_path: Path) -> No
     assert "Reduced: past the time budget" in "\n".join(report.side_by_side_lines(result))
 
 
+def test_side_by_side_rounds_without_a_correct_answer_are_reported_as_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server that answers every request 404 (the floor server, posted to on a path it lacks):
+    # with the Python client its phases have no latency; the run goes on and reports them.
+    monkeypatch.setattr(
+        "benchmarks.run.spec_for",
+        lambda name, cfg, port: replace(servers.floor_spec(port), name=name, detect_path="/missing"),
+    )
+    cfg = replace(
+        tiny_config(), servers=("service",), side_by_side_rounds=1, same_cpu_max_samples=None, client="python"
+    )
+    result: dict[str, Any] = {"failures": [], "rows": [], "ratios": [], "servers": {}}
+    side_by_side(cfg, None, tmp_path, time.perf_counter(), result)
+    assert [f.split(":")[0] for f in result["failures"]] == [
+        "side by side, service round 1",
+        "side by side, service-c1 round 1",
+    ]
+    assert "HTTP 404" in result["failures"][0]
+    (round_,) = result["side_by_side"]["rounds"]
+    assert round_["service-c1"]["p50_ms"] is None and round_["service"]["errors"] > 0
+    result["raw"] = {"latency_1x1024": round_["raw"]}
+    lines = "\n".join(report.side_by_side_lines(result))
+    assert "| 1 | 0.0 | – | – | – | – | – |" in lines  # no latency: shown as unknown
+    (target,) = [
+        t for t in report.targets(result) if t["workload"].startswith("1×1024 json, concurrency 1, side")
+    ]
+    assert target["met"] is None and target["value"] is None
+
+
 def test_the_cpu_latency_run_is_listed_as_not_run_where_it_cannot_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
