@@ -1,15 +1,20 @@
 """Raw onnxruntime on the shipped model, in this process: the service's session, no HTTP.
 
 The session is the service's own (``OnnxModel``: same session options); the timed work is
-``session.run`` only. The 1-million-sample case runs exactly the windows and batches the
-service's windowing produces (``WindowPlan.split`` with the service's window length, batched
-up to its max batch samples), so "raw" there is the service's inference work without HTTP,
-decoding, stitching or peak picking.
+``session.run`` only. Each case runs with one caller, and with one caller per usable CPU
+sharing the session (how the service's inference workers call it, each call on its own
+core): the better of the two is the limit a server on this machine can reach. The
+1-million-sample case runs exactly the windows and batches the service's windowing produces
+(``WindowPlan.split`` with the service's window length, batched up to its max batch samples),
+so "raw" there is the service's inference work without HTTP, decoding, stitching or peak
+picking.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -51,6 +56,40 @@ def _rates(run: Callable[[], None], samples: int, duration: float, repeats: int)
             calls += 1
         rates.append(samples * calls / (time.perf_counter() - t0))
     return rates
+
+
+def _parallel_rates(
+    run: Callable[[], None], samples: int, duration: float, repeats: int, callers: int
+) -> list[float]:
+    """Samples per second of ``callers`` threads each running ``run`` over and over for about
+    ``duration`` s (each at least once), in each repeat: onnxruntime releases the interpreter
+    lock while it computes, so each caller keeps a core busy."""
+    run()  # warm-up
+
+    def caller(start: threading.Barrier, calls: list[int], i: int) -> None:
+        start.wait()
+        t0 = time.perf_counter()
+        while calls[i] == 0 or time.perf_counter() - t0 < duration:
+            run()
+            calls[i] += 1
+
+    rates = []
+    for _ in range(repeats):
+        calls = [0] * callers
+        start = threading.Barrier(callers + 1)
+        threads = [threading.Thread(target=caller, args=(start, calls, i)) for i in range(callers)]
+        for t in threads:
+            t.start()
+        start.wait()
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join()
+        rates.append(samples * sum(calls) / (time.perf_counter() - t0))
+    return rates
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def call_latencies_ms(
@@ -96,7 +135,12 @@ def measure_raw(
     repeats: int,
     latency_calls: int,
     long_length: int = LONG,
+    callers: int | None = None,
 ) -> dict[str, Any]:
+    """Samples/s of each case with one caller (``samples_per_s``) and with ``callers`` (default:
+    one per usable CPU) sharing the session (``samples_per_s_parallel``), and the better of the
+    two (``best_samples_per_s``), the service's limit; the 1x1024 call's latencies."""
+    callers = callers or usable_cpus()
     model = OnnxModel(model_dir, options)
     session = model.session
     long_key = f"1x{long_length}"
@@ -115,9 +159,13 @@ def measure_raw(
                 session.run(["scores"], {"signal": b})
 
         rates = _rates(run, signal_samples[name], duration, repeats)
+        parallel = _parallel_rates(run, signal_samples[name], duration, repeats, callers)
         out[name] = {
             "samples_per_s": statistics.median(rates),
             "repeats": rates,
+            "samples_per_s_parallel": statistics.median(parallel),
+            "repeats_parallel": parallel,
+            "best_samples_per_s": max(statistics.median(rates), statistics.median(parallel)),
             "calls_per_pass": len(batches),
             "window_samples_per_pass": int(sum(b.size for b in batches)),
             "batch_shapes": sorted({f"{b.shape[0]}x{b.shape[1]}" for b in batches}),
@@ -127,4 +175,5 @@ def measure_raw(
     out["margin"] = model.plan.margin
     out["max_batch_samples"] = options.max_batch_samples
     out["intra_op_threads"] = options.intra_op_threads
+    out["callers"] = callers
     return out

@@ -87,6 +87,12 @@ def raw_key(raw: dict[str, Any], rows: int, length: int) -> str | None:
     return raw["long_case"] if rows == 1 and length > raw["window"] else None
 
 
+def best_raw(case: dict[str, Any]) -> float | None:
+    """The raw case's limit: the better of one caller and one per CPU (``benchmarks.raw``); a
+    result from before the parallel case: its one caller."""
+    return case.get("best_samples_per_s", case.get("samples_per_s"))
+
+
 def median_known(values: Iterable[float | None]) -> float | None:
     """The median of the values that are known (not None); None if none is."""
     known = [v for v in values if v is not None]
@@ -119,13 +125,15 @@ def ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
         if not server.startswith("service"):  # the service and its variants (service-w2: 2 workers)
             continue
         key = raw_key(result["raw"], rows, length)
-        raw = result["raw"].get(key, {}).get("samples_per_s") if key else None
+        raw = best_raw(result["raw"].get(key, {})) if key else None
+        one_caller = result["raw"].get(key, {}).get("samples_per_s") if key else None
         naive = ok.get(("naive", body, rows, length, conc), {}).get("requests_per_s")
         lit = ok.get(("litserve", body, rows, length, conc), {}).get("requests_per_s")
         out.append({
             "server": server, "body": body, "rows": rows, "length": length, "concurrency": conc,
             "raw_case": key,
             "service_over_raw": _div(r["samples_per_s"], raw),
+            "service_over_raw_one_caller": _div(r["samples_per_s"], one_caller),
             "service_over_naive": _div(r["requests_per_s"], naive),
             "service_over_litserve": _div(r["requests_per_s"], lit),
         })  # fmt: skip
@@ -411,15 +419,23 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Raw onnxruntime (in process, the service's session options)",
         "",
-        "| input | samples/s | onnxruntime calls | batch shapes |",
-        "| --- | ---: | ---: | --- |",
+        f"One caller, and {result['raw'].get('callers', '–')} callers sharing the session (one per "
+        "usable CPU, as the service's inference workers call it); the service's ratios to raw are "
+        "taken against the better of the two.",
+        "",
+        "| input | samples/s, one caller | samples/s, a caller per CPU | onnxruntime calls | batch shapes |",
+        "| --- | ---: | ---: | ---: | --- |",
     ]
     raw = result["raw"]
     for key in ("1x1024", "64x1024", raw["long_case"]):
         c = raw[key]
         note = " (the service's windows)" if key == raw["long_case"] else ""
         shapes = ", ".join(c["batch_shapes"])
-        lines.append(f"| {key}{note} | {rate(c['samples_per_s'])} | {c['calls_per_pass']} | {shapes} |")
+        parallel = c.get("samples_per_s_parallel")
+        lines.append(
+            f"| {key}{note} | {rate(c['samples_per_s'])} | {rate(parallel) if parallel else '–'} "
+            f"| {c['calls_per_pass']} | {shapes} |"
+        )
     lat = raw["latency_1x1024"]
     lines += [
         "",
@@ -465,9 +481,10 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Ratios",
         "",
-        "Service / raw onnxruntime compares samples/s with the raw case doing the same inference "
-        "(1×1024 raw is one call per signal: under concurrency the service batches requests "
-        "together and can exceed it). Service / naive and service / LitServe compare requests/s "
+        "Service / raw onnxruntime compares samples/s with the raw case doing the same inference, "
+        "the better of one caller and one per CPU (1×1024 raw is one call per signal: under "
+        "concurrency the service batches requests together and can exceed it); in brackets, "
+        "against one caller. Service / naive and service / LitServe compare requests/s "
         "on the same workload (they take JSON only). service-w<n> is the service with "
         "SHAPE_DETECTOR_WORKERS=<n> (n processes); service-lat<n> the service with "
         "SHAPE_DETECTOR_CPU_LATENCY_US=<n> (it holds a CPU latency request of n µs while it runs; "
@@ -482,7 +499,13 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {q.get('server', 'service')} | {q['body']} | {shape(q['rows'], q['length'])} | "
             f"{q['concurrency']} | "
-            f"{times(q['service_over_raw'])} | {times(q['service_over_naive'])} | "
+            f"{times(q['service_over_raw'])}"
+            + (
+                f" ({times(q['service_over_raw_one_caller'])})"
+                if q.get("service_over_raw_one_caller")
+                else ""
+            )
+            + f" | {times(q['service_over_naive'])} | "
             f"{times(q['service_over_litserve'])} |"
         )
     lines += concurrency_one(result)
