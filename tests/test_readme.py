@@ -28,3 +28,36 @@ def test_the_layout_names_every_module() -> None:
         if not re.search(rf"(?m)^\s+{re.escape(path.name)}\s", layout)
     ]
     assert not missing, f"modules the README's Layout does not name: {missing}"
+
+
+def _shell_commands() -> list[str]:
+    """The README's shell commands: each line of its sh and bash blocks (a here-document with
+    its body), and each inline code span that starts with python."""
+    commands = []
+    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", README, re.DOTALL):
+        lines = block.splitlines()
+        while lines:
+            line = lines.pop(0)
+            heredoc = re.search(r"<<\s*'?(\w+)'?", line)
+            if heredoc:
+                end = lines.index(heredoc.group(1))
+                line = "\n".join([line, *lines[:end]])
+                del lines[: end + 1]
+            commands.append(line)
+    prose = re.sub(r"```.*?```", "", README, flags=re.DOTALL)
+    commands += [span for span in re.findall(r"`([^`]+)`", prose) if span.startswith("python")]
+    return commands
+
+
+def test_commands_that_need_the_projects_packages_run_the_venvs_python() -> None:
+    """`make install` and `make serve` put numpy, torch and the project into .venv, not into the
+    system's python3: a command that imports numpy or runs the training package, copied as
+    written, must name .venv/bin/python."""
+    commands = _shell_commands()
+    assert any(".venv/bin/python" in command for command in commands)
+    wrong = [
+        command
+        for command in commands
+        if re.match(r"python3?\s", command) and re.search(r"\bnumpy\b|-m training\.\w+ -", command)
+    ]
+    assert not wrong, f"commands that need .venv/bin/python: {wrong}"
