@@ -645,7 +645,9 @@ def main(argv: list[str] | None = None) -> Path:
     )
     p.add_argument("--center", type=int, help="the template's event sample (default: largest |value|)")
     p.add_argument(
-        "--label", help="the shape's label in the card (default: --data's label, else the model name)"
+        "--label",
+        help="the shape's label in the card (default: with --data, the file's label, else 'event'; "
+        "otherwise the model name)",
     )
     p.add_argument("--description", help="when to use this model: goes into the card")
     p.add_argument(
@@ -893,8 +895,9 @@ def main(argv: list[str] | None = None) -> Path:
     if a.label is not None and not a.label.strip():
         # Blank, it went into the card as the shape's name (or "" fell back to the default).
         p.error(
-            f"--label {a.label!r}: give the shape's name, or leave --label out for the default "
-            "(--data's label, else the model name)"
+            f"--label {a.label!r}: give the shape's name, or leave --label out for the default ("
+            + ("the data file's label, else 'event'" if a.data is not None else "the model name")
+            + ")"
         )
     if a.description is not None and not a.description.strip():
         # Blank, it was appended to the card's description as it was.

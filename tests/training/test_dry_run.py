@@ -348,6 +348,28 @@ def test_inverted_budget_goes_with_generated_data(tmp_path: Path, capsys: pytest
     assert "--inverted-budget does not apply with --data" in capsys.readouterr().err
 
 
+def test_help_and_a_blank_label_give_the_label_default_of_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --data and no 'label' in the file, the card's label is 'event' (training.data); the
+    help and the blank --label message said the model name."""
+    signals = np.random.default_rng(0).standard_normal((20, 600))
+    np.savez(tmp_path / "d.npz", signals=signals, events=np.array([(i, 300) for i in range(20)]))
+    assert load_user_data(tmp_path / "d.npz").label == "event"
+    with pytest.raises(SystemExit):
+        main(["--dry-run", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path), "--label", " "])
+    assert (
+        "leave --label out for the default (the data file's label, else 'event')" in capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        main(["--dry-run", "--out", str(tmp_path), "--label", " "])
+    assert "leave --label out for the default (the model name)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default: with --data, the file's label, else 'event'; otherwise the model name)" in help_text
+
+
 def test_scenario_options_go_with_generated_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--scenario changes the generated data: with --data it was silently ignored."""
     np.savez(tmp_path / "d.npz", signals=np.zeros((20, 600)), events=np.array([(0, 300)]))
