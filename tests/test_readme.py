@@ -61,3 +61,21 @@ def test_commands_that_need_the_projects_packages_run_the_venvs_python() -> None
         if re.match(r"python3?\s", command) and re.search(r"\bnumpy\b|-m training\.\w+ -", command)
     ]
     assert not wrong, f"commands that need .venv/bin/python: {wrong}"
+
+
+def test_the_quick_start_says_what_make_test_installs() -> None:
+    """`make test` first installs the Debian packages its browser and load-balancer tests run
+    (with apt-get: as root) when they are missing; without root it stops there."""
+    makefile = (ROOT / "Makefile").read_text()
+    prerequisites = re.search(r"(?m)^test: (.*?)\s*##", makefile).group(1).split()
+    debian = {
+        target: re.search(rf"(?m)^{target}:.*## Debian's (\S+)", makefile)
+        for target in prerequisites
+        if not target.startswith("$(")
+    }
+    assert debian and all(debian.values()), debian
+    # the make test line and the comment lines that continue it
+    quick_start = re.search(r"(?m)^make test .*(\n +#.*)*", README.split("\n## Quick start\n", 1)[1]).group(0)
+    missing = [m.group(1) for m in debian.values() if m.group(1) not in quick_start]
+    assert not missing, f"the Quick start's make test line does not say it installs {missing}"
+    assert "apt-get" in quick_start
