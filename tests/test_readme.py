@@ -79,3 +79,8 @@ def test_the_quick_start_says_what_make_test_installs() -> None:
     missing = [m.group(1) for m in debian.values() if m.group(1) not in quick_start]
     assert not missing, f"the Quick start's make test line does not say it installs {missing}"
     assert "apt-get" in quick_start
+
+
+def test_the_readme_holds_no_html_comments() -> None:
+    """A comment is not rendered: what it says either belongs in the text or nowhere."""
+    assert "<!--" not in README
