@@ -695,7 +695,8 @@ def main(argv: list[str] | None = None) -> Path:
         "--calibration-signals",
         type=int,
         default=None,
-        help="signals in each calibration set (default: 12 000, fewer for long templates, at least 4000)",
+        help="signals in each calibration set (default: 12 000, fewer for long templates, at least 4000; "
+        "generated data only)",
     )
     p.add_argument("--threads", type=int, default=TrainConfig.threads, help="torch threads (0: all cores)")
     p.add_argument("--local-weight", type=float, default=TrainConfig.local_weight)

@@ -370,6 +370,18 @@ def test_help_and_a_blank_label_give_the_label_default_of_data(
     assert "(default: with --data, the file's label, else 'event'; otherwise the model name)" in help_text
 
 
+def test_help_says_which_options_go_with_generated_data_only(capsys: pytest.CaptureFixture[str]) -> None:
+    """--data refuses each of these (README, "Your own data"); the help of
+    --calibration-signals did not say so."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--eval-signals", "--val-signals", "--gain-signals", "--calibration-signals"):
+        entry = help_text.split(f" {flag} {flag.lstrip('-').replace('-', '_').upper()} ", 1)[1]
+        entry = entry.split(" --", 1)[0]
+        assert "generated data only" in entry, (flag, entry)
+
+
 def test_scenario_options_go_with_generated_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--scenario changes the generated data: with --data it was silently ignored."""
     np.savez(tmp_path / "d.npz", signals=np.zeros((20, 600)), events=np.array([(0, 300)]))
