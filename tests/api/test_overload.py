@@ -23,21 +23,30 @@ from app.main import create_app
 from app.settings import load_settings
 from tests.api.conftest import wait_ready
 
+MARKER = 777  # the length of the test's held requests
 
-def test_full_queue_gives_503_then_recovers(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+
+def hold_marked_runs(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """onnxruntime calls on signals of MARKER samples wait at a gate: (gate, entered); set the
+    gate to let them run. Other calls run at once."""
     gate, entered = threading.Event(), threading.Event()
     original = OnnxModel.run
 
     def held_run(self: OnnxModel, batch: np.ndarray) -> np.ndarray:
-        if batch.shape[1] == 777:  # only the test's marker length waits at the gate
+        if batch.shape[1] == MARKER:  # only the test's marker length waits at the gate
             entered.set()
             gate.wait(20)
         return original(self, batch)
 
     monkeypatch.setattr(OnnxModel, "run", held_run)
+    return gate, entered
+
+
+def test_full_queue_gives_503_then_recovers(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate, entered = hold_marked_runs(monkeypatch)
     # INLINE_MAX_SAMPLES=0: the held request must wait in a worker, not on the event loop.
     settings = load_settings(MODEL_DIR=models_dir, MAX_QUEUE=1, INFERENCE_WORKERS=1, INLINE_MAX_SAMPLES=0)
-    body = {"signals": [[0.0] * 777]}
+    body = {"signals": [[0.0] * MARKER]}
     with TestClient(create_app(settings)) as c, ThreadPoolExecutor(2) as pool:
         wait_ready(c)
         running = pool.submit(c.post, "/v1/detect", json=body)
@@ -79,30 +88,25 @@ def test_a_queued_json_request_holds_its_signals_not_its_text(
 ) -> None:
     """Once a request is queued its JSON text is let go of (its signals are copies): a queue of
     large JSON requests holds their signals alone. A .npy body stays: its signals are views."""
-    gate, entered = threading.Event(), threading.Event()
-    original_run, original_read = OnnxModel.run, Runner.read_body
+    original_read = Runner.read_body
     bodies: dict[str, weakref.ref[_Held]] = {}
-
-    def held_run(self: OnnxModel, batch: np.ndarray) -> np.ndarray:
-        if batch.shape[1] == 777:
-            entered.set()
-            gate.wait(20)
-        return original_run(self, batch)
 
     async def watched_read(self: Runner, request: Request, held: Held) -> _Held:
         body = _Held(await original_read(self, request, held))
         bodies[request.url.path + request.headers["content-type"]] = weakref.ref(body)
         return body
 
-    signal = np.random.default_rng(0).standard_normal(777).astype(np.float32)
+    signal = np.random.default_rng(0).standard_normal(MARKER).astype(np.float32)
     expected = OnnxModel(models_dir / "bump").detect([signal])[0]
-    monkeypatch.setattr(OnnxModel, "run", held_run)
+    gate, entered = hold_marked_runs(monkeypatch)
     monkeypatch.setattr(Runner, "read_body", watched_read)
     settings = load_settings(MODEL_DIR=models_dir, INFERENCE_WORKERS=1, INLINE_MAX_SAMPLES=0)
     buffer = io.BytesIO()
     np.save(buffer, signal[None])
     json_body = {"signals": [signal.tolist()]}
-    v2_body = {"inputs": [{"name": "signal", "shape": [1, 777], "datatype": "FP32", "data": signal.tolist()}]}
+    v2_body = {
+        "inputs": [{"name": "signal", "shape": [1, MARKER], "datatype": "FP32", "data": signal.tolist()}]
+    }
     with TestClient(create_app(settings)) as c, ThreadPoolExecutor(3) as pool:
         wait_ready(c)
         running = pool.submit(c.post, "/v1/detect", json=json_body)
@@ -147,16 +151,7 @@ def test_bodies_past_the_inflight_bytes_are_503_and_their_bytes_come_back(
     request whose Content-Length would pass it is 503; a request's bytes are held until its
     answer is made, and given back on every path. (Unread bodies and chunked ones: a real
     server, tests/integration/test_server.py.)"""
-    gate, entered = threading.Event(), threading.Event()
-    original = OnnxModel.run
-
-    def held_run(self: OnnxModel, batch: np.ndarray) -> np.ndarray:
-        if batch.shape[1] == 777:
-            entered.set()
-            gate.wait(20)
-        return original(self, batch)
-
-    monkeypatch.setattr(OnnxModel, "run", held_run)
+    gate, entered = hold_marked_runs(monkeypatch)
     settings = load_settings(
         MODEL_DIR=models_dir,
         MAX_BODY_BYTES=4096,
