@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import secrets
@@ -845,3 +846,28 @@ def test_tens_of_thousands_of_peaks_show_the_most_probable(
     )
     assert any(abs(i - 50_000) <= TOLERANCE for i in expected)  # the event is among them
     assert demo.problems() == []
+
+
+def test_an_example_of_a_long_template_is_long_enough_to_hold_it(browser: Browser, server: Server) -> None:
+    """A model of one's own may have a long shape: an example is six times the template's length
+    when that is more than 600 samples, its events whole and apart."""
+    listing = httpx.get(f"{server.url}/v1/models").json()
+    s = np.arange(300, dtype=np.float64)
+    template = (np.sin(2 * np.pi * s / 50) * np.exp(-s / 120)).round(6)
+    long = {
+        **listing,
+        "models": [{**m, "template": template.tolist(), "template_center": 0} for m in listing["models"]],
+    }
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.route("**/v1/models", lambda route: route.fulfill(json=long))
+    page.goto(f"{server.url}/?seed=7", wait_until="networkidle")
+    expect(page.locator("#model")).to_have_value("bump")
+    page.get_by_test_id("example").click()
+    events = true_events(page)
+    x = np.array([float(v) for v in page.input_value("#values").split(",")])
+    assert len(x) == 1800 and events
+    assert all(e + len(template) <= len(x) for e in events)
+    assert all(b - a >= len(template) for a, b in itertools.pairwise(events))
+    norm = np.linalg.norm(template)
+    for e in events:  # matched-filter SNR 7..11 for the long shape, in unit white noise
+        assert 4 < x[e : e + len(template)] @ template / norm < 15

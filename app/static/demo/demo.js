@@ -71,6 +71,7 @@
   // The primer's K(s) = exp(-(s/6)^2 / 2) cos(2 pi s / 16), s = -20..20 samples from the centre:
   // the examples' shape when no model's card is known.
   const bump = (s) => Math.exp(-((s / 6) ** 2) / 2) * Math.cos((2 * Math.PI * s) / 16);
+  const MAX_EXAMPLE_SHAPE = 10000; // longer templates: the primer's shape (an example of 60 000+ samples)
   const PRIMER_SHAPE = { values: Array.from({ length: 41 }, (_, i) => bump(i - 20)), center: 20 };
 
   // The shape of the chosen model (the default model's for "default model"): its card's
@@ -83,7 +84,7 @@
     const usable =
       Array.isArray(values) &&
       values.length > 0 &&
-      values.length < EXAMPLE_LENGTH / 4 &&
+      values.length <= MAX_EXAMPLE_SHAPE &&
       values.every(Number.isFinite) &&
       Number.isInteger(center) &&
       center >= 0 &&
@@ -94,7 +95,7 @@
 
   function makeExample(seed, shape) {
     const rand = mulberry32(seed);
-    const n = EXAMPLE_LENGTH;
+    const n = Math.max(EXAMPLE_LENGTH, 6 * shape.values.length); // room for three long events
     const x = Array.from({ length: n }, () => gaussian(rand));
     const count = 1 + Math.floor(rand() * 3);
     const events = [];
