@@ -24,6 +24,7 @@ from app.api.routing import DirectRoutes, HeadAsGet, ServerErrors
 from app.core.errors import DetectorError, InvalidInput, Overloaded
 from app.core.model import InferenceOptions
 from app.core.registry import Registry
+from app.core.reload import reload_on_sighup
 from app.core.signals import Limits
 from app.cpu_latency import CpuLatencyRequest
 from app.lifecycle import DrainMiddleware, Lifecycle
@@ -148,6 +149,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             undo.callback(runner.same_cpu.release)
             lifecycle.install_signal_handler()  # SIGTERM drains first (only under a server, main thread)
             undo.callback(lifecycle.uninstall_signal_handler)
+            if settings.WORKERS == 1:  # with several, uvicorn's supervisor takes SIGHUP: new workers
+                restore = reload_on_sighup(registry, lambda: lifecycle.draining)
+                if restore is not None:
+                    undo.callback(restore)
             undo.callback(sys.setswitchinterval, sys.getswitchinterval())
             sys.setswitchinterval(settings.SWITCH_INTERVAL_MS / 1000)
             if settings.GC_THRESHOLD:

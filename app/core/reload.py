@@ -9,16 +9,21 @@ version. The old batcher finishes the requests already in its queue and stops; o
 version is freed the heap is trimmed (``heap.trim``), so the process does not grow with
 reloads. A model that fails to load or verify is not swapped
 in: the old version keeps serving and the error says why. One reload at a time per registry.
-Once the service is shutting down nothing is swapped in (503).
+Once the service is shutting down nothing is swapped in (503). With one server process,
+SIGHUP reloads every model (``reload_on_sighup``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 
 from app.core import heap
 from app.core.batching import Batcher
@@ -129,3 +134,58 @@ def reload_model(registry: Registry, name: str) -> Reloaded:
         return Reloaded(name, model.version, previous, model.card.sha256, seconds)
     finally:
         lock.release()
+
+
+def reload_all(registry: Registry) -> list[str]:
+    """``reload_model`` of every model, one after the other (blocking: call it in a thread); a
+    model that cannot be reloaded is logged and keeps what it serves, the others go on. The
+    names of the models reloaded."""
+    done = []
+    for name in list(registry.statuses):
+        try:
+            reload_model(registry, name)
+        except DetectorError as exc:  # still loading, another reload, the files refused, shutting down
+            log.warning("model %s not reloaded: %s", name, exc)
+        except Exception:
+            log.exception("model %s not reloaded", name)
+        else:
+            done.append(name)
+    return done
+
+
+def reload_on_sighup(registry: Registry, draining: Callable[[], bool]) -> Callable[[], None] | None:
+    """With one server process, SIGHUP loads every model anew (``reload_all``), as uvicorn
+    answers it with several: it replaces each worker with one that loads the models. Without a
+    handler SIGHUP ended the process at once, the requests in flight with it (the signal a
+    closing terminal sends, and the one the README gives for reloading several workers). A
+    SIGHUP while a reload from one runs, or once ``draining``, is logged and does nothing.
+
+    Installed from the event loop's thread, if it is the main one (a signal handler must be):
+    returns what restores the handler there was, or None if nothing was installed."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        return None
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGHUP)
+    running: set[asyncio.Task[list[str]]] = set()
+
+    def start() -> None:
+        if draining():
+            log.warning("SIGHUP: the service is shutting down; the models are not reloaded")
+        elif running:
+            log.warning("SIGHUP: the models are being reloaded already")
+        else:
+            log.info("SIGHUP: loading every model anew")
+            task = loop.create_task(asyncio.to_thread(reload_all, registry))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+    def on_sighup(sig: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(start)
+
+    signal.signal(signal.SIGHUP, on_sighup)
+
+    def restore() -> None:
+        if signal.getsignal(signal.SIGHUP) is on_sighup:
+            signal.signal(signal.SIGHUP, previous)
+
+    return restore

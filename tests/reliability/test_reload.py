@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import json
 import os
 import shutil
+import signal
 import threading
 import time
 import weakref
@@ -25,7 +27,7 @@ from app.core import heap
 from app.core.batching import Batcher
 from app.core.model import InferenceOptions, OnnxModel
 from app.core.registry import Registry
-from app.core.reload import ReloadConflict, reload_model
+from app.core.reload import ReloadConflict, reload_all, reload_model
 from app.main import create_app
 from app.settings import load_settings
 from tests.core.test_model import replaced_once_hashed
@@ -416,3 +418,73 @@ def test_load_across_a_reload_sees_no_failures(tmp_path: Path) -> None:
     assert {v for _, v in versions} == {old, new}
     assert all(v == new for t, v in versions if t > swapped_at[0])
     assert any(v == old for t, v in versions if t < swapped_at[0])
+
+
+def test_reloading_every_model_goes_on_past_one_that_fails(
+    own_models: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What SIGHUP runs: a model whose files no longer verify keeps its version, logged; the
+    others are reloaded."""
+    registry = Registry(own_models, InferenceOptions(window=1024))
+    registry.load_all()
+    try:
+        set_version(own_models / "other", "2.0.0")
+        with (own_models / "bump" / "model.onnx").open("ab") as f:
+            f.write(b"\0")  # no longer the file its card's sha256 names
+        with caplog.at_level("WARNING", logger="shape_detector.models"):
+            assert reload_all(registry) == ["other"]
+        assert registry.get("other").version == "2.0.0"
+        assert registry.get("bump").version == "0.0.1"  # serves on
+        assert any("model bump not reloaded" in r.getMessage() for r in caplog.records)
+    finally:
+        registry.close()
+
+
+def test_sighup_to_one_server_process_reloads_every_model(tmp_path: Path) -> None:
+    """With one server process SIGHUP ended it at once, the request in flight with it (no
+    handler: the signal's default). It loads every model anew instead, as uvicorn answers it
+    with several workers, and the request in flight is answered."""
+    models = tmp_path / "models"
+    for name in ("bump", "arrival"):
+        shutil.copytree(ROOT / "models" / name, models / name)
+    server = start_server(tmp_path, env={"SHAPE_DETECTOR_MODEL_DIR": str(models)})
+    signal_ = np.random.default_rng(0).standard_normal(4_000_000).astype(np.float32)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(
+                httpx.post,
+                f"{server.url}/v1/detect",
+                content=_npy(signal_),
+                headers={"Content-Type": "application/x-npy"},
+                timeout=60,
+            )
+            set_version(models / "bump", "9.9.9")
+            time.sleep(0.2)  # the request on its way (a lost one would fail below either way)
+            server.process.send_signal(signal.SIGHUP)
+            answer = in_flight.result(60)
+        deadline = time.monotonic() + 60
+        while True:
+            listed = {m["name"]: m["version"] for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
+            if listed["bump"] == "9.9.9" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert server.process.poll() is None, server.log()  # still serving
+        after = httpx.post(f"{server.url}/v1/detect", json={"signals": [[0.0] * 1024]})
+    finally:
+        code = server.stop()
+    assert answer.status_code == 200, answer.text
+    assert listed == {
+        "bump": "9.9.9",
+        "arrival": json.loads((models / "arrival" / "card.json").read_text())["version"],
+    }
+    assert after.status_code == 200 and after.json()["model"]["version"] == "9.9.9"
+    log = server.log()
+    assert "SIGHUP: loading every model anew" in log
+    assert "model bump reloaded" in log and "model arrival reloaded" in log
+    assert code == 0, log
+
+
+def _npy(x: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, x)
+    return buffer.getvalue()
