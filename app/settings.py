@@ -26,6 +26,59 @@ ENV_PREFIX = "SHAPE_DETECTOR_"
 NO_LIMIT = ("REQUEST_TIMEOUT_S", "BODY_TIMEOUT_S")  # inf: no time limit
 
 
+# What a bounded integer setting is and why its bounds, said when a value is out of them:
+# pydantic's "Input should be greater than or equal to 1024" says neither.
+BOUNDED = {
+    "WORKERS": "server processes, each loading every model",
+    "MAX_BODY_BYTES": (
+        "the largest request body, in bytes (the default, 268435456, is 256 MiB); less than 1 KiB "
+        "would refuse all but the smallest requests"
+    ),
+    "MAX_INFLIGHT_BYTES": (
+        "the bytes of request bodies one server process holds at once (the default, 1073741824, "
+        "is 1 GiB), at least MAX_BODY_BYTES"
+    ),
+    "WINDOW": (
+        "the window length for long signals, in samples, which must hold about twice each "
+        "model's receptive field (what the models under MODEL_DIR need is checked at start-up)"
+    ),
+    "MAX_BATCH_SAMPLES": (
+        "samples per onnxruntime call, which bounds its memory; fewer than 1024 would split even "
+        "small requests into many calls"
+    ),
+    "INTRA_OP_THREADS": (
+        "onnxruntime threads per call, started with each model's session (0: onnxruntime's "
+        "default, one per core)"
+    ),
+    "INFERENCE_WORKERS": "inference threads per model, each started with its model",
+    "DECODE_THREADS": "threads decoding large request bodies, started with the service",
+    "GC_THRESHOLD": (
+        "the garbage collector's first threshold (Python's default is 700; 0 leaves the collector "
+        "as Python set it); above 10000000 it would as good as never collect"
+    ),
+    "CPU_LATENCY_US": (
+        "the CPU latency to request, in µs, which the kernel takes as a 32-bit number; more than "
+        "2000000000 µs (over half an hour) is as good as none (leave it unset for no request)"
+    ),
+}
+BOUND_ERRORS = {"greater_than_equal": "below", "greater_than": "not above", "less_than_equal": "above"}
+
+
+def bounds(name: str) -> str:
+    """The bounds of setting ``name`` in words: "at least 1024", "at least 0 and at most 64"."""
+    limits = {
+        key: getattr(m, key)
+        for m in Settings.model_fields[name].metadata
+        for key in ("gt", "ge", "le")
+        if hasattr(m, key)
+    }
+    words = {"gt": "above", "ge": "at least", "le": "at most"}
+    return " and ".join(
+        f"{words[key]} {limit:g}" if isinstance(limit, float) else f"{words[key]} {limit}"
+        for key, limit in limits.items()
+    )
+
+
 class SettingsError(ValueError):
     """An invalid setting; the message names the environment variable and its value."""
 
@@ -187,15 +240,7 @@ class Settings(BaseSettings):
             unit = "milliseconds" if name.endswith("_MS") else "seconds"
             if name in NO_LIMIT:
                 raise ValueError(f"not a number: give a number of {unit} above 0, or inf for no limit")
-            limits = {
-                key: getattr(m, key)
-                for m in cls.model_fields[name].metadata
-                for key in ("gt", "ge", "le")
-                if hasattr(m, key)
-            }
-            words = {"gt": "above", "ge": "at least", "le": "at most"}
-            bounds = " and ".join(f"{words[key]} {limit:g}" for key, limit in limits.items())
-            raise ValueError(f"not a number: give a finite number of {unit}, {bounds}")
+            raise ValueError(f"not a number: give a finite number of {unit}, {bounds(name)}")
         return value
 
     @field_validator("HOST")
@@ -329,6 +374,9 @@ def load_settings(**overrides: object) -> Settings:
             msg = err["msg"].removeprefix("Value error, ")
             if field:
                 value = err.get("input")
+                if field in BOUNDED and err["type"] in BOUND_ERRORS:
+                    (limit,) = err.get("ctx", {}).values()
+                    msg = f"{BOUND_ERRORS[err['type']]} {limit}: {BOUNDED[field]}; give {bounds(field)}"
                 if field == "PORT" and isinstance(value, str) and value.startswith("tcp://"):
                     msg += (
                         "; tcp://... is a Kubernetes service link for a Service named shape-detector: "

@@ -298,7 +298,30 @@ def test_a_bad_model_is_not_served_but_the_others_are(models_dir: Path, tmp_path
         # as many threads started with each model's session: 100 000 were taken
         (
             {"SHAPE_DETECTOR_INTRA_OP_THREADS": "100000"},
-            "SHAPE_DETECTOR_INTRA_OP_THREADS='100000': Input should be less than or equal to 64",
+            "SHAPE_DETECTOR_INTRA_OP_THREADS='100000': above 64: onnxruntime threads per call, started "
+            "with each model's session (0: onnxruntime's default, one per core); give at least 0 and at most 64",
+        ),
+        # A bound said bare, "Input should be greater than or equal to 1024": what it is for, and why.
+        (
+            {"SHAPE_DETECTOR_MAX_BODY_BYTES": "100"},
+            "SHAPE_DETECTOR_MAX_BODY_BYTES='100': below 1024: the largest request body, in bytes (the "
+            "default, 268435456, is 256 MiB); less than 1 KiB would refuse all but the smallest requests; "
+            "give at least 1024",
+        ),
+        (
+            {"SHAPE_DETECTOR_MAX_BATCH_SAMPLES": "512"},
+            "SHAPE_DETECTOR_MAX_BATCH_SAMPLES='512': below 1024: samples per onnxruntime call",
+        ),
+        ({"SHAPE_DETECTOR_WINDOW": "100"}, "SHAPE_DETECTOR_WINDOW='100': below 256: the window length"),
+        (
+            {"SHAPE_DETECTOR_GC_THRESHOLD": "100000000"},
+            "SHAPE_DETECTOR_GC_THRESHOLD='100000000': above 10000000: the garbage collector's first "
+            "threshold",
+        ),
+        (
+            {"SHAPE_DETECTOR_CPU_LATENCY_US": "3000000000"},
+            "which the kernel takes as a 32-bit number; more than 2000000000 µs (over half an hour) is as "
+            "good as none (leave it unset for no request); give at least 0 and at most 2000000000",
         ),
         # The tiny test models need 413 samples (WindowPlan), more than the least value 256.
         ({"SHAPE_DETECTOR_WINDOW": "256"}, "SHAPE_DETECTOR_WINDOW: 256 samples is too short"),
