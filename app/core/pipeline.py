@@ -108,8 +108,8 @@ def beyond_float64(text: Body | memoryview, exc: orjson.JSONDecodeError) -> Inva
         shown = f" ({number})" if len(number) <= 40 else f" ({number[:30]}..., {len(number)} characters)"
     return InvalidInput(
         f"the number{shown} at line {exc.lineno} column {exc.colno} is beyond float64's range, and "
-        f"so outside float32's (±{FLOAT32_MAX_TEXT}; the model computes in float32): rescale the "
-        "signal (an option: give it within its range)"
+        f"so outside float32's (±{FLOAT32_MAX_TEXT}; the model computes in float32): in a signal, "
+        "rescale the signal; as an option's value, give one within that option's range"
     )
 
 
