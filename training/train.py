@@ -643,7 +643,12 @@ def main(argv: list[str] | None = None) -> Path:
     src.add_argument(
         "--template", type=Path, help="a template (.csv or .npy, 5-1025 samples): train on generated data"
     )
-    p.add_argument("--center", type=int, help="the template's event sample (default: largest |value|)")
+    p.add_argument(
+        "--center",
+        type=int,
+        help="the --template's event sample (default: largest |value|; with --data, the data file's "
+        "template_center)",
+    )
     p.add_argument(
         "--label",
         help="the shape's label in the card (default: with --data, the file's label, else 'event'; "
@@ -804,7 +809,13 @@ def main(argv: list[str] | None = None) -> Path:
             setattr(a, key, getattr(TrainConfig, key))
 
     if a.center is not None and a.template is None:
-        p.error("--center goes with --template")
+        if a.data is not None:
+            p.error(
+                "--center goes with --template, not --data: with --data the template's event sample is "
+                "the data file's 'template_center' (see README: 'Your own data'); save it there, "
+                "next to 'template', and leave --center out"
+            )
+        p.error("--center goes with --template (the template's event sample; default: its largest |value|)")
     for flag, k in (("--kernel-size", a.kernel_size), ("--decoder-kernel", a.decoder_kernel)):
         if k is not None and (k < 1 or k % 2 == 0):
             p.error(f"{flag} {k}: give an odd number of samples")

@@ -268,7 +268,14 @@ def test_dry_run_card_is_calibrated_and_evaluated_as_shipped(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--center", "3"], "--center goes with --template"),
+        (["--center", "3"], "--center goes with --template (the template's event sample"),
+        # with --data, the event sample is the data file's: it said only "goes with --template"
+        (
+            ["--data", "events.npz", "--center", "5"],
+            "--center goes with --template, not --data: with --data the template's event sample is "
+            "the data file's 'template_center' (see README: 'Your own data'); save it there, next to "
+            "'template', and leave --center out",
+        ),
         (["--name", "My Model"], "lower-case letters"),
         (["--scenario", "bogus=1"], "KEY one of"),
         (["--scenario", "stretch=1.2,0.9"], "give LO,HI"),
