@@ -214,7 +214,16 @@ def load_card(model_dir: Path, *, verify: bool = True) -> Card:
     except ValidationError as exc:
         raise CardError(f"{card_path}: invalid model card: {exc}") from exc
     if card.name != model_dir.name:
-        raise CardError(f"{card_path}: card name {card.name!r} differs from its directory {model_dir.name!r}")
+        # A copied or renamed model directory: the service serves a model by its directory's name.
+        fix = f"rename the directory to {card.name!r}"
+        if re.fullmatch(NAME_PATTERN, model_dir.name):
+            fix = f'set "name" in {CARD_FILE} to {model_dir.name!r}, or {fix}'
+        else:
+            fix += " (a model's name is 1-64 lower-case letters, digits, '-' or '_')"
+        raise CardError(
+            f"{card_path}: card name {card.name!r} differs from its directory {model_dir.name!r}, "
+            f"the name the model is served under: {fix}"
+        )
     if verify:
         read_model(model_dir, card)
     return card

@@ -153,8 +153,20 @@ def test_a_misspelt_field_is_refused_and_an_unknown_one_kept(tiny_model_dir: Pat
 
 def test_card_name_must_match_directory(tiny_model_dir: Path, tmp_path: Path) -> None:
     d = copy_model(tiny_model_dir, tmp_path / "other")
-    with pytest.raises(CardError, match="differs from its directory"):
+    with pytest.raises(CardError) as err:
         load_card(d)
+    assert str(err.value).endswith(
+        "card name 'tiny' differs from its directory 'other', the name the model is served under: "
+        "set \"name\" in card.json to 'other', or rename the directory to 'tiny'"
+    )
+    # Not a model's name: the card cannot take it, only the directory can change.
+    d = copy_model(tiny_model_dir, tmp_path / "My Tiny")
+    with pytest.raises(CardError) as err:
+        load_card(d)
+    assert str(err.value).endswith(
+        "differs from its directory 'My Tiny', the name the model is served under: rename the "
+        "directory to 'tiny' (a model's name is 1-64 lower-case letters, digits, '-' or '_')"
+    )
 
 
 def test_a_card_is_written_as_strict_json(tiny_model_dir: Path, tmp_path: Path) -> None:

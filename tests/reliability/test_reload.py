@@ -198,6 +198,29 @@ def test_readiness_shows_the_latest_failure(own_models: Path) -> None:
         assert v2.status_code == 503 and "cannot read the model card" in v2.text, v2.text
 
 
+def test_a_copied_model_directory_says_how_to_serve_it(own_models: Path) -> None:
+    """A model copied under another name keeps its card's name: the refusal says which name to
+    change, and the fix it gives serves the copy under its directory's name."""
+    shutil.copytree(own_models / "other", own_models / "mine")
+    with TestClient(create_app(load_settings(MODEL_DIR=own_models, WINDOW=1024))) as c:
+        for _ in range(400):
+            if "loading" not in c.get("/readyz").json()["models"].values():
+                break
+            time.sleep(0.025)
+        (reason,) = c.get("/readyz").json()["reasons"]
+        assert reason == (
+            "mine: failed (CardError: MODEL_DIR/mine/card.json: card name 'other' differs from its "
+            "directory 'mine', the name the model is served under: set \"name\" in card.json to "
+            "'mine', or rename the directory to 'other')"
+        ), reason
+        card = json.loads((own_models / "mine" / "card.json").read_text())
+        (own_models / "mine" / "card.json").write_text(json.dumps({**card, "name": "mine"}))
+        r = c.post("/admin/models/mine/reload")
+        assert r.status_code == 200, r.text
+        assert c.get("/readyz").status_code == 200
+        assert c.post("/v1/models/mine/detect", json=SIGNAL).json()["model"]["name"] == "mine"
+
+
 def join_retired(name: str) -> None:
     """Wait for the threads that retire ``name``'s old versions (``app.core.reload._retire``)."""
     for thread in threading.enumerate():
