@@ -26,7 +26,7 @@ ENV_PREFIX = "SHAPE_DETECTOR_"
 NO_LIMIT = ("REQUEST_TIMEOUT_S", "BODY_TIMEOUT_S")  # inf: no time limit
 
 
-# What a bounded integer setting is and why its bounds, said when a value is out of them:
+# What a bounded setting is and why its bounds, said when a value is out of them:
 # pydantic's "Input should be greater than or equal to 1024" says neither.
 BOUNDED = {
     "WORKERS": "server processes, each loading every model",
@@ -56,6 +56,16 @@ BOUNDED = {
         "the garbage collector's first threshold (Python's default is 700; 0 leaves the collector "
         "as Python set it); above 10000000 it would as good as never collect"
     ),
+    "SHUTDOWN_TIMEOUT_S": (
+        "after SIGTERM, the longest wait for the requests in flight, in seconds; at most a day, a "
+        "wait the server's timers and threads can hold"
+    ),
+    "SHUTDOWN_DELAY_S": (
+        "after SIGTERM, the least time readiness answers 503 before the port closes, in seconds; at "
+        "most a day, a wait the server's timers can hold"
+    ),
+    "BATCH_WAIT_MS": "the wait for more requests to batch with the first, in milliseconds",
+    "SWITCH_INTERVAL_MS": "Python's thread switch interval while the service runs, in milliseconds",
     "CPU_LATENCY_US": (
         "the CPU latency to request, in µs, which the kernel takes as a 32-bit number; more than "
         "2000000000 µs (over half an hour) is as good as none (leave it unset for no request)"
@@ -376,7 +386,8 @@ def load_settings(**overrides: object) -> Settings:
                 value = err.get("input")
                 if field in BOUNDED and err["type"] in BOUND_ERRORS:
                     (limit,) = err.get("ctx", {}).values()
-                    msg = f"{BOUND_ERRORS[err['type']]} {limit}: {BOUNDED[field]}; give {bounds(field)}"
+                    shown = f"{limit:g}" if isinstance(limit, float) else limit
+                    msg = f"{BOUND_ERRORS[err['type']]} {shown}: {BOUNDED[field]}; give {bounds(field)}"
                 if field == "PORT" and isinstance(value, str) and value.startswith("tcp://"):
                     msg += (
                         "; tcp://... is a Kubernetes service link for a Service named shape-detector: "
