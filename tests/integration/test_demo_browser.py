@@ -503,6 +503,16 @@ def test_a_pasted_column_of_a_million_values_goes_in_on_one_line(browser: Browse
     assert demo.problems() == []
 
 
+def wait_until_held(page: Page, held: list[Route], count: int) -> None:
+    """Until ``count`` requests are held by the test's route handler: Playwright calls it as it
+    handles the page's events, which a wait lets it do (right after the click it may not have)."""
+    for _ in range(500):
+        if len(held) >= count:
+            break
+        page.wait_for_timeout(20)
+    assert len(held) == count, f"{len(held)} requests held, not {count}"
+
+
 def test_a_result_is_shown_only_beside_the_signal_it_ran_on(browser: Browser, server: Server) -> None:
     """A new example generated while a slow detection ran got that detection's chart, peaks and
     probability, of the earlier signal, drawn with the new example's true events: its "nearest
@@ -519,7 +529,7 @@ def test_a_result_is_shown_only_beside_the_signal_it_ran_on(browser: Browser, se
     page.get_by_test_id("example").click()  # example 12, while example 11's detection runs
     second = true_events(page)
     assert second != first
-    assert len(held) == 1
+    wait_until_held(page, held, 1)
     with page.expect_response("**/detect"):
         held.pop().continue_()
     expect(page.locator("#status")).to_contain_text("Example 12:")
@@ -544,7 +554,7 @@ def test_a_result_is_shown_only_beside_the_signal_it_ran_on(browser: Browser, se
     expect(page.locator("#status")).to_contain_text("Running detection on 601 values")
     page.locator("#threshold").fill("0,9")
     page.get_by_test_id("run").click()
-    assert len(held) == 2
+    wait_until_held(page, held, 2)
     with page.expect_response("**/detect"):
         held.pop().continue_()  # the second run's answer first
     assert "(threshold 0.9)" in wait_for_result(page)
