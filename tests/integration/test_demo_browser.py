@@ -881,3 +881,80 @@ def test_an_example_of_a_long_template_is_long_enough_to_hold_it(browser: Browse
     norm = np.linalg.norm(template)
     for e in events:  # matched-filter SNR 7..11 for the long shape, in unit white noise
         assert 4 < x[e : e + len(template)] @ template / norm < 15
+
+
+def test_a_v1_request_body_gives_its_one_signal(browser: Browser, server: Server, tmp_path: Path) -> None:
+    """A /v1 request body ({"signals": [[0.12, ...]]}, what a user of the API has at hand) was
+    refused by the API for the non-numeric value '{"signals":'. Its one signal is read, and the
+    status line says so; several signals, or another JSON object, are refused saying why."""
+    demo = open_demo(browser, server)
+    page = demo.page
+    x = np.loadtxt(primer_csv(tmp_path / "primer.csv"), skiprows=1)
+    status = page.locator("#status")
+    error = page.locator("#error")
+    path = tmp_path / "body.json"
+    path.write_text(json.dumps({"signals": [x.tolist()]}, indent=2) + "\n")
+    page.set_input_files("#file", path)
+    expect(status).to_have_text(
+        "Loaded body.json: 300 values, the one signal of the /v1 request body's “signals”. Now run detection."
+    )
+    assert page.input_value("#values").startswith(f"{x[0]}, {x[1]}, ")
+    page.get_by_test_id("run").click()
+    result = wait_for_result(page)
+    assert "event detected" in result and "300 samples" in result
+    indices = [i for i, _ in peaks(page)]
+    assert any(abs(i - 35) <= 2 for i in indices) and any(abs(i - 255) <= 2 for i in indices), indices
+    # Pasted, with the API's other fields: those are the page's to set.
+    body = json.dumps({"signals": [x.tolist()], "threshold": 0.3, "return_scores": False})
+    page.fill("#values", "")
+    assert page.evaluate(PASTE, body) is False
+    expect(status).to_have_text(
+        "Pasted 300 values on one line, the one signal of the /v1 request body's “signals” "
+        "(its “threshold”, “return_scores” not used: the page's settings apply)."
+    )
+    expect(page.locator("#values-count")).to_have_text("300 values.")
+    # Typed into the box, as it is: run on its signal.
+    page.fill("#values", json.dumps({"signals": [x.tolist()]}))
+    expect(page.locator("#values-count")).to_have_text("300 values.")
+    page.get_by_test_id("run").click()
+    assert "300 samples" in wait_for_result(page)
+    expect(status).to_have_text("Ran on the one signal of the /v1 request body's “signals”.")
+    assert error.is_hidden()
+
+    detects: list[str] = []
+    page.on("request", lambda r: detects.append(r.url) if r.url.endswith("/detect") else None)
+    refused = (
+        (
+            json.dumps({"signals": [x.tolist(), x.tolist(), x.tolist()]}),
+            "is a /v1 request body of 3 signals: the demo takes one signal. Keep only the one to "
+            'look at (the first, say: {"signals": [[…]]}), or send them all to the API (POST /v1/detect).',
+        ),
+        (
+            json.dumps({"inputs": [{"name": "signal", "data": x.tolist()}]}),
+            "is a JSON object with no “signals” (its keys are “inputs”): the demo reads a /v1 "
+            'request body of one signal, {"signals": [[0.1, 0.2, …]]}, a JSON list of numbers, '
+            "or numbers separated by commas, spaces or new lines.",
+        ),
+        (
+            json.dumps({"signals": x.tolist()}),
+            "is a JSON object with “signals” that is not a list of signals",
+        ),
+        ('{"signals": [[0.1, 0.2, NaN]]}', "starts with “{” but is not valid JSON ("),
+        (
+            '{"signals": [[0.1, null, 0.2]]}',
+            "is a /v1 request body whose signal's value 2 is null, not a number",
+        ),
+    )
+    for n, (text, refusal) in enumerate(refused):
+        path = tmp_path / f"refused{n}.json"
+        path.write_text(text)
+        page.set_input_files("#file", path)
+        expect(error).to_contain_text(f"refused{n}.json {refusal}")
+        assert page.locator("#status").inner_text() == ""
+        assert page.get_by_test_id("result").inner_text() == "No result: see the error above."
+        page.fill("#values", text)
+        page.get_by_test_id("run").click()
+        expect(error).to_contain_text(f"The signal values {refusal}")
+        assert page.get_by_test_id("result").inner_text() == "No result: see the error above."
+    assert detects == []
+    assert demo.problems() == []

@@ -146,7 +146,59 @@
   const split = (text) => text.split(/[\s,;]+/).filter((t) => t !== "");
   const isWordy = (t) => /[A-Za-z_]/.test(t) && !NAN.test(t) && !INF.test(t) && !NUMBER.test(t);
 
+  // A /v1 request body, {"signals": [[0.1, 0.2, ...]]}, as a user of the API has at hand: the
+  // numbers of its one signal, as text, or why it is refused (a JSON object of anything else).
+  const READS =
+    'the demo reads a /v1 request body of one signal, {"signals": [[0.1, 0.2, …]]}, a JSON list ' +
+    "of numbers, or numbers separated by commas, spaces or new lines.";
+
+  function requestSignal(text) {
+    let body;
+    try {
+      body = JSON.parse(text);
+    } catch (exc) {
+      return { refusal: `starts with “{” but is not valid JSON (${exc.message}): ${READS}` };
+    }
+    const keys = Object.keys(body).map((k) => `“${k}”`);
+    const signals = body.signals;
+    if (!Array.isArray(signals) || signals.length === 0 || !signals.every(Array.isArray)) {
+      const has = keys.length ? `its keys are ${keys.join(", ")}` : "it is empty";
+      const what = Array.isArray(signals) ? "“signals” that is not a list of signals" : "no “signals”";
+      return { refusal: `is a JSON object with ${what} (${has}): ${READS}` };
+    }
+    if (signals.length > 1) {
+      return {
+        refusal:
+          `is a /v1 request body of ${signals.length} signals: the demo takes one signal. Keep only ` +
+          'the one to look at (the first, say: {"signals": [[…]]}), or send them all to the API ' +
+          "(POST /v1/detect).",
+      };
+    }
+    const row = signals[0];
+    const i = row.findIndex((v) => typeof v !== "number");
+    if (i >= 0) {
+      const value = String(JSON.stringify(row[i])).slice(0, 40);
+      return {
+        refusal:
+          `is a /v1 request body whose signal's value ${i + 1} is ${value}, not a number: write ` +
+          'its values as numbers, {"signals": [[0.1, 0.2, …]]}.',
+      };
+    }
+    const others = keys.filter((k) => k !== "“signals”");
+    const unused = others.length ? ` (its ${others.join(", ")} not used: the page's settings apply)` : "";
+    return { text: row.join(", "), note: `the one signal of the /v1 request body's “signals”${unused}` };
+  }
+
   function parseValues(text) {
+    let note = "";
+    if (/^\s*\{/.test(text)) {
+      const body = requestSignal(text);
+      if (body.refusal) {
+        return { tokens: [], numbers: [], bad: null, header: null, columns: 1, rows: 0, note, refusal: body.refusal };
+      }
+      text = body.text;
+      note = body.note;
+    }
     // A JSON (or Python) list of numbers, "[0.1, 0.2]", is one signal: its brackets are not
     // part of its first and last values.
     const list = /^\s*\[([^[\]]*)\]\s*$/.exec(text);
@@ -172,7 +224,7 @@
     // A table (the same number of values, two or more, on every line) is not one signal.
     const widths = lines.filter((l) => l.trim() !== "").map((l) => split(l).length);
     const columns = widths.length > 1 && widths[0] > 1 && widths.every((w) => w === widths[0]) ? widths[0] : 1;
-    return { tokens, numbers, bad, header, columns, rows: widths.length };
+    return { tokens, numbers, bad, header, columns, rows: widths.length, note, refusal: null };
   }
 
   // A token as it is sent when not every value is a finite number: NaN and infinities as the
@@ -345,7 +397,9 @@
     const text = el.values.value;
     let n = split(text).length;
     const first = /^\s*([^\r\n]{1,1000})\r?\n\s*\S/.exec(text);
-    if (first !== null) {
+    if (/^\s*\{/.test(text)) {
+      n = parseValues(text).tokens.length; // a /v1 request body: its signal's values
+    } else if (first !== null) {
       const words = split(first[1]);
       if (words.every(isWordy)) n -= words.length;
     }
@@ -431,6 +485,10 @@
   // The values of a loaded or pasted text, or null (the error shown) if it is a table.
   function oneSignal(text, what, fix) {
     const parsed = parseValues(text);
+    if (parsed.refusal !== null) {
+      showError(`${what} ${parsed.refusal}`);
+      return null;
+    }
     if (parsed.columns === 1) return parsed;
     // One column of numbers with a decimal comma ("0,25" on every line, as a spreadsheet set to
     // such a locale exports it) reads as two columns of integers: say so, not only "a table".
@@ -448,7 +506,8 @@
     return null;
   }
 
-  const skipped = (parsed) => (parsed.header === null ? "" : ` (header line “${parsed.header}” skipped)`);
+  const skipped = (parsed) =>
+    (parsed.header === null ? "" : ` (header line “${parsed.header}” skipped)`) + (parsed.note ? `, ${parsed.note}` : "");
 
   // Many lines pasted (a column copied from a spreadsheet) go in on one line, as a loaded
   // file's: a text box of a million lines takes seconds to lay out, at every key press in it.
@@ -456,7 +515,8 @@
 
   function onPaste(event) {
     const text = event.clipboardData ? event.clipboardData.getData("text/plain") : "";
-    if (text.split("\n", PASTE_MAX_LINES + 1).length <= PASTE_MAX_LINES) return; // pasted as it is
+    const body = /^\s*\{/.test(text); // a /v1 request body: its signal's values go in
+    if (!body && text.split("\n", PASTE_MAX_LINES + 1).length <= PASTE_MAX_LINES) return; // pasted as it is
     event.preventDefault();
     clearError();
     const parsed = oneSignal(text, "The pasted text", "Paste only the signal's column.");
@@ -479,6 +539,11 @@
     el.form.removeAttribute("aria-busy");
     clearError();
     const parsed = parseValues(el.values.value);
+    if (parsed.refusal !== null) {
+      showError(`The signal values ${parsed.refusal}`);
+      clearOutput("No result: see the error above.");
+      return;
+    }
     if (parsed.tokens.length === 0) {
       showError("No values yet: generate an example, paste values or load a file first.");
       return;
@@ -538,7 +603,7 @@
     const doc = r.data;
     const res = doc.results[0];
     const events = state.example ? state.example.events : null;
-    el.status.textContent = "";
+    el.status.textContent = parsed.note ? `Ran on ${parsed.note}.` : "";
     showResult(doc, res, parsed.numbers.length);
     draw({
       values: parsed.numbers,
