@@ -958,3 +958,39 @@ def test_a_v1_request_body_gives_its_one_signal(browser: Browser, server: Server
         assert page.get_by_test_id("result").inner_text() == "No result: see the error above."
     assert detects == []
     assert demo.problems() == []
+
+
+def test_values_in_double_quotes_are_read(browser: Browser, server: Server, tmp_path: Path) -> None:
+    """A CSV with every field in double quotes ('"0.1257"', as pandas' QUOTE_ALL or some
+    spreadsheets write it) loaded, then the API refused its first value as non-numeric
+    ('"0.1257"'). A value in one pair of double quotes is that value; a quoted header is still
+    a header."""
+    demo = open_demo(browser, server)
+    page = demo.page
+    x = np.loadtxt(primer_csv(tmp_path / "primer.csv"), skiprows=1)
+    path = tmp_path / "quoted.csv"
+    path.write_text('"value"\n' + "\n".join(f'"{v:.5f}"' for v in x) + "\n")
+    page.set_input_files("#file", path)
+    expect(page.locator("#status")).to_have_text(
+        'Loaded quoted.csv: 300 values (header line “"value"” skipped). Now run detection.'
+    )
+    assert '"' not in page.input_value("#values")
+    page.get_by_test_id("run").click()
+    result = wait_for_result(page)
+    assert "event detected" in result and "300 samples" in result
+    indices = [i for i, _ in peaks(page)]
+    assert any(abs(i - 35) <= 2 for i in indices) and any(abs(i - 255) <= 2 for i in indices), indices
+    # On one line in the box, as typed or pasted: the same samples.
+    page.fill("#values", ",".join(f'"{v:.5f}"' for v in x))
+    expect(page.locator("#values-count")).to_have_text("300 values.")
+    page.get_by_test_id("run").click()
+    expect(page.get_by_test_id("result")).to_contain_text(f"peaks at {', '.join(map(str, indices))}. ")
+    assert page.locator("#error").is_hidden()
+    # A quoted word among them is still not a number: the API's message names it, unquoted.
+    page.fill("#values", ", ".join(['"1"'] * 20 + ['"abc"']))
+    page.get_by_test_id("run").click()
+    error = page.locator("#error")
+    expect(error).to_contain_text("HTTP 422")
+    assert "Value 21 (“abc”)" in error.inner_text()
+    assert "non-numeric value ('abc') at index 20" in error.inner_text()
+    assert demo.problems(allow_http=(422,)) == []

@@ -216,7 +216,15 @@
     const tokens = split(lines.join("\n"));
     const numbers = [];
     let bad = null; // the first token that is not a finite number
-    tokens.forEach((t, i) => {
+    tokens.forEach((quoted, i) => {
+      // A value in one pair of double quotes ("0.1257", as a CSV writer quoting every field
+      // writes it) is that value. Only the first and last characters are looked at: this runs
+      // on every value of a million-value file.
+      let t = quoted;
+      if (t.length > 1 && t.charCodeAt(0) === 34 && t.charCodeAt(t.length - 1) === 34) {
+        t = t.slice(1, -1);
+        tokens[i] = t;
+      }
       const v = NUMBER.test(t) ? Number(t) : NaN;
       numbers.push(v);
       if (!Number.isFinite(v) && bad === null) bad = { index: i, token: t };
