@@ -994,3 +994,55 @@ def test_values_in_double_quotes_are_read(browser: Browser, server: Server, tmp_
     assert "Value 21 (“abc”)" in error.inner_text()
     assert "non-numeric value ('abc') at index 20" in error.inner_text()
     assert demo.problems(allow_http=(422,)) == []
+
+
+def test_semicolons_with_decimal_commas_are_refused_saying_why(
+    browser: Browser, server: Server, tmp_path: Path
+) -> None:
+    """A European CSV ("0;0,1257" lines: semicolons between values, decimal commas) was refused
+    as a table of three values a line, with no word of its decimal commas, and on one line
+    ("0,1257;-0,5;...") it loaded as twice as many integers. Both are refused saying to write
+    decimal points (and, for a table, to keep the signal's column)."""
+    demo = open_demo(browser, server)
+    page = demo.page
+    x = np.loadtxt(primer_csv(tmp_path / "primer.csv"), skiprows=1)
+    comma = [f"{v:.4f}".replace(".", ",") for v in x]
+    error = page.locator("#error")
+    path = tmp_path / "table.csv"
+    path.write_text("Zeit;Wert\n" + "\n".join(f"{i};{v}" for i, v in enumerate(comma)) + "\n")
+    page.set_input_files("#file", path)
+    expect(error).to_have_text(
+        "table.csv has 2 values on each of its 300 lines, separated by semicolons, with decimal "
+        "commas (0,25): the demo takes one signal, as one column (one value per line) or one line, "
+        "and here a comma separates values. Write decimal points (0.25), and keep only the "
+        "signal's column."
+    )
+    assert page.input_value("#values") == ""
+    path = tmp_path / "line.csv"
+    path.write_text(";".join(f'"{v}"' for v in comma) + "\n")  # quoted, as some write them
+    page.set_input_files("#file", path)
+    expect(error).to_have_text(
+        "line.csv is one line of 300 values, separated by semicolons, with decimal commas (0,25): "
+        "here a comma separates values, so each would be read as two. Write decimal points (0.25)."
+    )
+    assert page.input_value("#values") == ""
+    assert "Loaded" not in page.locator("#status").inner_text()
+    # Pasted: the same, told to paste the signal's column.
+    assert page.evaluate(PASTE, "\n".join(f"{i};{v}" for i, v in enumerate(comma * 4))) is False
+    expect(error).to_contain_text("Write decimal points (0.25), and paste only the signal's column.")
+    # A quoted column with decimal commas gets the hint a bare one gets.
+    path = tmp_path / "quoted.csv"
+    path.write_text("\n".join(f'"{v}"' for v in comma) + "\n")
+    page.set_input_files("#file", path)
+    expect(error).to_contain_text("write it with a decimal point (0.25): here a comma separates values.")
+    # Semicolons with decimal points: one line loads, a table is told to keep its column.
+    path = tmp_path / "points.csv"
+    path.write_text(";".join(f"{v:.4f}" for v in x) + "\n")
+    page.set_input_files("#file", path)
+    expect(page.locator("#status")).to_have_text("Loaded points.csv: 300 values. Now run detection.")
+    path = tmp_path / "points2.csv"
+    path.write_text("\n".join(f"{i};{v:.4f}" for i, v in enumerate(x)) + "\n")
+    page.set_input_files("#file", path)
+    expect(error).to_contain_text("points2.csv has 2 values on each of its 300 lines")
+    assert error.inner_text().endswith("Keep only the signal's column.")
+    assert demo.problems() == []

@@ -490,6 +490,23 @@
     clearOutput("No result: see the error above.");
   }
 
+  // The non-empty lines of a text below its header line, if any.
+  function dataLines(text, parsed) {
+    const lines = text.split(/\r?\n/).filter((l) => l.trim() !== "");
+    return parsed.header === null ? lines : lines.slice(1);
+  }
+
+  // The number of values on each line of a text of numbers separated by semicolons, some with a
+  // decimal comma ("0,25;1;-0,5", each maybe in double quotes), or null if it is not one.
+  const SEMICOLON_LINE = /^\s*("?)[+-]?\d+(?:,\d+)?\1\s*(?:;\s*("?)[+-]?\d+(?:,\d+)?\2\s*)*;?\s*$/;
+
+  function semicolonDecimalCommas(text, parsed) {
+    const data = dataLines(text, parsed);
+    const one = data.length > 0 && data.every((l) => SEMICOLON_LINE.test(l));
+    if (!one || !data.some((l) => l.includes(";")) || !data.some((l) => l.includes(","))) return null;
+    return data.map((l) => l.split(";").filter((f) => f.trim() !== "").length);
+  }
+
   // The values of a loaded or pasted text, or null (the error shown) if it is a table.
   function oneSignal(text, what, fix) {
     const parsed = parseValues(text);
@@ -497,12 +514,33 @@
       showError(`${what} ${parsed.refusal}`);
       return null;
     }
+    // Values separated by semicolons, with decimal commas ("0,1;0,2" lines, as a spreadsheet
+    // set to such a locale exports CSV), read as twice as many integers: say so, and refuse
+    // them even on one line, where they read as one signal of the wrong values.
+    if (parsed.note === "" && text.includes(";") && text.includes(",")) {
+      const counts = semicolonDecimalCommas(text, parsed);
+      if (counts !== null) {
+        const table = counts.length > 1 && counts.some((c) => c > 1);
+        const where =
+          counts.length === 1
+            ? `is one line of ${counts[0]} values`
+            : counts.every((c) => c === counts[0])
+              ? `has ${counts[0]} value${counts[0] === 1 ? "" : "s"} on each of its ${counts.length} lines`
+              : `has ${counts.length} lines of values`;
+        showError(
+          `${what} ${where}, separated by semicolons, with decimal commas (0,25): ` +
+            (table
+              ? "the demo takes one signal, as one column (one value per line) or one line, and " +
+                `here a comma separates values. Write decimal points (0.25), and ${fix[0].toLowerCase()}${fix.slice(1)}`
+              : "here a comma separates values, so each would be read as two. Write decimal points (0.25)."),
+        );
+        return null;
+      }
+    }
     if (parsed.columns === 1) return parsed;
     // One column of numbers with a decimal comma ("0,25" on every line, as a spreadsheet set to
     // such a locale exports it) reads as two columns of integers: say so, not only "a table".
-    const lines = text.split(/\r?\n/).filter((l) => l.trim() !== "");
-    const data = parsed.header === null ? lines : lines.slice(1);
-    const decimalComma = data.every((l) => /^\s*[+-]?\d+,\d+\s*$/.test(l));
+    const decimalComma = dataLines(text, parsed).every((l) => /^\s*("?)[+-]?\d+,\d+\1\s*$/.test(l));
     showError(
       `${what} has ${parsed.columns} values on each of its ${parsed.rows} lines: the demo takes ` +
         `one signal, as one column (one value per line) or one line. ` +
