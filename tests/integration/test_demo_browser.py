@@ -954,7 +954,7 @@ def test_a_v1_request_body_gives_its_one_signal(browser: Browser, server: Server
         assert page.get_by_test_id("result").inner_text() == "No result: see the error above."
         page.fill("#values", text)
         page.get_by_test_id("run").click()
-        expect(error).to_contain_text(f"The signal values {refusal}")
+        expect(error).to_contain_text(f"The text in “Signal values” {refusal}")
         assert page.get_by_test_id("result").inner_text() == "No result: see the error above."
     assert detects == []
     assert demo.problems() == []
@@ -1045,4 +1045,29 @@ def test_semicolons_with_decimal_commas_are_refused_saying_why(
     page.set_input_files("#file", path)
     expect(error).to_contain_text("points2.csv has 2 values on each of its 300 lines")
     assert error.inner_text().endswith("Keep only the signal's column.")
+    assert demo.problems() == []
+
+
+def test_typed_values_are_checked_as_a_loaded_file_is(browser: Browser, server: Server) -> None:
+    """A short table or decimal-comma values typed or pasted into the box (under the 1000 lines
+    the page takes over) ran as one signal of the wrong values: time and value interleaved, or
+    each number read as two. Run checks the box as a loaded file is checked."""
+    demo = open_demo(browser, server)
+    page = demo.page
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if r.url.endswith("/detect") else None)
+    column = [f"{v:.4f}" for v in np.random.default_rng(5).standard_normal(300)]
+    cases = {
+        "\n".join(f"{i},{v}" for i, v in enumerate(column)): "has 2 values on each of its 300 lines",
+        ";".join(v.replace(".", ",") for v in column): "is one line of 300 values, separated by semicolons",
+    }
+    for text, said in cases.items():
+        page.locator("#values").fill(text)
+        page.get_by_test_id("run").click()
+        expect(page.locator("#error")).to_contain_text(f"The text in “Signal values” {said}")
+        assert page.get_by_test_id("result").inner_text() == "No result: see the error above."
+    page.locator("#values").fill("\n".join(column))  # one column: runs
+    page.get_by_test_id("run").click()
+    assert "300 samples" in wait_for_result(page)
+    assert len(sent) == 1
     assert demo.problems() == []

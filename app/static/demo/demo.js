@@ -584,9 +584,10 @@
     state.run = null;
     el.form.removeAttribute("aria-busy");
     clearError();
-    const parsed = parseValues(el.values.value);
-    if (parsed.refusal !== null) {
-      showError(`The signal values ${parsed.refusal}`);
+    // Typed or pasted text is checked as a loaded file is: a table, or values with decimal
+    // commas, would run as one signal of the wrong values.
+    const parsed = oneSignal(el.values.value, "The text in “Signal values”", "Keep only the signal's column there.");
+    if (parsed === null) {
       clearOutput("No result: see the error above.");
       return;
     }
