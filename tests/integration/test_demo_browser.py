@@ -1071,3 +1071,27 @@ def test_typed_values_are_checked_as_a_loaded_file_is(browser: Browser, server: 
     assert "300 samples" in wait_for_result(page)
     assert len(sent) == 1
     assert demo.problems() == []
+
+
+def test_a_json_list_of_lists_is_read_as_its_one_signal(
+    browser: Browser, server: Server, tmp_path: Path
+) -> None:
+    """numpy's tolist() of a 2-D array, [[...]] for one row or [[x0], [x1], ...] for a column,
+    was split as text and got the API's 422 for "[[0.12"; several rows are several signals."""
+    demo = open_demo(browser, server)
+    page = demo.page
+    x = np.random.default_rng(9).standard_normal(300).round(4)
+    for n, text in enumerate((json.dumps([x.tolist()]), json.dumps(x.reshape(-1, 1).tolist()))):
+        path = tmp_path / f"rows{n}.json"
+        path.write_text(text)
+        page.set_input_files("#file", path)
+        expect(page.locator("#status")).to_contain_text(f"Loaded rows{n}.json: 300 values")
+        assert [float(v) for v in page.input_value("#values").split(",")] == x.tolist()
+        page.get_by_test_id("run").click()
+        assert "300 samples" in wait_for_result(page)
+    page.locator("#values").fill(json.dumps([x[:150].tolist(), x[150:].tolist()]))
+    page.get_by_test_id("run").click()
+    expect(page.locator("#error")).to_contain_text(
+        "is a JSON list of 2 lists, 2 signals: the demo takes one signal"
+    )
+    assert demo.problems() == []

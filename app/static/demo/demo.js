@@ -189,10 +189,41 @@
     return { text: row.join(", "), note: `the one signal of the /v1 request body's “signals”${unused}` };
   }
 
+  // A JSON list of lists of numbers (numpy's tolist() of a 2-D array): one row is one signal,
+  // and so is a column, rows of one number each (of x.reshape(-1, 1)); several longer rows are
+  // several signals, refused. The numbers as text, or why it is refused.
+  function rowsSignal(text) {
+    let rows;
+    try {
+      rows = JSON.parse(text);
+    } catch (exc) {
+      return { refusal: `starts with “[[” but is not valid JSON (${exc.message}): ${READS}` };
+    }
+    if (!Array.isArray(rows) || rows.length === 0 || !rows.every(Array.isArray)) {
+      return { refusal: `is not a JSON list of lists of numbers: ${READS}` };
+    }
+    const column = rows.length > 1 && rows.every((r) => r.length === 1);
+    if (rows.length > 1 && !column) {
+      return {
+        refusal:
+          `is a JSON list of ${rows.length} lists, ${rows.length} signals: the demo takes one signal. ` +
+          "Keep only the one to look at ([[0.1, 0.2, …]]), or send them all to the API (POST /v1/detect).",
+      };
+    }
+    const values = column ? rows.map((r) => r[0]) : rows[0];
+    const i = values.findIndex((v) => typeof v !== "number");
+    if (i >= 0) {
+      const value = String(JSON.stringify(values[i])).slice(0, 40);
+      return { refusal: `is a JSON list whose value ${i + 1} is ${value}, not a number: write its values as numbers.` };
+    }
+    const note = column ? `the column of ${values.length} one-number lists` : "the one list of the JSON list of lists";
+    return { text: values.join(", "), note };
+  }
+
   function parseValues(text) {
     let note = "";
-    if (/^\s*\{/.test(text)) {
-      const body = requestSignal(text);
+    if (/^\s*(\{|\[\s*\[)/.test(text)) {
+      const body = /^\s*\{/.test(text) ? requestSignal(text) : rowsSignal(text);
       if (body.refusal) {
         return { tokens: [], numbers: [], bad: null, header: null, columns: 1, rows: 0, note, refusal: body.refusal };
       }
@@ -405,8 +436,8 @@
     const text = el.values.value;
     let n = split(text).length;
     const first = /^\s*([^\r\n]{1,1000})\r?\n\s*\S/.exec(text);
-    if (/^\s*\{/.test(text)) {
-      n = parseValues(text).tokens.length; // a /v1 request body: its signal's values
+    if (/^\s*(\{|\[\s*\[)/.test(text)) {
+      n = parseValues(text).tokens.length; // a /v1 request body or a list of lists: its signal's values
     } else if (first !== null) {
       const words = split(first[1]);
       if (words.every(isWordy)) n -= words.length;
@@ -561,7 +592,7 @@
 
   function onPaste(event) {
     const text = event.clipboardData ? event.clipboardData.getData("text/plain") : "";
-    const body = /^\s*\{/.test(text); // a /v1 request body: its signal's values go in
+    const body = /^\s*(\{|\[\s*\[)/.test(text); // a /v1 request body or a list of lists: its signal's values go in
     if (!body && text.split("\n", PASTE_MAX_LINES + 1).length <= PASTE_MAX_LINES) return; // pasted as it is
     event.preventDefault();
     clearError();
