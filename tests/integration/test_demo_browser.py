@@ -1095,3 +1095,19 @@ def test_a_json_list_of_lists_is_read_as_its_one_signal(
         "is a JSON list of 2 lists, 2 signals: the demo takes one signal"
     )
     assert demo.problems() == []
+
+
+def test_the_same_file_chosen_again_is_read_again(browser: Browser, server: Server, tmp_path: Path) -> None:
+    """Chosen again after a load (edited since), a file fired no change event: the box kept its
+    first version. The status line names the file loaded."""
+    demo = open_demo(browser, server)
+    page = demo.page
+    path = tmp_path / "signal.csv"
+    path.write_text("\n".join(["0.5"] * 300) + "\n")
+    page.set_input_files("#file", path)
+    expect(page.locator("#status")).to_contain_text("Loaded signal.csv: 300 values")
+    path.write_text("\n".join(["0.25"] * 400) + "\n")
+    page.set_input_files("#file", path)
+    expect(page.locator("#status")).to_contain_text("Loaded signal.csv: 400 values")
+    assert set(page.input_value("#values").split(", ")) == {"0.25"}
+    assert demo.problems() == []

@@ -510,6 +510,7 @@
     updateCount();
     clearOutput("Not run yet for this signal.");
     el.status.textContent = `Loaded ${file.name}: ${parsed.tokens.length} values${skipped(parsed)}. Now run detection.`;
+    el.file.value = ""; // the same file, edited since, can be chosen again (the status names it)
   }
 
   // A file not loaded: the error (unless shown already); the values in the box stay, and no
