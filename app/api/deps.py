@@ -99,8 +99,9 @@ class Runner:
 
     async def read_body(self, request: Request, held: Held | None = None) -> bytes | bytearray:
         """The whole body, within MAX_BODY_BYTES and BODY_TIMEOUT_S; uncompressed only.
-        ``held`` grows by the body's bytes: its Content-Length before any is read, or each chunk
-        as it comes (``Overloaded`` past MAX_INFLIGHT_BYTES)."""
+        ``held`` grows by the body's bytes as they come (``Overloaded`` past MAX_INFLIGHT_BYTES),
+        and a Content-Length that could not fit now is refused before any is read. Claimed bytes
+        are not held: a client that claims a large body and sends it slowly holds what it sent."""
         if (given := refused_codings(request, "content-encoding", ("", "identity"))) is not None:
             raise UnsupportedMediaType(
                 f"Content-Encoding {given!r} is not supported: send the body uncompressed"
@@ -130,13 +131,16 @@ class Runner:
             if length > self.max_body_bytes:
                 raise BodyTooLarge(self._too_large(request))
             if held is not None:
-                held.grow(length)  # 503 before the body is read
+                held.fits(length)  # 503 before the body is read if it cannot fit now
             # One buffer that grows with what arrives (a large one by remapping its pages, not
-            # copying them): memory follows the bytes received, not the bytes claimed.
+            # copying them): memory follows the bytes received, not the bytes claimed, and so
+            # do the bytes held.
             buffer = bytearray()
             async for chunk in request.stream():
                 if len(buffer) + len(chunk) > length:
                     raise MalformedBody(f"body is longer than its Content-Length {length}")
+                if held is not None:
+                    held.grow(len(chunk))
                 buffer += chunk
             if len(buffer) != length:
                 raise MalformedBody(f"body has {len(buffer)} bytes but its Content-Length is {length}")

@@ -2,11 +2,12 @@
 
 ``MAX_QUEUE`` counts requests, but a request may be a few KiB or ``MAX_BODY_BYTES``: a queue
 of large ones held far more memory than a queue of small ones. This bound counts their bytes.
-A detection request holds its body's bytes from before the body is read (its Content-Length;
-a chunked body as it arrives) until its answer is made, through decoding, the queue and
-inference, which together hold a few times the body at most. A request that would take the
-sum past the bound is answered 503 with ``Retry-After``: before its body is read, or, chunked,
-as soon as it passes it.
+A detection request holds its body's bytes as they arrive until its answer is made, through
+decoding, the queue and inference, which together hold a few times the body at most. A request
+whose Content-Length could not fit now is answered 503 with ``Retry-After`` before its body is
+read; one whose bytes, as they arrive, would take the sum past the bound, as soon as they do.
+Bytes a client only claims are not held: a few clients that claim the largest body and send it
+slowly hold what they sent, not the bound (they held it all, and every request got 503).
 
 Used on the event loop alone, which reads bodies and makes answers: no lock.
 """
@@ -31,13 +32,16 @@ class InFlightBytes:
         """A holding of no bytes yet; ``Held.grow`` adds a request's bytes as they are known."""
         return Held(self)
 
+    def _refuse(self, size: int) -> Overloaded:
+        return Overloaded(
+            f"{self.held} bytes of request bodies are in flight and this request's {size} more "
+            f"would pass the limit of {self.most} (SHAPE_DETECTOR_MAX_INFLIGHT_BYTES); retry "
+            "shortly, or send smaller requests"
+        )
+
     def _take(self, size: int) -> None:
         if self.held + size > self.most:
-            raise Overloaded(
-                f"{self.held} bytes of request bodies are in flight and this request's {size} more "
-                f"would pass the limit of {self.most} (SHAPE_DETECTOR_MAX_INFLIGHT_BYTES); retry "
-                "shortly, or send smaller requests"
-            )
+            raise self._refuse(size)
         self.held += size
 
 
@@ -48,6 +52,13 @@ class Held:
     def __init__(self, bound: InFlightBytes) -> None:
         self._bound: InFlightBytes | None = bound
         self.size = 0
+
+    def fits(self, size: int) -> None:
+        """Raise ``Overloaded`` if ``size`` more bytes would not fit now (holding none)."""
+        if self._bound is None:
+            raise RuntimeError("released")
+        if self._bound.held + size > self._bound.most:
+            raise self._bound._refuse(size)
 
     def grow(self, size: int) -> None:
         """Hold ``size`` more bytes, or raise ``Overloaded`` (holding none of them)."""

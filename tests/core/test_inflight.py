@@ -38,3 +38,19 @@ def test_a_holding_that_fails_gives_its_bytes_back() -> None:
     assert bound.held == 0
     with bound.hold() as held:
         held.grow(100)  # the whole bound again
+
+
+def test_a_size_that_would_not_fit_now_is_refused_before_it_is_held() -> None:
+    """A Content-Length is checked against the room left (``fits``), but only the bytes that
+    come are held (``grow``): a claim alone holds nothing."""
+    bound = InFlightBytes(1000)
+    with bound.hold() as first, bound.hold() as second:
+        first.fits(1000)  # the whole bound is free
+        assert bound.held == 0
+        first.grow(600)
+        with pytest.raises(
+            Overloaded, match=r"^600 bytes of request bodies are in flight and this request's 500 more"
+        ):
+            second.fits(500)
+        second.fits(400)
+        assert bound.held == 600

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -312,49 +313,61 @@ def _response(sock: socket.socket) -> tuple[int, str | None, bytes]:
 
 
 def test_bodies_past_the_inflight_bytes_are_refused_unread(tmp_path: Path) -> None:
-    """MAX_INFLIGHT_BYTES counts the bytes of the bodies held, from before they are read: while a
-    request sends its 3123 bytes, a second whose Content-Length would take the sum past 6000 is
-    503 at once, its body unread, and a chunked one as soon as its chunks pass it."""
+    """MAX_INFLIGHT_BYTES counts the bytes of the bodies held as they arrive: while a request has
+    sent 3000 of its bytes, a second whose Content-Length would not fit is 503 at once, its body
+    unread, and a chunked one as soon as its chunks pass the bound. Bytes only claimed are not
+    held: clients that claim the largest body and send one byte kept every request out (503)."""
     server = start_server(
         tmp_path, env={"SHAPE_DETECTOR_MAX_BODY_BYTES": "4096", "SHAPE_DETECTOR_MAX_INFLIGHT_BYTES": "6000"}
     )
     port = int(server.url.rsplit(":", 1)[1])
     body = b'{"signals":[[' + b"0.0," * 776 + b"0.0]]}"
     head = b"POST /v1/detect HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+
+    def held(size: int) -> None:
+        deadline = time.monotonic() + 10
+        while f"\nshape_detector_inflight_bytes {size}.0\n" not in httpx.get(f"{server.url}/metrics").text:
+            assert time.monotonic() < deadline, f"not {size} bytes held"
+            time.sleep(0.05)
+
     try:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=30) as slow,
-            socket.create_connection(("127.0.0.1", port), timeout=30) as unread,
-            socket.create_connection(("127.0.0.1", port), timeout=30) as chunked,
-        ):
-            slow.sendall(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
-
-            def held(size: int) -> None:
-                deadline = time.monotonic() + 10
-                while (
-                    f"\nshape_detector_inflight_bytes {size}.0\n"
-                    not in httpx.get(f"{server.url}/metrics").text
-                ):
-                    assert time.monotonic() < deadline, f"not {size} bytes held"
-                    time.sleep(0.05)
-
-            held(3123)  # the slow request's Content-Length, before its body has come
+        with ExitStack() as stack:
+            claimers = [
+                stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=30))
+                for _ in range(4)
+            ]
+            for s in claimers:  # 4 x 4096 bytes claimed, 1 sent each
+                s.sendall(head + b"Content-Length: 4096\r\n\r\n{")
+            held(4)
+            small = httpx.post(
+                f"{server.url}/v1/detect", content=body, headers={"Content-Type": "application/json"}
+            )
+            for s in claimers:
+                s.close()
+            held(0)
+            slow, unread, chunked = (
+                stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=30))
+                for _ in range(3)
+            )
+            slow.sendall(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:3000])
+            held(3000)  # what has come of the slow request's body
             unread.sendall(head + f"Content-Length: {len(body)}\r\n\r\n".encode())  # no body sent
-            refused = _response(unread)  # at once, its body unsent
+            refused = _response(unread)  # at once, its body unsent: 3000 + 3123 > 6000
             chunked.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n" + b"7d0\r\n" + body[:2000] + b"\r\n")
-            held(3123 + 2000)  # a chunked body's bytes as they come
-            chunked.sendall(b"7d0\r\n" + body[:2000] + b"\r\n")  # 3123 + 4000 > 6000: refused here
+            held(3000 + 2000)  # a chunked body's bytes as they come
+            chunked.sendall(b"7d0\r\n" + body[:2000] + b"\r\n")  # 5000 + 2000 > 6000: refused here
             passed = _response(chunked)
-            slow.sendall(body[100:])
+            slow.sendall(body[3000:])
             answer = slow.makefile("rb").readline()
         metrics = httpx.get(f"{server.url}/metrics").text
     finally:
         server.stop()
+    assert small.status_code == 200, small.text  # the claims held 4 bytes, not 16384
     for status, retry, _ in (refused, passed):
         assert (status, retry) == (503, "1")
-    assert b"3123 bytes of request bodies are in flight and this request's 3123 more would pass" in refused[2]
+    assert b"3000 bytes of request bodies are in flight and this request's 3123 more would pass" in refused[2]
     # its own first chunk held too
-    assert b"5123 bytes of request bodies are in flight and this request's 2000 more would pass" in passed[2]
+    assert b"5000 bytes of request bodies are in flight and this request's 2000 more would pass" in passed[2]
     assert answer == b"HTTP/1.1 200 OK\r\n", answer
     assert "\nshape_detector_inflight_bytes 0.0\n" in metrics
 
