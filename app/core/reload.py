@@ -160,12 +160,15 @@ def reload_on_sighup(registry: Registry, draining: Callable[[], bool]) -> Callab
     closing terminal sends, and the one the README gives for reloading several workers). A
     SIGHUP while a reload from one runs, or once ``draining``, is logged and does nothing.
 
-    Installed from the event loop's thread, if it is the main one (a signal handler must be):
-    returns what restores the handler there was, or None if nothing was installed."""
+    Installed from the event loop's thread, if it is the main one (a signal handler must be),
+    unless SIGHUP is ignored (``nohup``): returns what restores the handler there was, or None
+    if nothing was installed."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
         return None
-    loop = asyncio.get_running_loop()
     previous = signal.getsignal(signal.SIGHUP)
+    if previous is signal.SIG_IGN:  # started under nohup: a closing terminal must change nothing
+        return None
+    loop = asyncio.get_running_loop()
     running: set[asyncio.Task[list[str]]] = set()
 
     def start() -> None:
@@ -186,6 +189,6 @@ def reload_on_sighup(registry: Registry, draining: Callable[[], bool]) -> Callab
 
     def restore() -> None:
         if signal.getsignal(signal.SIGHUP) is on_sighup:
-            signal.signal(signal.SIGHUP, previous)
+            signal.signal(signal.SIGHUP, previous if previous is not None else signal.SIG_DFL)
 
     return restore

@@ -27,7 +27,7 @@ from app.core import heap
 from app.core.batching import Batcher
 from app.core.model import InferenceOptions, OnnxModel
 from app.core.registry import Registry
-from app.core.reload import ReloadConflict, reload_all, reload_model
+from app.core.reload import ReloadConflict, reload_all, reload_model, reload_on_sighup
 from app.main import create_app
 from app.settings import load_settings
 from tests.core.test_model import replaced_once_hashed
@@ -511,3 +511,23 @@ def _npy(x: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, x)
     return buffer.getvalue()
+
+
+def test_sighup_ignored_under_nohup_stays_ignored() -> None:
+    """A server started under nohup ignores SIGHUP: a closing terminal must not reload its
+    models. Otherwise the handler is installed, and put back when the service stops."""
+
+    async def install() -> Any:
+        return reload_on_sighup(Registry.__new__(Registry), lambda: False)
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert asyncio.run(install()) is None
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        restore = asyncio.run(install())
+        assert restore is not None and callable(signal.getsignal(signal.SIGHUP))
+        restore()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, previous)
