@@ -215,11 +215,16 @@ def load_card(model_dir: Path, *, verify: bool = True) -> Card:
         raise CardError(f"{card_path}: invalid model card: {exc}") from exc
     if card.name != model_dir.name:
         # A copied or renamed model directory: the service serves a model by its directory's name.
-        fix = f"rename the directory to {card.name!r}"
+        rule = "a model's name is 1-64 lower-case letters, digits, '-' or '_'"
+        set_name = f'set "name" in {CARD_FILE} to {model_dir.name!r}'
+        # A copy beside the model it was copied from: that directory's name is taken.
+        taken = (model_dir.parent / card.name).exists()
         if re.fullmatch(NAME_PATTERN, model_dir.name):
-            fix = f'set "name" in {CARD_FILE} to {model_dir.name!r}, or {fix}'
+            fix = set_name if taken else f"{set_name}, or rename the directory to {card.name!r}"
+        elif taken:
+            fix = f'rename the directory to a model\'s name and set "name" in {CARD_FILE} to it ({rule})'
         else:
-            fix += " (a model's name is 1-64 lower-case letters, digits, '-' or '_')"
+            fix = f"rename the directory to {card.name!r} ({rule})"
         raise CardError(
             f"{card_path}: card name {card.name!r} differs from its directory {model_dir.name!r}, "
             f"the name the model is served under: {fix}"

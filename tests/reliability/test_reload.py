@@ -211,7 +211,7 @@ def test_a_copied_model_directory_says_how_to_serve_it(own_models: Path) -> None
         assert reason == (
             "mine: failed (CardError: MODEL_DIR/mine/card.json: card name 'other' differs from its "
             "directory 'mine', the name the model is served under: set \"name\" in card.json to "
-            "'mine', or rename the directory to 'other')"
+            "'mine')"  # not to rename it 'other': that is the model it was copied from
         ), reason
         card = json.loads((own_models / "mine" / "card.json").read_text())
         (own_models / "mine" / "card.json").write_text(json.dumps({**card, "name": "mine"}))
