@@ -102,6 +102,24 @@ class Runner:
         ``held`` grows by the body's bytes as they come (``Overloaded`` past MAX_INFLIGHT_BYTES),
         and a Content-Length that could not fit now is refused before any is read. Claimed bytes
         are not held: a client that claims a large body and sends it slowly holds what it sent."""
+        self._refuse_codings(request)
+        try:
+            async with time_limit(self.body_timeout, body_timeout):
+                return await self._read_body(request, held)
+        except ClientDisconnect:
+            raise ClientClosedRequest(
+                "the client closed the connection before its body was complete"
+            ) from None
+
+    def check_head(self, request: Request) -> None:
+        """Refuse a body its headers alone show ``read_body`` would refuse: compressed (415),
+        a Content-Length that is no number (400) or over MAX_BODY_BYTES (413). Called before the
+        request takes a place in the queue: a full queue's 503 ("retry shortly") must not stand
+        for a refusal that no retry cures."""
+        self._refuse_codings(request)
+        self._declared_length(request)
+
+    def _refuse_codings(self, request: Request) -> None:
         if (given := refused_codings(request, "content-encoding", ("", "identity"))) is not None:
             raise UnsupportedMediaType(
                 f"Content-Encoding {given!r} is not supported: send the body uncompressed"
@@ -113,23 +131,23 @@ class Runner:
                 f"Transfer-Encoding {given!r} is not supported: send the body uncompressed, "
                 "with Content-Length or chunked alone"
             )
-        try:
-            async with time_limit(self.body_timeout, body_timeout):
-                return await self._read_body(request, held)
-        except ClientDisconnect:
-            raise ClientClosedRequest(
-                "the client closed the connection before its body was complete"
-            ) from None
+
+    def _declared_length(self, request: Request) -> int | None:
+        """The body's Content-Length, at most MAX_BODY_BYTES (else 413); None if chunked."""
+        declared = request.headers.get("content-length")
+        if declared is None:
+            return None
+        text = declared.strip(" \t")  # whitespace around a field value is not part of it
+        if not (text.isascii() and text.isdigit()):
+            raise MalformedBody(f"Content-Length {declared!r} is not a number")
+        length = int(text)
+        if length > self.max_body_bytes:
+            raise BodyTooLarge(self._too_large(request))
+        return length
 
     async def _read_body(self, request: Request, held: Held | None = None) -> bytes | bytearray:
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            text = declared.strip(" \t")  # whitespace around a field value is not part of it
-            if not (text.isascii() and text.isdigit()):
-                raise MalformedBody(f"Content-Length {declared!r} is not a number")
-            length = int(text)
-            if length > self.max_body_bytes:
-                raise BodyTooLarge(self._too_large(request))
+        length = self._declared_length(request)
+        if length is not None:
             if held is not None:
                 held.fits(length)  # 503 before the body is read if it cannot fit now
             # One buffer that grows with what arrives (a large one by remapping its pages, not
@@ -172,6 +190,7 @@ class Runner:
         content_type = one_header(request, "Content-Type")
         kind = media_type(content_type)  # 415 before reading the body
         registry.get(name)  # 404 or 503 before reading the body
+        self.check_head(request)  # 413, 415 or 400 before a place in the queue is asked for
 
         def decode(model: OnnxModel, body: Body) -> Any:
             return decode_request(model.card, content_type, body, query, self.limits)

@@ -397,14 +397,22 @@ async def _infer(
     content_encoding = request.headers.get("content-encoding")
     oip.check_version(registry.get(name).card, version)  # 404 or 503 before reading the body
 
+    def too_large() -> BodyTooLarge:  # /v1's message suggests .npy; say what helps here
+        return BodyTooLarge(
+            f"body larger than {runner.max_body_bytes} bytes (SHAPE_DETECTOR_MAX_BODY_BYTES): send "
+            "fewer signals per request, or binary tensor data (4 bytes per FP32 sample) instead of JSON"
+        )
+
+    try:
+        runner.check_head(request)  # 413 or 400 before a place in the queue is asked for
+    except BodyTooLarge:
+        raise too_large() from None
+
     async def read(held: Held) -> Body:
         try:
             return await runner.read_body(request, held)
-        except BodyTooLarge:  # /v1's message suggests .npy; say what helps here
-            raise BodyTooLarge(
-                f"body larger than {runner.max_body_bytes} bytes (SHAPE_DETECTOR_MAX_BODY_BYTES): send "
-                "fewer signals per request, or binary tensor data (4 bytes per FP32 sample) instead of JSON"
-            ) from None
+        except BodyTooLarge:
+            raise too_large() from None
 
     def decode(model: OnnxModel, body: Body) -> oip.InferRequest:
         oip.check_version(model.card, version)  # the model may have been reloaded meanwhile

@@ -27,6 +27,7 @@ def request(headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> Request:
 
 def read(req: Request, max_body_bytes: int = 256 << 20) -> bytes | bytearray:
     runner = SimpleNamespace(max_body_bytes=max_body_bytes, _too_large=lambda request: "too large")
+    runner._declared_length = lambda request: Runner._declared_length(runner, request)  # type: ignore[arg-type]
     return asyncio.run(Runner._read_body(runner, req))  # type: ignore[arg-type]
 
 

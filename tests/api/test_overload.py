@@ -79,6 +79,46 @@ def test_full_queue_gives_503_then_recovers(models_dir: Path, monkeypatch: pytes
         assert c.post("/v1/detect", json=body).status_code == 200
 
 
+def test_with_the_queue_full_a_body_its_headers_refuse_is_refused_for_that_not_503(
+    models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body over MAX_BODY_BYTES by its Content-Length, or compressed, is refused whatever the
+    queue: a full queue's 503 ("retry shortly") would send the client back with the same body
+    for ever."""
+    gate, entered = hold_marked_runs(monkeypatch)
+    settings = load_settings(
+        MODEL_DIR=models_dir, MAX_QUEUE=1, MAX_BODY_BYTES=16384, INFERENCE_WORKERS=1, INLINE_MAX_SAMPLES=0
+    )
+    body = {"signals": [[0.0] * MARKER]}
+    json_type = {"Content-Type": "application/json"}
+    with TestClient(create_app(settings)) as c, ThreadPoolExecutor(2) as pool:
+        wait_ready(c)
+        running = pool.submit(c.post, "/v1/detect", json=body)
+        assert entered.wait(10)
+        queued = pool.submit(c.post, "/v1/detect", json=body)
+        for _ in range(200):
+            depth = re.search(r'shape_detector_queue_depth\{model="bump"\} (\S+)', c.get("/metrics").text)
+            if depth and float(depth.group(1)) == 1:
+                break
+            time.sleep(0.05)
+        assert c.post("/v1/detect", json=body).status_code == 503  # the queue is full
+        large = b"[" + b"0," * 9000 + b"0]"
+        for route, key in (("/v1/detect", "detail"), ("/v2/models/bump/infer", "error")):
+            answer = c.post(route, content=large, headers=json_type)
+            assert answer.status_code == 413, answer.text
+            assert answer.json()[key].startswith(
+                "body larger than 16384 bytes (SHAPE_DETECTOR_MAX_BODY_BYTES)"
+            )
+        for route, status, key in (("/v1/detect", 415, "detail"), ("/v2/models/bump/infer", 400, "error")):
+            answer = c.post(route, content=b"{}", headers={**json_type, "Content-Encoding": "gzip"})
+            assert answer.status_code == status, answer.text
+            assert (
+                answer.json()[key] == "Content-Encoding 'gzip' is not supported: send the body uncompressed"
+            )
+        gate.set()
+        assert running.result(20).status_code == 200 and queued.result(20).status_code == 200
+
+
 class _Held(bytearray):
     """A body that can be watched (a plain bytearray takes no weak reference)."""
 
