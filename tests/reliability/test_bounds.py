@@ -103,16 +103,26 @@ def answer(sock: socket.socket) -> int:
     return response.status
 
 
-def gauge(server: Server) -> float:
+def metric(server: Server, name: str) -> float:
     connection = http.client.HTTPConnection(HOST, port(server), timeout=30)
     try:
         connection.request("GET", "/metrics")
         text = connection.getresponse().read().decode()
     finally:
         connection.close()
-    found = re.search(r"^shape_detector_inflight_bytes (\S+)$", text, re.MULTILINE)
-    assert found, "no shape_detector_inflight_bytes"
+    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert found, f"no {name}"
     return float(found.group(1))
+
+
+def gauge(server: Server) -> float:
+    return metric(server, "shape_detector_inflight_bytes")
+
+
+def quiet(server: Server) -> bool:
+    """No bytes held and no request handled but this scrape: a client still to send its body
+    holds no bytes (only those that arrive are held), but a place of the queue."""
+    return gauge(server) == 0 and metric(server, "shape_detector_requests_in_flight") == 1
 
 
 def readiness(server: Server) -> int:
@@ -254,25 +264,28 @@ def held_open(server: Server, size: int, sent: int) -> socket.socket:
 
 
 def check_bounds_whole(server: Server) -> None:
-    """Nothing held; the bytes in flight let in three bodies of MAX_BODY and refuse one more
-    byte; the queue lets in MAX_QUEUE requests and refuses one more; each answered."""
-    wait_for(lambda: gauge(server) == 0, lambda: f"{gauge(server)} bytes still held once quiet")
-    largest = [held_open(server, MAX_BODY, 10) for _ in range(MAX_INFLIGHT // MAX_BODY)]
+    """Nothing held; the bytes in flight let in three bodies of MAX_BODY and refuse a request
+    whose Content-Length does not fit in what is left; the queue lets in MAX_QUEUE requests and
+    refuses one more; each answered."""
+    wait_for(lambda: quiet(server), lambda: f"{gauge(server)} bytes still held once quiet")
+    # The bytes held are those that have arrived: all but the last 10 of each body.
+    largest = [held_open(server, MAX_BODY, MAX_BODY - 10) for _ in range(MAX_INFLIGHT // MAX_BODY)]
+    expected = MAX_INFLIGHT // MAX_BODY * (MAX_BODY - 10)
     wait_for(
-        lambda: gauge(server) == MAX_INFLIGHT,
-        lambda: f"{gauge(server)} bytes held, not {MAX_INFLIGHT}: a body refused?",
+        lambda: gauge(server) == expected,
+        lambda: f"{gauge(server)} bytes held, not {expected}: a body refused?",
     )
     one_more = held_open(server, 1024, 10)
-    assert answer(one_more) == 503  # refused at once: the bytes in flight are at the bound
+    assert answer(one_more) == 503  # refused at once: its Content-Length does not fit in what is left
     one_more.close()
     for sock in largest:
-        sock.sendall(largest_json()[10:])
+        sock.sendall(largest_json()[MAX_BODY - 10 :])
         assert answer(sock) == 200
         sock.close()
     wait_for(lambda: gauge(server) == 0, lambda: f"{gauge(server)} bytes still held after their answers")
     size = len(largest_json(4096))
     places = [held_open(server, size, 10) for _ in range(MAX_QUEUE)]
-    wait_for(lambda: gauge(server) == MAX_QUEUE * size, lambda: f"{gauge(server)} bytes held")
+    wait_for(lambda: gauge(server) == MAX_QUEUE * 10, lambda: f"{gauge(server)} bytes held")
     extra = held_open(server, size, 10)
     assert answer(extra) == 503  # refused at once: the queue is full
     extra.close()
@@ -323,7 +336,7 @@ def test_every_way_a_request_ends_gives_its_bytes_and_its_place_back(server: Ser
 
     # SIGTERM with a request being read: it is answered, then the process exits 0.
     reading = held_open(server, MAX_BODY, 10)
-    wait_for(lambda: gauge(server) == MAX_BODY, lambda: f"{gauge(server)} bytes held")
+    wait_for(lambda: gauge(server) == 10, lambda: f"{gauge(server)} bytes held")  # what has arrived
     server.process.send_signal(signal.SIGTERM)
     wait_for(lambda: readiness(server) == 503, lambda: "readiness still 200 after SIGTERM")
     reading.sendall(largest_json()[10:])
