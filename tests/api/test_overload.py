@@ -7,8 +7,9 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -42,6 +43,21 @@ def hold_marked_runs(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, 
     return gate, entered
 
 
+def fill_queue_of_one(
+    c: TestClient, pool: ThreadPoolExecutor, body: dict[str, Any], entered: threading.Event
+) -> tuple[Future[Any], Future[Any]]:
+    """With MAX_QUEUE=1 and the marked runs held: one request running (held), one queued."""
+    running = pool.submit(c.post, "/v1/detect", json=body)
+    assert entered.wait(10)
+    queued = pool.submit(c.post, "/v1/detect", json=body)
+    for _ in range(200):
+        depth = re.search(r'shape_detector_queue_depth\{model="bump"\} (\S+)', c.get("/metrics").text)
+        if depth and float(depth.group(1)) == 1:
+            break
+        time.sleep(0.05)
+    return running, queued
+
+
 def test_full_queue_gives_503_then_recovers(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     gate, entered = hold_marked_runs(monkeypatch)
     # INLINE_MAX_SAMPLES=0: the held request must wait in a worker, not on the event loop.
@@ -49,14 +65,7 @@ def test_full_queue_gives_503_then_recovers(models_dir: Path, monkeypatch: pytes
     body = {"signals": [[0.0] * MARKER]}
     with TestClient(create_app(settings)) as c, ThreadPoolExecutor(2) as pool:
         wait_ready(c)
-        running = pool.submit(c.post, "/v1/detect", json=body)
-        assert entered.wait(10)
-        queued = pool.submit(c.post, "/v1/detect", json=body)
-        for _ in range(200):
-            depth = re.search(r'shape_detector_queue_depth\{model="bump"\} (\S+)', c.get("/metrics").text)
-            if depth and float(depth.group(1)) == 1:
-                break
-            time.sleep(0.05)
+        running, queued = fill_queue_of_one(c, pool, body, entered)
         refused = c.post("/v1/detect", json=body)
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
@@ -93,14 +102,7 @@ def test_with_the_queue_full_a_body_its_headers_refuse_is_refused_for_that_not_5
     json_type = {"Content-Type": "application/json"}
     with TestClient(create_app(settings)) as c, ThreadPoolExecutor(2) as pool:
         wait_ready(c)
-        running = pool.submit(c.post, "/v1/detect", json=body)
-        assert entered.wait(10)
-        queued = pool.submit(c.post, "/v1/detect", json=body)
-        for _ in range(200):
-            depth = re.search(r'shape_detector_queue_depth\{model="bump"\} (\S+)', c.get("/metrics").text)
-            if depth and float(depth.group(1)) == 1:
-                break
-            time.sleep(0.05)
+        running, queued = fill_queue_of_one(c, pool, body, entered)
         assert c.post("/v1/detect", json=body).status_code == 503  # the queue is full
         large = b"[" + b"0," * 9000 + b"0]"
         for route, key in (("/v1/detect", "detail"), ("/v2/models/bump/infer", "error")):
