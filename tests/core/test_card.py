@@ -152,34 +152,31 @@ def test_a_misspelt_field_is_refused_and_an_unknown_one_kept(tiny_model_dir: Pat
 
 
 def test_card_name_must_match_directory(tiny_model_dir: Path, tmp_path: Path) -> None:
+    def refusal(d: Path) -> str:
+        with pytest.raises(CardError) as err:
+            load_card(d)
+        return str(err.value)
+
     d = copy_model(tiny_model_dir, tmp_path / "other")
-    with pytest.raises(CardError) as err:
-        load_card(d)
-    assert str(err.value).endswith(
+    assert refusal(d).endswith(
         "card name 'tiny' differs from its directory 'other', the name the model is served under: "
         "set \"name\" in card.json to 'other', or rename the directory to 'tiny'"
     )
     # A copy beside its original (cp -r models/tiny models/other): the original's name is taken.
     copy_model(tiny_model_dir, tmp_path / "tiny")
-    with pytest.raises(CardError) as err:
-        load_card(d)
-    assert str(err.value).endswith(
+    assert refusal(d).endswith(
         "card name 'tiny' differs from its directory 'other', the name the model is served under: "
         "set \"name\" in card.json to 'other'"
     )
     # Not a model's name: the card cannot take it, only the directory can change.
     d = copy_model(tiny_model_dir, tmp_path / "My Tiny")
-    with pytest.raises(CardError) as err:
-        load_card(d)
-    assert str(err.value).endswith(
+    assert refusal(d).endswith(
         "differs from its directory 'My Tiny', the name the model is served under: rename the "
         "directory to a model's name and set \"name\" in card.json to it (a model's name is 1-64 "
         "lower-case letters, digits, '-' or '_')"
     )
     shutil.rmtree(tmp_path / "tiny")  # the card's name free: the directory can take it
-    with pytest.raises(CardError) as err:
-        load_card(d)
-    assert str(err.value).endswith(
+    assert refusal(d).endswith(
         "differs from its directory 'My Tiny', the name the model is served under: rename the "
         "directory to 'tiny' (a model's name is 1-64 lower-case letters, digits, '-' or '_')"
     )

@@ -118,6 +118,17 @@ def primer_csv(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def run_finds_primer_events(page: Page) -> list[int]:
+    """Run detection on the primer's signal (``primer_csv``) in the box: an event is detected, at
+    its two events (35 and 255) among the peaks, whose indices are returned."""
+    page.get_by_test_id("run").click()
+    result = wait_for_result(page)
+    assert "event detected" in result and "300 samples" in result
+    indices = [i for i, _ in peaks(page)]
+    assert any(abs(i - 35) <= 2 for i in indices) and any(abs(i - 255) <= 2 for i in indices), indices
+    return indices
+
+
 def test_example_run_draws_chart_peaks_and_result(browser: Browser, server: Server) -> None:
     demo = open_demo(browser, server, "/?seed=11")
     page = demo.page
@@ -185,11 +196,7 @@ def test_csv_upload(browser: Browser, server: Server, tmp_path: Path) -> None:
     expect(page.locator("#status")).to_contain_text("Loaded primer.csv")
     assert "300 values" in page.locator("#status").inner_text()
     assert "header line “value” skipped" in page.locator("#status").inner_text()
-    page.get_by_test_id("run").click()
-    result = wait_for_result(page)
-    assert "event detected" in result and "300 samples" in result
-    indices = [i for i, _ in peaks(page)]
-    assert any(abs(i - 35) <= 2 for i in indices) and any(abs(i - 255) <= 2 for i in indices), indices
+    indices = run_finds_primer_events(page)
     assert all(abs(i - 150) > 20 for i in indices), indices  # the spike is not an event
     assert true_events(page) == []  # a file has no known events
     assert demo.problems() == []
@@ -750,11 +757,7 @@ def test_a_json_list_of_numbers_is_one_signal(browser: Browser, server: Server, 
         page.set_input_files("#file", tmp_path / name)
         expect(page.locator("#status")).to_have_text(f"Loaded {name}: 300 values. Now run detection.")
         assert "[" not in page.input_value("#values")
-        page.get_by_test_id("run").click()
-        result = wait_for_result(page)
-        assert "event detected" in result and "300 samples" in result
-        indices = [i for i, _ in peaks(page)]
-        assert any(abs(i - 35) <= 2 for i in indices) and any(abs(i - 255) <= 2 for i in indices), indices
+        run_finds_primer_events(page)
     page.fill("#values", "[" + " ".join(f"{v:.4f}" for v in x) + "]")  # numpy's print of an array
     page.get_by_test_id("run").click()
     assert "300 samples" in wait_for_result(page)
@@ -899,11 +902,7 @@ def test_a_v1_request_body_gives_its_one_signal(browser: Browser, server: Server
         "Loaded body.json: 300 values, the one signal of the /v1 request body's “signals”. Now run detection."
     )
     assert page.input_value("#values").startswith(f"{x[0]}, {x[1]}, ")
-    page.get_by_test_id("run").click()
-    result = wait_for_result(page)
-    assert "event detected" in result and "300 samples" in result
-    indices = [i for i, _ in peaks(page)]
-    assert any(abs(i - 35) <= 2 for i in indices) and any(abs(i - 255) <= 2 for i in indices), indices
+    run_finds_primer_events(page)
     # Pasted, with the API's other fields: those are the page's to set.
     body = json.dumps({"signals": [x.tolist()], "threshold": 0.3, "return_scores": False})
     page.fill("#values", "")
@@ -975,11 +974,7 @@ def test_values_in_double_quotes_are_read(browser: Browser, server: Server, tmp_
         'Loaded quoted.csv: 300 values (header line “"value"” skipped). Now run detection.'
     )
     assert '"' not in page.input_value("#values")
-    page.get_by_test_id("run").click()
-    result = wait_for_result(page)
-    assert "event detected" in result and "300 samples" in result
-    indices = [i for i, _ in peaks(page)]
-    assert any(abs(i - 35) <= 2 for i in indices) and any(abs(i - 255) <= 2 for i in indices), indices
+    indices = run_finds_primer_events(page)
     # On one line in the box, as typed or pasted: the same samples.
     page.fill("#values", ",".join(f'"{v:.5f}"' for v in x))
     expect(page.locator("#values-count")).to_have_text("300 values.")
