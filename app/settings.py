@@ -83,10 +83,12 @@ def bounds(name: str) -> str:
         if hasattr(m, key)
     }
     words = {"gt": "above", "ge": "at least", "le": "at most"}
-    return " and ".join(
-        f"{words[key]} {limit:g}" if isinstance(limit, float) else f"{words[key]} {limit}"
-        for key, limit in limits.items()
-    )
+    return " and ".join(f"{words[key]} {shown(limit)}" for key, limit in limits.items())
+
+
+def shown(limit: object) -> str:
+    """A bound as a setting's message gives it: 86400, not 86400.0."""
+    return f"{limit:g}" if isinstance(limit, float) else str(limit)
 
 
 class SettingsError(ValueError):
@@ -386,8 +388,9 @@ def load_settings(**overrides: object) -> Settings:
                 value = err.get("input")
                 if field in BOUNDED and err["type"] in BOUND_ERRORS:
                     (limit,) = err.get("ctx", {}).values()
-                    shown = f"{limit:g}" if isinstance(limit, float) else limit
-                    msg = f"{BOUND_ERRORS[err['type']]} {shown}: {BOUNDED[field]}; give {bounds(field)}"
+                    msg = (
+                        f"{BOUND_ERRORS[err['type']]} {shown(limit)}: {BOUNDED[field]}; give {bounds(field)}"
+                    )
                 if field == "PORT" and isinstance(value, str) and value.startswith("tcp://"):
                     msg += (
                         "; tcp://... is a Kubernetes service link for a Service named shape-detector: "

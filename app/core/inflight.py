@@ -32,17 +32,14 @@ class InFlightBytes:
         """A holding of no bytes yet; ``Held.grow`` adds a request's bytes as they are known."""
         return Held(self)
 
-    def _refuse(self, size: int) -> Overloaded:
-        return Overloaded(
-            f"{self.held} bytes of request bodies are in flight and this request's {size} more "
-            f"would pass the limit of {self.most} (SHAPE_DETECTOR_MAX_INFLIGHT_BYTES); retry "
-            "shortly, or send smaller requests"
-        )
-
-    def _take(self, size: int) -> None:
+    def _fits(self, size: int) -> None:
+        """Raise ``Overloaded`` if ``size`` more bytes would pass the bound."""
         if self.held + size > self.most:
-            raise self._refuse(size)
-        self.held += size
+            raise Overloaded(
+                f"{self.held} bytes of request bodies are in flight and this request's {size} more "
+                f"would pass the limit of {self.most} (SHAPE_DETECTOR_MAX_INFLIGHT_BYTES); retry "
+                "shortly, or send smaller requests"
+            )
 
 
 class Held:
@@ -55,17 +52,19 @@ class Held:
 
     def fits(self, size: int) -> None:
         """Raise ``Overloaded`` if ``size`` more bytes would not fit now (holding none)."""
-        if self._bound is None:
-            raise RuntimeError("released")
-        if self._bound.held + size > self._bound.most:
-            raise self._bound._refuse(size)
+        self._live()._fits(size)
 
     def grow(self, size: int) -> None:
         """Hold ``size`` more bytes, or raise ``Overloaded`` (holding none of them)."""
+        bound = self._live()
+        bound._fits(size)
+        bound.held += size
+        self.size += size
+
+    def _live(self) -> InFlightBytes:
         if self._bound is None:
             raise RuntimeError("released")
-        self._bound._take(size)
-        self.size += size
+        return self._bound
 
     def release(self) -> None:
         bound, self._bound = self._bound, None
