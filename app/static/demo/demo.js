@@ -152,13 +152,25 @@
     'the demo reads a /v1 request body of one signal, {"signals": [[0.1, 0.2, …]]}, a JSON list ' +
     "of numbers, or numbers separated by commas, spaces or new lines.";
 
-  function requestSignal(text) {
-    let body;
+  // JSON.parse of a text that starts with ``start``: {value}, or {refusal} saying why not.
+  function parsedJson(text, start) {
     try {
-      body = JSON.parse(text);
+      return { value: JSON.parse(text) };
     } catch (exc) {
-      return { refusal: `starts with “{” but is not valid JSON (${exc.message}): ${READS}` };
+      return { refusal: `starts with “${start}” but is not valid JSON (${exc.message}): ${READS}` };
     }
+  }
+
+  // The place and the text of the first value that is not a number, or null if all are.
+  function firstNonNumber(values) {
+    const i = values.findIndex((v) => typeof v !== "number");
+    return i < 0 ? null : { place: i + 1, shown: String(JSON.stringify(values[i])).slice(0, 40) };
+  }
+
+  function requestSignal(text) {
+    const parsed = parsedJson(text, "{");
+    if (parsed.refusal) return parsed;
+    const body = parsed.value;
     const keys = Object.keys(body).map((k) => `“${k}”`);
     const signals = body.signals;
     if (!Array.isArray(signals) || signals.length === 0 || !signals.every(Array.isArray)) {
@@ -175,12 +187,11 @@
       };
     }
     const row = signals[0];
-    const i = row.findIndex((v) => typeof v !== "number");
-    if (i >= 0) {
-      const value = String(JSON.stringify(row[i])).slice(0, 40);
+    const bad = firstNonNumber(row);
+    if (bad !== null) {
       return {
         refusal:
-          `is a /v1 request body whose signal's value ${i + 1} is ${value}, not a number: write ` +
+          `is a /v1 request body whose signal's value ${bad.place} is ${bad.shown}, not a number: write ` +
           'its values as numbers, {"signals": [[0.1, 0.2, …]]}.',
       };
     }
@@ -193,12 +204,9 @@
   // and so is a column, rows of one number each (of x.reshape(-1, 1)); several longer rows are
   // several signals, refused. The numbers as text, or why it is refused.
   function rowsSignal(text) {
-    let rows;
-    try {
-      rows = JSON.parse(text);
-    } catch (exc) {
-      return { refusal: `starts with “[[” but is not valid JSON (${exc.message}): ${READS}` };
-    }
+    const parsed = parsedJson(text, "[[");
+    if (parsed.refusal) return parsed;
+    const rows = parsed.value;
     if (!Array.isArray(rows) || rows.length === 0 || !rows.every(Array.isArray)) {
       return { refusal: `is not a JSON list of lists of numbers: ${READS}` };
     }
@@ -211,10 +219,9 @@
       };
     }
     const values = column ? rows.map((r) => r[0]) : rows[0];
-    const i = values.findIndex((v) => typeof v !== "number");
-    if (i >= 0) {
-      const value = String(JSON.stringify(values[i])).slice(0, 40);
-      return { refusal: `is a JSON list whose value ${i + 1} is ${value}, not a number: write its values as numbers.` };
+    const bad = firstNonNumber(values);
+    if (bad !== null) {
+      return { refusal: `is a JSON list whose value ${bad.place} is ${bad.shown}, not a number: write its values as numbers.` };
     }
     const note = column ? `the column of ${values.length} one-number lists` : "the one list of the JSON list of lists";
     return { text: values.join(", "), note };
