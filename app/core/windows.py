@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -103,30 +103,44 @@ def score_pieces(
     independent (each writes its own windows' kept parts): ``map_batches`` (for example
     ``Batcher.map``) may run them at once; by default they run one after the other.
     """
-    out = [np.empty(len(s), dtype=np.float32) for s in signals]
-    groups: dict[int, list[Piece]] = defaultdict(list)
+    # A signal no longer than a window runs whole: its batch row is the signal and its curve a
+    # row of the batch's scores (a view, no copy); it is listed by its index, not as a Piece.
+    out: list[Float32Array | None] = [None] * len(signals)
+    groups: dict[int, list[int | Piece]] = defaultdict(list)
     for i, s in enumerate(signals):
+        if len(s) <= plan.window:
+            groups[len(s)].append(i)
+            continue
+        out[i] = np.empty(len(s), dtype=np.float32)
         for piece in plan.split(i, len(s)):
             groups[piece.length].append(piece)
-    chunks: list[list[Piece]] = []
-    for length, pieces in groups.items():
+    chunks: list[tuple[int, list[int | Piece]]] = []
+    for length, items in groups.items():
         per_batch = max(1, max_batch_samples // length)
-        chunks.extend(pieces[b : b + per_batch] for b in range(0, len(pieces), per_batch))
+        chunks.extend((length, items[b : b + per_batch]) for b in range(0, len(items), per_batch))
 
-    def score_batch(chunk: list[Piece]) -> None:
-        batch = np.empty((len(chunk), chunk[0].length), dtype=np.float32)
-        for row, p in enumerate(chunk):
-            batch[row] = signals[p.signal][p.start : p.stop]
+    def score_batch(chunk: tuple[int, list[int | Piece]]) -> None:
+        length, items = chunk
+        batch = np.empty((len(items), length), dtype=np.float32)
+        for row, item in enumerate(items):
+            batch[row] = (
+                signals[item] if isinstance(item, int) else signals[item.signal][item.start : item.stop]
+            )
         scores = run(batch)
         if scores.shape != batch.shape:
             raise RuntimeError(f"model returned scores of shape {scores.shape} for a batch of {batch.shape}")
-        for row, p in enumerate(chunk):
-            kept = scores[row, p.keep_start - p.start : p.keep_stop - p.start]
-            out[p.signal][p.keep_start : p.keep_stop] = kept
+        for row, item in enumerate(items):
+            if isinstance(item, int):
+                out[item] = scores[row]
+            else:
+                curve = cast(Float32Array, out[item.signal])
+                curve[item.keep_start : item.keep_stop] = scores[
+                    row, item.keep_start - item.start : item.keep_stop - item.start
+                ]
 
     if map_batches is None or len(chunks) < 2:
         for chunk in chunks:
             score_batch(chunk)
     else:
         map_batches(score_batch, chunks)
-    return out
+    return cast(list[Float32Array], out)

@@ -1,12 +1,13 @@
 """Windowed inference equals whole-signal inference, on a real onnxruntime session."""
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from app.core.model import InferenceOptions, OnnxModel
-from app.core.windows import WindowPlan, least_window
+from app.core.windows import WindowPlan, least_window, score_pieces
 
 
 def test_plan_tiles_the_signal_exactly() -> None:
@@ -70,6 +71,33 @@ def test_results_do_not_depend_on_the_other_signals(tiny_model_dir: Path) -> Non
     for a, b, c in zip(together, alone, reordered, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
         np.testing.assert_allclose(c, b, atol=1e-5, rtol=0)
+
+
+def test_whole_signals_batch_with_windows_of_their_length(tiny_model_dir: Path) -> None:
+    """A signal no longer than a window runs whole, in the batches of its length: with a cut
+    signal's full windows when it is a window long, and its curve a row of that batch's scores."""
+    model = OnnxModel(tiny_model_dir, InferenceOptions(window=512, max_batch_samples=1 << 20))
+    calls: list[tuple[int, ...]] = []
+    outputs: list[np.ndarray] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        calls.append(batch.shape)
+        outputs.append(model.run(batch))
+        return outputs[-1]
+
+    rng = np.random.default_rng(3)
+    signals = [rng.standard_normal(n).astype(np.float32) for n in (512, 1500, 300, 512)]
+    got = score_pieces(signals, model.plan, run, 1 << 20)
+    pieces = Counter(p.length for p in model.plan.split(1, 1500))
+    assert len(pieces) > 1 and pieces[512] >= 1  # the cut signal has full windows and a last one
+    rows = Counter({512: 2, 300: 1}) + pieces  # one batch per length
+    assert sorted(calls) == sorted((n, length) for length, n in rows.items())
+    for i in (0, 2, 3):  # whole: rows of their batch's scores, not copies
+        assert any(np.shares_memory(got[i], out) for out in outputs)
+        np.testing.assert_allclose(got[i], model.run(signals[i][None])[0], atol=1e-5, rtol=0)
+    assert not any(np.shares_memory(got[1], out) for out in outputs)  # cut: stitched into its own
+    whole = OnnxModel(tiny_model_dir, InferenceOptions(window=1 << 20))
+    np.testing.assert_allclose(got[1], whole.run(signals[1][None])[0], atol=1e-5, rtol=0)
 
 
 def test_detect_uses_card_defaults_and_matches_peaks(tiny_model_dir: Path) -> None:
