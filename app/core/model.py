@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -12,7 +13,7 @@ import onnxruntime as ort
 
 from app.core.calibration import IDENTITY, Calibrator
 from app.core.card import CARD_FILE, MODEL_FILE, Card, CardError, load_card, read_model
-from app.core.peaks import Peaks, find_peaks_many
+from app.core.peaks import Peaks, find_peaks_flat
 from app.core.windows import Float32Array, Map, WindowPlan, least_window, score_pieces
 
 
@@ -242,29 +243,23 @@ def detections(
     if not curves:
         return []
     raw_threshold = calibrator.peak.raw_threshold(threshold)
-    raw_max = [float(curve.max()) for curve in curves]
-    found = find_peaks_many(curves, raw_threshold, min_distance)
+    found = find_peaks_flat(curves, raw_threshold, min_distance, maxima=True)
+    raw_max = cast(npt.NDArray[np.floating], found.maxima).astype(np.float64)
     if calibrator.peak.identity:
-        probability = calibrator.signal(np.asarray(raw_max, dtype=np.float64)).tolist()
+        probability = calibrator.signal(raw_max).tolist()
+        peaks = found.split()
     else:
-        raw_peaks = [p.probability for p in found]
-        signal_p, peak_p = calibrator.both(
-            np.asarray(raw_max, dtype=np.float64),
-            raw_peaks[0] if len(raw_peaks) == 1 else np.concatenate(raw_peaks),
-        )
+        signal_p, peak_p = calibrator.both(raw_max, found.values)
         probability = signal_p.tolist()
-        mapped = peak_p.astype(np.float32)
-        start, mapped_found = 0, []
-        for p in found:
-            mapped_found.append(Peaks(p.index, mapped[start : start + len(p)]))
-            start += len(p)
-        found = mapped_found
+        peaks = found.split(peak_p.astype(np.float32))
+    # Compared in float64, as the threshold was mapped back (not rounded to the curves' float32).
+    detected = (raw_max >= raw_threshold).tolist()
     results = []
-    for curve, peaks, top, p in zip(curves, found, raw_max, probability, strict=True):
+    for curve, found_peaks, hit, p in zip(curves, peaks, detected, probability, strict=True):
         scores = None
         if return_scores:
             scores = curve if calibrator.peak.identity else calibrator.peak(curve).astype(np.float32)
-        results.append(Detection(probability=p, detected=top >= raw_threshold, peaks=peaks, scores=scores))
+        results.append(Detection(probability=p, detected=hit, peaks=found_peaks, scores=scores))
     return results
 
 

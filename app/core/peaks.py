@@ -296,10 +296,37 @@ def find_peaks(scores: npt.NDArray[np.floating], threshold: float, min_distance:
     return find_peaks_many([scores], threshold, min_distance)[0]
 
 
+@dataclass(frozen=True, slots=True)
+class ManyPeaks:
+    """The peaks of several curves in one pair of arrays: curve ``k``'s are
+    ``[bounds[k], bounds[k + 1])``, each index in its own curve. ``maxima``: each curve's
+    greatest score, if asked for (``find_peaks_flat``), else None."""
+
+    index: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float32]
+    bounds: list[int]
+    maxima: npt.NDArray[np.floating] | None = None
+
+    def split(self, values: npt.NDArray[np.float32] | None = None) -> list[Peaks]:
+        """Each curve's ``Peaks``, with ``values`` (one per peak, in order) in place of the
+        scores if given (the peaks' probabilities once calibrated)."""
+        v = self.values if values is None else values
+        return [Peaks(index=self.index[lo:hi], probability=v[lo:hi]) for lo, hi in pairwise(self.bounds)]
+
+
 def find_peaks_many(
     curves: Sequence[npt.NDArray[np.floating]], threshold: float, min_distance: int
 ) -> list[Peaks]:
-    """``find_peaks`` of each curve, computed for all of them at once.
+    """``find_peaks`` of each curve, computed for all of them at once (``find_peaks_flat``)."""
+    return find_peaks_flat(curves, threshold, min_distance).split()
+
+
+def find_peaks_flat(
+    curves: Sequence[npt.NDArray[np.floating]], threshold: float, min_distance: int, *, maxima: bool = False
+) -> ManyPeaks:
+    """``find_peaks`` of each curve, computed for all of them at once, as one ``ManyPeaks``;
+    with ``maxima``, each curve's greatest score too (NaN if it holds one; a curve must not be
+    empty), from the same pass.
 
     The curves are searched as one: laid end to end with one -inf sample between two curves,
     so no run of samples above the threshold continues into the next curve and a curve's
@@ -315,6 +342,8 @@ def find_peaks_many(
     for a in arrays:
         if a.ndim != 1:
             raise ValueError(f"scores must be 1-D, got shape {a.shape}")
+    if maxima and any(a.size == 0 for a in arrays):
+        raise ValueError("a curve is empty: it has no greatest score")
     if len(arrays) == 1:  # the same steps, without the bookkeeping of several curves
         x = arrays[0]
         idx = local_maxima(x, threshold)
@@ -322,13 +351,17 @@ def find_peaks_many(
         keep = _keep_by_distance(idx, values, min_distance)
         if keep is not None:
             idx, values = idx[keep], values[keep]
-        return [Peaks(index=idx, probability=values.astype(np.float32, copy=False))]
+        top = x.max(keepdims=True) if maxima else None
+        return ManyPeaks(idx, values.astype(np.float32, copy=False), [0, idx.size], top)
     if not arrays:
-        return []
+        empty = np.empty(0, dtype=np.int64)
+        return ManyPeaks(empty, empty.astype(np.float32), [0], np.empty(0) if maxima else None)
     gap = np.full(1, -np.inf, dtype=np.result_type(*arrays, np.float32))
     x = np.concatenate([part for a in arrays for part in (a, gap)][:-1])
     idx = local_maxima(x, threshold)
     starts = np.cumsum([0] + [a.size + 1 for a in arrays[:-1]])
+    # Each curve's greatest score: its samples and the -inf gap after it, which never wins.
+    top = np.maximum.reduceat(x, starts) if maxima else None
     owner = np.searchsorted(starts, idx, side="right") - 1
     spread = min(min_distance, max(a.size for a in arrays))
     keep = _keep_by_distance(idx + owner * spread, x[idx], spread)
@@ -337,4 +370,4 @@ def find_peaks_many(
     probability = x[idx].astype(np.float32)
     idx -= starts[owner]  # each peak's index in its own curve
     bounds = np.searchsorted(owner, np.arange(len(arrays) + 1), side="left").tolist()
-    return [Peaks(index=idx[lo:hi], probability=probability[lo:hi]) for lo, hi in pairwise(bounds)]
+    return ManyPeaks(idx, probability, bounds, top)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from app.core import peaks as peaks_module
-from app.core.peaks import find_peaks, find_peaks_many, local_maxima, select_by_distance
+from app.core.peaks import find_peaks, find_peaks_flat, find_peaks_many, local_maxima, select_by_distance
 
 
 def f32(values: list[float]) -> np.ndarray:
@@ -184,6 +184,33 @@ def test_many_curves_in_float64_and_none() -> None:
         find_peaks_many([x], 0.5, 0)
     with pytest.raises(ValueError, match="1-D"):
         find_peaks_many([x, np.zeros((2, 2))], 0.5, 1)
+
+
+def test_flat_peaks_give_each_curves_greatest_score_from_the_same_pass() -> None:
+    nan, inf = float("nan"), float("inf")
+    curves = [f32([0.1, 0.9, 0.2]), f32([-inf, -inf]), f32([0.3]), f32([0.7, nan, 0.8]), f32([0.6, 0.95])]
+    flat = find_peaks_flat(curves, 0.5, 1, maxima=True)
+    assert flat.maxima is not None
+    assert (
+        flat.maxima.tolist()[:3]
+        == [c.max().item() for c in curves[:3]]
+        == [f32([0.9]).item(), -inf, f32([0.3]).item()]
+    )
+    assert np.isnan(flat.maxima[3]) and flat.maxima[4] == f32([0.95])[0]
+    assert [p.index.tolist() for p in flat.split()] == [
+        p.index.tolist() for p in find_peaks_many(curves, 0.5, 1)
+    ]
+    # Values given to split stand in for the scores, peak by peak.
+    stand_in = np.arange(flat.index.size, dtype=np.float32)
+    assert np.concatenate([p.probability for p in flat.split(stand_in)]).tolist() == stand_in.tolist()
+    (one,) = find_peaks_flat([curves[0]], 0.5, 1, maxima=True).maxima.tolist()  # type: ignore[union-attr]
+    assert one == f32([0.9]).item()
+    assert find_peaks_flat(curves, 0.5, 1).maxima is None
+    # An empty curve has peaks (none), but no greatest score.
+    assert [p.index.tolist() for p in find_peaks_many([f32([]), curves[0]], 0.5, 1)] == [[], [1]]
+    for many in ([f32([]), curves[0]], [curves[0], f32([])], [f32([])]):
+        with pytest.raises(ValueError, match="empty"):
+            find_peaks_flat(many, 0.5, 1, maxima=True)
 
 
 def test_a_distance_up_to_int64s_end_acts_as_one_past_the_signal() -> None:
