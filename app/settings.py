@@ -24,6 +24,7 @@ from app.core.names import meant
 
 ENV_PREFIX = "SHAPE_DETECTOR_"
 NO_LIMIT = ("REQUEST_TIMEOUT_S", "BODY_TIMEOUT_S")  # inf: no time limit
+LEAST_BODY_BYTES = 1024  # MAX_BODY_BYTES's least, and so MAX_INFLIGHT_BYTES's least of all
 
 
 # What a bounded setting is and why its bounds, said when a value is out of them:
@@ -110,10 +111,9 @@ class Settings(BaseSettings):
     )
     MAX_SIGNALS: int = Field(1024, ge=1, description="Most signals in one request.")
     MAX_SAMPLES: int = Field(20_000_000, ge=1, description="Most samples in one request.")
-    MAX_BODY_BYTES: int = Field(268_435_456, ge=1024, description="Largest request body.")
-    MAX_INFLIGHT_BYTES: int = Field(
+    MAX_BODY_BYTES: int = Field(268_435_456, ge=LEAST_BODY_BYTES, description="Largest request body.")
+    MAX_INFLIGHT_BYTES: int = Field(  # its least is MAX_BODY_BYTES: _holds_the_largest_body
         1_073_741_824,
-        ge=1024,
         description=(
             "Most bytes of request bodies one server process holds at once: detection requests "
             "read, decoded, queued or scored; beyond, 503. At least MAX_BODY_BYTES."
@@ -255,6 +255,26 @@ class Settings(BaseSettings):
             raise ValueError(f"not a number: give a finite number of {unit}, {bounds(name)}")
         return value
 
+    @field_validator("MAX_INFLIGHT_BYTES")
+    @classmethod
+    def _holds_the_largest_body(cls, value: int, info: ValidationInfo) -> int:
+        """At least MAX_BODY_BYTES (a body that large could never be let in): a bound another
+        setting gives, said with that setting's value, where a fixed ``ge`` said the least
+        MAX_BODY_BYTES may be. A MAX_BODY_BYTES refused itself is not in ``info.data``: then
+        only its own least is checked here."""
+        body = info.data.get("MAX_BODY_BYTES")
+        least = LEAST_BODY_BYTES if body is None else body
+        if value >= least:
+            return value
+        if body is None:
+            give = f"at least MAX_BODY_BYTES (itself at least {LEAST_BODY_BYTES})"
+        else:
+            give = (
+                f"at least {shown(body)} (the value of MAX_BODY_BYTES), or lower MAX_BODY_BYTES too "
+                f"(at least {LEAST_BODY_BYTES})"
+            )
+        raise ValueError(f"below {shown(least)}: {BOUNDED['MAX_INFLIGHT_BYTES']}; give {give}")
+
     @field_validator("HOST")
     @classmethod
     def _resolves(cls, host: str) -> str:
@@ -302,12 +322,6 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"MAX_SIGNAL_LENGTH: {self.MAX_SIGNAL_LENGTH} exceeds MAX_SAMPLES "
                 f"{self.MAX_SAMPLES}; raise MAX_SAMPLES or lower MAX_SIGNAL_LENGTH"
-            )
-        if self.MAX_BODY_BYTES > self.MAX_INFLIGHT_BYTES:
-            raise ValueError(
-                f"MAX_BODY_BYTES: {self.MAX_BODY_BYTES} exceeds MAX_INFLIGHT_BYTES "
-                f"{self.MAX_INFLIGHT_BYTES}, the bytes of all the bodies held at once (a body that "
-                "large could never be let in); raise MAX_INFLIGHT_BYTES or lower MAX_BODY_BYTES"
             )
         if self.SHUTDOWN_DELAY_S > self.SHUTDOWN_TIMEOUT_S:
             raise ValueError(

@@ -397,12 +397,26 @@ def test_a_bad_model_is_not_served_but_the_others_are(models_dir: Path, tmp_path
             "SHAPE_DETECTOR_SHUTDOWN_DELAY_S: 3 s exceeds SHUTDOWN_TIMEOUT_S 1 s, which bounds the "
             "whole shutdown (the port would close then); raise SHUTDOWN_TIMEOUT_S or lower SHUTDOWN_DELAY_S",
         ),
-        # A body that large could never be let in.
+        # A body that large could never be let in. The least is MAX_BODY_BYTES, with its value:
+        # below 1024 the message said "give at least 1024", a value refused too.
         (
             {"SHAPE_DETECTOR_MAX_BODY_BYTES": "4096", "SHAPE_DETECTOR_MAX_INFLIGHT_BYTES": "4095"},
-            "SHAPE_DETECTOR_MAX_BODY_BYTES: 4096 exceeds MAX_INFLIGHT_BYTES 4095, the bytes of all the "
-            "bodies held at once (a body that large could never be let in); raise MAX_INFLIGHT_BYTES "
-            "or lower MAX_BODY_BYTES",
+            "SHAPE_DETECTOR_MAX_INFLIGHT_BYTES='4095': below 4096: the bytes of request bodies one "
+            "server process holds at once (the default, 1073741824, is 1 GiB), at least MAX_BODY_BYTES; "
+            "give at least 4096 (the value of MAX_BODY_BYTES), or lower MAX_BODY_BYTES too (at least 1024)",
+        ),
+        (
+            {"SHAPE_DETECTOR_MAX_INFLIGHT_BYTES": "100"},
+            "SHAPE_DETECTOR_MAX_INFLIGHT_BYTES='100': below 268435456: the bytes of request bodies one "
+            "server process holds at once (the default, 1073741824, is 1 GiB), at least MAX_BODY_BYTES; "
+            "give at least 268435456 (the value of MAX_BODY_BYTES), or lower MAX_BODY_BYTES too (at "
+            "least 1024)",
+        ),
+        (
+            {"SHAPE_DETECTOR_MAX_BODY_BYTES": "100", "SHAPE_DETECTOR_MAX_INFLIGHT_BYTES": "100"},
+            "SHAPE_DETECTOR_MAX_INFLIGHT_BYTES='100': below 1024: the bytes of request bodies one server "
+            "process holds at once (the default, 1073741824, is 1 GiB), at least MAX_BODY_BYTES; give at "
+            "least MAX_BODY_BYTES (itself at least 1024)",
         ),
     ],
 )
