@@ -482,7 +482,7 @@ def _shape(value: Any, limits: Limits, min_length: int) -> tuple[int, int]:
         )
     rows, length = (1, value[0]) if len(value) == 1 else (value[0], value[1])
     loc: tuple[str | int, ...] = ("inputs", 0)
-    hint = transposed_hint(rows, TRANSPOSED_SHAPE) if length == 1 else ""
+    hint = transposed_hint(rows, TRANSPOSED_SHAPE, min_length, limits) if length == 1 else ""
     check_count(rows, limits, loc, hint)  # before a list of `rows` lengths is built
     check_counts([length] * rows, limits, min_length, loc, TRANSPOSED_SHAPE)
     return rows, length

@@ -76,12 +76,25 @@ TRANSPOSED_NPY = (
 )
 
 
-def transposed_hint(count: int, transposed: str) -> str:
+def transposed_hint(count: int, transposed: str, min_length: int, limits: Limits) -> str:
     """Said of ``count`` signals of one sample each when there are several: ``transposed``
-    (``TRANSPOSED_ROWS``, ``TRANSPOSED_NPY``) with the count; nothing for one signal."""
+    (``TRANSPOSED_ROWS``, ``TRANSPOSED_NPY``) with the count; nothing for one signal. If one
+    signal of ``count`` samples would be refused too, too short for the model or too long for
+    the limit, the hint says so: following it alone would only get that second refusal."""
     if not transposed or count < 2:
         return ""
-    return f"; all {count} signals have one sample each: {transposed.format(n=count)}"
+    hint = f"; all {count} signals have one sample each: {transposed.format(n=count)}"
+    if count < min_length:
+        hint += (
+            f"; sent so, the signal's {count} samples are still too few: this model needs at "
+            f"least {min_length}"
+        )
+    elif count > limits.max_signal_length:
+        hint += (
+            f"; sent so, the signal's {count} samples are still too many: the limit is "
+            f"{limits.max_signal_length}, cut it into shorter signals"
+        )
+    return hint
 
 
 def check_count(count: int, limits: Limits, loc: tuple[str | int, ...], hint: str = "") -> None:
@@ -105,7 +118,7 @@ def check_counts(
     # A request of such signals is always refused (a model needs more than one sample); any
     # other is told at its first length.
     one_each = bool(transposed) and len(lengths) > 1 and lengths[0] == 1 and all(n == 1 for n in lengths)
-    hint = transposed_hint(len(lengths), transposed) if one_each else ""
+    hint = transposed_hint(len(lengths), transposed, min_length, limits) if one_each else ""
     check_count(len(lengths), limits, loc, hint)
     for i, n in enumerate(lengths):
         where = (*loc, i)
@@ -403,7 +416,9 @@ def parse_npy(body: Body, limits: Limits, min_length: int) -> list[Signal]:
             loc,
         )
     rows, length = (1, shape[0]) if len(shape) == 1 else shape
-    check_count(rows, limits, loc, transposed_hint(rows, TRANSPOSED_NPY) if length == 1 else "")
+    check_count(
+        rows, limits, loc, transposed_hint(rows, TRANSPOSED_NPY, min_length, limits) if length == 1 else ""
+    )
     check_counts([length] * rows, limits, min_length, loc, TRANSPOSED_NPY)
     data = memoryview(body)[start + header_len :]
     expected = rows * length * dtype.itemsize

@@ -94,21 +94,30 @@ LOOKS_TRANSPOSED = (
 def test_a_signal_sent_as_a_column_is_said_to_look_transposed(client: TestClient) -> None:
     """One signal sent as np.array(x).reshape(-1, 1).tolist() gives it (a list per sample), or
     as a .npy of shape (N, 1): refused as before (422, too short or too many signals), and the
-    message says it looks transposed and what to send. One signal of one sample, or rows of
-    which one is longer, are not said to be."""
-    for n, refused in (
-        (12, "signal 0 has 1 samples; this model needs at least 16"),
-        (40, "40 signals in one request; the limit is 16"),
+    message says it looks transposed and what to send; and, when that one signal would be
+    refused too (fewer samples than the model's 16, more than MAX_SIGNAL_LENGTH's 100000), that
+    it would. One signal of one sample, or rows of which one is longer, are not said to be."""
+    too_short = "signal 0 has 1 samples; this model needs at least 16"
+    for n, refused, also in (
+        (12, too_short, "; sent so, the signal's 12 samples are still too few: this model needs at least 16"),
+        (16, too_short, ""),
+        (40, "40 signals in one request; the limit is 16", ""),
+        (
+            100_001,
+            "100001 signals in one request; the limit is 16",
+            "; sent so, the signal's 100001 samples are still too many: the limit is 100000, cut it "
+            "into shorter signals",
+        ),
     ):
         column = np.linspace(0.0, 1.0, n).reshape(-1, 1)
         r = client.post("/v1/detect", json={"signals": column.tolist()})
         assert r.status_code == 422, r.text
-        assert detail(r) == f"{refused}; all {n} signals have one sample each: {LOOKS_TRANSPOSED}"
+        assert detail(r) == f"{refused}; all {n} signals have one sample each: {LOOKS_TRANSPOSED}{also}"
         r = client.post("/v1/detect", content=npy(column.astype(np.float32)), headers=NPY)
         assert r.status_code == 422, r.text
         assert detail(r) == (
             f"{refused}; all {n} signals have one sample each: the array, shape ({n}, 1), looks "
-            "transposed: send one signal as a 1-D array (x.ravel()), several as shape (signals, samples)"
+            f"transposed: send one signal as a 1-D array (x.ravel()), several as shape (signals, samples){also}"
         )
     for body in (
         {"signals": [[0.5]]},

@@ -411,12 +411,22 @@ ERROR_CASES: dict[str, tuple[tuple[bytes, dict[str, str | bytes]], int, str]] = 
     "shape not a list": (js(data_input("2x100", X.ravel().tolist())), 400, "give [n, length]"),
     "no rows": (js(data_input([0, 100], [])), 400, "no signals"),
     "too short": (js(data_input([1, 8], [0.0] * 8)), 400, "this model needs at least 16"),
-    # One signal's shape given the wrong way round: said, with the shape to give.
+    # One signal's shape given the wrong way round: said, with the shape to give, and whether
+    # that shape is refused too (12 samples are too few, 100001 too many).
     "transposed shape": (
         js(data_input([12, 1], [0.0] * 12)),
         400,
         "signal 0 has 1 samples; this model needs at least 16; all 12 signals have one sample "
-        "each: shape [12, 1] looks transposed: give [1, 12] (or [12]) for one signal of 12 samples",
+        "each: shape [12, 1] looks transposed: give [1, 12] (or [12]) for one signal of 12 samples; "
+        "sent so, the signal's 12 samples are still too few: this model needs at least 16",
+    ),
+    "transposed shape, too long as one signal": (
+        js(data_input([100_001, 1], [0.0])),  # refused on its shape, before its data is read
+        400,
+        "100001 signals in one request; the limit is 16; all 100001 signals have one sample each: "
+        "shape [100001, 1] looks transposed: give [1, 100001] (or [100001]) for one signal of 100001 "
+        "samples; sent so, the signal's 100001 samples are still too many: the limit is 100000, cut "
+        "it into shorter signals",
     ),
     # Data against the shape
     "no data": (js({"inputs": [tensor(X)]}), 400, "has no data"),
