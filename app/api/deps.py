@@ -114,8 +114,9 @@ class Runner:
     def check_head(self, request: Request) -> None:
         """Refuse a body its headers alone show ``read_body`` would refuse: compressed (415),
         a Content-Length that is no number (400) or over MAX_BODY_BYTES (413). Called before the
-        request takes a place in the queue: a full queue's 503 ("retry shortly") must not stand
-        for a refusal that no retry cures."""
+        model's readiness is checked and before the request takes a place in the queue: a 503
+        ("retry") while the model loads or its queue is full must not stand for a refusal that
+        no retry cures."""
         self._refuse_codings(request)
         self._declared_length(request)
 
@@ -189,8 +190,10 @@ class Runner:
         """Read, decode, queue for the model's batcher, and answer with its JSON."""
         content_type = one_header(request, "Content-Type")
         kind = media_type(content_type)  # 415 before reading the body
-        registry.get(name)  # 404 or 503 before reading the body
-        self.check_head(request)  # 413, 415 or 400 before a place in the queue is asked for
+        registry.status(name)  # 404 before reading the body
+        # 413, 415 or 400 before the model's 503 and the queue's: those say retry, no retry cures these
+        self.check_head(request)
+        registry.get(name)  # 503 before reading the body while the model loads or if it failed
 
         def decode(model: OnnxModel, body: Body) -> Any:
             return decode_request(model.card, content_type, body, query, self.limits)

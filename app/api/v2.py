@@ -395,7 +395,7 @@ async def _infer(
         raise InvalidInput(query_not_read(request))
     header_length = one_header(request, oip.HEADER_LENGTH)
     content_encoding = request.headers.get("content-encoding")
-    oip.check_version(registry.get(name).card, version)  # 404 or 503 before reading the body
+    registry.status(name)  # 404 before reading the body
 
     def too_large() -> BodyTooLarge:  # /v1's message suggests .npy; say what helps here
         return BodyTooLarge(
@@ -403,10 +403,11 @@ async def _infer(
             "fewer signals per request, or binary tensor data (4 bytes per FP32 sample) instead of JSON"
         )
 
-    try:
-        runner.check_head(request)  # 413 or 400 before a place in the queue is asked for
+    try:  # 413 or 400 before the model's 503 and the queue's: those say retry, no retry cures these
+        runner.check_head(request)
     except BodyTooLarge:
         raise too_large() from None
+    oip.check_version(registry.get(name).card, version)  # 404 or 503 before reading the body
 
     async def read(held: Held) -> Body:
         try:

@@ -201,11 +201,18 @@ class Registry:
         batcher = status.batcher if status is not None else None
         return batcher.admit() if batcher is not None else Admission(None)
 
-    def get(self, name: str) -> OnnxModel:
+    def status(self, name: str) -> ModelStatus:
+        """``name``'s status, loaded or not; 404 for a name no model has."""
         status = self.statuses.get(name)
         if status is None:
             known = ", ".join(self.statuses) or "none"
             raise ModelNotFound(f"no model named {name!r}; available models: {known}")
+        return status
+
+    def get(self, name: str) -> OnnxModel:
+        """The model serving ``name``; 404 for a name no model has, 503 while it loads or if it
+        failed to load."""
+        status = self.status(name)
         if status.model is None:
             if status.state == "loading":
                 raise ModelNotReady(f"model {name!r} is still loading; retry in a few seconds")

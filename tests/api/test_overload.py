@@ -3,6 +3,7 @@
 import gc
 import io
 import re
+import shutil
 import threading
 import time
 import weakref
@@ -18,6 +19,7 @@ from fastapi import Request
 from fastapi.testclient import TestClient
 
 from app.api.deps import Runner
+from app.core import registry as registry_module
 from app.core.inflight import Held
 from app.core.model import OnnxModel
 from app.main import create_app
@@ -119,6 +121,61 @@ def test_with_the_queue_full_a_body_its_headers_refuse_is_refused_for_that_not_5
             )
         gate.set()
         assert running.result(20).status_code == 200 and queued.result(20).status_code == 200
+
+
+@pytest.mark.parametrize("state", ["loading", "failed"])
+def test_while_its_model_loads_or_failed_a_body_its_headers_refuse_is_refused_for_that_not_503(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str
+) -> None:
+    """A body over MAX_BODY_BYTES by its Content-Length, or compressed, sent to a model still
+    loading or that failed to load got the model's 503 ("retry"): the client would retry a
+    request that can never succeed. It is refused for what it is, as with a full queue; a body
+    the model could take still gets the 503."""
+    root = tmp_path / "models"
+    shutil.copytree(models_dir, root)
+    loaded = threading.Event()  # held shut while the test runs: 'other' stays loading
+    if state == "failed":
+        with (root / "other" / "model.onnx").open("ab") as f:
+            f.write(b"tampered")  # no longer the file its card's sha256 names
+    else:
+
+        class HeldLoading(OnnxModel):
+            def __init__(self, model_dir: Path, *args: Any, **kwargs: Any) -> None:
+                if model_dir.name == "other":
+                    loaded.wait(20)
+                super().__init__(model_dir, *args, **kwargs)
+
+        monkeypatch.setattr(registry_module, "OnnxModel", HeldLoading)
+    settings = load_settings(MODEL_DIR=root, MAX_BODY_BYTES=16384)
+    json_type = {"Content-Type": "application/json"}
+    with TestClient(create_app(settings)) as c:
+        try:
+            for _ in range(200):
+                if c.get("/readyz").json()["models"] == {"bump": "ready", "other": state}:
+                    break
+                time.sleep(0.05)
+            assert c.get("/readyz").json()["models"] == {"bump": "ready", "other": state}
+            large = b"[" + b"0," * 9000 + b"0]"
+            for route, key, coding_status in (
+                ("/v1/models/other/detect", "detail", 415),
+                ("/v2/models/other/infer", "error", 400),
+            ):
+                answer = c.post(route, content=b"{}", headers=json_type)
+                assert answer.status_code == 503 and answer.headers["retry-after"] == "5", answer.text
+                answer = c.post(route, content=large, headers=json_type)
+                assert answer.status_code == 413, answer.text
+                assert answer.json()[key].startswith(
+                    "body larger than 16384 bytes (SHAPE_DETECTOR_MAX_BODY_BYTES)"
+                )
+                answer = c.post(route, content=b"{}", headers={**json_type, "Content-Encoding": "gzip"})
+                assert answer.status_code == coding_status, answer.text
+                assert (
+                    answer.json()[key]
+                    == "Content-Encoding 'gzip' is not supported: send the body uncompressed"
+                )
+            assert c.post("/v1/models/nope/detect", content=large, headers=json_type).status_code == 404
+        finally:
+            loaded.set()
 
 
 class _Held(bytearray):
