@@ -10,7 +10,8 @@ version is freed the heap is trimmed (``heap.trim``), so the process does not gr
 reloads. A model that fails to load or verify is not swapped
 in: the old version keeps serving and the error says why. One reload at a time per registry.
 Once the service is shutting down nothing is swapped in (503). With one server process,
-SIGHUP reloads every model (``reload_on_sighup``).
+SIGHUP reloads every model (``reload_on_sighup``); a SIGHUP during such a reload runs it once
+more when it ends.
 """
 
 from __future__ import annotations
@@ -158,7 +159,9 @@ def reload_on_sighup(registry: Registry, draining: Callable[[], bool]) -> Callab
     answers it with several: it replaces each worker with one that loads the models. Without a
     handler SIGHUP ended the process at once, the requests in flight with it (the signal a
     closing terminal sends, and the one the README gives for reloading several workers). A
-    SIGHUP while a reload from one runs, or once ``draining``, is logged and does nothing.
+    SIGHUP while a reload from one runs asks for one more, run when it ends: the files may have
+    changed since that reload read them. Any number of them asks for one more reload, not a pile
+    of them. Once ``draining``, a SIGHUP is logged and does nothing.
 
     Installed from the event loop's thread, if it is the main one (a signal handler must be),
     unless SIGHUP is ignored (``nohup``): returns what restores the handler there was, or None
@@ -170,17 +173,37 @@ def reload_on_sighup(registry: Registry, draining: Callable[[], bool]) -> Callab
         return None
     loop = asyncio.get_running_loop()
     running: set[asyncio.Task[list[str]]] = set()
+    again = False  # a SIGHUP came while a reload ran: one more once it ends
+    stopped = False  # the handler is restored: the service stops, nothing more is started
+
+    def reload(why: str) -> None:
+        log.info(why)
+        task = loop.create_task(asyncio.to_thread(reload_all, registry))
+        running.add(task)
+        task.add_done_callback(ended)
+
+    def ended(task: asyncio.Task[list[str]]) -> None:
+        nonlocal again
+        running.discard(task)
+        if not again or stopped:
+            return
+        again = False
+        if draining():
+            log.warning("SIGHUP during the reload: the service is shutting down; the models are not reloaded")
+        else:
+            reload("SIGHUP during the reload: loading every model anew once more")
 
     def start() -> None:
-        if draining():
+        nonlocal again
+        if draining() or stopped:
             log.warning("SIGHUP: the service is shutting down; the models are not reloaded")
         elif running:
-            log.warning("SIGHUP: the models are being reloaded already")
+            again = True
+            log.warning(
+                "SIGHUP: the models are being reloaded already; they are loaded anew once more when it ends"
+            )
         else:
-            log.info("SIGHUP: loading every model anew")
-            task = loop.create_task(asyncio.to_thread(reload_all, registry))
-            running.add(task)
-            task.add_done_callback(running.discard)
+            reload("SIGHUP: loading every model anew")
 
     def on_sighup(sig: int, frame: FrameType | None) -> None:
         loop.call_soon_threadsafe(start)
@@ -188,6 +211,8 @@ def reload_on_sighup(registry: Registry, draining: Callable[[], bool]) -> Callab
     signal.signal(signal.SIGHUP, on_sighup)
 
     def restore() -> None:
+        nonlocal stopped
+        stopped = True
         if signal.getsignal(signal.SIGHUP) is on_sighup:
             signal.signal(signal.SIGHUP, previous if previous is not None else signal.SIG_DFL)
 

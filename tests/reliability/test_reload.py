@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -505,6 +505,62 @@ def test_sighup_to_one_server_process_reloads_every_model(tmp_path: Path) -> Non
     assert "SIGHUP: loading every model anew" in log
     assert "model bump reloaded" in log and "model arrival reloaded" in log
     assert code == 0, log
+
+
+def test_sighups_during_a_reload_run_it_once_more_when_it_ends(tmp_path: Path) -> None:
+    """A SIGHUP while a reload from one runs was logged and dropped: files replaced after that
+    reload had read them were not served until the next SIGHUP. Now the reload runs once more
+    when it ends, whatever the number of SIGHUPs meanwhile (here two), and the log says so."""
+    models = tmp_path / "models"
+    for name in ("arrival", "bump"):
+        shutil.copytree(ROOT / "models" / name, models / name)
+    bump = models / "bump"
+    shipped = json.loads((bump / "card.json").read_text())["version"]
+    server = start_server(
+        tmp_path, env={"SHAPE_DETECTOR_MODEL_DIR": str(models)}, factory="tests.reliability.held_reload:app"
+    )
+
+    def sighup(taken: int) -> None:
+        """SIGHUP, then wait until the log shows the ``taken``-th (the kernel merges a SIGHUP
+        sent while another is still pending: one at a time)."""
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: server.log().count('"message":"SIGHUP: ') == taken, f"SIGHUP {taken} to be taken")
+
+    listed: dict[str, str] = {}
+    try:
+        set_version(bump, "9.9.8")
+        (bump / "hold").touch()  # the reload waits once it has read bump's files
+        sighup(1)
+        wait_for(lambda: (bump / "held").exists(), "the reload to read bump's files")
+        set_version(bump, "9.9.9")  # replaced again, after the reload read them
+        sighup(2)
+        sighup(3)
+        (bump / "hold").unlink()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            listed = {m["name"]: m["version"] for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
+            if listed["bump"] == "9.9.9":
+                break
+            time.sleep(0.1)
+    finally:
+        code = server.stop()
+    log = server.log()
+    assert listed["bump"] == "9.9.9", log
+    assert log.count("SIGHUP: loading every model anew") == 1, log
+    taken = "SIGHUP: the models are being reloaded already; they are loaded anew once more when it ends"
+    assert log.count(taken) == 2, log
+    assert log.count("SIGHUP during the reload: loading every model anew once more") == 1, log
+    assert log.count(f"model bump reloaded: {shipped} -> 9.9.8") == 1, log
+    assert log.count("model bump reloaded: 9.9.8 -> 9.9.9") == 1, log
+    assert log.count("model arrival reloaded") == 2, log  # two reloads in all, not one per SIGHUP
+    assert code == -signal.SIGTERM, log  # uvicorn's command line re-raises the signal once stopped
+
+
+def wait_for(done: Callable[[], bool], what: str, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, f"waited {seconds} s for {what}"
+        time.sleep(0.05)
 
 
 def _npy(x: np.ndarray) -> bytes:
