@@ -395,3 +395,89 @@ def test_a_websocket_handshake_is_served_as_the_http_request_it_also_is(tmp_path
     status_line, _, rest = head.partition(b"\r\n")
     assert status_line == b"HTTP/1.1 200 OK", head
     assert b"x-content-type-options: nosniff" in rest.lower(), head
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a timeout if it does not)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_an_answer_before_a_100_continue_closes_the_connection(tmp_path: Path) -> None:
+    """A client that sends ``Expect: 100-continue`` waits for 100 Continue before its body. Answered
+    without one (no key 401, too large 413, wrong type 415, a full queue 503), it may send the body
+    or not: the answer says ``Connection: close`` and the connection closes. It stayed open, and a
+    client that sent its next request instead of the body had it read as that body, unanswered.
+    A request whose body is asked for gets 100 Continue and keeps its connection."""
+    key = "k" * 24
+    server = start_server(
+        tmp_path,
+        env={
+            "SHAPE_DETECTOR_API_KEYS": key,
+            "SHAPE_DETECTOR_MAX_BODY_BYTES": "4096",
+            "SHAPE_DETECTOR_MAX_QUEUE": "1",
+        },
+    )
+    port = int(server.url.rsplit(":", 1)[1])
+    signal = json.dumps({"signals": [[0.0] * 512]}).encode()  # within MAX_BODY_BYTES
+    authorized = f"Authorization: Bearer {key}\r\n"
+
+    def head(content_type: str, length: int, extra: str = "") -> bytes:
+        return (
+            f"POST /v1/detect HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {length}\r\n{extra}"
+        ).encode()
+
+    refused = {
+        401: head("application/json", 100),
+        413: head("application/json", 5000, authorized),
+        415: head("text/plain", 100, authorized),
+    }
+    answers: dict[int, bytes] = {}
+    try:
+        with ExitStack() as stack:
+            for status, request in refused.items():
+                sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+                sock.sendall(request + b"Expect: 100-continue\r\n\r\n")
+                answers[status] = _until_closed(sock)
+            # One request sending its body holds the only place of the queue: the next is 503.
+            slow = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            slow.sendall(head("application/json", len(signal), authorized) + b"\r\n" + signal[:10])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # the slow request's headers may still be on their way
+                full = httpx.post(
+                    f"{server.url}/v1/detect",
+                    content=signal,
+                    headers={**JSON, "Authorization": f"Bearer {key}"},
+                )
+                if full.status_code == 503:
+                    break
+                time.sleep(0.05)
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            sock.sendall(head("application/json", 100, authorized) + b"Expect: 100-continue\r\n\r\n")
+            answers[503] = _until_closed(sock)
+            slow.close()
+            asked = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            stack.callback(asked.close)
+            expecting = {**JSON, "Authorization": f"Bearer {key}", "Expect": "100-continue"}
+            asked.putrequest("POST", "/v1/detect")
+            for name, value in {**expecting, "Content-Length": str(len(signal))}.items():
+                asked.putheader(name, value)
+            asked.endheaders()
+            continued = asked.sock.recv(65536)  # type: ignore[union-attr]
+            asked.send(signal)
+            first = asked.getresponse()
+            first.read()
+            again = exchange(asked, "GET", "/v1/models", None, Authorization=f"Bearer {key}")
+    finally:
+        server.stop()
+    for status, response in answers.items():
+        answer_head = response.partition(b"\r\n\r\n")[0].lower()
+        assert answer_head.startswith(f"http/1.1 {status} ".encode()), response
+        assert b"connection: close" in answer_head.split(b"\r\n")[1:], response
+        assert b"100 continue" not in answer_head, response
+    assert continued == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert first.status == 200 and first.getheader("connection") is None
+    assert again[0] == 200  # the same connection served the next request
