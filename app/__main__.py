@@ -36,6 +36,7 @@ def main() -> int:
         # WebSocket library happens to be installed) past the app's middleware.
         ws="none",
         access_log=False,  # the app logs one structured line per request itself
+        server_header=False,  # no "Server: uvicorn": the service does not advertise its software
         log_config=server_log_config(settings.LOG_LEVEL),  # uvicorn's own lines as JSON too
         log_level=settings.LOG_LEVEL,
         # The app drains first on SIGTERM and ends its requests itself by the shutdown timeout,

@@ -58,7 +58,7 @@ def start_server(
     command = [sys.executable, "-m", "app"]
     if factory is not None:
         command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1"]
-        command += ["--port", str(port), "--http", HTTP_PROTOCOL, "--no-access-log"]
+        command += ["--port", str(port), "--http", HTTP_PROTOCOL, "--no-access-log", "--no-server-header"]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     server = Server(process, f"http://127.0.0.1:{port}", log_path)

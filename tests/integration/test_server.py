@@ -481,3 +481,22 @@ def test_an_answer_before_a_100_continue_closes_the_connection(tmp_path: Path) -
     assert continued == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert first.status == 200 and first.getheader("connection") is None
     assert again[0] == 200  # the same connection served the next request
+
+
+def test_no_response_names_the_server_software(tmp_path: Path) -> None:
+    """No ``Server: uvicorn`` header: not on the app's answers (a 200, a 404), nor on the 400
+    the server's HTTP parser answers itself."""
+    server = start_server(tmp_path)
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        answers = [httpx.get(f"{server.url}{path}") for path in ("/healthz", "/no-such-path")]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHo st: test\r\n\r\n")  # refused by the parser
+            refused = _until_closed(sock)
+    finally:
+        server.stop()
+    assert [r.status_code for r in answers] == [200, 404]
+    assert all("server" not in r.headers for r in answers), [r.headers for r in answers]
+    head = refused.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
+    assert head[0].startswith(b"http/1.1 400 ") and b"date" in {line.split(b":")[0] for line in head[1:]}
+    assert not any(line.startswith(b"server:") for line in head[1:]), refused
