@@ -260,12 +260,19 @@ def _decode_json(
     )
 
 
+# What to do about a number beyond float64's range in a request, wherever it is.
+BEYOND_FLOAT64_FIX = (
+    "in the input's data, rescale the signal; in its shape or binary_data_size, give integers; as "
+    "the parameter threshold, a number strictly between 0 and 1; as min_distance, a positive integer"
+)
+
+
 def _general_request(header: memoryview, binary_bytes: int) -> Any:
     """The JSON request parsed by orjson: any valid JSON, every number a Python object."""
     try:
         return orjson.loads(header)
     except orjson.JSONDecodeError as exc:
-        if (beyond := beyond_float64(header, exc)) is not None:
+        if (beyond := beyond_float64(header, exc, BEYOND_FLOAT64_FIX)) is not None:
             raise beyond from None
         hint = (
             f"; with binary tensor data after the JSON, set {HEADER_LENGTH} to the JSON's length"

@@ -90,13 +90,21 @@ BEYOND_FLOAT64_ERROR = "number is infinity when parsed as double"
 _JSON_NUMBER = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
-def beyond_float64(text: Body | memoryview, exc: orjson.JSONDecodeError) -> InvalidInput | None:
+# What to do about such a number in a /v1 body: it is a signal's value or an option's.
+BEYOND_FLOAT64_FIX = (
+    "in a signal, rescale the signal; as an option's value, give one within that option's range"
+)
+
+
+def beyond_float64(
+    text: Body | memoryview, exc: orjson.JSONDecodeError, fix: str = BEYOND_FLOAT64_FIX
+) -> InvalidInput | None:
     """orjson's refusal ``exc`` of ``text`` as what the client's mistake is when orjson refused a
     number beyond float64's range (``1e400``; JSON sets no limit to numbers): a value beyond
     float32's range, the model's, as ``1e39`` is (422 on /v1, 400 on /v2), not malformed JSON.
     None for any other refusal. The number is found at orjson's position, without parsing the
-    text again; the message names it with its line and column (the value of a signal or an
-    option: orjson stops before the document says which)."""
+    text again; the message names it with its line and column and ends with ``fix``, what to
+    do wherever in the document it may be (orjson stops before the document says where)."""
     if not str(exc).startswith(BEYOND_FLOAT64_ERROR):
         return None
     # orjson counts characters; they are bytes when all before the number are ASCII (numbers
@@ -108,8 +116,7 @@ def beyond_float64(text: Body | memoryview, exc: orjson.JSONDecodeError) -> Inva
         shown = f" ({number})" if len(number) <= 40 else f" ({number[:30]}..., {len(number)} characters)"
     return InvalidInput(
         f"the number{shown} at line {exc.lineno} column {exc.colno} is beyond float64's range, and "
-        f"so outside float32's (±{FLOAT32_MAX_TEXT}; the model computes in float32): in a signal, "
-        "rescale the signal; as an option's value, give one within that option's range"
+        f"so outside float32's (±{FLOAT32_MAX_TEXT}; the model computes in float32): {fix}"
     )
 
 

@@ -185,11 +185,26 @@ def test_a_number_beyond_float64_is_refused_as_beyond_float32(client: TestClient
             "so outside float32's (±3.4028235e+38; the model computes in float32): in a signal, "
             "rescale the signal; as an option's value, give one within that option's range"
         ), name
+    # /v2 has no options: the message says what each field where the number may be takes.
     data = "[" + values + ", " + token + "]"
-    v2 = '{"inputs": [{"name": "signal", "shape": [61], "datatype": "FP64", "data": ' + data + "}]}"
-    r = client.post("/v2/models/bump/infer", content=v2, headers={"Content-Type": "application/json"})
-    assert r.status_code == 400, r.text
-    assert r.json()["error"].startswith(f"{where}{v2.index(token) + 1} is beyond float64's range"), r.text
+    v2 = {
+        "data": '{"inputs": [{"name": "signal", "shape": [61], "datatype": "FP64", "data": ' + data + "}]}",
+        "shape": '{"inputs": [{"name": "signal", "shape": ['
+        + token
+        + '], "datatype": "FP64", "data": [0.5]}]}',
+        "parameter": '{"parameters": {"threshold": ' + token + "}, "
+        '"inputs": [{"name": "signal", "shape": [60], "datatype": "FP64", "data": [' + values + "]}]}",
+    }
+    for name, body in v2.items():
+        r = client.post("/v2/models/bump/infer", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, (name, r.text)
+        error = r.json()["error"]
+        assert error.startswith(f"{where}{body.index(token) + 1} is beyond float64's range"), (name, error)
+        assert error.endswith(
+            "so outside float32's (±3.4028235e+38; the model computes in float32): in the input's data, "
+            "rescale the signal; in its shape or binary_data_size, give integers; as the parameter "
+            "threshold, a number strictly between 0 and 1; as min_distance, a positive integer"
+        ), (name, error)
 
 
 def test_values_beyond_float32_are_refused(client: TestClient) -> None:
