@@ -58,7 +58,7 @@ from typing import Any, cast
 from prometheus_client import CollectorRegistry, Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.security import error_body, json_response
+from app.security import METRICS_PATH, error_body, json_response
 
 log = logging.getLogger("shape_detector")
 PROBES = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics"})
@@ -86,14 +86,17 @@ class Lifecycle:
         self.stopping = False  # the server has been told to stop: its port is closed
         self.ending_now = False  # told to end the requests in flight at once (Ctrl-C while stopping)
         self.requests: set[asyncio.Task[Any]] = set()  # the tasks of the requests in flight
+        self.scrapes = 0  # of those, the ones reading /metrics: not the service's work
         # Those ``cut_off`` cancelled, each with the message it is answered.
         self.cut_off_requests: dict[asyncio.Task[Any], str] = {}
         self.cut_off_grace = CUT_OFF_GRACE_S
         self._restore: Callable[[], None] | None = None
         if registry is not None:
             Gauge(
-                "shape_detector_requests_in_flight", "HTTP requests being handled.", registry=registry
-            ).set_function(lambda: self.in_flight)
+                "shape_detector_requests_in_flight",
+                "HTTP requests being handled; scrapes of /metrics are not counted.",
+                registry=registry,
+            ).set_function(lambda: self.in_flight - self.scrapes)
             Gauge(
                 "shape_detector_draining", "1 once SIGTERM has arrived (shutting down).", registry=registry
             ).set_function(lambda: 1 if self.draining else 0)
@@ -242,9 +245,14 @@ class DrainMiddleware:
             await send(message)
             started = started or start
 
-        # An ASGI app under asyncio always runs in a task: the request is counted by it.
+        # An ASGI app under asyncio always runs in a task: the request is counted by it. A scrape
+        # is counted for the drain but not in the gauge; in this order (and the reverse at its end)
+        # the gauge, read in another thread, never dips below the requests being served.
         task = cast("asyncio.Task[Any]", asyncio.current_task())
         lifecycle.requests.add(task)
+        scrape = scope["path"] == METRICS_PATH
+        if scrape:
+            lifecycle.scrapes += 1
         try:
             await self.app(scope, receive, close_when_draining)
         except asyncio.CancelledError:
@@ -260,6 +268,8 @@ class DrainMiddleware:
             # Else its response had begun and cannot be answered: it stays unfinished, and the
             # server closes the connection (uvicorn says so in one line, without a traceback).
         finally:
+            if scrape:
+                lifecycle.scrapes -= 1
             lifecycle.requests.discard(task)
             lifecycle.cut_off_requests.pop(task, None)
 

@@ -52,6 +52,16 @@ def test_metrics(client: TestClient) -> None:
     assert float(again['shape_detector_batched_requests_total{model="bump"}']) == batched + 1
 
 
+def test_requests_in_flight_does_not_count_the_scrape_reading_it(client: TestClient) -> None:
+    """The gauge counts the requests the service is serving: with none, a scrape reads 0, not 1
+    for itself (``tests/reliability/test_shutdown.py`` reads it with requests held in flight)."""
+    for method in ("GET", "HEAD"):
+        client.request(method, "/metrics")  # earlier scrapes leave nothing counted either
+    text = client.get("/metrics").text
+    (line,) = [line for line in text.splitlines() if line.startswith("shape_detector_requests_in_flight ")]
+    assert line == "shape_detector_requests_in_flight 0.0"
+
+
 def test_metrics_name_only_the_common_methods(client: TestClient) -> None:
     """Each method uvicorn parses would add series (with their buckets) to every route: any
     but GET, HEAD, POST, PUT, DELETE, OPTIONS and PATCH is counted as "other"."""

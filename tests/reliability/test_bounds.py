@@ -120,9 +120,9 @@ def gauge(server: Server) -> float:
 
 
 def quiet(server: Server) -> bool:
-    """No bytes held and no request handled but this scrape: a client still to send its body
-    holds no bytes (only those that arrive are held), but a place of the queue."""
-    return gauge(server) == 0 and metric(server, "shape_detector_requests_in_flight") == 1
+    """No bytes held and no request handled (the scrape is not counted): a client still to send
+    its body holds no bytes (only those that arrive are held), but a place of the queue."""
+    return gauge(server) == 0 and metric(server, "shape_detector_requests_in_flight") == 0
 
 
 def readiness(server: Server) -> int:
