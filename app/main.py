@@ -40,6 +40,7 @@ from app.security import (
     ApiKeyMiddleware,
     ApiKeys,
     JsonCORSMiddleware,
+    RefusalCors,
     SecurityHeadersMiddleware,
     cors_options,
     error_body,
@@ -61,6 +62,7 @@ class State(TypedDict):
     runner: Runner
     metrics: Metrics
     lifecycle: Lifecycle
+    refusal_cors: RefusalCors | None  # the server's own answers' CORS headers (app/server.py)
 
 
 def tune_gc(threshold: int, undo: ExitStack) -> None:
@@ -92,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         timeout=settings.SHUTDOWN_TIMEOUT_S, delay=settings.SHUTDOWN_DELAY_S, registry=app_metrics.registry
     )
     keys = ApiKeys(load_api_keys(settings))
+    origins = parse_origins(settings.CORS_ORIGINS)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
@@ -163,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "runner": runner,
                 "metrics": app_metrics,
                 "lifecycle": lifecycle,
+                "refusal_cors": RefusalCors(origins) if origins else None,
             }
 
     app = FastAPI(
@@ -202,7 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if keys.enabled:  # no keys, no check: one layer less on every request
         app.add_middleware(ApiKeyMiddleware, keys=keys, protect_metrics=settings.PROTECT_METRICS)
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
-    if origins := parse_origins(settings.CORS_ORIGINS):
+    if origins:
         app.add_middleware(JsonCORSMiddleware, **cors_options(origins))
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(ObservabilityMiddleware, metrics=app_metrics, access=access, owner=app)

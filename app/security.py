@@ -398,6 +398,39 @@ class JsonCORSMiddleware(CORSMiddleware):
         return f"CORS preflight refused: {'; '.join(parts) or starlette_text}"
 
 
+async def _never_called(scope: Scope, receive: Receive, send: Send) -> None:
+    raise AssertionError("RefusalCors computes headers only: no request is served through it")
+
+
+async def _ignored(message: Message) -> None:
+    pass
+
+
+class RefusalCors:
+    """The CORS headers of an answer the server writes before the app runs (a request its HTTP
+    parser refused, 400 or 431: app/server.py), as ``JsonCORSMiddleware`` adds them to the app's
+    own answers, from the same allow-list: a page of an allowed origin can read that error, which
+    a browser otherwise shows it as an opaque network error."""
+
+    def __init__(self, origins: list[str]) -> None:
+        self._cors = JsonCORSMiddleware(_never_called, **cors_options(origins))
+
+    def headers(self, request_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """What Starlette's CORS middleware adds to the start of a response to a request with
+        ``request_headers`` (lower-case names, as received; those read so far of a request
+        refused before the end of its headers)."""
+        start: Message = {"type": "http.response.start", "status": 400, "headers": []}
+        # Starlette's ``send`` awaits nothing but ``_ignored``, which returns at once: the
+        # coroutine ends at its first step, and ``start`` holds the headers it added.
+        step = self._cors.send(start, _ignored, Headers(raw=request_headers))
+        try:
+            step.send(None)
+        except StopIteration:
+            return list(start["headers"])
+        step.close()  # a later Starlette that waits for something: no CORS headers, as before
+        return []
+
+
 def cors_headers(preflight: Response) -> list[tuple[bytes, bytes]]:
     """The headers of Starlette's answer to a preflight but those of its text content."""
     return [

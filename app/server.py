@@ -10,7 +10,8 @@ server: it "must not start sending the response to the client until it has recei
 one Response Body event".
 It also answers a request uvicorn's parser refuses (a malformed request line, header, length
 or chunk) as the app answers its errors: JSON naming the parser's reason, with the security
-headers, an access-log line and a count in the app's metrics (route ``malformed``): the
+headers, the CORS headers when CORS is on (``RefusalCors``: a page of an allowed origin reads
+the error), an access-log line and a count in the app's metrics (route ``malformed``): the
 app never sees such a request. The warning uvicorn logs before it asks for that answer
 ("Invalid HTTP request received.") would be a second line for the same request:
 ``ParserRefusalAnswered`` drops it (``python -m app``'s log configuration applies it).
@@ -46,7 +47,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.observability import MALFORMED_ROUTE, METRIC_METHODS, Metrics
-from app.security import COMMON_HEADERS, error_body
+from app.security import COMMON_HEADERS, RefusalCors, error_body
 
 IMPORT_PATH = "app.server:HeadWithBodyProtocol"
 # The request line and headers of one request, at most: uvicorn's httptools protocol has no
@@ -360,12 +361,16 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
             target = bytes(getattr(self, "url", b"") or b"").partition(b"?")[0]
             path = target.decode("latin1") if target else None
         payload = orjson.dumps(error_body(path or "/", message))
+        # The state the app's lifespan shares with requests (uvicorn keeps it): metrics, CORS.
+        state = getattr(self, "app_state", None) or {}
+        cors = state.get("refusal_cors")
         head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode("ascii")]
         for name, value in [
             *self.server_state.default_headers,
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode("ascii")),
             (b"connection", b"close"),
+            *(cors.headers(scope.get("headers") or []) if isinstance(cors, RefusalCors) else []),
             *COMMON_HEADERS,
         ]:
             head.extend([name, b": ", value, b"\r\n"])
@@ -380,8 +385,7 @@ class HeadWithBodyProtocol(HttpToolsProtocol):
             self.transport.write(response)
             self.transport.close()
             self.refusal = b""  # refused: nothing more is read
-        # The app's metrics, from the state its lifespan shares with requests (uvicorn keeps it).
-        metrics = (getattr(self, "app_state", None) or {}).get("metrics")
+        metrics = state.get("metrics")
         if isinstance(metrics, Metrics):
             method = scope.get("method")
             label = method if method in METRIC_METHODS else "other"

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+from fastapi.testclient import TestClient
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -19,6 +20,7 @@ from uvicorn.server import ServerState
 
 from app import server
 from app.observability import Metrics
+from app.security import JsonCORSMiddleware, RefusalCors, cors_options
 from app.server import IMPORT_PATH, HeadWithBodyProtocol, HeldHead, ParserRefusalAnswered, fits
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -504,6 +506,81 @@ def test_a_head_beyond_the_limit_is_refused_431_at_once(
     assert counted == 1
     (record,) = [r for r in caplog.records if r.name == "shape_detector.access"]
     assert record.fields["status"] == 431 and record.fields["path"] == "/healthz"  # type: ignore[attr-defined]
+
+
+PAGE = "http://page.example"
+REFUSED_WITH_ORIGIN = {
+    "400 duplicate Content-Length": (
+        400,
+        b"POST /v1/detect HTTP/1.1\r\nHost: test\r\nOrigin: {origin}\r\n"
+        b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    ),
+    "400 bad header": (400, b"GET /healthz HTTP/1.1\r\nOrigin: {origin}\r\nHost: test\r\nHo st: x\r\n\r\n"),
+    "431 endless header": (431, b"GET /healthz HTTP/1.1\r\nOrigin: {origin}\r\nX-Long: " + b"a" * 100_000),
+}
+
+
+def refused_head(request: bytes, app_state: dict[str, Any]) -> dict[bytes, bytes]:
+    """The headers of the server's own answer to ``request``, which its parser refuses."""
+
+    async def never(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise AssertionError("the app must not see a request the parser refuses")
+
+    async def refused() -> Transport:
+        proto, transport = connect(never, app_state=app_state)
+        proto.data_received(request)
+        await settle(proto)
+        return transport
+
+    response = asyncio.run(refused()).events[0]
+    assert isinstance(response, bytes)
+    lines = response.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    return dict(line.split(b": ", 1) for line in lines[1:])
+
+
+@pytest.mark.parametrize(
+    ("status", "request_bytes"), REFUSED_WITH_ORIGIN.values(), ids=REFUSED_WITH_ORIGIN.keys()
+)
+def test_a_refusal_carries_the_cors_headers_of_an_allowed_origin(status: int, request_bytes: bytes) -> None:
+    """A request the parser refuses, from a page of an allowed origin, gets the CORS headers the
+    app gives its own answers: the page reads the error instead of an opaque network error. Not
+    for another origin, nor with CORS off; the Origin counts once the parser has read it."""
+    state = {"refusal_cors": RefusalCors([PAGE])}
+    allowed = refused_head(request_bytes.replace(b"{origin}", PAGE.encode()), state)
+    assert allowed[b"access-control-allow-origin"] == PAGE.encode()
+    assert (
+        allowed[b"access-control-expose-headers"]
+        == b"X-Request-ID, Retry-After, Inference-Header-Content-Length"
+    )
+    assert allowed[b"vary"] == b"Origin" and allowed[b"connection"] == b"close"
+    other = refused_head(request_bytes.replace(b"{origin}", b"http://elsewhere.example"), state)
+    assert b"access-control-allow-origin" not in other and other[b"vary"] == b"Origin"
+    off = refused_head(request_bytes.replace(b"{origin}", PAGE.encode()), {})
+    assert not any(name.startswith(b"access-control-") or name == b"vary" for name in off)
+    assert {h[b"x-content-type-options"] for h in (allowed, other, off)} == {b"nosniff"}
+
+
+@pytest.mark.parametrize("origins", [[PAGE], ["*"]], ids=["list", "wildcard"])
+@pytest.mark.parametrize("origin", [PAGE, "http://elsewhere.example", None])
+def test_refusal_cors_gives_what_the_apps_cors_layer_gives(origins: list[str], origin: str | None) -> None:
+    """The CORS headers of the app's own answers (its CORS layer, as create_app adds it), for the
+    same allow-list and Origin."""
+
+    async def answer_404(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    request = {"Origin": origin} if origin else {}
+    app = JsonCORSMiddleware(answer_404, **cors_options(origins))
+    answered = TestClient(app).get("/nothing", headers=request).headers
+    cors = [
+        (k.encode(), v.encode())
+        for k, v in answered.items()
+        if k.startswith("access-control-") or k == "vary"
+    ]
+    assert cors, answered  # there is something to compare
+    received = [(k.lower().encode(), v.encode()) for k, v in request.items()]
+    assert RefusalCors(origins).headers(received) == cors
 
 
 def test_heads_within_the_limit_and_bodies_of_any_size_are_read() -> None:

@@ -500,3 +500,30 @@ def test_no_response_names_the_server_software(tmp_path: Path) -> None:
     head = refused.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
     assert head[0].startswith(b"http/1.1 400 ") and b"date" in {line.split(b":")[0] for line in head[1:]}
     assert not any(line.startswith(b"server:") for line in head[1:]), refused
+
+
+def test_a_request_the_parser_refuses_gets_the_cors_headers_of_its_allowed_origin(tmp_path: Path) -> None:
+    """With CORS on, the server's own 400 and 431 carry the CORS headers an answer of the app
+    would: a page of an allowed origin reads the error, not an opaque network error."""
+    server = start_server(tmp_path, env={"SHAPE_DETECTOR_CORS_ORIGINS": "http://page.example"})
+    port = int(server.url.rsplit(":", 1)[1])
+    requests = {
+        "bad header": b"GET /healthz HTTP/1.1\r\nOrigin: {origin}\r\nHost: test\r\nHo st: x\r\n\r\n",
+        "head too large": b"GET /healthz HTTP/1.1\r\nOrigin: {origin}\r\nX-Long: "
+        + b"a" * 70_000
+        + b"\r\n\r\n",
+    }
+    heads: dict[tuple[str, str], list[bytes]] = {}
+    try:
+        for name, request in requests.items():
+            for origin in ("http://page.example", "http://elsewhere.example"):
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    sock.sendall(request.replace(b"{origin}", origin.encode()))
+                    heads[name, origin] = _until_closed(sock).partition(b"\r\n\r\n")[0].split(b"\r\n")
+    finally:
+        server.stop()
+    for (name, origin), head in heads.items():
+        assert head[0].startswith(b"HTTP/1.1 4"), (name, head)
+        allowed = b"access-control-allow-origin: http://page.example" in head
+        assert allowed == (origin == "http://page.example"), (name, origin, head)
+        assert b"vary: Origin" in head, (name, head)
