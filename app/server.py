@@ -21,11 +21,7 @@ first request). A client that leaves with pipelined requests waiting is gone for
 running too (uvicorn tells only the newest one). The request line and headers
 of a request may be at most ``MAX_HEAD_BYTES`` (431, as soon as more has arrived).
 A request offering an upgrade the server does not take (``Upgrade: h2c``) is served as
-HTTP/1.1 with its body, which uvicorn's protocol lost. A request sent with ``Expect:
-100-continue`` and answered before it was asked for its body (401, 413, 415, a full queue's
-503) is answered with ``Connection: close`` and its connection closed: uvicorn kept it open,
-waiting for a body the client had been told not to send, so a client that sent its next
-request instead had it read as that body and waited for an answer that never came.
+HTTP/1.1 with its body, which uvicorn's protocol lost.
 Everything else is uvicorn's.
 
 ``python -m app`` serves with it; with uvicorn's own command line, ``--http
@@ -71,42 +67,26 @@ class HeldHead:
     Written at once: a ``100 Continue`` (sent before the response starts) and the head of a
     response to HEAD (no body write follows it). Closing writes a held head first, as uvicorn
     would have written it: when the app fails, or returns, after starting a response it did not
-    finish.
+    finish."""
 
-    A request that expects ``100 Continue`` and is answered before it was sent one, its body
-    not all in, is answered with ``Connection: close`` and its connection closed after the
-    answer (RFC 9110, section 10.1.1): its client was not asked for the body and may not send
-    it, so the connection cannot tell where the next request starts."""
-
-    __slots__ = ("_cycle", "_head", "_started", "_transport", "_unasked")
+    __slots__ = ("_cycle", "_head", "_started", "_transport")
 
     def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
         self._transport = transport
         self._cycle = cycle
         self._head: bytes | None = None
         self._started = False  # the head has gone by (held or written)
-        self._unasked: bool = cycle.waiting_for_100_continue  # no 100 Continue has gone by
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         head = self._head
         if head is not None:
             self._head = None
             self._transport.write(head + data)
-        elif self._started:
-            self._transport.write(data)
-        elif not self._cycle.response_started:  # a 100 Continue: the body is asked for
-            self._unasked = False
+        elif self._started or not self._cycle.response_started or self._cycle.scope["method"] == "HEAD":
             self._transport.write(data)
         else:
             self._started = True
-            cycle = self._cycle
-            if self._unasked and cycle.more_body and cycle.keep_alive:
-                cycle.keep_alive = False  # uvicorn closes the connection once the response is sent
-                data = bytes(data[:-2]) + b"connection: close\r\n\r\n"  # before the head's blank line
-            if cycle.scope["method"] == "HEAD":
-                self._transport.write(data)
-            else:
-                self._head = bytes(data)
+            self._head = bytes(data)
 
     def flush(self) -> None:
         """Write a held head now."""
@@ -123,15 +103,7 @@ class HeldHead:
         return getattr(self._transport, name)
 
 
-# What ``HeldHead`` uses.
-CYCLE_ATTRIBUTES = (
-    "transport",
-    "response_started",
-    "scope",
-    "waiting_for_100_continue",
-    "more_body",
-    "keep_alive",
-)
+CYCLE_ATTRIBUTES = ("transport", "response_started", "scope")  # what ``HeldHead`` uses
 
 
 def fits(cycle: Any) -> bool:

@@ -151,67 +151,6 @@ def test_100_continue_is_not_held() -> None:
     assert transport.events[1].startswith(b"HTTP/1.1 200 OK") and transport.events[1].endswith(b"ok")  # type: ignore[union-attr]
 
 
-EXPECTING = b"POST / HTTP/1.1\r\nHost: test\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
-
-
-def refusing(status: int) -> App:
-    """An app that answers ``status`` without asking for the body, as the key check, the size
-    and type checks and a full queue do."""
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"no"})
-
-    return app
-
-
-@pytest.mark.parametrize("method", ["POST", "HEAD"])
-def test_an_answer_before_the_body_was_asked_for_closes_the_connection(method: str) -> None:
-    """The client waits for 100 Continue before it sends the body; answered without one, it
-    may send the body or not: the connection cannot tell where its next request would start,
-    so the answer says ``Connection: close`` and the connection is closed."""
-    request = EXPECTING.replace(b"POST", method.encode(), 1)
-    transport = asyncio.run(serve(refusing(413), request))
-    assert transport.events[-1] == "close" and len(transport.events) == 2  # one write, then closed
-    response = transport.events[0]
-    assert isinstance(response, bytes)
-    head, _, body = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 413 ") and head.count(b"connection: close") == 1
-    assert body == (b"" if method == "HEAD" else b"no")
-
-
-def test_an_answer_to_a_body_already_sent_or_asked_for_keeps_the_connection() -> None:
-    """Not closed: a request whose body came with its headers (its client did not wait), or
-    whose body was asked for with 100 Continue (the client sends it; the connection reads it
-    past the answer), or whose answer closes the connection already (one ``connection``)."""
-    sent = asyncio.run(serve(refusing(413), EXPECTING + b"hi"))
-    assert len(sent.events) == 1 and b"connection" not in sent.events[0]  # type: ignore[operator]
-
-    async def asks(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await receive()
-        await refusing(422)(scope, receive, send)
-
-    async def run() -> Transport:
-        proto, transport = connect(asks)
-        proto.data_received(EXPECTING)
-        await settle(proto)
-        proto.data_received(b"hi")
-        await settle(proto)
-        return transport
-
-    asked = asyncio.run(run())
-    assert asked.events[0] == b"HTTP/1.1 100 Continue\r\n\r\n" and len(asked.events) == 2
-    assert b"connection" not in asked.events[1]  # type: ignore[operator]
-
-    async def closing(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        headers = [(b"content-length", b"2"), (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": b"no"})
-
-    closed = asyncio.run(serve(closing, EXPECTING))
-    assert closed.events[-1] == "close" and closed.events[0].count(b"connection: close") == 1  # type: ignore[union-attr]
-
-
 @pytest.mark.parametrize("ending", ["raises", "returns"])
 def test_a_started_response_left_unfinished_writes_its_head_then_closes(ending: str) -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -285,11 +224,9 @@ def test_a_cycle_without_what_the_held_head_uses_does_not_fit() -> None:
         def __init__(self, **attributes: Any) -> None:
             self.__dict__.update(attributes)
 
-    complete = {"waiting_for_100_continue": False, "more_body": True, "keep_alive": True}
-    assert fits(Cycle(transport=None, response_started=False, scope={"method": "GET"}, **complete))
-    assert not fits(Cycle(transport=None, scope={"method": "GET"}, **complete))
-    assert not fits(Cycle(transport=None, response_started=False, scope=None, **complete))
-    assert not fits(Cycle(transport=None, response_started=False, scope={"method": "GET"}))
+    assert fits(Cycle(transport=None, response_started=False, scope={"method": "GET"}))
+    assert not fits(Cycle(transport=None, scope={"method": "GET"}))
+    assert not fits(Cycle(transport=None, response_started=False, scope=None))
 
 
 def test_with_a_uvicorn_whose_cycle_differs_responses_are_written_as_uvicorn_writes_them(
