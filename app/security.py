@@ -410,7 +410,7 @@ class RefusalCors:
     """The CORS headers of an answer the server writes before the app runs (a request its HTTP
     parser refused, 400 or 431: app/server.py), as ``JsonCORSMiddleware`` adds them to the app's
     own answers, from the same allow-list: a page of an allowed origin can read that error, which
-    a browser otherwise shows it as an opaque network error."""
+    a browser would otherwise show as an opaque network error."""
 
     def __init__(self, origins: list[str]) -> None:
         self._cors = JsonCORSMiddleware(_never_called, **cors_options(origins))
