@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -244,7 +243,7 @@ def detections(
         return []
     raw_threshold = calibrator.peak.raw_threshold(threshold)
     found = find_peaks_flat(curves, raw_threshold, min_distance, maxima=True)
-    raw_max = cast(npt.NDArray[np.floating], found.maxima).astype(np.float64)
+    raw_max = np.asarray(found.maxima, dtype=np.float64)  # asked for: never None
     if calibrator.peak.identity:
         probability = calibrator.signal(raw_max).tolist()
         peaks = found.split()
