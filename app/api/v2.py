@@ -395,7 +395,9 @@ async def _infer(
         raise InvalidInput(query_not_read(request))
     header_length = one_header(request, oip.HEADER_LENGTH)
     content_encoding = request.headers.get("content-encoding")
-    registry.status(name)  # 404 before reading the body
+    status = registry.status(name)  # 404 before reading the body
+    if status.model is not None:  # a version it does not serve: 404 before the body's refusals
+        oip.check_version(status.model.card, version)
 
     def too_large() -> BodyTooLarge:  # /v1's message suggests .npy; say what helps here
         return BodyTooLarge(

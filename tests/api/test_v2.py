@@ -150,6 +150,24 @@ def test_unknown_model_or_version_is_404(
     assert r.status_code == status and message in r.json()["error"], r.text
 
 
+def test_a_version_not_served_is_404_before_the_bodys_refusals(client: TestClient) -> None:
+    """A request to a version the model does not serve gets that 404 whatever its body: told
+    first to shrink or uncompress its body, the client would only meet the 404 after."""
+    path = "/v2/models/bump/versions/2/infer"
+    for headers in (
+        {"content-length": str(4_000_001)},  # over MAX_BODY_BYTES (413)
+        {"content-encoding": "gzip"},  # refused coding (400)
+        {"content-length": "ten"},  # no number (400)
+    ):
+        r = client.post(path, content=b"{}", headers=headers)
+        assert r.status_code == 404 and "has no version '2'" in r.json()["error"], (headers, r.text)
+    # The version served takes the same headers to their own refusals.
+    r = client.post(
+        "/v2/models/bump/versions/0.0.1/infer", content=b"{}", headers={"content-encoding": "gzip"}
+    )
+    assert r.status_code == 400 and "Content-Encoding" in r.json()["error"], r.text
+
+
 # Inference: JSON
 
 
