@@ -129,6 +129,8 @@ def score_pieces(
         scores = run(batch)
         if scores.shape != batch.shape:
             raise RuntimeError(f"model returned scores of shape {scores.shape} for a batch of {batch.shape}")
+        # Curves are float32 and contiguous, the rows given as they are (no copy when they are).
+        scores = np.ascontiguousarray(scores, dtype=np.float32)
         for row, item in enumerate(items):
             if isinstance(item, int):
                 out[item] = scores[row]

@@ -110,3 +110,15 @@ def test_detect_uses_card_defaults_and_matches_peaks(tiny_model_dir: Path) -> No
     assert bool(len(d.peaks)) == d.detected
     (d2,) = model.detect([x], threshold=0.01, min_distance=1)
     assert d2.scores is None and len(d2.peaks) >= len(d.peaks)
+
+
+def test_curves_are_float32_and_contiguous_whatever_run_returns(tiny_model_dir: Path) -> None:
+    """A run giving float64 scores, or a transposed (Fortran-ordered) array, still gives every
+    signal a contiguous float32 curve, whole or cut: the answers' encoders need one."""
+    model = OnnxModel(tiny_model_dir, InferenceOptions(window=512))
+    rng = np.random.default_rng(5)
+    signals = [rng.standard_normal(n).astype(np.float32) for n in (300, 300, 1500)]
+    for convert in (lambda a: a.astype(np.float64), lambda a: np.asfortranarray(a)):
+        got = score_pieces(signals, model.plan, lambda b, c=convert: c(model.run(b)), 1 << 20)
+        for curve, s in zip(got, signals, strict=True):
+            assert curve.dtype == np.float32 and curve.flags.c_contiguous and curve.shape == s.shape
