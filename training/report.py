@@ -84,14 +84,9 @@ def card_template(card: Card) -> Template | None:
     """The card's template; the reference bump (with its exact shape function) if it is that."""
     if card.template is None or card.template_center is None:
         return None
-    values = np.asarray(card.template, dtype=np.float64)
-    if (
-        values.shape == BUMP.values.shape
-        and card.template_center == BUMP.center
-        and np.allclose(values, BUMP.values, rtol=0, atol=1e-9)
-    ):
+    if BUMP.same_as(card.template, card.template_center):
         return BUMP
-    return Template(values, card.template_center)
+    return Template(np.asarray(card.template, dtype=np.float64), card.template_center)
 
 
 def _limit(ds: Dataset, n: int | None) -> Dataset:

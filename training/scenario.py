@@ -6,7 +6,7 @@ Gaussian noise (sigma = 1). An event's location is its centre sample (s = 0).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,6 +26,10 @@ def bump_template() -> FloatArray:
     return bump(np.arange(-20, 21, dtype=np.float64))
 
 
+# A template's values as a card holds them and as computed again: equal but for rounding.
+TEMPLATE_ATOL = 1e-9
+
+
 @dataclass(frozen=True)
 class Template:
     """A shape and the sample that marks an event's location in it."""
@@ -37,6 +41,17 @@ class Template:
     @property
     def norm(self) -> float:
         return float(np.linalg.norm(self.values))
+
+    def same_as(self, values: Sequence[float] | FloatArray, center: int | None) -> bool:
+        """Whether a template written down (a card's ``template`` and ``template_center``) is
+        this one: the same centre and length, the values within ``TEMPLATE_ATOL``. Not equal to
+        the last bit: a shape computed by numpy's exp and cos on another CPU may differ there."""
+        given = np.asarray(values, dtype=np.float64)
+        return (
+            center == self.center
+            and given.shape == self.values.shape
+            and bool(np.allclose(given, self.values, rtol=0, atol=TEMPLATE_ATOL))
+        )
 
     def stretched(self, f: float) -> tuple[FloatArray, int]:
         """The template with its time axis stretched by ``f`` (K(s / f)), and its new centre."""

@@ -1261,10 +1261,8 @@ def weights_data_problem(
     if user is None:
         if theirs_user:
             return f"its network was trained on a data file ({data['source']}), not generated data"
-        values = None if template is None else [float(v) for v in template.values]
-        if source.template is not None and (source.template, source.template_center) != (
-            values,
-            None if template is None else template.center,
+        if source.template is not None and (
+            template is None or not template.same_as(source.template, source.template_center)
         ):
             return "its network was trained for another template (the card's 'template')"
         return None

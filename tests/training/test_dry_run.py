@@ -17,6 +17,7 @@ from app.core.model import OnnxModel
 from training.data import load_user_data
 from training.matched import GAINS
 from training.model import ModelConfig
+from training.report import card_template
 from training.scenario import BUMP, EVAL_SEEDS, VALIDATION_SEEDS, make_dataset, signal_lengths, suites
 from training.template import load_template, template_from_values
 from training.train import (
@@ -653,6 +654,22 @@ def test_weights_from_needs_the_data_its_network_was_trained_on(tmp_path: Path) 
     assert weights_data_problem(source, None, BUMP, 7) is None  # generated: the seed is free
     tpl = template_from_values(np.hanning(41))
     assert "another template" in str(weights_data_problem(source, None, tpl, 1234))
+
+
+def test_a_cards_template_is_the_same_one_computed_again_on_another_cpu() -> None:
+    """numpy's exp and cos may round differently on another CPU: a card's bump, written where it
+    was trained, differs from the bump computed here in the last bits. --weights-from and the
+    report take it for the same template; a real change of shape, or of centre, is another."""
+    source = load_card(Path(__file__).resolve().parents[2] / "models" / "bump")
+    last_bits = np.nextafter(BUMP.values, np.inf)  # each value one step up
+    moved = source.model_copy(update={"template": last_bits.tolist()})
+    assert moved.template != [float(v) for v in BUMP.values]
+    assert weights_data_problem(moved, None, BUMP, 7) is None
+    assert card_template(moved) is BUMP
+    for update in ({"template": (BUMP.values + 1e-6).tolist()}, {"template_center": 19}):
+        other = source.model_copy(update=update)
+        assert "another template" in str(weights_data_problem(other, None, BUMP, 7))
+        assert card_template(other) is not BUMP
 
 
 def test_a_template_or_data_file_without_a_name_does_not_replace_the_reference_bump(
