@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.core.model import OnnxModel
-from app.core.registry import Registry
+from app.core.registry import ModelStatus, Registry
 from app.main import app_from_env as service
 
 BUGGY = "injected-bug"
@@ -18,12 +17,12 @@ BUGGY = "injected-bug"
 
 def app_from_env() -> FastAPI:
     """``uvicorn --factory tests.integration.faulty:app_from_env``."""
-    get = Registry.get
+    status = Registry.status  # every lookup of a model by name (``get`` too) starts here
 
-    def failing_get(self: Registry, name: str) -> OnnxModel:
+    def failing_status(self: Registry, name: str) -> ModelStatus:
         if name == BUGGY:
             raise RuntimeError(f"a bug injected into the lookup of model {name!r}")
-        return get(self, name)
+        return status(self, name)
 
-    Registry.get = failing_get  # type: ignore[method-assign]
+    Registry.status = failing_status  # type: ignore[method-assign]
     return service()
