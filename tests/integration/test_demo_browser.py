@@ -1106,3 +1106,57 @@ def test_the_same_file_chosen_again_is_read_again(browser: Browser, server: Serv
     expect(page.locator("#status")).to_contain_text("Loaded signal.csv: 400 values")
     assert set(page.input_value("#values").split(", ")) == {"0.25"}
     assert demo.problems() == []
+
+
+# Counts the page's reads of a large text: the tasks (an event's handler, a timer) that split or
+# JSON-parse a string of more than 100 000 characters, however many calls each makes.
+COUNT_READS = """() => {
+    window.largeReads = 0;
+    let inTask = false;
+    const read = (s) => {
+        if (typeof s !== "string" || s.length <= 100000 || inTask) return;
+        inTask = true;
+        window.largeReads += 1;
+        queueMicrotask(() => { inTask = false; });
+    };
+    const split = String.prototype.split;
+    String.prototype.split = function (...args) { read(String(this)); return split.apply(this, args); };
+    const parse = JSON.parse;
+    JSON.parse = (text, ...args) => { read(text); return parse(text, ...args); };
+}"""
+
+
+def test_typing_in_a_large_text_reads_it_once_typing_pauses(browser: Browser, server: Server) -> None:
+    """The value count read the whole text again at every key press: in a box of a million
+    values (8.5 MB), 0.1–0.3 s a key on top of the browser's own editing, and about a second for
+    a /v1 request body. In a large text it is counted once typing pauses; Run reads the text as
+    it is whenever it is clicked, and a short text is counted at every key press still."""
+    demo = open_demo(browser, server)
+    page = demo.page
+    count = page.locator("#values-count")
+    x = np.random.default_rng(12).standard_normal(200_000).round(4)
+    plain = ", ".join(f"{v:.4f}" for v in x)
+    body = json.dumps({"signals": [x.tolist()]})
+    page.evaluate(COUNT_READS)
+    for text in (plain, body):
+        page.locator("#values").fill(text)
+        expect(count).to_have_text("200000 values.", timeout=10_000)
+        end = len(text) - 3 if text is body else len(text)  # a body's before its "]]}"
+        page.evaluate("(end) => document.querySelector('#values').setSelectionRange(end, end)", end)
+        page.evaluate("window.largeReads = 0")
+        page.keyboard.type(", 0.5, 0.25, 1")  # 14 key presses
+        expect(count).to_have_text("200003 values.", timeout=10_000)
+        reads = page.evaluate("window.largeReads")
+        assert reads <= 2, f"{reads} reads of the whole text for 14 key presses and a pause"
+    # Run right after typing, before the pause: the text as it is then.
+    page.keyboard.type(", 2")
+    page.get_by_test_id("run").click()
+    assert "200004 samples" in wait_for_result(page)
+    expect(count).to_have_text("200004 values.")
+    # A short text: counted at every key press, with no wait.
+    page.locator("#values").fill("1, 2")
+    page.locator("#values").press("End")
+    for typed, shown in ((",", "2 values."), (" ", "2 values."), ("3", "3 values.")):
+        page.keyboard.type(typed)
+        assert count.inner_text() == shown
+    assert demo.problems() == []
