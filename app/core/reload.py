@@ -8,10 +8,10 @@ every request is decoded, queued and answered by one version, and its response n
 version. The old batcher finishes the requests already in its queue and stops; once the old
 version is freed the heap is trimmed (``heap.trim``), so the process does not grow with
 reloads. A model that fails to load or verify is not swapped
-in: the old version keeps serving and the error says why. One reload at a time per registry.
-Once the service is shutting down nothing is swapped in (503). With one server process,
-SIGHUP reloads every model (``reload_on_sighup``); a SIGHUP during such a reload runs it once
-more when it ends.
+in: the old version keeps serving and the error says why. One reload at a time per registry:
+another is refused (409), except a SIGHUP's, which waits for the running one to end. Once the
+service is shutting down nothing is swapped in (503). With one server process, SIGHUP reloads
+every model (``reload_on_sighup``); a SIGHUP during such a reload runs it once more when it ends.
 """
 
 from __future__ import annotations
@@ -82,8 +82,32 @@ def _lock_for(registry: Registry) -> threading.Lock:
         return _locks.setdefault(registry, threading.Lock())
 
 
-def reload_model(registry: Registry, name: str) -> Reloaded:
-    """Load, verify, warm up and swap in ``MODEL_DIR/<name>/`` (blocking: call it in a thread)."""
+WAIT_POLL_S = 0.1  # how often a reload waiting for another one looks whether the service stops
+
+
+def _never() -> bool:
+    return False
+
+
+def _take_turn(lock: threading.Lock, registry: Registry, name: str, stop: Callable[[], bool] | None) -> None:
+    """Hold ``lock``, the registry's one reload at a time. While another reload holds it: with
+    ``stop`` None, ReloadConflict; else wait for that reload to end, unless the service stops
+    meanwhile (``stop()`` true, or the registry closed): then ShuttingDown."""
+    if lock.acquire(blocking=False):
+        return
+    if stop is None:
+        raise ReloadConflict("another model reload is running; retry when it has finished")
+    log.info("model %s: another model reload is running; reloading once it has ended", name)
+    while not lock.acquire(timeout=WAIT_POLL_S):
+        if stop() or registry.closed:
+            raise ShuttingDown("the service is shutting down (it was waiting for another reload to end)")
+
+
+def reload_model(registry: Registry, name: str, *, stop: Callable[[], bool] | None = None) -> Reloaded:
+    """Load, verify, warm up and swap in ``MODEL_DIR/<name>/`` (blocking: call it in a thread).
+
+    While another reload runs: without ``stop``, ReloadConflict (an HTTP reload: 409); with it,
+    wait for that reload to end, unless ``stop()`` becomes true or the registry closes."""
     status = registry.statuses.get(name)
     if status is None:
         known = ", ".join(registry.statuses) or "none"
@@ -99,8 +123,7 @@ def reload_model(registry: Registry, name: str) -> Reloaded:
             "(/readyz answers 200 only when every model is ready)"
         )
     lock = _lock_for(registry)
-    if not lock.acquire(blocking=False):
-        raise ReloadConflict("another model reload is running; retry when it has finished")
+    _take_turn(lock, registry, name, stop)
     try:
         started = time.perf_counter()
         serving = status.model
@@ -137,14 +160,20 @@ def reload_model(registry: Registry, name: str) -> Reloaded:
         lock.release()
 
 
-def reload_all(registry: Registry) -> list[str]:
+def reload_all(registry: Registry, stop: Callable[[], bool] = _never) -> list[str]:
     """``reload_model`` of every model, one after the other (blocking: call it in a thread); a
-    model that cannot be reloaded is logged and keeps what it serves, the others go on. The
-    names of the models reloaded."""
-    done = []
-    for name in list(registry.statuses):
+    model that cannot be reloaded is logged and keeps what it serves, the others go on. A
+    reload that is running (one asked for over HTTP) is waited for, not skipped: the files may
+    have changed since it read them. Once ``stop()`` is true or the registry is closed, the
+    wait ends and no further model is reloaded. The names of the models reloaded."""
+    done: list[str] = []
+    names = list(registry.statuses)
+    for i, name in enumerate(names):
+        if stop() or registry.closed:
+            log.warning("models %s not reloaded: the service is shutting down", ", ".join(names[i:]))
+            break
         try:
-            reload_model(registry, name)
+            reload_model(registry, name, stop=stop)
         except DetectorError as exc:  # still loading, another reload, the files refused, shutting down
             log.warning("model %s not reloaded: %s", name, exc)
         except Exception:
@@ -161,7 +190,8 @@ def reload_on_sighup(registry: Registry, draining: Callable[[], bool]) -> Callab
     closing terminal sends, and the one the README gives for reloading several workers). A
     SIGHUP while a reload from one runs asks for one more, run when it ends: the files may have
     changed since that reload read them. Any number of them asks for one more reload, not a pile
-    of them. Once ``draining``, a SIGHUP is logged and does nothing.
+    of them. A reload asked for over HTTP that runs meanwhile is waited for (``reload_all``).
+    Once ``draining``, a SIGHUP is logged and does nothing, and a reload waiting stops waiting.
 
     Installed from the event loop's thread, if it is the main one (a signal handler must be),
     unless SIGHUP is ignored (``nohup``): returns what restores the handler there was, or None
@@ -178,7 +208,7 @@ def reload_on_sighup(registry: Registry, draining: Callable[[], bool]) -> Callab
 
     def reload(why: str) -> None:
         log.info(why)
-        task = loop.create_task(asyncio.to_thread(reload_all, registry))
+        task = loop.create_task(asyncio.to_thread(reload_all, registry, lambda: stopped or draining()))
         running.add(task)
         task.add_done_callback(ended)
 

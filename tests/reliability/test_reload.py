@@ -556,6 +556,88 @@ def test_sighups_during_a_reload_run_it_once_more_when_it_ends(tmp_path: Path) -
     assert code == -signal.SIGTERM, log  # uvicorn's command line re-raises the signal once stopped
 
 
+def test_a_sighup_during_an_http_reload_waits_for_it_then_reloads_every_model(tmp_path: Path) -> None:
+    """A SIGHUP while a reload asked for over HTTP ran skipped every model ("another model
+    reload is running": one reload at a time per registry), so files replaced after that
+    reload had read them, and every other model's, were not loaded. The SIGHUP's reload waits
+    for it to end, says so, then reloads every model."""
+    models = tmp_path / "models"
+    for name in ("arrival", "bump"):
+        shutil.copytree(ROOT / "models" / name, models / name)
+    bump, arrival = models / "bump", models / "arrival"
+    shipped = json.loads((arrival / "card.json").read_text())["version"]
+    server = start_server(
+        tmp_path, env={"SHAPE_DETECTOR_MODEL_DIR": str(models)}, factory="tests.reliability.held_reload:app"
+    )
+    listed: dict[str, str] = {}
+    try:
+        set_version(bump, "9.9.8")
+        (bump / "hold").touch()  # the HTTP reload waits once it has read bump's files
+        with ThreadPoolExecutor(1) as pool:
+            http_reload = pool.submit(httpx.post, f"{server.url}/admin/models/bump/reload", timeout=60)
+            wait_for(lambda: (bump / "held").exists(), "the HTTP reload to read bump's files")
+            set_version(bump, "9.9.9")  # replaced after the HTTP reload read them
+            set_version(arrival, "7.7.7")
+            server.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: "SIGHUP: loading every model anew" in server.log(), "the SIGHUP to be taken")
+            time.sleep(0.5)  # the SIGHUP's reload meets the HTTP one still running
+            (bump / "hold").unlink()
+            answer = http_reload.result(60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            listed = {m["name"]: m["version"] for m in httpx.get(f"{server.url}/v1/models").json()["models"]}
+            if listed == {"bump": "9.9.9", "arrival": "7.7.7"}:
+                break
+            time.sleep(0.1)
+    finally:
+        code = server.stop()
+    log = server.log()
+    assert answer.status_code == 200 and answer.json()["version"] == "9.9.8", answer.text
+    assert listed == {"bump": "9.9.9", "arrival": "7.7.7"}, log
+    assert "model arrival: another model reload is running; reloading once it has ended" in log
+    assert log.count(f"model arrival reloaded: {shipped} -> 7.7.7") == 1, log
+    assert log.count("model bump reloaded: 9.9.8 -> 9.9.9") == 1, log
+    assert "not reloaded" not in log, log
+    assert code == -signal.SIGTERM, log
+
+
+def test_a_sighup_reload_waiting_for_another_stops_when_the_service_drains(tmp_path: Path) -> None:
+    """The SIGHUP's reload waits for a running one only while the service serves: on SIGTERM it
+    stops waiting at once, says so, and the process stops once the request in flight (the HTTP
+    reload) is answered."""
+    models = tmp_path / "models"
+    for name in ("arrival", "bump"):
+        shutil.copytree(ROOT / "models" / name, models / name)
+    bump = models / "bump"
+    server = start_server(
+        tmp_path, env={"SHAPE_DETECTOR_MODEL_DIR": str(models)}, factory="tests.reliability.held_reload:app"
+    )
+    stopped = (
+        "model arrival not reloaded: the service is shutting down (it was waiting for another reload to end)"
+    )
+    try:
+        (bump / "hold").touch()
+        with ThreadPoolExecutor(1) as pool:
+            http_reload = pool.submit(httpx.post, f"{server.url}/admin/models/bump/reload", timeout=60)
+            wait_for(lambda: (bump / "held").exists(), "the HTTP reload to read bump's files")
+            server.process.send_signal(signal.SIGHUP)
+            waiting = "model arrival: another model reload is running; reloading once it has ended"
+            wait_for(lambda: waiting in server.log(), "the SIGHUP's reload to wait")
+            server.process.send_signal(signal.SIGTERM)
+            wait_for(lambda: stopped in server.log(), "the SIGHUP's reload to stop waiting", seconds=10)
+            assert (bump / "hold").exists()  # the HTTP reload still runs: not waited for
+            (bump / "hold").unlink()
+            answer = http_reload.result(60)
+        code = server.process.wait(30)
+    finally:
+        server.stop()
+    log = server.log()
+    assert answer.status_code == 200, answer.text
+    assert "models bump not reloaded: the service is shutting down" in log, log
+    assert log.count("model bump reloaded") == 1 and "model arrival reloaded" not in log, log
+    assert code == -signal.SIGTERM, log
+
+
 def wait_for(done: Callable[[], bool], what: str, seconds: float = 60.0) -> None:
     deadline = time.monotonic() + seconds
     while not done():
